@@ -1,0 +1,22 @@
+// Well-known ports, marks and names shared by capture, proxy and the lab.
+
+/** Outbound capture listener inside each meshed pod's netns. */
+export const OUTBOUND_PORT = 15001;
+/** Inbound plaintext listener (permissive mode) inside each meshed pod's netns. */
+export const INBOUND_PLAINTEXT_PORT = 15006;
+/** Inbound HBONE (HTTP/2 CONNECT over mTLS) listener inside each meshed pod's netns. */
+export const HBONE_PORT = 15008;
+/** Prometheus metrics, in the node's netns. */
+export const METRICS_PORT = 15020;
+/** Readiness (`/healthz/ready`), in the node's netns. */
+export const HEALTH_PORT = 15021;
+
+/** SO_MARK carried by every socket the agent opens inside a pod; capture rules skip it. */
+export const AGENT_MARK = 0x539;
+
+/** Pod or Namespace annotation that opts into the mesh (`enabled`) or, on a Pod, out (`disabled`). */
+export const MESH_ANNOTATION = 'trellis.dev/mesh';
+/** Pod annotation, local mode only: path of the pod's network namespace. */
+export const NETNS_ANNOTATION = 'trellis.dev/netns';
+
+export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
