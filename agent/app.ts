@@ -1,0 +1,138 @@
+// Composition root: builds the agent's parts in order and wires them; `stop()` takes them down in reverse.
+import type net from 'node:net';
+import type { Logger } from 'pino';
+import { systemClock, type Clock } from './clock.js';
+import { Enrolment } from './capture/enrolment.js';
+import { nftApply } from './capture/nft.js';
+import type { AgentConfig } from './config.js';
+import { AGENT_MARK } from './constants.js';
+import { LocalCa } from './identity/ca.js';
+import { WorkloadCerts } from './identity/certs.js';
+import { connectInNetns } from './native/index.js';
+import { HbonePool } from './proxy/hbone-pool.js';
+import { Outbound } from './proxy/outbound.js';
+import { PodProxy } from './proxy/pod-proxy.js';
+import { DirSource } from './sources/dir.js';
+import { Store } from './state/store.js';
+import type { Workload } from './state/workload.js';
+import { healthServer, listen, metricsServer } from './telemetry/admin.js';
+import { Metrics } from './telemetry/metrics.js';
+
+export interface Agent {
+  readonly store: Store;
+  readonly metrics: Metrics;
+  readonly enrolment: Enrolment;
+  stop(): Promise<void>;
+}
+
+export async function startAgent(config: AgentConfig, logger: Logger, clock: Clock = systemClock): Promise<Agent> {
+  const accessLog = logger.child({ log: 'access' });
+
+  // 1. Telemetry first, so every later failure is counted.
+  const metrics = new Metrics();
+
+  // 2. Identity: local mode signs with an in-process CA shared through caDir.
+  const ca = LocalCa.loadOrCreate(config.caDir, config.trustDomain);
+  const certs = new WorkloadCerts({
+    signer: ca,
+    trustBundle: ca.rootCertPem,
+    ttlMs: config.certTtlMs,
+    clock,
+    logger: logger.child({ component: 'identity' }),
+  });
+
+  // 3. State: one store, one writer (the source).
+  const store = new Store({ trustDomain: config.trustDomain, logger });
+
+  // 4. Proxy: sockets to peers and apps are opened inside the pod's netns with the agent's mark.
+  const dial = (pod: Workload, host: string, port: number): net.Socket => {
+    if (!pod.netnsPath) throw new Error(`pod ${pod.key} has no netns`);
+    return connectInNetns(pod.netnsPath, { host, port, mark: AGENT_MARK, timeoutMs: config.connectTimeoutMs });
+  };
+  const pool = new HbonePool({
+    certs,
+    dial,
+    metrics,
+    logger: logger.child({ component: 'hbone' }),
+    clock,
+    connectTimeoutMs: config.connectTimeoutMs,
+    idleMs: config.hboneIdleMs,
+  });
+  const state = () => store.current();
+  const outbound = new Outbound({
+    state,
+    pool,
+    dialFromPod: dial,
+    metrics,
+    logger: logger.child({ component: 'outbound' }),
+    accessLog,
+    random: Math.random,
+  });
+
+  // 5. Capture: enrol this node's meshed pods whenever the state changes.
+  const enrolment = new Enrolment({
+    node: config.node,
+    probeSources: config.probeSources,
+    openListeners: (pod) =>
+      PodProxy.open(pod, {
+        trustDomain: config.trustDomain,
+        certs,
+        outbound,
+        state,
+        dialApp: dial,
+        metrics,
+        logger: logger.child({ component: 'inbound' }),
+        accessLog,
+      }),
+    applyRules: nftApply,
+    metrics,
+    logger: logger.child({ component: 'capture' }),
+  });
+  store.subscribe((next) => void enrolment.reconcile(next));
+
+  // 6. Source: the first snapshot is applied before we report ready.
+  const source = new DirSource({
+    dir: config.source.dir,
+    logger: logger.child({ component: 'source' }),
+    onSnapshot: (snap) => {
+      if (snap.problems.length) metrics.configErrors.inc({ source: 'dir' }, snap.problems.length);
+      store.replace(snap.objects);
+    },
+  });
+  await source.start();
+  await enrolment.reconcile(store.current());
+  // Retries failed enrolments and catches file events the watcher missed.
+  const resync = setInterval(() => void source.reload().then(() => enrolment.reconcile(store.current())), config.resyncMs);
+  resync.unref();
+
+  // 7. Admin endpoints last: ready means state loaded and pods enrolled.
+  const metricsHttp = metricsServer(metrics.registry);
+  const healthHttp = healthServer({
+    notReadyReason: () => (store.isSynced() ? enrolment.notReadyReason() : 'state not loaded from the source yet'),
+  });
+  await listen(metricsHttp, config.metrics.host, config.metrics.port);
+  await listen(healthHttp, config.health.host, config.health.port);
+  logger.info({ node: config.node, pods: enrolment.pods(), metrics: config.metrics, health: config.health }, 'agent ready');
+
+  let stopping: Promise<void> | undefined;
+  return {
+    store,
+    metrics,
+    enrolment,
+    stop() {
+      stopping ??= (async () => {
+        clearInterval(resync);
+        source.close();
+        // Stop accepting; capture rules stay, so nothing bypasses the mesh while we are gone.
+        enrolment.close();
+        healthHttp.close();
+        await new Promise((r) => setTimeout(r, Math.min(config.drainMs, 100)).unref());
+        pool.close();
+        certs.close();
+        metricsHttp.close();
+        logger.info('agent stopped');
+      })();
+      return stopping;
+    },
+  };
+}

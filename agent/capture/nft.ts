@@ -1,0 +1,38 @@
+// Runs nft inside a pod's network namespace (nsenter --net=PATH), feeding a ruleset on stdin.
+import { spawn } from 'node:child_process';
+import { TrellisError } from '../errors.js';
+
+export interface NftResult {
+  stdout: string;
+}
+
+export function runInNetns(netnsPath: string, argv: string[], input?: string, timeoutMs = 10_000): Promise<NftResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('nsenter', [`--net=${netnsPath}`, '--', ...argv], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      const hint = err.code === 'ENOENT' ? ' (install util-linux for nsenter and nftables for nft)' : '';
+      reject(new TrellisError('ECAPTURE', `${argv[0]} in ${netnsPath}: ${err.message}${hint}`, { cause: err }));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) return resolve({ stdout });
+      const why = signal ? `killed by ${signal}` : `exit ${code}`;
+      reject(new TrellisError('ECAPTURE', `${argv.join(' ')} in ${netnsPath} failed (${why}): ${stderr.trim()}`));
+    });
+    child.stdin.end(input ?? '');
+  });
+}
+
+export function nftApply(netnsPath: string, ruleset: string): Promise<NftResult> {
+  return runInNetns(netnsPath, ['nft', '-f', '-'], ruleset);
+}
+
+export function nftList(netnsPath: string): Promise<string> {
+  return runInNetns(netnsPath, ['nft', 'list', 'ruleset']).then((r) => r.stdout);
+}

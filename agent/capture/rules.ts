@@ -1,0 +1,50 @@
+// Capture rules for one pod, installed inside its netns: outbound TCP -> 15001, inbound TCP -> 15006 (15008 untouched).
+// One nftables table of our own, replaced atomically, so enrol/unenrol add and remove exactly what is ours.
+import { AGENT_MARK, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../constants.js';
+
+export const CAPTURE_TABLE = 'trellis';
+
+export interface CaptureSpec {
+  /** Sources exempt from inbound capture: the node's address kubelet probes come from. */
+  probeSources: readonly string[];
+  mark?: number;
+}
+
+/**
+ * The whole ruleset as one `nft -f` transaction. Declaring the table first makes the delete valid even when it
+ * does not exist yet, so the same text enrols a new pod and repairs an enrolled one.
+ */
+export function captureRuleset(spec: CaptureSpec): string {
+  const mark = `0x${(spec.mark ?? AGENT_MARK).toString(16)}`;
+  const probes = spec.probeSources.filter((ip) => ip.includes('.'));
+  const probes6 = spec.probeSources.filter((ip) => ip.includes(':'));
+  return [
+    `table inet ${CAPTURE_TABLE} {}`,
+    `delete table inet ${CAPTURE_TABLE}`,
+    `table inet ${CAPTURE_TABLE} {`,
+    // Outbound: everything the app sends, except loopback and the agent's own (marked) sockets.
+    '  chain output {',
+    '    type nat hook output priority -110; policy accept;',
+    '    oifname "lo" return',
+    `    meta mark ${mark} return`,
+    '    ip daddr 127.0.0.0/8 return',
+    '    ip6 daddr ::1 return',
+    `    meta l4proto tcp redirect to :${OUTBOUND_PORT}`,
+    '  }',
+    // Inbound: HBONE goes straight to 15008; probes from the node reach the app untouched; the rest is plaintext.
+    '  chain prerouting {',
+    '    type nat hook prerouting priority -110; policy accept;',
+    '    iifname "lo" return',
+    ...probes.map((ip) => `    ip saddr ${ip} return`),
+    ...probes6.map((ip) => `    ip6 saddr ${ip} return`),
+    `    tcp dport ${HBONE_PORT} return`,
+    `    meta l4proto tcp redirect to :${INBOUND_PLAINTEXT_PORT}`,
+    '  }',
+    '}',
+    '',
+  ].join('\n');
+}
+
+export function removalRuleset(): string {
+  return [`table inet ${CAPTURE_TABLE} {}`, `delete table inet ${CAPTURE_TABLE}`, ''].join('\n');
+}

@@ -1,0 +1,40 @@
+// `trellis agent`: runs the node agent until SIGTERM/SIGINT, then drains and exits.
+import type { Command } from 'commander';
+import { startAgent } from '../app.js';
+import { agentConfig, type AgentFlags } from '../config.js';
+import { createLogger } from '../telemetry/log.js';
+
+export function registerAgentCommand(program: Command): void {
+  program
+    .command('agent')
+    .description('run the node agent: capture meshed pods on this node, carry their traffic over HBONE mTLS, export metrics')
+    .requiredOption('--node <name>', "this node's name; pods with this spec.nodeName are enrolled")
+    .option('--source <kind>', 'where Kubernetes objects come from: dir', 'dir')
+    .option('--dir <path>', 'with --source dir: directory of Kubernetes YAML, reloaded on change')
+    .option('--ca-dir <path>', 'local mode: directory of the in-process CA (created if absent)', '/var/lib/trellis/ca')
+    .option('--trust-domain <td>', 'SPIFFE trust domain', 'cluster.local')
+    .option('--probe-source <ip...>', "addresses the node's health probes come from; never captured")
+    .option('--metrics-addr <ip:port>', 'Prometheus /metrics listener', '0.0.0.0:15020')
+    .option('--health-addr <ip:port>', '/healthz/ready listener', '0.0.0.0:15021')
+    .option('--cert-ttl <duration>', 'workload certificate lifetime, renewed at half-life', '24h')
+    .option('--connect-timeout <duration>', 'limit for an upstream connect or HBONE handshake', '5s')
+    .option('--drain <duration>', 'how long open connections may finish after SIGTERM', '5s')
+    .option('--log-level <level>', 'trace|debug|info|warn|error', 'info')
+    .action(async (flags: AgentFlags) => {
+      const config = agentConfig(flags);
+      const logger = createLogger({ level: config.logLevel, node: config.node });
+      const agent = await startAgent(config, logger);
+      const shutdown = (signal: string) => {
+        logger.info({ signal }, 'shutting down');
+        agent.stop().then(
+          () => process.exit(0),
+          (err: Error) => {
+            logger.error({ err: err.message }, 'shutdown failed');
+            process.exit(1);
+          },
+        );
+      };
+      process.once('SIGTERM', () => shutdown('SIGTERM'));
+      process.once('SIGINT', () => shutdown('SIGINT'));
+    });
+}

@@ -1,0 +1,85 @@
+// Agent configuration: parsed and validated once at the edge, then frozen. Nothing below reads process.env.
+import net from 'node:net';
+import { DEFAULT_TRUST_DOMAIN, HEALTH_PORT, METRICS_PORT } from './constants.js';
+import { TrellisError } from './errors.js';
+
+export interface AgentConfig {
+  readonly node: string;
+  readonly source: { readonly kind: 'dir'; readonly dir: string };
+  /** Local mode: directory of the in-process CA (ca.key.pem, ca.cert.pem); created if absent. */
+  readonly caDir: string;
+  readonly trustDomain: string;
+  readonly probeSources: readonly string[];
+  readonly metrics: { readonly host: string; readonly port: number };
+  readonly health: { readonly host: string; readonly port: number };
+  readonly certTtlMs: number;
+  readonly connectTimeoutMs: number;
+  readonly hboneIdleMs: number;
+  readonly drainMs: number;
+  readonly resyncMs: number;
+  readonly logLevel: string;
+}
+
+export interface AgentFlags {
+  node?: string;
+  source?: string;
+  dir?: string;
+  caDir?: string;
+  trustDomain?: string;
+  probeSource?: string[];
+  metricsAddr?: string;
+  healthAddr?: string;
+  certTtl?: string;
+  connectTimeout?: string;
+  drain?: string;
+  logLevel?: string;
+}
+
+const LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+
+export function parseDuration(text: string, flag: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
+  if (!m) throw new TrellisError('ECONFIG', `${flag}: "${text}" is not a duration (examples: 500ms, 30s, 10m, 24h)`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
+  return Math.round(Number(m[1]) * unit);
+}
+
+function parseAddr(text: string, flag: string): { host: string; port: number } {
+  const m = /^(.*):(\d{1,5})$/.exec(text);
+  const host = m?.[1]?.replace(/^\[|\]$/g, '') ?? '';
+  const port = Number(m?.[2]);
+  if (!m || !net.isIP(host) || port < 1 || port > 65535) {
+    throw new TrellisError('ECONFIG', `${flag}: "${text}" must be IP:PORT, e.g. 0.0.0.0:${METRICS_PORT}`);
+  }
+  return { host, port };
+}
+
+export function agentConfig(flags: AgentFlags): AgentConfig {
+  if (!flags.node) throw new TrellisError('ECONFIG', '--node is required: the name of the node this agent serves (spec.nodeName of its pods)');
+  const source = flags.source ?? 'dir';
+  if (source !== 'dir') throw new TrellisError('ECONFIG', `--source ${source}: only "dir" is available in this build`);
+  if (!flags.dir) throw new TrellisError('ECONFIG', '--dir is required with --source dir: a directory of Kubernetes YAML');
+  const level = flags.logLevel ?? 'info';
+  if (!LEVELS.includes(level)) throw new TrellisError('ECONFIG', `--log-level ${level}: use one of ${LEVELS.join(', ')}`);
+  const probeSources = (flags.probeSource ?? []).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
+  for (const ip of probeSources) {
+    if (!net.isIP(ip)) throw new TrellisError('ECONFIG', `--probe-source ${ip}: not an IP address`);
+  }
+  const certTtlMs = parseDuration(flags.certTtl ?? '24h', '--cert-ttl');
+  if (certTtlMs < 60_000) throw new TrellisError('ECONFIG', '--cert-ttl must be at least 1m');
+  return Object.freeze({
+    node: flags.node,
+    source: Object.freeze({ kind: 'dir' as const, dir: flags.dir }),
+    caDir: flags.caDir ?? '/var/lib/trellis/ca',
+    trustDomain: flags.trustDomain ?? DEFAULT_TRUST_DOMAIN,
+    probeSources: Object.freeze(probeSources),
+    metrics: Object.freeze(parseAddr(flags.metricsAddr ?? `0.0.0.0:${METRICS_PORT}`, '--metrics-addr')),
+    health: Object.freeze(parseAddr(flags.healthAddr ?? `0.0.0.0:${HEALTH_PORT}`, '--health-addr')),
+    certTtlMs,
+    connectTimeoutMs: parseDuration(flags.connectTimeout ?? '5s', '--connect-timeout'),
+    hboneIdleMs: 60_000,
+    drainMs: parseDuration(flags.drain ?? '5s', '--drain'),
+    resyncMs: 5_000,
+    logLevel: level,
+  });
+}

@@ -1,0 +1,275 @@
+// The one typed boundary to the native addon (native/trellis.c): sockets inside pod network namespaces
+// for capture/ and proxy/, and the pre-NAT destination of captured connections. errno becomes NativeError here.
+import { closeSync, existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { TrellisError } from '../errors.js';
+
+export type Family = 4 | 6;
+
+/** A failed syscall in the addon; `code` is the errno name ('ENOENT', 'EPERM'...). */
+export class NativeError extends TrellisError {
+  readonly errno: number;
+  readonly syscall: string;
+  constructor(code: string, errno: number, syscall: string, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'NativeError';
+    this.errno = errno;
+    this.syscall = syscall;
+  }
+}
+
+interface Binding {
+  socketInNetns(nsPath: string, family: Family, mark: number): number;
+  listenInNetns(
+    nsPath: string,
+    family: Family,
+    host: string,
+    port: number,
+    backlog: number,
+    mark: number,
+    transparent: boolean,
+  ): number;
+  originalDst(fd: number): { address: string; port: number; family: Family };
+  setMark(fd: number, mark: number): void;
+}
+
+// Loaded on first use, so importing this module never fails on a machine that only runs pure-JS parts.
+let binding: Binding | undefined;
+
+function native(): Binding {
+  if (binding) return binding;
+  const root = repoRoot(dirname(fileURLToPath(import.meta.url)));
+  const file = join(root, 'native', 'build', 'trellis.node');
+  if (!existsSync(file)) {
+    throw new TrellisError('ENATIVE', `native addon not built (${file} is missing): run \`npm run build\``);
+  }
+  try {
+    binding = createRequire(import.meta.url)(file) as Binding;
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new TrellisError(
+      'ENATIVE',
+      `native addon ${file} does not load (${reason}): rebuild it with \`npm run build:native\``,
+      { cause: err },
+    );
+  }
+  return binding;
+}
+
+// The same walk works from agent/native (sources under vitest) and dist/agent/native (compiled).
+function repoRoot(from: string): string {
+  for (let dir = from; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    if (dirname(dir) === dir) {
+      throw new TrellisError('ENATIVE', `no package.json above ${from}: cannot locate native/build/trellis.node`);
+    }
+  }
+}
+
+function hintFor(code: string, syscall: string): string | undefined {
+  if (code === 'EPERM' || code === 'EACCES') return 'run as root or grant CAP_NET_ADMIN and CAP_SYS_ADMIN';
+  if (code === 'ENOENT' && (syscall === 'open' || syscall === 'setns')) return "the pod's network namespace is gone";
+  // ENOPROTOOPT: conntrack is not loaded; ENOENT: conntrack has no entry for this connection.
+  if ((code === 'ENOPROTOOPT' || code === 'ENOENT') && syscall.startsWith('getsockopt(')) {
+    return 'the connection was not redirected by NAT (capture rules missing?)';
+  }
+  return undefined;
+}
+
+/** Runs one addon call, turning the addon's errno errors into NativeError with a hint. */
+function call<T>(op: string, fn: (b: Binding) => T): T {
+  const b = native();
+  try {
+    return fn(b);
+  } catch (err) {
+    const e = err as { code?: unknown; errno?: unknown; syscall?: unknown; message?: unknown };
+    if (typeof e.errno !== 'number' || typeof e.code !== 'string' || typeof e.syscall !== 'string') throw err;
+    const hint = hintFor(e.code, e.syscall);
+    const message = `${op}: ${String(e.message)}${hint ? ` (${hint})` : ''}`;
+    throw new NativeError(e.code, e.errno, e.syscall, message, { cause: err });
+  }
+}
+
+function invalid(message: string): TrellisError {
+  return new TrellisError('EINVAL', message);
+}
+
+function checkNetns(netnsPath: string): void {
+  if (typeof netnsPath !== 'string' || netnsPath.length === 0) throw invalid('netns path must be a non-empty string');
+}
+
+function checkMark(mark: number): void {
+  if (!Number.isInteger(mark) || mark < 0 || mark > 0xffffffff) {
+    throw invalid(`mark must be an integer from 0 to 0xffffffff, got ${mark}`);
+  }
+}
+
+function checkPort(port: number, allowZero: boolean): void {
+  if (!Number.isInteger(port) || port < (allowZero ? 0 : 1) || port > 65535) {
+    throw invalid(`port must be an integer from ${allowZero ? 0 : 1} to 65535, got ${port}`);
+  }
+}
+
+function checkFd(fd: number): void {
+  if (!Number.isInteger(fd) || fd < 0) throw invalid(`fd must be a non-negative integer, got ${fd}`);
+}
+
+/** The family of an IP literal, checked against the one asked for. Names are refused: nothing here resolves DNS. */
+function familyOf(host: string, family: Family | undefined): Family {
+  const kind = net.isIP(host);
+  if (kind === 0) {
+    throw invalid(`host must be an IP address, got "${host}": resolve names before opening a socket in a netns`);
+  }
+  if (family !== undefined && family !== kind) {
+    throw invalid(`host ${host} is IPv${kind} but family ${family} was asked for`);
+  }
+  return kind as Family;
+}
+
+function hostPort(host: string, port: number): string {
+  return net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** An unconnected, non-blocking TCP socket created inside the netns; the caller owns the fd. */
+export function tcpSocketInNetns(netnsPath: string, family: Family = 4, mark = 0): number {
+  checkNetns(netnsPath);
+  if (family !== 4 && family !== 6) throw invalid(`family must be 4 or 6, got ${String(family)}`);
+  checkMark(mark);
+  return call(`socket in ${netnsPath}`, (b) => b.socketInNetns(netnsPath, family, mark));
+}
+
+/** A listening TCP socket bound inside the netns; the caller owns the fd. */
+export function listenFdInNetns(
+  netnsPath: string,
+  opts: { host: string; port: number; family?: Family; backlog?: number; mark?: number; transparent?: boolean },
+): number {
+  checkNetns(netnsPath);
+  const family = familyOf(opts.host, opts.family);
+  checkPort(opts.port, true);
+  const backlog = opts.backlog ?? 511;
+  if (!Number.isInteger(backlog) || backlog < 1) throw invalid(`backlog must be a positive integer, got ${backlog}`);
+  const mark = opts.mark ?? 0;
+  checkMark(mark);
+  const transparent = opts.transparent ?? false;
+  return call(`listen on ${hostPort(opts.host, opts.port)} in ${netnsPath}`, (b) =>
+    b.listenInNetns(netnsPath, family, opts.host, opts.port, backlog, mark, transparent),
+  );
+}
+
+/** The destination a captured connection had before the NAT redirect (SO_ORIGINAL_DST). */
+export function originalDst(fd: number): { address: string; port: number; family: Family } {
+  checkFd(fd);
+  return call('original destination', (b) => b.originalDst(fd));
+}
+
+export function setMark(fd: number, mark: number): void {
+  checkFd(fd);
+  checkMark(mark);
+  call('set SO_MARK', (b) => b.setMark(fd, mark));
+}
+
+/** fd of a connected/accepted net.Socket (from its handle); TrellisError 'ENOFD' if none. */
+export function socketFd(socket: net.Socket): number {
+  // libuv exposes the fd on stream handles on Unix; it is -1 or missing once closed.
+  const handle = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle;
+  const fd = handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) {
+    throw new TrellisError('ENOFD', 'socket has no file descriptor (not connected yet, or already closed)');
+  }
+  return fd;
+}
+
+/**
+ * Makes `server` (net.Server, tls.Server, http.Server...) listen on a socket opened inside the netns.
+ * Resolves on 'listening', rejects with NativeError or the listen error.
+ */
+export function listenInNetns(
+  server: net.Server,
+  netnsPath: string,
+  opts: { host: string; port: number; family?: Family; backlog?: number; mark?: number; transparent?: boolean },
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let fd: number;
+    try {
+      fd = listenFdInNetns(netnsPath, opts);
+    } catch (err) {
+      reject(err);
+      return;
+    }
+    const onError = (err: Error): void => {
+      server.off('listening', onListening);
+      reject(err);
+    };
+    const onListening = (): void => {
+      server.off('error', onError);
+      resolve();
+    };
+    server.once('error', onError);
+    server.once('listening', onListening);
+    try {
+      // Once listen() starts, the server's handle owns the fd and closes it, also when listen fails.
+      server.listen({ fd, backlog: opts.backlog ?? 511 });
+    } catch (err) {
+      // Thrown before the handle took the fd (e.g. the server is already listening).
+      server.off('error', onError);
+      server.off('listening', onListening);
+      closeSync(fd);
+      reject(err);
+    }
+  });
+}
+
+/**
+ * A net.Socket connecting (non-blocking, never blocks the event loop) to host:port from inside the netns,
+ * with SO_MARK set. Behaves like net.connect: emits 'connect' or 'error' (ECONNREFUSED etc.). Creation
+ * errors (bad netns, a host name) are emitted as 'error' on next tick, not thrown. `timeoutMs` bounds the
+ * connect only ('error' with code ETIMEDOUT).
+ */
+export function connectInNetns(
+  netnsPath: string,
+  opts: { host: string; port: number; mark?: number; family?: Family; timeoutMs?: number },
+): net.Socket {
+  let fd = -1;
+  let socket: net.Socket;
+  try {
+    const family = familyOf(opts.host, opts.family);
+    checkPort(opts.port, false);
+    if (opts.timeoutMs !== undefined && !(opts.timeoutMs > 0)) {
+      throw invalid(`timeoutMs must be positive, got ${opts.timeoutMs}`);
+    }
+    fd = tcpSocketInNetns(netnsPath, family, opts.mark ?? 0);
+    // Half-open: a mesh passes FIN along in each direction on its own.
+    socket = new net.Socket({ fd, allowHalfOpen: true });
+  } catch (err) {
+    if (fd >= 0) closeSync(fd);
+    const failed = new net.Socket();
+    process.nextTick(() => failed.destroy(err as Error));
+    return failed;
+  }
+
+  // Node keeps the handle it wrapped around our fd, so libuv runs a non-blocking connect() on it.
+  try {
+    socket.connect({ host: opts.host, port: opts.port });
+  } catch (err) {
+    process.nextTick(() => socket.destroy(err as Error));
+    return socket;
+  }
+  const timeoutMs = opts.timeoutMs;
+  if (timeoutMs !== undefined) {
+    const where = `${hostPort(opts.host, opts.port)} from ${netnsPath}`;
+    const onTimeout = (): void => {
+      socket.destroy(new TrellisError('ETIMEDOUT', `connect to ${where} timed out after ${timeoutMs} ms`));
+    };
+    socket.setTimeout(timeoutMs);
+    socket.on('timeout', onTimeout);
+    // The timeout covers the connect only; after that idleness is the socket owner's business.
+    socket.once('connect', () => {
+      socket.setTimeout(0);
+      socket.off('timeout', onTimeout);
+    });
+  }
+  return socket;
+}

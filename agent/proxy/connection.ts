@@ -1,0 +1,74 @@
+// One record per proxied connection: metrics bound at accept, bytes counted as they move, and exactly one
+// access-log line and one close count, however the connection ends.
+import type { Logger } from 'pino';
+import type { Metrics, TcpCounters, TcpLabels } from '../telemetry/metrics.js';
+import type { Workload } from '../state/workload.js';
+import type { SpliceHooks } from './splice.js';
+
+export interface ConnectionFields {
+  direction: 'outbound' | 'inbound';
+  src: { ip?: string; port?: number; workload?: Workload; principal?: string };
+  dst: { ip?: string; port?: number; workload?: Workload; principal?: string; service?: string };
+  security: 'mutual_tls' | 'none';
+}
+
+export function tcpLabels(f: ConnectionFields): TcpLabels {
+  return {
+    reporter: f.direction === 'outbound' ? 'source' : 'destination',
+    source_workload: f.src.workload?.name ?? 'unknown',
+    source_workload_namespace: f.src.workload?.namespace ?? 'unknown',
+    source_principal: f.src.principal ?? f.src.workload?.identity ?? 'unknown',
+    destination_workload: f.dst.workload?.name ?? 'unknown',
+    destination_workload_namespace: f.dst.workload?.namespace ?? 'unknown',
+    destination_principal: f.dst.principal ?? 'unknown',
+    destination_service: f.dst.service ?? 'unknown',
+    connection_security_policy: f.security,
+  };
+}
+
+export class ConnectionRecord implements SpliceHooks {
+  private readonly counters: TcpCounters;
+  private readonly started = performance.now();
+  private bytesIn = 0;
+  private bytesOut = 0;
+  private done = false;
+
+  constructor(
+    private readonly fields: ConnectionFields,
+    metrics: Metrics,
+    private readonly accessLog: Logger,
+  ) {
+    this.counters = metrics.tcp(tcpLabels(fields));
+    this.counters.opened();
+  }
+
+  downToUp(n: number): void {
+    this.bytesIn += n;
+    this.counters.received(n);
+  }
+
+  upToDown(n: number): void {
+    this.bytesOut += n;
+    this.counters.sent(n);
+  }
+
+  finish(error?: Error): void {
+    if (this.done) return;
+    this.done = true;
+    this.counters.closed();
+    const f = this.fields;
+    this.accessLog.info(
+      {
+        direction: f.direction,
+        src: { ip: f.src.ip, port: f.src.port, workload: f.src.workload?.key, principal: f.src.principal ?? f.src.workload?.identity },
+        dst: { ip: f.dst.ip, port: f.dst.port, workload: f.dst.workload?.key, principal: f.dst.principal, service: f.dst.service },
+        security: f.security,
+        bytes_received: this.bytesIn,
+        bytes_sent: this.bytesOut,
+        duration_ms: Math.round((performance.now() - this.started) * 1000) / 1000,
+        error: error ? `${(error as NodeJS.ErrnoException).code ?? 'ERROR'}: ${error.message}` : undefined,
+      },
+      'connection',
+    );
+  }
+}

@@ -1,0 +1,174 @@
+// Outbound HBONE pool: one HTTP/2-over-mTLS session per (source pod, source identity, destination identity,
+// destination IP), carrying many CONNECT streams; closed after it has been idle with no stream.
+import http2 from 'node:http2';
+import type net from 'node:net';
+import tls from 'node:tls';
+import type { Logger } from 'pino';
+import type { Clock, TimerHandle } from '../clock.js';
+import { HBONE_PORT } from '../constants.js';
+import { TrellisError, wrapError } from '../errors.js';
+import type { CertSource } from '../identity/certs.js';
+import { clientTlsOptions } from '../identity/tls.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import type { Workload } from '../state/workload.js';
+import { SESSION_WINDOW, STREAM_WINDOW, formatAuthority } from './hbone.js';
+
+export interface HboneRequest {
+  src: Workload;
+  /** SPIFFE ID the destination must present. */
+  dstIdentity: string;
+  ip: string;
+  port: number;
+}
+
+/** Opens the TCP connection for a session: inside the source pod's netns in the agent, plain TCP in tests. */
+export type Dialer = (src: Workload, ip: string, port: number) => net.Socket;
+
+interface Entry {
+  key: string;
+  session: http2.ClientHttp2Session;
+  streams: number;
+  idle?: TimerHandle;
+}
+
+export class HbonePool {
+  /** Established sessions, and sessions being set up (so concurrent callers share one handshake). */
+  private readonly live = new Map<string, Entry>();
+  private readonly pending = new Map<string, Promise<Entry>>();
+  private closed = false;
+
+  constructor(
+    private readonly inputs: {
+      certs: CertSource;
+      dial: Dialer;
+      metrics: Metrics;
+      logger: Logger;
+      clock: Clock;
+      connectTimeoutMs: number;
+      idleMs: number;
+    },
+  ) {}
+
+  /** A CONNECT stream to ip:port through the destination's agent, answered 200. */
+  async open(req: HboneRequest): Promise<http2.ClientHttp2Stream> {
+    if (this.closed) throw new TrellisError('ECLOSED', 'HBONE pool is closed');
+    const entry = await this.session(req);
+    entry.streams++;
+    entry.idle?.cancel();
+    entry.idle = undefined;
+    const stream = entry.session.request(
+      { ':method': 'CONNECT', ':authority': formatAuthority(req.ip, req.port) },
+      { endStream: false },
+    );
+    stream.once('close', () => this.release(entry));
+    return new Promise((resolve, reject) => {
+      const timer = this.inputs.clock.after(this.inputs.connectTimeoutMs, () =>
+        fail(new TrellisError('ETIMEDOUT', `HBONE CONNECT to ${formatAuthority(req.ip, req.port)} timed out`)),
+      );
+      const fail = (err: Error) => {
+        timer.cancel();
+        stream.off('response', onResponse);
+        if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_CANCEL);
+        reject(err);
+      };
+      const onResponse = (headers: http2.IncomingHttpHeaders) => {
+        timer.cancel();
+        stream.off('error', fail);
+        stream.off('close', onClose);
+        const status = Number(headers[':status']);
+        if (status === 200) return resolve(stream);
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        reject(new TrellisError('EHBONE', `destination agent answered ${status} for ${formatAuthority(req.ip, req.port)} (${headers['trellis-error'] ?? 'no reason given'})`));
+      };
+      const onClose = () => fail(new TrellisError('ECONNRESET', `HBONE stream to ${formatAuthority(req.ip, req.port)} closed before the response (code ${stream.rstCode})`));
+      stream.once('response', onResponse);
+      stream.once('error', fail);
+      stream.once('close', onClose);
+    });
+  }
+
+  /** Number of live sessions (for metrics and tests). */
+  size(): number {
+    return this.live.size;
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const e of this.live.values()) e.session.destroy();
+    for (const p of this.pending.values()) p.then((e) => e.session.destroy(), () => undefined);
+    this.live.clear();
+    this.inputs.metrics.hbonePoolSessions.set(0);
+  }
+
+  private session(req: HboneRequest): Promise<Entry> {
+    const key = `${req.src.netnsPath ?? ''}|${req.src.identity}|${req.dstIdentity}|${req.ip}`;
+    const live = this.live.get(key);
+    if (live && !live.session.closed && !live.session.destroyed) return Promise.resolve(live);
+    let p = this.pending.get(key);
+    if (!p) {
+      p = this.connect(key, req)
+        .then((e) => {
+          if (this.closed) e.session.destroy();
+          else this.live.set(key, e);
+          this.inputs.metrics.hbonePoolSessions.set(this.live.size);
+          return e;
+        })
+        .finally(() => this.pending.delete(key));
+      this.pending.set(key, p);
+    }
+    return p;
+  }
+
+  private async connect(key: string, req: HboneRequest): Promise<Entry> {
+    const where = `HBONE ${req.src.key} -> ${req.ip}:${HBONE_PORT} (${req.dstIdentity})`;
+    const svid = await this.inputs.certs.get(req.src.identity);
+    const tcp = this.inputs.dial(req.src, req.ip, HBONE_PORT);
+    const socket = tls.connect({ ...clientTlsOptions(svid, req.dstIdentity), socket: tcp });
+    const session = http2.connect(`https://${formatAuthority(req.ip, HBONE_PORT)}`, {
+      createConnection: () => socket,
+      settings: { initialWindowSize: STREAM_WINDOW, enablePush: false },
+    });
+    const entry: Entry = { key, session, streams: 0 };
+    await new Promise<void>((resolve, reject) => {
+      const timer = this.inputs.clock.after(this.inputs.connectTimeoutMs, () => {
+        session.destroy();
+        reject(new TrellisError('ETIMEDOUT', `${where}: no TLS handshake within ${this.inputs.connectTimeoutMs} ms (is the destination agent running? maybe a NetworkPolicy blocks port ${HBONE_PORT})`));
+      });
+      const onError = (err: NodeJS.ErrnoException) => {
+        timer.cancel();
+        session.destroy();
+        if (err.code === 'EIDENTITY' || /certificate|self.signed|verify/i.test(err.message)) {
+          this.inputs.metrics.peerRefusals.inc({ direction: 'outbound' });
+          this.inputs.logger.warn({ err: err.message, dst: req.ip, expected: req.dstIdentity }, 'refused destination peer');
+        }
+        reject(wrapError(where, err));
+      };
+      session.once('error', onError);
+      session.once('connect', () => {
+        timer.cancel();
+        session.off('error', onError);
+        resolve();
+      });
+    });
+    session.setLocalWindowSize(SESSION_WINDOW);
+    const forget = () => {
+      entry.idle?.cancel();
+      if (this.live.get(key) === entry) {
+        this.live.delete(key);
+        this.inputs.metrics.hbonePoolSessions.set(this.live.size);
+      }
+    };
+    session.on('error', (err) => this.inputs.logger.debug({ err: err.message, key }, 'HBONE session error'));
+    session.on('close', forget);
+    session.on('goaway', forget);
+    return entry;
+  }
+
+  private release(entry: Entry): void {
+    entry.streams--;
+    if (entry.streams > 0 || entry.session.destroyed) return;
+    entry.idle = this.inputs.clock.after(this.inputs.idleMs, () => {
+      if (entry.streams === 0) entry.session.close();
+    });
+  }
+}

@@ -1,0 +1,170 @@
+// Inbound: HBONE (15008, mTLS, the caller's identity verified) and plaintext (15006, permissive mode) traffic
+// for one pod, each connected to the app from inside the pod's netns.
+import http2 from 'node:http2';
+import net from 'node:net';
+import type tls from 'node:tls';
+import type { Logger } from 'pino';
+import { wrapError } from '../errors.js';
+import type { Svid } from '../identity/certs.js';
+import { peerIdentity, serverTlsOptions } from '../identity/tls.js';
+import { originalDst, socketFd } from '../native/index.js';
+import type { MeshState } from '../state/store.js';
+import type { Workload } from '../state/workload.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { ConnectionRecord } from './connection.js';
+import { AGENT_PORTS, MAX_CONCURRENT_STREAMS, SESSION_WINDOW, STREAM_WINDOW, formatAuthority, parseAuthority } from './hbone.js';
+import { resetSide, splice, whenConnected } from './splice.js';
+
+/** Connects to the app inside the pod's netns (with the agent's mark, so capture skips it). */
+export type AppDialer = (pod: Workload, ip: string, port: number) => net.Socket;
+
+export interface InboundInputs {
+  pod: Workload;
+  trustDomain: string;
+  state: () => MeshState;
+  dialApp: AppDialer;
+  metrics: Metrics;
+  logger: Logger;
+  accessLog: Logger;
+}
+
+
+export class HboneInbound {
+  readonly server: http2.Http2SecureServer;
+  /** Verified peer identity per session (session.socket is a proxy object, so the session is the key). */
+  private readonly identities = new WeakMap<http2.Http2Session, string>();
+
+  constructor(private readonly inputs: InboundInputs, svid: Svid) {
+    this.server = http2.createSecureServer({
+      ...serverTlsOptions(svid),
+      allowHTTP1: false,
+      settings: { initialWindowSize: STREAM_WINDOW, maxConcurrentStreams: MAX_CONCURRENT_STREAMS, enablePush: false },
+    });
+    this.server.on('tlsClientError', (err, socket) => {
+      // Node reports a rejected client certificate only as a hang-up; the socket still knows why.
+      const peer = peerIdentity(socket, inputs.trustDomain);
+      const reason = peer.ok ? err.message : peer.reason;
+      this.inputs.metrics.peerRefusals.inc({ direction: 'inbound' });
+      this.inputs.logger.warn({ pod: inputs.pod.key, peer: socket.remoteAddress, reason }, 'refused HBONE peer: TLS handshake failed');
+    });
+    this.server.on('session', (session) => {
+      if (!this.verify(session)) return;
+      session.setLocalWindowSize(SESSION_WINDOW);
+      session.on('error', (err) => this.inputs.logger.debug({ err: err.message }, 'inbound HBONE session error'));
+    });
+    this.server.on('stream', (stream, headers) => void this.onStream(stream, headers));
+  }
+
+  /** Swaps in a renewed certificate; established sessions keep theirs. */
+  rotate(svid: Svid): void {
+    this.server.setSecureContext(serverTlsOptions(svid));
+  }
+
+  private verify(session: http2.ServerHttp2Session): boolean {
+    const socket = session.socket as tls.TLSSocket;
+    const peer = peerIdentity(socket, this.inputs.trustDomain);
+    if (!peer.ok) {
+      this.inputs.metrics.peerRefusals.inc({ direction: 'inbound' });
+      this.inputs.logger.warn({ pod: this.inputs.pod.key, peer: socket.remoteAddress, reason: peer.reason }, 'refused HBONE peer');
+      session.destroy();
+      return false;
+    }
+    this.identities.set(session, peer.identity);
+    return true;
+  }
+
+  private async onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): Promise<void> {
+    const pod = this.inputs.pod;
+    const reject = (status: number, reason: string) => {
+      this.inputs.metrics.connectionFailures.inc({ direction: 'inbound', reason: `hbone_${status}` });
+      this.inputs.logger.warn({ pod: pod.key, authority: headers[':authority'], reason }, 'HBONE request refused');
+      if (!stream.destroyed) {
+        stream.respond({ ':status': status, 'trellis-error': reason }, { endStream: true });
+      }
+    };
+    const tlsSocket = stream.session?.socket as tls.TLSSocket | undefined;
+    const principal = stream.session ? this.identities.get(stream.session) : undefined;
+    if (!principal) return reject(401, 'no verified peer identity');
+    if (headers[':method'] !== 'CONNECT') return reject(405, 'only CONNECT is served on the HBONE port');
+    const target = parseAuthority(headers[':authority']);
+    if (!target) return reject(400, 'authority must be ip:port');
+    if (target.ip !== pod.ip) return reject(403, `this agent serves ${pod.key} at ${pod.ip}, not ${target.ip}`);
+    if (AGENT_PORTS.has(target.port)) return reject(403, `port ${target.port} belongs to the agent`);
+
+    const remoteIp = tlsSocket?.remoteAddress;
+    const srcWorkload = remoteIp ? this.inputs.state().workloadByIp(remoteIp) : undefined;
+    let app: net.Socket;
+    try {
+      app = await whenConnected(this.inputs.dialApp(pod, target.ip, target.port));
+    } catch (err) {
+      return reject(503, wrapError(`connect to app ${formatAuthority(target.ip, target.port)}`, err).message);
+    }
+    if (stream.destroyed) {
+      app.destroy();
+      return;
+    }
+    stream.respond({ ':status': 200 });
+    const record = new ConnectionRecord(
+      {
+        direction: 'inbound',
+        src: { ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload, principal },
+        dst: { ip: target.ip, port: target.port, workload: pod, principal: pod.identity },
+        security: 'mutual_tls',
+      },
+      this.inputs.metrics,
+      this.inputs.accessLog,
+    );
+    const outcome = await splice(stream, app, record);
+    record.finish(outcome.error);
+  }
+}
+
+/** Permissive mode: plaintext from clients outside the mesh, redirected to 15006, forwarded to the app. */
+export class PlaintextInbound {
+  readonly server: net.Server;
+
+  constructor(private readonly inputs: InboundInputs) {
+    this.server = net.createServer({ allowHalfOpen: true }, (socket) => void this.onConnection(socket));
+  }
+
+  private async onConnection(down: net.Socket): Promise<void> {
+    const pod = this.inputs.pod;
+    down.on('error', () => undefined);
+    let dst: { address: string; port: number };
+    try {
+      dst = originalDst(socketFd(down));
+    } catch (err) {
+      return this.refuse(down, 'no_original_dst', (err as Error).message);
+    }
+    if (AGENT_PORTS.has(dst.port)) return this.refuse(down, 'agent_port', `port ${dst.port} belongs to the agent`);
+    const srcWorkload = down.remoteAddress ? this.inputs.state().workloadByIp(down.remoteAddress) : undefined;
+    let app: net.Socket;
+    try {
+      app = await whenConnected(this.inputs.dialApp(pod, dst.address, dst.port));
+    } catch (err) {
+      return this.refuse(down, 'app_unreachable', wrapError(`connect to app ${formatAuthority(dst.address, dst.port)}`, err).message);
+    }
+    if (down.destroyed) {
+      app.destroy();
+      return;
+    }
+    const record = new ConnectionRecord(
+      {
+        direction: 'inbound',
+        src: { ip: down.remoteAddress, port: down.remotePort, workload: srcWorkload },
+        dst: { ip: dst.address, port: dst.port, workload: pod, principal: pod.identity },
+        security: 'none',
+      },
+      this.inputs.metrics,
+      this.inputs.accessLog,
+    );
+    const outcome = await splice(down, app, record);
+    record.finish(outcome.error);
+  }
+
+  private refuse(down: net.Socket, reason: string, message: string): void {
+    this.inputs.metrics.connectionFailures.inc({ direction: 'inbound', reason });
+    this.inputs.logger.warn({ pod: this.inputs.pod.key, peer: down.remoteAddress, reason: message }, 'inbound plaintext connection refused');
+    resetSide(down);
+  }
+}

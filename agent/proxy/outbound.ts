@@ -1,0 +1,84 @@
+// Outbound: a connection the app made, redirected to 15001 in its netns. Recover where it was going, resolve
+// the service and endpoint, then carry it over HBONE to a meshed destination or as plain TCP to anything else.
+import type http2 from 'node:http2';
+import type net from 'node:net';
+import type { Logger } from 'pino';
+import { wrapError } from '../errors.js';
+import { originalDst, socketFd } from '../native/index.js';
+import type { MeshState } from '../state/store.js';
+import type { Workload } from '../state/workload.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { ConnectionRecord } from './connection.js';
+import type { HbonePool } from './hbone-pool.js';
+import { formatAuthority } from './hbone.js';
+import { resolveOutbound } from './resolve.js';
+import { resetSide, splice, whenConnected } from './splice.js';
+
+/** Opens a plain TCP connection from inside the source pod's netns (marked, so capture skips it). */
+export type PodDialer = (src: Workload, ip: string, port: number) => net.Socket;
+
+export interface OutboundInputs {
+  state: () => MeshState;
+  pool: HbonePool;
+  dialFromPod: PodDialer;
+  metrics: Metrics;
+  logger: Logger;
+  accessLog: Logger;
+  random: () => number;
+}
+
+export class Outbound {
+  constructor(private readonly inputs: OutboundInputs) {}
+
+  async handle(down: net.Socket, src: Workload): Promise<void> {
+    down.on('error', () => undefined);
+    let dst: { address: string; port: number };
+    try {
+      dst = originalDst(socketFd(down));
+    } catch (err) {
+      return this.refuse(down, src, 'no_original_dst', (err as Error).message);
+    }
+    const target = resolveOutbound(this.inputs.state(), dst, this.inputs.random);
+    if (target.kind === 'fail') return this.refuse(down, src, target.reason, target.message);
+
+    const where = `outbound ${src.key} -> ${formatAuthority(dst.address, dst.port)}`;
+    let up: net.Socket | http2.ClientHttp2Stream;
+    try {
+      if (target.kind === 'hbone') {
+        up = await this.inputs.pool.open({ src, dstIdentity: target.workload.identity, ip: target.ip, port: target.port });
+      } else {
+        up = await whenConnected(this.inputs.dialFromPod(src, target.ip, target.port));
+      }
+    } catch (err) {
+      return this.refuse(down, src, target.kind === 'hbone' ? 'hbone_failed' : 'connect_failed', wrapError(where, err).message);
+    }
+    if (down.destroyed) {
+      resetSide(up);
+      return;
+    }
+    const record = new ConnectionRecord(
+      {
+        direction: 'outbound',
+        src: { ip: down.remoteAddress, port: down.remotePort, workload: src, principal: src.identity },
+        dst: {
+          ip: target.ip,
+          port: target.port,
+          workload: target.workload,
+          principal: target.kind === 'hbone' ? target.workload.identity : undefined,
+          service: target.service?.host,
+        },
+        security: target.kind === 'hbone' ? 'mutual_tls' : 'none',
+      },
+      this.inputs.metrics,
+      this.inputs.accessLog,
+    );
+    const outcome = await splice(down, up, record);
+    record.finish(outcome.error);
+  }
+
+  private refuse(down: net.Socket, src: Workload, reason: string, message: string): void {
+    this.inputs.metrics.connectionFailures.inc({ direction: 'outbound', reason });
+    this.inputs.logger.warn({ pod: src.key, reason: message }, 'outbound connection refused');
+    resetSide(down);
+  }
+}

@@ -1,0 +1,65 @@
+// The agent's three listeners for one enrolled pod, opened inside the pod's netns: outbound capture (15001),
+// inbound plaintext (15006) and inbound HBONE (15008). Closing stops accepting; open connections drain.
+import net from 'node:net';
+import type { Logger } from 'pino';
+import { HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../constants.js';
+import { TrellisError } from '../errors.js';
+import type { CertSource } from '../identity/certs.js';
+import { listenInNetns } from '../native/index.js';
+import type { MeshState } from '../state/store.js';
+import type { Workload } from '../state/workload.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { HboneInbound, PlaintextInbound, type AppDialer } from './inbound.js';
+import type { Outbound } from './outbound.js';
+
+export interface PodProxyInputs {
+  trustDomain: string;
+  certs: CertSource;
+  outbound: Outbound;
+  state: () => MeshState;
+  dialApp: AppDialer;
+  metrics: Metrics;
+  logger: Logger;
+  accessLog: Logger;
+}
+
+export class PodProxy {
+  private constructor(
+    readonly pod: Workload,
+    private readonly servers: net.Server[],
+    private readonly unsubscribe: () => void,
+  ) {}
+
+  static async open(pod: Workload, inputs: PodProxyInputs): Promise<PodProxy> {
+    const netns = pod.netnsPath;
+    if (!netns || !pod.ip) throw new TrellisError('ENOTREADY', `pod ${pod.key} has no IP or netns yet`);
+    const svid = await inputs.certs.get(pod.identity);
+    const outbound = net.createServer({ allowHalfOpen: true }, (s) => void inputs.outbound.handle(s, pod));
+    const inbound = { ...inputs, pod };
+    const plain = new PlaintextInbound(inbound);
+    const hbone = new HboneInbound(inbound, svid);
+    const servers: net.Server[] = [];
+    try {
+      // The outbound port is reachable only from inside the pod: REDIRECT in OUTPUT targets loopback.
+      await listenInNetns(outbound, netns, { host: '127.0.0.1', port: OUTBOUND_PORT });
+      servers.push(outbound);
+      await listenInNetns(plain.server, netns, { host: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT });
+      servers.push(plain.server);
+      await listenInNetns(hbone.server, netns, { host: '0.0.0.0', port: HBONE_PORT });
+      servers.push(hbone.server);
+    } catch (err) {
+      for (const s of servers) s.close();
+      throw err;
+    }
+    const unsubscribe = inputs.certs.onRotate((next) => {
+      if (next.identity === pod.identity) hbone.rotate(next);
+    });
+    return new PodProxy(pod, servers, unsubscribe);
+  }
+
+  /** Stops accepting; established connections finish on their own. */
+  close(): void {
+    this.unsubscribe();
+    for (const s of this.servers) s.close();
+  }
+}

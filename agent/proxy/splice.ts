@@ -1,0 +1,96 @@
+// Moves bytes both ways between a downstream and an upstream, exactly: backpressure through pipe(),
+// half-close passed along (FIN <-> END_STREAM), and a reset on one side turned into a reset on the other.
+import http2 from 'node:http2';
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+
+export interface SpliceHooks {
+  /** Bytes read from downstream and written upstream (request direction). */
+  downToUp(n: number): void;
+  /** Bytes read from upstream and written downstream (response direction). */
+  upToDown(n: number): void;
+}
+
+export interface SpliceOutcome {
+  /** The first error on either side, if the splice ended by reset or failure. */
+  error?: Error;
+  /** Which side failed first. */
+  side?: 'downstream' | 'upstream';
+}
+
+/** Aborts a side so its peer sees a reset, not an orderly close. */
+export function resetSide(s: Duplex): void {
+  if (s.destroyed) return;
+  if (s instanceof net.Socket) {
+    // After our own FIN the kernel cannot turn the close into a reset (libuv answers EINVAL): close instead.
+    if (s.writableEnded || s.connecting) s.destroy();
+    else s.resetAndDestroy();
+  } else if (isHttp2Stream(s)) {
+    s.close(http2.constants.NGHTTP2_CONNECT_ERROR);
+  } else {
+    s.destroy();
+  }
+}
+
+function isHttp2Stream(s: Duplex): s is http2.Http2Stream {
+  return typeof (s as http2.Http2Stream).close === 'function' && 'rstCode' in s;
+}
+
+/** An HTTP/2 stream that closed with RST_STREAM (other than NO_ERROR) ended by reset. */
+function resetByPeer(s: Duplex): boolean {
+  if (!isHttp2Stream(s)) return false;
+  const code = s.rstCode;
+  return code !== undefined && code !== http2.constants.NGHTTP2_NO_ERROR;
+}
+
+export function splice(down: Duplex, up: Duplex, hooks: SpliceHooks): Promise<SpliceOutcome> {
+  return new Promise((resolve) => {
+    const outcome: SpliceOutcome = {};
+    let open = 2;
+    const fail = (side: 'downstream' | 'upstream', err: Error) => {
+      if (!outcome.error) {
+        outcome.error = err;
+        outcome.side = side;
+      }
+      resetSide(side === 'downstream' ? up : down);
+      resetSide(side === 'downstream' ? down : up);
+    };
+    const closed = (side: 'downstream' | 'upstream', s: Duplex) => () => {
+      if (resetByPeer(s) && !outcome.error) fail(side, Object.assign(new Error('stream reset by peer'), { code: 'ECONNRESET' }));
+      else if (!s.readableEnded && !outcome.error && s.readable) {
+        // Closed without FIN or error: treat as reset so the other side does not wait forever.
+        fail(side, Object.assign(new Error('closed before end of stream'), { code: 'ECONNRESET' }));
+      }
+      if (--open === 0) resolve(outcome);
+    };
+    down.on('data', (chunk: Buffer) => hooks.downToUp(chunk.length));
+    up.on('data', (chunk: Buffer) => hooks.upToDown(chunk.length));
+    down.on('error', (err) => fail('downstream', err));
+    up.on('error', (err) => fail('upstream', err));
+    down.on('close', closed('downstream', down));
+    up.on('close', closed('upstream', up));
+    // FIN is passed on by hand, one turn of the loop late: an HTTP/2 stream reset by its peer ends its readable
+    // side just before it reports the reset, and that must become a reset downstream, not a FIN.
+    down.pipe(up, { end: false });
+    up.pipe(down, { end: false });
+    const passEnd = (side: 'downstream' | 'upstream', from: Duplex, to: Duplex) => () =>
+      setImmediate(() => {
+        if (outcome.error) return;
+        if (resetByPeer(from)) fail(side, Object.assign(new Error('stream reset by peer'), { code: 'ECONNRESET' }));
+        else to.end();
+      });
+    down.on('end', passEnd('downstream', down, up));
+    up.on('end', passEnd('upstream', up, down));
+  });
+}
+
+/** Resolves when a dialled socket is connected; rejects with its dial error. */
+export function whenConnected(sock: net.Socket): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    sock.once('connect', () => {
+      sock.off('error', reject);
+      resolve(sock);
+    });
+    sock.once('error', reject);
+  });
+}

@@ -1,0 +1,348 @@
+// Native boundary under capture/ and proxy/: opens sockets inside pod network namespaces and reads the
+// pre-NAT destination of captured connections, the two things Node's net module cannot do.
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <node_api.h>
+
+#include "checks.h"
+
+// From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>, which clash with the libc headers.
+#ifndef SO_ORIGINAL_DST
+#define SO_ORIGINAL_DST 80
+#endif
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80
+#endif
+
+// A failed syscall, reported to JS as an Error with errno, code and syscall.
+typedef struct {
+  int err;
+  const char *syscall;
+  const char *what;  // the argument the message names: a netns path, host:port or fd
+} failure;
+
+static int fail(failure *f, const char *syscall, const char *what) {
+  f->err = errno;
+  f->syscall = syscall;
+  f->what = what;
+  return -1;
+}
+
+static const char *errno_name(int err) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+  const char *name = strerrorname_np(err);
+  if (name != NULL) return name;
+#endif
+  switch (err) {
+    case EPERM: return "EPERM";
+    case ENOENT: return "ENOENT";
+    case EBADF: return "EBADF";
+    case EACCES: return "EACCES";
+    case EINVAL: return "EINVAL";
+    case EMFILE: return "EMFILE";
+    case ENFILE: return "ENFILE";
+    case ENOTSOCK: return "ENOTSOCK";
+    case ENOPROTOOPT: return "ENOPROTOOPT";
+    case EAFNOSUPPORT: return "EAFNOSUPPORT";
+    case EADDRINUSE: return "EADDRINUSE";
+    case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
+    case ENOTCONN: return "ENOTCONN";
+    case ECONNREFUSED: return "ECONNREFUSED";
+    case ENOMEM: return "ENOMEM";
+    case ENOBUFS: return "ENOBUFS";
+    default: return "EUNKNOWN";
+  }
+}
+
+static napi_value throw_failure(napi_env env, const failure *f) {
+  char message[PATH_MAX + 128];
+  snprintf(message, sizeof message, "%s %s: %s", f->syscall, f->what, strerror(f->err));
+  napi_value code, msg, error, err_no, syscall;
+  NAPI_CALL(env, napi_create_string_utf8(env, errno_name(f->err), NAPI_AUTO_LENGTH, &code));
+  NAPI_CALL(env, napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg));
+  NAPI_CALL(env, napi_create_error(env, code, msg, &error));
+  NAPI_CALL(env, napi_create_int32(env, f->err, &err_no));
+  NAPI_CALL(env, napi_create_string_utf8(env, f->syscall, NAPI_AUTO_LENGTH, &syscall));
+  NAPI_CALL(env, napi_set_named_property(env, error, "errno", err_no));
+  NAPI_CALL(env, napi_set_named_property(env, error, "syscall", syscall));
+  NAPI_CALL(env, napi_throw(env, error));
+  return NULL;
+}
+
+static bool arg_string(napi_env env, napi_value value, const char *name, char *buf, size_t size) {
+  napi_valuetype type;
+  NAPI_CALL_BOOL(env, napi_typeof(env, value, &type));
+  if (type != napi_string) {
+    char message[96];
+    snprintf(message, sizeof message, "%s must be a string", name);
+    napi_throw_type_error(env, "EINVAL", message);
+    return false;
+  }
+  size_t len = 0;
+  NAPI_CALL_BOOL(env, napi_get_value_string_utf8(env, value, NULL, 0, &len));
+  if (len == 0 || len >= size) {
+    char message[96];
+    snprintf(message, sizeof message, "%s must be 1 to %zu bytes long", name, size - 1);
+    napi_throw_range_error(env, "EINVAL", message);
+    return false;
+  }
+  NAPI_CALL_BOOL(env, napi_get_value_string_utf8(env, value, buf, size, &len));
+  return true;
+}
+
+static bool arg_uint32(napi_env env, napi_value value, const char *name, uint32_t *out) {
+  napi_valuetype type;
+  NAPI_CALL_BOOL(env, napi_typeof(env, value, &type));
+  if (type != napi_number) {
+    char message[96];
+    snprintf(message, sizeof message, "%s must be a number", name);
+    napi_throw_type_error(env, "EINVAL", message);
+    return false;
+  }
+  NAPI_CALL_BOOL(env, napi_get_value_uint32(env, value, out));
+  return true;
+}
+
+static bool arg_family(napi_env env, napi_value value, int *domain) {
+  uint32_t family;
+  if (!arg_uint32(env, value, "family", &family)) return false;
+  if (family != 4 && family != 6) {
+    napi_throw_range_error(env, "EINVAL", "family must be 4 or 6");
+    return false;
+  }
+  *domain = family == 4 ? AF_INET : AF_INET6;
+  return true;
+}
+
+// Runs on the JS thread, which setns moves into the pod for the length of one socket() call.
+// A socket keeps the netns it was created in, so everything after socket() happens back home.
+static int socket_in_netns(const char *ns_path, int domain, uint32_t mark, failure *f) {
+  int target = open(ns_path, O_RDONLY | O_CLOEXEC);
+  if (target < 0) return fail(f, "open", ns_path);
+  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (home < 0) {
+    fail(f, "open", "/proc/thread-self/ns/net");
+    close(target);
+    return -1;
+  }
+  if (setns(target, CLONE_NEWNET) != 0) {
+    fail(f, "setns", ns_path);
+    close(home);
+    close(target);
+    return -1;
+  }
+  int fd = socket(domain, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  int socket_errno = errno;
+  if (setns(home, CLONE_NEWNET) != 0) {
+    // Every later socket this thread opens would land in the pod: stopping is the only safe move.
+    fprintf(stderr, "trellis: cannot return to the agent's network namespace after entering %s: %s\n",
+            ns_path, strerror(errno));
+    abort();
+  }
+  close(home);
+  close(target);
+  if (fd < 0) {
+    errno = socket_errno;
+    return fail(f, "socket", ns_path);
+  }
+  if (mark != 0 && setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0) {
+    fail(f, "setsockopt(SO_MARK)", ns_path);
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static int set_int_option(int fd, int level, int name, int value) {
+  return setsockopt(fd, level, name, &value, sizeof value);
+}
+
+// socketInNetns(nsPath, family, mark) -> fd
+static napi_value js_socket_in_netns(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 3, "socketInNetns");
+  char ns_path[PATH_MAX];
+  int domain;
+  uint32_t mark;
+  if (!arg_string(env, argv[0], "nsPath", ns_path, sizeof ns_path)) return NULL;
+  if (!arg_family(env, argv[1], &domain)) return NULL;
+  if (!arg_uint32(env, argv[2], "mark", &mark)) return NULL;
+
+  failure f;
+  int fd = socket_in_netns(ns_path, domain, mark, &f);
+  if (fd < 0) return throw_failure(env, &f);
+  napi_value result;
+  NAPI_CALL(env, napi_create_int32(env, fd, &result));
+  return result;
+}
+
+// listenInNetns(nsPath, family, host, port, backlog, mark, transparent) -> fd
+static napi_value js_listen_in_netns(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 7, "listenInNetns");
+  char ns_path[PATH_MAX];
+  char host[INET6_ADDRSTRLEN];
+  int domain;
+  uint32_t port, backlog, mark;
+  bool transparent;
+  if (!arg_string(env, argv[0], "nsPath", ns_path, sizeof ns_path)) return NULL;
+  if (!arg_family(env, argv[1], &domain)) return NULL;
+  if (!arg_string(env, argv[2], "host", host, sizeof host)) return NULL;
+  if (!arg_uint32(env, argv[3], "port", &port)) return NULL;
+  if (!arg_uint32(env, argv[4], "backlog", &backlog)) return NULL;
+  if (!arg_uint32(env, argv[5], "mark", &mark)) return NULL;
+  NAPI_CALL(env, napi_get_value_bool(env, argv[6], &transparent));
+  if (port > 65535) {
+    napi_throw_range_error(env, "EINVAL", "port must be 0 to 65535");
+    return NULL;
+  }
+
+  char where[PATH_MAX + INET6_ADDRSTRLEN + 16];
+  snprintf(where, sizeof where, domain == AF_INET6 ? "[%s]:%u in %s" : "%s:%u in %s", host, port, ns_path);
+
+  struct sockaddr_storage addr;
+  socklen_t addr_len;
+  memset(&addr, 0, sizeof addr);
+  if (domain == AF_INET) {
+    struct sockaddr_in *in = (struct sockaddr_in *)&addr;
+    in->sin_family = AF_INET;
+    in->sin_port = htons((uint16_t)port);
+    addr_len = sizeof *in;
+    if (inet_pton(AF_INET, host, &in->sin_addr) != 1) {
+      failure f = {EINVAL, "inet_pton", where};
+      return throw_failure(env, &f);
+    }
+  } else {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&addr;
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    addr_len = sizeof *in6;
+    if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1) {
+      failure f = {EINVAL, "inet_pton", where};
+      return throw_failure(env, &f);
+    }
+  }
+
+  failure f;
+  int fd = socket_in_netns(ns_path, domain, mark, &f);
+  if (fd < 0) return throw_failure(env, &f);
+  int rc = 0;
+  if (set_int_option(fd, SOL_SOCKET, SO_REUSEADDR, 1) != 0) {
+    rc = fail(&f, "setsockopt(SO_REUSEADDR)", where);
+  } else if (transparent && domain == AF_INET && set_int_option(fd, SOL_IP, IP_TRANSPARENT, 1) != 0) {
+    rc = fail(&f, "setsockopt(IP_TRANSPARENT)", where);
+  } else if (transparent && domain == AF_INET6 && set_int_option(fd, SOL_IPV6, IPV6_TRANSPARENT, 1) != 0) {
+    rc = fail(&f, "setsockopt(IPV6_TRANSPARENT)", where);
+  } else if (domain == AF_INET6 && set_int_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1) != 0) {
+    // v6-only so an IPv4 and an IPv6 listener can share a port, as the capture rules expect.
+    rc = fail(&f, "setsockopt(IPV6_V6ONLY)", where);
+  } else if (bind(fd, (struct sockaddr *)&addr, addr_len) != 0) {
+    rc = fail(&f, "bind", where);
+  } else if (listen(fd, (int)(backlog > INT_MAX ? INT_MAX : backlog)) != 0) {
+    rc = fail(&f, "listen", where);
+  }
+  if (rc != 0) {
+    close(fd);
+    return throw_failure(env, &f);
+  }
+  napi_value result;
+  NAPI_CALL(env, napi_create_int32(env, fd, &result));
+  return result;
+}
+
+// originalDst(fd) -> { address, port, family }: where the client meant to go before NAT redirected it.
+static napi_value js_original_dst(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "originalDst");
+  uint32_t fd_arg;
+  if (!arg_uint32(env, argv[0], "fd", &fd_arg)) return NULL;
+  int fd = (int)fd_arg;
+  char where[32];
+  snprintf(where, sizeof where, "fd %d", fd);
+
+  failure f;
+  struct sockaddr_storage local;
+  socklen_t local_len = sizeof local;
+  if (getsockname(fd, (struct sockaddr *)&local, &local_len) != 0) {
+    fail(&f, "getsockname", where);
+    return throw_failure(env, &f);
+  }
+  // An IPv4 client on a dual-stack socket is tracked by conntrack as IPv4.
+  bool v4 = local.ss_family == AF_INET ||
+            (local.ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *)&local)->sin6_addr));
+  if (local.ss_family != AF_INET && local.ss_family != AF_INET6) {
+    errno = EAFNOSUPPORT;
+    fail(&f, "getsockname", where);
+    return throw_failure(env, &f);
+  }
+
+  char address[INET6_ADDRSTRLEN];
+  uint16_t port;
+  int family;
+  if (v4) {
+    struct sockaddr_in dst;
+    socklen_t len = sizeof dst;
+    memset(&dst, 0, sizeof dst);
+    if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &dst, &len) != 0) {
+      fail(&f, "getsockopt(SO_ORIGINAL_DST)", where);
+      return throw_failure(env, &f);
+    }
+    inet_ntop(AF_INET, &dst.sin_addr, address, sizeof address);
+    port = ntohs(dst.sin_port);
+    family = 4;
+  } else {
+    struct sockaddr_in6 dst;
+    socklen_t len = sizeof dst;
+    memset(&dst, 0, sizeof dst);
+    if (getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &dst, &len) != 0) {
+      fail(&f, "getsockopt(IP6T_SO_ORIGINAL_DST)", where);
+      return throw_failure(env, &f);
+    }
+    inet_ntop(AF_INET6, &dst.sin6_addr, address, sizeof address);
+    port = ntohs(dst.sin6_port);
+    family = 6;
+  }
+
+  napi_value result, js_address, js_port, js_family;
+  NAPI_CALL(env, napi_create_object(env, &result));
+  NAPI_CALL(env, napi_create_string_utf8(env, address, NAPI_AUTO_LENGTH, &js_address));
+  NAPI_CALL(env, napi_create_uint32(env, port, &js_port));
+  NAPI_CALL(env, napi_create_uint32(env, (uint32_t)family, &js_family));
+  NAPI_CALL(env, napi_set_named_property(env, result, "address", js_address));
+  NAPI_CALL(env, napi_set_named_property(env, result, "port", js_port));
+  NAPI_CALL(env, napi_set_named_property(env, result, "family", js_family));
+  return result;
+}
+
+// setMark(fd, mark): capture rules skip packets carrying the agent's mark.
+static napi_value js_set_mark(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 2, "setMark");
+  uint32_t fd, mark;
+  if (!arg_uint32(env, argv[0], "fd", &fd)) return NULL;
+  if (!arg_uint32(env, argv[1], "mark", &mark)) return NULL;
+  if (setsockopt((int)fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0) {
+    char where[32];
+    snprintf(where, sizeof where, "fd %u", fd);
+    failure f;
+    fail(&f, "setsockopt(SO_MARK)", where);
+    return throw_failure(env, &f);
+  }
+  return NULL;
+}
+
+NAPI_MODULE_INIT() {
+  NAPI_EXPORT_FUNCTION(env, exports, "socketInNetns", js_socket_in_netns);
+  NAPI_EXPORT_FUNCTION(env, exports, "listenInNetns", js_listen_in_netns);
+  NAPI_EXPORT_FUNCTION(env, exports, "originalDst", js_original_dst);
+  NAPI_EXPORT_FUNCTION(env, exports, "setMark", js_set_mark);
+  return exports;
+}

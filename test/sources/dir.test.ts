@@ -1,0 +1,89 @@
+import { mkdtempSync, rmSync, writeFileSync, renameSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { DirSource, parseFile, type Snapshot } from '../../agent/sources/dir.js';
+import { captureLogger } from '../support/logger.js';
+
+const pod = (name: string, extra = '') => `apiVersion: v1
+kind: Pod
+metadata:
+  name: ${name}
+  namespace: demo
+spec:
+  nodeName: node-a
+  containers: [{ name: c }]
+status:
+  podIP: 10.244.1.${name.length + 2}
+${extra}`;
+
+describe('dir source', () => {
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+  const tmp = () => {
+    const d = mkdtempSync(path.join(tmpdir(), 'trellis-dir-'));
+    dirs.push(d);
+    return d;
+  };
+
+  it('parses multi-document files and defaults the namespace', () => {
+    const r = parseFile('x.yaml', `${pod('a')}---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}]}\n`);
+    expect(r.problems).toEqual([]);
+    expect([...r.objects!.keys()]).toEqual(['Pod/demo/a', 'Service/default/s']);
+  });
+
+  it('reports an invalid object with file, object and field, and keeps its last good version', () => {
+    const first = parseFile('p.yaml', pod('a'));
+    const bad = pod('a').replace('podIP: 10.244.1.3', 'podIP: not-an-ip');
+    const r = parseFile('p.yaml', bad, first.objects);
+    expect(r.problems).toHaveLength(1);
+    expect(r.problems[0]).toMatchObject({ file: 'p.yaml', object: 'Pod/demo/a' });
+    expect(r.problems[0]!.reason).toMatch(/status\.podIP/);
+    expect(r.objects!.get('Pod/demo/a')).toEqual(first.objects!.get('Pod/demo/a'));
+  });
+
+  it('rejects a file with a YAML syntax error as a whole', () => {
+    const r = parseFile('bad.yaml', `${pod('a')}---\nkind: [unclosed\n`);
+    expect(r.objects).toBeUndefined();
+    expect(r.problems[0]!.reason).toMatch(/invalid YAML/);
+  });
+
+  it('names unsupported kinds', () => {
+    const r = parseFile('k.yaml', 'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n');
+    expect(r.problems[0]!.reason).toMatch(/unsupported kind "Deployment"/);
+  });
+
+  it('reloads on change and keeps the last good state when a file turns invalid', async () => {
+    const dir = tmp();
+    writeFileSync(path.join(dir, 'a.yaml'), pod('a'));
+    const snaps: Snapshot[] = [];
+    const { logger, lines } = captureLogger();
+    const src = new DirSource({ dir, logger, onSnapshot: (s) => snaps.push(s), debounceMs: 10 });
+    await src.start();
+    try {
+      expect(snaps.at(-1)!.objects.map((o) => o.metadata.name)).toEqual(['a']);
+      const next = async (pred: (s: Snapshot) => boolean) => {
+        const deadline = Date.now() + 3000;
+        while (Date.now() < deadline) {
+          if (snaps.length && pred(snaps.at(-1)!)) return snaps.at(-1)!;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        throw new Error('no matching snapshot');
+      };
+      const tmpFile = path.join(dir, '.b.tmp');
+      writeFileSync(tmpFile, pod('bb'));
+      renameSync(tmpFile, path.join(dir, 'b.yaml'));
+      await next((s) => s.objects.length === 2);
+      writeFileSync(path.join(dir, 'b.yaml'), 'kind: [broken');
+      const s = await next((s) => s.problems.length > 0);
+      expect(s.objects.map((o) => o.metadata.name).sort()).toEqual(['a', 'bb']);
+      expect(lines().some((l) => l.file === path.join(dir, 'b.yaml') && String(l.reason).includes('invalid YAML'))).toBe(true);
+      rmSync(path.join(dir, 'b.yaml'));
+      await next((s) => s.objects.length === 1 && s.problems.length === 0);
+    } finally {
+      src.close();
+    }
+  });
+});
