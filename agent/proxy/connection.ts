@@ -17,7 +17,7 @@ export function tcpLabels(f: ConnectionFields): TcpLabels {
     reporter: f.direction === 'outbound' ? 'source' : 'destination',
     source_workload: f.src.workload?.name ?? 'unknown',
     source_workload_namespace: f.src.workload?.namespace ?? 'unknown',
-    source_principal: f.src.principal ?? f.src.workload?.identity ?? 'unknown',
+    source_principal: f.src.principal ?? 'unknown',
     destination_workload: f.dst.workload?.name ?? 'unknown',
     destination_workload_namespace: f.dst.workload?.namespace ?? 'unknown',
     destination_principal: f.dst.principal ?? 'unknown',
@@ -60,7 +60,7 @@ export class ConnectionRecord implements SpliceHooks {
     this.accessLog.info(
       {
         direction: f.direction,
-        src: { ip: f.src.ip, port: f.src.port, workload: f.src.workload?.key, principal: f.src.principal ?? f.src.workload?.identity },
+        src: { ip: f.src.ip, port: f.src.port, workload: f.src.workload?.key, principal: f.src.principal },
         dst: { ip: f.dst.ip, port: f.dst.port, workload: f.dst.workload?.key, principal: f.dst.principal, service: f.dst.service },
         security: f.security,
         bytes_received: this.bytesIn,

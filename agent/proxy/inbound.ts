@@ -108,7 +108,7 @@ export class HboneInbound {
       {
         direction: 'inbound',
         src: { ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload, principal },
-        dst: { ip: target.ip, port: target.port, workload: pod, principal: pod.identity },
+        dst: { ip: target.ip, port: target.port, workload: pod, principal: pod.identity, service: this.inputs.state().serviceByEndpoint(target.ip, target.port)?.host },
         security: 'mutual_tls',
       },
       this.inputs.metrics,
@@ -152,7 +152,7 @@ export class PlaintextInbound {
       {
         direction: 'inbound',
         src: { ip: down.remoteAddress, port: down.remotePort, workload: srcWorkload },
-        dst: { ip: dst.address, port: dst.port, workload: pod, principal: pod.identity },
+        dst: { ip: dst.address, port: dst.port, workload: pod, principal: pod.identity, service: this.inputs.state().serviceByEndpoint(dst.address, dst.port)?.host },
         security: 'none',
       },
       this.inputs.metrics,

@@ -41,6 +41,7 @@ export class MeshState {
   readonly services: ReadonlyMap<string, ServiceInfo>;
   private readonly byIp: ReadonlyMap<string, Workload>;
   private readonly byVip: ReadonlyMap<string, ServiceInfo>;
+  private readonly byEndpoint: ReadonlyMap<string, ServiceInfo>;
 
   constructor(version: number, workloads: Map<string, Workload>, services: Map<string, ServiceInfo>) {
     this.version = version;
@@ -50,8 +51,13 @@ export class MeshState {
     for (const w of workloads.values()) if (w.ip) byIp.set(w.ip, w);
     const byVip = new Map<string, ServiceInfo>();
     for (const s of services.values()) for (const vip of s.vips) byVip.set(vip, s);
+    const byEndpoint = new Map<string, ServiceInfo>();
+    for (const s of services.values()) {
+      for (const p of s.ports) for (const e of p.endpoints) if (!byEndpoint.has(`${e.ip}:${e.port}`)) byEndpoint.set(`${e.ip}:${e.port}`, s);
+    }
     this.byIp = byIp;
     this.byVip = byVip;
+    this.byEndpoint = byEndpoint;
   }
 
   static empty(): MeshState {
@@ -64,6 +70,11 @@ export class MeshState {
 
   serviceByVip(ip: string): ServiceInfo | undefined {
     return this.byVip.get(ip);
+  }
+
+  /** The service an endpoint belongs to (the destination reporter's destination_service). */
+  serviceByEndpoint(ip: string, port: number): ServiceInfo | undefined {
+    return this.byEndpoint.get(`${ip}:${port}`);
   }
 
   /** Pods scheduled on a node. */
