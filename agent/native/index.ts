@@ -224,7 +224,8 @@ export function listenInNetns(
 
 /**
  * A net.Socket connecting (non-blocking, never blocks the event loop) to host:port from inside the netns,
- * with SO_MARK set. Behaves like net.connect: emits 'connect' or 'error' (ECONNREFUSED etc.). Creation
+ * with SO_MARK set. Behaves like net.connect: emits 'connect' or 'error' (ECONNREFUSED etc.). The socket is
+ * half-open (allowHalfOpen): a FIN from the peer does not end our side, so the mesh can pass half-close on. Creation
  * errors (bad netns, a host name) are emitted as 'error' on next tick, not thrown. `timeoutMs` bounds the
  * connect only ('error' with code ETIMEDOUT).
  */

@@ -317,9 +317,11 @@ describe('native netns boundary', () => {
       const c4 = connectInNetns(pathA, { host: dst4, port: 9999 });
       c4.resume();
       await once(c4, 'end');
+      c4.end(); // sockets from connectInNetns are half-open: close our side too
       const c6 = connectInNetns(pathA, { host: 'fd00:251::77', port: 9999 });
       c6.resume();
       await once(c6, 'end');
+      c6.end();
 
       expect(accepted).toEqual([
         { address: dst4, port: 9999, family: 4 },
@@ -347,6 +349,7 @@ describe('native netns boundary', () => {
       const client = connectInNetns(pathA, { host: ipB, port: 7005 });
       client.resume();
       await once(client, 'end');
+      client.end();
       expect(failure).toBeInstanceOf(NativeError);
       expect((failure as NativeError).syscall).toBe('getsockopt(SO_ORIGINAL_DST)');
       expect(['ENOENT', 'ENOPROTOOPT']).toContain((failure as NativeError).code);
