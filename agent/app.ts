@@ -9,6 +9,7 @@ import { AGENT_MARK } from './constants.js';
 import { LocalCa } from './identity/ca.js';
 import { WorkloadCerts } from './identity/certs.js';
 import { connectInNetns } from './native/index.js';
+import { Drain } from './proxy/drain.js';
 import { HbonePool } from './proxy/hbone-pool.js';
 import { Outbound } from './proxy/outbound.js';
 import { PodProxy } from './proxy/pod-proxy.js';
@@ -59,6 +60,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     idleMs: config.hboneIdleMs,
   });
   const state = () => store.current();
+  const drain = new Drain();
   const outbound = new Outbound({
     state,
     pool,
@@ -66,6 +68,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     metrics,
     logger: logger.child({ component: 'outbound' }),
     accessLog,
+    drain,
     random: Math.random,
   });
 
@@ -83,6 +86,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         metrics,
         logger: logger.child({ component: 'inbound' }),
         accessLog,
+        drain,
       }),
     applyRules: nftApply,
     metrics,
@@ -112,7 +116,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   });
   await listen(metricsHttp, config.metrics.host, config.metrics.port);
   await listen(healthHttp, config.health.host, config.health.port);
-  logger.info({ node: config.node, pods: enrolment.pods(), metrics: config.metrics, health: config.health }, 'agent ready');
+  logger.info({ pods: enrolment.pods(), metrics: config.metrics, health: config.health }, 'agent ready');
 
   let stopping: Promise<void> | undefined;
   return {
@@ -126,7 +130,9 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         // Stop accepting; capture rules stay, so nothing bypasses the mesh while we are gone.
         enrolment.close();
         healthHttp.close();
-        await new Promise((r) => setTimeout(r, Math.min(config.drainMs, 100)).unref());
+        const active = drain.active();
+        const left = await drain.wait(config.drainMs);
+        logger.info({ drained: active - left, cut: left, drainMs: config.drainMs }, 'connections drained');
         pool.close();
         certs.close();
         metricsHttp.close();

@@ -3,7 +3,15 @@
 import type { Logger } from 'pino';
 import type { Metrics, TcpCounters, TcpLabels } from '../telemetry/metrics.js';
 import type { Workload } from '../state/workload.js';
+import type { Drain } from './drain.js';
 import type { SpliceHooks } from './splice.js';
+
+/** What every connection record reports to. */
+export interface RecordSinks {
+  metrics: Metrics;
+  accessLog: Logger;
+  drain: Drain;
+}
 
 export interface ConnectionFields {
   direction: 'outbound' | 'inbound';
@@ -32,14 +40,17 @@ export class ConnectionRecord implements SpliceHooks {
   private bytesIn = 0;
   private bytesOut = 0;
   private done = false;
+  private readonly accessLog: Logger;
+  private readonly leave: () => void;
 
   constructor(
     private readonly fields: ConnectionFields,
-    metrics: Metrics,
-    private readonly accessLog: Logger,
+    sinks: RecordSinks,
   ) {
-    this.counters = metrics.tcp(tcpLabels(fields));
+    this.counters = sinks.metrics.tcp(tcpLabels(fields));
     this.counters.opened();
+    this.accessLog = sinks.accessLog;
+    this.leave = sinks.drain.enter();
   }
 
   downToUp(n: number): void {
@@ -55,6 +66,7 @@ export class ConnectionRecord implements SpliceHooks {
   finish(error?: Error): void {
     if (this.done) return;
     this.done = true;
+    this.leave();
     this.counters.closed();
     const f = this.fields;
     this.accessLog.info(

@@ -12,6 +12,7 @@ import type { MeshState } from '../state/store.js';
 import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { ConnectionRecord } from './connection.js';
+import type { Drain } from './drain.js';
 import { AGENT_PORTS, MAX_CONCURRENT_STREAMS, SESSION_WINDOW, STREAM_WINDOW, formatAuthority, parseAuthority } from './hbone.js';
 import { resetSide, splice, whenConnected } from './splice.js';
 
@@ -26,6 +27,7 @@ export interface InboundInputs {
   metrics: Metrics;
   logger: Logger;
   accessLog: Logger;
+  drain: Drain;
 }
 
 
@@ -33,6 +35,7 @@ export class HboneInbound {
   readonly server: http2.Http2SecureServer;
   /** Verified peer identity per session (session.socket is a proxy object, so the session is the key). */
   private readonly identities = new WeakMap<http2.Http2Session, string>();
+  private readonly sessions = new Set<http2.ServerHttp2Session>();
 
   constructor(private readonly inputs: InboundInputs, svid: Svid) {
     this.server = http2.createSecureServer({
@@ -49,10 +52,17 @@ export class HboneInbound {
     });
     this.server.on('session', (session) => {
       if (!this.verify(session)) return;
+      this.sessions.add(session);
+      session.once('close', () => this.sessions.delete(session));
       session.setLocalWindowSize(SESSION_WINDOW);
       session.on('error', (err) => this.inputs.logger.debug({ err: err.message }, 'inbound HBONE session error'));
     });
     this.server.on('stream', (stream, headers) => void this.onStream(stream, headers));
+  }
+
+  /** Asks every peer session to open no new stream (HTTP/2 GOAWAY); streams in flight go on. */
+  goaway(): void {
+    for (const session of this.sessions) if (!session.closed) session.close();
   }
 
   /** Swaps in a renewed certificate; established sessions keep theirs. */
@@ -111,8 +121,7 @@ export class HboneInbound {
         dst: { ip: target.ip, port: target.port, workload: pod, principal: pod.identity, service: this.inputs.state().serviceByEndpoint(target.ip, target.port)?.host },
         security: 'mutual_tls',
       },
-      this.inputs.metrics,
-      this.inputs.accessLog,
+      this.inputs,
     );
     const outcome = await splice(stream, app, record);
     record.finish(outcome.error);
@@ -155,8 +164,7 @@ export class PlaintextInbound {
         dst: { ip: dst.address, port: dst.port, workload: pod, principal: pod.identity, service: this.inputs.state().serviceByEndpoint(dst.address, dst.port)?.host },
         security: 'none',
       },
-      this.inputs.metrics,
-      this.inputs.accessLog,
+      this.inputs,
     );
     const outcome = await splice(down, app, record);
     record.finish(outcome.error);

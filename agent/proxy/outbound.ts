@@ -9,6 +9,7 @@ import type { MeshState } from '../state/store.js';
 import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { ConnectionRecord } from './connection.js';
+import type { Drain } from './drain.js';
 import type { HbonePool } from './hbone-pool.js';
 import { formatAuthority } from './hbone.js';
 import { resolveOutbound } from './resolve.js';
@@ -24,6 +25,7 @@ export interface OutboundInputs {
   metrics: Metrics;
   logger: Logger;
   accessLog: Logger;
+  drain: Drain;
   random: () => number;
 }
 
@@ -69,8 +71,7 @@ export class Outbound {
         },
         security: target.kind === 'hbone' ? 'mutual_tls' : 'none',
       },
-      this.inputs.metrics,
-      this.inputs.accessLog,
+      this.inputs,
     );
     const outcome = await splice(down, up, record);
     record.finish(outcome.error);

@@ -9,6 +9,7 @@ import { listenInNetns } from '../native/index.js';
 import type { MeshState } from '../state/store.js';
 import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import type { Drain } from './drain.js';
 import { HboneInbound, PlaintextInbound, type AppDialer } from './inbound.js';
 import type { Outbound } from './outbound.js';
 
@@ -21,12 +22,14 @@ export interface PodProxyInputs {
   metrics: Metrics;
   logger: Logger;
   accessLog: Logger;
+  drain: Drain;
 }
 
 export class PodProxy {
   private constructor(
     readonly pod: Workload,
     private readonly servers: net.Server[],
+    private readonly hbone: HboneInbound,
     private readonly unsubscribe: () => void,
   ) {}
 
@@ -54,12 +57,13 @@ export class PodProxy {
     const unsubscribe = inputs.certs.onRotate((next) => {
       if (next.identity === pod.identity) hbone.rotate(next);
     });
-    return new PodProxy(pod, servers, unsubscribe);
+    return new PodProxy(pod, servers, hbone, unsubscribe);
   }
 
-  /** Stops accepting; established connections finish on their own. */
+  /** Stops accepting and tells HBONE peers (GOAWAY) to open no new streams; open connections finish. */
   close(): void {
     this.unsubscribe();
     for (const s of this.servers) s.close();
+    this.hbone.goaway();
   }
 }

@@ -207,6 +207,29 @@ describe('two-node mesh in network namespaces', () => {
     expect(again.stdout).toContain('back');
   });
 
+  it('lets a connection in flight finish when its agent is told to stop (drain)', async () => {
+    // A client that holds a connection open for 2 s, talking before and after the agent gets SIGTERM.
+    const script = `
+      const s = require('net').connect(70, '${echoVip}');
+      let got = '';
+      s.on('data', (d) => (got += d));
+      s.on('connect', () => { s.write('first;'); setTimeout(() => s.end('second'), 2000); });
+      s.on('end', () => { console.log(got); process.exit(got === 'first;second' ? 0 : 1); });
+      s.on('error', (e) => { console.error(e.message); process.exit(2); });`;
+    const opened = () => metrics(lab, 'node-a').then((m) => sumOf(m, 'trellis_tcp_connections_opened_total', { destination_workload: 'echo' }) - sumOf(m, 'trellis_tcp_connections_closed_total', { destination_workload: 'echo' }));
+    const client = lab.exec('mesh/client', ['node', '-e', script], { timeoutMs: 30_000 });
+    await until('the connection to be open', async () => (await opened()) === 1, 10_000);
+    await lab.stopAgent('node-a');
+    try {
+      const r = await client;
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.trim()).toBe('first;second');
+      expect(lab.agentLog('node-a')).toMatch(/"drained":1,"cut":0/);
+    } finally {
+      await lab.startAgent('node-a');
+    }
+  });
+
   it('enrols and unenrols a running pod within 2 s when its annotation flips, without restarts', async () => {
     const startedOut = performance.now();
     await lab.setPodAnnotation('mesh/client', 'trellis.dev/mesh', 'disabled');

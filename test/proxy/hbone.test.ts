@@ -8,6 +8,7 @@ import { WorkloadCerts } from '../../agent/identity/certs.js';
 import { HbonePool } from '../../agent/proxy/hbone-pool.js';
 import { HboneInbound } from '../../agent/proxy/inbound.js';
 import { ConnectionRecord } from '../../agent/proxy/connection.js';
+import { Drain } from '../../agent/proxy/drain.js';
 import { splice } from '../../agent/proxy/splice.js';
 import { compile, type MeshState } from '../../agent/state/store.js';
 import type { Workload } from '../../agent/state/workload.js';
@@ -70,7 +71,7 @@ describe('HBONE over mTLS', () => {
     serverMetrics = new Metrics({ defaultMetrics: false });
     clientMetrics = new Metrics({ defaultMetrics: false });
     inbound = new HboneInbound(
-      { pod: server, trustDomain: TD, state: () => state, dialApp: (_p, ip, port) => net.connect({ host: ip, port, allowHalfOpen: true }), metrics: serverMetrics, logger, accessLog: logger },
+      { pod: server, trustDomain: TD, state: () => state, dialApp: (_p, ip, port) => net.connect({ host: ip, port, allowHalfOpen: true }), metrics: serverMetrics, logger, accessLog: logger, drain: new Drain() },
       await certs.get(server.identity),
     );
     hbonePort = await listenLocal(inbound.server as unknown as net.Server);
@@ -93,7 +94,7 @@ describe('HBONE over mTLS', () => {
     const spliced = new Promise<{ record: ConnectionRecord; error?: Error }>((resolve, reject) => {
       front.once('connection', (down) => {
         pool.open({ src: client, dstIdentity, ip: '127.0.0.1', port }).then(async (up) => {
-          const record = new ConnectionRecord({ direction: 'outbound', src: { workload: client }, dst: { workload: server, principal: dstIdentity }, security: 'mutual_tls' }, clientMetrics, logger);
+          const record = new ConnectionRecord({ direction: 'outbound', src: { workload: client }, dst: { workload: server, principal: dstIdentity }, security: 'mutual_tls' }, { metrics: clientMetrics, accessLog: logger, drain: new Drain() });
           const out = await splice(down, up, record);
           record.finish(out.error);
           resolve({ record, error: out.error });
