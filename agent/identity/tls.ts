@@ -7,6 +7,18 @@ import { TrellisError } from '../errors.js';
 import type { Svid } from './certs.js';
 import { certIdentity, certUriSans, parseSpiffeId } from './spiffe.js';
 
+/** What both sides of an agent-to-agent connection share: the SVID, the bundle, TLS 1.3 only, HTTP/2. */
+function agentTls(svid: Svid) {
+  return {
+    key: svid.keyPem,
+    cert: svid.certPem,
+    ca: svid.caPem,
+    minVersion: 'TLSv1.3' as const,
+    maxVersion: 'TLSv1.3' as const,
+    ALPNProtocols: ['h2'],
+  };
+}
+
 /**
  * TLS options for an agent's HBONE server side: TLS 1.3 only, ALPN h2, client cert required and
  * verified against the bundle. Node drops a client whose certificate fails verification without an
@@ -15,12 +27,7 @@ import { certIdentity, certUriSans, parseSpiffeId } from './spiffe.js';
  */
 export function serverTlsOptions(svid: Svid): tls.TlsOptions {
   return {
-    key: svid.keyPem,
-    cert: svid.certPem,
-    ca: svid.caPem,
-    minVersion: 'TLSv1.3',
-    maxVersion: 'TLSv1.3',
-    ALPNProtocols: ['h2'],
+    ...agentTls(svid),
     requestCert: true,
     rejectUnauthorized: true,
   };
@@ -36,12 +43,7 @@ export function clientTlsOptions(svid: Svid, expectedPeer: string): tls.Connecti
     throw new TrellisError('EIDENTITY', `expected peer "${expectedPeer}" is not a workload SPIFFE ID`);
   }
   return {
-    key: svid.keyPem,
-    cert: svid.certPem,
-    ca: svid.caPem,
-    minVersion: 'TLSv1.3',
-    maxVersion: 'TLSv1.3',
-    ALPNProtocols: ['h2'],
+    ...agentTls(svid),
     rejectUnauthorized: true,
     // Runs only after OpenSSL has verified the chain; an error returned here aborts the connection.
     checkServerIdentity(_host, cert) {

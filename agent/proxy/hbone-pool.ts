@@ -123,6 +123,9 @@ export class HbonePool {
     const where = `HBONE ${req.src.key} -> ${req.ip}:${HBONE_PORT} (${req.dstIdentity})`;
     const svid = await this.inputs.certs.get(req.src.identity);
     const tcp = this.inputs.dial(req.src, req.ip, HBONE_PORT);
+    // Failures of the raw socket surface through the TLS socket and the session; an unheard 'error' here
+    // would take the whole agent down.
+    tcp.on('error', () => undefined);
     const socket = tls.connect({ ...clientTlsOptions(svid, req.dstIdentity), socket: tcp });
     const session = http2.connect(`https://${formatAuthority(req.ip, HBONE_PORT)}`, {
       createConnection: () => socket,

@@ -1,29 +1,18 @@
 // The agent's three listeners for one enrolled pod, opened inside the pod's netns: outbound capture (15001),
 // inbound plaintext (15006) and inbound HBONE (15008). Closing stops accepting; open connections drain.
 import net from 'node:net';
-import type { Logger } from 'pino';
 import { HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../constants.js';
 import { TrellisError } from '../errors.js';
 import type { CertSource } from '../identity/certs.js';
 import { listenInNetns } from '../native/index.js';
-import type { MeshState } from '../state/store.js';
 import type { Workload } from '../state/workload.js';
-import type { Metrics } from '../telemetry/metrics.js';
-import type { Drain } from './drain.js';
-import { HboneInbound, PlaintextInbound, type AppDialer } from './inbound.js';
+import { HboneInbound, PlaintextInbound, type InboundInputs } from './inbound.js';
 import type { Outbound } from './outbound.js';
 
-export interface PodProxyInputs {
-  trustDomain: string;
+export type PodProxyInputs = Omit<InboundInputs, 'pod'> & {
   certs: CertSource;
   outbound: Outbound;
-  state: () => MeshState;
-  dialApp: AppDialer;
-  metrics: Metrics;
-  logger: Logger;
-  accessLog: Logger;
-  drain: Drain;
-}
+};
 
 export class PodProxy {
   private constructor(

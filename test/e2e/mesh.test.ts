@@ -10,6 +10,7 @@ import { LocalCa } from '../../agent/identity/ca.js';
 import { WorkloadCerts } from '../../agent/identity/certs.js';
 import { systemClock } from '../../agent/clock.js';
 import { Lab } from '../../agent/lab/lab.js';
+import { labEnvPids } from '../../agent/lab/procs.js';
 import { parsePrometheus, sumOf } from '../../agent/telemetry/promtext.js';
 import { requireRoot } from '../support/root.js';
 import { captureLogger } from '../support/logger.js';
@@ -59,6 +60,7 @@ describe('two-node mesh in network namespaces', () => {
     await lab?.down();
     const { stdout } = await run('ip', ['netns', 'list']);
     expect(stdout).not.toContain(`trl-${labName}-`);
+    expect(labEnvPids((l) => l === labName)).toEqual([]);
   });
 
   it('carries 50 MB from a meshed client to a meshed server across nodes, byte-identical, over TLS 1.3 only', async () => {
@@ -127,6 +129,15 @@ describe('two-node mesh in network namespaces', () => {
     expect(await delta('a', 'trellis_tcp_sent_bytes_total', src)).toBe(Buffer.byteLength(reply));
     expect(await delta('b', 'trellis_tcp_received_bytes_total', dst)).toBe(bytes);
     expect(await delta('b', 'trellis_tcp_sent_bytes_total', dst)).toBe(Buffer.byteLength(reply));
+    // One access-log line per connection on each side, with both identities and the same byte counts.
+    const access = (node: string) =>
+      lab.agentLog(node).split('\n').filter((l) => l.includes('"log":"access"') && l.includes(`"bytes_received":${bytes},`));
+    for (const node of ['node-a', 'node-b']) {
+      const lines = access(node);
+      expect(lines).toHaveLength(1);
+      const line = JSON.parse(lines[0]!) as { src: { principal: string }; dst: { principal: string }; bytes_sent: number; security: string };
+      expect(line).toMatchObject({ src: { principal: 'spiffe://cluster.local/ns/mesh/sa/client' }, dst: { principal: 'spiffe://cluster.local/ns/mesh/sa/sink' }, bytes_sent: Buffer.byteLength(reply), security: 'mutual_tls' });
+    }
   });
 
   it('leaves pods outside the mesh untouched, and serves them in plaintext (permissive)', async () => {

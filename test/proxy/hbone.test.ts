@@ -44,10 +44,14 @@ describe('HBONE over mTLS', () => {
     // A sink: digest of everything received, sent back after the client's FIN.
     const h = createHash('sha256');
     let n = 0;
+    s.on('error', () => undefined);
     s.on('data', (d: Buffer) => { h.update(d); n += d.length; });
     s.on('end', () => s.end(`${h.digest('hex')} ${n}\n`));
   });
-  const resetter = net.createServer((s) => s.once('data', () => s.resetAndDestroy()));
+  const resetter = net.createServer((s) => {
+    s.on('error', () => undefined);
+    s.once('data', () => s.resetAndDestroy());
+  });
   let resetPort = 0;
   const pools: HbonePool[] = [];
 
@@ -171,6 +175,46 @@ describe('HBONE over mTLS', () => {
       expect(refused.reduce((a, v) => a + v.value, 0)).toBeGreaterThan(0);
     } finally {
       foreignCerts.close();
+    }
+  });
+
+  it('renews certificates at half-life without dropping open streams; new sessions get the new ones', async () => {
+    const short = new WorkloadCerts({ signer: ca, trustBundle: ca.rootCertPem, ttlMs: 2000, clock: systemClock, logger });
+    const inb = new HboneInbound(
+      { pod: server, trustDomain: TD, state: () => state, dialApp: (_p, ip, port) => net.connect({ host: ip, port, allowHalfOpen: true }), metrics: new Metrics({ defaultMetrics: false }), logger, accessLog: logger, drain: new Drain() },
+      await short.get(server.identity),
+    );
+    const rotated: string[] = [];
+    const unsubscribe = short.onRotate((svid) => {
+      rotated.push(svid.identity);
+      if (svid.identity === server.identity) inb.rotate(svid);
+    });
+    const port = await listenLocal(inb.server as unknown as net.Server);
+    const poolFor = () =>
+      new HbonePool({ certs: short, dial: () => net.connect({ host: '127.0.0.1', port, allowHalfOpen: true }), metrics: clientMetrics, logger, clock: systemClock, connectTimeoutMs: 3000, idleMs: 60_000 });
+    const first = poolFor();
+    const second = poolFor();
+    try {
+      const stream = await first.open({ src: client, dstIdentity: server.identity, ip: '127.0.0.1', port: appPort });
+      const serial = (s: typeof stream) => (s.session!.socket as import('node:tls').TLSSocket).getPeerX509Certificate()!.serialNumber;
+      const before = serial(stream);
+      let reply = '';
+      stream.on('data', (d: Buffer) => (reply += d.toString()));
+      stream.write(Buffer.alloc(1000, 1));
+      for (let i = 0; i < 100 && !rotated.includes(server.identity); i++) await new Promise((r) => setTimeout(r, 30));
+      expect(rotated).toContain(server.identity);
+      stream.end(Buffer.alloc(500, 2));
+      await new Promise((r) => stream.on('end', r));
+      expect(reply.endsWith(' 1500\n')).toBe(true);
+      const fresh = await second.open({ src: client, dstIdentity: server.identity, ip: '127.0.0.1', port: appPort });
+      expect(serial(fresh)).not.toBe(before);
+      fresh.close();
+    } finally {
+      unsubscribe();
+      first.close();
+      second.close();
+      short.close();
+      inb.server.close();
     }
   });
 
