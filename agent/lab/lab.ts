@@ -16,9 +16,11 @@ import {
   LAB_ENV,
   NETNS_PREFIX,
   checkLabName,
+  fabricNetns,
   labMatchesPrefix,
   labOfNetns,
   labPrefix,
+  netnsPath,
 } from './names.js';
 import { planLab, type LabNode, type LabPod, type LabService, type PlannedPod } from './plan.js';
 import {
@@ -34,7 +36,7 @@ import {
   type ProcRecord,
   type Target,
 } from './procs.js';
-import { objectFileName, readObject, setAnnotation, writeClusterObjects } from './realized.js';
+import { clusterObjects, objectFileName, readObject, setAnnotation, writeClusterObjects } from './realized.js';
 import { run, type RunOptions } from './run.js';
 import { labPaths, readState, writeFileAtomic, writeState, STATE_VERSION, type LabPaths, type LabState, type PodState } from './state.js';
 import { createNetwork, deleteNetns, listNetns } from './topology.js';
@@ -55,6 +57,18 @@ export interface LabOptions {
   nodes?: string[];
   /** Told each step as it starts ("network", "agents"...), for a CLI to show progress. */
   progress?: (step: string) => void;
+  /**
+   * Run the agents with `--source kube` against an API server (listening in the fabric netns on
+   * CONTROL_PLANE_IP), and mirror every realized object into it through `apply`.
+   */
+  kube?: KubeMirror;
+}
+
+export interface KubeMirror {
+  /** Kubeconfig the agents use (its server must be reachable from the node netns). */
+  kubeconfig: string;
+  /** Creates or replaces one object in the API server. */
+  apply(object: KubeObject): unknown;
 }
 
 export interface ExecResult {
@@ -96,6 +110,8 @@ export class Lab {
   /** Processes started by spawn() in this process; down() ends them. */
   private readonly spawned: { child: ChildProcess; record: ProcRecord }[] = [];
   private saving: Promise<void> = Promise.resolve();
+  /** The API server the objects are mirrored to, when this process started the lab with `kube`. */
+  private mirror: KubeMirror | undefined;
 
   private constructor(state: LabState, paths: LabPaths) {
     this.state = state;
@@ -127,13 +143,19 @@ export class Lab {
       createdAt: new Date().toISOString(),
       repoRoot,
       execPath: process.execPath,
-      options: { agents, agentArgs: opts.agentArgs ?? [], ...(opts.logLevel !== undefined && { logLevel: opts.logLevel }) },
+      options: {
+        agents,
+        agentArgs: opts.agentArgs ?? [],
+        ...(opts.logLevel !== undefined && { logLevel: opts.logLevel }),
+        ...(opts.kube && { kubeconfig: opts.kube.kubeconfig }),
+      },
       nodes: plan.nodes,
       pods: plan.pods.map((p) => ({ ...publicPod(p), env: p.env, processes: [] })),
       services: plan.services.map(({ object: _object, ...s }) => s),
       agents: Object.fromEntries(plan.nodes.map((n) => [n.name, null])),
     };
     const lab = new Lab(state, paths);
+    lab.mirror = opts.kube;
     try {
       for (const dir of [paths.clusterDir, paths.logsDir, paths.binDir]) await fsp.mkdir(dir, { recursive: true });
       // Recorded before anything exists, so `down` from another process finds a half-built lab too.
@@ -142,6 +164,7 @@ export class Lab {
       await createNetwork(plan);
       await lab.writeShims();
       await writeClusterObjects(paths.clusterDir, plan);
+      if (opts.kube) for (const o of clusterObjects(plan)) await opts.kube.apply(o);
       if (agents) {
         progress('agents');
         const { LocalCa } = await import('../identity/ca.js');
@@ -255,7 +278,20 @@ export class Lab {
   async setPodAnnotation(ref: string, key: string, value: string | null): Promise<void> {
     const pod = this.podState(ref);
     checkAnnotationKey(key);
-    await setAnnotation(path.join(this.clusterDir, objectFileName('Pod', pod.name, pod.namespace)), key, value);
+    const file = path.join(this.clusterDir, objectFileName('Pod', pod.name, pod.namespace));
+    await setAnnotation(file, key, value);
+    await this.mirrorFile(file);
+  }
+
+  /** The lab's fabric netns (where a control plane for the lab listens on CONTROL_PLANE_IP). */
+  get fabricNetnsPath(): string {
+    return netnsPath(fabricNetns(this.name));
+  }
+
+  private async mirrorFile(file: string): Promise<void> {
+    if (!this.mirror) return;
+    if (!this.state.options.kubeconfig) return;
+    await this.mirror.apply(await readObject(file));
   }
 
   async setNamespaceAnnotation(ns: string, key: string, value: string | null): Promise<void> {
@@ -265,6 +301,7 @@ export class Lab {
       throw new TrellisError('ENOTFOUND', `no namespace "${ns}" in lab '${this.name}' (namespaces: ${this.namespaces().join(', ')})`);
     }
     await setAnnotation(file, key, value);
+    await this.mirrorFile(file);
   }
 
   /** Signals the node's agent (default SIGTERM) and waits until it exits; SIGKILL and an error after 20 s. */
@@ -305,7 +342,9 @@ export class Lab {
       'ip', 'netns', 'exec', n.netns,
       this.state.execPath, mainScript(this.state.repoRoot), 'agent',
       '--node', n.name,
-      '--dir', this.paths.clusterDir,
+      ...(this.state.options.kubeconfig
+        ? ['--source', 'kube', '--kubeconfig', this.state.options.kubeconfig]
+        : ['--dir', this.paths.clusterDir]),
       '--ca-dir', this.paths.caDir,
       '--probe-source', n.gatewayIp,
       ...(this.state.options.logLevel ? ['--log-level', this.state.options.logLevel] : []),

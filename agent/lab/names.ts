@@ -20,6 +20,8 @@ export const SERVICE_NET = '10.96.0.0/16';
 export const POD_GATEWAY = '169.254.1.1';
 /** The first address handed out to a Service without spec.clusterIP. */
 export const FIRST_SERVICE_IP = '10.96.0.10';
+/** The fabric bridge's own address: where a control plane for the lab (an API server in tests) listens. */
+export const CONTROL_PLANE_IP = '172.30.0.2';
 /** Nodes are numbered from 1; node i's fabric address is 172.30.0.(10+i). */
 export const MAX_NODES = 240;
 /** Pods on node i get 10.244.i.j with j from 2 (10.244.i.1 is the node's own address). */

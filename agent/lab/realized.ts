@@ -20,14 +20,14 @@ export function objectFileName(kind: KubeObject['kind'], name: string, namespace
   return kind === 'Namespace' ? `${PREFIX[kind]}-${name}.yaml` : `${PREFIX[kind]}-${namespace}.${name}.yaml`;
 }
 
+/** Every object of the realized cluster, namespaces first. */
+export function clusterObjects(plan: LabPlan): KubeObject[] {
+  return [...plan.namespaces, ...plan.services.map((s) => s.object), ...plan.endpointSlices, ...plan.pods.map((p) => p.object)];
+}
+
 export async function writeClusterObjects(dir: string, plan: LabPlan): Promise<void> {
   await fsp.mkdir(dir, { recursive: true });
-  const objects: KubeObject[] = [
-    ...plan.namespaces,
-    ...plan.services.map((s) => s.object),
-    ...plan.endpointSlices,
-    ...plan.pods.map((p) => p.object),
-  ];
+  const objects = clusterObjects(plan);
   await Promise.all(
     objects.map((o) =>
       writeFileAtomic(path.join(dir, objectFileName(o.kind, o.metadata.name, o.metadata.namespace)), stringify(o)),

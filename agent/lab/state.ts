@@ -22,7 +22,7 @@ export interface LabState {
   /** The checkout whose dist/agent/main.js the agents and the `trellis` shim run. */
   repoRoot: string;
   execPath: string;
-  options: { agents: boolean; agentArgs: string[]; logLevel?: string };
+  options: { agents: boolean; agentArgs: string[]; logLevel?: string; kubeconfig?: string };
   nodes: LabNode[];
   pods: PodState[];
   services: LabService[];

@@ -5,6 +5,7 @@ import { promises as fsp } from 'node:fs';
 import { TrellisError } from '../errors.js';
 import { kubeProxyRuleset } from './kubeproxy.js';
 import {
+  CONTROL_PLANE_IP,
   FABRIC_NET,
   NETNS_DIR,
   NODE_DEVICE,
@@ -43,6 +44,7 @@ export function fabricScript(plan: LabPlan): string[] {
   return [
     'link set lo up',
     `link add name ${FABRIC_BRIDGE} type bridge`,
+    `addr add ${CONTROL_PLANE_IP}/${FABRIC_NET.split('/')[1]} dev ${FABRIC_BRIDGE}`,
     `link set ${FABRIC_BRIDGE} up`,
     ...plan.nodes.flatMap((n) => [
       // Created from inside the fabric with the peer placed straight into the node netns.
