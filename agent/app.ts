@@ -13,7 +13,8 @@ import { Drain } from './proxy/drain.js';
 import { HbonePool } from './proxy/hbone-pool.js';
 import { Outbound } from './proxy/outbound.js';
 import { PodProxy } from './proxy/pod-proxy.js';
-import { DirSource } from './sources/dir.js';
+import { DirSource, type Snapshot } from './sources/dir.js';
+import { KubeSource } from './sources/kube.js';
 import { Store } from './state/store.js';
 import type { Workload } from './state/workload.js';
 import { healthServer, listen, metricsServer } from './telemetry/admin.js';
@@ -95,18 +96,29 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   store.subscribe((next) => void enrolment.reconcile(next));
 
   // 6. Source: the first snapshot is applied before we report ready.
-  const source = new DirSource({
-    dir: config.source.dir,
-    logger: logger.child({ component: 'source' }),
-    onSnapshot: (snap) => {
-      if (snap.problems.length) metrics.configErrors.inc({ source: 'dir' }, snap.problems.length);
-      store.replace(snap.objects);
-    },
-  });
+  const onSnapshot = (snap: Snapshot) => {
+    if (snap.problems.length) metrics.configErrors.inc({ source: config.source.kind }, snap.problems.length);
+    store.replace(snap.objects);
+  };
+  const sourceLogger = logger.child({ component: 'source' });
+  const source =
+    config.source.kind === 'kube'
+      ? new KubeSource({
+          kubeconfig: config.source.kubeconfig,
+          node: config.node,
+          logger: sourceLogger,
+          clock,
+          onSnapshot,
+          metrics: { configAge: metrics.configAge, watchErrors: metrics.sourceWatchErrors },
+        })
+      : new DirSource({ dir: config.source.dir, logger: sourceLogger, onSnapshot });
   await source.start();
   await enrolment.reconcile(store.current());
-  // Retries failed enrolments and catches file events the watcher missed.
-  const resync = setInterval(() => void source.reload().then(() => enrolment.reconcile(store.current())), config.resyncMs);
+  // Retries failed enrolments; for the dir source also catches file events the watcher missed.
+  const resync = setInterval(() => {
+    const reloaded = source instanceof DirSource ? source.reload() : Promise.resolve();
+    void reloaded.then(() => enrolment.reconcile(store.current()));
+  }, config.resyncMs);
   resync.unref();
 
   // 7. Admin endpoints last: ready means state loaded and pods enrolled.

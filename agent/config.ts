@@ -5,7 +5,7 @@ import { TrellisError } from './errors.js';
 
 export interface AgentConfig {
   readonly node: string;
-  readonly source: { readonly kind: 'dir'; readonly dir: string };
+  readonly source: { readonly kind: 'dir'; readonly dir: string } | { readonly kind: 'kube'; readonly kubeconfig?: string };
   /** Local mode: directory of the in-process CA (ca.key.pem, ca.cert.pem); created if absent. */
   readonly caDir: string;
   readonly trustDomain: string;
@@ -24,6 +24,7 @@ export interface AgentFlags {
   node?: string;
   source?: string;
   dir?: string;
+  kubeconfig?: string;
   caDir?: string;
   trustDomain?: string;
   probeSource?: string[];
@@ -57,8 +58,10 @@ function parseAddr(text: string, flag: string): { host: string; port: number } {
 export function agentConfig(flags: AgentFlags): AgentConfig {
   if (!flags.node) throw new TrellisError('ECONFIG', '--node is required: the name of the node this agent serves (spec.nodeName of its pods)');
   const source = flags.source ?? 'dir';
-  if (source !== 'dir') throw new TrellisError('ECONFIG', `--source ${source}: only "dir" is available in this build`);
-  if (!flags.dir) throw new TrellisError('ECONFIG', '--dir is required with --source dir: a directory of Kubernetes YAML');
+  if (source !== 'dir' && source !== 'kube') throw new TrellisError('ECONFIG', `--source ${source}: use dir or kube`);
+  if (source === 'dir' && !flags.dir) throw new TrellisError('ECONFIG', '--dir is required with --source dir: a directory of Kubernetes YAML');
+  if (source === 'dir' && flags.kubeconfig) throw new TrellisError('ECONFIG', '--kubeconfig goes with --source kube');
+  if (source === 'kube' && flags.dir) throw new TrellisError('ECONFIG', '--dir goes with --source dir');
   const level = flags.logLevel ?? 'info';
   if (!LEVELS.includes(level)) throw new TrellisError('ECONFIG', `--log-level ${level}: use one of ${LEVELS.join(', ')}`);
   const probeSources = (flags.probeSource ?? []).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
@@ -69,7 +72,11 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
   if (certTtlMs < 60_000) throw new TrellisError('ECONFIG', '--cert-ttl must be at least 1m');
   return Object.freeze({
     node: flags.node,
-    source: Object.freeze({ kind: 'dir' as const, dir: flags.dir }),
+    source: Object.freeze(
+      source === 'kube'
+        ? { kind: 'kube' as const, ...(flags.kubeconfig !== undefined && { kubeconfig: flags.kubeconfig }) }
+        : { kind: 'dir' as const, dir: flags.dir! },
+    ),
     caDir: flags.caDir ?? '/var/lib/trellis/ca',
     trustDomain: flags.trustDomain ?? DEFAULT_TRUST_DOMAIN,
     probeSources: Object.freeze(probeSources),

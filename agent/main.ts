@@ -3,6 +3,7 @@
 import { Command } from 'commander';
 import { registerAgentCommand } from './cli/agent.js';
 import { registerDemoCommand } from './cli/demo.js';
+import { registerIdentityCommands } from './cli/identity.js';
 import { registerLabCommands } from './cli/lab.js';
 import { registerToolCommands } from './cli/tool.js';
 
@@ -10,6 +11,7 @@ const program = new Command('trellis')
   .description('Trellis: a sidecarless service mesh for Kubernetes')
   .showHelpAfterError();
 registerAgentCommand(program);
+registerIdentityCommands(program);
 registerLabCommands(program);
 registerToolCommands(program);
 registerDemoCommand(program);

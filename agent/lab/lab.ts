@@ -58,10 +58,11 @@ export interface LabOptions {
   /** Told each step as it starts ("network", "agents"...), for a CLI to show progress. */
   progress?: (step: string) => void;
   /**
-   * Run the agents with `--source kube` against an API server (listening in the fabric netns on
-   * CONTROL_PLANE_IP), and mirror every realized object into it through `apply`.
+   * Run the agents with `--source kube` against an API server, and mirror every realized object into it
+   * through `apply`. Called once the fabric netns exists (its path is given): the server listens there, on
+   * CONTROL_PLANE_IP, where every node can reach it.
    */
-  kube?: KubeMirror;
+  kube?: (fabricNetnsPath: string) => Promise<KubeMirror>;
 }
 
 export interface KubeMirror {
@@ -147,7 +148,6 @@ export class Lab {
         agents,
         agentArgs: opts.agentArgs ?? [],
         ...(opts.logLevel !== undefined && { logLevel: opts.logLevel }),
-        ...(opts.kube && { kubeconfig: opts.kube.kubeconfig }),
       },
       nodes: plan.nodes,
       pods: plan.pods.map((p) => ({ ...publicPod(p), env: p.env, processes: [] })),
@@ -155,7 +155,6 @@ export class Lab {
       agents: Object.fromEntries(plan.nodes.map((n) => [n.name, null])),
     };
     const lab = new Lab(state, paths);
-    lab.mirror = opts.kube;
     try {
       for (const dir of [paths.clusterDir, paths.logsDir, paths.binDir]) await fsp.mkdir(dir, { recursive: true });
       // Recorded before anything exists, so `down` from another process finds a half-built lab too.
@@ -164,7 +163,12 @@ export class Lab {
       await createNetwork(plan);
       await lab.writeShims();
       await writeClusterObjects(paths.clusterDir, plan);
-      if (opts.kube) for (const o of clusterObjects(plan)) await opts.kube.apply(o);
+      if (opts.kube) {
+        lab.mirror = await opts.kube(lab.fabricNetnsPath);
+        state.options.kubeconfig = lab.mirror.kubeconfig;
+        for (const o of clusterObjects(plan)) await lab.mirror.apply(o);
+        await lab.save();
+      }
       if (agents) {
         progress('agents');
         const { LocalCa } = await import('../identity/ca.js');

@@ -31,7 +31,9 @@ const YAML_FILE = /\.(ya?ml|json)$/i;
 
 export class DirSource {
   private readonly inputs: DirSourceInputs;
-  private watcher: FSWatcher | undefined;
+  /** One non-recursive watcher per directory: Node's recursive mode on Linux watches files one by one and
+   * misses a file replaced by rename (the way atomic writers, kubectl cp and ConfigMap mounts update). */
+  private readonly watchers = new Map<string, FSWatcher>();
   private timer: NodeJS.Timeout | undefined;
   private loading: Promise<void> | undefined;
   private again = false;
@@ -48,14 +50,13 @@ export class DirSource {
   /** Loads once, then watches. Resolves after the first snapshot was delivered. */
   async start(): Promise<void> {
     await fsp.mkdir(this.inputs.dir, { recursive: true });
-    this.watcher = watch(this.inputs.dir, { recursive: true }, () => this.schedule());
-    this.watcher.on('error', (err) => this.inputs.logger.error({ err, dir: this.inputs.dir }, 'dir source: watch failed'));
     await this.reload();
   }
 
   close(): void {
     this.closed = true;
-    this.watcher?.close();
+    for (const w of this.watchers.values()) w.close();
+    this.watchers.clear();
     if (this.timer) clearTimeout(this.timer);
   }
 
@@ -81,8 +82,29 @@ export class DirSource {
     this.timer = setTimeout(() => void this.reload(), this.inputs.debounceMs ?? 50);
   }
 
+  private watchDirs(dirs: string[]): void {
+    if (this.closed) return;
+    for (const [dir, w] of this.watchers) {
+      if (!dirs.includes(dir)) {
+        w.close();
+        this.watchers.delete(dir);
+      }
+    }
+    for (const dir of dirs) {
+      if (this.watchers.has(dir)) continue;
+      try {
+        const w = watch(dir, () => this.schedule());
+        w.on('error', (err) => this.inputs.logger.error({ err, dir }, 'dir source: watch failed'));
+        this.watchers.set(dir, w);
+      } catch (err) {
+        this.inputs.logger.error({ err, dir }, 'dir source: cannot watch directory');
+      }
+    }
+  }
+
   private async load(): Promise<void> {
-    const files = await listFiles(this.inputs.dir);
+    const { files, dirs } = await listTree(this.inputs.dir);
+    this.watchDirs(dirs);
     const problems: SourceProblem[] = [];
     for (const gone of [...this.good.keys()].filter((f) => !files.includes(f))) {
       this.good.delete(gone);
@@ -124,12 +146,14 @@ export class DirSource {
   }
 }
 
-async function listFiles(dir: string): Promise<string[]> {
+async function listTree(dir: string): Promise<{ files: string[]; dirs: string[] }> {
   const entries = await fsp.readdir(dir, { recursive: true, withFileTypes: true });
-  return entries
+  const files = entries
     .filter((e) => e.isFile() && YAML_FILE.test(e.name) && !e.name.startsWith('.'))
     .map((e) => path.join(e.parentPath, e.name))
     .sort();
+  const dirs = [dir, ...entries.filter((e) => e.isDirectory()).map((e) => path.join(e.parentPath, e.name))];
+  return { files, dirs };
 }
 
 /**

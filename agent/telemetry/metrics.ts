@@ -36,6 +36,10 @@ export class Metrics {
   readonly enrolledPods: Gauge<string>;
   readonly hbonePoolSessions: Gauge<string>;
   readonly peerRefusals: Counter<string>;
+  readonly configAge: Gauge<string>;
+  readonly sourceWatchErrors: Counter<string>;
+  readonly captureDriftRepairs: Counter<string>;
+  readonly cniRequests: Counter<string>;
 
   constructor(inputs: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -49,6 +53,10 @@ export class Metrics {
     this.enrolledPods = new Gauge({ name: 'trellis_enrolled_pods', help: 'Pods on this node whose traffic is captured', registers });
     this.hbonePoolSessions = new Gauge({ name: 'trellis_hbone_pool_sessions', help: 'Open outbound HBONE (HTTP/2 over mTLS) sessions', registers });
     this.peerRefusals = new Counter({ name: 'trellis_peer_refusals_total', help: 'mTLS peers refused (foreign CA, wrong identity, no certificate)', labelNames: ['direction'], registers });
+    this.captureDriftRepairs = new Counter({ name: 'trellis_capture_drift_repairs_total', help: 'Enrolled pods whose capture rules or listeners had drifted and were repaired', labelNames: ['what'], registers });
+    this.cniRequests = new Counter({ name: 'trellis_cni_requests_total', help: 'Requests from the trellis-cni plugin, by command and outcome', labelNames: ['command', 'outcome'], registers });
+    this.configAge = new Gauge({ name: 'trellis_config_age_seconds', help: 'Seconds since the config source last knew it was in sync with its origin', registers });
+    this.sourceWatchErrors = new Counter({ name: 'trellis_source_watch_errors_total', help: 'List/watch failures of the kube source', labelNames: ['kind'], registers });
     if (inputs.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'trellis_agent_' });
   }
 

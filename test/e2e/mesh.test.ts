@@ -11,13 +11,14 @@ import { WorkloadCerts } from '../../agent/identity/certs.js';
 import { systemClock } from '../../agent/clock.js';
 import { Lab } from '../../agent/lab/lab.js';
 import { labEnvPids } from '../../agent/lab/procs.js';
+import { CONTROL_PLANE_IP } from '../../agent/lab/names.js';
+import { FakeApiServer } from '../support/fake-apiserver.js';
 import { parsePrometheus, sumOf } from '../../agent/telemetry/promtext.js';
 import { requireRoot } from '../support/root.js';
 import { captureLogger } from '../support/logger.js';
 
 const run = promisify(execFile);
 const fixtures = path.join(import.meta.dirname, 'fixtures', 'mesh.yaml');
-const labName = `e${Math.random().toString(36).slice(2, 6)}`;
 const MB = 1024 * 1024;
 
 async function metrics(lab: Lab, node: string) {
@@ -44,20 +45,34 @@ async function listening(lab: Lab, ref: string): Promise<string> {
   return r.stdout;
 }
 
-describe('two-node mesh in network namespaces', () => {
+// The same tests with the agents reading a directory (`--source dir`) and the Kubernetes API (`--source kube`,
+// an in-repo fake API server listening in the lab's fabric netns, reached by the agents through client-node).
+describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces (--source %s)', (mode) => {
+  const labName = `e${mode[0]}${Math.random().toString(36).slice(2, 5)}`;
   let lab: Lab;
+  let api: FakeApiServer | undefined;
   let sinkVip: string;
   let echoVip: string;
 
   beforeAll(async () => {
     requireRoot('end-to-end mesh tests');
-    lab = await Lab.up(fixtures, { name: labName });
+    const kubeDir = mkdtempSync(path.join(tmpdir(), 'trellis-kube-'));
+    lab = await Lab.up(fixtures, {
+      name: labName,
+      ...(mode === 'kube' && {
+        kube: async (fabricNetnsPath: string) => {
+          api = await FakeApiServer.start({ netnsPath: fabricNetnsPath, host: CONTROL_PLANE_IP, port: 6443 });
+          return { kubeconfig: api.writeKubeconfig(path.join(kubeDir, 'kubeconfig')), apply: (o: object) => api!.apply(o) };
+        },
+      }),
+    });
     sinkVip = lab.services.find((s) => s.name === 'sink')!.clusterIP;
     echoVip = lab.services.find((s) => s.name === 'echo')!.clusterIP;
   });
 
   afterAll(async () => {
     await lab?.down();
+    await api?.close();
     const { stdout } = await run('ip', ['netns', 'list']);
     expect(stdout).not.toContain(`trl-${labName}-`);
     expect(labEnvPids((l) => l === labName)).toEqual([]);
@@ -257,19 +272,55 @@ describe('two-node mesh in network namespaces', () => {
     expect(r.code, r.stderr).toBe(0);
   });
 
-  it('reports an invalid YAML file and changes nothing', async () => {
+  it.runIf(mode === 'dir')('reports an invalid YAML file and changes nothing', async () => {
     const bad = path.join(lab.clusterDir, 'zz-broken.yaml');
     const logBefore = lab.agentLog('node-a').length;
     writeFileSync(bad, 'apiVersion: v1\nkind: Pod\nmetadata: {name: [broken\n');
     try {
       await until('the error to be logged', async () => lab.agentLog('node-a').slice(logBefore).includes('zz-broken.yaml'));
       expect(lab.agentLog('node-a').slice(logBefore)).toMatch(/invalid YAML/);
-      expect(await captureRules(lab, 'mesh/client')).toContain('table inet trellis');
-      const r = await lab.exec('mesh/client', ['trellis', 'tool', 'tcp-connect', '--to', `${echoVip}:70`, '--send', 'still']);
-      expect(r.code, r.stderr).toBe(0);
-      expect(sumOf(await metrics(lab, 'node-a'), 'trellis_config_errors_total')).toBeGreaterThan(0);
+      await stillMeshed();
     } finally {
       rmSync(bad, { force: true });
     }
   });
+
+  it.runIf(mode === 'kube')('reports an invalid object from the API server and changes nothing', async () => {
+    const logBefore = lab.agentLog('node-a').length;
+    api!.apply({
+      apiVersion: 'v1', kind: 'Pod', metadata: { name: 'broken', namespace: 'mesh' },
+      spec: { nodeName: 'node-a', containers: [{ name: 'c' }] }, status: { podIP: 'not-an-ip' },
+    });
+    try {
+      await until('the error to be logged', async () => lab.agentLog('node-a').slice(logBefore).includes('status.podIP'));
+      await stillMeshed();
+    } finally {
+      api!.remove('v1', 'Pod', 'mesh', 'broken');
+    }
+  });
+
+  it.runIf(mode === 'kube')('keeps the data path working through an API server outage, with the config age rising', async () => {
+    api!.pause();
+    try {
+      await until('config age to pass 2 s', async () => sumOf(await metrics(lab, 'node-a'), 'trellis_config_age_seconds') > 2, 10_000);
+      const r = await lab.exec('mesh/client', ['trellis', 'tool', 'tcp-connect', '--to', `${echoVip}:70`, '--send', 'outage']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toContain('outage');
+    } finally {
+      api!.resume();
+    }
+    await until('config age to drop', async () => sumOf(await metrics(lab, 'node-a'), 'trellis_config_age_seconds') < 2, 40_000);
+    // Changes made after recovery still arrive: flip the client out of the mesh and back.
+    await lab.setPodAnnotation('mesh/client', 'trellis.dev/mesh', 'disabled');
+    await until('capture rules to be removed', async () => !(await captureRules(lab, 'mesh/client')).includes('trellis'), 5000);
+    await lab.setPodAnnotation('mesh/client', 'trellis.dev/mesh', null);
+    await until('capture rules to be back', async () => (await captureRules(lab, 'mesh/client')).includes('table inet trellis'), 5000);
+  });
+
+  async function stillMeshed() {
+    expect(await captureRules(lab, 'mesh/client')).toContain('table inet trellis');
+    const r = await lab.exec('mesh/client', ['trellis', 'tool', 'tcp-connect', '--to', `${echoVip}:70`, '--send', 'still']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(sumOf(await metrics(lab, 'node-a'), 'trellis_config_errors_total')).toBeGreaterThan(0);
+  }
 });
