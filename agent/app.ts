@@ -1,4 +1,5 @@
 // Composition root: builds the agent's parts in order and wires them; `stop()` takes them down in reverse.
+import { readFileSync } from 'node:fs';
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import { systemClock, type Clock } from './clock.js';
@@ -6,7 +7,9 @@ import { Enrolment } from './capture/enrolment.js';
 import { nftApply } from './capture/nft.js';
 import type { AgentConfig } from './config.js';
 import { AGENT_MARK } from './constants.js';
-import { LocalCa } from './identity/ca.js';
+import { TrellisError } from './errors.js';
+import { LocalCa, type CsrSigner } from './identity/ca.js';
+import { RemoteSigner } from './identity/remote.js';
 import { WorkloadCerts } from './identity/certs.js';
 import { connectInNetns } from './native/index.js';
 import { Drain } from './proxy/drain.js';
@@ -19,6 +22,14 @@ import { Store } from './state/store.js';
 import type { Workload } from './state/workload.js';
 import { healthServer, listen, metricsServer } from './telemetry/admin.js';
 import { Metrics } from './telemetry/metrics.js';
+
+function readTrustBundle(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new TrellisError('EBUNDLE', `cannot read the trust bundle ${file}: ${(err as Error).message} (mount the trellis-ca-root ConfigMap there, or pass --identity-ca-file)`);
+  }
+}
 
 export interface Agent {
   readonly store: Store;
@@ -33,14 +44,25 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   // 1. Telemetry first, so every later failure is counted.
   const metrics = new Metrics();
 
-  // 2. Identity: local mode signs with an in-process CA shared through caDir.
-  const ca = LocalCa.loadOrCreate(config.caDir, config.trustDomain);
+  // 2. Identity: the cluster's identity service signs, or in local mode an in-process CA shared through caDir.
+  const identityLogger = logger.child({ component: 'identity' });
+  let signer: CsrSigner;
+  let trustBundle: string;
+  if (config.identityService) {
+    const { address, tokenFile, caFile } = config.identityService;
+    trustBundle = readTrustBundle(caFile);
+    signer = new RemoteSigner({ address, tokenFile, caPem: () => readTrustBundle(caFile), clock, logger: identityLogger, timeoutMs: config.connectTimeoutMs * 2 });
+  } else {
+    const ca = LocalCa.loadOrCreate(config.caDir, config.trustDomain);
+    signer = ca;
+    trustBundle = ca.rootCertPem;
+  }
   const certs = new WorkloadCerts({
-    signer: ca,
-    trustBundle: ca.rootCertPem,
+    signer,
+    trustBundle,
     ttlMs: config.certTtlMs,
     clock,
-    logger: logger.child({ component: 'identity' }),
+    logger: identityLogger,
   });
 
   // 3. State: one store, one writer (the source).
@@ -147,6 +169,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         logger.info({ drained: active - left, cut: left, drainMs: config.drainMs }, 'connections drained');
         pool.close();
         certs.close();
+        if (signer instanceof RemoteSigner) signer.close();
         metricsHttp.close();
         logger.info('agent stopped');
       })();

@@ -8,6 +8,14 @@ export interface AgentConfig {
   readonly source: { readonly kind: 'dir'; readonly dir: string } | { readonly kind: 'kube'; readonly kubeconfig?: string };
   /** Local mode: directory of the in-process CA (ca.key.pem, ca.cert.pem); created if absent. */
   readonly caDir: string;
+  /** Cluster mode: certificates come from the identity service instead of the local CA. */
+  readonly identityService?: {
+    readonly address: string;
+    /** Projected service-account token (audience trellis-identity), re-read on every request. */
+    readonly tokenFile: string;
+    /** Trust bundle (the mounted trellis-ca-root ConfigMap), re-read on every request. */
+    readonly caFile: string;
+  };
   readonly trustDomain: string;
   readonly probeSources: readonly string[];
   readonly metrics: { readonly host: string; readonly port: number };
@@ -26,6 +34,9 @@ export interface AgentFlags {
   dir?: string;
   kubeconfig?: string;
   caDir?: string;
+  identityService?: string;
+  identityTokenFile?: string;
+  identityCaFile?: string;
   trustDomain?: string;
   probeSource?: string[];
   metricsAddr?: string;
@@ -70,8 +81,22 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
   }
   const certTtlMs = parseDuration(flags.certTtl ?? '24h', '--cert-ttl');
   if (certTtlMs < 60_000) throw new TrellisError('ECONFIG', '--cert-ttl must be at least 1m');
+  let identityService: AgentConfig['identityService'];
+  if (flags.identityService) {
+    if (!/^[^\s:]+:\d{1,5}$/.test(flags.identityService)) {
+      throw new TrellisError('ECONFIG', `--identity-service ${flags.identityService}: use HOST:PORT, e.g. trellis-identity.trellis-system.svc:15012`);
+    }
+    identityService = Object.freeze({
+      address: flags.identityService,
+      tokenFile: flags.identityTokenFile ?? '/var/run/secrets/trellis/token',
+      caFile: flags.identityCaFile ?? '/var/run/trellis/ca-root/root-cert.pem',
+    });
+  } else if (flags.identityTokenFile || flags.identityCaFile) {
+    throw new TrellisError('ECONFIG', '--identity-token-file and --identity-ca-file go with --identity-service');
+  }
   return Object.freeze({
     node: flags.node,
+    ...(identityService && { identityService }),
     source: Object.freeze(
       source === 'kube'
         ? { kind: 'kube' as const, ...(flags.kubeconfig !== undefined && { kubeconfig: flags.kubeconfig }) }

@@ -92,7 +92,7 @@ export function identityConfig(flags: IdentityFlags): IdentityConfig {
   }
   const extraDnsNames = (flags.dnsName ?? []).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
   for (const name of extraDnsNames) {
-    if (!/^[a-z0-9*]([-a-z0-9.]*[a-z0-9])?$/i.test(name)) throw new TrellisError('ECONFIG', `--dns-name ${name}: not a DNS name`);
+    if (!net.isIP(name) && !/^[a-z0-9*]([-a-z0-9.]*[a-z0-9])?$/i.test(name)) throw new TrellisError('ECONFIG', `--dns-name ${name}: not a DNS name`);
   }
   return Object.freeze({
     listen: parseListen(flags.listen ?? `0.0.0.0:${IDENTITY_PORT}`),
@@ -153,7 +153,7 @@ export function registerIdentityCommands(program: Command): void {
     .option('--audience <aud>', "audience of the agents' projected service-account tokens", 'trellis-identity')
     .option('--agent-service-account <user>', 'the only caller allowed', 'system:serviceaccount:trellis-system:trellis-agent')
     .option('--cert-ttl <duration>', 'longest (and default) certificate lifetime, at most 48h', '24h')
-    .option('--dns-name <name...>', 'extra DNS names for the serving certificate')
+    .option('--dns-name <name...>', 'extra DNS names (or IP addresses) for the serving certificate')
     .option('--kubeconfig <file>', 'kubeconfig to use; in-cluster configuration when omitted')
     .option('--log-level <level>', 'trace|debug|info|warn|error', 'info')
     .action(async (flags: IdentityFlags) => {

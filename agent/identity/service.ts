@@ -3,6 +3,7 @@
 
 import crypto, { X509Certificate, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -151,7 +152,11 @@ async function issueServingCert(rootKey: KeyObject, rootCertPem: string, dnsName
     { name: 'extKeyUsage', serverAuth: true },
     {
       name: 'subjectAltName',
-      altNames: [...dnsNames.map((value) => ({ type: DNS_SAN, value })), ...LOOPBACK_IPS.map((ip) => ({ type: IP_SAN, ip }))],
+      // Names that are IP literals (a Service's ClusterIP, a lab address) become IP SANs.
+      altNames: [
+        ...dnsNames.filter((n) => !net.isIP(n)).map((value) => ({ type: DNS_SAN, value })),
+        ...[...LOOPBACK_IPS, ...dnsNames.filter((n) => net.isIP(n))].map((ip) => ({ type: IP_SAN, ip })),
+      ],
     },
     { name: 'subjectKeyIdentifier' },
     ...(ski?.subjectKeyIdentifier ? [{ name: 'authorityKeyIdentifier', keyIdentifier: forge.util.hexToBytes(ski.subjectKeyIdentifier) }] : []),

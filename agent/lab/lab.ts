@@ -50,7 +50,7 @@ export interface LabOptions {
   stateRoot?: string;
   /** Start one agent per node (default true); false builds the network and pods only. */
   agents?: boolean;
-  /** Extra arguments for every agent. */
+  /** Extra arguments for every agent; `{node}` in them is replaced by the node's name. */
   agentArgs?: string[];
   logLevel?: string;
   /** The nodes, in order; default: the distinct spec.nodeName values, sorted. */
@@ -352,7 +352,8 @@ export class Lab {
       '--ca-dir', this.paths.caDir,
       '--probe-source', n.gatewayIp,
       ...(this.state.options.logLevel ? ['--log-level', this.state.options.logLevel] : []),
-      ...this.state.options.agentArgs,
+      // `{node}` in an extra argument stands for the node's name (per-node token files and the like).
+      ...this.state.options.agentArgs.map((a) => a.replaceAll('{node}', n.name)),
     ];
     const { record } = spawnDetached(argv, { env: { ...process.env, [LAB_ENV]: this.name }, logFile: this.agentLogFile(node) });
     const rec = await record;

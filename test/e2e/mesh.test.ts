@@ -11,8 +11,8 @@ import { WorkloadCerts } from '../../agent/identity/certs.js';
 import { systemClock } from '../../agent/clock.js';
 import { Lab } from '../../agent/lab/lab.js';
 import { labEnvPids } from '../../agent/lab/procs.js';
-import { CONTROL_PLANE_IP } from '../../agent/lab/names.js';
-import { FakeApiServer } from '../support/fake-apiserver.js';
+import type { FakeApiServer } from '../support/fake-apiserver.js';
+import { controlPlaneAgentArgs, startControlPlane, type ControlPlane } from '../support/control-plane.js';
 import { parsePrometheus, sumOf } from '../../agent/telemetry/promtext.js';
 import { requireRoot } from '../support/root.js';
 import { captureLogger } from '../support/logger.js';
@@ -45,12 +45,14 @@ async function listening(lab: Lab, ref: string): Promise<string> {
   return r.stdout;
 }
 
-// The same tests with the agents reading a directory (`--source dir`) and the Kubernetes API (`--source kube`,
-// an in-repo fake API server listening in the lab's fabric netns, reached by the agents through client-node).
+// The same tests with the agents in local mode (`--source dir`, in-process CA) and in cluster mode
+// (`--source kube` against an in-repo fake API server, certificates from the identity service), see
+// test/support/control-plane.ts.
 describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces (--source %s)', (mode) => {
   const labName = `e${mode[0]}${Math.random().toString(36).slice(2, 5)}`;
   let lab: Lab;
   let api: FakeApiServer | undefined;
+  let control: ControlPlane | undefined;
   let sinkVip: string;
   let echoVip: string;
 
@@ -60,9 +62,11 @@ describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces
     lab = await Lab.up(fixtures, {
       name: labName,
       ...(mode === 'kube' && {
+        agentArgs: controlPlaneAgentArgs(kubeDir),
         kube: async (fabricNetnsPath: string) => {
-          api = await FakeApiServer.start({ netnsPath: fabricNetnsPath, host: CONTROL_PLANE_IP, port: 6443 });
-          return { kubeconfig: api.writeKubeconfig(path.join(kubeDir, 'kubeconfig')), apply: (o: object) => api!.apply(o) };
+          control = await startControlPlane(fabricNetnsPath, kubeDir, ['node-a', 'node-b']);
+          api = control.api;
+          return control.mirror;
         },
       }),
     });
@@ -71,8 +75,8 @@ describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces
   });
 
   afterAll(async () => {
+    await control?.close();
     await lab?.down();
-    await api?.close();
     const { stdout } = await run('ip', ['netns', 'list']);
     expect(stdout).not.toContain(`trl-${labName}-`);
     expect(labEnvPids((l) => l === labName)).toEqual([]);
@@ -186,7 +190,7 @@ describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces
     const dir = mkdtempSync(path.join(tmpdir(), 'trellis-rogue-'));
     const { logger } = captureLogger();
     const foreign = LocalCa.generate({ trustDomain: 'cluster.local' });
-    const real = LocalCa.load(path.join(lab.stateDir, 'ca'));
+    const real = LocalCa.load(control?.caDir ?? path.join(lab.stateDir, 'ca'));
     const sink = lab.pod('mesh/sink');
     const echo = lab.pod('mesh/echo');
     const issue = async (ca: LocalCa, name: string) => {
