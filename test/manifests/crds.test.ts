@@ -1,0 +1,209 @@
+// The Trellis CRDs: structural schemas the API server accepts, that take every example object the docs show and
+// refuse broken ones (a wrong enum, a percentage of 150, a missing required field, an unknown field).
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import {
+  ROOT,
+  crdValidators,
+  crdVersions,
+  defaults,
+  exampleObjects,
+  makeAjv,
+  markdownYamlBlocks,
+  parseYamlDocs,
+  structuralProblems,
+  toJsonSchema,
+  type KubeObject,
+  type Schema,
+} from './load.js';
+
+const validators = crdValidators();
+const TRELLIS_GROUPS = ['traffic.trellis.dev', 'security.trellis.dev'];
+
+function verdict(obj: unknown): { ok: boolean; errors: string } {
+  const o = obj as KubeObject;
+  const validate = validators.get(`${o.apiVersion}/${o.kind}`);
+  if (!validate) throw new Error(`no CRD in manifests/crds for ${o.apiVersion} ${o.kind}`);
+  const ok = validate(o);
+  return { ok, errors: JSON.stringify(validate.errors ?? []) };
+}
+
+function example(kind: string, name: string): KubeObject {
+  const found = exampleObjects().find(({ obj }) => obj.kind === kind && obj.metadata.name === name);
+  if (!found) throw new Error(`manifests/examples has no ${kind} ${name}`);
+  return structuredClone(found.obj);
+}
+
+/** Sets `value` at a dotted path (creating objects on the way); undefined deletes the last key. */
+function withField(obj: KubeObject, dotted: string, value: unknown): KubeObject {
+  const copy = structuredClone(obj) as Record<string, unknown>;
+  const keys = dotted.split('.');
+  let at = copy;
+  for (const k of keys.slice(0, -1)) at = (at[k] ??= {}) as Record<string, unknown>;
+  const last = keys[keys.length - 1]!;
+  if (value === undefined) delete at[last];
+  else at[last] = value;
+  return copy as KubeObject;
+}
+
+describe('CRD definitions', () => {
+  const versions = crdVersions();
+
+  it('define FaultInjection, RetryBudget, AuthorizationPolicy and PeerAuthentication in v1alpha1', () => {
+    expect(versions.map((v) => `${v.apiVersion}/${v.kind}`).sort()).toEqual([
+      'security.trellis.dev/v1alpha1/AuthorizationPolicy',
+      'security.trellis.dev/v1alpha1/PeerAuthentication',
+      'traffic.trellis.dev/v1alpha1/FaultInjection',
+      'traffic.trellis.dev/v1alpha1/RetryBudget',
+    ]);
+  });
+
+  it.each(versions.map((v) => [v.kind, v] as const))('%s: names, scope and one served storage version', (_kind, v) => {
+    const spec = v.crd['spec'] as { names: { plural: string; singular: string; kind: string; listKind: string }; scope: string; versions: { served: boolean; storage: boolean; subresources?: { status?: object } }[] };
+    expect(v.crd.metadata.name).toBe(`${spec.names.plural}.${v.group}`);
+    expect(spec.names.singular).toBe(v.kind.toLowerCase());
+    expect(spec.names.listKind).toBe(`${v.kind}List`);
+    expect(spec.scope).toBe('Namespaced');
+    expect(spec.versions.filter((x) => x.storage)).toHaveLength(1);
+    expect(spec.versions.every((x) => x.served && x.subresources?.status)).toBe(true);
+  });
+
+  it.each(versions.map((v) => [v.kind, v] as const))('%s: the schema is structural', (_kind, v) => {
+    expect(structuralProblems(v.schema)).toEqual([]);
+  });
+
+  it.each(versions.map((v) => [v.kind, v] as const))('%s: every default validates against its own schema', (_kind, v) => {
+    const ajv = makeAjv();
+    for (const { at, node } of defaults(v.schema)) {
+      const validate = ajv.compile(toJsonSchema(node));
+      expect(validate(node['default']), `${v.kind}${at}: default ${JSON.stringify(node['default'])}`).toBe(true);
+    }
+  });
+
+  it.each(versions.map((v) => [v.kind, v] as const))('%s: printer columns point at fields of the schema', (_kind, v) => {
+    const spec = v.crd['spec'] as { versions: { name: string; additionalPrinterColumns?: { name: string; jsonPath: string }[] }[] };
+    const columns = spec.versions.find((x) => x.name === v.version)!.additionalPrinterColumns ?? [];
+    expect(columns.length).toBeGreaterThan(0);
+    for (const col of columns) {
+      if (col.jsonPath === '.metadata.creationTimestamp') continue;
+      let node: Schema | undefined = v.schema;
+      // `.status.conditions[?(@.type=="Accepted")].status` walks into the items of conditions.
+      for (const step of col.jsonPath.replace(/\[\?\(.*?\)\]/g, '[]').split('.').filter(Boolean)) {
+        const name = step.replace(/\[\]$/, '');
+        node = (node?.['properties'] as Record<string, Schema> | undefined)?.[name];
+        if (step.endsWith('[]')) node = node?.['items'] as Schema | undefined;
+      }
+      expect(node, `${v.kind} column ${col.name}: ${col.jsonPath}`).toBeDefined();
+    }
+  });
+
+  it('the structural check itself catches what the API server refuses', () => {
+    expect(structuralProblems({ type: 'object', properties: { a: {} } })).toEqual(['.properties.a: type is required']);
+    expect(structuralProblems({ type: 'object', properties: { a: { type: 'string' } }, anyOf: [{ type: 'object' }] })).toEqual([
+      '.anyOf[0]: type is not allowed inside allOf/anyOf/oneOf/not',
+    ]);
+    expect(structuralProblems({ type: 'object', properties: { a: { type: 'string', maxlength: 3 } } })).toEqual(['.properties.a: unknown keyword maxlength']);
+    expect(structuralProblems({ type: 'object', properties: { a: { type: 'object', patternProperties: {} } } })).toContain(
+      '.properties.a: patternProperties is not allowed in CRD schemas',
+    );
+  });
+
+  it('every kind has the same status: observedGeneration and standard conditions', () => {
+    const statuses = versions.map((v) => (v.schema['properties'] as Record<string, Schema>)['status']);
+    for (const s of statuses) expect(s).toEqual(statuses[0]);
+    const conditions = ((statuses[0]!['properties'] as Record<string, Schema>)['conditions']!) as Schema;
+    expect(conditions['x-kubernetes-list-type']).toBe('map');
+    expect((conditions['items'] as Schema)['required']).toEqual(['type', 'status', 'lastTransitionTime', 'reason', 'message']);
+  });
+});
+
+describe('the example objects', () => {
+  const examples = exampleObjects();
+
+  it('cover every Trellis kind', () => {
+    const kinds = new Set(examples.map(({ obj }) => `${obj.apiVersion}/${obj.kind}`));
+    for (const v of crdVersions()) expect(kinds, v.kind).toContain(`${v.apiVersion}/${v.kind}`);
+  });
+
+  it.each(examples.map(({ file, obj }) => [`${file}: ${obj.kind} ${obj.metadata.name}`, obj] as const))('%s is accepted', (_name, obj) => {
+    expect(verdict(obj)).toEqual({ ok: true, errors: '[]' });
+  });
+
+  it('a status as the agents write it is accepted', () => {
+    const obj = {
+      ...example('FaultInjection', 'ratings-chaos'),
+      status: {
+        observedGeneration: 3,
+        conditions: [{ type: 'Accepted', status: 'True', observedGeneration: 3, lastTransitionTime: '2025-01-02T03:04:05Z', reason: 'Accepted', message: 'compiled by 3 agents' }],
+      },
+    };
+    expect(verdict(obj).ok).toBe(true);
+    expect(verdict(withField(obj, 'status.conditions', [{ type: 'Accepted', status: 'Maybe', lastTransitionTime: 'yesterday', reason: 'x', message: '' }])).ok).toBe(false);
+  });
+});
+
+describe('broken objects are refused', () => {
+  const cases: [string, KubeObject][] = [
+    // FaultInjection
+    ['FaultInjection: delay percentage 150', withField(example('FaultInjection', 'ratings-chaos'), 'spec.delay.percentage.value', 150)],
+    ['FaultInjection: abort percentage -1', withField(example('FaultInjection', 'ratings-chaos'), 'spec.abort.percentage.value', -1)],
+    ['FaultInjection: grpcStatus not a gRPC code', withField(example('FaultInjection', 'inventory-unavailable'), 'spec.abort.grpcStatus', 'NOT_AVAILABLE')],
+    ['FaultInjection: httpStatus 600', withField(example('FaultInjection', 'ratings-chaos'), 'spec.abort.httpStatus', 600)],
+    ['FaultInjection: both httpStatus and grpcStatus', withField(example('FaultInjection', 'ratings-chaos'), 'spec.abort.grpcStatus', 'INTERNAL')],
+    ['FaultInjection: abort with neither status', withField(example('FaultInjection', 'ratings-chaos'), 'spec.abort.httpStatus', undefined)],
+    ['FaultInjection: neither delay nor abort', withField(example('FaultInjection', 'ratings-chaos'), 'spec', {})],
+    ['FaultInjection: fixedDelay missing', withField(example('FaultInjection', 'slow-everything'), 'spec.delay.fixedDelay', undefined)],
+    ['FaultInjection: fixedDelay not a duration', withField(example('FaultInjection', 'slow-everything'), 'spec.delay.fixedDelay', '1.5 seconds')],
+    ['FaultInjection: no spec', withField(example('FaultInjection', 'slow-everything'), 'spec', undefined)],
+    ['FaultInjection: unknown field', withField(example('FaultInjection', 'slow-everything'), 'spec.delay.fixed_delay', '1s')],
+    // RetryBudget
+    ['RetryBudget: retryRatio 1.5', withField(example('RetryBudget', 'ratings'), 'spec.retryRatio', 1.5)],
+    ['RetryBudget: targetRef kind Deployment', withField(example('RetryBudget', 'ratings'), 'spec.targetRef.kind', 'Deployment')],
+    ['RetryBudget: targetRef group apps', withField(example('RetryBudget', 'ratings'), 'spec.targetRef.group', 'apps')],
+    ['RetryBudget: targetRef missing', withField(example('RetryBudget', 'ratings'), 'spec.targetRef', undefined)],
+    ['RetryBudget: targetRef name missing', withField(example('RetryBudget', 'ratings'), 'spec.targetRef.name', undefined)],
+    ['RetryBudget: minRetriesPerSecond -1', withField(example('RetryBudget', 'ratings'), 'spec.minRetriesPerSecond', -1)],
+    ['RetryBudget: minRetriesPerSecond 2.5', withField(example('RetryBudget', 'ratings'), 'spec.minRetriesPerSecond', 2.5)],
+    ['RetryBudget: ttl without a unit', withField(example('RetryBudget', 'ratings'), 'spec.ttl', '10')],
+    // AuthorizationPolicy
+    ['AuthorizationPolicy: action PERMIT', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.action', 'PERMIT')],
+    ['AuthorizationPolicy: action CUSTOM (not supported)', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.action', 'CUSTOM')],
+    ['AuthorizationPolicy: when without key', withField(example('AuthorizationPolicy', 'audit-tenant-b'), 'spec.rules', [{ when: [{ values: ['tenant-b'] }] }])],
+    ['AuthorizationPolicy: ports as a name', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.rules', [{ to: [{ operation: { ports: ['http'] } }] }])],
+    ['AuthorizationPolicy: ports as numbers', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.rules', [{ to: [{ operation: { ports: [8080] } }] }])],
+    ['AuthorizationPolicy: principals as a string', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.rules', [{ from: [{ source: { principals: 'cluster.local/ns/shop/sa/frontend' } }] }])],
+    ['AuthorizationPolicy: unknown source field', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.rules', [{ from: [{ source: { principal: ['x'] } }] }])],
+    ['AuthorizationPolicy: selector label not a string', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.selector.matchLabels', { app: 5 })],
+    // PeerAuthentication
+    ['PeerAuthentication: mode DISABLE (not supported)', withField(example('PeerAuthentication', 'default'), 'spec.mtls.mode', 'DISABLE')],
+    ['PeerAuthentication: mode in lower case', withField(example('PeerAuthentication', 'default'), 'spec.mtls.mode', 'strict')],
+    ['PeerAuthentication: port-level mode wrong', withField(example('PeerAuthentication', 'legacy-metrics-port'), 'spec.portLevelMtls', { '9102': { mode: 'OPEN' } })],
+    ['PeerAuthentication: unknown field', withField(example('PeerAuthentication', 'default'), 'spec.mtls.enabled', true)],
+  ];
+
+  it.each(cases)('%s', (_name, obj) => {
+    expect(verdict(obj).ok).toBe(false);
+  });
+
+  it('every kind has broken cases', () => {
+    const kinds = new Set(cases.map(([name]) => name.split(':')[0]));
+    for (const v of crdVersions()) expect(kinds).toContain(v.kind);
+  });
+});
+
+describe('YAML in the docs', () => {
+  const docs = ['docs/install.md', 'manifests/README.md'];
+
+  it.each(docs)('%s: every yaml block parses, and Trellis objects in it are valid', (doc) => {
+    const blocks = markdownYamlBlocks(path.join(ROOT, doc));
+    expect(blocks.length).toBeGreaterThan(0);
+    for (const block of blocks) {
+      const objects = parseYamlDocs(block.text, `${doc}:${block.line}`) as KubeObject[];
+      for (const obj of objects) {
+        const group = String(obj.apiVersion ?? '').split('/')[0]!;
+        if (!TRELLIS_GROUPS.includes(group)) continue;
+        expect(verdict(obj), `${doc}:${block.line} ${obj.kind} ${obj.metadata?.name}`).toEqual({ ok: true, errors: '[]' });
+      }
+    }
+  });
+});

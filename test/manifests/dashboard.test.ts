@@ -1,0 +1,166 @@
+// The Grafana dashboard: valid JSON whose PromQL uses only the metric and label names the agent exports, with the
+// golden-metric panels per workload and per route.
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { MANIFESTS } from './load.js';
+
+// What the agent exports (README "Metrics and logs"; HTTP metrics from the L7 work).
+const TCP_METRICS = [
+  'trellis_tcp_connections_opened_total',
+  'trellis_tcp_connections_closed_total',
+  'trellis_tcp_received_bytes_total',
+  'trellis_tcp_sent_bytes_total',
+];
+const HTTP_METRICS = [
+  'trellis_requests_total',
+  'trellis_request_duration_seconds_bucket',
+  'trellis_request_duration_seconds_sum',
+  'trellis_request_duration_seconds_count',
+];
+const METRICS = new Set([...TCP_METRICS, ...HTTP_METRICS]);
+const TCP_LABELS = [
+  'reporter',
+  'source_workload',
+  'source_workload_namespace',
+  'source_principal',
+  'destination_workload',
+  'destination_workload_namespace',
+  'destination_principal',
+  'destination_service',
+  'connection_security_policy',
+];
+const HTTP_LABELS = [...TCP_LABELS, 'response_code', 'grpc_response_status', 'route_name', 'route_namespace', 'route_rule'];
+const LABELS = new Set([...HTTP_LABELS, 'le']);
+
+const KEYWORDS = new Set(['by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'bool', 'and', 'or', 'unless', 'offset']);
+
+/** Metric and label names an expression uses. A loose reading of PromQL, enough for the expressions we write. */
+function promqlNames(expr: string): { metrics: string[]; labels: string[] } {
+  const labels: string[] = [];
+  let rest = expr.replace(/\{([^}]*)\}/g, (_m, inner: string) => {
+    for (const m of inner.matchAll(/([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)/g)) labels.push(m[1]!);
+    return ' ';
+  });
+  rest = rest.replace(/\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)/g, (_m, _kw: string, inner: string) => {
+    labels.push(...inner.split(',').map((s) => s.trim()).filter(Boolean));
+    return ' ';
+  });
+  rest = rest
+    .replace(/"(?:[^"\\]|\\.)*"/g, ' ')
+    .replace(/\[[^\]]*\]/g, ' ')
+    .replace(/\$[A-Za-z_][A-Za-z0-9_]*/g, ' ');
+  const metrics: string[] = [];
+  for (const m of rest.matchAll(/[A-Za-z_:][A-Za-z0-9_:]*/g)) {
+    const after = rest.slice(m.index + m[0].length).trimStart();
+    if (after.startsWith('(') || KEYWORDS.has(m[0])) continue;
+    metrics.push(m[0]);
+  }
+  return { metrics, labels };
+}
+
+interface Panel {
+  id: number;
+  type: string;
+  title: string;
+  targets?: { expr: string; legendFormat?: string }[];
+  gridPos: { x: number; y: number; w: number; h: number };
+}
+
+const file = path.join(MANIFESTS, 'dashboards', 'trellis.json');
+const dashboard = JSON.parse(fs.readFileSync(file, 'utf8')) as {
+  uid: string;
+  title: string;
+  panels: Panel[];
+  templating: { list: { name: string; type: string; definition?: string; query?: unknown }[] };
+};
+
+/** The panels under each row, by row title. */
+function rows(): Map<string, Panel[]> {
+  const out = new Map<string, Panel[]>();
+  let current: Panel[] = [];
+  for (const p of dashboard.panels) {
+    if (p.type === 'row') out.set(p.title, (current = []));
+    else current.push(p);
+  }
+  return out;
+}
+
+function exprs(): { where: string; expr: string }[] {
+  const fromPanels = dashboard.panels.flatMap((p) => (p.targets ?? []).map((t) => ({ where: `panel "${p.title}"`, expr: t.expr })));
+  const fromVars = dashboard.templating.list
+    .filter((v) => v.type === 'query')
+    .map((v) => ({ where: `variable $${v.name}`, expr: (v.definition ?? '').replace(/^label_values\((.*)\)$/, (_m, args: string) => args.replace(/,\s*([A-Za-z_]+)\s*$/, ' by ($1)')) }));
+  return [...fromPanels, ...fromVars];
+}
+
+describe('Grafana dashboard', () => {
+  it('is JSON with a stable uid, unique panel ids and a Prometheus data source variable', () => {
+    expect(dashboard.uid).toBe('trellis-golden');
+    const ids = dashboard.panels.map((p) => p.id);
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(dashboard.templating.list.find((v) => v.name === 'datasource')).toMatchObject({ type: 'datasource', query: 'prometheus' });
+  });
+
+  it('has namespace and workload (and route) variables that the queries use', () => {
+    const names = dashboard.templating.list.map((v) => v.name);
+    expect(names).toEqual(expect.arrayContaining(['namespace', 'workload', 'route']));
+    const all = exprs().map((e) => e.expr).join('\n');
+    for (const v of ['$namespace', '$workload', '$route', '$__rate_interval']) expect(all).toContain(v);
+  });
+
+  it('every query uses only metric and label names the agent exports', () => {
+    const found = exprs();
+    expect(found.length).toBeGreaterThan(20);
+    for (const { where, expr } of found) {
+      const { metrics, labels } = promqlNames(expr);
+      expect(metrics.length, `${where}: no metric in ${expr}`).toBeGreaterThan(0);
+      for (const m of metrics) expect(METRICS.has(m), `${where}: unknown metric ${m} in ${expr}`).toBe(true);
+      for (const l of labels) expect(LABELS.has(l), `${where}: unknown label ${l} in ${expr}`).toBe(true);
+      // TCP series carry no HTTP labels: a selector on them would match nothing.
+      if (metrics.every((m) => TCP_METRICS.includes(m))) {
+        for (const l of labels) expect(TCP_LABELS.includes(l), `${where}: TCP metrics have no label ${l}`).toBe(true);
+      }
+    }
+  });
+
+  it('the name reader sees through functions, selectors, ranges and grouping', () => {
+    expect(promqlNames('histogram_quantile(0.9, sum by (le, route_name) (rate(trellis_request_duration_seconds_bucket{reporter="source", route_name=~"$route"}[$__rate_interval])))')).toEqual({
+      metrics: ['trellis_request_duration_seconds_bucket'],
+      labels: ['reporter', 'route_name', 'le', 'route_name'],
+    });
+    expect(promqlNames('sum(rate(up[5m])) / sum(rate(nope_total{a!~"5.."}[1m]))').metrics).toEqual(['up', 'nope_total']);
+  });
+
+  it('shows request rate, success rate, p50/p90/p99, TCP bytes and mTLS share per workload, and the L7 ones per route', () => {
+    const byRow = rows();
+    const workloads = [...byRow.entries()].find(([t]) => t.startsWith('Workloads'))?.[1] ?? [];
+    const routes = [...byRow.entries()].find(([t]) => t.startsWith('Routes'))?.[1] ?? [];
+    const titles = (ps: Panel[]) => ps.map((p) => p.title);
+    expect(titles(workloads)).toEqual(expect.arrayContaining(['Request rate', 'Success rate', 'Latency p50 / p90 / p99', 'TCP bytes', 'mTLS share']));
+    expect(titles(routes)).toEqual(expect.arrayContaining(['Request rate', 'Success rate', 'Latency p50 / p90 / p99']));
+    for (const [ps, by] of [[workloads, 'destination_workload'], [routes, 'route_name']] as const) {
+      const latency = ps.find((p) => p.title.startsWith('Latency'))!;
+      expect(latency.targets!.map((t) => /histogram_quantile\(([\d.]+),/.exec(t.expr)?.[1])).toEqual(['0.5', '0.9', '0.99']);
+      for (const p of ps.filter((x) => ['Request rate', 'Success rate'].includes(x.title))) expect(p.targets![0]!.expr).toContain(by);
+    }
+    const success = workloads.find((p) => p.title === 'Success rate')!.targets![0]!.expr;
+    expect(success).toContain('response_code!~"5.."');
+    const mtls = workloads.find((p) => p.title === 'mTLS share')!.targets![0]!.expr;
+    expect(mtls).toMatch(/connection_security_policy="mutual_tls".*\/.*trellis_tcp_connections_opened_total/);
+  });
+
+  it('panels do not overlap', () => {
+    const cells = new Set<string>();
+    for (const p of dashboard.panels) {
+      for (let x = p.gridPos.x; x < p.gridPos.x + p.gridPos.w; x++) {
+        for (let y = p.gridPos.y; y < p.gridPos.y + p.gridPos.h; y++) {
+          const key = `${x},${y}`;
+          expect(cells.has(key), `panel "${p.title}" overlaps at ${key}`).toBe(false);
+          cells.add(key);
+        }
+      }
+      expect(p.gridPos.x + p.gridPos.w).toBeLessThanOrEqual(24);
+    }
+  });
+});
