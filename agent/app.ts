@@ -3,7 +3,11 @@ import { readFileSync } from 'node:fs';
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import { systemClock, type Clock } from './clock.js';
+import { CniServer } from './capture/cni-server.js';
+import { DriftChecker } from './capture/drift.js';
 import { Enrolment } from './capture/enrolment.js';
+import { NetnsFinder } from './capture/netns.js';
+import { OptinFile, optinFromObjects } from './capture/optin-file.js';
 import { nftApply } from './capture/nft.js';
 import type { AgentConfig } from './config.js';
 import { AGENT_MARK } from './constants.js';
@@ -95,7 +99,10 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     random: Math.random,
   });
 
-  // 5. Capture: enrol this node's meshed pods whenever the state changes.
+  // 5. Capture: enrol this node's meshed pods whenever the state changes. In a cluster, pods without a netns
+  //    annotation (running before the agent, or opted in later) are found by their IP through /proc.
+  const captureLogger = logger.child({ component: 'capture' });
+  const netns = config.source.kind === 'kube' ? new NetnsFinder({ clock, logger: captureLogger }) : undefined;
   const enrolment = new Enrolment({
     node: config.node,
     probeSources: config.probeSources,
@@ -112,15 +119,19 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         drain,
       }),
     applyRules: nftApply,
+    ...(netns && { findNetns: (ip: string) => netns.find(ip) }),
     metrics,
-    logger: logger.child({ component: 'capture' }),
+    logger: captureLogger,
   });
   store.subscribe((next) => void enrolment.reconcile(next));
 
   // 6. Source: the first snapshot is applied before we report ready.
+  const optin = config.cni ? new OptinFile({ path: config.cni.optinFile, logger: captureLogger }) : undefined;
   const onSnapshot = (snap: Snapshot) => {
     if (snap.problems.length) metrics.configErrors.inc({ source: config.source.kind }, snap.problems.length);
     store.replace(snap.objects);
+    // What trellis-cni falls back on while this agent is down.
+    optin?.write(optinFromObjects(snap.objects, config.node));
   };
   const sourceLogger = logger.child({ component: 'source' });
   const source =
@@ -135,7 +146,33 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         })
       : new DirSource({ dir: config.source.dir, logger: sourceLogger, onSnapshot });
   await source.start();
+  // 6b. CNI: new pods wait in their CNI ADD until their capture is in place; the state is loaded by now.
+  const cni = config.cni
+    ? await CniServer.start({
+        socketPath: config.cni.socketPath,
+        state,
+        subscribe: (fn) => store.subscribe(fn),
+        enrol: (pod, sandbox) => enrolment.enrolNow(pod, sandbox),
+        unenrol: (key, sandbox) => enrolment.unenrolNow(key, sandbox),
+        enrolled: () => enrolment.pods(),
+        ...(netns && { findNetns: (ip: string) => netns.find(ip) }),
+        waitForPodMs: config.cni.waitForPodMs,
+        logger: logger.child({ component: 'cni' }),
+        metrics,
+        clock,
+      })
+    : undefined;
   await enrolment.reconcile(store.current());
+  // 6c. Drift: rules flushed or listeners killed behind our back are put back.
+  const drift = new DriftChecker({
+    enrolment,
+    probeSources: config.probeSources,
+    intervalMs: config.driftIntervalMs,
+    metrics,
+    logger: captureLogger,
+    clock,
+  });
+  if (config.driftIntervalMs > 0) drift.start();
   // Retries failed enrolments; for the dir source also catches file events the watcher missed.
   const resync = setInterval(() => {
     const reloaded = source instanceof DirSource ? source.reload() : Promise.resolve();
@@ -160,6 +197,9 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     stop() {
       stopping ??= (async () => {
         clearInterval(resync);
+        drift.stop();
+        // Pods starting from now on wait for the next agent (or fail per the opt-in file), never start uncaptured.
+        await cni?.close();
         source.close();
         // Stop accepting; capture rules stay, so nothing bypasses the mesh while we are gone.
         enrolment.close();

@@ -25,6 +25,10 @@ export interface AgentConfig {
   readonly hboneIdleMs: number;
   readonly drainMs: number;
   readonly resyncMs: number;
+  /** Cluster mode: the socket trellis-cni talks to and the opt-in file it reads when the agent is down. */
+  readonly cni?: { readonly socketPath: string; readonly optinFile: string; readonly waitForPodMs: number };
+  /** How often enrolled pods' rules and listeners are checked and repaired; 0 turns the check off. */
+  readonly driftIntervalMs: number;
   readonly logLevel: string;
 }
 
@@ -45,6 +49,10 @@ export interface AgentFlags {
   connectTimeout?: string;
   drain?: string;
   logLevel?: string;
+  cniSocket?: string;
+  cniOptinFile?: string;
+  cniWaitForPod?: string;
+  driftInterval?: string;
 }
 
 const LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
@@ -94,8 +102,21 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
   } else if (flags.identityTokenFile || flags.identityCaFile) {
     throw new TrellisError('ECONFIG', '--identity-token-file and --identity-ca-file go with --identity-service');
   }
+  if (!flags.cniSocket && (flags.cniOptinFile || flags.cniWaitForPod)) {
+    throw new TrellisError('ECONFIG', '--cni-optin-file and --cni-wait-for-pod go with --cni-socket');
+  }
+  const cni = flags.cniSocket
+    ? Object.freeze({
+        socketPath: flags.cniSocket,
+        optinFile: flags.cniOptinFile ?? '/var/run/trellis/cni/optin',
+        waitForPodMs: parseDuration(flags.cniWaitForPod ?? '5s', '--cni-wait-for-pod'),
+      })
+    : undefined;
+  const driftIntervalMs = flags.driftInterval === '0' ? 0 : parseDuration(flags.driftInterval ?? '30s', '--drift-interval');
   return Object.freeze({
     node: flags.node,
+    ...(cni && { cni }),
+    driftIntervalMs,
     ...(identityService && { identityService }),
     source: Object.freeze(
       source === 'kube'

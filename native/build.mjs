@@ -1,5 +1,5 @@
-// Builds the native boundary (native/trellis.c -> native/build/trellis.node) with the system C compiler.
-// No node-gyp: one file, one compiler call, headers from the node-api-headers devDependency.
+// Builds the native parts with the system C compiler: the addon (native/trellis.c -> native/build/trellis.node) and
+// the chained CNI plugin (native/cni/trellis-cni.c -> native/build/trellis-cni, static). No node-gyp: one call each.
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -8,9 +8,9 @@ import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = dirname(here);
-const sources = [join(here, 'trellis.c'), join(here, 'checks.h'), fileURLToPath(import.meta.url)];
-const output = join(here, 'build', 'trellis.node');
-const shown = relative(root, output);
+const self = fileURLToPath(import.meta.url);
+// CC may carry a wrapper and flags ("ccache gcc").
+const [cc, ...ccArgs] = (process.env.CC?.trim() || 'cc').split(/\s+/);
 
 function mtime(path) {
   try {
@@ -20,54 +20,63 @@ function mtime(path) {
   }
 }
 
-const newestSource = Math.max(...sources.map(mtime));
-if (mtime(output) > newestSource) {
-  console.log(`native: ${shown} is up to date`);
-  process.exit(0);
+const headersHint = 'It needs gcc or clang with the C library headers (apt-get install gcc libc6-dev; apk add build-base).';
+
+/** Compiles one target unless it is newer than its sources; returns false (after saying why) on failure. */
+function build({ source, extraSources, output, flags, hint }) {
+  const shown = relative(root, output);
+  const newestSource = Math.max(...[source, ...extraSources, self].map(mtime));
+  if (mtime(output) > newestSource) {
+    console.log(`native: ${shown} is up to date`);
+    return true;
+  }
+  const temp = `${output}.tmp-${process.pid}`;
+  const args = [...ccArgs, '-O2', '-Wall', '-Wextra', '-Werror', ...flags, '-o', temp, source];
+  mkdirSync(dirname(output), { recursive: true });
+  const started = performance.now();
+  const run = spawnSync(cc, args, { encoding: 'utf8' });
+  if (run.error || run.status !== 0) {
+    rmSync(temp, { force: true });
+    if (run.stderr) process.stderr.write(run.stderr);
+    if (run.error?.code === 'ENOENT') {
+      console.error(
+        `native: no C compiler "${cc}" found. ` +
+          'Install one (apt-get install gcc libc6-dev; apk add build-base; dnf install gcc) or set CC.',
+      );
+    } else {
+      const why = hint(run.stderr ?? '');
+      console.error(`native: ${cc} failed to compile ${relative(root, source)} (${run.error?.message ?? `exit ${run.status}`}). ${why}`);
+    }
+    return false;
+  }
+  renameSync(temp, output);
+  const seconds = ((performance.now() - started) / 1000).toFixed(1);
+  console.log(`native: built ${shown} with ${cc} in ${seconds}s`);
+  return true;
 }
 
 const require = createRequire(import.meta.url);
 const includeDir = join(dirname(require.resolve('node-api-headers/package.json')), 'include');
-// CC may carry a wrapper and flags ("ccache gcc").
-const [cc, ...ccArgs] = (process.env.CC?.trim() || 'cc').split(/\s+/);
-const temp = `${output}.tmp-${process.pid}`;
-const args = [
-  ...ccArgs,
-  '-O2',
-  '-Wall',
-  '-Wextra',
-  '-Werror',
-  '-fPIC',
-  '-shared',
-  '-DNAPI_VERSION=8',
-  `-I${includeDir}`,
-  '-o',
-  temp,
-  join(here, 'trellis.c'),
-];
 
-mkdirSync(dirname(output), { recursive: true });
-const started = performance.now();
-const run = spawnSync(cc, args, { encoding: 'utf8' });
+const addon = build({
+  source: join(here, 'trellis.c'),
+  extraSources: [join(here, 'checks.h')],
+  output: join(here, 'build', 'trellis.node'),
+  flags: ['-fPIC', '-shared', '-DNAPI_VERSION=8', `-I${includeDir}`],
+  hint: () => headersHint,
+});
 
-if (run.error || run.status !== 0) {
-  rmSync(temp, { force: true });
-  const missingCompiler = run.error?.code === 'ENOENT';
-  if (run.stderr) process.stderr.write(run.stderr);
-  if (missingCompiler) {
-    console.error(
-      `native: no C compiler "${cc}" found. ` +
-        'Install one (apt-get install gcc libc6-dev; apk add build-base; dnf install gcc) or set CC.',
-    );
-  } else {
-    console.error(
-      `native: ${cc} failed to compile native/trellis.c (${run.error?.message ?? `exit ${run.status}`}). ` +
-        'It needs gcc or clang with the C library headers (apt-get install gcc libc6-dev; apk add build-base).',
-    );
-  }
-  process.exit(1);
-}
+// Static, so the init container can copy it onto any node, whatever C library the node has.
+const plugin = build({
+  source: join(here, 'cni', 'trellis-cni.c'),
+  extraSources: [],
+  output: join(here, 'build', 'trellis-cni'),
+  flags: ['-static'],
+  hint: (stderr) =>
+    /cannot find -lc\b|cannot find crt/.test(stderr)
+      ? 'It is linked statically and needs the static C library (libc.a: apt-get install libc6-dev; ' +
+        'apk add musl-dev; dnf install glibc-static).'
+      : headersHint,
+});
 
-renameSync(temp, output);
-const seconds = ((performance.now() - started) / 1000).toFixed(1);
-console.log(`native: built ${shown} with ${cc} in ${seconds}s`);
+if (!addon || !plugin) process.exit(1);

@@ -1,9 +1,11 @@
 // Keeps this node's meshed pods enrolled: capture rules plus the agent's listeners in each pod's netns.
-// Driven by state changes; one reconcile loop at a time, so a pod is never enrolled and unenrolled at once.
+// Driven by state changes and CNI events; one work loop at a time, so a pod is never enrolled and unenrolled at once.
 import type { Logger } from 'pino';
+import { TrellisError } from '../errors.js';
 import type { MeshState } from '../state/store.js';
 import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import { netnsId } from './netns.js';
 import { captureRuleset, removalRuleset } from './rules.js';
 
 export interface Enrolled {
@@ -17,8 +19,19 @@ export interface EnrolmentInputs {
   openListeners: (pod: Workload) => Promise<Enrolled>;
   /** Applies an nft ruleset inside a netns. */
   applyRules: (netnsPath: string, ruleset: string) => Promise<unknown>;
+  /**
+   * Cluster mode: the netns of a running pod that has an IP but no netns path (pods that were running before the
+   * agent, and pods whose annotation flips later). Without it such pods wait for a netns path.
+   */
+  findNetns?: (ip: string) => Promise<string | undefined>;
   metrics: Metrics;
   logger: Logger;
+}
+
+/** Where the CNI plugin saw a pod's sandbox; fresher than the state, which learns the pod's IP only later. */
+export interface Sandbox {
+  containerId?: string;
+  netnsPath?: string;
 }
 
 interface Entry {
@@ -26,28 +39,125 @@ interface Entry {
   listeners: Enrolled;
 }
 
+// Listeners of a pod whose reopen failed: the rules stay (traffic refused), the next drift pass tries again.
+const NO_LISTENERS: Enrolled = { close: () => undefined };
+const REOPEN_ATTEMPTS = 5;
+const REOPEN_BACKOFF_MS = 50;
+
 export class Enrolment {
   private readonly enrolled = new Map<string, Entry>();
   private latest: MeshState | undefined;
   private running: Promise<void> | undefined;
+  private readonly queue: (() => Promise<void>)[] = [];
   private firstPassDone = false;
   private closed = false;
   private readonly failures = new Map<string, string>();
+  /** CNI ADDs by pod key: the netns and IP of the sandbox, until its DEL or the pod leaves the state. */
+  private readonly sandboxes = new Map<string, { ip: string; netnsPath: string; containerId?: string }>();
+  /** Pods whose sandbox was deleted (CNI DEL), by key -> IP: not to be found again from /proc while it lingers. */
+  private readonly deleted = new Map<string, string>();
+  /** Pods a /proc lookup did not find, so the warning is logged once per pod and IP. */
+  private readonly unfound = new Map<string, string>();
 
   constructor(private readonly inputs: EnrolmentInputs) {}
 
   /** Asks for the enrolment to match `state`; returns when this (or a later) state has been applied. */
   reconcile(state: MeshState): Promise<void> {
     this.latest = state;
-    if (!this.running) {
-      this.running = this.loop().finally(() => (this.running = undefined));
+    return this.kick();
+  }
+
+  /**
+   * Enrols `pod` now, with the IP and netns path it carries (from a CNI ADD); resolves once its listeners are open and
+   * its capture rules are in place, rejects with the reason otherwise. Idempotent: a retried ADD of an enrolled
+   * sandbox resolves at once; a new sandbox of the same pod replaces the old one.
+   */
+  enrolNow(pod: Workload, sandbox: Sandbox = {}): Promise<void> {
+    const { ip, netnsPath } = pod;
+    if (!ip || !netnsPath) {
+      return Promise.reject(new TrellisError('EINVAL', `pod ${pod.key}: enrolNow needs the pod's IP and netns path`));
     }
-    return this.running;
+    return this.run(async () => {
+      if (this.closed) throw new TrellisError('ECLOSED', `pod ${pod.key}: the agent is stopping and enrols no more pods`);
+      const entry = this.enrolled.get(pod.key);
+      this.deleted.delete(pod.key);
+      this.sandboxes.set(pod.key, { containerId: sandbox.containerId, ip, netnsPath });
+      if (entry && !changed(entry.pod, pod)) return;
+      if (entry) await this.unenrol(entry);
+      const err = await this.enrol(pod);
+      this.inputs.metrics.enrolledPods.set(this.enrolled.size);
+      if (err) {
+        this.sandboxes.delete(pod.key);
+        throw err;
+      }
+    });
+  }
+
+  /**
+   * A pod's sandbox is going away (CNI DEL): removes its capture and closes its listeners if that sandbox is the one
+   * enrolled. A DEL for an older sandbox of the pod changes nothing. Resolves true if something was unenrolled.
+   */
+  unenrolNow(key: string, sandbox: Sandbox = {}): Promise<boolean> {
+    return this.run(async () => {
+      const known = this.sandboxes.get(key);
+      if (known?.containerId && sandbox.containerId && known.containerId !== sandbox.containerId) return false;
+      const entry = this.enrolled.get(key);
+      // Enrolled from the state or /proc rather than by an ADD: only if it is the netns being deleted.
+      if (!known && entry && !(await this.sameSandbox(entry.pod, sandbox.netnsPath))) return false;
+      this.sandboxes.delete(key);
+      const ip = known?.ip ?? entry?.pod.ip;
+      if (ip) this.deleted.set(key, ip);
+      if (!entry) return false;
+      await this.unenrol(entry);
+      this.inputs.metrics.enrolledPods.set(this.enrolled.size);
+      return true;
+    });
   }
 
   /** Pods enrolled now, by namespace/name. */
   pods(): string[] {
     return [...this.enrolled.keys()].sort();
+  }
+
+  /** The enrolled pods as enrolled (with the IP and netns path their capture lives in). */
+  enrolledPods(): Workload[] {
+    return [...this.enrolled.values()].map((e) => e.pod);
+  }
+
+  /**
+   * Reinstalls the capture rules of an enrolled pod (drift repair). False if the pod is no longer enrolled in that
+   * netns (it left in the meantime): nothing to repair.
+   */
+  repairRules(key: string, netnsPath: string): Promise<boolean> {
+    return this.run(async () => {
+      const entry = this.enrolled.get(key);
+      if (!entry || entry.pod.netnsPath !== netnsPath) return false;
+      await this.inputs.applyRules(netnsPath, captureRuleset({ probeSources: this.inputs.probeSources }));
+      return true;
+    });
+  }
+
+  /**
+   * Closes and reopens an enrolled pod's listeners (drift repair). The rules stay in place throughout: for the
+   * moment no listener is there, the pod's connections are refused, never sent around the mesh.
+   */
+  reopenListeners(key: string, netnsPath: string): Promise<boolean> {
+    return this.run(async () => {
+      const entry = this.enrolled.get(key);
+      if (!entry || entry.pod.netnsPath !== netnsPath) return false;
+      entry.listeners.close();
+      entry.listeners = NO_LISTENERS;
+      for (let attempt = 1; ; attempt++) {
+        try {
+          entry.listeners = await this.inputs.openListeners(entry.pod);
+          return true;
+        } catch (err) {
+          // The closed listeners free their ports on the next turn of the event loop.
+          if ((err as { code?: string }).code !== 'EADDRINUSE' || attempt >= REOPEN_ATTEMPTS) throw err;
+          await new Promise((resolve) => setTimeout(resolve, REOPEN_BACKOFF_MS * attempt));
+        }
+      }
+    });
   }
 
   /** Why enrolment is incomplete, or undefined. */
@@ -68,8 +178,31 @@ export class Enrolment {
     this.inputs.metrics.enrolledPods.set(0);
   }
 
+  /** Runs `op` in the work loop, after what is queued before it. */
+  private run<T>(op: () => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push(() => op().then(resolve, reject));
+      void this.kick();
+    });
+  }
+
+  private kick(): Promise<void> {
+    this.running ??= this.loop().finally(() => {
+      this.running = undefined;
+      // Work that arrived while the loop was returning.
+      if (this.queue.length || (this.latest && !this.closed)) void this.kick();
+    });
+    return this.running;
+  }
+
   private async loop(): Promise<void> {
-    while (this.latest && !this.closed) {
+    for (;;) {
+      const op = this.queue.shift();
+      if (op) {
+        await op();
+        continue;
+      }
+      if (!this.latest || this.closed) return;
       const state = this.latest;
       this.latest = undefined;
       await this.apply(state);
@@ -77,29 +210,84 @@ export class Enrolment {
     }
   }
 
-  private desired(state: MeshState): Map<string, Workload> {
+  private async desired(state: MeshState): Promise<Map<string, Workload>> {
     const out = new Map<string, Workload>();
-    for (const w of state.workloadsOnNode(this.inputs.node)) {
-      if (w.meshed && w.ip && w.netnsPath) out.set(w.key, w);
+    const onNode = state.workloadsOnNode(this.inputs.node);
+    const present = new Set(onNode.map((w) => w.key));
+    for (const seen of [this.sandboxes, this.deleted, this.unfound]) {
+      for (const key of [...seen.keys()]) if (!present.has(key)) seen.delete(key);
+    }
+    const ipCount = new Map<string, number>();
+    for (const w of onNode) if (w.ip) ipCount.set(w.ip, (ipCount.get(w.ip) ?? 0) + 1);
+
+    for (const w of onNode) {
+      if (!w.meshed) continue;
+      const sandbox = this.sandboxes.get(w.key);
+      if (sandbox) {
+        out.set(w.key, withSandbox(w, sandbox.ip, sandbox.netnsPath));
+      } else if (w.ip && w.netnsPath) {
+        out.set(w.key, w);
+      } else if (w.ip && this.inputs.findNetns && this.deleted.get(w.key) !== w.ip) {
+        // Two pods claiming one IP (a stale pod and its successor): no way to tell whose netns it is.
+        if (ipCount.get(w.ip)! > 1) continue;
+        const found = await this.findNetns(w);
+        if (found) out.set(w.key, withSandbox(w, w.ip, found));
+      }
     }
     return out;
   }
 
+  private async findNetns(w: Workload): Promise<string | undefined> {
+    const entry = this.enrolled.get(w.key);
+    // Already enrolled from this IP and the netns is still there: no scan.
+    if (entry && entry.pod.ip === w.ip && entry.pod.netnsPath && (await netnsId(entry.pod.netnsPath))) return entry.pod.netnsPath;
+    let found: string | undefined;
+    try {
+      found = await this.inputs.findNetns!(w.ip!);
+    } catch (err) {
+      this.inputs.logger.warn({ pod: w.key, ip: w.ip, err: (err as Error).message }, 'looking up the pod netns failed');
+    }
+    if (found) {
+      this.unfound.delete(w.key);
+    } else if (this.unfound.get(w.key) !== w.ip) {
+      this.unfound.set(w.key, w.ip!);
+      this.inputs.logger.warn(
+        { pod: w.key, ip: w.ip },
+        'no network namespace on this node owns the pod IP: not enrolled (hostNetwork pod, or /proc and /var/run/netns not visible to the agent?)',
+      );
+    }
+    return found;
+  }
+
+  /** True if the sandbox being deleted is the one the entry's capture lives in (or cannot be told apart). */
+  private async sameSandbox(pod: Workload, netnsPath: string | undefined): Promise<boolean> {
+    if (!netnsPath || !pod.netnsPath || netnsPath === pod.netnsPath) return true;
+    const [a, b] = await Promise.all([netnsId(netnsPath), netnsId(pod.netnsPath)]);
+    // The DEL's netns is already gone: ours is the one going if it is gone too.
+    if (!a) return !b;
+    return a === b;
+  }
+
   private async apply(state: MeshState): Promise<void> {
-    const want = this.desired(state);
+    const want = await this.desired(state);
     for (const [key, entry] of [...this.enrolled]) {
       const next = want.get(key);
       if (!next || changed(entry.pod, next)) await this.unenrol(entry);
     }
     for (const [key, pod] of want) {
       if (this.enrolled.has(key)) continue;
-      await this.enrol(pod);
+      const err = await this.enrol(pod);
+      if (err) {
+        this.failures.set(pod.key, err.message);
+        this.inputs.logger.error({ pod: pod.key, err: err.message }, 'pod enrolment failed; will retry on the next change');
+      }
     }
     for (const key of [...this.failures.keys()]) if (!want.has(key)) this.failures.delete(key);
     this.inputs.metrics.enrolledPods.set(this.enrolled.size);
   }
 
-  private async enrol(pod: Workload): Promise<void> {
+  /** Enrols one pod; returns the failure instead of throwing so each caller decides how to report it. */
+  private async enrol(pod: Workload): Promise<Error | undefined> {
     const started = performance.now();
     let listeners: Enrolled | undefined;
     try {
@@ -109,10 +297,10 @@ export class Enrolment {
       this.enrolled.set(pod.key, { pod, listeners });
       this.failures.delete(pod.key);
       this.inputs.logger.info({ pod: pod.key, ip: pod.ip, identity: pod.identity, ms: Math.round(performance.now() - started) }, 'pod enrolled');
+      return undefined;
     } catch (err) {
       listeners?.close();
-      this.failures.set(pod.key, (err as Error).message);
-      this.inputs.logger.error({ pod: pod.key, err: (err as Error).message }, 'pod enrolment failed; will retry on the next change');
+      return err instanceof Error ? err : new Error(String(err));
     }
   }
 
@@ -128,6 +316,11 @@ export class Enrolment {
     entry.listeners.close();
     this.inputs.logger.info({ pod: pod.key }, 'pod unenrolled');
   }
+}
+
+function withSandbox(w: Workload, ip: string, netnsPath: string): Workload {
+  if (w.ip === ip && w.netnsPath === netnsPath) return w;
+  return Object.freeze({ ...w, ip, netnsPath });
 }
 
 function changed(a: Workload, b: Workload): boolean {

@@ -14,8 +14,8 @@ export function registerAgentCommand(program: Command): void {
     .option('--kubeconfig <path>', 'with --source kube: kubeconfig file; in-cluster service account config when absent')
     .option('--ca-dir <path>', 'local mode: directory of the in-process CA (created if absent)', '/var/lib/trellis/ca')
     .option('--identity-service <host:port>', 'get workload certificates from the identity service (cluster mode) instead of the local CA')
-    .option('--identity-token-file <path>', 'projected service-account token (audience trellis-identity)', '/var/run/secrets/trellis/token')
-    .option('--identity-ca-file <path>', 'trust bundle: root certificate of the mesh (mounted trellis-ca-root ConfigMap)', '/var/run/trellis/ca-root/root-cert.pem')
+    .option('--identity-token-file <path>', 'with --identity-service: projected service-account token, audience trellis-identity (default /var/run/secrets/trellis/token)')
+    .option('--identity-ca-file <path>', 'with --identity-service: the mesh root, the mounted trellis-ca-root ConfigMap (default /var/run/trellis/ca-root/root-cert.pem)')
     .option('--trust-domain <td>', 'SPIFFE trust domain', 'cluster.local')
     .option('--probe-source <ip...>', "addresses the node's health probes come from; never captured")
     .option('--metrics-addr <ip:port>', 'Prometheus /metrics listener', '0.0.0.0:15020')
@@ -23,6 +23,10 @@ export function registerAgentCommand(program: Command): void {
     .option('--cert-ttl <duration>', 'workload certificate lifetime, renewed at half-life', '24h')
     .option('--connect-timeout <duration>', 'limit for an upstream connect or HBONE handshake', '5s')
     .option('--drain <duration>', 'how long open connections may finish after SIGTERM', '5s')
+    .option('--cni-socket <path>', 'serve trellis-cni on this Unix socket (cluster mode): new meshed pods start only once captured')
+    .option('--cni-optin-file <path>', 'with --cni-socket: the opt-in file trellis-cni reads while the agent is down (default /var/run/trellis/cni/optin)')
+    .option('--cni-wait-for-pod <duration>', 'with --cni-socket: how long a CNI ADD waits for the pod to reach the agent (default 5s)')
+    .option('--drift-interval <duration>', "how often enrolled pods' capture rules and listeners are checked and repaired (0: never)", '30s')
     .option('--log-level <level>', 'trace|debug|info|warn|error', 'info')
     .action(async (flags: AgentFlags) => {
       const config = agentConfig(flags);
