@@ -13,6 +13,12 @@ const PREFIX: Record<KubeObject['kind'], string> = {
   Pod: 'pod',
   Service: 'svc',
   EndpointSlice: 'eps',
+  HTTPRoute: 'httproute',
+  GRPCRoute: 'grpcroute',
+  FaultInjection: 'fault',
+  RetryBudget: 'retrybudget',
+  AuthorizationPolicy: 'authz',
+  PeerAuthentication: 'peerauthn',
 };
 
 /** `pod-<ns>.<name>.yaml`: namespaces hold no dots, so the name is unambiguous. */

@@ -2,6 +2,7 @@
 // During an API server outage the last known state stays in force; afterwards the informers resume, or relist on 410.
 import {
   CoreV1Api,
+  CustomObjectsApi,
   DiscoveryV1Api,
   KubeConfig,
   ListWatch,
@@ -14,13 +15,14 @@ import type { Counter, Gauge } from 'prom-client';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { TrellisError } from '../errors.js';
 import type { Snapshot, SourceProblem } from './dir.js';
-import { objectKey, type KubeObject } from './objects.js';
+import { EXTENSION_KINDS, objectKey, type ExtensionKind, type KubeObject } from './objects.js';
 import { validateObject } from './validate.js';
 
 /** The typed clients a list function may use. */
 export interface KubeApis {
   core: CoreV1Api;
   discovery: DiscoveryV1Api;
+  custom: CustomObjectsApi;
 }
 
 type RawList = { metadata?: { resourceVersion?: string }; items: unknown[] };
@@ -48,7 +50,25 @@ export const WATCHED_KINDS: readonly WatchedKind[] = [
     path: '/apis/discovery.k8s.io/v1/endpointslices',
     list: (a, rv) => a.discovery.listEndpointSliceForAllNamespaces({ resourceVersion: rv }),
   },
+  custom('HTTPRoute', 'httproutes'),
+  custom('GRPCRoute', 'grpcroutes'),
+  custom('FaultInjection', 'faultinjections'),
+  custom('RetryBudget', 'retrybudgets'),
+  custom('AuthorizationPolicy', 'authorizationpolicies'),
+  custom('PeerAuthentication', 'peerauthentications'),
 ];
+
+/** A custom resource (Gateway API, Trellis CRDs), listed cluster-wide at the version the agent reads. */
+function custom(kind: ExtensionKind, plural: string): WatchedKind {
+  const apiVersion = EXTENSION_KINDS[kind];
+  const [group, version] = apiVersion.split('/') as [string, string];
+  return {
+    kind,
+    apiVersion,
+    path: `/apis/${apiVersion}/${plural}`,
+    list: async (a, rv) => (await a.custom.listClusterCustomObject({ group, version, plural, resourceVersion: rv })) as RawList,
+  };
+}
 
 export interface KubeSourceInputs {
   /** Path of a kubeconfig; the in-cluster config (service account token, KUBERNETES_SERVICE_HOST) when absent. */
@@ -87,6 +107,8 @@ interface KindState {
   readonly good: Map<string, KubeObject>;
   /** Listed at least once: the initial snapshot waits for every kind. */
   listed: boolean;
+  /** The API server answered 404 for this kind: its CRD is not installed. */
+  missing: boolean;
   /** When this informer last knew it was in sync (list, watch event, bookmark, watch accepted). */
   lastSync: number;
   /** lastSync before the current watch request, restored if the server answers it with an ERROR event. */
@@ -171,7 +193,11 @@ export class KubeSource {
   async start(): Promise<void> {
     if (this.kinds.length) throw new Error('KubeSource.start() called twice');
     const config = loadKubeConfig(this.inputs.kubeconfig);
-    const apis: KubeApis = { core: config.makeApiClient(CoreV1Api), discovery: config.makeApiClient(DiscoveryV1Api) };
+    const apis: KubeApis = {
+      core: config.makeApiClient(CoreV1Api),
+      discovery: config.makeApiClient(DiscoveryV1Api),
+      custom: config.makeApiClient(CustomObjectsApi),
+    };
     this.startedAt = this.clock.now();
     const ready = new Promise<void>((resolve, reject) => (this.first = { resolve, reject }));
     for (const spec of WATCHED_KINDS) this.kinds.push(this.makeKind(config, apis, spec));
@@ -230,6 +256,7 @@ export class KubeSource {
       informer,
       good: new Map(),
       listed: false,
+      missing: false,
       lastSync: -Infinity,
       syncBeforeConnect: -Infinity,
       failures: 0,
@@ -268,6 +295,10 @@ export class KubeSource {
 
   private onWatching(k: KindState): void {
     k.syncBeforeConnect = k.lastSync;
+    if (k.missing) {
+      k.missing = false;
+      this.logger.info({ kind: k.spec.kind }, `kube source: ${k.spec.kind} is served now`);
+    }
     if (k.listed) return;
     k.listed = true;
     this.logger.debug({ kind: k.spec.kind, objects: k.good.size }, 'kube source: listed');
@@ -288,10 +319,13 @@ export class KubeSource {
 
   private onError(k: KindState, err: unknown): void {
     if (this.closed) return;
+    const { code, message } = describeError(err);
+    if (code === 404 && k.spec.path.startsWith('/apis/') && k.spec.kind in EXTENSION_KINDS) {
+      return this.notInstalled(k);
+    }
     k.failures++;
     const delay = backoffMs(k.failures, this.random);
     this.inputs.metrics?.watchErrors?.inc({ kind: k.spec.kind });
-    const { code, message } = describeError(err);
     // A long outage retries every 30 s per kind: warn on the first failure and every tenth, not on each retry.
     const level = k.failures === 1 || k.failures % 10 === 0 ? 'warn' : 'debug';
     this.logger[level](
@@ -300,6 +334,31 @@ export class KubeSource {
     );
     k.restart?.cancel();
     k.restart = this.clock.after(delay, () => {
+      k.restart = undefined;
+      this.run(k);
+    });
+  }
+
+  /**
+   * A custom resource whose CRD is not installed (Gateway API, say) is an empty kind, not an outage: the first
+   * sync goes on without it, and it is looked for again every 30 s.
+   */
+  private notInstalled(k: KindState): void {
+    if (!k.missing) {
+      k.missing = true;
+      this.logger.info({ kind: k.spec.kind, path: k.spec.path }, `kube source: ${k.spec.kind} is not served by the API server (CRD not installed?); treated as empty and checked again every 30 s`);
+    }
+    k.lastSync = this.clock.now();
+    if (k.good.size) {
+      k.good.clear();
+      if (this.synced) this.schedule();
+    }
+    if (!k.listed) {
+      k.listed = true;
+      if (!this.synced && this.kinds.every((x) => x.listed)) this.schedule();
+    }
+    k.restart?.cancel();
+    k.restart = this.clock.after(BACKOFF_MAX_MS, () => {
       k.restart = undefined;
       this.run(k);
     });
@@ -413,6 +472,6 @@ function describeError(err: unknown): { code: number | undefined; message: strin
 
 function hint(code: number | undefined): string {
   if (code === 401) return ': the API server refused the credentials; check the token in the kubeconfig or the agent ServiceAccount token';
-  if (code === 403) return ': forbidden; the agent needs get/list/watch on namespaces, pods, services and discovery.k8s.io endpointslices (see manifests/)';
+  if (code === 403) return ': forbidden; the agent needs list and watch on what manifests/rbac/agent.yaml grants';
   return '';
 }

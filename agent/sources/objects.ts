@@ -81,7 +81,30 @@ export interface EndpointSlice {
   ports?: { name?: string; port?: number; protocol?: string; appProtocol?: string }[];
 }
 
-export type KubeObject = Namespace | Pod | Service | EndpointSlice;
+/**
+ * Gateway API routes and Trellis policy kinds: carried from the sources to the store as they are (their
+ * specs are compiled by the features that use them), so both sources already deliver them.
+ */
+export const EXTENSION_KINDS = {
+  HTTPRoute: 'gateway.networking.k8s.io/v1',
+  GRPCRoute: 'gateway.networking.k8s.io/v1',
+  FaultInjection: 'traffic.trellis.dev/v1alpha1',
+  RetryBudget: 'traffic.trellis.dev/v1alpha1',
+  AuthorizationPolicy: 'security.trellis.dev/v1alpha1',
+  PeerAuthentication: 'security.trellis.dev/v1alpha1',
+} as const;
+
+export type ExtensionKind = keyof typeof EXTENSION_KINDS;
+
+export interface ExtensionObject {
+  apiVersion: string;
+  kind: ExtensionKind;
+  metadata: ObjectMeta;
+  spec: Record<string, unknown>;
+  status?: Record<string, unknown>;
+}
+
+export type KubeObject = Namespace | Pod | Service | EndpointSlice | ExtensionObject;
 export type Kind = KubeObject['kind'];
 
 /** Stable key of an object: kind/namespace/name. */

@@ -1,6 +1,6 @@
 // Source edge: turns untrusted YAML documents into typed objects, or into errors naming the object and field.
 import { z } from 'zod';
-import type { KubeObject } from './objects.js';
+import { EXTENSION_KINDS, type KubeObject } from './objects.js';
 
 const name = z.string().min(1).max(253).regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be a DNS-1123 name');
 const stringMap = z.record(z.string(), z.string());
@@ -76,11 +76,24 @@ const endpointSliceSchema = z.object({
   }).loose()).optional(),
 }).loose();
 
+const extensionSchema = (apiVersion: string, kind: string) =>
+  z.object({ apiVersion: z.literal(apiVersion), kind: z.literal(kind), metadata: meta, spec: z.record(z.string(), z.unknown()) }).loose();
+
 const schemas: Record<string, z.ZodType> = {
   Namespace: namespaceSchema,
   Pod: podSchema,
   Service: serviceSchema,
   EndpointSlice: endpointSliceSchema,
+  ...Object.fromEntries(Object.entries(EXTENSION_KINDS).map(([kind, apiVersion]) => [kind, extensionSchema(apiVersion, kind)])),
+};
+
+/** The apiVersion each kind is read at; another version of a known kind is ignored, not guessed at. */
+const API_VERSIONS: Record<string, string> = {
+  Namespace: 'v1',
+  Pod: 'v1',
+  Service: 'v1',
+  EndpointSlice: 'discovery.k8s.io/v1',
+  ...EXTENSION_KINDS,
 };
 
 export type Validated = { ok: true; object: KubeObject } | { ok: false; reason: string };
@@ -96,6 +109,13 @@ export function validateObject(doc: unknown): Validated {
   if (typeof kind !== 'string') return { ok: false, reason: 'missing field "kind"' };
   const schema = schemas[kind];
   if (!schema) return { ok: false, reason: `unsupported kind "${kind}" (supported: ${KNOWN_KINDS.join(', ')})` };
+  const apiVersion = (doc as { apiVersion?: unknown }).apiVersion;
+  if (apiVersion !== API_VERSIONS[kind]) {
+    return {
+      ok: false,
+      reason: `apiVersion ${String(apiVersion)} of ${kind} is not understood by this agent (it reads ${API_VERSIONS[kind]}); the object is ignored`,
+    };
+  }
   const parsed = schema.safeParse(doc);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;

@@ -50,6 +50,22 @@ describe('dir source', () => {
     expect(r.problems[0]!.reason).toMatch(/invalid YAML/);
   });
 
+  it('carries routes and Trellis policy kinds, and ignores a version it does not understand', () => {
+    const r = parseFile('f.yaml', `apiVersion: traffic.trellis.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: slow, namespace: demo}
+spec: {delay: {fixedDelay: 1s, percentage: {value: 10}}}
+---
+apiVersion: traffic.trellis.dev/v1alpha2
+kind: FaultInjection
+metadata: {name: future, namespace: demo}
+spec: {}
+`);
+    expect([...r.objects!.keys()]).toEqual(['FaultInjection/demo/slow']);
+    expect(r.problems).toHaveLength(1);
+    expect(r.problems[0]!.reason).toMatch(/apiVersion traffic\.trellis\.dev\/v1alpha2 of FaultInjection is not understood.*reads traffic\.trellis\.dev\/v1alpha1.*ignored/);
+  });
+
   it('names unsupported kinds', () => {
     const r = parseFile('k.yaml', 'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n');
     expect(r.problems[0]!.reason).toMatch(/unsupported kind "Deployment"/);

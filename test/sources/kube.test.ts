@@ -5,6 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Gauge, Registry } from 'prom-client';
+import { ManualClock } from '../../agent/clock.js';
 import type { Snapshot } from '../../agent/sources/dir.js';
 import { KubeSource, WATCHED_KINDS, backoffMs } from '../../agent/sources/kube.js';
 import { FAKE_API_AUDIENCE, FakeApiServer } from '../support/fake-apiserver.js';
@@ -42,6 +43,11 @@ const slice = (svc: string, ips: string[], ns = 'demo') => ({
 const keys = (s: Snapshot) => s.objects.map((o) => `${o.kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`).sort();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+const fault = {
+  apiVersion: 'traffic.trellis.dev/v1alpha1', kind: 'FaultInjection', metadata: { name: 'slow', namespace: 'demo' },
+  spec: { delay: { fixedDelay: '1s', percentage: { value: 10 } } },
+};
+
 describe('kube source', () => {
   let api: FakeApiServer;
   let dir: string;
@@ -65,6 +71,7 @@ describe('kube source', () => {
     api.apply(pod('server', '10.244.2.2', { node: 'node-b' }));
     api.apply(service('server', '10.96.0.11'));
     api.apply(slice('server', ['10.244.2.2']));
+    api.apply(fault);
     snaps = [];
     log = captureLogger();
   });
@@ -100,6 +107,7 @@ describe('kube source', () => {
     expect(snaps).toHaveLength(1);
     expect(keys(snaps[0]!)).toEqual([
       'EndpointSlice/demo/server-abc',
+      'FaultInjection/demo/slow',
       'Namespace//demo',
       'Namespace//plain',
       'Pod/demo/client',
@@ -114,9 +122,38 @@ describe('kube source', () => {
     expect(new Set(reqs.map((r) => r.user))).toEqual(new Set([AGENT_USER]));
     expect(new Set(reqs.map((r) => r.verb))).toEqual(new Set(['list', 'watch']));
     expect(new Set(reqs.map((r) => `${r.group}/${r.resource}`))).toEqual(
-      new Set(['/namespaces', '/pods', '/services', 'discovery.k8s.io/endpointslices']),
+      new Set([
+        '/namespaces', '/pods', '/services', 'discovery.k8s.io/endpointslices',
+        'gateway.networking.k8s.io/httproutes', 'gateway.networking.k8s.io/grpcroutes',
+        'traffic.trellis.dev/faultinjections', 'traffic.trellis.dev/retrybudgets',
+        'security.trellis.dev/authorizationpolicies', 'security.trellis.dev/peerauthentications',
+      ]),
     );
     expect(reqs.every((r) => r.namespace === undefined && r.name === undefined)).toBe(true);
+  });
+
+  it('starts without a CRD that is not installed, and picks its objects up once it is', async () => {
+    api.setUninstalled('httproutes', true);
+    const route = {
+      apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'split', namespace: 'demo' },
+      spec: { parentRefs: [{ group: '', kind: 'Service', name: 'server' }] },
+    };
+    api.apply(route);
+    const clock = new ManualClock(Date.now());
+    const started = start({ clock });
+    // Debounce and restarts run on the injected clock: keep it moving in small steps until start() resolves.
+    const tick = setInterval(() => clock.advance(25), 5);
+    try {
+      await started;
+      expect(keys(snaps[0]!)).not.toContain('HTTPRoute/demo/split');
+      expect(log.lines().some((l) => String(l.msg).includes('HTTPRoute is not served'))).toBe(true);
+      expect(source!.configAgeSeconds()).toBeLessThan(1);
+      api.setUninstalled('httproutes', false);
+      clock.advance(30_000);
+      await next(has('HTTPRoute/demo/split'), 3000);
+    } finally {
+      clearInterval(tick);
+    }
   });
 
   it('turns add, update and delete into a new snapshot within a second', async () => {
@@ -247,7 +284,10 @@ describe('kube source', () => {
   });
 
   it('watches each kind through one table entry and reaches the API server only through client-node', () => {
-    expect(WATCHED_KINDS.map((k) => k.kind)).toEqual(['Namespace', 'Pod', 'Service', 'EndpointSlice']);
+    expect(WATCHED_KINDS.map((k) => k.kind)).toEqual([
+      'Namespace', 'Pod', 'Service', 'EndpointSlice',
+      'HTTPRoute', 'GRPCRoute', 'FaultInjection', 'RetryBudget', 'AuthorizationPolicy', 'PeerAuthentication',
+    ]);
     const sources = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../agent/sources');
     const files = readdirSync(sources).filter((f) => /^kube.*\.ts$/.test(f));
     expect(files).toContain('kube.ts');
@@ -263,7 +303,7 @@ describe('kube source', () => {
     const t0 = performance.now();
     await start();
     const ms = performance.now() - t0;
-    expect(snaps[0]!.objects.length).toBe(2000 + 500 + 6);
+    expect(snaps[0]!.objects.length).toBe(2000 + 500 + 7); // the seeded cluster has 7 objects (one FaultInjection)
     console.log(`kube source: first sync of 2000 pods + 500 services took ${ms.toFixed(0)} ms`);
     const t1 = performance.now();
     api.apply(pod('p0', '10.245.9.9'));

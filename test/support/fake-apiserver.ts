@@ -108,6 +108,8 @@ export class FakeApiServer {
   /** Watches and continue tokens from a resourceVersion below this are gone (410). */
   private floor = 0;
   private paused = false;
+  /** Resources answered with 404, as for a CRD that is not installed. */
+  private readonly hidden = new Set<string>();
   private nextClusterIp = 10;
   private readonly bookmarkIntervalMs: number;
   private readonly historyLimit: number;
@@ -163,6 +165,12 @@ export class FakeApiServer {
     };
     writeFileSync(file, stringifyYaml(config), { mode: 0o600 });
     return file;
+  }
+
+  /** Serve (false) or stop serving (true) a resource, as when its CRD is installed or removed. */
+  setUninstalled(resource: string, uninstalled: boolean): void {
+    if (uninstalled) this.hidden.add(resource);
+    else this.hidden.delete(resource);
   }
 
   addToken(token: string, info: TokenInfo): void {
@@ -410,6 +418,7 @@ export class FakeApiServer {
       ...(user ? { user: user.username } : {}),
     });
     if (!user) throw unauthorized();
+    if (this.hidden.has(rt.resource)) throw new HttpError(404, 'NotFound', 'the server could not find the requested resource');
     if (!verb) throw new HttpError(405, 'MethodNotAllowed', `the server does not allow this method on the requested resource`);
     if (subresource && (subresource !== 'status' || !rt.status)) {
       throw new HttpError(404, 'NotFound', 'the server could not find the requested resource');

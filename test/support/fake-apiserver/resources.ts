@@ -65,6 +65,7 @@ export const RESOURCES: readonly ResourceType[] = [
   crd('gateway.networking.k8s.io', 'v1', 'httproutes', 'httproute', 'HTTPRoute'),
   crd('gateway.networking.k8s.io', 'v1', 'grpcroutes', 'grpcroute', 'GRPCRoute'),
   crd('traffic.trellis.dev', 'v1alpha1', 'faultinjections', 'faultinjection', 'FaultInjection'),
+  crd('traffic.trellis.dev', 'v1alpha1', 'retrybudgets', 'retrybudget', 'RetryBudget'),
   crd('security.trellis.dev', 'v1alpha1', 'authorizationpolicies', 'authorizationpolicy', 'AuthorizationPolicy'),
   crd('security.trellis.dev', 'v1alpha1', 'peerauthentications', 'peerauthentication', 'PeerAuthentication'),
 ];
