@@ -240,7 +240,7 @@ export class CniServer {
 
   /** The pod, once the state has it; the same incarnation (uid) when the state carries uids. */
   private lookup(key: string, uid: string): Workload | undefined {
-    const w = this.inputs.state().workloads.get(key) as (Workload & { readonly uid?: string }) | undefined;
+    const w = this.inputs.state().workloads.get(key);
     if (!w) return undefined;
     if (uid && w.uid && w.uid !== uid) return undefined;
     return w;

@@ -6,6 +6,8 @@ import type { Namespace, Pod } from '../sources/objects.js';
 export interface Workload {
   /** namespace/name of the pod. */
   readonly key: string;
+  /** metadata.uid: tells one incarnation of a pod name from the next. */
+  readonly uid: string | undefined;
   readonly namespace: string;
   readonly pod: string;
   /** Canonical workload name (app label, owner, or pod name): the metrics label. */
@@ -42,6 +44,7 @@ export function toWorkload(pod: Pod, ns: Namespace | undefined, trustDomain: str
   const serviceAccount = pod.spec.serviceAccountName ?? 'default';
   return Object.freeze({
     key: `${namespace}/${pod.metadata.name}`,
+    uid: pod.metadata.uid,
     namespace,
     pod: pod.metadata.name,
     name: workloadName(pod),

@@ -19,7 +19,7 @@ const TD = 'cluster.local';
 
 function workload(ns: string, name: string, sa: string, ip: string): Workload {
   return Object.freeze({
-    key: `${ns}/${name}`, namespace: ns, pod: name, name, serviceAccount: sa,
+    key: `${ns}/${name}`, uid: undefined, namespace: ns, pod: name, name, serviceAccount: sa,
     identity: `spiffe://${TD}/ns/${ns}/sa/${sa}`, ip, node: 'n', netnsPath: undefined, labels: {}, meshed: true,
   });
 }
