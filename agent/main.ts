@@ -2,6 +2,7 @@
 // The `trellis` command: parses arguments and starts the chosen subcommand; nothing else happens here.
 import { Command } from 'commander';
 import { registerAgentCommand } from './cli/agent.js';
+import { registerBenchCommand } from './cli/bench.js';
 import { registerDemoCommand } from './cli/demo.js';
 import { registerIdentityCommands } from './cli/identity.js';
 import { registerLabCommands } from './cli/lab.js';
@@ -15,6 +16,7 @@ registerIdentityCommands(program);
 registerLabCommands(program);
 registerToolCommands(program);
 registerDemoCommand(program);
+registerBenchCommand(program);
 
 program.parseAsync(process.argv).catch((err: Error & { code?: string }) => {
   process.stderr.write(`trellis: ${err.message}\n`);

@@ -4,6 +4,10 @@ import { type Command, InvalidArgumentError } from 'commander';
 import { hostname } from 'node:os';
 import { wrapError } from '../errors.js';
 import { startBanner } from '../tools/banner.js';
+import { bulkSend } from '../tools/bulk-send.js';
+import { connHold } from '../tools/conn-hold.js';
+import { connRate } from '../tools/conn-rate.js';
+import { httpBench } from '../tools/http-bench.js';
 import { startHttpEcho } from '../tools/http-echo.js';
 import { httpLoad } from '../tools/http-load.js';
 import type { ToolServer } from '../tools/server.js';
@@ -12,6 +16,7 @@ import { tcpConnect } from '../tools/tcp-connect.js';
 import { startTcpEcho } from '../tools/tcp-echo.js';
 import { tcpSend } from '../tools/tcp-send.js';
 import { startTcpSink } from '../tools/tcp-sink.js';
+import { waitHttp } from '../tools/wait-http.js';
 
 function integer(min: number, max: number): (value: string) => number {
   return (value) => {
@@ -48,6 +53,14 @@ function seconds(value: string): number {
   if (!(n > 0)) throw new InvalidArgumentError('expected a positive number of seconds');
   return n;
 }
+
+function nonNegative(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !(n >= 0) || !Number.isFinite(n)) throw new InvalidArgumentError('expected a number, 0 or more');
+  return n;
+}
+
+const json = (value: unknown): void => void process.stdout.write(`${JSON.stringify(value)}\n`);
 
 /** Keeps a tool server up until SIGTERM/SIGINT, then closes it and exits 0. */
 async function runUntilSignal(name: string, start: Promise<ToolServer>): Promise<void> {
@@ -121,7 +134,8 @@ export function registerToolCommands(program: Command): void {
     .requiredOption('--port <port>', 'listen port', port)
     .option('--host <addr>', 'listen address', '0.0.0.0')
     .option('--name <name>', 'name in replies (default: $POD_NAME, else the hostname)')
-    .action((o: { port: number; host: string; name?: string }) => {
+    .option('--body-bytes <n>', 'answer with this many bytes instead of the JSON (k, m suffixes)', byteCount)
+    .action((o: { port: number; host: string; name?: string; bodyBytes?: number }) => {
       const name = o.name ?? process.env.POD_NAME ?? hostname();
       return runUntilSignal('http-echo', startHttpEcho({ ...o, name, log }));
     });
@@ -173,5 +187,86 @@ export function registerToolCommands(program: Command): void {
         process.stderr.write(`tcp-connect: ${outcome.message ?? outcome.code}\n`);
       }
       process.exitCode = outcome.exitCode;
+    });
+
+  tool
+    .command('http-bench')
+    .description(
+      'HTTP/1.1 load at a fixed rate over C keep-alive connections (open loop: latency counts from when each ' +
+        'request was due); --rate 0 runs closed loop for the most req/s. Prints a JSON report',
+    )
+    .requiredOption('--url <url>', 'http:// URL')
+    .requiredOption('--rate <r>', 'requests per second; 0 for closed loop', nonNegative)
+    .requiredOption('--duration-s <s>', 'measured seconds', seconds)
+    .option('--connections <c>', 'keep-alive connections', positive, 16)
+    .option('--warmup-s <s>', 'seconds at the same load before measuring', nonNegative, 0)
+    .option('--timeout-ms <ms>', 'per request', positive, 10_000)
+    .action(async (o: { url: string; rate: number; durationS: number; connections: number; warmupS: number; timeoutMs: number }) => {
+      json(await httpBench(o));
+    });
+
+  tool
+    .command('bulk-send')
+    .description('bulk throughput: N parallel HTTP POSTs streaming a chunked body for the duration; prints JSON with gbps')
+    .requiredOption('--url <url>', 'http:// URL of a server that reads the body, then answers (http-echo)')
+    .requiredOption('--duration-s <s>', 'seconds to stream', seconds)
+    .option('--streams <n>', 'parallel connections', positive, 1)
+    .option('--chunk <n>', 'body bytes per chunk (k, m suffixes)', byteCount, 65536)
+    .action(async (o: { url: string; durationS: number; streams: number; chunk: number }) => {
+      const r = await bulkSend({ url: o.url, durationS: o.durationS, streams: o.streams, chunkBytes: o.chunk });
+      json(r);
+      if (r.ok_streams === 0) process.exitCode = 2;
+    });
+
+  tool
+    .command('conn-rate')
+    .description('new connections per second: connect, one request (Connection: close), close; repeated for the duration')
+    .requiredOption('--url <url>', 'http:// URL')
+    .requiredOption('--duration-s <s>', 'seconds', seconds)
+    .option('--concurrency <c>', 'connections in progress at once', positive, 8)
+    .option('--timeout-ms <ms>', 'per connection', positive, 5000)
+    .action(async (o: { url: string; durationS: number; concurrency: number; timeoutMs: number }) => {
+      const r = await connRate(o);
+      json(r);
+      if (r.ok === 0) process.exitCode = 2;
+    });
+
+  tool
+    .command('conn-hold')
+    .description(
+      'open N keep-alive connections (one request each), print {"event":"ready",...}, hold them until stdin ' +
+        'closes or --hold-s passes, then close them and print a JSON report',
+    )
+    .requiredOption('--url <url>', 'http:// URL')
+    .requiredOption('--count <n>', 'connections', positive)
+    .option('--hold-s <s>', 'longest hold after all are open', seconds, 60)
+    .option('--parallel <n>', 'connections being opened at once', positive, 50)
+    .action(async (o: { url: string; count: number; holdS: number; parallel: number }) => {
+      process.stdin.resume();
+      const release = new Promise<void>((resolve) => {
+        process.stdin.once('end', resolve);
+        process.stdin.once('close', resolve);
+      });
+      const r = await connHold(o, (ready) => json({ event: 'ready', ...ready }), release);
+      json(r);
+      process.stdin.pause();
+      if (r.open === 0) process.exitCode = 2;
+    });
+
+  tool
+    .command('wait-http')
+    .description(
+      'poll a URL (fresh connection per try) until it answers below 400, or with --until fail until it does not; ' +
+        'prints {"event":"polling"} after the first try, then JSON with at_ms (wall clock). Exit 1 on timeout',
+    )
+    .requiredOption('--url <url>', 'http:// URL')
+    .option('--timeout-s <s>', 'give up after', seconds, 60)
+    .option('--interval-ms <ms>', 'pause between tries', integer(0, 60_000), 20)
+    .option('--until <what>', 'ok | fail', 'ok')
+    .action(async (o: { url: string; timeoutS: number; intervalMs: number; until: string }) => {
+      if (o.until !== 'ok' && o.until !== 'fail') throw new InvalidArgumentError('--until takes ok or fail');
+      const r = await waitHttp({ ...o, until: o.until }, (first) => json({ event: 'polling', first }));
+      json(r);
+      if (!r.met) process.exitCode = 1;
     });
 }

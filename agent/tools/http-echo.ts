@@ -9,12 +9,21 @@ export interface HttpEchoReply {
   headers: http.IncomingHttpHeaders;
 }
 
-/** Answers every request 200 with {name, method, url, headers}; connections stay alive between requests. */
-export function startHttpEcho(opts: ListenOptions & { name: string }): Promise<ToolServer> {
+/**
+ * Answers every request 200 with {name, method, url, headers}; connections stay alive between requests.
+ * With `bodyBytes`, answers with that many bytes instead (a fixed payload, as the benchmark wants).
+ */
+export function startHttpEcho(opts: ListenOptions & { name: string; bodyBytes?: number }): Promise<ToolServer> {
+  const fixed = opts.bodyBytes === undefined ? undefined : Buffer.alloc(opts.bodyBytes, 0x78);
   const server = http.createServer((req, res) => {
     // Drain the body first so the connection can carry the next request.
     req.resume();
     req.on('end', () => {
+      if (fixed) {
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': fixed.length });
+        res.end(fixed);
+        return;
+      }
       const reply: HttpEchoReply = {
         name: opts.name,
         method: req.method ?? '',

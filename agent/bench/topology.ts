@@ -1,0 +1,109 @@
+// Bench: the lab it builds. Two namespaces with the same client (node A) and server (node B): bench-mesh
+// is meshed and carries the trellis paths; bench-plain is not and carries the direct and HAProxy paths.
+import { MESH_ANNOTATION } from '../constants.js';
+import { TrellisError } from '../errors.js';
+import type { Lab } from '../lab/lab.js';
+import type { ExtensionObject, KubeObject } from '../sources/objects.js';
+import type { Targets } from './paths.js';
+
+export const APP_PORT = 8080;
+export const SERVICE_PORT = 80;
+/** Response size of every request/response measurement. */
+export const BODY_BYTES = 1024;
+export const NODE_A = 'node-a';
+export const NODE_B = 'node-b';
+export const MESH_SERVER = 'bench-mesh/server';
+export const PLAIN_SERVER = 'bench-plain/server';
+
+/** Where the HAProxy pair of each layer listens: plaintext on loopback in the client pod, TLS on the server pod's IP. */
+export const HAPROXY_PORTS = Object.freeze({
+  l4: { listen: 18080, tls: 15443 },
+  l7: { listen: 18081, tls: 15444 },
+});
+
+/** `taskset -c N` before a command when pinning, nothing otherwise. */
+export function pinned(cpu: number | undefined, argv: string[]): string[] {
+  return cpu === undefined ? argv : ['taskset', '-c', String(cpu), ...argv];
+}
+
+/** The lab's manifests; servers run pinned to `serverCpu` when given. */
+export function benchManifests(opts: { serverCpu?: number }): KubeObject[] {
+  const objects: KubeObject[] = [];
+  for (const [ns, meshed] of [['bench-mesh', true], ['bench-plain', false]] as const) {
+    objects.push({
+      apiVersion: 'v1',
+      kind: 'Namespace',
+      metadata: { name: ns, ...(meshed && { annotations: { [MESH_ANNOTATION]: 'enabled' } }) },
+    });
+    objects.push(pod(ns, 'client', NODE_A, ['sleep', 'infinity']));
+    objects.push(
+      pod(ns, 'server', NODE_B, pinned(opts.serverCpu, ['trellis', 'tool', 'http-echo', '--port', String(APP_PORT), '--body-bytes', String(BODY_BYTES)])),
+    );
+    // Declared opaque TCP, so the L4 paths stay L4 whatever protocol detection the mesh grows.
+    objects.push(service(ns, 'server', { name: 'tcp', appProtocol: 'tcp' }));
+  }
+  // trellis-l7: an HTTP Service whose HTTPRoute splits 90/10 between two Services of the same server pod.
+  objects.push(service('bench-mesh', 'server-l7', { name: 'http', appProtocol: 'http' }));
+  objects.push(service('bench-mesh', 'server-v1', { name: 'http', appProtocol: 'http' }));
+  objects.push(service('bench-mesh', 'server-v2', { name: 'http', appProtocol: 'http' }));
+  return objects;
+}
+
+/** Objects the lab's manifests cannot carry (it reads Namespaces, Pods and Services); written to its cluster dir. */
+export function extraObjects(): ExtensionObject[] {
+  return [
+    {
+      apiVersion: 'gateway.networking.k8s.io/v1',
+      kind: 'HTTPRoute',
+      metadata: { name: 'server-l7-split', namespace: 'bench-mesh' },
+      spec: {
+        parentRefs: [{ group: '', kind: 'Service', name: 'server-l7', port: SERVICE_PORT }],
+        rules: [
+          {
+            backendRefs: [
+              { name: 'server-v1', port: SERVICE_PORT, weight: 90 },
+              { name: 'server-v2', port: SERVICE_PORT, weight: 10 },
+            ],
+          },
+        ],
+      },
+    },
+  ];
+}
+
+export function resolveTargets(lab: Lab): Targets {
+  const vip = (ns: string, name: string): string => {
+    const s = lab.services.find((x) => x.namespace === ns && x.name === name);
+    if (!s) throw new TrellisError('ENOTFOUND', `the bench lab has no Service ${ns}/${name}: was it built from benchManifests()?`);
+    return s.clusterIP;
+  };
+  return {
+    plainVip: vip('bench-plain', 'server'),
+    meshVip: vip('bench-mesh', 'server'),
+    meshL7Vip: vip('bench-mesh', 'server-l7'),
+    haproxyL4Listen: `127.0.0.1:${HAPROXY_PORTS.l4.listen}`,
+    haproxyL7Listen: `127.0.0.1:${HAPROXY_PORTS.l7.listen}`,
+  };
+}
+
+function pod(namespace: string, name: string, node: string, command: string[]): KubeObject {
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name, namespace, labels: { app: name } },
+    spec: {
+      nodeName: node,
+      serviceAccountName: name,
+      containers: [{ name, image: 'trellis', command, ...(name === 'server' && { ports: [{ name: 'http', containerPort: APP_PORT }] }) }],
+    },
+  } as KubeObject;
+}
+
+function service(namespace: string, name: string, port: { name: string; appProtocol: string }): KubeObject {
+  return {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name, namespace },
+    spec: { selector: { app: 'server' }, ports: [{ ...port, port: SERVICE_PORT, targetPort: APP_PORT }] },
+  } as KubeObject;
+}

@@ -1,0 +1,59 @@
+// CPU and memory of the proxies, as read from /proc: parsing, and reading this very process.
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ProcReader, parseProcStat, parseVmRssKb } from '../../agent/bench/procfs.js';
+
+// A real line, comm with a space and a parenthesis in it.
+const STAT =
+  '4242 (node (agent) x) S 1 4242 4242 0 -1 4194560 51234 0 12 0 1500 320 0 0 20 0 11 0 987654 1234567890 45678 ' +
+  '18446744073709551615 1 1 0 0 0 0 0 16781312 17922 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0';
+
+describe('parseProcStat', () => {
+  it('reads utime, stime and threads after the last parenthesis', () => {
+    expect(parseProcStat(STAT)).toEqual({ utimeTicks: 1500, stimeTicks: 320, threads: 11 });
+  });
+
+  it('rejects a line that is not /proc/PID/stat', () => {
+    expect(() => parseProcStat('garbage')).toThrow(/not a \/proc\/PID\/stat line/);
+    expect(() => parseProcStat('1 (x) S 1')).toThrow(/field 14/);
+  });
+});
+
+describe('parseVmRssKb', () => {
+  it('reads VmRSS in kB', () => {
+    expect(parseVmRssKb('Name:\tnode\nVmPeak:\t  900 kB\nVmRSS:\t  183048 kB\nRssAnon:\t 1 kB\n')).toBe(183048);
+  });
+
+  it('says so when there is none (a zombie has no VmRSS)', () => {
+    expect(() => parseVmRssKb('Name:\tnode\nState:\tZ (zombie)\n')).toThrow(/no VmRSS/);
+  });
+});
+
+describe('ProcReader', () => {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'trl-t-procfs-'));
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  it('sums CPU seconds and RSS over processes', () => {
+    for (const [pid, ut, st, rss] of [[10, 100, 50, 1000], [11, 20, 30, 24]] as const) {
+      mkdirSync(path.join(root, String(pid)));
+      writeFileSync(path.join(root, String(pid), 'stat'), STAT.replace('1500 320', `${ut} ${st}`));
+      writeFileSync(path.join(root, String(pid), 'status'), `VmRSS:\t${rss} kB\n`);
+    }
+    const r = new ProcReader(100, root);
+    expect(r.cpuSeconds([10, 11])).toBeCloseTo(2.0, 10);
+    expect(r.rssKb([10, 11])).toBe(1024);
+    expect(() => r.cpuSeconds([12])).toThrow(/did the process exit/);
+  });
+
+  it('reads this process from the real /proc', () => {
+    const r = new ProcReader();
+    const before = r.cpuSeconds([process.pid]);
+    let x = 0;
+    for (let i = 0; i < 3e7; i++) x += i % 7;
+    expect(x).toBeGreaterThan(0);
+    expect(r.cpuSeconds([process.pid])).toBeGreaterThan(before);
+    expect(r.rssKb([process.pid])).toBeGreaterThan(10_000);
+  });
+});
