@@ -32,6 +32,18 @@ export function parseVmRssKb(status: string): number {
   return Number(m[1]);
 }
 
+/**
+ * Busy clock ticks of one CPU from /proc/stat (user, nice, system, steal; interrupt time left out, since
+ * it is not charged to any process and the proxies' own packets are part of it).
+ */
+export function parseCpuBusyTicks(procStat: string, cpu: number): number {
+  const line = procStat.split('\n').find((l) => l.startsWith(`cpu${cpu} `));
+  if (!line) throw new TrellisError('EPROC', `no cpu${cpu} line in /proc/stat`);
+  const f = line.trim().split(/\s+/).slice(1).map(Number);
+  const [user = 0, nice = 0, system = 0, , , , , steal = 0] = f;
+  return user + nice + system + steal;
+}
+
 /** Clock ticks per second (CLK_TCK); 100 on every Linux this runs on, asked once anyway. */
 export function clockTicks(): number {
   try {
@@ -57,6 +69,17 @@ export class ProcReader {
       ticks += st.utimeTicks + st.stimeTicks;
     }
     return ticks / this.ticksPerSecond;
+  }
+
+  /** Seconds CPU `cpu` has been busy (see parseCpuBusyTicks). */
+  cpuBusySeconds(cpu: number): number {
+    let text: string;
+    try {
+      text = readFileSync(`${this.root}/stat`, 'utf8');
+    } catch (err) {
+      throw new TrellisError('EPROC', `cannot read ${this.root}/stat: ${(err as Error).message}`, { cause: err });
+    }
+    return parseCpuBusyTicks(text, cpu) / this.ticksPerSecond;
   }
 
   /** Resident memory of the processes together, in kB. */

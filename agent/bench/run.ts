@@ -69,6 +69,15 @@ function plan(opts: BenchOptions): Plan {
     : { ...common, warmupS: 2, latencyS: 10, maxRpsS: 5, bulkS: 5, connS: 5, scaleRepeats: repeats };
 }
 
+/** What each TLS path negotiated, from handshakes of our own (reported, and in the JSON's machine.tls). */
+interface TlsSeen {
+  agents: TlsParams;
+  /** Two Node endpoints with Node's defaults, for comparison. */
+  node_default: TlsParams;
+  'haproxy-l4'?: TlsParams;
+  'haproxy-l7'?: TlsParams;
+}
+
 /** The key exchange group HAProxy (OpenSSL 3.0) and the agents can both do. */
 const COMMON_GROUP = 'X25519';
 
@@ -142,6 +151,7 @@ class Bench {
 
   async run(): Promise<void> {
     const started = Date.now();
+    this.machine.started_at = new Date(started).toISOString();
     const { log } = this.opts;
     log(`trellis bench${this.opts.quick ? ' --quick' : ''}: ${this.cpus} CPUs; building lab '${this.opts.name}' ...`);
     const lab = await this.upLab();
@@ -149,15 +159,15 @@ class Bench {
     await this.pinAgents(lab);
 
     const creds = await plainPodCreds(lab);
-    const tls = await this.probeAgents(lab, creds.client);
+    const tls: TlsSeen = await this.probeAgents(lab, creds.client);
     const runnable = this.paths.filter((p) => !p.unavailable);
     if (runnable.some((p) => p.proxy === 'haproxy-l4' || p.proxy === 'haproxy-l7')) {
       // HAProxy's OpenSSL 3.0 has no post-quantum hybrid groups; with --agent-tls-default the agents may use one.
-      const group = /MLKEM/i.test(tls.agents!.group) ? COMMON_GROUP : tls.agents!.group;
+      const group = /MLKEM/i.test(tls.agents.group) ? COMMON_GROUP : tls.agents.group;
       const pids = await startHaproxies(lab, {
         dir: path.join(lab.stateDir, 'bench-haproxy'),
         cpu: this.proxyCpu,
-        ciphersuite: tls.agents!.cipher,
+        ciphersuite: tls.agents.cipher,
         group,
         creds,
       });
@@ -240,7 +250,7 @@ class Bench {
   }
 
   /** What the agents negotiate (a handshake with agent B's HBONE port from node A), and Node's own default. */
-  private async probeAgents(lab: Lab, creds: TlsCreds): Promise<Record<string, TlsParams>> {
+  private async probeAgents(lab: Lab, creds: TlsCreds): Promise<TlsSeen> {
     const server = lab.pod(MESH_SERVER);
     const socket = connectInNetns(lab.node(NODE_A).netnsPath, { host: server.ip, port: HBONE_PORT, timeoutMs: 5000 });
     const agents = await probeTls(socket, creds, `the agent's HBONE port ${server.ip}:${HBONE_PORT}`);
@@ -349,9 +359,31 @@ class Bench {
     }
   }
 
+  /**
+   * Starts watching the proxy CPU; the returned function says, for the path's proxies, how much of the
+   * run that CPU spent on other processes (other engineers' tests, say) — when much, a warning.
+   */
+  private watchProxyCpu(p: PathDef, where: string): () => void {
+    const pids = this.proxyPids[p.proxy];
+    const cpu = this.proxyCpu;
+    if (cpu === undefined || pids.length === 0) return () => {};
+    const t0 = performance.now();
+    const busy0 = this.procs.cpuBusySeconds(cpu);
+    const own0 = this.procs.cpuSeconds(pids);
+    return () => {
+      const wall = (performance.now() - t0) / 1000;
+      const other = this.procs.cpuBusySeconds(cpu) - busy0 - (this.procs.cpuSeconds(pids) - own0);
+      const share = other / wall;
+      if (share > 0.1) {
+        this.warnings.push(`${where}: CPU ${cpu} spent ${Math.round(share * 100)}% of the run on other processes than the proxies (a noisy machine)`);
+      }
+    };
+  }
+
   private async latency(p: PathDef, rate: number): Promise<void> {
     const pids = this.proxyPids[p.proxy];
     const names = latencyMetricNames(rate);
+    const noise = this.watchProxyCpu(p, `${p.name} at ${rate} req/s`);
     const cpuBefore = pids.length ? this.procs.cpuSeconds(pids) : 0;
     const rss: number[] = [];
     const sampler = pids.length ? setInterval(() => rss.push(this.procs.rssKb(pids)), 500) : undefined;
@@ -366,6 +398,7 @@ class Bench {
       clearInterval(sampler);
     }
     const cpu = pids.length ? this.procs.cpuSeconds(pids) - cpuBefore : 0;
+    noise();
     const num = (k: string): number => Number(r[k]);
     for (const [metric, key] of [[names.p50, 'p50_ms'], [names.p90, 'p90_ms'], [names.p99, 'p99_ms'], [names.p999, 'p999_ms'], [names.max, 'max_ms'], [names.achieved, 'achieved_rps']] as const) {
       if (r[key] !== null && r[key] !== undefined) this.results.add(p.name, metric, num(key));
@@ -381,6 +414,7 @@ class Bench {
 
   private async maxRps(p: PathDef): Promise<void> {
     const pids = this.proxyPids[p.proxy];
+    const noise = this.watchProxyCpu(p, `${p.name} max req/s`);
     const cpuBefore = pids.length ? this.procs.cpuSeconds(pids) : 0;
     const warmupS = 1;
     const r = await this.tool(
@@ -388,6 +422,7 @@ class Bench {
       ['http-bench', '--url', this.url(p), '--rate', '0', '--duration-s', String(this.plan.maxRpsS), '--warmup-s', String(warmupS), '--connections', String(this.plan.connections)],
       this.plan.maxRpsS + warmupS,
     );
+    noise();
     if (Number(r.ok) > 0) this.results.add(p.name, 'max_rps', Number(r.achieved_rps));
     if (pids.length) {
       const pct = (100 * (this.procs.cpuSeconds(pids) - cpuBefore)) / (this.plan.maxRpsS + warmupS);
@@ -449,7 +484,7 @@ class Bench {
     });
   }
 
-  private describeMachine(tls: Record<string, TlsParams>): void {
+  private describeMachine(tls: TlsSeen): void {
     const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
     Object.assign(this.machine, {
       cpus: this.cpus,
@@ -476,13 +511,12 @@ class Bench {
       agent_log_level: this.opts.logLevel,
       agent_args: this.opts.agentArgs ?? [],
       agents_tls_group: this.opts.agentTlsDefault ? 'Node default' : `${COMMON_GROUP} (forced, as HAProxy)`,
-      started_at: new Date().toISOString(),
     });
   }
 
   private header(): string[] {
     const m = this.machine;
-    const tls = m.tls as Record<string, TlsParams>;
+    const tls = m.tls as TlsSeen;
     const lines = [
       `trellis bench${this.opts.quick ? ' --quick' : ''}: ${m.cpus} CPUs (${m.cpu_model}), Linux ${m.kernel}, Node ${m.node}; load average at start ${(m.load_average_at_start as number[]).join(' ')}`,
       this.loadCpu === undefined
@@ -490,9 +524,12 @@ class Bench {
         : `pinning: load generator and servers on CPU ${this.loadCpu}; proxies (both trellis agents, every haproxy process) on CPU ${this.proxyCpu}`,
     ];
     const agents = tls.agents;
-    if (agents) lines.push(`TLS: trellis agents ${describeTls(agents)}`);
-    for (const k of ['haproxy-l4', 'haproxy-l7']) if (tls[k]) lines.push(`     ${k} ${describeTls(tls[k])}${agents && sameTls(agents, tls[k]) ? ' (same)' : ' (DIFFERS from the agents)'}`);
-    if (agents && tls.node_default && tls.node_default.group !== agents.group) {
+    lines.push(`TLS: trellis agents ${describeTls(agents)}`);
+    for (const k of ['haproxy-l4', 'haproxy-l7'] as const) {
+      const h = tls[k];
+      if (h) lines.push(`     ${k} ${describeTls(h)}${sameTls(agents, h) ? ' (same)' : ' (DIFFERS from the agents)'}`);
+    }
+    if (tls.node_default.group !== agents.group) {
       lines.push(`     (Node's own default key exchange is ${tls.node_default.group}; HAProxy's OpenSSL 3.0 lacks it, so the agents run with ${agents.group} here; --agent-tls-default keeps Node's)`);
     }
     if (this.opts.agentArgs?.length) lines.push(`agents run with extra flags: ${this.opts.agentArgs.join(' ')}`);

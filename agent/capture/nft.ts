@@ -8,12 +8,15 @@ export interface NftResult {
 
 export function runInNetns(netnsPath: string, argv: string[], input?: string, timeoutMs = 10_000): Promise<NftResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn('nsenter', [`--net=${netnsPath}`, '--', ...argv], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('nsenter', [`--net=${netnsPath}`, '--', ...argv], { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    // A child that exits before reading its input makes the write fail with EPIPE; its exit code already says
+    // what went wrong, and an unheard 'error' here would take the agent down.
+    child.stdin?.on('error', () => undefined);
     let stdout = '';
     let stderr = '';
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       const hint = err.code === 'ENOENT' ? ' (install util-linux for nsenter and nftables for nft)' : '';
@@ -25,7 +28,7 @@ export function runInNetns(netnsPath: string, argv: string[], input?: string, ti
       const why = signal ? `killed by ${signal}` : `exit ${code}`;
       reject(new TrellisError('ECAPTURE', `${argv.join(' ')} in ${netnsPath} failed (${why}): ${stderr.trim()}`));
     });
-    child.stdin.end(input ?? '');
+    if (input !== undefined) child.stdin!.end(input);
   });
 }
 

@@ -112,14 +112,11 @@ describe('bulk-send, conn-rate, conn-hold, wait-http', () => {
   });
 
   it('conn-rate opens one connection per request', async () => {
-    let connections = 0;
-    const url = await echo();
-    const r = await connRate({ url, durationS: 0.3, concurrency: 4 });
+    const r = await connRate({ url: await echo(), durationS: 0.3, concurrency: 4 });
     expect(r.errors).toBe(0);
     expect(r.ok).toBe(r.connections);
+    expect(r.connections).toBeGreaterThan(4);
     expect(r.conn_per_s).toBeGreaterThan(0);
-    connections = r.connections;
-    expect(connections).toBeGreaterThan(4);
   });
 
   it('conn-hold opens N answered connections, reports ready, holds until released', async () => {

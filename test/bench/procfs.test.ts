@@ -3,7 +3,7 @@ import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ProcReader, parseProcStat, parseVmRssKb } from '../../agent/bench/procfs.js';
+import { ProcReader, parseCpuBusyTicks, parseProcStat, parseVmRssKb } from '../../agent/bench/procfs.js';
 
 // A real line, comm with a space and a parenthesis in it.
 const STAT =
@@ -55,5 +55,24 @@ describe('ProcReader', () => {
     expect(x).toBeGreaterThan(0);
     expect(r.cpuSeconds([process.pid])).toBeGreaterThan(before);
     expect(r.rssKb([process.pid])).toBeGreaterThan(10_000);
+    expect(r.cpuBusySeconds(0)).toBeGreaterThan(0);
+  });
+});
+
+describe('parseCpuBusyTicks', () => {
+  const stat = [
+    'cpu  179068 0 44160 1063599 3483 0 2972 5334 0 0',
+    'cpu0 90000 10 20000 500000 1000 0 1500 300 0 0',
+    'cpu1 89068 0 24160 563599 2483 0 1472 5034 0 0',
+    'intr 123',
+  ].join('\n');
+
+  it('adds user, nice, system and steal of one CPU', () => {
+    expect(parseCpuBusyTicks(stat, 0)).toBe(90000 + 10 + 20000 + 300);
+    expect(parseCpuBusyTicks(stat, 1)).toBe(89068 + 24160 + 5034);
+  });
+
+  it('names a CPU that is not there', () => {
+    expect(() => parseCpuBusyTicks(stat, 7)).toThrow(/no cpu7 line/);
   });
 });
