@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../../agent/clock.js';
 import { Balancer, BALANCER_DEFAULTS, type BalancerOptions, type PickedEndpoint } from '../../../agent/l7/policy/balancer.js';
-import { mulberry32 } from './prng.js';
+import { mulberry32 } from '../../support/prng.js';
 
 interface Ep {
   name: string;

@@ -6,7 +6,7 @@ import {
   grpcStatusCode,
   percentFromSpec,
 } from '../../../agent/l7/policy/fault.js';
-import { mulberry32, sequence } from './prng.js';
+import { mulberry32, sequence } from '../../support/prng.js';
 
 const N = 10_000;
 

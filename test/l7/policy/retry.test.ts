@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../../agent/clock.js';
 import { RetryBudget, type RetryGate } from '../../../agent/l7/policy/retry-budget.js';
 import { RETRY_DEFAULTS, RetryPolicy, type RetryInput } from '../../../agent/l7/policy/retry.js';
-import { mulberry32, sequence } from './prng.js';
+import { mulberry32, sequence } from '../../support/prng.js';
 
 class CountingGate implements RetryGate {
   asked = 0;

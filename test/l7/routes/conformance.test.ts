@@ -1,6 +1,7 @@
 // The Gateway API mesh conformance tests that concern matching and routing data, ported to the compiled
 // tables: same manifests, same expectations, checked without a network.
 import { parseAllDocuments } from 'yaml';
+import { mulberry32 } from '../../support/prng.js';
 import { describe, expect, it } from 'vitest';
 import {
   applyHeaderModifier,
@@ -64,17 +65,7 @@ function backendFor(routes: CompiledRoutes, target: string, headers: Record<stri
   return b.kind === 'Service' ? b.name : `error ${b.status}`;
 }
 
-/** Deterministic random numbers in [0, 1) (mulberry32). */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const seeded = mulberry32;
 
 function distribution(m: MatchedRule, picks: number, seed: number): Record<string, number> {
   const random = seeded(seed);

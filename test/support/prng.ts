@@ -1,4 +1,4 @@
-// Test support for the L7 policy tests: a small seeded PRNG (mulberry32) standing in for Math.random.
+// Test support: a small seeded PRNG (mulberry32) standing in for Math.random in deterministic tests.
 
 /** Uniform in [0, 1), the same sequence for the same seed. */
 export function mulberry32(seed: number): () => number {
