@@ -1,7 +1,6 @@
 // The bench's load tools, in process on 127.0.0.1: counts, framing, and that open-loop latency counts from
 // when a request was due (a stalled server shows up in every request queued behind it).
 import http from 'node:http';
-import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { bulkSend } from '../../agent/tools/bulk-send.js';
 import { connHold } from '../../agent/tools/conn-hold.js';
@@ -10,6 +9,7 @@ import { httpBench } from '../../agent/tools/http-bench.js';
 import { startHttpEcho } from '../../agent/tools/http-echo.js';
 import { serve, type ToolServer } from '../../agent/tools/server.js';
 import { waitHttp } from '../../agent/tools/wait-http.js';
+import { closedPort as closedPortOn } from '../support/ports.js';
 
 const host = '127.0.0.1';
 const running: ToolServer[] = [];
@@ -26,13 +26,7 @@ async function custom(handler: http.RequestListener): Promise<string> {
   return `http://${host}:${s.port}/`;
 }
 
-async function closedPort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve) => s.listen(0, host, resolve));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
+const closedPort = () => closedPortOn(host);
 
 afterEach(async () => {
   await Promise.all(running.splice(0).map((s) => s.close()));

@@ -12,6 +12,7 @@ import { tcpConnect } from '../../agent/tools/tcp-connect.js';
 import { startTcpEcho } from '../../agent/tools/tcp-echo.js';
 import { tcpSend } from '../../agent/tools/tcp-send.js';
 import { startTcpSink } from '../../agent/tools/tcp-sink.js';
+import { closedPort as closedPortOn } from '../support/ports.js';
 
 const host = '127.0.0.1';
 const running: ToolServer[] = [];
@@ -22,14 +23,7 @@ async function started(server: Promise<ToolServer>): Promise<ToolServer> {
   return s;
 }
 
-/** A port nothing listens on: bound once, then released. */
-async function closedPort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve) => s.listen(0, host, resolve));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
+const closedPort = () => closedPortOn(host);
 
 afterEach(async () => {
   await Promise.all(running.splice(0).map((s) => s.close()));
