@@ -5,6 +5,7 @@ import os from 'node:os';
 import type { Command } from 'commander';
 import { TrellisError } from '../errors.js';
 import { Lab, requireRootUser, sweep, type LabStatus } from '../lab/lab.js';
+import { loadManifests } from '../lab/manifests.js';
 import { DEFAULT_LAB_NAME, DEFAULT_STATE_ROOT } from '../lab/names.js';
 
 interface LabFlags {
@@ -99,6 +100,38 @@ export function registerLabCommands(program: Command): void {
       const kind = flags.namespaceObject ? 'namespace' : 'pod';
       process.stdout.write(value === null ? `${kind} ${target}: removed ${key}\n` : `${kind} ${target}: ${key}=${value}\n`);
     }
+  });
+
+  withLabFlags(
+    lab
+      .command('apply')
+      .description('create or replace routes and policies (HTTPRoute, GRPCRoute, FaultInjection, RetryBudget...) in a running lab')
+      .requiredOption('-f, --file <path...>', 'manifest file or directory (repeatable)')
+      .addHelpText(
+        'after',
+        '\nExample:\n  trellis lab apply -f examples/routes/split.yaml\n' +
+          '\nThe objects go to the lab\'s cluster/ directory, which the agents watch; Pods and Services are fixed at `lab up`.',
+      ),
+  ).action(async (flags: LabFlags & { file: string[] }) => {
+    const l = await Lab.attach(flags.name, flags.stateRoot);
+    const m = await loadManifests(flags.file);
+    // Everything goes to apply, so a Pod or Service in the files is refused with a reason, not dropped.
+    await l.apply([...m.namespaces, ...m.pods, ...m.services, ...m.extensions].map((s) => s.object));
+    for (const { object: o } of m.extensions) process.stdout.write(`${o.kind} ${o.metadata.namespace}/${o.metadata.name} applied\n`);
+  });
+
+  withLabFlags(
+    lab
+      .command('delete <kind> <object>')
+      .description('delete a route or policy from a running lab')
+      .usage('KIND NS/NAME')
+      .addHelpText('after', '\nExample:\n  trellis lab delete HTTPRoute demo/split'),
+  ).action(async (kind: string, object: string, flags: LabFlags) => {
+    const l = await Lab.attach(flags.name, flags.stateRoot);
+    const [ns, name] = object.includes('/') ? (object.split('/', 2) as [string, string]) : ['default', object];
+    const removed = await l.remove(kind, ns, name);
+    if (!removed) throw new TrellisError('ENOTFOUND', `no ${kind} ${ns}/${name} in lab '${l.name}'`);
+    process.stdout.write(`${kind} ${ns}/${name} deleted\n`);
   });
 
   withLabFlags(lab.command('down').description('end all processes of a lab, delete its namespaces and state')).action(

@@ -2,14 +2,16 @@
 // commands, ClusterIP emulation, realized objects for the agents' `dir` source and one agent per node.
 // It never changes the host's own netns and removes everything it made (`down`, or `sweep` after a crash).
 import { spawn as spawnChild, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { existsSync, promises as fsp, readFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { stringify } from 'yaml';
 import { DEFAULT_TRUST_DOMAIN, HEALTH_PORT, MESH_ANNOTATION, METRICS_PORT } from '../constants.js';
 import { TrellisError } from '../errors.js';
-import type { KubeObject, Namespace, Pod } from '../sources/objects.js';
-import { loadManifests } from './manifests.js';
+import type { ExtensionObject, KubeObject, Namespace, Pod } from '../sources/objects.js';
+import { LAB_EXTENSION_KINDS, loadManifests } from './manifests.js';
 import {
   DEFAULT_LAB_NAME,
   DEFAULT_STATE_ROOT,
@@ -36,7 +38,7 @@ import {
   type ProcRecord,
   type Target,
 } from './procs.js';
-import { clusterObjects, objectFileName, readObject, setAnnotation, writeClusterObjects } from './realized.js';
+import { clusterObjects, inApplyOrder, objectFileName, readObject, setAnnotation, writeClusterObjects } from './realized.js';
 import { run, type RunOptions } from './run.js';
 import { labPaths, readState, writeFileAtomic, writeState, STATE_VERSION, type LabPaths, type LabState, type PodState } from './state.js';
 import { createNetwork, deleteNetns, listNetns } from './topology.js';
@@ -70,6 +72,8 @@ export interface KubeMirror {
   kubeconfig: string;
   /** Creates or replaces one object in the API server. */
   apply(object: KubeObject): unknown;
+  /** Deletes one object from the API server (absent: nothing to do); needed by `Lab.remove`. */
+  delete?(object: KubeObject): unknown;
 }
 
 export interface ExecResult {
@@ -287,9 +291,94 @@ export class Lab {
     await this.mirrorFile(file);
   }
 
+  /**
+   * Creates or replaces routes and policies (HTTPRoute, GRPCRoute, FaultInjection, RetryBudget,
+   * AuthorizationPolicy, PeerAuthentication) while the lab runs, as `kubectl apply` would: each file is
+   * replaced atomically, a replaced object keeps its uid, policies are written before the routes that name
+   * them. Everything is validated before anything is written. Pods, Services and Namespaces are fixed at `up`.
+   */
+  async apply(objects: KubeObject[]): Promise<void> {
+    if (objects.length === 0) return;
+    const m = await loadManifests(objects);
+    const fixed = [...m.namespaces, ...m.pods, ...m.services][0];
+    if (fixed) {
+      throw new TrellisError(
+        'EINVAL',
+        `${fixed.where}: lab.apply takes ${LAB_EXTENSION_KINDS.join(', ')}; ` +
+          `a ${fixed.object.kind} is fixed when the lab comes up (bring the lab up again with it in the manifests)`,
+      );
+    }
+    this.requireMirrorFor('apply');
+    for (const { object, where } of m.extensions) {
+      const ns = object.metadata.namespace!;
+      if (!existsSync(path.join(this.clusterDir, objectFileName('Namespace', ns)))) {
+        throw new TrellisError(
+          'ENOTFOUND',
+          `${where}: namespace "${ns}" does not exist in lab '${this.name}' (namespaces: ${(await this.realizedNamespaces()).join(', ')}); ` +
+            'declare it in the manifests given to `lab up`',
+        );
+      }
+    }
+    for (const object of inApplyOrder(m.extensions.map((e) => e.object))) {
+      const file = path.join(this.clusterDir, objectFileName(object.kind, object.metadata.name, object.metadata.namespace));
+      const previous = (await readObject(file).catch(() => undefined)) as ExtensionObject | undefined;
+      const uid = previous?.metadata.uid ?? randomUUID();
+      const realized: ExtensionObject = { ...object, metadata: { ...object.metadata, uid } };
+      await writeFileAtomic(file, stringify(realized));
+      await this.mirror?.apply(realized);
+    }
+  }
+
+  /** Deletes a route or policy applied by `up` or `apply`; false when there was none of that name. */
+  async remove(kind: string, namespace: string, name: string): Promise<boolean> {
+    if (!LAB_EXTENSION_KINDS.includes(kind)) {
+      throw new TrellisError('EINVAL', `lab.remove takes ${LAB_EXTENSION_KINDS.join(', ')}, not "${kind}"`);
+    }
+    this.requireMirrorFor('remove');
+    const file = path.join(this.clusterDir, objectFileName(kind as ExtensionObject['kind'], name, namespace));
+    const object = await readObject(file).catch(() => undefined);
+    if (!object) return false;
+    await fsp.rm(file, { force: true });
+    await this.mirror?.delete!(object);
+    return true;
+  }
+
+  /** What the pod's containers wrote (stdout and stderr), '' before they wrote anything. */
+  podLog(ref: string): string {
+    const pod = this.podState(ref);
+    try {
+      return readFileSync(this.podLogFile(pod), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
   /** The lab's fabric netns (where a control plane for the lab listens on CONTROL_PLANE_IP). */
   get fabricNetnsPath(): string {
     return netnsPath(fabricNetns(this.name));
+  }
+
+  /**
+   * Agents of a kube-mode lab read the API server, not the files: a change must go through the mirror of
+   * the process that brought the lab up, or it would reach no agent.
+   */
+  private requireMirrorFor(what: string): void {
+    if (!this.state.options.kubeconfig) return;
+    if (!this.mirror) {
+      throw new TrellisError(
+        'EINVAL',
+        `lab '${this.name}' runs its agents against an API server (${this.state.options.kubeconfig}): ` +
+          `${what} through that server (kubectl), or from the process that brought the lab up`,
+      );
+    }
+    if (what === 'remove' && !this.mirror.delete) {
+      throw new TrellisError('EINVAL', `lab '${this.name}': its API server mirror cannot delete objects (give KubeMirror a delete)`);
+    }
+  }
+
+  private async realizedNamespaces(): Promise<string[]> {
+    const files = await fsp.readdir(this.clusterDir).catch(() => [] as string[]);
+    return files.filter((f) => f.startsWith('ns-') && f.endsWith('.yaml')).map((f) => f.slice(3, -5)).sort();
   }
 
   private async mirrorFile(file: string): Promise<void> {
@@ -468,7 +557,7 @@ export class Lab {
   private async startPods(pods: PlannedPod[]): Promise<void> {
     for (const p of pods) {
       const ps = this.state.pods.find((s) => s.namespace === p.namespace && s.name === p.name)!;
-      const logFile = path.join(this.paths.logsDir, `${p.namespace}_${p.name}.log`);
+      const logFile = this.podLogFile(p);
       for (const c of p.containers) {
         const { record } = spawnDetached(['ip', 'netns', 'exec', p.netns, ...c.argv], { env: this.podEnv(c.env), logFile });
         ps.processes.push({ container: c.name, ...(await record) });
@@ -481,6 +570,10 @@ export class Lab {
     await writeFileAtomic(path.join(this.paths.binDir, 'trellis'), trellis, 0o755);
     // Pod commands calling `node` get the pinned Node, not whatever the host's PATH holds.
     await writeFileAtomic(path.join(this.paths.binDir, 'node'), `#!/bin/sh\nexec "${this.state.execPath}" "$@"\n`, 0o755);
+  }
+
+  private podLogFile(pod: { namespace: string; name: string }): string {
+    return path.join(this.paths.logsDir, `${pod.namespace}_${pod.name}.log`);
   }
 
   private agentLogFile(node: string): string {

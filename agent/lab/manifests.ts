@@ -5,7 +5,7 @@ import path from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { z } from 'zod';
 import { TrellisError } from '../errors.js';
-import type { KubeObject, Namespace, Pod, Service } from '../sources/objects.js';
+import { EXTENSION_KINDS, type ExtensionObject, type KubeObject, type Namespace, type Pod, type Service } from '../sources/objects.js';
 
 export interface Sourced<T> {
   object: T;
@@ -17,6 +17,8 @@ export interface LabManifests {
   namespaces: Sourced<Namespace>[];
   pods: Sourced<Pod>[];
   services: Sourced<Service>[];
+  /** HTTPRoute, GRPCRoute and the Trellis policy kinds: carried to the agents as written (they validate the specs). */
+  extensions: Sourced<ExtensionObject>[];
 }
 
 interface RawDoc {
@@ -96,7 +98,25 @@ const serviceSchema = z.looseObject({
   }),
 });
 
-const schemas: Record<string, z.ZodType> = { Namespace: namespaceSchema, Pod: podSchema, Service: serviceSchema };
+// Only the envelope is checked here: the agents compile the specs and report what is wrong in them, which is
+// what a route test wants to see (an invalid route must reach the agents to prove it is refused there).
+const extensionSchema = (apiVersion: string, kind: string) =>
+  z.looseObject({
+    apiVersion: z.literal(apiVersion, `${kind} is read at ${apiVersion}`),
+    kind: z.literal(kind),
+    metadata: meta,
+    spec: z.record(z.string(), z.unknown()),
+  });
+
+const schemas: Record<string, z.ZodType> = {
+  Namespace: namespaceSchema,
+  Pod: podSchema,
+  Service: serviceSchema,
+  ...Object.fromEntries(Object.entries(EXTENSION_KINDS).map(([kind, apiVersion]) => [kind, extensionSchema(apiVersion, kind)])),
+};
+
+/** The kinds the lab carries through without acting on them, and that `Lab.apply` may change while it runs. */
+export const LAB_EXTENSION_KINDS: readonly string[] = Object.freeze(Object.keys(EXTENSION_KINDS));
 
 /** Reads files and directories (every *.yaml, *.yml, *.json below them) or takes objects, and validates them. */
 export async function loadManifests(input: string | string[] | KubeObject[]): Promise<LabManifests> {
@@ -136,7 +156,7 @@ export function parseManifestText(file: string, text: string): RawDoc[] {
 
 /** Validates raw documents into typed objects; throws one TrellisError listing what is wrong where. */
 export function validateManifests(docs: RawDoc[]): LabManifests {
-  const out: LabManifests = { namespaces: [], pods: [], services: [] };
+  const out: LabManifests = { namespaces: [], pods: [], services: [], extensions: [] };
   const seen = new Map<string, string>();
   for (const doc of docs) {
     const item = validateOne(doc);
@@ -147,12 +167,13 @@ export function validateManifests(docs: RawDoc[]): LabManifests {
     seen.set(key, item.where);
     if (o.kind === 'Namespace') out.namespaces.push(item as Sourced<Namespace>);
     else if (o.kind === 'Pod') out.pods.push(item as Sourced<Pod>);
-    else out.services.push(item as Sourced<Service>);
+    else if (o.kind === 'Service') out.services.push(item as Sourced<Service>);
+    else out.extensions.push(item as Sourced<ExtensionObject>);
   }
   return out;
 }
 
-function validateOne(doc: RawDoc): Sourced<Namespace | Pod | Service> {
+function validateOne(doc: RawDoc): Sourced<Namespace | Pod | Service | ExtensionObject> {
   const raw = doc.raw;
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw manifestError(`${doc.where}: not a Kubernetes object (expected a mapping with apiVersion, kind and metadata)`);
@@ -162,7 +183,7 @@ function validateOne(doc: RawDoc): Sourced<Namespace | Pod | Service> {
   const schema = schemas[kind];
   if (!schema) {
     throw manifestError(
-      `${doc.where}: unsupported kind "${kind}": the lab reads Namespace, Pod and Service ` +
+      `${doc.where}: unsupported kind "${kind}": the lab reads Namespace, Pod, Service and ${LAB_EXTENSION_KINDS.join(', ')} ` +
         '(write Pods with spec.nodeName instead of Deployments)',
     );
   }
@@ -179,7 +200,7 @@ function validateOne(doc: RawDoc): Sourced<Namespace | Pod | Service> {
     const more = parsed.error.issues.length > MAX_ISSUES ? ` (and ${parsed.error.issues.length - MAX_ISSUES} more)` : '';
     throw manifestError(`${where}: ${issues.join('; ')}${more}`);
   }
-  const object = parsed.data as Namespace | Pod | Service;
+  const object = parsed.data as Namespace | Pod | Service | ExtensionObject;
   if (object.kind === 'Namespace') {
     delete object.metadata.namespace;
   } else {

@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { TrellisError } from '../errors.js';
 import { NETNS_ANNOTATION } from '../constants.js';
-import { SERVICE_NAME_LABEL, type EndpointSlice, type Namespace, type Pod, type Service } from '../sources/objects.js';
+import { SERVICE_NAME_LABEL, type EndpointSlice, type ExtensionObject, type Namespace, type Pod, type Service } from '../sources/objects.js';
 import type { LabManifests } from './manifests.js';
 import {
   FIRST_POD_HOST,
@@ -104,6 +104,8 @@ export interface LabPlan {
   services: (LabService & { object: Service })[];
   namespaces: Namespace[];
   endpointSlices: EndpointSlice[];
+  /** Routes and policies, as written plus a uid; the lab only carries them to the agents. */
+  extensions: ExtensionObject[];
   vips: VipRule[];
 }
 
@@ -127,6 +129,7 @@ export function planLab(name: string, m: LabManifests, opts: PlanOptions = {}): 
     services: services.map((s) => s.service),
     namespaces: planNamespaces(m, uid),
     endpointSlices: services.flatMap((s) => s.slices),
+    extensions: m.extensions.map(({ object }) => ({ ...object, metadata: { ...object.metadata, uid: uid() } })),
     vips: services.flatMap((s) => s.vips),
   };
 }
@@ -370,7 +373,10 @@ function planNamespaces(m: LabManifests, uid: () => string): Namespace[] {
     out.set(object.metadata.name, { ...object, metadata: { ...object.metadata, uid: uid() } });
   }
   // Kubernetes would refuse objects in a namespace that does not exist; the lab makes it, unannotated.
-  const implied = ['default', ...m.pods.map((p) => p.object.metadata.namespace!), ...m.services.map((s) => s.object.metadata.namespace!)];
+  const implied = [
+    'default',
+    ...[...m.pods, ...m.services, ...m.extensions].map((o) => o.object.metadata.namespace!),
+  ];
   for (const name of implied) {
     if (!out.has(name)) out.set(name, { apiVersion: 'v1', kind: 'Namespace', metadata: { name, uid: uid() } });
   }

@@ -26,9 +26,25 @@ export function objectFileName(kind: KubeObject['kind'], name: string, namespace
   return kind === 'Namespace' ? `${PREFIX[kind]}-${name}.yaml` : `${PREFIX[kind]}-${namespace}.${name}.yaml`;
 }
 
-/** Every object of the realized cluster, namespaces first. */
+/** Every object of the realized cluster, namespaces first; policies before the routes that name them. */
 export function clusterObjects(plan: LabPlan): KubeObject[] {
-  return [...plan.namespaces, ...plan.services.map((s) => s.object), ...plan.endpointSlices, ...plan.pods.map((p) => p.object)];
+  return [
+    ...plan.namespaces,
+    ...plan.services.map((s) => s.object),
+    ...plan.endpointSlices,
+    ...inApplyOrder(plan.extensions),
+    ...plan.pods.map((p) => p.object),
+  ];
+}
+
+const ROUTE_KINDS: ReadonlySet<string> = new Set(['HTTPRoute', 'GRPCRoute']);
+
+/**
+ * Policies (FaultInjection, RetryBudget...) first, routes last, each group in the given order: a route that
+ * names a filter object then never reaches an agent before the object does.
+ */
+export function inApplyOrder<T extends { kind: string }>(objects: readonly T[]): T[] {
+  return [...objects.filter((o) => !ROUTE_KINDS.has(o.kind)), ...objects.filter((o) => ROUTE_KINDS.has(o.kind))];
 }
 
 export async function writeClusterObjects(dir: string, plan: LabPlan): Promise<void> {

@@ -8,8 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Lab, sweep } from '../../agent/lab/lab.js';
-import type { Pod } from '../../agent/sources/objects.js';
+import { Lab, sweep, type KubeMirror } from '../../agent/lab/lab.js';
+import type { ExtensionObject, KubeObject, Pod } from '../../agent/sources/objects.js';
 import { requireRoot } from '../support/root.js';
 
 function labName(): string {
@@ -68,7 +68,26 @@ spec:
   containers:
     - name: local
       command: [node, -e, ${JSON.stringify(SERVER)}, "7070"]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: to-server, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: server, port: 80}]
+  rules: [{backendRefs: [{name: server, port: 80}]}]
 `;
+
+/** Stands in for the API server of a kube-mode lab: records what the lab mirrors to it. */
+function recordingMirror(): KubeMirror & { log: string[] } {
+  const log: string[] = [];
+  const key = (o: KubeObject) => `${o.kind} ${o.metadata.namespace ?? ''}/${o.metadata.name} uid=${o.metadata.uid ?? '-'}`;
+  return {
+    kubeconfig: '/nonexistent/kubeconfig',
+    log,
+    apply: (o) => log.push(`apply ${key(o)}`),
+    delete: (o) => log.push(`delete ${key(o)}`),
+  };
+}
 
 interface HostSnapshot {
   addr: unknown;
@@ -137,6 +156,7 @@ describe('lab (root)', () => {
   let lab: Lab | undefined;
   let before: HostSnapshot;
   let pids: number[] = [];
+  const mirror = recordingMirror();
   const timings: Record<string, number> = {};
 
   beforeAll(async () => {
@@ -145,7 +165,7 @@ describe('lab (root)', () => {
     const file = path.join(stateRoot, 'shop.yaml');
     writeFileSync(file, manifest);
     const t0 = Date.now();
-    lab = await Lab.up(file, { name, stateRoot, agents: false });
+    lab = await Lab.up(file, { name, stateRoot, agents: false, kube: async () => mirror });
     timings.up = Date.now() - t0;
     pids = (await lab.status()).pods.flatMap((p) => p.processes.map((r) => r.pid));
   });
@@ -171,6 +191,7 @@ describe('lab (root)', () => {
     const files = readdirSync(l.clusterDir).sort();
     expect(files).toEqual([
       'eps-shop.server-lab.yaml',
+      'httproute-shop.to-server.yaml',
       'ns-default.yaml',
       'ns-shop.yaml',
       'pod-default.local.yaml',
@@ -264,6 +285,59 @@ describe('lab (root)', () => {
     const client = parse(readFileSync(path.join(l.clusterDir, 'pod-shop.client.yaml'), 'utf8')) as Pod;
     expect(client.metadata.annotations).toEqual({ 'trellis.dev/netns': `/var/run/netns/${l.pod('shop/client').netns}` });
     expect(readdirSync(l.clusterDir).filter((f) => f.startsWith('.'))).toEqual([]);
+  });
+
+  it('applies and removes routes and policies while up, in the files and the API server', async () => {
+    const l = lab!;
+    const read = (f: string) => parse(readFileSync(path.join(l.clusterDir, f), 'utf8')) as ExtensionObject;
+    const original = read('httproute-shop.to-server.yaml');
+    expect(original.spec.parentRefs).toEqual([{ group: '', kind: 'Service', name: 'server', port: 80 }]);
+    expect(mirror.log).toContain(`apply HTTPRoute shop/to-server uid=${original.metadata.uid}`);
+    mirror.log.length = 0;
+
+    const route = {
+      apiVersion: 'gateway.networking.k8s.io/v1',
+      kind: 'HTTPRoute',
+      metadata: { name: 'to-server', namespace: 'shop' },
+      spec: {
+        parentRefs: [{ group: '', kind: 'Service', name: 'server', port: 80 }],
+        rules: [{ filters: [{ type: 'ExtensionRef', extensionRef: { group: 'traffic.trellis.dev', kind: 'FaultInjection', name: 'slow' } }], backendRefs: [{ name: 'server', port: 80 }] }],
+      },
+    } as ExtensionObject;
+    const fault = {
+      apiVersion: 'traffic.trellis.dev/v1alpha1',
+      kind: 'FaultInjection',
+      metadata: { name: 'slow', namespace: 'shop' },
+      spec: { delay: { fixedDelay: '200ms', percentage: { value: 100 } } },
+    } as ExtensionObject;
+    await l.apply([route, fault]);
+    // Replaced, not recreated: the uid stays, so the agents see the same object changed.
+    const replaced = read('httproute-shop.to-server.yaml');
+    expect(replaced.metadata.uid).toBe(original.metadata.uid);
+    expect(replaced.spec).toEqual(route.spec);
+    const faultUid = read('fault-shop.slow.yaml').metadata.uid;
+    expect(faultUid).toMatch(/^[0-9a-f-]{36}$/);
+    // The filter object reaches the API server before the route that names it.
+    expect(mirror.log).toEqual([`apply FaultInjection shop/slow uid=${faultUid}`, `apply HTTPRoute shop/to-server uid=${original.metadata.uid}`]);
+    expect(route.metadata.uid).toBeUndefined();
+
+    // Refused before anything is written: fixed kinds, unknown namespaces.
+    const pod = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'late', namespace: 'shop' }, spec: { nodeName: 'node-a', containers: [{ name: 'c' }] } } as KubeObject;
+    await expect(l.apply([fault, pod])).rejects.toThrow(/a Pod is fixed when the lab comes up/);
+    const elsewhere = { ...fault, metadata: { name: 'slow', namespace: 'nowhere' } };
+    await expect(l.apply([elsewhere])).rejects.toMatchObject({ code: 'ENOTFOUND', message: expect.stringMatching(/namespace "nowhere" does not exist.*namespaces: default, shop/) });
+    await expect(l.remove('Pod', 'shop', 'server')).rejects.toThrow(/lab\.remove takes HTTPRoute/);
+    expect(mirror.log).toHaveLength(2);
+
+    expect(await l.remove('FaultInjection', 'shop', 'slow')).toBe(true);
+    expect(existsSync(path.join(l.clusterDir, 'fault-shop.slow.yaml'))).toBe(false);
+    expect(mirror.log.at(-1)).toBe(`delete FaultInjection shop/slow uid=${faultUid}`);
+    expect(await l.remove('FaultInjection', 'shop', 'slow')).toBe(false);
+    expect(readdirSync(l.clusterDir).filter((f) => f.startsWith('.'))).toEqual([]);
+
+    // Another process has no way to the API server the agents of this lab read: it is told so, not ignored.
+    const other = await Lab.attach(name, stateRoot);
+    await expect(other.apply([fault])).rejects.toThrow(/runs its agents against an API server/);
   });
 
   it('is visible from another process through its state', async () => {

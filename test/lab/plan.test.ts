@@ -10,7 +10,7 @@ import { kubeProxyRuleset } from '../../agent/lab/kubeproxy.js';
 import { checkLabName, inCidr, labMatchesPrefix, labOfNetns } from '../../agent/lab/names.js';
 import { planLab } from '../../agent/lab/plan.js';
 import { fabricScript, nodeScript, podScript } from '../../agent/lab/topology.js';
-import { objectFileName } from '../../agent/lab/realized.js';
+import { clusterObjects, objectFileName } from '../../agent/lab/realized.js';
 import type { KubeObject } from '../../agent/sources/objects.js';
 import { validateObject } from '../../agent/sources/validate.js';
 
@@ -174,6 +174,56 @@ describe('plan', () => {
     });
     expect(objectFileName('Pod', 'server', 'demo')).toBe('pod-demo.server.yaml');
     expect(objectFileName('Namespace', 'demo')).toBe('ns-demo.yaml');
+  });
+
+  it('carries routes and policies through as written, policies before routes, with a uid', async () => {
+    const text = `apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: app}
+spec: {nodeName: n1, containers: [{name: c}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: app}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules: [{filters: [{type: ExtensionRef, extensionRef: {group: traffic.trellis.dev, kind: FaultInjection, name: slow}}]}]
+---
+apiVersion: traffic.trellis.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: slow, namespace: app}
+spec: {delay: {fixedDelay: 200ms, percentage: {value: 100}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: consumer, namespace: callers}
+spec: {parentRefs: [{group: "", kind: Service, name: echo, namespace: app}], rules: [{}]}
+`;
+    const m = validateManifests(parseManifestText('r.yaml', text));
+    expect(m.extensions.map((e) => e.where)).toEqual([
+      'r.yaml, document 2 (HTTPRoute app/split)',
+      'r.yaml, document 3 (FaultInjection app/slow)',
+      'r.yaml, document 4 (HTTPRoute callers/consumer)',
+    ]);
+    const plan = planLab('ext1', m, { uid: counter() });
+    // A route's namespace exists as Kubernetes would require, even with nothing else in it.
+    expect(plan.namespaces.map((n) => n.metadata.name).sort()).toEqual(['app', 'callers', 'default']);
+    const objects = clusterObjects(plan).filter((o) => !['Namespace', 'Pod', 'Service', 'EndpointSlice'].includes(o.kind));
+    expect(objects.map((o) => `${o.kind} ${o.metadata.name}`)).toEqual(['FaultInjection slow', 'HTTPRoute split', 'HTTPRoute consumer']);
+    const split = plan.extensions.find((o) => o.metadata.name === 'split')!;
+    expect(split.metadata.uid).toMatch(/^uid-/);
+    expect(split.spec).toEqual(parse(text.split('---')[1]!).spec);
+    for (const o of objects) expect(validateObject(JSON.parse(JSON.stringify(o))), `${o.kind} ${o.metadata.name}`).toMatchObject({ ok: true });
+    expect(objectFileName('HTTPRoute', 'split', 'app')).toBe('httproute-app.split.yaml');
+  });
+
+  it('refuses an extension object at another apiVersion or without a spec', () => {
+    const old = parseManifestText('o.yaml', 'apiVersion: gateway.networking.k8s.io/v1beta1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {}\n');
+    expect(() => validateManifests(old)).toThrow(/o\.yaml, document 1 \(HTTPRoute default\/r\): field apiVersion: HTTPRoute is read at gateway\.networking\.k8s\.io\/v1/);
+    const bare = parseManifestText('b.yaml', 'apiVersion: traffic.trellis.dev/v1alpha1\nkind: RetryBudget\nmetadata: {name: b}\n');
+    expect(() => validateManifests(bare)).toThrow(/b\.yaml, document 1 \(RetryBudget default\/b\): field spec: is required/);
+    const deploy = parseManifestText('d.yaml', 'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n');
+    expect(() => validateManifests(deploy)).toThrow(/the lab reads Namespace, Pod, Service and HTTPRoute, GRPCRoute, FaultInjection/);
   });
 
   it('resolves named target ports per pod and splits slices like the endpoint controller', () => {

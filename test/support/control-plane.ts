@@ -79,5 +79,10 @@ export async function startControlPlane(fabricNetnsPath: string, dir: string, no
     await close();
     throw err;
   }
-  return { api, identity, caDir, mirror: { kubeconfig, apply: (o) => api.apply(o) }, close };
+  const mirror: KubeMirror = {
+    kubeconfig,
+    apply: (o) => api.apply(o),
+    delete: (o) => api.remove(o.apiVersion, o.kind, o.metadata.namespace, o.metadata.name),
+  };
+  return { api, identity, caDir, mirror, close };
 }
