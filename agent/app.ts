@@ -18,7 +18,9 @@ import { WorkloadCerts } from './identity/certs.js';
 import { connectInNetns } from './native/index.js';
 import { Drain } from './proxy/drain.js';
 import { HbonePool } from './proxy/hbone-pool.js';
+import { L7Proxy } from './l7/l7-proxy.js';
 import { Outbound } from './proxy/outbound.js';
+import { whenConnected } from './proxy/splice.js';
 import { PodProxy } from './proxy/pod-proxy.js';
 import { DirSource, type Snapshot } from './sources/dir.js';
 import { KubeSource } from './sources/kube.js';
@@ -70,7 +72,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   });
 
   // 3. State: one store, one writer (the source).
-  const store = new Store({ trustDomain: config.trustDomain, logger });
+  const store = new Store({ trustDomain: config.trustDomain, logger, onInvalid: (n) => metrics.configErrors.inc({ source: 'routes' }, n) });
 
   // 4. Proxy: sockets to peers and apps are opened inside the pod's netns with the agent's mark.
   const dial = (pod: Workload, host: string, port: number): net.Socket => {
@@ -88,6 +90,28 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   });
   const state = () => store.current();
   const drain = new Drain();
+  // 4b. L7: HTTP to Service ports is parsed and routed per request; its tunnels are the same HBONE/TCP paths.
+  const l7 = config.l7
+    ? new L7Proxy({
+        options: {
+          detectTimeoutMs: config.l7.detectTimeoutMs,
+          opaquePorts: config.l7.opaquePorts,
+          limits: { maxHeaderBytes: config.l7.maxHeaderBytes, maxHeaderCount: config.l7.maxHeaderCount, maxConcurrentStreams: config.l7.maxConcurrentStreams },
+          bodyCapBytes: config.l7.bodyCapBytes,
+          mirrorTimeoutMs: 10_000,
+        },
+        state,
+        open: (src, ep) =>
+          ep.workload?.meshed
+            ? pool.open({ src, dstIdentity: ep.workload.identity, ip: ep.ip, port: ep.port })
+            : whenConnected(dial(src, ep.ip, ep.port)),
+        metrics,
+        logger: logger.child({ component: 'l7' }),
+        accessLog,
+        clock,
+        random: Math.random,
+      })
+    : undefined;
   const outbound = new Outbound({
     state,
     pool,
@@ -97,6 +121,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     accessLog,
     drain,
     random: Math.random,
+    ...(l7 && { l7 }),
   });
 
   // 5. Capture: enrol this node's meshed pods whenever the state changes. In a cluster, pods without a netns
@@ -207,6 +232,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         const active = drain.active();
         const left = await drain.wait(config.drainMs);
         logger.info({ drained: active - left, cut: left, drainMs: config.drainMs }, 'connections drained');
+        l7?.close();
         pool.close();
         certs.close();
         if (signer instanceof RemoteSigner) signer.close();

@@ -29,8 +29,22 @@ export interface AgentConfig {
   readonly cni?: { readonly socketPath: string; readonly optinFile: string; readonly waitForPodMs: number };
   /** How often enrolled pods' rules and listeners are checked and repaired; 0 turns the check off. */
   readonly driftIntervalMs: number;
+  /** HTTP handling on the outbound path (routes, per-request metrics); absent: every connection is opaque TCP. */
+  readonly l7?: L7Config;
   readonly logLevel: string;
 }
+
+export interface L7Config {
+  readonly detectTimeoutMs: number;
+  readonly opaquePorts: ReadonlySet<number>;
+  readonly maxHeaderBytes: number;
+  readonly maxHeaderCount: number;
+  readonly maxConcurrentStreams: number;
+  readonly bodyCapBytes: number;
+}
+
+/** Linkerd's default opaque ports: server-speaks-first or never-HTTP protocols, never sniffed. */
+export const DEFAULT_OPAQUE_PORTS = '25,587,3306,4444,5432,6379,9300,11211';
 
 export interface AgentFlags {
   node?: string;
@@ -53,6 +67,40 @@ export interface AgentFlags {
   cniOptinFile?: string;
   cniWaitForPod?: string;
   driftInterval?: string;
+  l7?: string;
+  protocolDetectTimeout?: string;
+  opaquePorts?: string;
+  maxHeaderBytes?: string;
+  maxHeaderCount?: string;
+}
+
+function integerFlag(text: string, flag: string, min: number, max: number): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text.trim()) || n < min || n > max) throw new TrellisError('ECONFIG', `${flag} ${text}: expected a whole number from ${min} to ${max}`);
+  return n;
+}
+
+function l7Config(flags: AgentFlags): L7Config | undefined {
+  const mode = flags.l7 ?? 'on';
+  if (mode !== 'on' && mode !== 'off') throw new TrellisError('ECONFIG', `--l7 ${mode}: use on or off`);
+  if (mode === 'off') return undefined;
+  const detectTimeoutMs = flags.protocolDetectTimeout === '0' ? 0 : parseDuration(flags.protocolDetectTimeout ?? '100ms', '--protocol-detect-timeout');
+  if (detectTimeoutMs > 10_000) throw new TrellisError('ECONFIG', '--protocol-detect-timeout must be at most 10s: server-first protocols wait that long');
+  const opaquePorts = new Set(
+    (flags.opaquePorts ?? DEFAULT_OPAQUE_PORTS)
+      .split(',')
+      .map((p) => p.trim())
+      .filter(Boolean)
+      .map((p) => integerFlag(p, '--opaque-ports', 1, 65535)),
+  );
+  return Object.freeze({
+    detectTimeoutMs,
+    opaquePorts,
+    maxHeaderBytes: integerFlag(flags.maxHeaderBytes ?? String(60 * 1024), '--max-header-bytes', 1024, 1024 * 1024),
+    maxHeaderCount: integerFlag(flags.maxHeaderCount ?? '100', '--max-header-count', 8, 10_000),
+    maxConcurrentStreams: 100,
+    bodyCapBytes: 64 * 1024,
+  });
 }
 
 const LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
@@ -112,11 +160,13 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
         waitForPodMs: parseDuration(flags.cniWaitForPod ?? '5s', '--cni-wait-for-pod'),
       })
     : undefined;
+  const l7 = l7Config(flags);
   const driftIntervalMs = flags.driftInterval === '0' ? 0 : parseDuration(flags.driftInterval ?? '30s', '--drift-interval');
   return Object.freeze({
     node: flags.node,
     ...(cni && { cni }),
     driftIntervalMs,
+    ...(l7 && { l7 }),
     ...(identityService && { identityService }),
     source: Object.freeze(
       source === 'kube'

@@ -27,6 +27,11 @@ export function registerAgentCommand(program: Command): void {
     .option('--cni-optin-file <path>', 'with --cni-socket: the opt-in file trellis-cni reads while the agent is down (default /var/run/trellis/cni/optin)')
     .option('--cni-wait-for-pod <duration>', 'with --cni-socket: how long a CNI ADD waits for the pod to reach the agent (default 5s)')
     .option('--drift-interval <duration>', "how often enrolled pods' capture rules and listeners are checked and repaired (0: never)", '30s')
+    .option('--l7 <on|off>', 'parse HTTP/1.1, HTTP/2 and gRPC to Service ports (routes, retries, per-request metrics); off: everything is opaque TCP', 'on')
+    .option('--protocol-detect-timeout <duration>', 'how long a connection to an undeclared Service port waits for the client to speak before it is carried as opaque TCP (0: never sniff)', '100ms')
+    .option('--opaque-ports <list>', 'comma-separated ports never sniffed (server-speaks-first protocols)', '25,587,3306,4444,5432,6379,9300,11211')
+    .option('--max-header-bytes <n>', 'largest HTTP request head accepted; larger answers 431', '61440')
+    .option('--max-header-count <n>', 'most header fields in an HTTP request; more answers 431', '100')
     .option('--log-level <level>', 'trace|debug|info|warn|error', 'info')
     .action(async (flags: AgentFlags) => {
       const config = agentConfig(flags);

@@ -1,8 +1,10 @@
-// Outbound: a connection the app made, redirected to 15001 in its netns. Recover where it was going, resolve
-// the service and endpoint, then carry it over HBONE to a meshed destination or as plain TCP to anything else.
+// Outbound: a connection the app made, redirected to 15001 in its netns. Recover where it was going; a call to
+// a Service port that speaks HTTP (declared or sniffed) goes to the L7 proxy, which routes each request;
+// anything else is resolved to an endpoint and carried over HBONE to a meshed destination or as plain TCP.
 import type http2 from 'node:http2';
 import type net from 'node:net';
 import type { Logger } from 'pino';
+import type { L7Proxy } from '../l7/l7-proxy.js';
 import { wrapError } from '../errors.js';
 import { originalDst, socketFd } from '../native/index.js';
 import type { MeshState } from '../state/store.js';
@@ -27,6 +29,8 @@ export interface OutboundInputs {
   accessLog: Logger;
   drain: Drain;
   random: () => number;
+  /** Absent: every connection is carried at L4. */
+  l7?: L7Proxy;
 }
 
 export class Outbound {
@@ -40,6 +44,22 @@ export class Outbound {
     } catch (err) {
       return this.refuse(down, src, 'no_original_dst', (err as Error).message);
     }
+    // Which protocol: only calls to a Service's ClusterIP are routed (GAMMA); calls to pod IPs stay L4.
+    let head: Buffer | undefined;
+    const service = this.inputs.l7 ? this.inputs.state().serviceByVip(dst.address) : undefined;
+    const servicePort = service?.ports.find((p) => p.port === dst.port);
+    if (this.inputs.l7 && service && servicePort) {
+      const selection = await this.inputs.l7.select(down, servicePort);
+      if (down.destroyed) return;
+      if (selection.protocol !== 'tcp') {
+        const leave = this.inputs.drain.enter();
+        down.once('close', leave);
+        this.inputs.l7.serve(down, selection, src, service, dst.port);
+        return;
+      }
+      head = selection.head;
+    }
+
     const target = resolveOutbound(this.inputs.state(), dst, this.inputs.random);
     if (target.kind === 'fail') return this.refuse(down, src, target.reason, target.message);
 
@@ -73,6 +93,8 @@ export class Outbound {
       },
       this.inputs,
     );
+    // Bytes read while sniffing go first, through the same splice (and byte counts).
+    if (head) down.unshift(head);
     const outcome = await splice(down, up, record);
     record.finish(outcome.error);
   }

@@ -9,6 +9,8 @@ import {
   type Pod,
   type Service,
 } from '../sources/objects.js';
+import { compileRoutes, parseGatewayDuration, routeFor, type CompileResult, type CompiledRoutes } from '../l7/routes/index.js';
+import { RETRY_BUDGET_DEFAULTS } from '../l7/policy/retry-budget.js';
 import { toWorkload, type Workload } from './workload.js';
 
 export interface Endpoint {
@@ -35,18 +37,38 @@ export interface ServiceInfo {
   readonly ports: readonly ServicePortInfo[];
 }
 
+/** A RetryBudget (traffic.trellis.dev/v1alpha1) as compiled for its target Service. */
+export interface RetryBudgetSpec {
+  /** namespace/name of the RetryBudget object. */
+  readonly source: string;
+  readonly retryRatio: number;
+  readonly minRetriesPerSecond: number;
+  readonly ttlMs: number;
+}
+
+/** The L7 configuration compiled with a snapshot: routes per Service port and retry budgets per Service. */
+export interface TrafficConfig {
+  readonly routes: CompileResult;
+  /** Service key (namespace/name) -> its budget; Services without one use RETRY_BUDGET_DEFAULTS. */
+  readonly retryBudgets: ReadonlyMap<string, RetryBudgetSpec>;
+  /** Invalid RetryBudget objects, one line each naming the object and field. */
+  readonly budgetErrors: readonly string[];
+}
+
 export class MeshState {
   readonly version: number;
   readonly workloads: ReadonlyMap<string, Workload>;
   readonly services: ReadonlyMap<string, ServiceInfo>;
+  readonly traffic: TrafficConfig;
   private readonly byIp: ReadonlyMap<string, Workload>;
   private readonly byVip: ReadonlyMap<string, ServiceInfo>;
   private readonly byEndpoint: ReadonlyMap<string, ServiceInfo>;
 
-  constructor(version: number, workloads: Map<string, Workload>, services: Map<string, ServiceInfo>) {
+  constructor(version: number, workloads: Map<string, Workload>, services: Map<string, ServiceInfo>, traffic?: TrafficConfig) {
     this.version = version;
     this.workloads = workloads;
     this.services = services;
+    this.traffic = traffic ?? { routes: compileRoutes([], services), retryBudgets: new Map(), budgetErrors: [] };
     const byIp = new Map<string, Workload>();
     for (const w of workloads.values()) if (w.ip) byIp.set(w.ip, w);
     const byVip = new Map<string, ServiceInfo>();
@@ -77,6 +99,11 @@ export class MeshState {
     return this.byEndpoint.get(`${ip}:${port}`);
   }
 
+  /** The routes for a call to a Service port from a namespace (consumer routes win over producer routes). */
+  routesFor(service: string, port: number, callerNamespace: string): CompiledRoutes | undefined {
+    return routeFor(this.traffic.routes.table, { service, port, callerNamespace });
+  }
+
   /** Pods scheduled on a node. */
   workloadsOnNode(node: string): Workload[] {
     return [...this.workloads.values()].filter((w) => w.node === node);
@@ -90,7 +117,7 @@ export class Store {
   private readonly listeners = new Set<StateListener>();
   private synced = false;
 
-  constructor(private readonly inputs: { trustDomain: string; logger: Logger }) {}
+  constructor(private readonly inputs: { trustDomain: string; logger: Logger; onInvalid?: (count: number) => void }) {}
 
   current(): MeshState {
     return this.state;
@@ -108,8 +135,9 @@ export class Store {
 
   /** The single writer: replace everything a source knows, compile, swap, notify. */
   replace(objects: readonly KubeObject[]): MeshState {
-    const next = compile(objects, this.inputs.trustDomain, this.state.version + 1);
+    const next = compile(objects, this.inputs.trustDomain, this.state.version + 1, this.state);
     const previous = this.state;
+    this.reportTraffic(next.traffic, previous.traffic);
     this.state = next;
     this.synced = true;
     for (const fn of this.listeners) {
@@ -121,9 +149,20 @@ export class Store {
     }
     return next;
   }
+
+  // Route and budget problems are logged once when they appear, not on every snapshot that still has them.
+  private reportTraffic(next: TrafficConfig, previous: TrafficConfig): void {
+    const seen = new Set([...previous.routes.errors, ...previous.routes.unresolved, ...previous.budgetErrors]);
+    const fresh = [...next.routes.errors, ...next.budgetErrors].filter((e) => !seen.has(e));
+    const unresolved = next.routes.unresolved.filter((e) => !seen.has(e));
+    for (const e of next.routes.errors) if (!seen.has(e)) this.inputs.logger.warn({ reason: e }, 'route rejected; its last valid version stays in force');
+    for (const e of next.budgetErrors) if (!seen.has(e)) this.inputs.logger.warn({ reason: e }, 'retry budget rejected');
+    for (const e of unresolved) this.inputs.logger.warn({ reason: e }, 'route reference does not resolve');
+    if (fresh.length) this.inputs.onInvalid?.(fresh.length);
+  }
 }
 
-export function compile(objects: readonly KubeObject[], trustDomain: string, version: number): MeshState {
+export function compile(objects: readonly KubeObject[], trustDomain: string, version: number, previous?: MeshState): MeshState {
   const namespaces = new Map<string, Namespace>();
   const pods: Pod[] = [];
   const services: Service[] = [];
@@ -180,7 +219,50 @@ export function compile(objects: readonly KubeObject[], trustDomain: string, ver
       ports: Object.freeze(ports),
     }));
   }
-  return new MeshState(version, workloads, compiled);
+  const routes = compileRoutes(objects, compiled, { ...(previous && { previous: previous.traffic.routes }) });
+  const budgets = compileRetryBudgets(objects, compiled);
+  return new MeshState(version, workloads, compiled, { routes, retryBudgets: budgets.budgets, budgetErrors: budgets.errors });
+}
+
+/** RetryBudget objects: one per target Service (the oldest by name wins a tie; the others are reported). */
+function compileRetryBudgets(objects: readonly KubeObject[], services: ReadonlyMap<string, ServiceInfo>): { budgets: Map<string, RetryBudgetSpec>; errors: string[] } {
+  const budgets = new Map<string, RetryBudgetSpec>();
+  const errors: string[] = [];
+  const list = objects.filter((o) => o.kind === 'RetryBudget').sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+  for (const o of list) {
+    const namespace = o.metadata.namespace ?? 'default';
+    const source = `${namespace}/${o.metadata.name}`;
+    const where = `RetryBudget ${source}`;
+    const spec = ((o as { spec?: unknown }).spec ?? {}) as Record<string, unknown>;
+    const target = (spec.targetRef ?? {}) as Record<string, unknown>;
+    if (target.kind !== 'Service' || (target.group ?? '') !== '' || typeof target.name !== 'string') {
+      errors.push(`${where}: spec.targetRef must name a Service ({group: "", kind: Service, name})`);
+      continue;
+    }
+    const ratio = spec.retryRatio ?? RETRY_BUDGET_DEFAULTS.retryRatio;
+    const min = spec.minRetriesPerSecond ?? RETRY_BUDGET_DEFAULTS.minRetriesPerSecond;
+    const ttlMs = spec.ttl === undefined ? RETRY_BUDGET_DEFAULTS.ttlMs : typeof spec.ttl === 'string' ? parseGatewayDuration(spec.ttl) : undefined;
+    if (typeof ratio !== 'number' || !(ratio >= 0 && ratio <= 1)) {
+      errors.push(`${where}: spec.retryRatio must be a number from 0 to 1`);
+      continue;
+    }
+    if (typeof min !== 'number' || !Number.isInteger(min) || min < 0 || min > 100_000) {
+      errors.push(`${where}: spec.minRetriesPerSecond must be an integer from 0 to 100000`);
+      continue;
+    }
+    if (ttlMs === undefined || ttlMs < 1_000 || ttlMs > 60_000) {
+      errors.push(`${where}: spec.ttl must be a duration from 1s to 60s such as "10s"`);
+      continue;
+    }
+    const key = `${namespace}/${target.name}`;
+    if (!services.has(key)) errors.push(`${where}: spec.targetRef: Service ${key} does not exist (the budget applies once it does)`);
+    if (budgets.has(key)) {
+      errors.push(`${where}: Service ${key} already has RetryBudget ${budgets.get(key)!.source}; this one is ignored`);
+      continue;
+    }
+    budgets.set(key, Object.freeze({ source, retryRatio: ratio, minRetriesPerSecond: min, ttlMs }));
+  }
+  return { budgets, errors };
 }
 
 /** EndpointSlice ports are matched to Service ports by name, as kube-proxy does. */

@@ -1,5 +1,5 @@
 // Golden TCP metrics (Istio's standard label set) and the agent's own health counters, on one registry per agent.
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export const TCP_LABELS = [
   'reporter',
@@ -14,6 +14,30 @@ export const TCP_LABELS = [
 ] as const;
 
 export type TcpLabels = Record<(typeof TCP_LABELS)[number], string>;
+
+/** Per-request labels: Istio's standard set plus the route (never raw paths or hosts: bounded cardinality). */
+export const REQUEST_LABELS = [
+  ...TCP_LABELS,
+  'request_protocol',
+  'response_code',
+  'grpc_response_status',
+  'route_namespace',
+  'route_name',
+  'route_rule',
+] as const;
+
+export type RequestLabels = Record<(typeof REQUEST_LABELS)[number], string>;
+
+/** The series one kind of request updates, bound once per distinct label set. */
+export interface RequestSeries {
+  observe(durationSeconds: number, requestBytes: number, responseBytes: number): void;
+}
+
+// Latency buckets in seconds, from 0.5 ms (a same-node hop) to a minute.
+const DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+const SIZE_BUCKETS = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+/** Bound series kept for reuse; past this many the cache starts over (prom-client keeps the series itself). */
+const MAX_CACHED_SERIES = 10_000;
 
 /** The counters one connection updates, bound to its labels once at accept time. */
 export interface TcpCounters {
@@ -40,6 +64,18 @@ export class Metrics {
   readonly sourceWatchErrors: Counter<string>;
   readonly captureDriftRepairs: Counter<string>;
   readonly cniRequests: Counter<string>;
+  private readonly requestsTotal: Counter<string>;
+  private readonly requestDuration: Histogram<string>;
+  private readonly requestBytes: Histogram<string>;
+  private readonly responseBytes: Histogram<string>;
+  private readonly requestSeriesCache = new Map<string, RequestSeries>();
+  readonly retries: Counter<string>;
+  readonly retryBudgetExhausted: Counter<string>;
+  readonly mirrorRequests: Counter<string>;
+  readonly protocolDetections: Counter<string>;
+  readonly protocolDetectTimeouts: Counter<string>;
+  readonly endpointEjections: Counter<string>;
+  readonly httpRejections: Counter<string>;
 
   constructor(inputs: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -57,6 +93,18 @@ export class Metrics {
     this.cniRequests = new Counter({ name: 'trellis_cni_requests_total', help: 'Requests from the trellis-cni plugin, by command and outcome', labelNames: ['command', 'outcome'], registers });
     this.configAge = new Gauge({ name: 'trellis_config_age_seconds', help: 'Seconds since the config source last knew it was in sync with its origin', registers });
     this.sourceWatchErrors = new Counter({ name: 'trellis_source_watch_errors_total', help: 'List/watch failures of the kube source', labelNames: ['kind'], registers });
+    const requestLabels = [...REQUEST_LABELS];
+    this.requestsTotal = new Counter({ name: 'trellis_requests_total', help: 'HTTP and gRPC requests, by outcome and route', labelNames: requestLabels, registers });
+    this.requestDuration = new Histogram({ name: 'trellis_request_duration_seconds', help: 'Time from the request arriving to the end of the response', labelNames: requestLabels, buckets: DURATION_BUCKETS, registers });
+    this.requestBytes = new Histogram({ name: 'trellis_request_bytes', help: 'Request body sizes', labelNames: requestLabels, buckets: SIZE_BUCKETS, registers });
+    this.responseBytes = new Histogram({ name: 'trellis_response_bytes', help: 'Response body sizes', labelNames: requestLabels, buckets: SIZE_BUCKETS, registers });
+    this.retries = new Counter({ name: 'trellis_request_retries_total', help: 'Retries sent by route retry policies', labelNames: ['destination_service'], registers });
+    this.retryBudgetExhausted = new Counter({ name: 'trellis_retry_budget_exhausted_total', help: 'Retries not sent because the Service retry budget was spent', labelNames: ['destination_service'], registers });
+    this.mirrorRequests = new Counter({ name: 'trellis_mirror_requests_total', help: 'Mirrored request copies, by outcome (sent, failed, skipped)', labelNames: ['destination_service', 'outcome'], registers });
+    this.protocolDetections = new Counter({ name: 'trellis_protocol_detections_total', help: 'Connections to undeclared ports, by the protocol sniffing found', labelNames: ['protocol'], registers });
+    this.protocolDetectTimeouts = new Counter({ name: 'trellis_protocol_detect_timeouts_total', help: 'Connections forwarded as opaque TCP because the client sent nothing within the detection timeout', registers });
+    this.endpointEjections = new Counter({ name: 'trellis_endpoint_ejections_total', help: 'Endpoints taken out of load balancing after consecutive failures', labelNames: ['destination_service'], registers });
+    this.httpRejections = new Counter({ name: 'trellis_http_rejections_total', help: 'Malformed or oversized HTTP requests answered by the agent and never forwarded, by status', labelNames: ['status'], registers });
     if (inputs.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'trellis_agent_' });
   }
 
@@ -71,5 +119,27 @@ export class Metrics {
       received: (n) => r.inc(n),
       sent: (n) => s.inc(n),
     };
+  }
+
+  /** The request series for one label set; bound children are cached so a request costs no label hashing. */
+  request(labels: RequestLabels): RequestSeries {
+    const key = REQUEST_LABELS.map((k) => labels[k]).join('\u0001');
+    let series = this.requestSeriesCache.get(key);
+    if (series) return series;
+    const total = this.requestsTotal.labels(labels);
+    const duration = this.requestDuration.labels(labels);
+    const reqBytes = this.requestBytes.labels(labels);
+    const resBytes = this.responseBytes.labels(labels);
+    series = {
+      observe(seconds, requestBytes, responseBytes) {
+        total.inc();
+        duration.observe(seconds);
+        reqBytes.observe(requestBytes);
+        resBytes.observe(responseBytes);
+      },
+    };
+    if (this.requestSeriesCache.size >= MAX_CACHED_SERIES) this.requestSeriesCache.clear();
+    this.requestSeriesCache.set(key, series);
+    return series;
   }
 }

@@ -1,0 +1,107 @@
+// Protocol selection for an outbound connection to a Service port: what the port declares (appProtocol, or
+// the port name's prefix, as Istio reads it), else a bounded sniff of the client's first bytes. A client that
+// sends nothing (a server-speaks-first protocol: SMTP, MySQL...) never waits longer than the detection
+// timeout, and ports known to be server-first are never sniffed at all.
+import type net from 'node:net';
+import type { ServicePortInfo } from '../state/store.js';
+
+export type AppProtocol = 'http1' | 'h2' | 'tcp';
+
+/** HTTP/2 connection preface (RFC 9113 section 3.4). */
+export const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+
+/** Linkerd's default opaque ports: protocols where the server speaks first, or that are never HTTP. */
+export const DEFAULT_OPAQUE_PORTS: readonly number[] = Object.freeze([25, 587, 3306, 4444, 5432, 6379, 9300, 11211]);
+
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
+/** Enough bytes to tell any method above, its space, and the preface apart. */
+const SNIFF_BYTES = H2_PREFACE.length;
+
+/**
+ * What the Service port says it carries, or undefined when it says nothing (then the connection is sniffed).
+ * appProtocol wins over the port name; `grpc` and `kubernetes.io/h2c` are HTTP/2 with prior knowledge.
+ */
+export function declaredProtocol(port: Pick<ServicePortInfo, 'name' | 'appProtocol'>): AppProtocol | undefined {
+  const app = port.appProtocol?.toLowerCase();
+  if (app !== undefined) {
+    if (app === 'http' || app === 'kubernetes.io/http') return 'http1';
+    if (app === 'http2' || app === 'kubernetes.io/h2c' || app === 'grpc' || app === 'grpc-web') return app === 'grpc-web' ? 'http1' : 'h2';
+    if (app === 'tcp' || app === 'https' || app === 'tls' || app === 'kubernetes.io/ws' || app === 'kubernetes.io/wss') return 'tcp';
+    // Unknown appProtocol values (e.g. vendor prefixes): fall through to the name, then sniffing.
+  }
+  const name = port.name?.toLowerCase();
+  if (!name) return undefined;
+  const prefix = name.split('-')[0];
+  if (prefix === 'http') return 'http1';
+  if (prefix === 'http2' || prefix === 'grpc' || prefix === 'h2c') return 'h2';
+  if (prefix === 'tcp' || prefix === 'https' || prefix === 'tls' || prefix === 'mongo' || prefix === 'mysql' || prefix === 'redis') return 'tcp';
+  return undefined;
+}
+
+/**
+ * Classifies the first bytes of a connection: 'more' while they could still be HTTP/1 or HTTP/2 and more bytes
+ * are needed to say. HTTP/1 is a known method followed by a space; HTTP/2 is the full preface.
+ */
+export function classify(head: Buffer): AppProtocol | 'more' {
+  const n = Math.min(head.length, SNIFF_BYTES);
+  if (n === 0) return 'more';
+  let preface = true;
+  for (let i = 0; i < n; i++) if (head[i] !== H2_PREFACE[i]) preface = false;
+  if (preface) return n === SNIFF_BYTES ? 'h2' : 'more';
+  let couldBeMethod = false;
+  for (const m of METHODS) {
+    const len = Math.min(n, m.length + 1);
+    let same = true;
+    for (let i = 0; i < len; i++) {
+      const want = i < m.length ? m.charCodeAt(i) : 0x20;
+      if (head[i] !== want) {
+        same = false;
+        break;
+      }
+    }
+    if (!same) continue;
+    if (n > m.length) return 'http1';
+    couldBeMethod = true;
+  }
+  return couldBeMethod ? 'more' : 'tcp';
+}
+
+export interface SniffResult {
+  protocol: AppProtocol;
+  /** Bytes read while sniffing; they must be replayed to whatever handles the connection next. */
+  head: Buffer;
+  /** True when the client sent nothing (or too little) within the timeout. */
+  timedOut: boolean;
+}
+
+/**
+ * Reads from `socket` until its first bytes say which protocol it speaks, the client ends or the timeout
+ * passes. The socket is left paused with nothing consumed beyond `head`.
+ */
+export function sniff(socket: net.Socket, timeoutMs: number): Promise<SniffResult> {
+  return new Promise((resolve) => {
+    let head: Buffer = Buffer.alloc(0);
+    let done = false;
+    const finish = (protocol: AppProtocol, timedOut: boolean) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.off('close', onEnd);
+      socket.pause();
+      resolve({ protocol, head, timedOut });
+    };
+    const onData = (chunk: Buffer) => {
+      head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+      const verdict = classify(head);
+      if (verdict !== 'more') finish(verdict, false);
+    };
+    const onEnd = () => finish('tcp', false);
+    const timer = setTimeout(() => finish('tcp', true), timeoutMs);
+    socket.on('data', onData);
+    socket.once('end', onEnd);
+    socket.once('close', onEnd);
+    socket.resume();
+  });
+}

@@ -1,0 +1,277 @@
+// L7 downstream: the HTTP/1.1 and HTTP/2 (h2c) servers that parse what an app sends on a captured connection,
+// and turn each request into an L7Request and a Responder for the router. Parsing is Node's (llhttp in strict
+// mode, nghttp2): malformed requests and smuggling attempts (CL+TE, duplicate Content-Length, bare CR, space
+// before the colon) answer 400, oversized headers 431, and none of them is ever forwarded.
+// WebSocket and other HTTP/1.1 Upgrades are routed like any request, then carried as opaque bytes.
+import { randomUUID } from 'node:crypto';
+import http from 'node:http';
+import http2 from 'node:http2';
+import type net from 'node:net';
+import { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import type { Metrics } from '../telemetry/metrics.js';
+import { splitTarget, type CallContext, type L7Request, type Responder } from './exchange.js';
+import { HOP_BY_HOP, type Headers } from './upstream.js';
+
+export interface DownstreamLimits {
+  /** Largest request head (request line and headers), bytes; beyond it 431. */
+  maxHeaderBytes: number;
+  /** Most header fields per request; beyond it 431. */
+  maxHeaderCount: number;
+  /** HTTP/2 streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). */
+  maxConcurrentStreams: number;
+}
+
+export interface DownstreamInputs {
+  limits: DownstreamLimits;
+  metrics: Metrics;
+  logger: Logger;
+  /** Handles one parsed request. */
+  onRequest: (ctx: CallContext, req: L7Request, res: Responder) => Promise<void>;
+  /** Handles an HTTP/1.1 Upgrade (WebSocket): the raw request head is replayed to the upstream. */
+  onUpgrade: (ctx: CallContext, req: L7Request, rawHeaders: readonly string[], socket: Duplex, head: Buffer) => Promise<void>;
+}
+
+export class Downstream {
+  private readonly h1: http.Server;
+  private readonly h2: http2.Http2Server;
+  private readonly contexts = new WeakMap<object, CallContext>();
+  /** The context of the connection being handed to the HTTP/2 server (its 'session' event fires synchronously). */
+  private handing: CallContext | undefined;
+
+  constructor(private readonly inputs: DownstreamInputs) {
+    const { limits } = inputs;
+    this.h1 = http.createServer({ maxHeaderSize: limits.maxHeaderBytes, keepAliveTimeout: 0, requestTimeout: 0 }, (req, res) => this.onHttp1(req, res));
+    // Header count is checked per request below; Node's own limit would silently drop headers instead.
+    this.h1.maxHeadersCount = 0;
+    this.h1.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.rejectHttp1(err, socket));
+    this.h1.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+      const ctx = this.contexts.get(req.socket);
+      if (!ctx) return void socket.destroy();
+      void this.inputs.onUpgrade(ctx, this.toL7(req, ctx), req.rawHeaders, socket, head);
+    });
+    this.h1.on('connect', (_req: http.IncomingMessage, socket: Duplex) => {
+      socket.end('HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+    });
+
+    this.h2 = http2.createServer({
+      maxHeaderListPairs: limits.maxHeaderCount,
+      maxSendHeaderBlockLength: limits.maxHeaderBytes * 4,
+      settings: { maxConcurrentStreams: limits.maxConcurrentStreams, maxHeaderListSize: limits.maxHeaderBytes, enablePush: false },
+      // Rapid reset and CONTINUATION floods: nghttp2 and Node bound both; these keep the bounds tight.
+      maxSessionInvalidFrames: 100,
+      maxSessionRejectedStreams: 100,
+    });
+    this.h2.on('session', (session: http2.ServerHttp2Session) => {
+      if (this.handing) this.contexts.set(session, this.handing);
+      session.on('error', (err) => this.inputs.logger.debug({ err: err.message }, 'downstream HTTP/2 session error'));
+    });
+    this.h2.on('stream', (stream, headers) => this.onHttp2(stream, headers));
+  }
+
+  /** Serves HTTP/1.1 on a captured connection; `head` holds bytes already read while sniffing. */
+  serveHttp1(socket: net.Socket, head: Buffer | undefined, ctx: CallContext): void {
+    this.contexts.set(socket, ctx);
+    if (head && head.length > 0) socket.unshift(head);
+    this.h1.emit('connection', socket);
+    socket.resume();
+  }
+
+  /** Serves HTTP/2 with prior knowledge; a sniffed preface is replayed through a small stream wrapper. */
+  serveH2(socket: net.Socket, head: Buffer | undefined, ctx: CallContext): void {
+    // nghttp2 reads from the socket's handle directly, so bytes already read must come from a JS stream.
+    const transport: Duplex = head && head.length > 0 ? prefixed(socket, head) : socket;
+    this.handing = ctx;
+    try {
+      this.h2.emit('connection', transport);
+    } finally {
+      this.handing = undefined;
+    }
+  }
+
+  private onHttp1(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const ctx = this.contexts.get(req.socket);
+    if (!ctx) return void res.destroy();
+    if (req.rawHeaders.length / 2 > this.inputs.limits.maxHeaderCount) {
+      this.inputs.metrics.httpRejections.inc({ status: '431' });
+      res.writeHead(431, { 'content-type': 'text/plain', connection: 'close' }).end(`more than ${this.inputs.limits.maxHeaderCount} header fields\n`);
+      return;
+    }
+    void this.inputs.onRequest(ctx, this.toL7(req, ctx), http1Responder(res));
+  }
+
+  private toL7(req: http.IncomingMessage, ctx: CallContext): L7Request {
+    const target = req.url ?? '/';
+    const { path, query } = splitTarget(target);
+    const headers = requestHeaders(req.headersDistinct);
+    // 100-continue was answered by the server when the request arrived; the upstream gets the body directly.
+    delete headers.expect;
+    const requestId = ensureRequestId(headers);
+    return {
+      protocol: 'http1',
+      grpc: isGrpc(headers),
+      method: req.method ?? 'GET',
+      authority: req.headers.host ?? `${ctx.service.host}:${ctx.port}`,
+      path,
+      query,
+      headers,
+      body: req,
+      requestId,
+      startedAt: performance.now(),
+    };
+  }
+
+  private onHttp2(stream: http2.ServerHttp2Stream, raw: http2.IncomingHttpHeaders): void {
+    const ctx = this.contexts.get(stream.session as object);
+    if (!ctx) return void stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+    stream.on('error', () => undefined);
+    const target = raw[':path'] ?? '/';
+    const { path, query } = splitTarget(target);
+    const headers: Headers = {};
+    for (const k in raw) {
+      if (k.charCodeAt(0) === 58 || (HOP_BY_HOP.has(k) && k !== 'te')) continue;
+      const v = raw[k];
+      if (v !== undefined) headers[k] = v;
+    }
+    // Only "te: trailers" may cross an HTTP/2 hop (RFC 9113 8.2.2); gRPC needs it.
+    if (headers.te !== undefined && headers.te !== 'trailers') delete headers.te;
+    const requestId = ensureRequestId(headers);
+    const l7: L7Request = {
+      protocol: 'h2',
+      grpc: isGrpc(headers),
+      method: raw[':method'] ?? 'GET',
+      authority: raw[':authority'] ?? (typeof raw.host === 'string' ? raw.host : `${ctx.service.host}:${ctx.port}`),
+      path,
+      query,
+      headers,
+      body: stream,
+      requestId,
+      startedAt: performance.now(),
+    };
+    void this.inputs.onRequest(ctx, l7, http2Responder(stream));
+  }
+
+  private rejectHttp1(err: NodeJS.ErrnoException, socket: Duplex): void {
+    const tooLarge = err.code === 'HPE_HEADER_OVERFLOW';
+    const status = tooLarge ? 431 : 400;
+    this.inputs.metrics.httpRejections.inc({ status: String(status) });
+    this.inputs.logger.debug({ code: err.code, reason: err.message }, 'malformed HTTP request refused');
+    if (socket.writable && !(socket as net.Socket & { _httpMessage?: unknown })._httpMessage) {
+      const text = tooLarge ? 'Request Header Fields Too Large' : 'Bad Request';
+      socket.end(`HTTP/1.1 ${status} ${text}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
+    }
+    socket.destroy();
+  }
+}
+
+function requestHeaders(distinct: NodeJS.Dict<string[]>): Headers {
+  const out: Headers = {};
+  const connection = distinct.connection?.join(',').toLowerCase().split(',').map((s) => s.trim()) ?? [];
+  for (const k in distinct) {
+    if (HOP_BY_HOP.has(k) || connection.includes(k)) continue;
+    const v = distinct[k]!;
+    out[k] = v.length === 1 ? v[0]! : v;
+  }
+  return out;
+}
+
+function isGrpc(headers: Headers): boolean {
+  const ct = headers['content-type'];
+  return typeof ct === 'string' && ct.startsWith('application/grpc');
+}
+
+function ensureRequestId(headers: Headers): string {
+  const id = headers['x-request-id'];
+  if (typeof id === 'string' && id.length > 0 && id.length <= 128) return id;
+  const made = randomUUID();
+  headers['x-request-id'] = made;
+  return made;
+}
+
+function http1Responder(res: http.ServerResponse): Responder {
+  let closedEarly = false;
+  res.once('close', () => {
+    if (!res.writableFinished) closedEarly = true;
+  });
+  return {
+    get headSent() {
+      return res.headersSent;
+    },
+    get closed() {
+      return closedEarly || res.destroyed;
+    },
+    head(status, headers, endStream) {
+      res.writeHead(status, headers);
+      if (endStream) res.end();
+    },
+    write: (chunk) => res.write(chunk),
+    end: () => void res.end(),
+    reset: () => void res.destroy(),
+    onDrain: (fn) => void res.once('drain', fn),
+    onClose: (fn) =>
+      void res.once('close', () => {
+        if (!res.writableFinished) fn();
+      }),
+  };
+}
+
+function http2Responder(stream: http2.ServerHttp2Stream): Responder {
+  let trailers: Headers | undefined;
+  stream.on('wantTrailers', () => {
+    if (trailers && Object.keys(trailers).length > 0) stream.sendTrailers(trailers);
+    else stream.close();
+  });
+  const closedEarly = () => stream.destroyed && !stream.writableFinished;
+  return {
+    get headSent() {
+      return stream.headersSent;
+    },
+    get closed() {
+      return closedEarly() || stream.closed;
+    },
+    head(status, headers, endStream) {
+      const out: http2.OutgoingHttpHeaders = { ':status': status };
+      for (const k in headers) if (!HOP_BY_HOP.has(k)) out[k] = headers[k];
+      stream.respond(out, { endStream, waitForTrailers: !endStream });
+    },
+    write: (chunk) => stream.write(chunk),
+    end(t) {
+      trailers = t;
+      stream.end();
+    },
+    reset: () => void stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR),
+    onDrain: (fn) => void stream.once('drain', fn),
+    onClose: (fn) =>
+      void stream.once('close', () => {
+        if (!stream.writableFinished || stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) fn();
+      }),
+  };
+}
+
+/** A duplex that yields `head` first, then whatever `socket` reads; writes and closes go to the socket. */
+function prefixed(socket: net.Socket, head: Buffer): Duplex {
+  const d = new Duplex({
+    read() {
+      socket.resume();
+    },
+    write(chunk: Buffer, _enc, cb) {
+      socket.write(chunk, cb);
+    },
+    final(cb) {
+      socket.end();
+      cb();
+    },
+    destroy(err, cb) {
+      socket.destroy(err ?? undefined);
+      cb(err);
+    },
+  });
+  d.push(head);
+  socket.on('data', (c: Buffer) => {
+    if (!d.push(c)) socket.pause();
+  });
+  socket.once('end', () => d.push(null));
+  socket.once('error', (e) => d.destroy(e));
+  socket.once('close', () => d.destroy());
+  return d;
+}
