@@ -76,8 +76,16 @@ const endpointSliceSchema = z.object({
   }).loose()).optional(),
 }).loose();
 
+// A security policy with no spec is meaningful (Istio's allow-nothing: an ALLOW policy with no rules); refusing it
+// here would drop it and so fail open. Its spec is read as {}.
+const SPEC_OPTIONAL = new Set(['AuthorizationPolicy', 'PeerAuthentication']);
 const extensionSchema = (apiVersion: string, kind: string) =>
-  z.object({ apiVersion: z.literal(apiVersion), kind: z.literal(kind), metadata: meta, spec: z.record(z.string(), z.unknown()) }).loose();
+  z.object({
+    apiVersion: z.literal(apiVersion),
+    kind: z.literal(kind),
+    metadata: meta,
+    spec: SPEC_OPTIONAL.has(kind) ? z.record(z.string(), z.unknown()).nullish().transform((s) => s ?? {}) : z.record(z.string(), z.unknown()),
+  }).loose();
 
 const schemas: Record<string, z.ZodType> = {
   Namespace: namespaceSchema,
