@@ -4,6 +4,12 @@ import { type Command, InvalidArgumentError } from 'commander';
 import { hostname } from 'node:os';
 import { wrapError } from '../errors.js';
 import { startBanner } from '../tools/banner.js';
+import { grpcClient } from '../tools/grpc-client.js';
+import { DEFAULT_GRPC_METHOD, startGrpcEcho } from '../tools/grpc-echo.js';
+import { httpClient, type HttpRequestSpec } from '../tools/http-client.js';
+import { startL7Echo } from '../tools/l7-echo.js';
+import { tcpRaw } from '../tools/tcp-raw.js';
+import { wsClient } from '../tools/ws-client.js';
 import { bulkSend } from '../tools/bulk-send.js';
 import { connHold } from '../tools/conn-hold.js';
 import { connRate } from '../tools/conn-rate.js';
@@ -61,6 +67,34 @@ function nonNegative(value: string): number {
 }
 
 const json = (value: unknown): void => void process.stdout.write(`${JSON.stringify(value)}\n`);
+
+/** Collects a repeatable "Name: value" option into a header map (lowercase names). */
+function header(value: string, previous: Record<string, string> = {}): Record<string, string> {
+  const colon = value.indexOf(':');
+  const name = value.slice(0, colon).trim().toLowerCase();
+  if (colon <= 0 || !/^[!#$%&'*+\-.^_`|~0-9a-z]+$/.test(name)) {
+    throw new InvalidArgumentError('expected "Name: value", e.g. "x-echo-status: 503"');
+  }
+  return { ...previous, [name]: value.slice(colon + 1).trim() };
+}
+
+function requestList(value: string): HttpRequestSpec[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    throw new InvalidArgumentError('expected a JSON list such as \'[{"path": "/v2", "headers": {"version": "two"}}]\'');
+  }
+  if (!Array.isArray(parsed) || parsed.some((r) => typeof r !== 'object' || r === null || Array.isArray(r))) {
+    throw new InvalidArgumentError('expected a JSON list of objects with method, path, headers, body');
+  }
+  return parsed as HttpRequestSpec[];
+}
+
+function base64(value: string): Buffer {
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(value)) throw new InvalidArgumentError('expected base64');
+  return Buffer.from(value, 'base64');
+}
 
 /** Keeps a tool server up until SIGTERM/SIGINT, then closes it and exits 0. */
 async function runUntilSignal(name: string, start: Promise<ToolServer>): Promise<void> {
@@ -138,6 +172,138 @@ export function registerToolCommands(program: Command): void {
     .action((o: { port: number; host: string; name?: string; bodyBytes?: number }) => {
       const name = o.name ?? process.env.POD_NAME ?? hostname();
       return runUntilSignal('http-echo', startHttpEcho({ ...o, name, log }));
+    });
+
+  tool
+    .command('l7-echo')
+    .description(
+      'HTTP/1.1, h2c (prior knowledge) and WebSocket on one port, answering JSON {name, method, path, query, host, ' +
+        'headers, protocol, bodyLength, n}. Request headers x-echo-status: NNN and x-echo-delay-ms: N steer the answer',
+    )
+    .requiredOption('--port <port>', 'listen port', port)
+    .option('--host <addr>', 'listen address', '0.0.0.0')
+    .option('--name <name>', 'name in replies (default: $POD_NAME, else the hostname)')
+    .option('--fail-every <n>', 'answer every Nth request 503', positive)
+    .option('--log-requests', 'print one JSON line per request, protocol error and WebSocket')
+    .action((o: { port: number; host: string; name?: string; failEvery?: number; logRequests?: boolean }) => {
+      const name = o.name ?? process.env.POD_NAME ?? hostname();
+      return runUntilSignal('l7-echo', startL7Echo({ ...o, name, log }));
+    });
+
+  tool
+    .command('grpc-echo')
+    .description(
+      'gRPC over h2c: /trellis.test.Echo/Echo and /Hello answer JSON {name, method, metadata} with trailer ' +
+        'x-echo-trailer: <name>; metadata x-echo-grpc-status: N fails the call with status N, x-echo-delay-ms: N delays it',
+    )
+    .requiredOption('--port <port>', 'listen port', port)
+    .option('--host <addr>', 'listen address', '0.0.0.0')
+    .option('--name <name>', 'name in replies (default: $POD_NAME, else the hostname)')
+    .option('--log-requests', 'print one JSON line per call')
+    .action((o: { port: number; host: string; name?: string; logRequests?: boolean }) => {
+      const name = o.name ?? process.env.POD_NAME ?? hostname();
+      return runUntilSignal('grpc-echo', startGrpcEcho({ ...o, name, log }));
+    });
+
+  tool
+    .command('http-client')
+    .description(
+      'send N requests over C keep-alive connections (or one h2c session) and print one JSON summary: counts by ' +
+        'status, by answering backend (l7-echo name) and, with --replies, the first replies whole. Exit 2 when none got a response',
+    )
+    .requiredOption('--url <url>', 'http:// URL')
+    .option('--count <n>', 'requests to send', positive, 1)
+    .option('--concurrency <c>', 'connections (HTTP/1.1) or streams in flight (h2c)', positive, 1)
+    .option('--http2', 'HTTP/2 over cleartext with prior knowledge')
+    .option('-X, --method <method>', 'request method', 'GET')
+    .option('-H, --header <name: value>', 'request header (repeatable)', header, {})
+    .option('--body <text>', 'request body')
+    .option('--body-bytes <n>', 'request body of N bytes (k, m suffixes)', byteCount)
+    .option('--chunked', 'HTTP/1.1: send the body chunked, without Content-Length')
+    .option('--requests <json>', 'per-request method/path/headers/body, used in turn', requestList)
+    .option('--replies <n>', 'keep the first N replies whole', integer(0, 10_000), 0)
+    .option('--timeout-ms <ms>', 'per request', positive, 10_000)
+    .option('--duration-s <s>', 'start no request after this many seconds', seconds)
+    .action(
+      async (o: {
+        url: string;
+        count: number;
+        concurrency: number;
+        http2?: boolean;
+        method: string;
+        header: Record<string, string>;
+        body?: string;
+        bodyBytes?: number;
+        chunked?: boolean;
+        requests?: HttpRequestSpec[];
+        replies: number;
+        timeoutMs: number;
+        durationS?: number;
+      }) => {
+        const { header: headers, bodyBytes, body, ...rest } = o;
+        const summary = await httpClient({
+          ...rest,
+          headers,
+          ...(body !== undefined ? { body } : bodyBytes !== undefined ? { body: 'x'.repeat(bodyBytes) } : {}),
+        });
+        json(summary);
+        if (summary.sent > 0 && Object.keys(summary.statusCounts).every((k) => !/^\d+$/.test(k))) process.exitCode = 2;
+      },
+    );
+
+  tool
+    .command('grpc-client')
+    .description(
+      'N unary gRPC calls (h2c) with raw bytes; prints one JSON summary: counts by grpc-status, by answering backend, ' +
+        'and the trailers seen. Exit 2 when no call got an answer from a server',
+    )
+    .requiredOption('--to <host:port>', 'server address', target)
+    .option('--count <n>', 'calls', positive, 1)
+    .option('--concurrency <c>', 'calls in flight', positive, 1)
+    .option('--method <path>', '/package.Service/Method', DEFAULT_GRPC_METHOD)
+    .option('-H, --metadata <name: value>', 'request metadata (repeatable)', header, {})
+    .option('--body <text>', 'request message bytes')
+    .option('--replies <n>', 'keep the first N calls whole', integer(0, 10_000), 0)
+    .option('--timeout-ms <ms>', 'deadline per call', positive, 10_000)
+    .action(
+      async (o: { to: Target; count: number; concurrency: number; method: string; metadata: Record<string, string>; body?: string; replies: number; timeoutMs: number }) => {
+        const { to, ...rest } = o;
+        const summary = await grpcClient({ ...to, ...rest });
+        json(summary);
+        if (summary.sent > 0 && Object.keys(summary.names).length === 0 && summary.ok === 0) process.exitCode = 2;
+      },
+    );
+
+  tool
+    .command('ws-client')
+    .description('WebSocket: send N messages (text and binary in turn), check each echo; prints JSON. Exit 0 when all came back')
+    .requiredOption('--url <url>', 'ws:// URL')
+    .option('--messages <n>', 'messages to send', positive, 10)
+    .option('--size <n>', 'bytes per message', positive, 64)
+    .option('--timeout-ms <ms>', 'the whole exchange', positive, 10_000)
+    .action(async (o: { url: string; messages: number; size: number; timeoutMs: number }) => {
+      const r = await wsClient(o);
+      json(r);
+      if (!(r.connected && r.echoed === o.messages)) process.exitCode = r.connected ? 1 : 2;
+    });
+
+  tool
+    .command('tcp-raw')
+    .description(
+      'connect, write the given bytes as they are, print one JSON line with what came back (latin1), when the first ' +
+        'byte came and how the exchange ended. Exit 2 when the connection failed',
+    )
+    .requiredOption('--to <host:port>', 'address to connect to', target)
+    .option('--send <text>', 'text to send (\\r and \\n are CR and LF)')
+    .option('--send-b64 <base64>', 'bytes to send, base64', base64)
+    .option('--half-close', 'half-close after sending')
+    .option('--idle-ms <ms>', 'stop once nothing came for this long', positive, 1000)
+    .option('--timeout-ms <ms>', 'the whole exchange', positive, 5000)
+    .action(async (o: { to: Target; send?: string; sendB64?: Buffer; halfClose?: boolean; idleMs: number; timeoutMs: number }) => {
+      const data = o.sendB64 ?? (o.send === undefined ? undefined : Buffer.from(o.send.replaceAll('\\r', '\r').replaceAll('\\n', '\n'), 'latin1'));
+      const r = await tcpRaw({ ...o.to, ...(data && { data }), halfClose: o.halfClose ?? false, idleMs: o.idleMs, timeoutMs: o.timeoutMs });
+      json(r);
+      if (!r.connected) process.exitCode = 2;
     });
 
   tool
