@@ -100,12 +100,16 @@ const serviceSchema = z.looseObject({
 
 // Only the envelope is checked here: the agents compile the specs and report what is wrong in them, which is
 // what a route test wants to see (an invalid route must reach the agents to prove it is refused there).
+// A security policy without spec means something (allow-nothing), as the agents read it: spec {}.
+const SPEC_OPTIONAL = new Set(['AuthorizationPolicy', 'PeerAuthentication']);
 const extensionSchema = (apiVersion: string, kind: string) =>
   z.looseObject({
     apiVersion: z.literal(apiVersion, `${kind} is read at ${apiVersion}`),
     kind: z.literal(kind),
     metadata: meta,
-    spec: z.record(z.string(), z.unknown()),
+    spec: SPEC_OPTIONAL.has(kind)
+      ? z.record(z.string(), z.unknown()).nullish().transform((spec) => spec ?? {})
+      : z.record(z.string(), z.unknown()),
   });
 
 const schemas: Record<string, z.ZodType> = {

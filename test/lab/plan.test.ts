@@ -224,6 +224,9 @@ spec: {parentRefs: [{group: "", kind: Service, name: echo, namespace: app}], rul
     expect(() => validateManifests(bare)).toThrow(/b\.yaml, document 1 \(RetryBudget default\/b\): field spec: is required/);
     const deploy = parseManifestText('d.yaml', 'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n');
     expect(() => validateManifests(deploy)).toThrow(/the lab reads Namespace, Pod, Service and HTTPRoute, GRPCRoute, FaultInjection/);
+    // A security policy without spec is allow-nothing, as the agents read it, not an error.
+    const denyAll = parseManifestText('p.yaml', 'apiVersion: security.trellis.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: app}\n');
+    expect(validateManifests(denyAll).extensions[0]!.object.spec).toEqual({});
   });
 
   it('resolves named target ports per pod and splits slices like the endpoint controller', () => {
