@@ -1,0 +1,664 @@
+// AuthorizationPolicy (security.trellis.dev/v1alpha1, Istio's field names and semantics): the spec read into
+// typed, pre-built matchers once per policy set, and the two checks the inbound path makes with them: one per
+// connection (L4: peer identity, addresses, port) and one per HTTP/gRPC request (L4 + method, path, host,
+// headers). Pure: no I/O, no clock.
+//
+// Semantics (Istio's): AUDIT policies only mark; DENY policies are checked first, any match denies; then, if
+// ALLOW policies select the workload, the request must match one of them, else it is denied; with no ALLOW
+// policy it is allowed. A policy matches if any rule matches; a rule matches if its from (any source), to
+// (any operation) and when (every condition) all match; inside a source or operation every field given must
+// match, any value of a field may match, and a notX field matches when no value matches. No rules: matches
+// nothing (an ALLOW policy with no rules denies everything it selects); `rules: [{}]` matches everything.
+//
+// L4 only: on a connection whose bytes Trellis does not parse (opaque TCP), a rule that uses HTTP fields
+// (methods, paths, hosts, request.headers) cannot be checked. It fails safe, as in Istio: for ALLOW it does not
+// match, for DENY and AUDIT it matches (its HTTP fields are ignored, its L4 fields still apply), and the decision
+// says so.
+import type { KubeObject } from '../sources/objects.js';
+import { anyCidrContains, parseCidr, parseIp, type Cidr, type ParsedIp } from './ip.js';
+import { normalizePath } from './normalize.js';
+import { compileStringSet, stringSetMatches, type StringSet } from './strings.js';
+
+export type AuthzAction = 'ALLOW' | 'DENY' | 'AUDIT';
+
+export interface Issue {
+  /** Field path from the object root: spec.rules[0].to[1].operation.paths[2]. */
+  readonly path: string;
+  readonly message: string;
+}
+
+interface SourceMatch {
+  readonly principals?: StringSet;
+  readonly notPrincipals?: StringSet;
+  readonly namespaces?: StringSet;
+  readonly notNamespaces?: StringSet;
+  /** "namespace/name" of the peer's service account (trust domain not compared). */
+  readonly serviceAccounts?: ReadonlySet<string>;
+  readonly notServiceAccounts?: ReadonlySet<string>;
+  readonly ipBlocks?: readonly Cidr[];
+  readonly notIpBlocks?: readonly Cidr[];
+}
+
+interface OperationMatch {
+  readonly ports?: ReadonlySet<number>;
+  readonly notPorts?: ReadonlySet<number>;
+  readonly methods?: StringSet;
+  readonly notMethods?: StringSet;
+  readonly paths?: StringSet;
+  readonly notPaths?: StringSet;
+  /** Lowercased patterns: hosts compare case-insensitively. */
+  readonly hosts?: StringSet;
+  readonly notHosts?: StringSet;
+  /** Uses a field that needs the request (methods, paths, hosts and their notX). */
+  readonly l7: boolean;
+}
+
+type Condition =
+  | { readonly kind: 'header'; readonly name: string; readonly values?: StringSet; readonly notValues?: StringSet }
+  | { readonly kind: 'principal' | 'namespace'; readonly values?: StringSet; readonly notValues?: StringSet }
+  | { readonly kind: 'sourceIp' | 'destinationIp'; readonly values?: readonly Cidr[]; readonly notValues?: readonly Cidr[] }
+  | { readonly kind: 'destinationPort'; readonly values?: ReadonlySet<number>; readonly notValues?: ReadonlySet<number> };
+
+export interface CompiledRule {
+  readonly index: number;
+  /** undefined: any source. */
+  readonly from?: readonly SourceMatch[];
+  /** undefined: any operation. */
+  readonly to?: readonly OperationMatch[];
+  readonly when: readonly Condition[];
+  /** The HTTP-only fields the rule uses ("methods, paths"), or "" when it is L4 only. */
+  readonly l7Fields: string;
+  /** One line, for describe() and reasons. */
+  readonly text: string;
+}
+
+/** Why a connection or request is allowed or denied: one stable code (metrics, logs) and a sentence for people. */
+export type DecisionCode =
+  /** No DENY policy matched and no ALLOW policy selects the workload. */
+  | 'allowed_no_policy'
+  /** An ALLOW policy matched. */
+  | 'allowed'
+  /** Connection on an HTTP port: its L4 checks passed, some rules need the request; evaluateRequest decides. */
+  | 'allowed_pending_request'
+  /** A DENY policy matched (failSafe: only because its HTTP fields could not be checked). */
+  | 'denied'
+  /** ALLOW policies select the workload and none matched. */
+  | 'denied_no_allow_match'
+  /** Plaintext to a workload and port whose PeerAuthentication is STRICT. */
+  | 'denied_plaintext'
+  /** No policy set yet (the agent has not synced its sources): policy never fails open. */
+  | 'denied_not_ready'
+  /** The destination is not a workload the agent knows. */
+  | 'denied_unknown_workload'
+  /** The peer's identity or addresses could not be read. */
+  | 'denied_unreadable';
+
+export interface AuthzDecision {
+  readonly allowed: boolean;
+  readonly code: DecisionCode;
+  /** The action of the policy that decided; NONE when no policy did (default allow, no ALLOW match, errors). */
+  readonly action: 'ALLOW' | 'DENY' | 'NONE';
+  /** namespace/name of the policy that decided. */
+  readonly policy?: string;
+  /** Index in its spec.rules of the rule that matched. */
+  readonly rule?: number;
+  /** An AUDIT policy matched: the request goes to the audit log. Never changes `allowed`. */
+  readonly audit: boolean;
+  /** namespace/name of the (first) AUDIT policy that matched. */
+  readonly auditPolicy?: string;
+  /** The decision rests on a rule whose HTTP fields could not be checked (L4 only) and was taken the safe way. */
+  readonly failSafe: boolean;
+  readonly reason: string;
+}
+
+export interface CompiledPolicy {
+  /** namespace/name */
+  readonly key: string;
+  readonly namespace: string;
+  readonly name: string;
+  readonly uid: string | undefined;
+  readonly generation: number | undefined;
+  readonly action: AuthzAction;
+  /** undefined or empty: every workload of the namespace (of the mesh, in the root namespace). */
+  readonly selector: Readonly<Record<string, string>> | undefined;
+  readonly rules: readonly CompiledRule[];
+  /** The decision when rule i matches (ALLOW: allowed, DENY: denied), built once so evaluation allocates nothing. */
+  readonly decisions: readonly AuthzDecision[];
+  /** DENY and AUDIT: the decision when rule i matches on its L4 fields and its HTTP fields could not be checked. */
+  readonly failSafeDecisions: readonly AuthzDecision[];
+}
+
+export interface ParseOptions {
+  /** The mesh's trust domain: a principal written with "cluster.local" means this one, as in Istio. */
+  readonly trustDomain: string;
+}
+
+export type ParsedPolicy = { readonly ok: true; readonly policy: CompiledPolicy } | { readonly ok: false; readonly issues: readonly Issue[] };
+
+const SPEC_FIELDS = ['selector', 'action', 'rules', 'provider', 'targetRef', 'targetRefs'] as const;
+const RULE_FIELDS = ['from', 'to', 'when'] as const;
+const SOURCE_FIELDS = [
+  'principals', 'notPrincipals', 'namespaces', 'notNamespaces', 'serviceAccounts', 'notServiceAccounts',
+  'ipBlocks', 'notIpBlocks', 'remoteIpBlocks', 'notRemoteIpBlocks', 'requestPrincipals', 'notRequestPrincipals',
+] as const;
+const OPERATION_FIELDS = ['hosts', 'notHosts', 'ports', 'notPorts', 'methods', 'notMethods', 'paths', 'notPaths'] as const;
+const CONDITION_FIELDS = ['key', 'values', 'notValues'] as const;
+const NO_JWT = 'needs request authentication (JWT, Istio RequestAuthentication), which Trellis does not implement';
+const NO_XFF = 'Trellis does not read X-Forwarded-For or PROXY protocol, so the remote address is the peer address; use ipBlocks / source.ip';
+
+/** Reads and compiles one AuthorizationPolicy object; every problem names its field. */
+export function parseAuthorizationPolicy(obj: KubeObject, opts: ParseOptions): ParsedPolicy {
+  const issues: Issue[] = [];
+  const add = (path: string, message: string) => void issues.push({ path, message });
+  const meta = obj.metadata as KubeObject['metadata'] & { generation?: unknown };
+  const namespace = meta.namespace ?? 'default';
+  if (meta.annotations?.['istio.io/dry-run'] === 'true') {
+    add('metadata.annotations[istio.io/dry-run]', 'dry-run policies are not supported: this policy would be enforced; remove the annotation, or the policy');
+  }
+  const spec = (obj as { spec?: unknown }).spec ?? {};
+  if (!isMap(spec)) {
+    add('spec', 'must be a mapping');
+    return { ok: false, issues };
+  }
+  unknownFields(spec, 'spec', SPEC_FIELDS, add);
+  if (spec.targetRef !== undefined || spec.targetRefs !== undefined) {
+    add(spec.targetRef !== undefined ? 'spec.targetRef' : 'spec.targetRefs', 'not supported: Trellis has no gateways or waypoints to attach to; select workloads with spec.selector.matchLabels');
+  }
+
+  let action: AuthzAction = 'ALLOW';
+  if (spec.action !== undefined) {
+    if (spec.action === 'CUSTOM') add('spec.action', 'CUSTOM (external authorization) is not supported; use ALLOW, DENY or AUDIT');
+    else if (spec.action === 'ALLOW' || spec.action === 'DENY' || spec.action === 'AUDIT') action = spec.action;
+    else add('spec.action', `must be ALLOW, DENY or AUDIT, not ${JSON.stringify(spec.action)}`);
+  }
+  if (spec.provider !== undefined && spec.action !== 'CUSTOM') add('spec.provider', 'only used with action CUSTOM, which Trellis does not support');
+
+  const selector = readSelector(spec.selector, 'spec.selector', add);
+
+  const rules: CompiledRule[] = [];
+  if (spec.rules !== undefined && spec.rules !== null) {
+    if (!Array.isArray(spec.rules)) {
+      add('spec.rules', 'must be a list');
+    } else {
+      spec.rules.forEach((r, i) => {
+        const rule = readRule(r, `spec.rules[${i}]`, i, opts, add);
+        if (rule) rules.push(rule);
+      });
+    }
+  }
+  if (issues.length > 0) return { ok: false, issues };
+  const generation = typeof meta.generation === 'number' ? meta.generation : undefined;
+  const key = `${namespace}/${meta.name}`;
+  return {
+    ok: true,
+    policy: Object.freeze({
+      key,
+      namespace,
+      name: meta.name,
+      uid: meta.uid,
+      generation,
+      action,
+      selector,
+      rules: Object.freeze(rules),
+      decisions: Object.freeze(rules.map((r) => ruleDecision(key, action, r, false))),
+      failSafeDecisions: Object.freeze(action === 'ALLOW' ? [] : rules.map((r) => ruleDecision(key, action, r, true))),
+    }),
+  };
+}
+
+function ruleDecision(key: string, action: AuthzAction, r: CompiledRule, failSafe: boolean): AuthzDecision {
+  const allowed = action !== 'DENY';
+  const verb = allowed ? 'allowed' : 'denied';
+  const reason = failSafe
+    ? `${verb} by ${action} policy ${key} rule ${r.index} (${r.text}): its HTTP fields (${r.l7Fields}) cannot be checked on a connection Trellis does not parse, so the rule is taken as matching (fail-safe)`
+    : `${verb} by ${action} policy ${key} rule ${r.index} (${r.text})`;
+  return Object.freeze({
+    allowed,
+    code: allowed ? 'allowed' : 'denied',
+    action: action === 'AUDIT' ? 'NONE' : action,
+    policy: key,
+    rule: r.index,
+    audit: false,
+    failSafe,
+    reason,
+  });
+}
+
+type Add = (path: string, message: string) => void;
+
+function isMap(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function unknownFields(o: Record<string, unknown>, path: string, known: readonly string[], add: Add): void {
+  for (const k of Object.keys(o)) {
+    if (!known.includes(k)) add(`${path}.${k}`, `unknown field (known: ${known.join(', ')}); an ignored field would change what the policy matches`);
+  }
+}
+
+/** Shared with PeerAuthentication. */
+export function readSelector(v: unknown, path: string, add: Add): Readonly<Record<string, string>> | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (!isMap(v)) {
+    add(path, 'must be a mapping with matchLabels');
+    return undefined;
+  }
+  unknownFields(v, path, ['matchLabels'], add);
+  const ml = v.matchLabels;
+  if (ml === undefined || ml === null) return undefined;
+  if (!isMap(ml)) {
+    add(`${path}.matchLabels`, 'must be a mapping of label names to values');
+    return undefined;
+  }
+  const out: Record<string, string> = {};
+  for (const [k, val] of Object.entries(ml)) {
+    if (typeof val !== 'string') add(`${path}.matchLabels.${k}`, 'label values must be strings');
+    else out[k] = val;
+  }
+  return Object.keys(out).length > 0 ? Object.freeze(out) : undefined;
+}
+
+function readStrings(v: unknown, path: string, add: Add): string[] | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v)) {
+    add(path, 'must be a list of strings');
+    return undefined;
+  }
+  const out: string[] = [];
+  v.forEach((s, i) => {
+    if (typeof s !== 'string') add(`${path}[${i}]`, 'must be a string');
+    else out.push(s);
+  });
+  // An empty list means the same as an absent field, as in Istio.
+  return out.length > 0 ? out : undefined;
+}
+
+function readSet(v: unknown, path: string, add: Add, opts: Parameters<typeof compileStringSet>[1] = {}): StringSet | undefined {
+  const list = readStrings(v, path, add);
+  if (!list) return undefined;
+  const set = compileStringSet(list, opts);
+  if (typeof set === 'string') {
+    add(path, set);
+    return undefined;
+  }
+  return set;
+}
+
+function readCidrs(v: unknown, path: string, add: Add): Cidr[] | undefined {
+  const list = readStrings(v, path, add);
+  if (!list) return undefined;
+  const out: Cidr[] = [];
+  list.forEach((s, i) => {
+    const c = parseCidr(s);
+    if (typeof c === 'string') add(`${path}[${i}]`, c);
+    else out.push(c);
+  });
+  return out;
+}
+
+function readPorts(v: unknown, path: string, add: Add): Set<number> | undefined {
+  const list = readStrings(v, path, add);
+  if (!list) return undefined;
+  const out = new Set<number>();
+  list.forEach((s, i) => {
+    const n = /^[0-9]{1,5}$/.test(s) ? Number(s) : NaN;
+    if (!(n >= 1 && n <= 65535)) add(`${path}[${i}]`, `"${s}" is not a port number (1 to 65535, as a string: "8080")`);
+    else out.add(n);
+  });
+  return out;
+}
+
+function readServiceAccounts(v: unknown, path: string, add: Add): Set<string> | undefined {
+  const list = readStrings(v, path, add);
+  if (!list) return undefined;
+  if (list.length > 16) add(path, 'at most 16 service accounts (as in Istio)');
+  const out = new Set<string>();
+  list.forEach((s, i) => {
+    if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?\/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(s) || s.length > 320) {
+      add(`${path}[${i}]`, `"${s}" must be NAMESPACE/NAME of a service account, without wildcards`);
+    } else {
+      out.add(s);
+    }
+  });
+  return out;
+}
+
+/** Policy paths must be in the normalized form requests are compared in, or they would silently never match. */
+function checkPaths(set: StringSet | undefined, path: string, add: Add): void {
+  if (!set) return;
+  set.patterns.forEach((p, i) => {
+    if (p === '*') return;
+    // Exact "/a", prefix "/a/*" and suffix "*.js" forms, templates with operators replaced: each must come out of
+    // the normalizer unchanged when completed into a whole path.
+    let sample = p.replace(/\{\*\*?\}/g, 'x');
+    if (sample.endsWith('*')) sample = sample.slice(0, -1) + 'x';
+    if (sample.startsWith('*')) sample = '/x' + sample.slice(1);
+    if (!sample.startsWith('/')) {
+      add(`${path}[${i}]`, `"${p}" can never match: request paths start with "/"`);
+      return;
+    }
+    const n = normalizePath(sample);
+    if (!n.ok) add(`${path}[${i}]`, `"${p}" can never match: a request with this path is refused (${n.reason})`);
+    else if (n.path !== sample) add(`${path}[${i}]`, `"${p}" can never match: requests are compared after normalization, write it as it normalizes ("${n.path}"${p.endsWith('*') ? ' plus the "*"' : ''})`);
+  });
+}
+
+function readSource(v: unknown, path: string, opts: ParseOptions, add: Add): SourceMatch | undefined {
+  if (!isMap(v)) {
+    add(path, 'must be a mapping (from: [{source: {...}}])');
+    return undefined;
+  }
+  unknownFields(v, path, SOURCE_FIELDS, add);
+  for (const f of ['requestPrincipals', 'notRequestPrincipals'] as const) if (v[f] !== undefined) add(`${path}.${f}`, NO_JWT);
+  for (const f of ['remoteIpBlocks', 'notRemoteIpBlocks'] as const) if (v[f] !== undefined) add(`${path}.${f}`, `not supported: ${NO_XFF}`);
+  const principalOpts = { rewrite: trustDomainAlias(opts.trustDomain) };
+  const src: SourceMatch = {
+    principals: readSet(v.principals, `${path}.principals`, add, principalOpts),
+    notPrincipals: readSet(v.notPrincipals, `${path}.notPrincipals`, add, principalOpts),
+    namespaces: readSet(v.namespaces, `${path}.namespaces`, add),
+    notNamespaces: readSet(v.notNamespaces, `${path}.notNamespaces`, add),
+    serviceAccounts: readServiceAccounts(v.serviceAccounts, `${path}.serviceAccounts`, add),
+    notServiceAccounts: readServiceAccounts(v.notServiceAccounts, `${path}.notServiceAccounts`, add),
+    ipBlocks: readCidrs(v.ipBlocks, `${path}.ipBlocks`, add),
+    notIpBlocks: readCidrs(v.notIpBlocks, `${path}.notIpBlocks`, add),
+  };
+  if ((src.serviceAccounts || src.notServiceAccounts) && (src.principals || src.notPrincipals || src.namespaces || src.notNamespaces)) {
+    add(path, 'serviceAccounts/notServiceAccounts cannot be combined with principals or namespaces in one source (as in Istio); use separate sources');
+  }
+  if (Object.values(src).every((f) => f === undefined)) add(path, 'must not be empty (omit `from` to match any source)');
+  return src;
+}
+
+function readOperation(v: unknown, path: string, add: Add): OperationMatch | undefined {
+  if (!isMap(v)) {
+    add(path, 'must be a mapping (to: [{operation: {...}}])');
+    return undefined;
+  }
+  unknownFields(v, path, OPERATION_FIELDS, add);
+  const op = {
+    ports: readPorts(v.ports, `${path}.ports`, add),
+    notPorts: readPorts(v.notPorts, `${path}.notPorts`, add),
+    methods: readSet(v.methods, `${path}.methods`, add),
+    notMethods: readSet(v.notMethods, `${path}.notMethods`, add),
+    paths: readSet(v.paths, `${path}.paths`, add, { pathTemplates: true }),
+    notPaths: readSet(v.notPaths, `${path}.notPaths`, add, { pathTemplates: true }),
+    hosts: readSet(v.hosts, `${path}.hosts`, add, { caseInsensitive: true }),
+    notHosts: readSet(v.notHosts, `${path}.notHosts`, add, { caseInsensitive: true }),
+  };
+  checkPaths(op.paths, `${path}.paths`, add);
+  checkPaths(op.notPaths, `${path}.notPaths`, add);
+  if (Object.values(op).every((f) => f === undefined)) add(path, 'must not be empty (omit `to` to match any operation)');
+  const l7 = !!(op.methods || op.notMethods || op.paths || op.notPaths || op.hosts || op.notHosts);
+  return { ...op, l7 };
+}
+
+function readCondition(v: unknown, path: string, opts: ParseOptions, add: Add): Condition | undefined {
+  if (!isMap(v)) {
+    add(path, 'must be a mapping with key and values or notValues');
+    return undefined;
+  }
+  unknownFields(v, path, CONDITION_FIELDS, add);
+  const key = v.key;
+  if (typeof key !== 'string' || key.length === 0) {
+    add(`${path}.key`, 'required: an attribute name such as request.headers[x-tenant], source.ip, source.namespace, source.principal, destination.port');
+    return undefined;
+  }
+  if (v.values === undefined && v.notValues === undefined) add(path, 'needs values or notValues');
+  const vp = `${path}.values`;
+  const np = `${path}.notValues`;
+  const header = /^request\.headers\[([^\]]+)\]$/.exec(key);
+  if (header) {
+    const name = header[1]!.toLowerCase();
+    if (!/^:?[a-z0-9!#$%&'*+\-.^_`|~]+$/.test(name)) {
+      add(`${path}.key`, `"${header[1]}" is not a header name`);
+      return undefined;
+    }
+    return { kind: 'header', name, values: readSet(v.values, vp, add), notValues: readSet(v.notValues, np, add) };
+  }
+  switch (key) {
+    case 'source.ip':
+    case 'destination.ip':
+      return { kind: key === 'source.ip' ? 'sourceIp' : 'destinationIp', values: readCidrs(v.values, vp, add), notValues: readCidrs(v.notValues, np, add) };
+    case 'source.principal': {
+      const o = { rewrite: trustDomainAlias(opts.trustDomain) };
+      return { kind: 'principal', values: readSet(v.values, vp, add, o), notValues: readSet(v.notValues, np, add, o) };
+    }
+    case 'source.namespace':
+      return { kind: 'namespace', values: readSet(v.values, vp, add), notValues: readSet(v.notValues, np, add) };
+    case 'destination.port':
+      return { kind: 'destinationPort', values: readPorts(v.values, vp, add), notValues: readPorts(v.notValues, np, add) };
+    case 'remote.ip':
+      add(`${path}.key`, `remote.ip is not supported: ${NO_XFF}`);
+      return undefined;
+    case 'connection.sni':
+      add(`${path}.key`, 'connection.sni is not supported: the mesh tunnel does not carry the SNI of the inner connection');
+      return undefined;
+  }
+  if (key.startsWith('request.auth.')) add(`${path}.key`, `${key} ${NO_JWT}`);
+  else if (key.startsWith('experimental.')) add(`${path}.key`, `${key}: Envoy-specific attributes are not supported`);
+  else add(`${path}.key`, `unknown attribute "${key}" (supported: request.headers[NAME], source.ip, source.namespace, source.principal, destination.ip, destination.port)`);
+  return undefined;
+}
+
+function readRule(v: unknown, path: string, index: number, opts: ParseOptions, add: Add): CompiledRule | undefined {
+  if (!isMap(v)) {
+    add(path, 'must be a mapping (use {} for a rule that matches everything)');
+    return undefined;
+  }
+  unknownFields(v, path, RULE_FIELDS, add);
+  const readList = <T>(field: 'from' | 'to' | 'when', read: (item: unknown, p: string) => T | undefined): T[] | undefined => {
+    const list = v[field];
+    if (list === undefined || list === null) return undefined;
+    if (!Array.isArray(list)) {
+      add(`${path}.${field}`, 'must be a list');
+      return undefined;
+    }
+    // Istio: an empty from/to list is an error, not "any" (it would read as "nothing").
+    if (list.length === 0 && field !== 'when') add(`${path}.${field}`, `must not be empty (omit \`${field}\` to match any ${field === 'from' ? 'source' : 'operation'})`);
+    const out: T[] = [];
+    list.forEach((item, i) => {
+      const r = read(item, `${path}.${field}[${i}]`);
+      if (r !== undefined) out.push(r);
+    });
+    return out;
+  };
+  const from = readList('from', (item, p) => {
+    if (!isMap(item)) return void add(p, 'must be a mapping with source');
+    unknownFields(item, p, ['source'], add);
+    return readSource(item.source, `${p}.source`, opts, add);
+  });
+  const to = readList('to', (item, p) => {
+    if (!isMap(item)) return void add(p, 'must be a mapping with operation');
+    unknownFields(item, p, ['operation'], add);
+    return readOperation(item.operation, `${p}.operation`, add);
+  });
+  const when = readList('when', (item, p) => readCondition(item, p, opts, add)) ?? [];
+
+  const l7: string[] = [];
+  for (const op of to ?? []) {
+    for (const f of ['methods', 'notMethods', 'paths', 'notPaths', 'hosts', 'notHosts'] as const) if (op[f] && !l7.includes(f)) l7.push(f);
+  }
+  for (const c of when) if (c.kind === 'header' && !l7.includes(`request.headers[${c.name}]`)) l7.push(`request.headers[${c.name}]`);
+  const rule: CompiledRule = {
+    index,
+    ...(from ? { from: Object.freeze(from) } : {}),
+    ...(to ? { to: Object.freeze(to) } : {}),
+    when: Object.freeze(when),
+    l7Fields: l7.join(', '),
+    text: describeRule(from, to, when),
+  };
+  return Object.freeze(rule);
+}
+
+/** "cluster.local/ns/x/sa/y" names the local trust domain, whatever it is called (Istio's alias). */
+function trustDomainAlias(trustDomain: string): (p: string) => string {
+  return (p) => (trustDomain !== 'cluster.local' && p.startsWith('cluster.local/') ? trustDomain + p.slice('cluster.local'.length) : p);
+}
+
+// ---- descriptions ----
+
+function list(name: string, s: StringSet | ReadonlySet<unknown> | readonly Cidr[] | undefined): string | undefined {
+  if (!s) return undefined;
+  const items = 'patterns' in s ? s.patterns : Array.isArray(s) ? (s as readonly Cidr[]).map((c) => c.text) : [...(s as ReadonlySet<unknown>)].map(String);
+  return `${name} [${items.join(', ')}]`;
+}
+
+function describeRule(from: readonly SourceMatch[] | undefined, to: readonly OperationMatch[] | undefined, when: readonly Condition[]): string {
+  const parts: string[] = [];
+  if (from) {
+    parts.push('from ' + from.map((s) => Object.entries(s).map(([k, v]) => list(k, v)).filter(Boolean).join(' and ')).join(' or '));
+  }
+  if (to) {
+    parts.push('to ' + to.map((o) => Object.entries(o).filter(([k]) => k !== 'l7').map(([k, v]) => list(k, v)).filter(Boolean).join(' and ')).join(' or '));
+  }
+  if (when.length > 0) {
+    const key = (c: Condition) =>
+      c.kind === 'header' ? `request.headers[${c.name}]` : { principal: 'source.principal', namespace: 'source.namespace', sourceIp: 'source.ip', destinationIp: 'destination.ip', destinationPort: 'destination.port' }[c.kind];
+    parts.push('when ' + when.map((c) => [list(`${key(c)} in`, c.values), list(`${key(c)} not in`, c.notValues)].filter(Boolean).join(' and ')).join(' and '));
+  }
+  return parts.length > 0 ? parts.join('; ') : 'any request';
+}
+
+// ---- evaluation ----
+
+/** The peer and destination of one connection, parsed once when the connection starts. */
+export interface Peer {
+  /** SPIFFE ID without "spiffe://" ("td/ns/x/sa/y"), as Istio's principals are written; undefined for plaintext. */
+  readonly principal: string | undefined;
+  readonly namespace: string | undefined;
+  /** "namespace/name" */
+  readonly serviceAccount: string | undefined;
+  readonly sourceIp: ParsedIp;
+  readonly destinationIp: ParsedIp;
+  readonly destinationPort: number;
+}
+
+/** What a request adds to its connection for the L7 checks. */
+export interface RequestAttributes {
+  readonly method: string;
+  /** The normalized path (normalizeTarget), without the query; for gRPC "/package.Service/Method". */
+  readonly path: string;
+  /** Host or :authority as sent (compared case-insensitively); "" if none. */
+  readonly host: string;
+  /** Lowercase name -> value (repeated headers joined with ","), undefined when absent. */
+  readonly headers: (name: string) => string | undefined;
+}
+
+/** Three-valued at L4: a rule with HTTP fields is UNKNOWN until the request is known. */
+export const Match = { No: 0, Yes: 1, Unknown: 2 } as const;
+export type Match = (typeof Match)[keyof typeof Match];
+
+function both<T>(pos: T | undefined, neg: T | undefined, test: (set: T) => boolean): boolean {
+  if (pos !== undefined && !test(pos)) return false;
+  if (neg !== undefined && test(neg)) return false;
+  return true;
+}
+
+function sourceMatches(s: SourceMatch, peer: Peer): boolean {
+  const principal = peer.principal;
+  const ns = peer.namespace;
+  const sa = peer.serviceAccount;
+  // With no identity (plaintext) a positive identity field never matches and a negative one always does:
+  // DENY notPrincipals ["*"] is how Istio refuses plaintext.
+  if (!both(s.principals, s.notPrincipals, (set) => principal !== undefined && stringSetMatches(set, principal))) return false;
+  if (!both(s.namespaces, s.notNamespaces, (set) => ns !== undefined && stringSetMatches(set, ns))) return false;
+  if (!both(s.serviceAccounts, s.notServiceAccounts, (set) => sa !== undefined && set.has(sa))) return false;
+  if (!both(s.ipBlocks, s.notIpBlocks, (set) => anyCidrContains(set, peer.sourceIp))) return false;
+  return true;
+}
+
+function operationMatches(o: OperationMatch, peer: Peer, req: RequestAttributes | undefined): Match {
+  if (!both(o.ports, o.notPorts, (set) => set.has(peer.destinationPort))) return Match.No;
+  if (!o.l7) return Match.Yes;
+  if (!req) return Match.Unknown;
+  if (!both(o.methods, o.notMethods, (set) => stringSetMatches(set, req.method))) return Match.No;
+  if (!both(o.paths, o.notPaths, (set) => stringSetMatches(set, req.path))) return Match.No;
+  // toLowerCase returns the same string when it is already lowercase (the usual case): no copy.
+  if (!both(o.hosts, o.notHosts, (set) => stringSetMatches(set, req.host.toLowerCase()))) return Match.No;
+  return Match.Yes;
+}
+
+function conditionMatches(c: Condition, peer: Peer, req: RequestAttributes | undefined): Match {
+  switch (c.kind) {
+    case 'header': {
+      if (!req) return Match.Unknown;
+      const v = req.headers(c.name);
+      return both(c.values, c.notValues, (set) => v !== undefined && stringSetMatches(set, v)) ? Match.Yes : Match.No;
+    }
+    case 'principal':
+      return both(c.values, c.notValues, (set) => peer.principal !== undefined && stringSetMatches(set, peer.principal)) ? Match.Yes : Match.No;
+    case 'namespace':
+      return both(c.values, c.notValues, (set) => peer.namespace !== undefined && stringSetMatches(set, peer.namespace)) ? Match.Yes : Match.No;
+    case 'sourceIp':
+      return both(c.values, c.notValues, (set) => anyCidrContains(set, peer.sourceIp)) ? Match.Yes : Match.No;
+    case 'destinationIp':
+      return both(c.values, c.notValues, (set) => anyCidrContains(set, peer.destinationIp)) ? Match.Yes : Match.No;
+    case 'destinationPort':
+      return both(c.values, c.notValues, (set) => set.has(peer.destinationPort)) ? Match.Yes : Match.No;
+  }
+}
+
+/** One rule: Yes, No, or Unknown when only its HTTP fields are left to decide (no request given). */
+export function ruleMatches(rule: CompiledRule, peer: Peer, req: RequestAttributes | undefined): Match {
+  let result: Match = Match.Yes;
+  if (rule.from) {
+    let any = false;
+    for (let i = 0; i < rule.from.length; i++) if (sourceMatches(rule.from[i]!, peer)) { any = true; break; }
+    if (!any) return Match.No;
+  }
+  if (rule.to) {
+    let best: Match = Match.No;
+    for (let i = 0; i < rule.to.length; i++) {
+      const m = operationMatches(rule.to[i]!, peer, req);
+      if (m === Match.Yes) { best = Match.Yes; break; }
+      if (m === Match.Unknown) best = Match.Unknown;
+    }
+    if (best === Match.No) return Match.No;
+    result = best;
+  }
+  for (let i = 0; i < rule.when.length; i++) {
+    const m = conditionMatches(rule.when[i]!, peer, req);
+    if (m === Match.No) return Match.No;
+    if (m === Match.Unknown) result = Match.Unknown;
+  }
+  return result;
+}
+
+/**
+ * A policy against a connection or request: the index of the first rule that matches (>= 0); -1 if none does;
+ * with no request, -2 - i when rule i (the first such) is undecided because of its HTTP fields.
+ */
+export function policyMatches(p: CompiledPolicy, peer: Peer, req: RequestAttributes | undefined): number {
+  let unknown = -1;
+  for (let i = 0; i < p.rules.length; i++) {
+    const m = ruleMatches(p.rules[i]!, peer, req);
+    if (m === Match.Yes) return i;
+    if (m === Match.Unknown && unknown === -1) unknown = i;
+  }
+  return unknown === -1 ? -1 : -2 - unknown;
+}
+
+/** The peer attributes of a connection, or why they cannot be read (the connection is then denied). */
+export function readPeer(
+  sourceIdentity: string | undefined,
+  sourceIp: string | undefined,
+  destinationIp: string | undefined,
+  destinationPort: number,
+): Peer | string {
+  let principal: string | undefined;
+  let namespace: string | undefined;
+  let serviceAccount: string | undefined;
+  if (sourceIdentity !== undefined) {
+    const m = /^spiffe:\/\/([^/]+)\/ns\/([^/]+)\/sa\/([^/]+)$/.exec(sourceIdentity);
+    if (!m) return `peer identity "${sourceIdentity}" is not a workload SPIFFE ID (spiffe://<trust domain>/ns/<namespace>/sa/<service account>)`;
+    principal = sourceIdentity.slice('spiffe://'.length);
+    namespace = m[2]!;
+    serviceAccount = `${m[2]}/${m[3]}`;
+  }
+  const src = sourceIp === undefined ? undefined : parseIp(sourceIp);
+  if (!src) return `source address ${sourceIp ?? '(none)'} is not an IP address`;
+  const dst = destinationIp === undefined ? undefined : parseIp(destinationIp);
+  if (!dst) return `destination address ${destinationIp ?? '(none)'} is not an IP address`;
+  if (!(Number.isInteger(destinationPort) && destinationPort >= 1 && destinationPort <= 65535)) return `destination port ${destinationPort} is not a port`;
+  return Object.freeze({ principal, namespace, serviceAccount, sourceIp: src, destinationIp: dst, destinationPort });
+}

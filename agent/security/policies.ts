@@ -1,0 +1,387 @@
+// The policy set: AuthorizationPolicy and PeerAuthentication objects compiled once (when the store applies a
+// snapshot) into an immutable PolicySet, and the checks the inbound path makes against it: evaluateConnection
+// once per connection, evaluateRequest once per HTTP/gRPC request. An invalid object keeps its last valid version
+// in force. Policy never fails open: before the first snapshot, for an unknown workload or an unreadable peer,
+// the answer is "denied" with the reason.
+import type { KubeObject } from '../sources/objects.js';
+import {
+  parseAuthorizationPolicy,
+  policyMatches,
+  readPeer,
+  type AuthzDecision,
+  type CompiledPolicy,
+  type Issue,
+  type Peer,
+  type RequestAttributes,
+} from './authz.js';
+import {
+  indexPeerAuthentications,
+  parsePeerAuthentication,
+  resolvePeerAuthentication,
+  selects,
+  type CompiledPeerAuthentication,
+  type MtlsMode,
+  type PeerAuthenticationIndex,
+  type ResolvedPeerAuthentication,
+} from './peer-auth.js';
+
+export const DEFAULT_ROOT_NAMESPACE = 'trellis-system';
+
+/** The destination workload, as the state knows it (state/workload.ts Workload fits). */
+export interface PolicyWorkload {
+  readonly namespace: string;
+  readonly labels: Readonly<Record<string, string>>;
+  /** namespace/pod, for messages. */
+  readonly key?: string;
+}
+
+export interface CompilePoliciesOptions {
+  /** The mesh's trust domain ("cluster.local" in a principal names it, as in Istio). */
+  readonly trustDomain: string;
+  /** Policies here without a selector apply to the whole mesh. Default trellis-system. */
+  readonly rootNamespace?: string;
+  /** The previous result: an object that is invalid now keeps its last valid version in force. */
+  readonly previous?: Pick<PolicySet, 'lastGood'>;
+}
+
+export type PolicyKind = 'AuthorizationPolicy' | 'PeerAuthentication';
+
+/** One object's outcome, shaped for its status.conditions[type=Accepted]. */
+export interface PolicyStatus {
+  readonly kind: PolicyKind;
+  readonly namespace: string;
+  readonly name: string;
+  readonly generation: number | undefined;
+  readonly accepted: boolean;
+  readonly reason: 'Accepted' | 'Invalid';
+  readonly message: string;
+  /** Invalid now, its last valid version stays in force. */
+  readonly fellBack: boolean;
+}
+
+type LastGood = { readonly kind: 'AuthorizationPolicy'; readonly policy: CompiledPolicy } | { readonly kind: 'PeerAuthentication'; readonly policy: CompiledPeerAuthentication };
+
+/** The AuthorizationPolicies that select one workload, split by action, with the decisions that do not depend on a rule. */
+export interface Applicable {
+  readonly deny: readonly CompiledPolicy[];
+  readonly allow: readonly CompiledPolicy[];
+  readonly audit: readonly CompiledPolicy[];
+  readonly noAllowMatch: AuthzDecision;
+}
+
+const ALLOWED_NO_POLICY: AuthzDecision = Object.freeze({
+  allowed: true,
+  code: 'allowed_no_policy',
+  action: 'NONE',
+  audit: false,
+  failSafe: false,
+  reason: 'allowed: no DENY policy matched and no ALLOW policy selects this workload',
+});
+
+export class PolicySet {
+  /** False only for the placeholder used before the first snapshot: every check denies. */
+  readonly ready: boolean;
+  readonly rootNamespace: string;
+  /** Every AuthorizationPolicy in force (valid, or last valid), by namespace, sorted by name. */
+  readonly authorization: ReadonlyMap<string, readonly CompiledPolicy[]>;
+  readonly peerAuthentication: PeerAuthenticationIndex;
+  /** One per object, sorted by kind, namespace, name. */
+  readonly statuses: readonly PolicyStatus[];
+  /** One line per problem: "AuthorizationPolicy shop/x: spec.rules[0].to[0].operation.paths[1]: ...". */
+  readonly errors: readonly string[];
+  /** Hand back as `previous` on the next compile. Keyed kind/namespace/name. */
+  readonly lastGood: ReadonlyMap<string, LastGood>;
+
+  // Per-workload lookups, computed once per workload object and policy set (the state's Workload objects are
+  // immutable and replaced with every snapshot, so a WeakMap forgets them with the snapshot).
+  readonly #applicable = new WeakMap<object, Applicable>();
+  readonly #peerAuth = new WeakMap<object, ResolvedPeerAuthentication>();
+
+  constructor(init: {
+    ready: boolean;
+    rootNamespace: string;
+    authorization: Map<string, CompiledPolicy[]>;
+    peerAuthentication: PeerAuthenticationIndex;
+    statuses: PolicyStatus[];
+    errors: string[];
+    lastGood: Map<string, LastGood>;
+  }) {
+    this.ready = init.ready;
+    this.rootNamespace = init.rootNamespace;
+    this.authorization = init.authorization;
+    this.peerAuthentication = init.peerAuthentication;
+    this.statuses = Object.freeze(init.statuses);
+    this.errors = Object.freeze(init.errors);
+    this.lastGood = init.lastGood;
+    Object.freeze(this);
+  }
+
+  /** The AuthorizationPolicies that select a workload: its namespace's, and the root namespace's (mesh-wide). */
+  applicable(w: PolicyWorkload): Applicable {
+    let a = this.#applicable.get(w);
+    if (a) return a;
+    const deny: CompiledPolicy[] = [];
+    const allow: CompiledPolicy[] = [];
+    const audit: CompiledPolicy[] = [];
+    const scan = (ns: string) => {
+      for (const p of this.authorization.get(ns) ?? []) {
+        if (!selects(p.selector, w.labels)) continue;
+        (p.action === 'DENY' ? deny : p.action === 'ALLOW' ? allow : audit).push(p);
+      }
+    };
+    scan(w.namespace);
+    if (w.namespace !== this.rootNamespace) scan(this.rootNamespace);
+    const names = allow.map((p) => p.key).join(', ');
+    const noAllowMatch: AuthzDecision = Object.freeze({
+      allowed: false,
+      code: 'denied_no_allow_match',
+      action: 'NONE',
+      audit: false,
+      failSafe: false,
+      reason: `denied: ALLOW policies select this workload (${names}) and none matched`,
+    });
+    a = Object.freeze({ deny, allow, audit, noAllowMatch });
+    this.#applicable.set(w, a);
+    return a;
+  }
+
+  /** The workload's PeerAuthentication outcome (mode per port, and where it came from). */
+  peerAuthenticationFor(w: PolicyWorkload): ResolvedPeerAuthentication {
+    let r = this.#peerAuth.get(w);
+    if (!r) this.#peerAuth.set(w, (r = resolvePeerAuthentication(this.peerAuthentication, w)));
+    return r;
+  }
+}
+
+/** The set in force before the first snapshot: denies everything, and says why. */
+export function pendingPolicies(rootNamespace = DEFAULT_ROOT_NAMESPACE): PolicySet {
+  return new PolicySet({
+    ready: false,
+    rootNamespace,
+    authorization: new Map(),
+    peerAuthentication: indexPeerAuthentications([], rootNamespace),
+    statuses: [],
+    errors: [],
+    lastGood: new Map(),
+  });
+}
+
+/** Compiles every AuthorizationPolicy and PeerAuthentication among `objects` (other kinds are skipped). */
+export function compilePolicies(objects: readonly KubeObject[], opts: CompilePoliciesOptions): PolicySet {
+  const rootNamespace = opts.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
+  const statuses: PolicyStatus[] = [];
+  const errors: string[] = [];
+  const lastGood = new Map<string, LastGood>();
+  const authz: CompiledPolicy[] = [];
+  const peerAuth: CompiledPeerAuthentication[] = [];
+
+  for (const o of objects) {
+    if (o.kind !== 'AuthorizationPolicy' && o.kind !== 'PeerAuthentication') continue;
+    const kind: PolicyKind = o.kind;
+    const meta = o.metadata as KubeObject['metadata'] & { generation?: unknown };
+    const ns = meta.namespace ?? 'default';
+    const objKey = `${kind}/${ns}/${meta.name}`;
+    const generation = typeof meta.generation === 'number' ? meta.generation : undefined;
+    const parsed: { ok: true; policy: CompiledPolicy | CompiledPeerAuthentication } | { ok: false; issues: readonly Issue[] } =
+      kind === 'AuthorizationPolicy' ? parseAuthorizationPolicy(o, { trustDomain: opts.trustDomain }) : parsePeerAuthentication(o, rootNamespace);
+    let inForce: LastGood | undefined;
+    let fellBack = false;
+    if (parsed.ok) {
+      inForce = { kind, policy: parsed.policy } as LastGood;
+      statuses.push({ kind, namespace: ns, name: meta.name, generation, accepted: true, reason: 'Accepted', message: 'valid; in force', fellBack: false });
+    } else {
+      errors.push(...parsed.issues.map((i) => `${kind} ${ns}/${meta.name}: ${i.path}: ${i.message}`));
+      const previous = opts.previous?.lastGood.get(objKey);
+      // A deleted and re-created object (another uid) does not inherit its predecessor's rules.
+      if (previous && (previous.policy.uid === undefined || meta.uid === undefined || previous.policy.uid === meta.uid)) {
+        inForce = previous;
+        fellBack = true;
+      }
+      const message =
+        parsed.issues.map((i) => `${i.path}: ${i.message}`).join('; ') +
+        (fellBack ? '. The last valid version stays in force until this is fixed.' : '. Not in force.');
+      statuses.push({ kind, namespace: ns, name: meta.name, generation, accepted: false, reason: 'Invalid', message, fellBack });
+    }
+    if (!inForce) continue;
+    lastGood.set(objKey, inForce);
+    if (inForce.kind === 'AuthorizationPolicy') authz.push(inForce.policy);
+    else peerAuth.push(inForce.policy);
+  }
+
+  const byNamespace = new Map<string, CompiledPolicy[]>();
+  authz.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  for (const p of authz) {
+    let l = byNamespace.get(p.namespace);
+    if (!l) byNamespace.set(p.namespace, (l = []));
+    l.push(p);
+  }
+  const index = indexPeerAuthentications(peerAuth, rootNamespace);
+  // A namespace- or mesh-level PeerAuthentication shadowed by an older one is valid but not in force: say so.
+  for (const s of index.shadowed) {
+    const i = statuses.findIndex((st) => st.kind === 'PeerAuthentication' && `${st.namespace}/${st.name}` === s.policy);
+    const st = statuses[i];
+    if (st?.accepted) statuses[i] = { ...st, message: `valid, but not in force: ${s.by} is older and applies at the same level (as in Istio, the oldest wins)` };
+  }
+  statuses.sort((a, b) => {
+    const ka = `${a.kind}/${a.namespace}/${a.name}`;
+    const kb = `${b.kind}/${b.namespace}/${b.name}`;
+    return ka < kb ? -1 : ka > kb ? 1 : 0;
+  });
+  return new PolicySet({ ready: true, rootNamespace, authorization: byNamespace, peerAuthentication: index, statuses, errors, lastGood });
+}
+
+// ---- evaluation ----
+
+export interface ConnectionInput {
+  /** The destination workload; undefined when the agent does not know it (denied). */
+  readonly workload: PolicyWorkload | undefined;
+  /** The peer's verified SPIFFE ID (spiffe://td/ns/x/sa/y) from HBONE mTLS; undefined for plaintext. */
+  readonly sourceIdentity: string | undefined;
+  readonly sourceIp: string | undefined;
+  readonly destinationIp: string | undefined;
+  /** The workload's port (the container port the connection goes to). */
+  readonly destinationPort: number;
+  /**
+   * 'tcp': Trellis will not parse this connection; this is the only check, HTTP fields fail safe.
+   * 'http': requests will be parsed and each checked with evaluateRequest; only what L4 alone decides is decided now.
+   */
+  readonly protocol: 'tcp' | 'http';
+}
+
+/** What evaluateRequest needs from the connection; parsed once. */
+export interface ConnectionContext {
+  readonly workload: PolicyWorkload;
+  readonly peer: Peer;
+}
+
+export interface ConnectionVerdict {
+  readonly decision: AuthzDecision;
+  /** For the connection's label connection_security_policy: "mutual_tls" or "none". */
+  readonly mtlsMode: MtlsMode;
+  /** Hand to evaluateRequest for every request (protocol 'http'); undefined when the connection is denied. */
+  readonly context: ConnectionContext | undefined;
+}
+
+function refusal(code: AuthzDecision['code'], reason: string): AuthzDecision {
+  return { allowed: false, code, action: 'NONE', audit: false, failSafe: false, reason };
+}
+
+/** The mTLS mode for a workload's port (PERMISSIVE when no policy says otherwise; STRICT before the first snapshot). */
+export function modeFor(policies: PolicySet, workload: PolicyWorkload, port: number): MtlsMode {
+  if (!policies.ready) return 'STRICT';
+  const r = policies.peerAuthenticationFor(workload);
+  return r.ports.get(port) ?? r.mode;
+}
+
+function plaintextRefused(policies: PolicySet, w: PolicyWorkload, port: number, sourceIp: string | undefined): AuthzDecision {
+  const r = policies.peerAuthenticationFor(w);
+  const from = r.ports.has(port) ? `portLevelMtls ${port} of PeerAuthentication ${r.policies[0]?.policy}` : `PeerAuthentication ${r.modeFrom}`;
+  return refusal(
+    'denied_plaintext',
+    `plaintext from ${sourceIp ?? 'an unknown address'} refused: ${w.key ?? w.namespace} port ${port} requires mutual TLS (${from} is STRICT); call it from a meshed workload, or set PERMISSIVE`,
+  );
+}
+
+/** One check per connection, before any byte reaches the app. */
+export function evaluateConnection(policies: PolicySet, input: ConnectionInput): ConnectionVerdict {
+  const w = input.workload;
+  if (!policies.ready) {
+    return { decision: refusal('denied_not_ready', 'denied: the agent has not synced its policies yet (policy never fails open); retry shortly'), mtlsMode: 'STRICT', context: undefined };
+  }
+  if (!w) {
+    return { decision: refusal('denied_unknown_workload', `denied: the destination ${input.destinationIp ?? ''}:${input.destinationPort} is not a workload this agent knows, so its policies cannot be evaluated`), mtlsMode: 'STRICT', context: undefined };
+  }
+  const mtlsMode = modeFor(policies, w, input.destinationPort);
+  if (input.sourceIdentity === undefined && mtlsMode === 'STRICT') {
+    return { decision: plaintextRefused(policies, w, input.destinationPort, input.sourceIp), mtlsMode, context: undefined };
+  }
+  const peer = readPeer(input.sourceIdentity, input.sourceIp, input.destinationIp, input.destinationPort);
+  if (typeof peer === 'string') return { decision: refusal('denied_unreadable', `denied: ${peer}`), mtlsMode, context: undefined };
+  const decision = evaluate(policies.applicable(w), peer, undefined, input.protocol);
+  return { decision, mtlsMode, context: decision.allowed ? Object.freeze({ workload: w, peer }) : undefined };
+}
+
+/**
+ * One check per HTTP/gRPC request on an allowed connection. `policies` is the current set: a policy change
+ * applies to the next request of a connection already open. `req.path` must be the normalized path.
+ */
+export function evaluateRequest(policies: PolicySet, connection: ConnectionContext, req: RequestAttributes): AuthzDecision {
+  if (!policies.ready) return refusal('denied_not_ready', 'denied: the agent has not synced its policies yet (policy never fails open)');
+  const { workload: w, peer } = connection;
+  if (peer.principal === undefined && modeFor(policies, w, peer.destinationPort) === 'STRICT') {
+    return plaintextRefused(policies, w, peer.destinationPort, undefined);
+  }
+  return evaluate(policies.applicable(w), peer, req, 'http');
+}
+
+function withAudit(d: AuthzDecision, audit: CompiledPolicy | undefined): AuthzDecision {
+  return audit ? { ...d, audit: true, auditPolicy: audit.key } : d;
+}
+
+/**
+ * DENY first, then ALLOW. Without a request, a rule undecided because of its HTTP fields is taken the safe way
+ * on an opaque connection ('tcp'), or left to evaluateRequest on an HTTP one.
+ */
+function evaluate(a: Applicable, peer: Peer, req: RequestAttributes | undefined, protocol: 'tcp' | 'http'): AuthzDecision {
+  const l4Only = req === undefined && protocol === 'tcp';
+  let audit: CompiledPolicy | undefined;
+  for (let i = 0; i < a.audit.length; i++) {
+    const r = policyMatches(a.audit[i]!, peer, req);
+    // AUDIT errs toward logging: an L4-only connection that may match is marked.
+    if (r >= 0 || (r <= -2 && l4Only)) {
+      audit = a.audit[i];
+      break;
+    }
+  }
+  // On an HTTP connection (no request yet), rules left undecided by their HTTP fields wait for evaluateRequest.
+  let denyPending: string | undefined;
+  for (let i = 0; i < a.deny.length; i++) {
+    const p = a.deny[i]!;
+    const r = policyMatches(p, peer, req);
+    if (r >= 0) return withAudit(p.decisions[r]!, audit);
+    if (r <= -2) {
+      if (l4Only) return withAudit(p.failSafeDecisions[-2 - r]!, audit);
+      denyPending ??= p.key;
+    }
+  }
+  if (a.allow.length === 0) {
+    return denyPending ? pendingDecision(denyPending, audit) : withAudit(ALLOWED_NO_POLICY, audit);
+  }
+  let allowPending: string | undefined;
+  let skipped: { policy: CompiledPolicy; rule: number } | undefined;
+  for (let i = 0; i < a.allow.length; i++) {
+    const p = a.allow[i]!;
+    const r = policyMatches(p, peer, req);
+    if (r >= 0) return denyPending ? pendingDecision(denyPending, audit) : withAudit(p.decisions[r]!, audit);
+    if (r <= -2) {
+      if (l4Only) skipped ??= { policy: p, rule: -2 - r };
+      else allowPending ??= p.key;
+    }
+  }
+  // Some ALLOW rule may still match once the request is known; if none can, every request would be denied: deny now.
+  if (allowPending) return pendingDecision(denyPending ?? allowPending, audit);
+  if (skipped) {
+    const rule = skipped.policy.rules[skipped.rule]!;
+    return withAudit(
+      {
+        ...a.noAllowMatch,
+        failSafe: true,
+        reason: `${a.noAllowMatch.reason}; ALLOW policy ${skipped.policy.key} rule ${rule.index} uses HTTP fields (${rule.l7Fields}) that cannot be checked on a connection Trellis does not parse, so it is taken as not matching (fail-safe)`,
+      },
+      audit,
+    );
+  }
+  return withAudit(a.noAllowMatch, audit);
+}
+
+function pendingDecision(policy: string, audit: CompiledPolicy | undefined): AuthzDecision {
+  return {
+    allowed: true,
+    code: 'allowed_pending_request',
+    action: 'NONE',
+    audit: audit !== undefined,
+    ...(audit ? { auditPolicy: audit.key } : {}),
+    failSafe: false,
+    reason: `connection allowed at L4; the HTTP rules of ${policy} decide each request`,
+  };
+}
