@@ -68,40 +68,38 @@ export function classify(head: Buffer): AppProtocol | 'more' {
 
 export interface SniffResult {
   protocol: AppProtocol;
-  /** Bytes read while sniffing; they must be replayed to whatever handles the connection next. */
-  head: Buffer;
   /** True when the client sent nothing (or too little) within the timeout. */
   timedOut: boolean;
 }
 
 /**
- * Reads from `socket` until its first bytes say which protocol it speaks, the client ends or the timeout
- * passes. The socket is left paused with nothing consumed beyond `head`.
+ * Peeks at what `socket` sends until its first bytes say which protocol it speaks, the client ends or the
+ * timeout passes. Nothing is consumed: every byte read is put back, so the next handler reads the stream from
+ * its first byte (and an early FIN is not delivered before those bytes).
  */
 export function sniff(socket: net.Socket, timeoutMs: number): Promise<SniffResult> {
   return new Promise((resolve) => {
-    let head: Buffer = Buffer.alloc(0);
     let done = false;
     const finish = (protocol: AppProtocol, timedOut: boolean) => {
       if (done) return;
       done = true;
       clearTimeout(timer);
-      socket.off('data', onData);
+      socket.off('readable', onReadable);
       socket.off('end', onEnd);
       socket.off('close', onEnd);
-      socket.pause();
-      resolve({ protocol, head, timedOut });
+      resolve({ protocol, timedOut });
     };
-    const onData = (chunk: Buffer) => {
-      head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
-      const verdict = classify(head);
+    const onReadable = () => {
+      const buffered = socket.read() as Buffer | null;
+      if (buffered === null) return;
+      socket.unshift(buffered);
+      const verdict = classify(buffered);
       if (verdict !== 'more') finish(verdict, false);
     };
     const onEnd = () => finish('tcp', false);
     const timer = setTimeout(() => finish('tcp', true), timeoutMs);
-    socket.on('data', onData);
+    socket.on('readable', onReadable);
     socket.once('end', onEnd);
     socket.once('close', onEnd);
-    socket.resume();
   });
 }

@@ -69,17 +69,17 @@ export class Downstream {
     this.h2.on('stream', (stream, headers) => this.onHttp2(stream, headers));
   }
 
-  /** Serves HTTP/1.1 on a captured connection; `head` holds bytes already read while sniffing. */
-  serveHttp1(socket: net.Socket, head: Buffer | undefined, ctx: CallContext): void {
+  /** Serves HTTP/1.1 on a captured connection (bytes a sniff looked at are still in its buffer). */
+  serveHttp1(socket: net.Socket, ctx: CallContext): void {
     this.contexts.set(socket, ctx);
-    if (head && head.length > 0) socket.unshift(head);
     this.h1.emit('connection', socket);
     socket.resume();
   }
 
-  /** Serves HTTP/2 with prior knowledge; a sniffed preface is replayed through a small stream wrapper. */
-  serveH2(socket: net.Socket, head: Buffer | undefined, ctx: CallContext): void {
-    // nghttp2 reads from the socket's handle directly, so bytes already read must come from a JS stream.
+  /** Serves HTTP/2 with prior knowledge; bytes a sniff looked at are replayed through a small stream wrapper. */
+  serveH2(socket: net.Socket, ctx: CallContext): void {
+    // nghttp2 reads from the socket's handle directly, so bytes already in the JS buffer must come from a JS stream.
+    const head = socket.readableLength > 0 ? (socket.read() as Buffer | null) : null;
     const transport: Duplex = head && head.length > 0 ? prefixed(socket, head) : socket;
     this.handing = ctx;
     try {

@@ -34,7 +34,11 @@ export interface L7Inputs {
   random: () => number;
 }
 
-export type Selection = { protocol: 'http1' | 'h2'; head: Buffer | undefined } | { protocol: 'tcp'; head: Buffer | undefined };
+export interface Selection {
+  protocol: AppProtocol;
+  /** True when the bytes were looked at (they stay in the socket's buffer). */
+  sniffed: boolean;
+}
 
 export class L7Proxy {
   private readonly upstreams: Upstreams;
@@ -66,19 +70,19 @@ export class L7Proxy {
   /** Which protocol the connection speaks: the port's declaration, else a bounded sniff. */
   async select(socket: net.Socket, port: ServicePortInfo): Promise<Selection> {
     const declared: AppProtocol | undefined = declaredProtocol(port);
-    if (declared) return { protocol: declared, head: undefined };
-    if (this.inputs.options.detectTimeoutMs === 0 || this.inputs.options.opaquePorts.has(port.port)) return { protocol: 'tcp', head: undefined };
+    if (declared) return { protocol: declared, sniffed: false };
+    if (this.inputs.options.detectTimeoutMs === 0 || this.inputs.options.opaquePorts.has(port.port)) return { protocol: 'tcp', sniffed: false };
     const found = await sniff(socket, this.inputs.options.detectTimeoutMs);
     if (found.timedOut) this.inputs.metrics.protocolDetectTimeouts.inc();
     this.inputs.metrics.protocolDetections.inc({ protocol: found.protocol });
-    return { protocol: found.protocol, head: found.head.length > 0 ? found.head : undefined };
+    return { protocol: found.protocol, sniffed: true };
   }
 
   /** Serves an HTTP connection from `src` to a Service port until the client closes it. */
-  serve(socket: net.Socket, selection: Selection & { protocol: 'http1' | 'h2' }, src: Workload, service: ServiceInfo, port: number): void {
-    const ctx: CallContext = { src, srcIp: socket.remoteAddress, srcPort: socket.remotePort, service, port, protocol: selection.protocol };
-    if (selection.protocol === 'h2') this.downstream.serveH2(socket, selection.head, ctx);
-    else this.downstream.serveHttp1(socket, selection.head, ctx);
+  serve(socket: net.Socket, protocol: 'http1' | 'h2', src: Workload, service: ServiceInfo, port: number): void {
+    const ctx: CallContext = { src, srcIp: socket.remoteAddress, srcPort: socket.remotePort, service, port, protocol };
+    if (protocol === 'h2') this.downstream.serveH2(socket, ctx);
+    else this.downstream.serveHttp1(socket, ctx);
   }
 
   /** Drops pooled upstream connections of a pod that left. */

@@ -45,7 +45,6 @@ export class Outbound {
       return this.refuse(down, src, 'no_original_dst', (err as Error).message);
     }
     // Which protocol: only calls to a Service's ClusterIP are routed (GAMMA); calls to pod IPs stay L4.
-    let head: Buffer | undefined;
     const service = this.inputs.l7 ? this.inputs.state().serviceByVip(dst.address) : undefined;
     const servicePort = service?.ports.find((p) => p.port === dst.port);
     if (this.inputs.l7 && service && servicePort) {
@@ -54,10 +53,9 @@ export class Outbound {
       if (selection.protocol !== 'tcp') {
         const leave = this.inputs.drain.enter();
         down.once('close', leave);
-        this.inputs.l7.serve(down, selection, src, service, dst.port);
+        this.inputs.l7.serve(down, selection.protocol, src, service, dst.port);
         return;
       }
-      head = selection.head;
     }
 
     const target = resolveOutbound(this.inputs.state(), dst, this.inputs.random);
@@ -93,8 +91,6 @@ export class Outbound {
       },
       this.inputs,
     );
-    // Bytes read while sniffing go first, through the same splice (and byte counts).
-    if (head) down.unshift(head);
     const outcome = await splice(down, up, record);
     record.finish(outcome.error);
   }

@@ -183,11 +183,13 @@ ${serviceYaml('mirror', '10.96.0.15', [{ name: 'http', port: 80, target: mirror.
         const sel = await proxy.select(socket, port);
         const src = state.workloads.get(`${NS}/client`)!;
         if (sel.protocol === 'tcp') {
-          // Opaque: what the outbound path would splice; here a marker and the sniffed bytes back.
-          socket.end(`opaque:${sel.head?.toString('latin1') ?? ''}`);
+          // Opaque: what the outbound path would splice; here a marker and the bytes the client sent, back.
+          socket.write('opaque:');
+          socket.pipe(socket);
+          setTimeout(() => socket.end(), 50);
           return;
         }
-        proxy.serve(socket, sel, src, svc, calledPort);
+        proxy.serve(socket, sel.protocol, src, svc, calledPort);
       })();
     });
     await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
@@ -405,8 +407,31 @@ spec:
     expect(silent).toBe('opaque:');
     expect(performance.now() - t0).toBeLessThan(1000);
     expect(await raw('\x16\x03\x01hello')).toBe('opaque:\x16\x03\x01hello');
+    // Bytes and FIN in one go: nothing is lost or delivered out of order.
+    const early = await new Promise<string>((resolve) => {
+      const s = net.connect(frontPort, '127.0.0.1', () => s.end('back'));
+      let out = '';
+      s.on('data', (c) => (out += c));
+      s.on('close', () => resolve(out));
+    });
+    expect(early).toBe('opaque:back');
     const r = await get('/sniffed');
     expect(JSON.parse(r.body).url).toBe('/sniffed');
+    // HTTP/2 with prior knowledge on an undeclared port: the preface is recognised and replayed.
+    const session = http2.connect(`http://127.0.0.1:${frontPort}`);
+    try {
+      const body = await new Promise<string>((resolve, reject) => {
+        const st = session.request({ ':path': '/h2-sniffed' });
+        let text = '';
+        st.on('data', (c) => (text += c));
+        st.on('end', () => resolve(text));
+        st.on('error', reject);
+        st.end();
+      });
+      expect(JSON.parse(body).url).toBe('/h2-sniffed');
+    } finally {
+      session.close();
+    }
     const m = parsePrometheus(await metrics.registry.metrics());
     expect(sumOf(m, 'trellis_protocol_detect_timeouts_total', {})).toBeGreaterThanOrEqual(1);
   });
