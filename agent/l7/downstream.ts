@@ -22,24 +22,27 @@ export interface DownstreamLimits {
   maxConcurrentStreams: number;
 }
 
-export interface DownstreamInputs {
+export interface DownstreamInputs<C> {
   limits: DownstreamLimits;
   metrics: Metrics;
   logger: Logger;
+  /** The authority of a request that names none (HTTP/1.0 without Host). */
+  authorityOf: (ctx: C) => string;
   /** Handles one parsed request. */
-  onRequest: (ctx: CallContext, req: L7Request, res: Responder) => Promise<void>;
+  onRequest: (ctx: C, req: L7Request, res: Responder) => Promise<void>;
   /** Handles an HTTP/1.1 Upgrade (WebSocket): the raw request head is replayed to the upstream. */
-  onUpgrade: (ctx: CallContext, req: L7Request, rawHeaders: readonly string[], socket: Duplex, head: Buffer) => Promise<void>;
+  onUpgrade: (ctx: C, req: L7Request, rawHeaders: readonly string[], socket: Duplex, head: Buffer) => Promise<void>;
 }
 
-export class Downstream {
+/** Per-connection context C is whatever the side serving the connection needs (outbound: CallContext). */
+export class Downstream<C = CallContext> {
   private readonly h1: http.Server;
   private readonly h2: http2.Http2Server;
-  private readonly contexts = new WeakMap<object, CallContext>();
+  private readonly contexts = new WeakMap<object, C>();
   /** The context of the connection being handed to the HTTP/2 server (its 'session' event fires synchronously). */
-  private handing: CallContext | undefined;
+  private handing: C | undefined;
 
-  constructor(private readonly inputs: DownstreamInputs) {
+  constructor(private readonly inputs: DownstreamInputs<C>) {
     const { limits } = inputs;
     this.h1 = http.createServer({ maxHeaderSize: limits.maxHeaderBytes, keepAliveTimeout: 0, requestTimeout: 0 }, (req, res) => this.onHttp1(req, res));
     // Header count is checked per request below; Node's own limit would silently drop headers instead.
@@ -70,14 +73,14 @@ export class Downstream {
   }
 
   /** Serves HTTP/1.1 on a captured connection (bytes a sniff looked at are still in its buffer). */
-  serveHttp1(socket: net.Socket, ctx: CallContext): void {
+  serveHttp1(socket: Duplex, ctx: C): void {
     this.contexts.set(socket, ctx);
     this.h1.emit('connection', socket);
     socket.resume();
   }
 
   /** Serves HTTP/2 with prior knowledge; bytes a sniff looked at are replayed through a small stream wrapper. */
-  serveH2(socket: net.Socket, ctx: CallContext): void {
+  serveH2(socket: Duplex, ctx: C): void {
     // nghttp2 reads from the socket's handle directly, so bytes already in the JS buffer must come from a JS stream.
     const head = socket.readableLength > 0 ? (socket.read() as Buffer | null) : null;
     const transport: Duplex = head && head.length > 0 ? prefixed(socket, head) : socket;
@@ -100,7 +103,7 @@ export class Downstream {
     void this.inputs.onRequest(ctx, this.toL7(req, ctx), http1Responder(res));
   }
 
-  private toL7(req: http.IncomingMessage, ctx: CallContext): L7Request {
+  private toL7(req: http.IncomingMessage, ctx: C): L7Request {
     const target = req.url ?? '/';
     const { path, query } = splitTarget(target);
     const headers = requestHeaders(req.headersDistinct);
@@ -111,7 +114,7 @@ export class Downstream {
       protocol: 'http1',
       grpc: isGrpc(headers),
       method: req.method ?? 'GET',
-      authority: req.headers.host ?? `${ctx.service.host}:${ctx.port}`,
+      authority: req.headers.host ?? this.inputs.authorityOf(ctx),
       path,
       query,
       headers,
@@ -140,7 +143,7 @@ export class Downstream {
       protocol: 'h2',
       grpc: isGrpc(headers),
       method: raw[':method'] ?? 'GET',
-      authority: raw[':authority'] ?? (typeof raw.host === 'string' ? raw.host : `${ctx.service.host}:${ctx.port}`),
+      authority: raw[':authority'] ?? (typeof raw.host === 'string' ? raw.host : this.inputs.authorityOf(ctx)),
       path,
       query,
       headers,
@@ -249,7 +252,7 @@ function http2Responder(stream: http2.ServerHttp2Stream): Responder {
 }
 
 /** A duplex that yields `head` first, then whatever `socket` reads; writes and closes go to the socket. */
-function prefixed(socket: net.Socket, head: Buffer): Duplex {
+function prefixed(socket: Duplex, head: Buffer): Duplex {
   const d = new Duplex({
     read() {
       socket.resume();

@@ -62,6 +62,7 @@ export class L7Proxy {
       limits: options.limits,
       metrics: inputs.metrics,
       logger: inputs.logger,
+      authorityOf: (ctx) => `${ctx.service.host}:${ctx.port}`,
       onRequest: (ctx, req, res) => this.router.handle(ctx, req, res),
       onUpgrade: (ctx, req, raw, socket, head) => this.router.upgrade(ctx, req, raw, socket, head),
     });

@@ -9,8 +9,7 @@ import type { Duplex, Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import type { MeshState, RetryBudgetSpec, ServiceInfo } from '../state/store.js';
-import type { Workload } from '../state/workload.js';
-import type { Metrics, RequestLabels } from '../telemetry/metrics.js';
+import type { Metrics } from '../telemetry/metrics.js';
 import { splice } from '../proxy/splice.js';
 import { Balancer, type PickedEndpoint } from './policy/balancer.js';
 import { FaultDecider } from './policy/fault.js';
@@ -31,6 +30,8 @@ import {
   type ServiceBackend,
 } from './routes/index.js';
 import { headerValue, type CallContext, type L7Request, type Responder } from './exchange.js';
+import { RequestRecord } from './record.js';
+import { relay } from './relay.js';
 import { UpstreamError, type Headers, type UpstreamEndpoint, type UpstreamRequest, type UpstreamResponse, type Upstreams } from './upstream.js';
 
 export interface RouterInputs {
@@ -79,7 +80,7 @@ export class Router {
 
   async handle(ctx: CallContext, req: L7Request, res: Responder): Promise<void> {
     const state = this.inputs.state();
-    const rec = new RequestRecord(ctx, req, this.inputs);
+    const rec = outboundRecord(ctx, req, this.inputs);
     try {
       await this.route(state, ctx, req, res, rec);
     } catch (err) {
@@ -99,7 +100,7 @@ export class Router {
     if (routes) {
       matched = matchRoutes(routes, req);
       if (!matched) return local(res, req, rec, 404, GRPC.UNIMPLEMENTED, `no rule of the routes for ${ctx.service.key}:${ctx.port} matches`);
-      rec.setRoute(matched.rule);
+      rec.route = matched.rule;
     }
     const rule = matched?.rule;
     if (rule?.error) return local(res, req, rec, 500, GRPC.INTERNAL, rule.error.reason);
@@ -252,54 +253,7 @@ export class Router {
     const headers = up.headers;
     if (rule?.responseHeaders) applyHeaderModifier(rule.responseHeaders, headers);
     if (backend.responseHeaders) applyHeaderModifier(backend.responseHeaders, headers);
-    rec.status = up.status;
-    rec.grpcStatusFrom(headers);
-    const noBody = req.method === 'HEAD' || up.status === 204 || up.status === 304;
-    res.head(up.status, headers, noBody && up.body.readableEnded);
-    await new Promise<void>((resolve) => {
-      let settled = false;
-      let timer: { cancel(): void } | undefined;
-      const finish = (why?: string) => {
-        if (settled) return;
-        settled = true;
-        timer?.cancel();
-        up.body.off('data', onData);
-        up.body.off('end', onEnd);
-        up.body.off('close', onClose);
-        up.body.off('error', onError);
-        if (why !== undefined) {
-          rec.error = why;
-          up.abort();
-          res.reset();
-        }
-        resolve();
-      };
-      const onData = (chunk: Buffer) => {
-        rec.responseBytes += chunk.length;
-        if (!res.write(chunk)) {
-          up.body.pause();
-          res.onDrain(() => up.body.resume());
-        }
-      };
-      const onEnd = () => {
-        const trailers = up.trailers();
-        if (trailers) rec.grpcStatusFrom(trailers);
-        res.end(trailers);
-        finish();
-      };
-      // 'close' without 'end': the upstream reset the response midway.
-      const onClose = () => finish('upstream reset the response');
-      const onError = (err: Error) => finish(`upstream: ${err.message}`);
-      if (deadline !== undefined) {
-        timer = this.inputs.clock.after(Math.max(0, deadline - performance.now()), () => finish('request timeout while streaming the response'));
-      }
-      res.onClose(() => finish('client went away'));
-      if (up.body.readableEnded) return onEnd();
-      up.body.on('data', onData);
-      up.body.once('end', onEnd);
-      up.body.once('close', onClose);
-      up.body.once('error', onError);
-    });
+    await relay(req, up, res, rec, this.inputs.clock, deadline);
   }
 
   /**
@@ -308,7 +262,7 @@ export class Router {
    */
   async upgrade(ctx: CallContext, req: L7Request, rawHeaders: readonly string[], socket: Duplex, head: Buffer): Promise<void> {
     const state = this.inputs.state();
-    const rec = new RequestRecord(ctx, req, this.inputs);
+    const rec = outboundRecord(ctx, req, this.inputs);
     socket.on('error', () => undefined);
     const refuse = (status: number, message: string) => {
       rec.status = status;
@@ -319,7 +273,7 @@ export class Router {
       const routes = state.routesFor(ctx.service.key, ctx.port, ctx.src.namespace);
       const matched = routes ? matchRoutes(routes, req) : undefined;
       if (routes && !matched) return refuse(404, 'no route rule matches');
-      if (matched) rec.setRoute(matched.rule);
+      if (matched) rec.route = matched.rule;
       if (matched?.rule.error || matched?.rule.redirect) return refuse(500, 'the matching rule cannot carry an Upgrade');
       const backend = matched ? pickBackend(matched, this.inputs.random) : selfBackend(ctx.service, ctx.port);
       if (backend.kind === 'Error') return refuse(backend.status, backend.reason);
@@ -471,6 +425,12 @@ export class Router {
   }
 }
 
+function outboundRecord(ctx: CallContext, req: L7Request, sinks: RouterInputs): RequestRecord {
+  const rec = new RequestRecord(req, sinks, 'outbound', { workload: ctx.src, principal: ctx.src.identity, ip: ctx.srcIp, port: ctx.srcPort }, {}, 'none');
+  rec.destinationService = ctx.service.host;
+  return rec;
+}
+
 function matchRoutes(routes: CompiledRoutes, req: L7Request): MatchedRule | undefined {
   const headers = (name: string) => headerValue(req.headers, name);
   if (routes.kind === 'GRPCRoute') {
@@ -580,93 +540,4 @@ function grpcLocal(res: Responder, rec: RequestRecord, code: number, message: st
   if (code !== 0) rec.error ??= message;
   if (res.closed) return;
   res.head(200, { 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeURIComponent(message) }, true);
-}
-
-/** Metrics and the access-log line of one request, written exactly once. */
-class RequestRecord {
-  status = 0;
-  grpcStatus = '';
-  retries = 0;
-  fault = false;
-  error: string | undefined;
-  responseBytes = 0;
-  /** Known when the body was buffered; otherwise Content-Length is reported. */
-  requestBytes: number | undefined;
-  destinationService: string;
-  private endpoint: UpstreamEndpoint | undefined;
-  private route: CompiledRule | undefined;
-  private done = false;
-
-  constructor(
-    private readonly ctx: CallContext,
-    private readonly req: L7Request,
-    private readonly inputs: RouterInputs,
-  ) {
-    this.destinationService = ctx.service.host;
-  }
-
-  setRoute(rule: CompiledRule): void {
-    this.route = rule;
-  }
-
-  setEndpoint(ep: UpstreamEndpoint): void {
-    this.endpoint = ep;
-  }
-
-  grpcStatusFrom(headers: Headers): void {
-    const v = headers['grpc-status'];
-    if (v !== undefined) this.grpcStatus = String(Array.isArray(v) ? v[0] : v);
-  }
-
-  finish(): void {
-    if (this.done) return;
-    this.done = true;
-    const { ctx, req } = this;
-    const dst: Workload | undefined = this.endpoint?.workload;
-    const routeKey = this.route?.route;
-    const slash = routeKey?.indexOf('/') ?? -1;
-    const meshed = !!dst?.meshed;
-    const labels: RequestLabels = {
-      reporter: 'source',
-      source_workload: ctx.src.name,
-      source_workload_namespace: ctx.src.namespace,
-      source_principal: ctx.src.identity,
-      destination_workload: dst?.name ?? 'unknown',
-      destination_workload_namespace: dst?.namespace ?? 'unknown',
-      destination_principal: meshed ? dst.identity : 'unknown',
-      destination_service: this.destinationService,
-      connection_security_policy: meshed ? 'mutual_tls' : 'none',
-      request_protocol: req.grpc ? 'grpc' : 'http',
-      response_code: String(this.status),
-      grpc_response_status: this.grpcStatus,
-      route_namespace: routeKey ? routeKey.slice(0, slash) : '',
-      route_name: routeKey ? routeKey.slice(slash + 1) : '',
-      route_rule: this.route?.name ?? '',
-    };
-    const seconds = (performance.now() - req.startedAt) / 1000;
-    const requestBytes = this.requestBytes ?? (Number(headerValue(req.headers, 'content-length')) || 0);
-    this.inputs.metrics.request(labels).observe(seconds, requestBytes, this.responseBytes);
-    this.inputs.accessLog.info(
-      {
-        direction: 'outbound',
-        request_id: req.requestId,
-        protocol: req.grpc ? 'grpc' : req.protocol,
-        method: req.method,
-        authority: req.authority,
-        path: req.path,
-        src: { ip: ctx.srcIp, port: ctx.srcPort, workload: ctx.src.key, principal: ctx.src.identity },
-        dst: { service: this.destinationService, ip: this.endpoint?.ip, port: this.endpoint?.port, workload: dst?.key },
-        route: routeKey,
-        rule: this.route?.name,
-        status: this.status,
-        grpc_status: this.grpcStatus || undefined,
-        retries: this.retries || undefined,
-        fault: this.fault || undefined,
-        response_bytes: this.responseBytes,
-        duration_ms: Math.round(seconds * 1e6) / 1000,
-        error: this.error,
-      },
-      'request',
-    );
-  }
 }

@@ -1,0 +1,114 @@
+// One record per L7 request: the per-request golden metrics (one series update) and one access-log line,
+// written exactly once however the request ends. Both sides use it: the source agent (reporter "source",
+// which knows the route) and the destination agent (reporter "destination", which knows the verified peer).
+import type { Logger } from 'pino';
+import type { Workload } from '../state/workload.js';
+import type { Metrics, RequestLabels } from '../telemetry/metrics.js';
+import type { CompiledRule } from './routes/index.js';
+import { headerValue, type L7Request } from './exchange.js';
+import type { Headers } from './upstream.js';
+
+export interface RecordSinks {
+  metrics: Metrics;
+  accessLog: Logger;
+}
+
+export interface RecordPeer {
+  workload?: Workload | undefined;
+  principal?: string | undefined;
+  ip?: string | undefined;
+  port?: number | undefined;
+}
+
+export class RequestRecord {
+  status = 0;
+  grpcStatus = '';
+  retries = 0;
+  fault = false;
+  error: string | undefined;
+  responseBytes = 0;
+  /** Known when the body was buffered; otherwise Content-Length is reported. */
+  requestBytes: number | undefined;
+  /** FQDN of the Service the request went to (destination_service). */
+  destinationService: string | undefined;
+  route: CompiledRule | undefined;
+  /** Extra fields for the log line (the authorization decision, for instance). */
+  readonly extra: Record<string, unknown> = {};
+  dst: RecordPeer;
+  private done = false;
+
+  constructor(
+    private readonly req: L7Request,
+    private readonly sinks: RecordSinks,
+    private readonly direction: 'outbound' | 'inbound',
+    private readonly src: RecordPeer,
+    dst: RecordPeer,
+    private security: 'mutual_tls' | 'none',
+  ) {
+    this.dst = dst;
+  }
+
+  /** The endpoint a try went to (outbound): its workload, and its identity when the hop is mTLS. */
+  setEndpoint(ep: { ip: string; port: number; workload?: Workload | undefined }): void {
+    const meshed = !!ep.workload?.meshed;
+    this.dst = { workload: ep.workload, principal: meshed ? ep.workload!.identity : undefined, ip: ep.ip, port: ep.port };
+    this.security = meshed ? 'mutual_tls' : 'none';
+  }
+
+  grpcStatusFrom(headers: Headers): void {
+    const v = headers['grpc-status'];
+    if (v !== undefined) this.grpcStatus = String(Array.isArray(v) ? v[0] : v);
+  }
+
+  finish(): void {
+    if (this.done) return;
+    this.done = true;
+    const { req, src, dst } = this;
+    const routeKey = this.route?.route;
+    const slash = routeKey?.indexOf('/') ?? -1;
+    const labels: RequestLabels = {
+      reporter: this.direction === 'outbound' ? 'source' : 'destination',
+      source_workload: src.workload?.name ?? 'unknown',
+      source_workload_namespace: src.workload?.namespace ?? 'unknown',
+      source_principal: src.principal ?? 'unknown',
+      destination_workload: dst.workload?.name ?? 'unknown',
+      destination_workload_namespace: dst.workload?.namespace ?? 'unknown',
+      destination_principal: dst.principal ?? 'unknown',
+      destination_service: this.destinationService ?? 'unknown',
+      connection_security_policy: this.security,
+      request_protocol: req.grpc ? 'grpc' : 'http',
+      response_code: String(this.status),
+      grpc_response_status: this.grpcStatus,
+      route_namespace: routeKey ? routeKey.slice(0, slash) : '',
+      route_name: routeKey ? routeKey.slice(slash + 1) : '',
+      route_rule: this.route?.name ?? '',
+    };
+    const seconds = (performance.now() - req.startedAt) / 1000;
+    const requestBytes = this.requestBytes ?? (Number(headerValue(req.headers, 'content-length')) || 0);
+    this.sinks.metrics.request(labels).observe(seconds, requestBytes, this.responseBytes);
+    this.sinks.accessLog.info(
+      {
+        direction: this.direction,
+        request_id: req.requestId,
+        protocol: req.grpc ? 'grpc' : req.protocol,
+        method: req.method,
+        authority: req.authority,
+        path: req.path,
+        src: { ip: src.ip, port: src.port, workload: src.workload?.key, principal: src.principal },
+        dst: { service: this.destinationService, ip: dst.ip, port: dst.port, workload: dst.workload?.key, principal: dst.principal },
+        security: this.security,
+        route: routeKey,
+        rule: this.route?.name,
+        status: this.status,
+        grpc_status: this.grpcStatus || undefined,
+        retries: this.retries || undefined,
+        fault: this.fault || undefined,
+        response_bytes: this.responseBytes,
+        duration_ms: Math.round(seconds * 1e6) / 1000,
+        ...this.extra,
+        error: this.error,
+      },
+      'request',
+    );
+  }
+}

@@ -1,0 +1,59 @@
+// L7 relay: streams an upstream response to the client with backpressure, the trailers at the end, and a
+// reset (never a truncated success) when either side fails midway or the request deadline passes.
+import type { Clock } from '../clock.js';
+import type { L7Request, Responder } from './exchange.js';
+import type { RequestRecord } from './record.js';
+import type { UpstreamResponse } from './upstream.js';
+
+/** Sends `up` to the client; resolves when the response ended or was cut (the reason is left in rec.error). */
+export async function relay(req: L7Request, up: UpstreamResponse, res: Responder, rec: RequestRecord, clock: Clock, deadline: number | undefined): Promise<void> {
+  const headers = up.headers;
+  rec.status = up.status;
+  rec.grpcStatusFrom(headers);
+  const noBody = req.method === 'HEAD' || up.status === 204 || up.status === 304;
+  res.head(up.status, headers, noBody && up.body.readableEnded);
+  await new Promise<void>((resolve) => {
+    let settled = false;
+    let timer: { cancel(): void } | undefined;
+    const finish = (why?: string) => {
+      if (settled) return;
+      settled = true;
+      timer?.cancel();
+      up.body.off('data', onData);
+      up.body.off('end', onEnd);
+      up.body.off('close', onClose);
+      up.body.off('error', onError);
+      if (why !== undefined) {
+        rec.error = why;
+        up.abort();
+        res.reset();
+      }
+      resolve();
+    };
+    const onData = (chunk: Buffer) => {
+      rec.responseBytes += chunk.length;
+      if (!res.write(chunk)) {
+        up.body.pause();
+        res.onDrain(() => up.body.resume());
+      }
+    };
+    const onEnd = () => {
+      const trailers = up.trailers();
+      if (trailers) rec.grpcStatusFrom(trailers);
+      res.end(trailers);
+      finish();
+    };
+    // 'close' without 'end': the upstream reset the response midway.
+    const onClose = () => finish('upstream reset the response');
+    const onError = (err: Error) => finish(`upstream: ${err.message}`);
+    if (deadline !== undefined) {
+      timer = clock.after(Math.max(0, deadline - performance.now()), () => finish('request timeout while streaming the response'));
+    }
+    res.onClose(() => finish('client went away'));
+    if (up.body.readableEnded) return onEnd();
+    up.body.on('data', onData);
+    up.body.once('end', onEnd);
+    up.body.once('close', onClose);
+    up.body.once('error', onError);
+  });
+}
