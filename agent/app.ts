@@ -18,6 +18,7 @@ import { WorkloadCerts } from './identity/certs.js';
 import { connectInNetns } from './native/index.js';
 import { Drain } from './proxy/drain.js';
 import { HbonePool } from './proxy/hbone-pool.js';
+import { InboundHttp } from './l7/inbound-http.js';
 import { L7Proxy } from './l7/l7-proxy.js';
 import { Outbound } from './proxy/outbound.js';
 import { whenConnected } from './proxy/splice.js';
@@ -101,15 +102,25 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
           mirrorTimeoutMs: 10_000,
         },
         state,
-        open: (src, ep) =>
+        open: (src, ep, protocol) =>
           ep.workload?.meshed
-            ? pool.open({ src, dstIdentity: ep.workload.identity, ip: ep.ip, port: ep.port })
+            ? pool.open({ src, dstIdentity: ep.workload.identity, ip: ep.ip, port: ep.port, protocol })
             : whenConnected(dial(src, ep.ip, ep.port)),
         metrics,
         logger: logger.child({ component: 'l7' }),
         accessLog,
         clock,
         random: Math.random,
+      })
+    : undefined;
+  const inboundHttp = config.l7
+    ? new InboundHttp({
+        limits: { maxHeaderBytes: config.l7.maxHeaderBytes, maxHeaderCount: config.l7.maxHeaderCount, maxConcurrentStreams: config.l7.maxConcurrentStreams },
+        metrics,
+        logger: logger.child({ component: 'inbound-http' }),
+        accessLog,
+        clock,
+        dialApp: (pod, port) => whenConnected(dial(pod, pod.ip ?? '127.0.0.1', port)),
       })
     : undefined;
   const outbound = new Outbound({
@@ -142,6 +153,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         logger: logger.child({ component: 'inbound' }),
         accessLog,
         drain,
+        ...(inboundHttp && config.l7 && { http: { server: inboundHttp, detectTimeoutMs: config.l7.detectTimeoutMs, opaquePorts: config.l7.opaquePorts } }),
       }),
     applyRules: nftApply,
     ...(netns && { findNetns: (ip: string) => netns.find(ip) }),
@@ -233,6 +245,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         const left = await drain.wait(config.drainMs);
         logger.info({ drained: active - left, cut: left, drainMs: config.drainMs }, 'connections drained');
         l7?.close();
+        inboundHttp?.close();
         pool.close();
         certs.close();
         if (signer instanceof RemoteSigner) signer.close();

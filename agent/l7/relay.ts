@@ -3,7 +3,7 @@
 import type { Clock } from '../clock.js';
 import type { L7Request, Responder } from './exchange.js';
 import type { RequestRecord } from './record.js';
-import type { UpstreamResponse } from './upstream.js';
+import type { Headers, UpstreamResponse } from './upstream.js';
 
 /** Sends `up` to the client; resolves when the response ended or was cut (the reason is left in rec.error). */
 export async function relay(req: L7Request, up: UpstreamResponse, res: Responder, rec: RequestRecord, clock: Clock, deadline: number | undefined): Promise<void> {
@@ -56,4 +56,27 @@ export async function relay(req: L7Request, up: UpstreamResponse, res: Responder
     up.body.once('close', onClose);
     up.body.once('error', onError);
   });
+}
+
+/** An answer made by the agent itself: HTTP status with a short text body, or a trailers-only gRPC status. */
+export function local(res: Responder, req: L7Request, rec: RequestRecord, status: number, grpcStatus: number, message: string, extra: Headers = {}): void {
+  if (req.grpc && status >= 400) return grpcLocal(res, rec, grpcStatus, message);
+  rec.status = status;
+  if (status >= 400 && message) rec.error ??= message;
+  if (res.closed) return;
+  const body = Buffer.from(message ? `${message}\n` : '');
+  rec.responseBytes = body.length;
+  res.head(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': String(body.length), ...extra }, body.length === 0);
+  if (body.length > 0) {
+    res.write(body);
+    res.end();
+  }
+}
+
+export function grpcLocal(res: Responder, rec: RequestRecord, code: number, message: string): void {
+  rec.status = 200;
+  rec.grpcStatus = String(code);
+  if (code !== 0) rec.error ??= message;
+  if (res.closed) return;
+  res.head(200, { 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeURIComponent(message) }, true);
 }

@@ -31,7 +31,7 @@ import {
 } from './routes/index.js';
 import { headerValue, type CallContext, type L7Request, type Responder } from './exchange.js';
 import { RequestRecord } from './record.js';
-import { relay } from './relay.js';
+import { grpcLocal, local, relay } from './relay.js';
 import { UpstreamError, type Headers, type UpstreamEndpoint, type UpstreamRequest, type UpstreamResponse, type Upstreams } from './upstream.js';
 
 export interface RouterInputs {
@@ -519,25 +519,3 @@ function sleep(clock: Clock, ms: number, res: Responder): Promise<void> {
   });
 }
 
-/** An answer made by the agent itself: HTTP status with a short text body, or a trailers-only gRPC status. */
-function local(res: Responder, req: L7Request, rec: RequestRecord, status: number, grpcStatus: number, message: string, extra: Headers = {}): void {
-  if (req.grpc && status >= 400) return grpcLocal(res, rec, grpcStatus, message);
-  rec.status = status;
-  if (status >= 400 && message) rec.error ??= message;
-  if (res.closed) return;
-  const body = Buffer.from(message ? `${message}\n` : '');
-  rec.responseBytes = body.length;
-  res.head(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': String(body.length), ...extra }, body.length === 0);
-  if (body.length > 0) {
-    res.write(body);
-    res.end();
-  }
-}
-
-function grpcLocal(res: Responder, rec: RequestRecord, code: number, message: string): void {
-  rec.status = 200;
-  rec.grpcStatus = String(code);
-  if (code !== 0) rec.error ??= message;
-  if (res.closed) return;
-  res.head(200, { 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeURIComponent(message) }, true);
-}

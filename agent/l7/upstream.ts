@@ -16,7 +16,7 @@ export interface UpstreamEndpoint {
 }
 
 /** Opens the byte stream a request travels in: the outbound side decides HBONE or plain TCP. */
-export type TunnelOpener = (src: Workload, ep: UpstreamEndpoint) => Promise<Duplex>;
+export type TunnelOpener = (src: Workload, ep: UpstreamEndpoint, protocol: 'http1' | 'h2') => Promise<Duplex>;
 
 export type Headers = Record<string, string | string[]>;
 
@@ -84,7 +84,7 @@ class TunnelAgent extends http.Agent {
   }
 
   override createConnection(options: TunnelOptions, cb: (err: Error | null, socket?: Duplex) => void): undefined {
-    this.open(options.trellisSrc, options.trellisEndpoint).then(
+    this.open(options.trellisSrc, options.trellisEndpoint, 'http1').then(
       (tunnel) => cb(null, socketLike(tunnel)),
       (err: Error) => cb(new UpstreamError('connect', err.message)),
     );
@@ -204,7 +204,7 @@ export class Upstreams {
   /** A raw tunnel to the endpoint, not pooled (HTTP/1.1 Upgrade). */
   async tunnel(src: Workload, ep: UpstreamEndpoint): Promise<Duplex> {
     try {
-      return await this.inputs.open(src, ep);
+      return await this.inputs.open(src, ep, 'http1');
     } catch (err) {
       throw new UpstreamError('connect', (err as Error).message);
     }
@@ -265,7 +265,7 @@ export class Upstreams {
   private async connect(src: Workload, ep: UpstreamEndpoint): Promise<http2.ClientHttp2Session> {
     let tunnel: Duplex;
     try {
-      tunnel = await this.inputs.open(src, ep);
+      tunnel = await this.inputs.open(src, ep, 'h2');
     } catch (err) {
       throw new UpstreamError('connect', (err as Error).message);
     }

@@ -19,7 +19,12 @@ export interface HboneRequest {
   dstIdentity: string;
   ip: string;
   port: number;
+  /** Set when the stream carries HTTP the source agent parsed: the destination agent parses it too. */
+  protocol?: 'http1' | 'h2';
 }
+
+/** CONNECT request header naming the protocol inside the tunnel (the destination's hint; never a trust input). */
+export const PROTOCOL_HEADER = 'trellis-protocol';
 
 /** Opens the TCP connection for a session: inside the source pod's netns in the agent, plain TCP in tests. */
 export type Dialer = (src: Workload, ip: string, port: number) => net.Socket;
@@ -57,7 +62,7 @@ export class HbonePool {
     entry.idle?.cancel();
     entry.idle = undefined;
     const stream = entry.session.request(
-      { ':method': 'CONNECT', ':authority': formatAuthority(req.ip, req.port) },
+      { ':method': 'CONNECT', ':authority': formatAuthority(req.ip, req.port), ...(req.protocol && { [PROTOCOL_HEADER]: req.protocol }) },
       { endStream: false },
     );
     stream.once('close', () => this.release(entry));

@@ -4,6 +4,8 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import type tls from 'node:tls';
 import type { Logger } from 'pino';
+import { declaredProtocol, sniff } from '../l7/detect.js';
+import type { InboundCall, InboundHttp } from '../l7/inbound-http.js';
 import { wrapError } from '../errors.js';
 import type { Svid } from '../identity/certs.js';
 import { peerIdentity, serverTlsOptions } from '../identity/tls.js';
@@ -14,6 +16,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import { ConnectionRecord } from './connection.js';
 import type { Drain } from './drain.js';
 import { AGENT_PORTS, MAX_CONCURRENT_STREAMS, SESSION_WINDOW, STREAM_WINDOW, formatAuthority, parseAuthority } from './hbone.js';
+import { PROTOCOL_HEADER } from './hbone-pool.js';
 import { resetSide, splice, whenConnected } from './splice.js';
 
 /** Connects to the app inside the pod's netns (with the agent's mark, so capture skips it). */
@@ -28,6 +31,21 @@ export interface InboundInputs {
   logger: Logger;
   accessLog: Logger;
   drain: Drain;
+  /** HTTP handling for app ports that speak it (per-request metrics, identity headers, authorization). */
+  http?: InboundHttpOptions;
+}
+
+export interface InboundHttpOptions {
+  server: InboundHttp;
+  /** Plaintext from outside the mesh to an undeclared port is sniffed this long; 0: never. */
+  detectTimeoutMs: number;
+  opaquePorts: ReadonlySet<number>;
+}
+
+/** The protocol of an app port: what its Service declares, else the source agent's hint (HBONE only). */
+function declaredFor(state: MeshState, ip: string, port: number): 'http1' | 'h2' | 'tcp' | undefined {
+  const sp = state.servicePortByEndpoint(ip, port);
+  return sp ? declaredProtocol(sp) : undefined;
 }
 
 
@@ -102,7 +120,28 @@ export class HboneInbound {
     if (AGENT_PORTS.has(target.port)) return reject(403, `port ${target.port} belongs to the agent`);
 
     const remoteIp = tlsSocket?.remoteAddress;
-    const srcWorkload = remoteIp ? this.inputs.state().workloadByIp(remoteIp) : undefined;
+    const state = this.inputs.state();
+    const srcWorkload = remoteIp ? state.workloadByIp(remoteIp) : undefined;
+    const http = this.inputs.http;
+    if (http) {
+      const hint = headers[PROTOCOL_HEADER];
+      const protocol = declaredFor(state, target.ip, target.port) ?? (hint === 'http1' || hint === 'h2' ? hint : 'tcp');
+      if (protocol !== 'tcp') {
+        stream.respond({ ':status': 200 });
+        const call: InboundCall = {
+          pod,
+          port: target.port,
+          service: state.serviceByEndpoint(target.ip, target.port),
+          peer: { principal, ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload },
+          security: 'mutual_tls',
+          protocol,
+        };
+        const leave = this.inputs.drain.enter();
+        stream.once('close', leave);
+        http.server.serve(stream, call);
+        return;
+      }
+    }
     let app: net.Socket;
     try {
       app = await whenConnected(this.inputs.dialApp(pod, target.ip, target.port));
@@ -146,7 +185,37 @@ export class PlaintextInbound {
       return this.refuse(down, 'no_original_dst', (err as Error).message);
     }
     if (AGENT_PORTS.has(dst.port)) return this.refuse(down, 'agent_port', `port ${dst.port} belongs to the agent`);
-    const srcWorkload = down.remoteAddress ? this.inputs.state().workloadByIp(down.remoteAddress) : undefined;
+    const state = this.inputs.state();
+    const srcWorkload = down.remoteAddress ? state.workloadByIp(down.remoteAddress) : undefined;
+    const http = this.inputs.http;
+    if (http) {
+      let protocol = declaredFor(state, dst.address, dst.port);
+      if (protocol === undefined) {
+        if (http.detectTimeoutMs === 0 || http.opaquePorts.has(dst.port)) {
+          protocol = 'tcp';
+        } else {
+          const found = await sniff(down, http.detectTimeoutMs);
+          if (found.timedOut) this.inputs.metrics.protocolDetectTimeouts.inc();
+          this.inputs.metrics.protocolDetections.inc({ protocol: found.protocol });
+          protocol = found.protocol;
+          if (down.destroyed) return;
+        }
+      }
+      if (protocol !== 'tcp') {
+        const call: InboundCall = {
+          pod,
+          port: dst.port,
+          service: state.serviceByEndpoint(dst.address, dst.port),
+          peer: { ip: down.remoteAddress, port: down.remotePort, workload: srcWorkload },
+          security: 'none',
+          protocol,
+        };
+        const leave = this.inputs.drain.enter();
+        down.once('close', leave);
+        http.server.serve(down, call);
+        return;
+      }
+    }
     let app: net.Socket;
     try {
       app = await whenConnected(this.inputs.dialApp(pod, dst.address, dst.port));

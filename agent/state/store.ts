@@ -63,6 +63,7 @@ export class MeshState {
   private readonly byIp: ReadonlyMap<string, Workload>;
   private readonly byVip: ReadonlyMap<string, ServiceInfo>;
   private readonly byEndpoint: ReadonlyMap<string, ServiceInfo>;
+  private readonly portByEndpoint: ReadonlyMap<string, ServicePortInfo>;
 
   constructor(version: number, workloads: Map<string, Workload>, services: Map<string, ServiceInfo>, traffic?: TrafficConfig) {
     this.version = version;
@@ -74,9 +75,18 @@ export class MeshState {
     const byVip = new Map<string, ServiceInfo>();
     for (const s of services.values()) for (const vip of s.vips) byVip.set(vip, s);
     const byEndpoint = new Map<string, ServiceInfo>();
+    const portByEndpoint = new Map<string, ServicePortInfo>();
     for (const s of services.values()) {
-      for (const p of s.ports) for (const e of p.endpoints) if (!byEndpoint.has(`${e.ip}:${e.port}`)) byEndpoint.set(`${e.ip}:${e.port}`, s);
+      for (const p of s.ports) {
+        for (const e of p.endpoints) {
+          const key = `${e.ip}:${e.port}`;
+          if (byEndpoint.has(key)) continue;
+          byEndpoint.set(key, s);
+          portByEndpoint.set(key, p);
+        }
+      }
     }
+    this.portByEndpoint = portByEndpoint;
     this.byIp = byIp;
     this.byVip = byVip;
     this.byEndpoint = byEndpoint;
@@ -97,6 +107,11 @@ export class MeshState {
   /** The service an endpoint belongs to (the destination reporter's destination_service). */
   serviceByEndpoint(ip: string, port: number): ServiceInfo | undefined {
     return this.byEndpoint.get(`${ip}:${port}`);
+  }
+
+  /** The Service port an endpoint serves (for its declared protocol). */
+  servicePortByEndpoint(ip: string, port: number): ServicePortInfo | undefined {
+    return this.portByEndpoint.get(`${ip}:${port}`);
   }
 
   /** The routes for a call to a Service port from a namespace (consumer routes win over producer routes). */

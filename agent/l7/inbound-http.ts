@@ -1,0 +1,179 @@
+// L7 on the inbound side: HTTP arriving for a pod (through an HBONE stream, or in plaintext from outside the
+// mesh) is parsed again here, where the caller's identity is verified. Each request: identity headers a
+// client forged are dropped and the verified one is set (x-forwarded-client-cert, as Envoy does), the
+// request is authorized, forwarded to the app over a kept-alive connection inside the pod's netns, and
+// recorded (reporter "destination").
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import type { Clock } from '../clock.js';
+import { splice } from '../proxy/splice.js';
+import type { ServiceInfo } from '../state/store.js';
+import type { Workload } from '../state/workload.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { Downstream, type DownstreamLimits } from './downstream.js';
+import type { L7Request, Responder } from './exchange.js';
+import { RequestRecord } from './record.js';
+import { local, relay } from './relay.js';
+import { UpstreamError, Upstreams } from './upstream.js';
+
+/** Headers that carry identity to the app: only the agent sets them; a client's copy is dropped. */
+export const IDENTITY_HEADERS: readonly string[] = Object.freeze(['x-forwarded-client-cert', 'x-trellis-peer-identity']);
+
+/** One inbound connection, as the request layers see it. */
+export interface InboundCall {
+  readonly pod: Workload;
+  /** The app port (the pod's target port). */
+  readonly port: number;
+  readonly service: ServiceInfo | undefined;
+  /** The caller: its verified principal over mTLS, none in plaintext. */
+  readonly peer: { readonly principal?: string | undefined; readonly ip?: string | undefined; readonly port?: number | undefined; readonly workload?: Workload | undefined };
+  readonly security: 'mutual_tls' | 'none';
+  readonly protocol: 'http1' | 'h2';
+}
+
+/** What authorization answers for one request. */
+export interface RequestVerdict {
+  readonly allowed: boolean;
+  /** Fields for the access/audit line (decision, policy, reason...). */
+  readonly fields?: Record<string, unknown>;
+}
+
+export interface InboundHttpInputs {
+  limits: DownstreamLimits;
+  metrics: Metrics;
+  logger: Logger;
+  accessLog: Logger;
+  clock: Clock;
+  /** Connects to the app port inside the pod's netns. */
+  dialApp: (pod: Workload, port: number) => Promise<Duplex>;
+  /** Per request; absent: every request is allowed. Never throws: an evaluation failure is a denial. */
+  authorize?: (call: InboundCall, req: L7Request) => RequestVerdict;
+}
+
+export class InboundHttp {
+  private readonly downstream: Downstream<InboundCall>;
+  private readonly upstreams: Upstreams;
+
+  constructor(private readonly inputs: InboundHttpInputs) {
+    this.upstreams = new Upstreams({ open: (pod, ep) => inputs.dialApp(pod, ep.port), maxHeaderListSize: inputs.limits.maxHeaderBytes });
+    this.downstream = new Downstream<InboundCall>({
+      limits: inputs.limits,
+      metrics: inputs.metrics,
+      logger: inputs.logger,
+      authorityOf: (call) => `${call.pod.ip}:${call.port}`,
+      onRequest: (call, req, res) => this.handle(call, req, res),
+      onUpgrade: (call, req, raw, socket, head) => this.upgrade(call, req, raw, socket, head),
+    });
+  }
+
+  /** Serves the HTTP on one inbound stream or connection until the caller closes it. */
+  serve(transport: Duplex, call: InboundCall): void {
+    if (call.protocol === 'h2') this.downstream.serveH2(transport, call);
+    else this.downstream.serveHttp1(transport, call);
+  }
+
+  forget(podKey: string): void {
+    this.upstreams.forget(podKey);
+  }
+
+  close(): void {
+    this.upstreams.close();
+  }
+
+  private record(call: InboundCall, req: L7Request): RequestRecord {
+    const rec = new RequestRecord(
+      req,
+      this.inputs,
+      'inbound',
+      { workload: call.peer.workload, principal: call.peer.principal, ip: call.peer.ip, port: call.peer.port },
+      { workload: call.pod, principal: call.pod.identity, ip: call.pod.ip, port: call.port },
+      call.security,
+    );
+    rec.destinationService = call.service?.host;
+    return rec;
+  }
+
+  private async handle(call: InboundCall, req: L7Request, res: Responder): Promise<void> {
+    const rec = this.record(call, req);
+    try {
+      setIdentityHeaders(call, req.headers as Record<string, string | string[]>);
+      const verdict = this.inputs.authorize?.(call, req);
+      if (verdict?.fields) Object.assign(rec.extra, verdict.fields);
+      if (verdict && !verdict.allowed) return local(res, req, rec, 403, 7, 'RBAC: access denied');
+      let up;
+      try {
+        const send = call.protocol === 'h2' ? this.upstreams.h2.bind(this.upstreams) : this.upstreams.http1.bind(this.upstreams);
+        const path = req.query ? `${req.path}?${req.query}` : req.path;
+        const upstreamReq = { method: req.method, path, authority: req.authority, headers: req.headers, body: req.body };
+        up = await send(call.pod, { ip: call.pod.ip ?? '127.0.0.1', port: call.port }, upstreamReq);
+      } catch (err) {
+        rec.error = `app: ${(err as Error).message}`;
+        const refused = err instanceof UpstreamError && err.kind === 'connect';
+        return local(res, req, rec, 503, 14, refused ? 'upstream connect error' : 'upstream reset before headers');
+      }
+      if (res.closed) {
+        up.abort();
+        rec.error = 'client went away';
+        return;
+      }
+      await relay(req, up, res, rec, this.inputs.clock, undefined);
+    } catch (err) {
+      rec.error = `internal: ${(err as Error).message}`;
+      if (!res.headSent && !res.closed) local(res, req, rec, 500, 13, 'internal proxy error');
+      else res.reset();
+    } finally {
+      rec.finish();
+    }
+  }
+
+  /** An Upgrade (WebSocket): authorized like a request, then carried to the app as opaque bytes. */
+  private async upgrade(call: InboundCall, req: L7Request, rawHeaders: readonly string[], socket: Duplex, head: Buffer): Promise<void> {
+    const rec = this.record(call, req);
+    socket.on('error', () => undefined);
+    try {
+      const verdict = this.inputs.authorize?.(call, req);
+      if (verdict?.fields) Object.assign(rec.extra, verdict.fields);
+      if (verdict && !verdict.allowed) {
+        rec.status = 403;
+        socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+        return;
+      }
+      let app: Duplex;
+      try {
+        app = await this.inputs.dialApp(call.pod, call.port);
+      } catch (err) {
+        rec.status = 503;
+        rec.error = `app: ${(err as Error).message}`;
+        socket.end('HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+        return;
+      }
+      app.on('error', () => undefined);
+      let text = `${req.method} ${req.query ? `${req.path}?${req.query}` : req.path} HTTP/1.1\r\n`;
+      for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+        if (IDENTITY_HEADERS.includes(rawHeaders[i]!.toLowerCase())) continue;
+        text += `${rawHeaders[i]}: ${rawHeaders[i + 1]}\r\n`;
+      }
+      const xfcc = clientCertHeader(call);
+      if (xfcc) text += `x-forwarded-client-cert: ${xfcc}\r\n`;
+      app.write(`${text}\r\n`);
+      if (head.length > 0) app.write(head);
+      rec.status = 101;
+      const outcome = await splice(socket, app, { downToUp: () => undefined, upToDown: (n) => (rec.responseBytes += n) });
+      if (outcome.error) rec.error = outcome.error.message;
+    } finally {
+      rec.finish();
+    }
+  }
+}
+
+/** Envoy's XFCC form: By=<this workload>;URI=<the verified caller>. */
+function clientCertHeader(call: InboundCall): string | undefined {
+  if (call.security !== 'mutual_tls' || !call.peer.principal) return undefined;
+  return `By=${call.pod.identity};URI=${call.peer.principal}`;
+}
+
+function setIdentityHeaders(call: InboundCall, headers: Record<string, string | string[]>): void {
+  for (const h of IDENTITY_HEADERS) delete headers[h];
+  const xfcc = clientCertHeader(call);
+  if (xfcc) headers['x-forwarded-client-cert'] = xfcc;
+}
