@@ -7,11 +7,12 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import http2 from 'node:http2';
 import type net from 'node:net';
-import { Duplex } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Metrics } from '../telemetry/metrics.js';
 import { splitTarget, type CallContext, type L7Request, type Responder } from './exchange.js';
 import { HOP_BY_HOP, type Headers } from './upstream.js';
+import { bytesOnly, prefixed } from './bytes-only.js';
 
 export interface DownstreamLimits {
   /** Largest request head (request line and headers), bytes; beyond it 431. */
@@ -74,9 +75,12 @@ export class Downstream<C = CallContext> {
 
   /** Serves HTTP/1.1 on a captured connection (bytes a sniff looked at are still in its buffer). */
   serveHttp1(socket: Duplex, ctx: C): void {
-    this.contexts.set(socket, ctx);
-    this.h1.emit('connection', socket);
-    socket.resume();
+    // Node's HTTP server writes its heads as latin1 strings through writev; an HTTP/2 stream (an HBONE tunnel)
+    // garbles such mixed writes, so anything but a real socket goes through a byte-only wrapper.
+    const transport = isNetSocket(socket) ? socket : bytesOnly(socket);
+    this.contexts.set(transport, ctx);
+    this.h1.emit('connection', transport);
+    transport.resume();
   }
 
   /** Serves HTTP/2 with prior knowledge; bytes a sniff looked at are replayed through a small stream wrapper. */
@@ -251,30 +255,6 @@ function http2Responder(stream: http2.ServerHttp2Stream): Responder {
   };
 }
 
-/** A duplex that yields `head` first, then whatever `socket` reads; writes and closes go to the socket. */
-function prefixed(socket: Duplex, head: Buffer): Duplex {
-  const d = new Duplex({
-    read() {
-      socket.resume();
-    },
-    write(chunk: Buffer, _enc, cb) {
-      socket.write(chunk, cb);
-    },
-    final(cb) {
-      socket.end();
-      cb();
-    },
-    destroy(err, cb) {
-      socket.destroy(err ?? undefined);
-      cb(err);
-    },
-  });
-  d.push(head);
-  socket.on('data', (c: Buffer) => {
-    if (!d.push(c)) socket.pause();
-  });
-  socket.once('end', () => d.push(null));
-  socket.once('error', (e) => d.destroy(e));
-  socket.once('close', () => d.destroy());
-  return d;
+function isNetSocket(s: Duplex): s is net.Socket {
+  return typeof (s as net.Socket).setNoDelay === 'function' && '_handle' in s;
 }

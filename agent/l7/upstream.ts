@@ -5,9 +5,11 @@
 // the body, then the trailers.
 import http from 'node:http';
 import http2 from 'node:http2';
+import net from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { TrellisError } from '../errors.js';
 import type { Workload } from '../state/workload.js';
+import { bytesOnly } from './bytes-only.js';
 
 export interface UpstreamEndpoint {
   readonly ip: string;
@@ -93,9 +95,13 @@ class TunnelAgent extends http.Agent {
 
 }
 
-/** The few net.Socket methods http.Agent and ClientRequest call, on a tunnel that may be an HTTP/2 stream. */
+/**
+ * A tunnel as http.Agent and ClientRequest want a socket: an HTTP/2 stream (HBONE) goes through a byte-only
+ * wrapper (Node's HTTP writes latin1 strings through writev, which an HTTP/2 stream garbles), and gets the
+ * few net.Socket methods they call.
+ */
 function socketLike(tunnel: Duplex): Duplex {
-  const s = tunnel as Duplex & Record<string, unknown>;
+  const s = (tunnel instanceof net.Socket ? tunnel : bytesOnly(tunnel)) as Duplex & Record<string, unknown>;
   for (const m of ['setKeepAlive', 'setNoDelay', 'ref', 'unref']) {
     if (typeof s[m] !== 'function') s[m] = () => s;
   }
