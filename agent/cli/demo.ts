@@ -1,5 +1,6 @@
 // `trellis demo` (npm run demo): a two-node lab mesh from examples/demo, traffic driven through it, and the
-// TCP golden metrics read back from both agents, printed as a table until the duration ends or Ctrl-C.
+// golden metrics read back from both agents until the duration ends or Ctrl-C: per route (request rate,
+// success rate, p50/p99 latency over the last round) and per TCP connection pair.
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
@@ -65,6 +66,8 @@ async function runDemo(opts: DemoFlags & { durationS: number; intervalS: number 
     const sink = vip('demo', 'sink');
     const deadline = Date.now() + opts.durationS * 1000;
     let round = 0;
+    let previous: Sample[] = [];
+    let previousAt = performance.now();
     while (!stopping && Date.now() < deadline) {
       round++;
       const seconds = Math.max(1, Math.min(opts.intervalS, (deadline - Date.now()) / 1000));
@@ -80,7 +83,12 @@ async function runDemo(opts: DemoFlags & { durationS: number; intervalS: number 
       say(`\n== round ${round}: ${summary('client -> server (mTLS)', meshed.stdout)}; ${summary('outsider -> server (plaintext)', plain.stdout)}; bulk 8 MiB ${bulk.code === 0 ? 'digest matches' : `FAILED: ${bulk.stderr.trim() || bulk.stdout.trim()}`}`);
       const samples: Sample[] = [];
       for (const n of lab.nodes) samples.push(...parsePrometheus(await lab.metrics(n.name)).map((s) => ({ ...s, labels: { ...s.labels, node: n.name } })));
+      const now = performance.now();
+      say(routeTable(samples, previous, (now - previousAt) / 1000));
+      say('');
       say(tcpTable(samples));
+      previous = samples;
+      previousAt = now;
     }
   } catch (err) {
     process.stderr.write(`trellis demo: ${(err as Error).message}\n`);
@@ -121,4 +129,84 @@ export function tcpTable(samples: Sample[]): string {
   const table = [header, ...body];
   const widths = header.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
   return table.map((r) => r.map((c, i) => (i >= 6 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ')).join('\n');
+}
+
+interface RouteRow {
+  key: string[];
+  requests: number;
+  ok: number;
+  buckets: Map<number, number>;
+}
+
+/**
+ * One row per (node, reporter, route, rule, destination service) with what happened since the last table:
+ * requests per second, success rate (not 5xx, and gRPC OK for gRPC) and p50/p99 from the histogram buckets.
+ */
+export function routeTable(now: Sample[], before: Sample[], seconds: number): string {
+  const rows = new Map<string, RouteRow>();
+  const rowFor = (l: Record<string, string>): RouteRow => {
+    const route = l.route_name ? `${l.route_namespace}/${l.route_name}` : '-';
+    const key = [l.node ?? '', l.reporter ?? '', route, l.route_rule || '-', l.destination_service ?? ''];
+    const id = key.join('|');
+    let row = rows.get(id);
+    if (!row) {
+      row = { key, requests: 0, ok: 0, buckets: new Map() };
+      rows.set(id, row);
+    }
+    return row;
+  };
+  const id = (s: Sample) => `${s.name}|${Object.entries(s.labels).sort().map(([k, v]) => `${k}=${v}`).join(',')}`;
+  const old = new Map(before.map((s) => [id(s), s.value]));
+  for (const s of now) {
+    const delta = s.value - (old.get(id(s)) ?? 0);
+    if (delta <= 0) continue;
+    const l = s.labels;
+    if (s.name === 'trellis_requests_total') {
+      const row = rowFor(l);
+      row.requests += delta;
+      const failed = Number(l.response_code) >= 500 || Number(l.response_code) === 0 || (l.request_protocol === 'grpc' && l.grpc_response_status !== '0');
+      if (!failed) row.ok += delta;
+    } else if (s.name === 'trellis_request_duration_seconds_bucket') {
+      const { le, ...rest } = l;
+      const row = rowFor(rest);
+      const bound = le === '+Inf' ? Infinity : Number(le);
+      row.buckets.set(bound, (row.buckets.get(bound) ?? 0) + delta);
+    }
+  }
+  const header = ['NODE', 'REPORTER', 'ROUTE', 'RULE', 'SERVICE', 'RPS', 'SUCCESS', 'P50_MS', 'P99_MS'];
+  const body = [...rows.values()]
+    .filter((r) => r.requests > 0)
+    .sort((a, b) => a.key.join('|').localeCompare(b.key.join('|')))
+    .map((r) => [
+      ...r.key,
+      (r.requests / seconds).toFixed(1),
+      `${((100 * r.ok) / r.requests).toFixed(2)}%`,
+      quantileMs(r.buckets, 0.5),
+      quantileMs(r.buckets, 0.99),
+    ]);
+  if (!body.length) return '(no HTTP requests in this round)';
+  const table = [header, ...body];
+  const widths = header.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
+  return table.map((r) => r.map((c, i) => (i >= 5 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ')).join('\n');
+}
+
+/** A quantile from cumulative histogram buckets, interpolated inside the bucket as Prometheus does. */
+function quantileMs(cumulative: Map<number, number>, q: number): string {
+  const bounds = [...cumulative.keys()].sort((a, b) => a - b);
+  const total = cumulative.get(Infinity) ?? 0;
+  if (total === 0) return '-';
+  const rank = q * total;
+  let prevBound = 0;
+  let prevCount = 0;
+  for (const b of bounds) {
+    const c = cumulative.get(b)!;
+    if (c >= rank) {
+      if (b === Infinity) return `>${(prevBound * 1000).toFixed(1)}`;
+      const within = c - prevCount === 0 ? 0 : (rank - prevCount) / (c - prevCount);
+      return ((prevBound + (b - prevBound) * within) * 1000).toFixed(2);
+    }
+    prevBound = b;
+    prevCount = c;
+  }
+  return '-';
 }
