@@ -10,7 +10,8 @@ import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Metrics } from '../telemetry/metrics.js';
-import { splitTarget, type CallContext, type L7Request, type Responder } from './exchange.js';
+import { normalizeTarget } from '../security/normalize.js';
+import type { CallContext, L7Request, Responder } from './exchange.js';
 import { HOP_BY_HOP, type Headers } from './upstream.js';
 import { bytesOnly, prefixed } from './bytes-only.js';
 
@@ -52,7 +53,15 @@ export class Downstream<C = CallContext> {
     this.h1.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
       const ctx = this.contexts.get(req.socket);
       if (!ctx) return void socket.destroy();
-      void this.inputs.onUpgrade(ctx, this.toL7(req, ctx), req.rawHeaders, socket, head);
+      const l7 = this.toL7(req, ctx);
+      if (typeof l7 === 'string') {
+        this.inputs.metrics.httpRejections.inc({ status: '400' });
+        return void socket.end('HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+      }
+      this.inputs.onUpgrade(ctx, l7, req.rawHeaders, socket, head).catch((err: Error) => {
+        this.inputs.logger.error({ err: err.message }, 'upgrade handler failed');
+        socket.destroy();
+      });
     });
     this.h1.on('connect', (_req: http.IncomingMessage, socket: Duplex) => {
       socket.end('HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
@@ -104,12 +113,29 @@ export class Downstream<C = CallContext> {
       res.writeHead(431, { 'content-type': 'text/plain', connection: 'close' }).end(`more than ${this.inputs.limits.maxHeaderCount} header fields\n`);
       return;
     }
-    void this.inputs.onRequest(ctx, this.toL7(req, ctx), http1Responder(res));
+    const l7 = this.toL7(req, ctx);
+    if (typeof l7 === 'string') {
+      this.inputs.metrics.httpRejections.inc({ status: '400' });
+      res.writeHead(400, { 'content-type': 'text/plain', connection: 'close' }).end(`${l7}\n`);
+      return;
+    }
+    this.dispatch(ctx, l7, http1Responder(res));
   }
 
-  private toL7(req: http.IncomingMessage, ctx: C): L7Request {
-    const target = req.url ?? '/';
-    const { path, query } = splitTarget(target);
+  // The handlers answer every failure themselves; this is the last guard so that a bug never becomes an
+  // unhandled rejection (which would end the agent).
+  private dispatch(ctx: C, req: L7Request, res: Responder): void {
+    this.inputs.onRequest(ctx, req, res).catch((err: Error) => {
+      this.inputs.logger.error({ err: err.message, stack: err.stack }, 'request handler failed');
+      res.reset();
+    });
+  }
+
+  /** The request as routes and policies see it, or why its target is refused (400). */
+  private toL7(req: http.IncomingMessage, ctx: C): L7Request | string {
+    const target = targetOf(req.method, req.url ?? '/');
+    if (!target.ok) return target.reason;
+    const { path, query } = target;
     const headers = requestHeaders(req.headersDistinct);
     // 100-continue was answered by the server when the request arrived; the upstream gets the body directly.
     delete headers.expect;
@@ -132,8 +158,15 @@ export class Downstream<C = CallContext> {
     const ctx = this.contexts.get(stream.session as object);
     if (!ctx) return void stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
     stream.on('error', () => undefined);
-    const target = raw[':path'] ?? '/';
-    const { path, query } = splitTarget(target);
+    const target = targetOf(raw[':method'], raw[':path'] ?? '/');
+    if (!target.ok) {
+      this.inputs.metrics.httpRejections.inc({ status: '400' });
+      if (stream.destroyed || stream.closed) return;
+      stream.respond({ ':status': 400, 'content-type': 'text/plain' });
+      stream.end(`${target.reason}\n`);
+      return;
+    }
+    const { path, query } = target;
     const headers: Headers = {};
     for (const k in raw) {
       if (k.charCodeAt(0) === 58 || (HOP_BY_HOP.has(k) && k !== 'te')) continue;
@@ -155,7 +188,7 @@ export class Downstream<C = CallContext> {
       requestId,
       startedAt: performance.now(),
     };
-    void this.inputs.onRequest(ctx, l7, http2Responder(stream));
+    this.dispatch(ctx, l7, http2Responder(stream));
   }
 
   private rejectHttp1(err: NodeJS.ErrnoException, socket: Duplex): void {
@@ -169,6 +202,13 @@ export class Downstream<C = CallContext> {
     }
     socket.destroy();
   }
+}
+
+/** One normalization for routing, policy and the app (agent/security/normalize.ts); "OPTIONS *" passes as is. */
+function targetOf(method: string | undefined, target: string): { ok: true; path: string; query: string } | { ok: false; reason: string } {
+  if (target === '*' && method === 'OPTIONS') return { ok: true, path: '*', query: '' };
+  const n = normalizeTarget(target);
+  return n.ok ? { ok: true, path: n.path, query: n.query ?? '' } : { ok: false, reason: n.reason };
 }
 
 function requestHeaders(distinct: NodeJS.Dict<string[]>): Headers {
@@ -237,16 +277,18 @@ function http2Responder(stream: http2.ServerHttp2Stream): Responder {
       return closedEarly() || stream.closed;
     },
     head(status, headers, endStream) {
+      // A stream the client reset (RST_STREAM) may be gone by the time an answer is ready.
+      if (stream.destroyed || stream.closed || stream.headersSent) return;
       const out: http2.OutgoingHttpHeaders = { ':status': status };
       for (const k in headers) if (!HOP_BY_HOP.has(k)) out[k] = headers[k];
       stream.respond(out, { endStream, waitForTrailers: !endStream });
     },
-    write: (chunk) => stream.write(chunk),
+    write: (chunk) => (stream.destroyed ? true : stream.write(chunk)),
     end(t) {
       trailers = t;
-      stream.end();
+      if (!stream.destroyed) stream.end();
     },
-    reset: () => void stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR),
+    reset: () => void (stream.destroyed || stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR)),
     onDrain: (fn) => void stream.once('drain', fn),
     onClose: (fn) =>
       void stream.once('close', () => {

@@ -51,11 +51,13 @@ async function backend(name: string, behave: (n: number) => { status?: number; d
   });
   const h2 = http2.createServer();
   h2.on('stream', (stream, headers) => {
+    stream.on('error', () => undefined);
     let body = '';
     stream.setEncoding('utf8');
     stream.on('data', (c) => (body += c));
     stream.on('end', () =>
       answer(headers[':method']!, headers[':path']!, headers as http.IncomingHttpHeaders, body, (status, text) => {
+        if (stream.destroyed) return;
         if (headers['content-type'] === 'application/grpc') {
           stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
           stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': String(headers['x-grpc-status'] ?? '0'), 'x-trailer': name }));
@@ -387,6 +389,72 @@ spec:
     const many = Array.from({ length: 60 }, (_, i) => `X-H${i}: v\r\n`).join('');
     expect(await raw(`GET / HTTP/1.1\r\nHost: a\r\n${many}\r\n`)).toMatch(/^HTTP\/1\.1 431 /);
     expect(v1.seen.length).toBe(before);
+  });
+
+  it('normalizes paths once: routes match and the backend receives the same canonical form; unsafe forms are 400', async () => {
+    setRoutes(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: admin, namespace: ${NS}}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /admin}}]
+      backendRefs: [{name: echo-v2, port: 80}]
+    - backendRefs: [{name: echo-v1, port: 80}]
+`);
+    for (const p of ['//admin', '/./admin', '/api/../admin', '/%61dmin', '/x/..//admin/']) {
+      const r = await get(p);
+      expect(r.status, p).toBe(200);
+      const body = JSON.parse(r.body);
+      expect(body.name, p).toBe('v2');
+      expect(body.url, p).toMatch(/^\/admin\/?$/);
+    }
+    const before = v1.seen.length + v2.seen.length;
+    for (const p of ['/admin%2F', '/admin%00', '/%2e%2e;/admin', '/a%zz']) expect((await get(p)).status, p).toBe(400);
+    expect(v1.seen.length + v2.seen.length).toBe(before);
+  });
+
+  it('survives an HTTP/2 rapid-reset flood and keeps serving', async () => {
+    calledPort = 90;
+    // Raw frames: preface, SETTINGS, then 2000 x (HEADERS for a new stream + RST_STREAM CANCEL).
+    const frame = (type: number, flags: number, stream: number, payload: Buffer) => {
+      const h = Buffer.alloc(9);
+      h.writeUIntBE(payload.length, 0, 3);
+      h[3] = type;
+      h[4] = flags;
+      h.writeUInt32BE(stream, 5);
+      return Buffer.concat([h, payload]);
+    };
+    // HPACK: :method GET (0x82), :scheme http (0x86), :path / (0x84), :authority "a" (literal, indexed name 1).
+    const block = Buffer.from([0x82, 0x86, 0x84, 0x41, 0x01, 0x61]);
+    const parts = [Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'), frame(4, 0, 0, Buffer.alloc(0))];
+    for (let id = 1; id < 4000; id += 2) {
+      parts.push(frame(1, 0x4 | 0x1, id, block), frame(3, 0, id, Buffer.from([0, 0, 0, 8])));
+    }
+    const closed = await new Promise<boolean>((resolve) => {
+      const s = net.connect(frontPort, '127.0.0.1', () => s.write(Buffer.concat(parts)));
+      s.on('data', () => undefined);
+      s.on('error', () => undefined);
+      s.on('close', () => resolve(true));
+      setTimeout(() => {
+        s.destroy();
+        resolve(false);
+      }, 3000);
+    });
+    // Whether the session was cut or not, the proxy goes on serving new connections.
+    void closed;
+    const session = http2.connect(`http://127.0.0.1:${frontPort}`);
+    try {
+      const status = await new Promise<number>((resolve, reject) => {
+        const st = session.request({ ':path': '/after-flood' });
+        st.on('response', (h) => resolve(Number(h[':status'])));
+        st.on('error', reject);
+        st.end();
+      });
+      expect(status).toBe(200);
+    } finally {
+      session.close();
+    }
   });
 
   it('carries a WebSocket-style Upgrade as opaque bytes after routing it', async () => {
