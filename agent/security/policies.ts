@@ -5,11 +5,13 @@
 // the answer is "denied" with the reason.
 import type { KubeObject } from '../sources/objects.js';
 import {
+  Match,
   parseAuthorizationPolicy,
-  policyMatches,
   readPeer,
+  ruleMatches,
   type AuthzDecision,
   type CompiledPolicy,
+  type CompiledRule,
   type Issue,
   type Peer,
   type RequestAttributes,
@@ -248,10 +250,42 @@ export interface ConnectionInput {
   readonly protocol: 'tcp' | 'http';
 }
 
-/** What evaluateRequest needs from the connection; parsed once. */
-export interface ConnectionContext {
-  readonly workload: PolicyWorkload;
-  readonly peer: Peer;
+/** A policy's rules that the connection's L4 attributes leave possible, with how each fared at L4. */
+interface Candidate {
+  readonly policy: CompiledPolicy;
+  readonly rules: readonly CompiledRule[];
+  /** Match.Yes: matches whatever the request; Match.Unknown: its HTTP fields decide. */
+  readonly l4: readonly Match[];
+}
+
+interface Candidates {
+  readonly applicable: Applicable;
+  readonly deny: readonly Candidate[];
+  readonly allow: readonly Candidate[];
+  readonly audit: readonly Candidate[];
+}
+
+/**
+ * What evaluateRequest needs from the connection, parsed once: the peer, and the rules its L4 attributes leave
+ * possible (the peer and ports do not change during a connection, so per request only those are checked).
+ */
+export class ConnectionContext {
+  #set: PolicySet | undefined;
+  #candidates: Candidates | undefined;
+
+  constructor(
+    readonly workload: PolicyWorkload,
+    readonly peer: Peer,
+  ) {}
+
+  /** The candidates under `set`, recomputed when the policy set changed since the last call. */
+  candidates(set: PolicySet): Candidates {
+    if (this.#set !== set || !this.#candidates) {
+      this.#candidates = candidatesFor(set.applicable(this.workload), this.peer);
+      this.#set = set;
+    }
+    return this.#candidates;
+  }
 }
 
 export interface ConnectionVerdict {
@@ -297,8 +331,9 @@ export function evaluateConnection(policies: PolicySet, input: ConnectionInput):
   }
   const peer = readPeer(input.sourceIdentity, input.sourceIp, input.destinationIp, input.destinationPort);
   if (typeof peer === 'string') return { decision: refusal('denied_unreadable', `denied: ${peer}`), mtlsMode, context: undefined };
-  const decision = evaluate(policies.applicable(w), peer, undefined, input.protocol);
-  return { decision, mtlsMode, context: decision.allowed ? Object.freeze({ workload: w, peer }) : undefined };
+  const context = new ConnectionContext(w, peer);
+  const decision = decideConnection(context.candidates(policies), input.protocol);
+  return { decision, mtlsMode, context: decision.allowed ? context : undefined };
 }
 
 /**
@@ -311,67 +346,112 @@ export function evaluateRequest(policies: PolicySet, connection: ConnectionConte
   if (peer.principal === undefined && modeFor(policies, w, peer.destinationPort) === 'STRICT') {
     return plaintextRefused(policies, w, peer.destinationPort, undefined);
   }
-  return evaluate(policies.applicable(w), peer, req, 'http');
+  const c = connection.candidates(policies);
+  let audit: CompiledPolicy | undefined;
+  for (let i = 0; i < c.audit.length && !audit; i++) if (firstMatch(c.audit[i]!, peer, req) >= 0) audit = c.audit[i]!.policy;
+  for (let i = 0; i < c.deny.length; i++) {
+    const r = firstMatch(c.deny[i]!, peer, req);
+    if (r >= 0) return withAudit(c.deny[i]!.policy.decisions[r]!, audit);
+  }
+  if (c.applicable.allow.length === 0) return withAudit(ALLOWED_NO_POLICY, audit);
+  for (let i = 0; i < c.allow.length; i++) {
+    const r = firstMatch(c.allow[i]!, peer, req);
+    if (r >= 0) return withAudit(c.allow[i]!.policy.decisions[r]!, audit);
+  }
+  return withAudit(c.applicable.noAllowMatch, audit);
+}
+
+/** Index (in spec.rules) of the first candidate rule matching the request, or -1. */
+function firstMatch(c: Candidate, peer: Peer, req: RequestAttributes): number {
+  for (let i = 0; i < c.rules.length; i++) {
+    const rule = c.rules[i]!;
+    // A rule that matched at L4 and has no HTTP fields matches every request of the connection.
+    if (c.l4[i] === Match.Yes || ruleMatches(rule, peer, req) === Match.Yes) return rule.index;
+  }
+  return -1;
+}
+
+function candidatesFor(a: Applicable, peer: Peer): Candidates {
+  const filter = (list: readonly CompiledPolicy[]): Candidate[] => {
+    const out: Candidate[] = [];
+    for (const policy of list) {
+      const rules: CompiledRule[] = [];
+      const l4: Match[] = [];
+      for (const rule of policy.rules) {
+        const m = ruleMatches(rule, peer, undefined);
+        if (m === Match.No) continue;
+        rules.push(rule);
+        l4.push(m);
+      }
+      if (rules.length > 0) out.push({ policy, rules, l4 });
+    }
+    return out;
+  };
+  return { applicable: a, deny: filter(a.deny), allow: filter(a.allow), audit: filter(a.audit) };
 }
 
 function withAudit(d: AuthzDecision, audit: CompiledPolicy | undefined): AuthzDecision {
   return audit ? { ...d, audit: true, auditPolicy: audit.key } : d;
 }
 
+/** A candidate's first rule that matched at L4 (>= 0, index in spec.rules), else -2 - index of its first undecided rule. */
+function l4Outcome(c: Candidate): number {
+  for (let i = 0; i < c.l4.length; i++) if (c.l4[i] === Match.Yes) return c.rules[i]!.index;
+  return -2 - c.rules[0]!.index;
+}
+
 /**
- * DENY first, then ALLOW. Without a request, a rule undecided because of its HTTP fields is taken the safe way
- * on an opaque connection ('tcp'), or left to evaluateRequest on an HTTP one.
+ * The connection check, DENY first, then ALLOW. A rule undecided because of its HTTP fields is taken the safe
+ * way on an opaque connection ('tcp'), or left to evaluateRequest on an HTTP one.
  */
-function evaluate(a: Applicable, peer: Peer, req: RequestAttributes | undefined, protocol: 'tcp' | 'http'): AuthzDecision {
-  const l4Only = req === undefined && protocol === 'tcp';
+function decideConnection(c: Candidates, protocol: 'tcp' | 'http'): AuthzDecision {
+  const l4Only = protocol === 'tcp';
   let audit: CompiledPolicy | undefined;
-  for (let i = 0; i < a.audit.length; i++) {
-    const r = policyMatches(a.audit[i]!, peer, req);
+  for (const cand of c.audit) {
     // AUDIT errs toward logging: an L4-only connection that may match is marked.
-    if (r >= 0 || (r <= -2 && l4Only)) {
-      audit = a.audit[i];
+    if (l4Only || l4Outcome(cand) >= 0) {
+      audit = cand.policy;
       break;
     }
   }
-  // On an HTTP connection (no request yet), rules left undecided by their HTTP fields wait for evaluateRequest.
+  // On an HTTP connection, rules left undecided by their HTTP fields wait for evaluateRequest.
   let denyPending: string | undefined;
-  for (let i = 0; i < a.deny.length; i++) {
-    const p = a.deny[i]!;
-    const r = policyMatches(p, peer, req);
-    if (r >= 0) return withAudit(p.decisions[r]!, audit);
-    if (r <= -2) {
-      if (l4Only) return withAudit(p.failSafeDecisions[-2 - r]!, audit);
-      denyPending ??= p.key;
-    }
+  for (const cand of c.deny) {
+    const r = l4Outcome(cand);
+    if (r >= 0) return withAudit(cand.policy.decisions[r]!, audit);
+    if (l4Only) return withAudit(cand.policy.failSafeDecisions[-2 - r]!, audit);
+    denyPending ??= cand.policy.key;
   }
-  if (a.allow.length === 0) {
+  if (c.applicable.allow.length === 0) {
     return denyPending ? pendingDecision(denyPending, audit) : withAudit(ALLOWED_NO_POLICY, audit);
   }
   let allowPending: string | undefined;
-  let skipped: { policy: CompiledPolicy; rule: number } | undefined;
-  for (let i = 0; i < a.allow.length; i++) {
-    const p = a.allow[i]!;
-    const r = policyMatches(p, peer, req);
-    if (r >= 0) return denyPending ? pendingDecision(denyPending, audit) : withAudit(p.decisions[r]!, audit);
-    if (r <= -2) {
-      if (l4Only) skipped ??= { policy: p, rule: -2 - r };
-      else allowPending ??= p.key;
+  let skipped: CompiledRule | undefined;
+  let skippedPolicy: string | undefined;
+  for (const cand of c.allow) {
+    const r = l4Outcome(cand);
+    if (r >= 0) return denyPending ? pendingDecision(denyPending, audit) : withAudit(cand.policy.decisions[r]!, audit);
+    if (l4Only) {
+      skipped ??= cand.rules[0];
+      skippedPolicy ??= cand.policy.key;
+    } else {
+      allowPending ??= cand.policy.key;
     }
   }
   // Some ALLOW rule may still match once the request is known; if none can, every request would be denied: deny now.
   if (allowPending) return pendingDecision(denyPending ?? allowPending, audit);
+  const noMatch = c.applicable.noAllowMatch;
   if (skipped) {
-    const rule = skipped.policy.rules[skipped.rule]!;
     return withAudit(
       {
-        ...a.noAllowMatch,
+        ...noMatch,
         failSafe: true,
-        reason: `${a.noAllowMatch.reason}; ALLOW policy ${skipped.policy.key} rule ${rule.index} uses HTTP fields (${rule.l7Fields}) that cannot be checked on a connection Trellis does not parse, so it is taken as not matching (fail-safe)`,
+        reason: `${noMatch.reason}; ALLOW policy ${skippedPolicy} rule ${skipped.index} uses HTTP fields (${skipped.l7Fields}) that cannot be checked on a connection Trellis does not parse, so it is taken as not matching (fail-safe)`,
       },
       audit,
     );
   }
-  return withAudit(a.noAllowMatch, audit);
+  return withAudit(noMatch, audit);
 }
 
 function pendingDecision(policy: string, audit: CompiledPolicy | undefined): AuthzDecision {
