@@ -72,10 +72,11 @@ const DOT_WITH_PARAMS = /^\.\.?(;|%3B)/;
  * Absolute-form ("http://host/path") and "*" are refused: the caller converts absolute-form first if it accepts it.
  */
 export function normalizeTarget(target: string, options?: NormalizeOptions): NormalizedTarget {
-  const opts = options ? { ...DEFAULTS, ...options } : DEFAULTS;
+  const mergeSlashes = options?.mergeSlashes ?? DEFAULTS.mergeSlashes;
+  const keepParameters = (options?.pathParameters ?? DEFAULTS.pathParameters) === 'keep';
   if (target.length === 0) return bad('empty request target');
   const first = target.charCodeAt(0);
-  if (first !== 0x2f /* / */ && !(first === 0x5c /* \ */ && opts.backslash === 'slash')) {
+  if (first !== 0x2f /* / */ && !(first === 0x5c /* \ */ && (options?.backslash ?? DEFAULTS.backslash) === 'slash')) {
     return bad('request target must be a path starting with "/" (origin-form)');
   }
   if (target.indexOf('#') !== -1) return bad('"#" is not allowed in a request target (a fragment is never sent to a server)');
@@ -87,15 +88,16 @@ export function normalizeTarget(target: string, options?: NormalizeOptions): Nor
     const badChar = firstInvalidChar(query);
     if (badChar !== -1) return bad(`character ${describeChar(query.charCodeAt(badChar))} in the query must be percent-encoded`);
   }
-  // Fast path: nothing to decode, no backslash, no empty or dot segment.
+  // Fast path (no allocation beyond the result): nothing to decode, no backslash, no empty or dot segment.
   if (
     PLAIN.test(rawPath) &&
     rawPath.indexOf('/.') === -1 &&
-    (!opts.mergeSlashes || rawPath.indexOf('//') === -1) &&
-    (opts.pathParameters === 'keep' || rawPath.indexOf(';') === -1)
+    (!mergeSlashes || rawPath.indexOf('//') === -1) &&
+    (keepParameters || rawPath.indexOf(';') === -1)
   ) {
     return { ok: true, path: rawPath, query };
   }
+  const opts = options ? { ...DEFAULTS, ...options } : DEFAULTS;
   const decoded = decode(rawPath, opts);
   if (typeof decoded !== 'string') return decoded;
   const path = removeDotSegments(decoded, opts.mergeSlashes);

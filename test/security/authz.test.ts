@@ -100,6 +100,15 @@ describe('the policy matrix (Istio: DENY first, then ALLOW; no ALLOW policy mean
     expect(ok).toMatchObject({ allowed: true, code: 'allowed', action: 'ALLOW', policy: 'shop/allow-web', rule: 0 });
   });
 
+  it('per request, returns the decision built when the policy was compiled (nothing is allocated for it)', () => {
+    const set = policies(ALLOW_WEB + '---' + DENY_ADMIN);
+    const c = evaluateConnection(set, { workload: API, sourceIdentity: PEERS.web.identity, sourceIp: PEERS.web.ip, destinationIp: '10.244.0.10', destinationPort: 8080, protocol: 'http' });
+    const a = evaluateRequest(set, c.context!, request('GET', '/api/a'));
+    expect(evaluateRequest(set, c.context!, request('GET', '/api/b'))).toBe(a);
+    expect(Object.isFrozen(a)).toBe(true);
+    expect(evaluateRequest(set, c.context!, request('GET', '/admin'))).toBe(evaluateRequest(set, c.context!, request('GET', '/admin/x')));
+  });
+
   it('on an HTTP port, decides at the connection what L4 alone decides and leaves the rest to each request', () => {
     const set = policies(ALLOW_WEB + '---' + DENY_ADMIN);
     const conn = (peer: PeerSpec, port: number) =>
