@@ -217,6 +217,7 @@ export function compilePolicies(objects: readonly KubeObject[], opts: CompilePol
     if (!l) byNamespace.set(p.namespace, (l = []));
     l.push(p);
   }
+  for (const l of byNamespace.values()) Object.freeze(l);
   const index = indexPeerAuthentications(peerAuth, rootNamespace);
   // A namespace- or mesh-level PeerAuthentication shadowed by an older one is valid but not in force: say so.
   for (const s of index.shadowed) {
