@@ -1,7 +1,7 @@
 // AuthorizationPolicy (security.trellis.dev/v1alpha1, Istio's field names and semantics): the spec read into
-// typed, pre-built matchers once per policy set, and the two checks the inbound path makes with them: one per
-// connection (L4: peer identity, addresses, port) and one per HTTP/gRPC request (L4 + method, path, host,
-// headers). Pure: no I/O, no clock.
+// typed, pre-built matchers once per policy set, and the rule matching behind the two checks of policies.ts:
+// one per connection (L4: peer identity, addresses, port) and one per HTTP/gRPC request (L4 + method, path,
+// host, headers). Pure: no I/O, no clock.
 //
 // Semantics (Istio's): AUDIT policies only mark; DENY policies are checked first, any match denies; then, if
 // ALLOW policies select the workload, the request must match one of them, else it is denied; with no ALLOW
