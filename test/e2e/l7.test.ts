@@ -405,11 +405,24 @@ describe('L7 on the outbound path (two-node lab)', () => {
       await request(CLIENT, vip('echo'), 80);
       return sumOf(await metrics(), 'trellis_requests_total', { route_name: 'mesh-weighted-backends' }) > 0;
     }, SETTLE_MS);
-    const r = await httpTool(CLIENT, `http://${vip('echo')}/`, ['--count', '500', '--concurrency', '8']);
+    const r = await withinShares({ 'echo-v1': 0.7, 'echo-v2': 0.3 }, () => httpTool(CLIENT, `http://${vip('echo')}/`, ['--count', '500', '--concurrency', '8']));
     expect(r.ok).toBe(500);
-    expect(Math.abs(r.names['echo-v1']! / 500 - 0.7)).toBeLessThanOrEqual(0.05);
-    expect(Math.abs(r.names['echo-v2']! / 500 - 0.3)).toBeLessThanOrEqual(0.05);
   });
+
+  /**
+   * Runs `send` (500 requests) and checks each backend's share within 5 points, with one more run when the first
+   * falls outside: with random weighted picks a run lands outside about once in 70 (2.4 standard deviations),
+   * which is why the Gateway API suite retries this check too. A split that is wrong fails both runs.
+   */
+  async function withinShares<T extends { names: Record<string, number> }>(shares: Record<string, number>, send: () => Promise<T>): Promise<T> {
+    const off = (r: T) => Object.keys(r.names).sort().join() !== Object.keys(shares).sort().join() ||
+      Object.entries(shares).some(([name, share]) => Math.abs((r.names[name] ?? 0) / 500 - share) > 0.05);
+    const first = await send();
+    if (!off(first)) return first;
+    const second = await send();
+    expect(off(second), `shares ${JSON.stringify(shares)}, runs ${JSON.stringify(first.names)} and ${JSON.stringify(second.names)}`).toBe(false);
+    return second;
+  }
 
   const headerRoute = (name: string, onBackend: boolean) => {
     const rule = (p: string, modifier: string) =>
@@ -633,11 +646,8 @@ ${redirect('/original-prefix', '{path: {type: ReplacePrefixMatch, replacePrefixM
       await grpcTool(CLIENT, `${vip('grpc')}:7070`, ['--count', '1']);
       return sumOf(await metrics(), 'trellis_requests_total', { route_name: 'mesh-grpc-weighted-backends' }) > 0;
     }, SETTLE_MS + 2000);
-    const r = await grpcTool(CLIENT, `${vip('grpc')}:7070`, ['--count', '500', '--concurrency', '8']);
+    const r = await withinShares({ 'grpc-v1': 0.7, 'grpc-v2': 0.3 }, () => grpcTool(CLIENT, `${vip('grpc')}:7070`, ['--count', '500', '--concurrency', '8']));
     expect(r.ok).toBe(500);
-    expect(Object.keys(r.names).sort()).toEqual(['grpc-v1', 'grpc-v2']);
-    expect(Math.abs(r.names['grpc-v1']! / 500 - 0.7)).toBeLessThanOrEqual(0.05);
-    expect(Math.abs(r.names['grpc-v2']! / 500 - 0.3)).toBeLessThanOrEqual(0.05);
   });
 
   // --- Resilience: retries, retry budget, timeouts, mirrors, faults.
@@ -653,7 +663,8 @@ ${redirect('/original-prefix', '{path: {type: ReplacePrefixMatch, replacePrefixM
     await settle('route flaky-retry', async () => (await request(CLIENT, vip('flaky'), 80)).status === 200, 6);
     const retries = async () => sumOf(await metrics(), 'trellis_request_retries_total', { destination_service: fqdn('flaky') });
     const before = await retries();
-    const r = await httpTool(CLIENT, `http://${vip('flaky')}/`, ['--count', '20', '--concurrency', '2']);
+    // One at a time: interleaved requests could each meet the failing turn of the backend's counter twice.
+    const r = await httpTool(CLIENT, `http://${vip('flaky')}/`, ['--count', '20']);
     expect(r).toMatchObject({ sent: 20, ok: 20, statusCounts: { '200': 20 } });
     // Every 2nd try failed and was retried once: about one retry per request.
     await until('the retries to be counted', async () => (await retries()) - before >= 9, 2000);
@@ -770,16 +781,39 @@ ${route('HTTPRoute', 'echo-faults', `spec:
 `)}`);
     await settle('route echo-faults', async () => (await request(CLIENT, vip('echo-v1'), 8080, { path: '/delay' })).ms >= 280, 2);
     const marker = `/abort/${Math.random().toString(36).slice(2)}`;
-    const aborted = await httpTool(CLIENT, `http://${vip('echo-v1')}:8080${marker}`, ['--count', '200', '--concurrency', '4']);
+    const aborted = await httpTool(CLIENT, `http://${vip('echo-v1')}:8080${marker}`, ['--count', '400', '--concurrency', '4']);
     const failed = aborted.statusCounts['503'] ?? 0;
-    expect(failed + (aborted.statusCounts['200'] ?? 0)).toBe(200);
-    // Binomial(200, 0.5): 100 +- 20 is beyond 2.8 standard deviations.
-    expect(Math.abs(failed - 100)).toBeLessThanOrEqual(20);
+    expect(failed + (aborted.statusCounts['200'] ?? 0)).toBe(400);
+    // Binomial(400, 0.5): 200 +- 40 (50 +- 10 %) is 4 standard deviations.
+    expect(Math.abs(failed - 200)).toBeLessThanOrEqual(40);
     // An aborted request never reaches the backend.
-    await until('the backend log to settle', async () => backendRequests('echo-v1', marker) === 200 - failed, 2000);
+    await until('the backend log to settle', async () => backendRequests('echo-v1', marker) === 400 - failed, 2000);
     const delayed = await httpTool(CLIENT, `http://${vip('echo-v1')}:8080/delay`, ['--count', '5']);
     expect(delayed.ok).toBe(5);
     expect(delayed.p50_ms!).toBeGreaterThanOrEqual(290);
+  });
+
+  it('FaultInjection aborts gRPC calls with a grpc-status in a trailers-only answer', async () => {
+    await apply(`apiVersion: traffic.trellis.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: grpc-unavailable, namespace: ${NS}}
+spec: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}
+---
+${route('GRPCRoute', 'grpc-faults', `spec:
+  parentRefs: [{group: "", kind: Service, name: grpc-v2, port: 7070}]
+  rules:
+  - matches: [{method: {service: trellis.test.Echo, method: Hello}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: traffic.trellis.dev, kind: FaultInjection, name: grpc-unavailable}}]
+    backendRefs: [{name: grpc-v2, port: 7070}]
+  - backendRefs: [{name: grpc-v2, port: 7070}]
+`)}`);
+    const hello = ['--method', '/trellis.test.Echo/Hello'];
+    await until('route grpc-faults', async () => (await grpcTool(CLIENT, `${vip('grpc-v2')}:7070`, hello)).statusCounts['14'] === 1, SETTLE_MS + 2000);
+    const r = await grpcTool(CLIENT, `${vip('grpc-v2')}:7070`, [...hello, '--count', '10', '--concurrency', '2']);
+    // UNAVAILABLE from the mesh itself: no backend name, no backend trailer.
+    expect(r).toMatchObject({ sent: 10, ok: 0, statusCounts: { '14': 10 }, names: {}, trailers: {} });
+    // The other method of the same service is not matched by the fault rule.
+    expect(await grpcTool(CLIENT, `${vip('grpc-v2')}:7070`, ['--count', '3'])).toMatchObject({ ok: 3, names: { 'grpc-v2': 3 } });
   });
 
   // --- Configuration changes.
