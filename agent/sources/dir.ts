@@ -4,6 +4,7 @@ import { promises as fsp, watch, type FSWatcher } from 'node:fs';
 import path from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import type { Logger } from 'pino';
+import { parsePlainYaml } from './dir-yaml.js';
 import { objectKey, type KubeObject } from './objects.js';
 import { validateObject } from './validate.js';
 
@@ -166,17 +167,21 @@ export function parseFile(
   previous?: Map<string, KubeObject>,
 ): { objects?: Map<string, KubeObject>; problems: SourceProblem[] } {
   const problems: SourceProblem[] = [];
-  const docs = parseAllDocuments(text);
-  const list = Array.isArray(docs) ? docs : [docs];
-  for (const [i, doc] of list.entries()) {
-    if (doc.errors.length) {
-      problems.push({ file, object: `document ${i + 1}`, reason: `invalid YAML: ${doc.errors[0]!.message.split('\n')[0]}` });
+  // Plain block YAML (what tools write) is read by the fast path; anything else by the full library.
+  let raws = parsePlainYaml(text);
+  if (!raws) {
+    const docs = parseAllDocuments(text);
+    const list = Array.isArray(docs) ? docs : [docs];
+    for (const [i, doc] of list.entries()) {
+      if (doc.errors.length) {
+        problems.push({ file, object: `document ${i + 1}`, reason: `invalid YAML: ${doc.errors[0]!.message.split('\n')[0]}` });
+      }
     }
+    if (problems.length) return { problems };
+    raws = list.map((doc) => doc.toJS() as unknown);
   }
-  if (problems.length) return { problems };
   const objects = new Map<string, KubeObject>();
-  for (const [i, doc] of list.entries()) {
-    const raw: unknown = doc.toJS();
+  for (const [i, raw] of raws.entries()) {
     if (raw === null || raw === undefined) continue;
     const items = isList(raw) ? raw.items : [raw];
     for (const item of items) {
