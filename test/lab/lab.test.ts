@@ -10,6 +10,8 @@ import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Lab, sweep, type KubeMirror } from '../../agent/lab/lab.js';
 import type { ExtensionObject, KubeObject, Pod } from '../../agent/sources/objects.js';
+import { apiMirror } from '../support/control-plane.js';
+import { FakeApiServer } from '../support/fake-apiserver.js';
 import { requireRoot } from '../support/root.js';
 
 function labName(): string {
@@ -77,15 +79,16 @@ spec:
   rules: [{backendRefs: [{name: server, port: 80}]}]
 `;
 
-/** Stands in for the API server of a kube-mode lab: records what the lab mirrors to it. */
-function recordingMirror(): KubeMirror & { log: string[] } {
+/** The mirror of a kube-mode lab into the fake API server, recording the order of what it is given. */
+function recordingMirror(api: FakeApiServer): KubeMirror & { log: string[] } {
   const log: string[] = [];
+  const real = apiMirror(api, '/nonexistent/kubeconfig');
   const key = (o: KubeObject) => `${o.kind} ${o.metadata.namespace ?? ''}/${o.metadata.name} uid=${o.metadata.uid ?? '-'}`;
   return {
-    kubeconfig: '/nonexistent/kubeconfig',
+    kubeconfig: real.kubeconfig,
     log,
-    apply: (o) => log.push(`apply ${key(o)}`),
-    delete: (o) => log.push(`delete ${key(o)}`),
+    apply: (o) => (log.push(`apply ${key(o)}`), real.apply(o)),
+    delete: (o) => (log.push(`delete ${key(o)}`), real.delete!(o)),
   };
 }
 
@@ -156,7 +159,8 @@ describe('lab (root)', () => {
   let lab: Lab | undefined;
   let before: HostSnapshot;
   let pids: number[] = [];
-  const mirror = recordingMirror();
+  let api: FakeApiServer;
+  let mirror: ReturnType<typeof recordingMirror>;
   const timings: Record<string, number> = {};
 
   beforeAll(async () => {
@@ -165,6 +169,9 @@ describe('lab (root)', () => {
     const file = path.join(stateRoot, 'shop.yaml');
     writeFileSync(file, manifest);
     const t0 = Date.now();
+    // A kube-mode lab without agents: what it realizes is mirrored into a fake API server on loopback.
+    api = await FakeApiServer.start();
+    mirror = recordingMirror(api);
     lab = await Lab.up(file, { name, stateRoot, agents: false, kube: async () => mirror });
     timings.up = Date.now() - t0;
     pids = (await lab.status()).pods.flatMap((p) => p.processes.map((r) => r.pid));
@@ -179,6 +186,7 @@ describe('lab (root)', () => {
     } finally {
       await sweep({ prefix: `trl-${name}-`, stateRoot }).catch(() => []);
       rmSync(stateRoot, { recursive: true, force: true });
+      await api?.close();
     }
   });
 
@@ -320,6 +328,9 @@ describe('lab (root)', () => {
     // The filter object reaches the API server before the route that names it.
     expect(mirror.log).toEqual([`apply FaultInjection shop/slow uid=${faultUid}`, `apply HTTPRoute shop/to-server uid=${original.metadata.uid}`]);
     expect(route.metadata.uid).toBeUndefined();
+    const served = api.get('gateway.networking.k8s.io/v1', 'HTTPRoute', 'shop', 'to-server') as ExtensionObject | undefined;
+    expect(served?.spec).toEqual(route.spec);
+    expect(api.get('traffic.trellis.dev/v1alpha1', 'FaultInjection', 'shop', 'slow')).toBeDefined();
 
     // Refused before anything is written: fixed kinds, unknown namespaces.
     const pod = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'late', namespace: 'shop' }, spec: { nodeName: 'node-a', containers: [{ name: 'c' }] } } as KubeObject;
@@ -332,6 +343,7 @@ describe('lab (root)', () => {
     expect(await l.remove('FaultInjection', 'shop', 'slow')).toBe(true);
     expect(existsSync(path.join(l.clusterDir, 'fault-shop.slow.yaml'))).toBe(false);
     expect(mirror.log.at(-1)).toBe(`delete FaultInjection shop/slow uid=${faultUid}`);
+    expect(api.get('traffic.trellis.dev/v1alpha1', 'FaultInjection', 'shop', 'slow')).toBeUndefined();
     expect(await l.remove('FaultInjection', 'shop', 'slow')).toBe(false);
     expect(readdirSync(l.clusterDir).filter((f) => f.startsWith('.'))).toEqual([]);
 

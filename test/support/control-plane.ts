@@ -29,6 +29,15 @@ export function controlPlaneAgentArgs(dir: string): string[] {
   ];
 }
 
+/** What a kube-mode lab mirrors its realized objects into: the fake API server, as a controller writes them. */
+export function apiMirror(api: FakeApiServer, kubeconfig: string): KubeMirror {
+  return {
+    kubeconfig,
+    apply: (o) => api.apply(o),
+    delete: (o) => api.remove(o.apiVersion, o.kind, o.metadata.namespace, o.metadata.name),
+  };
+}
+
 export async function startControlPlane(fabricNetnsPath: string, dir: string, nodes: string[]): Promise<ControlPlane> {
   const api = await FakeApiServer.start({ netnsPath: fabricNetnsPath, host: CONTROL_PLANE_IP, port: 6443 });
   const kubeconfig = api.writeKubeconfig(path.join(dir, 'kubeconfig'));
@@ -79,10 +88,5 @@ export async function startControlPlane(fabricNetnsPath: string, dir: string, no
     await close();
     throw err;
   }
-  const mirror: KubeMirror = {
-    kubeconfig,
-    apply: (o) => api.apply(o),
-    delete: (o) => api.remove(o.apiVersion, o.kind, o.metadata.namespace, o.metadata.name),
-  };
-  return { api, identity, caDir, mirror, close };
+  return { api, identity, caDir, mirror: apiMirror(api, kubeconfig), close };
 }
