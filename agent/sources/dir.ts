@@ -1,6 +1,6 @@
 // `dir` source: a directory of ordinary Kubernetes YAML, reloaded on change; feeds the store as one snapshot.
 // A file that fails to parse keeps its last good objects; an invalid object keeps its last good version.
-import { promises as fsp, watch, type FSWatcher } from 'node:fs';
+import { closeSync, fstatSync, promises as fsp, openSync, readFileSync, readSync, statSync, watch, type FSWatcher, type Stats } from 'node:fs';
 import path from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import type { Logger } from 'pino';
@@ -29,6 +29,28 @@ export interface DirSourceInputs {
 }
 
 const YAML_FILE = /\.(ya?ml|json)$/i;
+/** Files read and parsed per turn of the event loop: a big directory never stalls the proxy for long. */
+const FILES_PER_TURN = 256;
+/**
+ * A file modified this close to when it was read may change again within its timestamp's granularity
+ * (a jiffy on Linux, up to 2 s elsewhere) without its stat changing: it is read again next time.
+ */
+const RACY_MS = 2000;
+
+/** Files up to this size are read into one reused buffer; larger ones get a buffer of their own. */
+const READ_BUFFER_BYTES = 64 * 1024;
+
+/** What was seen of a file at its last read, to tell without reading it again whether it changed. */
+interface FileSeen {
+  ino: number;
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+  /** Date.now() just before it was read. */
+  readAt: number;
+  /** Its text, kept only while it is racy (see RACY_MS): a re-read with the same text is not parsed again. */
+  text?: string;
+}
 
 export class DirSource {
   private readonly inputs: DirSourceInputs;
@@ -40,12 +62,18 @@ export class DirSource {
   private again = false;
   /** Last good objects per file, by object key. */
   private readonly good = new Map<string, Map<string, KubeObject>>();
-  /** Last text per file, so unchanged files are not re-parsed. */
-  private readonly texts = new Map<string, string>();
+  /** Per file, what its last read saw, so unchanged files are neither read nor parsed again. */
+  private readonly seen = new Map<string, FileSeen>();
+  /** Whether a file was added, changed, found invalid or removed since the last snapshot; unset before the first. */
+  private changed = true;
+  /** Whether a snapshot was delivered (start() has succeeded). */
+  private delivered = false;
+  /** Reused for every small file read. */
+  private buffer: Buffer | undefined;
   private closed = false;
 
   constructor(inputs: DirSourceInputs) {
-    this.inputs = inputs;
+    this.inputs = { ...inputs, dir: path.resolve(inputs.dir) };
   }
 
   /** Loads once, then watches. Resolves after the first snapshot was delivered. */
@@ -67,20 +95,27 @@ export class DirSource {
       this.again = true;
       return this.loading;
     }
-    this.loading = this.load().finally(() => {
-      this.loading = undefined;
-      if (this.again && !this.closed) {
-        this.again = false;
-        void this.reload();
-      }
-    });
+    this.loading = this.load()
+      .catch((err: Error) => {
+        // Before the first snapshot, start() reports it; later the last good state stays and a later reload
+        // tries again (a reload that throws would end the agent: nobody awaits the timer's).
+        if (!this.delivered) throw err;
+        if (!this.closed) this.inputs.logger.error({ err: err.message, dir: this.inputs.dir }, 'dir source: cannot list the directory; the last good state stays in force');
+      })
+      .finally(() => {
+        this.loading = undefined;
+        if (this.again && !this.closed) {
+          this.again = false;
+          this.reload().catch(() => undefined);
+        }
+      });
     return this.loading;
   }
 
   private schedule(): void {
     if (this.closed) return;
     if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => void this.reload(), this.inputs.debounceMs ?? 50);
+    this.timer = setTimeout(() => this.reload().catch(() => undefined), this.inputs.debounceMs ?? 50);
   }
 
   private watchDirs(dirs: string[]): void {
@@ -107,32 +142,22 @@ export class DirSource {
     const { files, dirs } = await listTree(this.inputs.dir);
     this.watchDirs(dirs);
     const problems: SourceProblem[] = [];
-    for (const gone of [...this.good.keys()].filter((f) => !files.includes(f))) {
-      this.good.delete(gone);
-      this.texts.delete(gone);
-    }
-    for (const file of files) {
-      let text: string;
-      try {
-        text = await fsp.readFile(file, 'utf8');
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-          this.good.delete(file);
-          this.texts.delete(file);
-          continue;
-        }
-        problems.push({ file, reason: `cannot read: ${(err as Error).message}` });
-        continue;
-      }
-      if (this.texts.get(file) === text) continue;
-      this.texts.set(file, text);
-      const parsed = parseFile(file, text, this.good.get(file));
-      problems.push(...parsed.problems);
-      if (parsed.objects) this.good.set(file, parsed.objects);
+    const listed = new Set(files);
+    for (const file of this.seen.keys()) if (!listed.has(file)) this.forget(file);
+    // Synchronous reads in slices: a read costs a few microseconds (fs.promises costs a hundred, for 20 000
+    // files seconds), and the loop turns between slices, so connections go on being served.
+    for (let i = 0; i < files.length; i += FILES_PER_TURN) {
+      if (i > 0) await new Promise((resolve) => setImmediate(resolve));
+      if (this.closed) return;
+      for (const file of files.slice(i, i + FILES_PER_TURN)) this.readFile(file, problems);
     }
     for (const p of problems) {
       this.inputs.logger.error({ file: p.file, object: p.object, reason: p.reason }, 'dir source: invalid input ignored; last good state stays in force');
     }
+    // Nothing changed (most reloads of the periodic safety net): the store keeps what it has, recompiling
+    // nothing. The first load always delivers, even of an empty directory.
+    if (!this.changed && problems.length === 0) return;
+    this.changed = false;
     const merged = new Map<string, KubeObject>();
     for (const file of [...this.good.keys()].sort()) {
       for (const [key, obj] of this.good.get(file)!) {
@@ -143,17 +168,73 @@ export class DirSource {
         merged.set(key, obj);
       }
     }
-    if (!this.closed) this.inputs.onSnapshot({ objects: [...merged.values()], problems });
+    if (this.closed) return;
+    this.inputs.onSnapshot({ objects: [...merged.values()], problems });
+    this.delivered = true;
   }
+
+  /** Reads and parses one file unless its stat says it is unchanged since the last read. */
+  private readFile(file: string, problems: SourceProblem[]): void {
+    const readAt = Date.now();
+    const prev = this.seen.get(file);
+    let read: { st: Stats; text: string };
+    try {
+      // A file known and settled is only stat'ed; a new or changed one is stat'ed through the descriptor it
+      // is read from, so its stat and its text belong together.
+      if (prev && prev.text === undefined && sameFile(prev, statSync(file))) return;
+      read = this.readText(file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') this.forget(file);
+      else problems.push({ file, reason: `cannot read: ${(err as Error).message}` });
+      return;
+    }
+    const { st, text } = read;
+    const isRacy = readAt - Math.max(st.mtimeMs, st.ctimeMs) < RACY_MS;
+    const seen: FileSeen = { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, readAt, ...(isRacy && { text }) };
+    this.seen.set(file, seen);
+    if (prev?.text === text && sameFile(prev, st)) return;
+    this.changed = true;
+    const parsed = parseFile(file, text, this.good.get(file));
+    problems.push(...parsed.problems);
+    if (parsed.objects) this.good.set(file, parsed.objects);
+  }
+
+  private readText(file: string): { st: Stats; text: string } {
+    const fd = openSync(file, 'r');
+    try {
+      const st = fstatSync(fd);
+      if (st.size < READ_BUFFER_BYTES) {
+        this.buffer ??= Buffer.allocUnsafe(READ_BUFFER_BYTES);
+        const n = readSync(fd, this.buffer, 0, READ_BUFFER_BYTES, 0);
+        // A file that grew past the buffer since fstat is read whole below.
+        if (n < READ_BUFFER_BYTES) return { st, text: this.buffer.toString('utf8', 0, n) };
+      }
+      return { st, text: readFileSync(fd, 'utf8') };
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  private forget(file: string): void {
+    this.good.delete(file);
+    this.seen.delete(file);
+    this.changed = true;
+  }
+}
+
+/** Same inode, size, mtime and ctime: an editor's rename, a rewrite or a touch each change one of them. */
+function sameFile(seen: FileSeen, st: Stats): boolean {
+  return seen.ino === st.ino && seen.size === st.size && seen.mtimeMs === st.mtimeMs && seen.ctimeMs === st.ctimeMs;
 }
 
 async function listTree(dir: string): Promise<{ files: string[]; dirs: string[] }> {
   const entries = await fsp.readdir(dir, { recursive: true, withFileTypes: true });
   const files = entries
     .filter((e) => e.isFile() && YAML_FILE.test(e.name) && !e.name.startsWith('.'))
-    .map((e) => path.join(e.parentPath, e.name))
+    // dir is absolute and normalized, and so is every parentPath under it: no path.join per file.
+    .map((e) => `${e.parentPath}/${e.name}`)
     .sort();
-  const dirs = [dir, ...entries.filter((e) => e.isDirectory()).map((e) => path.join(e.parentPath, e.name))];
+  const dirs = [dir, ...entries.filter((e) => e.isDirectory()).map((e) => `${e.parentPath}/${e.name}`)];
   return { files, dirs };
 }
 

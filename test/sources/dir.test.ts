@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync, renameSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync, renameSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -102,4 +102,101 @@ spec: {}
       src.close();
     }
   });
+
+  it('reads a directory of thousands of files in one snapshot, and a reload of an unchanged directory delivers none', async () => {
+    const dir = tmp();
+    mkdirSync(path.join(dir, 'many'));
+    for (let i = 0; i < 1500; i++) writeFileSync(path.join(dir, 'many', `svc-${i}.yaml`), service(`s${i}`, 80));
+    const snaps: Snapshot[] = [];
+    const src = new DirSource({ dir, logger: captureLogger().logger, onSnapshot: (s) => snaps.push(s) });
+    await src.start();
+    try {
+      expect(snaps).toHaveLength(1);
+      expect(snaps[0]!.objects).toHaveLength(1500);
+      expect(snaps[0]!.problems).toEqual([]);
+      // Settled files (written long ago, by their stat) are not read again: nothing to deliver.
+      for (let i = 0; i < 1500; i += 100) utimesSync(path.join(dir, 'many', `svc-${i}.yaml`), new Date(0), new Date(0));
+      await src.reload();
+      const afterTouch = snaps.length;
+      await src.reload();
+      expect(snaps.length).toBe(afterTouch);
+      rmSync(path.join(dir, 'many', 'svc-7.yaml'));
+      await src.reload();
+      expect(snaps.at(-1)!.objects).toHaveLength(1499);
+    } finally {
+      src.close();
+    }
+  });
+
+  it('sees a rewrite of the same size right after a load, even within one timestamp tick', async () => {
+    const dir = tmp();
+    const file = path.join(dir, 's.yaml');
+    const snaps: Snapshot[] = [];
+    const src = new DirSource({ dir, logger: captureLogger().logger, onSnapshot: (s) => snaps.push(s) });
+    // Each rewrite lands within a millisecond or so of the load before it: whatever the filesystem's timestamp
+    // granularity (the racy-file rule covers a coarse one), each is seen.
+    writeFileSync(file, service('s', 80));
+    await src.start();
+    try {
+      const ports = () => (snaps.at(-1)!.objects[0] as { spec: { ports: { port: number }[] } }).spec.ports[0]!.port;
+      expect(ports()).toBe(80);
+      for (let i = 0; i < 5; i++) {
+        const port = 81 + i;
+        writeFileSync(file, service('s', port));
+        await src.reload();
+        expect(ports()).toBe(port);
+      }
+    } finally {
+      src.close();
+    }
+  });
+
+  it('keeps the last good state when the directory cannot be listed any more, and says so', async () => {
+    const dir = tmp();
+    writeFileSync(path.join(dir, 's.yaml'), service('s', 80));
+    const snaps: Snapshot[] = [];
+    const { logger, lines } = captureLogger();
+    const src = new DirSource({ dir, logger, onSnapshot: (s) => snaps.push(s) });
+    await src.start();
+    try {
+      rmSync(dir, { recursive: true, force: true });
+      await src.reload();
+      expect(snaps).toHaveLength(1);
+      expect(lines().some((l) => String(l.msg).includes('cannot list the directory') && String(l.err).includes('ENOENT'))).toBe(true);
+    } finally {
+      src.close();
+    }
+  });
+
+  it('reads YAML beyond the plain subset with the full parser (flow style, block scalars, anchors)', () => {
+    const r = parseFile('f.yaml', `apiVersion: v1
+kind: Service
+metadata:
+  name: s
+  annotations:
+    note: |
+      two
+      lines
+    same: &a x
+    again: *a
+spec: {ports: [{port: 80}]}
+`);
+    expect(r.problems).toEqual([]);
+    const svc = r.objects!.get('Service/default/s') as { metadata: { annotations: Record<string, string> } };
+    expect(svc.metadata.annotations).toEqual({ note: 'two\nlines\n', same: 'x', again: 'x' });
+  });
 });
+
+function service(name: string, port: number): string {
+  return `apiVersion: v1
+kind: Service
+metadata:
+  name: ${name}
+  namespace: demo
+spec:
+  clusterIP: 10.96.0.1
+  ports:
+  - name: http
+    port: ${port}
+`;
+}
