@@ -67,6 +67,11 @@ function serviceWithSlice(namespace: string, name: string, vip: string, addresse
 
 export interface ScaleRun {
   applyMs: number;
+  /** CPU time (user + system) node A's agent spent from the landing to the answer: wall time less the waits
+   * for a CPU that others held, the part of applyMs that is the agent's own work. */
+  applyCpuMs: number;
+  /** Share of the wall time the proxy CPU spent on other processes than the agents (0 when not pinned). */
+  foreignCpuShare: number;
   /** RSS of each node's agent a second after the first request succeeded, in MB. */
   rssMb: Record<string, number>;
 }
@@ -79,6 +84,10 @@ export interface ScaleInputs {
   /** CPU for the probing client, when pinning. */
   clientCpu?: number;
   rssMb: () => Record<string, number>;
+  /** CPU seconds node A's agent has used so far. */
+  agentCpuSeconds: () => number;
+  /** Seconds the proxy CPU has spent on other processes than the agents so far (0 when not pinned). */
+  foreignCpuSeconds: () => number;
   /** False once an agent has exited: the wait for the answer stops there. */
   agentsAlive: () => boolean;
   log: (line: string) => void;
@@ -128,14 +137,19 @@ export class ScaleBench {
     try {
       const first = await waiter.next((l) => l.event === 'polling', 30_000, 'first try');
       if (first.first === '200') throw new TrellisError('ESCALE', `${url} already answers before the batch landed: a leftover of an earlier repeat?`);
+      const cpu0 = this.inputs.agentCpuSeconds();
+      const foreign0 = this.inputs.foreignCpuSeconds();
       const t0 = Date.now();
       await fsp.rename(this.inputs.stagingDir, this.landed);
       const done = await this.answer(waiter, 310_000);
       if (done.met !== true) throw new TrellisError('ESCALE', `${url} never answered within 300 s of the batch landing (last try: ${String(done.last)})`);
       const applyMs = Number(done.at_ms) - t0;
+      // Read at once: the agent's CPU time goes on (the periodic reload) and /proc counts in 10 ms ticks.
+      const applyCpuMs = (this.inputs.agentCpuSeconds() - cpu0) * 1000;
+      const foreignCpuShare = (this.inputs.foreignCpuSeconds() - foreign0) / Math.max(0.001, (Date.now() - t0) / 1000);
       await new Promise((r) => setTimeout(r, 1000));
       const rssMb = this.inputs.rssMb();
-      return { applyMs, rssMb };
+      return { applyMs, applyCpuMs, foreignCpuShare, rssMb };
     } finally {
       await waiter.finish(2000);
       await this.takeBack(probeFiles, url);

@@ -2,6 +2,7 @@
 // Flags are parsed here; the benchmark lives in agent/bench/.
 import { type Command, InvalidArgumentError } from 'commander';
 import { MEASUREMENTS, runBench, type MeasurementId } from '../bench/run.js';
+import { TrellisError } from '../errors.js';
 import { PATHS } from '../bench/paths.js';
 
 function list(value: string): string[] {
@@ -32,6 +33,7 @@ interface BenchFlags {
   name: string;
   paths?: string[];
   skip?: MeasurementId[];
+  only?: MeasurementId[];
   agentTlsDefault?: boolean;
   agentArgs?: string;
   logLevel: string;
@@ -50,11 +52,14 @@ export function registerBenchCommand(program: Command): void {
     .option('--install', 'install what is missing (haproxy, util-linux...) with apt-get instead of stopping')
     .option('--paths <list>', `only these paths (${PATHS.map((p) => p.name).join(',')})`, list)
     .option('--skip <list>', `skip measurements (${MEASUREMENTS.join(',')})`, measurements)
+    .option('--only <list>', 'run only these measurements (the others are skipped)', measurements)
     .option('--agent-tls-default', "leave the agents' TLS key exchange at Node's default (which HAProxy cannot match)")
     .option('--agent-args <flags>', 'extra flags for every agent, e.g. "--drift-interval 0" (stated in the report)')
     .option('--name <lab>', 'lab name (netns prefix trl-<name>-)', 'bench')
     .option('--log-level <level>', 'agents\' log level (info logs one access line per connection, as in production)', 'info')
     .action(async (f: BenchFlags) => {
+      if (f.only && f.skip) throw new TrellisError('ECONFIG', '--only and --skip: give one of them');
+      const skip = f.only ? MEASUREMENTS.filter((m) => !f.only!.includes(m)) : (f.skip ?? []);
       process.exitCode = await runBench({
         quick: f.quick ?? false,
         ...(f.repeats !== undefined && { repeats: f.repeats }),
@@ -62,7 +67,7 @@ export function registerBenchCommand(program: Command): void {
         install: f.install ?? false,
         name: f.name,
         ...(f.paths !== undefined && { paths: f.paths }),
-        skip: f.skip ?? [],
+        skip,
         agentTlsDefault: f.agentTlsDefault ?? false,
         logLevel: f.logLevel,
         ...(f.agentArgs !== undefined && { agentArgs: f.agentArgs.split(/\s+/).filter(Boolean) }),
