@@ -39,7 +39,7 @@ export interface GrpcClientSummary {
   statusCounts: Record<string, number>;
   /** By the backend's name: the reply's `name`, else the x-echo-trailer of a failed call. */
   names: Record<string, number>;
-  /** Trailer key -> value -> calls that carried it (grpc-* keys left out). */
+  /** Trailer key -> value -> calls that carried it (grpc-* keys and transport headers left out). */
   trailers: Record<string, Record<string, number>>;
   /** The first few distinct failure details, to say why. */
   details: string[];
@@ -50,6 +50,8 @@ export interface GrpcClientSummary {
 
 const identity = (b: Buffer): Buffer => b;
 const MAX_DETAILS = 5;
+/** In a trailers-only answer the headers are the trailers: these say nothing about the call. */
+const TRANSPORT_HEADERS = new Set(['content-type', 'date', 'server', 'content-length']);
 
 export async function grpcClient(opts: GrpcClientOptions): Promise<GrpcClientSummary> {
   const concurrency = Math.max(1, opts.concurrency ?? 1);
@@ -102,7 +104,7 @@ export async function grpcClient(opts: GrpcClientOptions): Promise<GrpcClientSum
       const name = typeof named === 'string' ? named : r.trailers[GRPC_TRAILER];
       if (name !== undefined) bump(summary.names, name);
       for (const [k, v] of Object.entries(r.trailers)) {
-        if (k.startsWith('grpc-')) continue;
+        if (k.startsWith('grpc-') || TRANSPORT_HEADERS.has(k)) continue;
         bump((summary.trailers[k] ??= {}), v);
       }
       if (i < keep) replies.push({ ...r, ms: Math.round(r.ms * 100) / 100 });

@@ -181,6 +181,8 @@ describe('grpc-echo and grpc-client', () => {
     const failing = await grpcClient({ host, port: server.port, count: 3, metadata: { 'x-echo-grpc-status': '14' }, method: '/trellis.test.Echo/Hello' });
     expect(failing).toMatchObject({ ok: 0, failed: 3, statusCounts: { '14': 3 }, names: { 'grpc-v1': 3 }, trailers: { 'x-echo-trailer': { 'grpc-v1': 3 } } });
     expect(failing.details).toEqual(['grpc-v1: status 14 as asked by x-echo-grpc-status']);
+    // A trailers-only answer: its headers (content-type, date) are not counted as trailers.
+    expect(Object.keys(failing.trailers)).toEqual(['x-echo-trailer']);
 
     const late = await grpcClient({ host, port: server.port, count: 1, metadata: { 'x-echo-delay-ms': '2000' }, timeoutMs: 200 });
     expect(late.statusCounts).toEqual({ '4': 1 });
