@@ -121,6 +121,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         accessLog,
         clock,
         dialApp: (pod, port) => whenConnected(dial(pod, pod.ip ?? '127.0.0.1', port)),
+        policies: () => store.current().policies,
       })
     : undefined;
   const outbound = new Outbound({

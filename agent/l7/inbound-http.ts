@@ -11,7 +11,8 @@ import type { ServiceInfo } from '../state/store.js';
 import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { Downstream, type DownstreamLimits } from './downstream.js';
-import type { L7Request, Responder } from './exchange.js';
+import { headerValue, type L7Request, type Responder } from './exchange.js';
+import { evaluateRequest, type AuthzDecision, type ConnectionVerdict, type PolicySet } from '../security/index.js';
 import { RequestRecord } from './record.js';
 import { local, relay } from './relay.js';
 import { UpstreamError, Upstreams } from './upstream.js';
@@ -29,14 +30,10 @@ export interface InboundCall {
   readonly peer: { readonly principal?: string | undefined; readonly ip?: string | undefined; readonly port?: number | undefined; readonly workload?: Workload | undefined };
   readonly security: 'mutual_tls' | 'none';
   readonly protocol: 'http1' | 'h2';
+  /** The connection's authorization check; each request is checked on top of it. */
+  readonly connection: ConnectionVerdict;
 }
 
-/** What authorization answers for one request. */
-export interface RequestVerdict {
-  readonly allowed: boolean;
-  /** Fields for the access/audit line (decision, policy, reason...). */
-  readonly fields?: Record<string, unknown>;
-}
 
 export interface InboundHttpInputs {
   limits: DownstreamLimits;
@@ -46,8 +43,8 @@ export interface InboundHttpInputs {
   clock: Clock;
   /** Connects to the app port inside the pod's netns. */
   dialApp: (pod: Workload, port: number) => Promise<Duplex>;
-  /** Per request; absent: every request is allowed. Never throws: an evaluation failure is a denial. */
-  authorize?: (call: InboundCall, req: L7Request) => RequestVerdict;
+  /** The policy set in force now: a policy change applies to the next request of an open connection. */
+  policies: () => PolicySet;
 }
 
 export class InboundHttp {
@@ -93,13 +90,23 @@ export class InboundHttp {
     return rec;
   }
 
+  /** The request's decision (the connection's when the connection itself was denied), counted and logged. */
+  private authorize(call: InboundCall, req: L7Request, rec: RequestRecord): AuthzDecision {
+    const context = call.connection.context;
+    const decision = context
+      ? evaluateRequest(this.inputs.policies(), context, { method: req.method, path: req.path, host: req.authority, headers: (name) => headerValue(req.headers, name) })
+      : call.connection.decision;
+    countDecision(this.inputs.metrics, decision, 'request');
+    Object.assign(rec.extra, decisionFields(decision));
+    return decision;
+  }
+
   private async handle(call: InboundCall, req: L7Request, res: Responder): Promise<void> {
     const rec = this.record(call, req);
     try {
+      const decision = this.authorize(call, req, rec);
       setIdentityHeaders(call, req.headers as Record<string, string | string[]>);
-      const verdict = this.inputs.authorize?.(call, req);
-      if (verdict?.fields) Object.assign(rec.extra, verdict.fields);
-      if (verdict && !verdict.allowed) return local(res, req, rec, 403, 7, 'RBAC: access denied');
+      if (!decision.allowed) return local(res, req, rec, 403, 7, 'RBAC: access denied');
       let up;
       try {
         const send = call.protocol === 'h2' ? this.upstreams.h2.bind(this.upstreams) : this.upstreams.http1.bind(this.upstreams);
@@ -131,9 +138,8 @@ export class InboundHttp {
     const rec = this.record(call, req);
     socket.on('error', () => undefined);
     try {
-      const verdict = this.inputs.authorize?.(call, req);
-      if (verdict?.fields) Object.assign(rec.extra, verdict.fields);
-      if (verdict && !verdict.allowed) {
+      const decision = this.authorize(call, req, rec);
+      if (!decision.allowed) {
         rec.status = 403;
         socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
         return;
@@ -176,4 +182,26 @@ function setIdentityHeaders(call: InboundCall, headers: Record<string, string | 
   for (const h of IDENTITY_HEADERS) delete headers[h];
   const xfcc = clientCertHeader(call);
   if (xfcc) headers['x-forwarded-client-cert'] = xfcc;
+}
+
+/** trellis_authz_decisions_total, once per connection or request decision. */
+export function countDecision(metrics: Metrics, d: AuthzDecision, level: 'connection' | 'request'): void {
+  metrics.authzDecisions.inc({ decision: d.allowed ? 'allow' : 'deny', action: d.action, policy: d.policy ?? '', reason: d.code, level });
+}
+
+/** The decision as the audit line carries it. */
+export function decisionFields(d: AuthzDecision): Record<string, unknown> {
+  return {
+    authz: {
+      decision: d.allowed ? 'allow' : 'deny',
+      code: d.code,
+      action: d.action,
+      policy: d.policy,
+      rule: d.rule,
+      audit: d.audit || undefined,
+      audit_policy: d.auditPolicy,
+      fail_safe: d.failSafe || undefined,
+      reason: d.allowed ? undefined : d.reason,
+    },
+  };
 }

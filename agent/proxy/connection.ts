@@ -18,6 +18,8 @@ export interface ConnectionFields {
   src: { ip?: string; port?: number; workload?: Workload; principal?: string };
   dst: { ip?: string; port?: number; workload?: Workload; principal?: string; service?: string };
   security: 'mutual_tls' | 'none';
+  /** The authorization decision, as the access (audit) line carries it. */
+  authz?: Record<string, unknown>;
 }
 
 export function tcpLabels(f: ConnectionFields): TcpLabels {
@@ -78,6 +80,7 @@ export class ConnectionRecord implements SpliceHooks {
         bytes_received: this.bytesIn,
         bytes_sent: this.bytesOut,
         duration_ms: Math.round((performance.now() - this.started) * 1000) / 1000,
+        ...f.authz,
         error: error ? `${(error as NodeJS.ErrnoException).code ?? 'ERROR'}: ${error.message}` : undefined,
       },
       'connection',

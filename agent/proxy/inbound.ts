@@ -5,7 +5,8 @@ import net from 'node:net';
 import type tls from 'node:tls';
 import type { Logger } from 'pino';
 import { declaredProtocol, sniff } from '../l7/detect.js';
-import type { InboundCall, InboundHttp } from '../l7/inbound-http.js';
+import { countDecision, decisionFields, type InboundCall, type InboundHttp } from '../l7/inbound-http.js';
+import { evaluateConnection, modeFor, type ConnectionVerdict } from '../security/index.js';
 import { wrapError } from '../errors.js';
 import type { Svid } from '../identity/certs.js';
 import { peerIdentity, serverTlsOptions } from '../identity/tls.js';
@@ -40,6 +41,48 @@ export interface InboundHttpOptions {
   /** Plaintext from outside the mesh to an undeclared port is sniffed this long; 0: never. */
   detectTimeoutMs: number;
   opaquePorts: ReadonlySet<number>;
+}
+
+interface ConnectionFacts {
+  principal: string | undefined;
+  sourceIp: string | undefined;
+  sourcePort: number | undefined;
+  ip: string;
+  port: number;
+  l7: boolean;
+}
+
+/**
+ * The connection's authorization check (AuthorizationPolicy L4 fields, PeerAuthentication), counted; a denied
+ * connection gets its one access-log line here, since it never reaches a ConnectionRecord.
+ */
+function authorizeConnection(inputs: InboundInputs, state: MeshState, f: ConnectionFacts): ConnectionVerdict {
+  const pod = state.workloads.get(inputs.pod.key) ?? inputs.pod;
+  const verdict = evaluateConnection(state.policies, {
+    workload: pod,
+    sourceIdentity: f.principal,
+    sourceIp: f.sourceIp,
+    destinationIp: f.ip,
+    destinationPort: f.port,
+    protocol: f.l7 ? 'http' : 'tcp',
+  });
+  countDecision(inputs.metrics, verdict.decision, 'connection');
+  // An HTTP connection denied at L4 is still served: each request is answered 403 with this decision.
+  if (!verdict.decision.allowed && (!f.l7 || verdict.decision.code === 'denied_plaintext')) {
+    inputs.accessLog.info(
+      {
+        direction: 'inbound',
+        src: { ip: f.sourceIp, port: f.sourcePort, principal: f.principal },
+        dst: { ip: f.ip, port: f.port, workload: pod.key, principal: pod.identity },
+        security: f.principal ? 'mutual_tls' : 'none',
+        bytes_received: 0,
+        bytes_sent: 0,
+        ...decisionFields(verdict.decision),
+      },
+      'connection',
+    );
+  }
+  return verdict;
 }
 
 /** The protocol of an app port: what its Service declares, else the source agent's hint (HBONE only). */
@@ -123,25 +166,33 @@ export class HboneInbound {
     const state = this.inputs.state();
     const srcWorkload = remoteIp ? state.workloadByIp(remoteIp) : undefined;
     const http = this.inputs.http;
-    if (http) {
-      const hint = headers[PROTOCOL_HEADER];
-      const protocol = declaredFor(state, target.ip, target.port) ?? (hint === 'http1' || hint === 'h2' ? hint : 'tcp');
-      if (protocol !== 'tcp') {
-        stream.respond({ ':status': 200 });
-        const call: InboundCall = {
-          pod,
-          port: target.port,
-          service: state.serviceByEndpoint(target.ip, target.port),
-          peer: { principal, ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload },
-          security: 'mutual_tls',
-          protocol,
-        };
-        const leave = this.inputs.drain.enter();
-        stream.once('close', leave);
-        http.server.serve(stream, call);
-        return;
-      }
+    const hint = headers[PROTOCOL_HEADER];
+    const protocol = http ? (declaredFor(state, target.ip, target.port) ?? (hint === 'http1' || hint === 'h2' ? hint : 'tcp')) : 'tcp';
+    const verdict = authorizeConnection(this.inputs, state, {
+      principal,
+      sourceIp: remoteIp,
+      sourcePort: tlsSocket?.remotePort,
+      ip: target.ip,
+      port: target.port,
+      l7: protocol !== 'tcp',
+    });
+    if (http && protocol !== 'tcp') {
+      stream.respond({ ':status': 200 });
+      const call: InboundCall = {
+        pod,
+        port: target.port,
+        service: state.serviceByEndpoint(target.ip, target.port),
+        peer: { principal, ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload },
+        security: 'mutual_tls',
+        protocol,
+        connection: verdict,
+      };
+      const leave = this.inputs.drain.enter();
+      stream.once('close', leave);
+      http.server.serve(stream, call);
+      return;
     }
+    if (!verdict.decision.allowed) return reject(403, verdict.decision.reason);
     let app: net.Socket;
     try {
       app = await whenConnected(this.inputs.dialApp(pod, target.ip, target.port));
@@ -159,6 +210,7 @@ export class HboneInbound {
         src: { ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload, principal },
         dst: { ip: target.ip, port: target.port, workload: pod, principal: pod.identity, service: this.inputs.state().serviceByEndpoint(target.ip, target.port)?.host },
         security: 'mutual_tls',
+        authz: decisionFields(verdict.decision),
       },
       this.inputs,
     );
@@ -185,37 +237,51 @@ export class PlaintextInbound {
       return this.refuse(down, 'no_original_dst', (err as Error).message);
     }
     if (AGENT_PORTS.has(dst.port)) return this.refuse(down, 'agent_port', `port ${dst.port} belongs to the agent`);
-    const state = this.inputs.state();
+    let state = this.inputs.state();
     const srcWorkload = down.remoteAddress ? state.workloadByIp(down.remoteAddress) : undefined;
+    const facts = { principal: undefined, sourceIp: down.remoteAddress, sourcePort: down.remotePort, ip: dst.address, port: dst.port };
+    // STRICT (or policies not synced yet) refuses plaintext at once, before any sniffing.
+    const current = state.workloads.get(pod.key) ?? pod;
+    if (modeFor(state.policies, current, dst.port) === 'STRICT') {
+      const verdict = authorizeConnection(this.inputs, state, { ...facts, l7: false });
+      return this.refuse(down, 'policy', verdict.decision.reason);
+    }
     const http = this.inputs.http;
+    let protocol: 'http1' | 'h2' | 'tcp' = 'tcp';
     if (http) {
-      let protocol = declaredFor(state, dst.address, dst.port);
-      if (protocol === undefined) {
+      let declared = declaredFor(state, dst.address, dst.port);
+      if (declared === undefined) {
         if (http.detectTimeoutMs === 0 || http.opaquePorts.has(dst.port)) {
-          protocol = 'tcp';
+          declared = 'tcp';
         } else {
           const found = await sniff(down, http.detectTimeoutMs);
           if (found.timedOut) this.inputs.metrics.protocolDetectTimeouts.inc();
           this.inputs.metrics.protocolDetections.inc({ protocol: found.protocol });
-          protocol = found.protocol;
+          declared = found.protocol;
           if (down.destroyed) return;
+          state = this.inputs.state();
         }
       }
-      if (protocol !== 'tcp') {
-        const call: InboundCall = {
-          pod,
-          port: dst.port,
-          service: state.serviceByEndpoint(dst.address, dst.port),
-          peer: { ip: down.remoteAddress, port: down.remotePort, workload: srcWorkload },
-          security: 'none',
-          protocol,
-        };
-        const leave = this.inputs.drain.enter();
-        down.once('close', leave);
-        http.server.serve(down, call);
-        return;
-      }
+      protocol = declared;
     }
+    const verdict = authorizeConnection(this.inputs, state, { ...facts, l7: protocol !== 'tcp' });
+    if (http && protocol !== 'tcp') {
+      if (verdict.decision.code === 'denied_plaintext') return this.refuse(down, 'policy', verdict.decision.reason);
+      const call: InboundCall = {
+        pod,
+        port: dst.port,
+        service: state.serviceByEndpoint(dst.address, dst.port),
+        peer: { ip: down.remoteAddress, port: down.remotePort, workload: srcWorkload },
+        security: 'none',
+        protocol,
+        connection: verdict,
+      };
+      const leave = this.inputs.drain.enter();
+      down.once('close', leave);
+      http.server.serve(down, call);
+      return;
+    }
+    if (!verdict.decision.allowed) return this.refuse(down, 'policy', verdict.decision.reason);
     let app: net.Socket;
     try {
       app = await whenConnected(this.inputs.dialApp(pod, dst.address, dst.port));
@@ -232,6 +298,7 @@ export class PlaintextInbound {
         src: { ip: down.remoteAddress, port: down.remotePort, workload: srcWorkload },
         dst: { ip: dst.address, port: dst.port, workload: pod, principal: pod.identity, service: this.inputs.state().serviceByEndpoint(dst.address, dst.port)?.host },
         security: 'none',
+        authz: decisionFields(verdict.decision),
       },
       this.inputs,
     );

@@ -11,6 +11,7 @@ import {
 } from '../sources/objects.js';
 import { compileRoutes, parseGatewayDuration, routeFor, type CompileResult, type CompiledRoutes } from '../l7/routes/index.js';
 import { RETRY_BUDGET_DEFAULTS } from '../l7/policy/retry-budget.js';
+import { compilePolicies, pendingPolicies, type PolicySet } from '../security/policies.js';
 import { toWorkload, type Workload } from './workload.js';
 
 export interface Endpoint {
@@ -60,15 +61,18 @@ export class MeshState {
   readonly workloads: ReadonlyMap<string, Workload>;
   readonly services: ReadonlyMap<string, ServiceInfo>;
   readonly traffic: TrafficConfig;
+  /** AuthorizationPolicy and PeerAuthentication in force; not ready (denies everything) before the first snapshot. */
+  readonly policies: PolicySet;
   private readonly byIp: ReadonlyMap<string, Workload>;
   private readonly byVip: ReadonlyMap<string, ServiceInfo>;
   private readonly byEndpoint: ReadonlyMap<string, ServiceInfo>;
   private readonly portByEndpoint: ReadonlyMap<string, ServicePortInfo>;
 
-  constructor(version: number, workloads: Map<string, Workload>, services: Map<string, ServiceInfo>, traffic?: TrafficConfig) {
+  constructor(version: number, workloads: Map<string, Workload>, services: Map<string, ServiceInfo>, traffic?: TrafficConfig, policies?: PolicySet) {
     this.version = version;
     this.workloads = workloads;
     this.services = services;
+    this.policies = policies ?? pendingPolicies();
     this.traffic = traffic ?? { routes: compileRoutes([], services), retryBudgets: new Map(), budgetErrors: [] };
     const byIp = new Map<string, Workload>();
     for (const w of workloads.values()) if (w.ip) byIp.set(w.ip, w);
@@ -153,6 +157,7 @@ export class Store {
     const next = compile(objects, this.inputs.trustDomain, this.state.version + 1, this.state);
     const previous = this.state;
     this.reportTraffic(next.traffic, previous.traffic);
+    this.reportPolicies(next.policies, previous.policies);
     this.state = next;
     this.synced = true;
     for (const fn of this.listeners) {
@@ -163,6 +168,13 @@ export class Store {
       }
     }
     return next;
+  }
+
+  private reportPolicies(next: PolicySet, previous: PolicySet): void {
+    const seen = new Set(previous.errors);
+    const fresh = next.errors.filter((e) => !seen.has(e));
+    for (const e of fresh) this.inputs.logger.warn({ reason: e }, 'policy rejected; its last valid version (if any) stays in force');
+    if (fresh.length) this.inputs.onInvalid?.(fresh.length);
   }
 
   // Route and budget problems are logged once when they appear, not on every snapshot that still has them.
@@ -236,7 +248,8 @@ export function compile(objects: readonly KubeObject[], trustDomain: string, ver
   }
   const routes = compileRoutes(objects, compiled, { ...(previous && { previous: previous.traffic.routes }) });
   const budgets = compileRetryBudgets(objects, compiled);
-  return new MeshState(version, workloads, compiled, { routes, retryBudgets: budgets.budgets, budgetErrors: budgets.errors });
+  const policies = compilePolicies(objects, { trustDomain, ...(previous && { previous: previous.policies }) });
+  return new MeshState(version, workloads, compiled, { routes, retryBudgets: budgets.budgets, budgetErrors: budgets.errors }, policies);
 }
 
 /** RetryBudget objects: one per target Service (the oldest by name wins a tie; the others are reported). */

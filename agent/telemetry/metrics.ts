@@ -76,6 +76,7 @@ export class Metrics {
   readonly protocolDetectTimeouts: Counter<string>;
   readonly endpointEjections: Counter<string>;
   readonly httpRejections: Counter<string>;
+  readonly authzDecisions: Counter<string>;
 
   constructor(inputs: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -105,6 +106,7 @@ export class Metrics {
     this.protocolDetectTimeouts = new Counter({ name: 'trellis_protocol_detect_timeouts_total', help: 'Connections forwarded as opaque TCP because the client sent nothing within the detection timeout', registers });
     this.endpointEjections = new Counter({ name: 'trellis_endpoint_ejections_total', help: 'Endpoints taken out of load balancing after consecutive failures', labelNames: ['destination_service'], registers });
     this.httpRejections = new Counter({ name: 'trellis_http_rejections_total', help: 'Malformed or oversized HTTP requests answered by the agent and never forwarded, by status', labelNames: ['status'], registers });
+    this.authzDecisions = new Counter({ name: 'trellis_authz_decisions_total', help: 'Authorization decisions on connections and requests, by outcome, deciding action, policy and reason code', labelNames: ['decision', 'action', 'policy', 'reason', 'level'], registers });
     if (inputs.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'trellis_agent_' });
   }
 
