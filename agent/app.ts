@@ -13,7 +13,7 @@ import type { AgentConfig } from './config.js';
 import { AGENT_MARK } from './constants.js';
 import { TrellisError } from './errors.js';
 import { LocalCa, type CsrSigner } from './identity/ca.js';
-import { RemoteSigner } from './identity/remote.js';
+import type { RemoteSigner } from './identity/remote.js';
 import { WorkloadCerts } from './identity/certs.js';
 import { connectInNetns } from './native/index.js';
 import { Drain } from './proxy/drain.js';
@@ -23,8 +23,8 @@ import { L7Proxy } from './l7/l7-proxy.js';
 import { Outbound } from './proxy/outbound.js';
 import { whenConnected } from './proxy/splice.js';
 import { PodProxy } from './proxy/pod-proxy.js';
+import { PolicyRecheck } from './proxy/recheck.js';
 import { DirSource, type Snapshot } from './sources/dir.js';
-import { KubeSource } from './sources/kube.js';
 import { Store } from './state/store.js';
 import type { Workload } from './state/workload.js';
 import { healthServer, listen, metricsServer } from './telemetry/admin.js';
@@ -54,11 +54,15 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   // 2. Identity: the cluster's identity service signs, or in local mode an in-process CA shared through caDir.
   const identityLogger = logger.child({ component: 'identity' });
   let signer: CsrSigner;
+  let remote: RemoteSigner | undefined;
   let trustBundle: string;
   if (config.identityService) {
     const { address, tokenFile, caFile } = config.identityService;
     trustBundle = readTrustBundle(caFile);
-    signer = new RemoteSigner({ address, tokenFile, caPem: () => readTrustBundle(caFile), clock, logger: identityLogger, timeoutMs: config.connectTimeoutMs * 2 });
+    // gRPC and the Kubernetes client are imported only when used: together they are tens of MB of heap
+    // and half a second of start-up that an agent in local mode would carry for nothing.
+    const { RemoteSigner } = await import('./identity/remote.js');
+    signer = remote = new RemoteSigner({ address, tokenFile, caPem: () => readTrustBundle(caFile), clock, logger: identityLogger, timeoutMs: config.connectTimeoutMs * 2 });
   } else {
     const ca = LocalCa.loadOrCreate(config.caDir, config.trustDomain);
     signer = ca;
@@ -91,6 +95,8 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   });
   const state = () => store.current();
   const drain = new Drain();
+  const recheck = new PolicyRecheck();
+  store.subscribe((next, previous) => void recheck.apply(next, previous));
   // 4b. L7: HTTP to Service ports is parsed and routed per request; its tunnels are the same HBONE/TCP paths.
   const l7 = config.l7
     ? new L7Proxy({
@@ -154,6 +160,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         logger: logger.child({ component: 'inbound' }),
         accessLog,
         drain,
+        recheck,
         ...(inboundHttp && config.l7 && { http: { server: inboundHttp, detectTimeoutMs: config.l7.detectTimeoutMs, opaquePorts: config.l7.opaquePorts } }),
       }),
     applyRules: nftApply,
@@ -174,7 +181,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   const sourceLogger = logger.child({ component: 'source' });
   const source =
     config.source.kind === 'kube'
-      ? new KubeSource({
+      ? new (await import('./sources/kube.js')).KubeSource({
           kubeconfig: config.source.kubeconfig,
           node: config.node,
           logger: sourceLogger,
@@ -249,7 +256,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         inboundHttp?.close();
         pool.close();
         certs.close();
-        if (signer instanceof RemoteSigner) signer.close();
+        remote?.close();
         metricsHttp.close();
         logger.info('agent stopped');
       })();

@@ -2,6 +2,7 @@
 // for one pod, each connected to the app from inside the pod's netns.
 import http2 from 'node:http2';
 import net from 'node:net';
+import type { Duplex } from 'node:stream';
 import type tls from 'node:tls';
 import type { Logger } from 'pino';
 import { declaredProtocol, sniff } from '../l7/detect.js';
@@ -18,6 +19,7 @@ import { ConnectionRecord } from './connection.js';
 import type { Drain } from './drain.js';
 import { AGENT_PORTS, MAX_CONCURRENT_STREAMS, SESSION_WINDOW, STREAM_WINDOW, formatAuthority, parseAuthority } from './hbone.js';
 import { PROTOCOL_HEADER } from './hbone-pool.js';
+import type { PolicyRecheck } from './recheck.js';
 import { resetSide, splice, whenConnected } from './splice.js';
 
 /** Connects to the app inside the pod's netns (with the agent's mark, so capture skips it). */
@@ -34,6 +36,8 @@ export interface InboundInputs {
   drain: Drain;
   /** HTTP handling for app ports that speak it (per-request metrics, identity headers, authorization). */
   http?: InboundHttpOptions;
+  /** Opaque connections are re-authorized here when policies change. */
+  recheck?: PolicyRecheck;
 }
 
 export interface InboundHttpOptions {
@@ -83,6 +87,22 @@ function authorizeConnection(inputs: InboundInputs, state: MeshState, f: Connect
     );
   }
   return verdict;
+}
+
+/** Tracks an opaque connection for re-authorization; a later denial resets both sides and is logged. */
+function trackConnection(inputs: InboundInputs, f: ConnectionFacts, sides: Duplex[]): () => void {
+  if (!inputs.recheck) return () => undefined;
+  return inputs.recheck.track(
+    (state) => {
+      const pod = state.workloads.get(inputs.pod.key) ?? inputs.pod;
+      return evaluateConnection(state.policies, { workload: pod, sourceIdentity: f.principal, sourceIp: f.sourceIp, destinationIp: f.ip, destinationPort: f.port, protocol: 'tcp' }).decision;
+    },
+    (decision) => {
+      countDecision(inputs.metrics, decision, 'connection');
+      inputs.logger.warn({ pod: inputs.pod.key, peer: f.sourceIp, principal: f.principal, port: f.port, reason: decision.reason }, 'open connection cut: the policies now deny it');
+      for (const s of sides) resetSide(s);
+    },
+  );
 }
 
 /** The protocol of an app port: what its Service declares, else the source agent's hint (HBONE only). */
@@ -214,7 +234,9 @@ export class HboneInbound {
       },
       this.inputs,
     );
+    const untrack = trackConnection(this.inputs, { principal, sourceIp: remoteIp, sourcePort: tlsSocket?.remotePort, ip: target.ip, port: target.port, l7: false }, [stream, app]);
     const outcome = await splice(stream, app, record);
+    untrack();
     record.finish(outcome.error);
   }
 }
@@ -302,7 +324,9 @@ export class PlaintextInbound {
       },
       this.inputs,
     );
+    const untrack = trackConnection(this.inputs, { ...facts, l7: false }, [down, app]);
     const outcome = await splice(down, app, record);
+    untrack();
     record.finish(outcome.error);
   }
 
