@@ -92,6 +92,8 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     clock,
     connectTimeoutMs: config.connectTimeoutMs,
     idleMs: config.hboneIdleMs,
+    maxStreamsPerSession: config.hboneMaxStreamsPerSession,
+    ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),
   });
   const state = () => store.current();
   const drain = new Drain();

@@ -1,5 +1,6 @@
 // Agent configuration: parsed and validated once at the edge, then frozen. Nothing below reads process.env.
 import net from 'node:net';
+import tls from 'node:tls';
 import { DEFAULT_TRUST_DOMAIN, HEALTH_PORT, METRICS_PORT } from './constants.js';
 import { TrellisError } from './errors.js';
 
@@ -23,6 +24,10 @@ export interface AgentConfig {
   readonly certTtlMs: number;
   readonly connectTimeoutMs: number;
   readonly hboneIdleMs: number;
+  /** Streams an HBONE session carries before a new one (a new TLS handshake) is opened; 0: no limit. */
+  readonly hboneMaxStreamsPerSession: number;
+  /** TLS key exchange groups for HBONE, OpenSSL names colon-separated in order of preference; Node's default when absent. */
+  readonly tlsGroups?: string;
   readonly drainMs: number;
   readonly resyncMs: number;
   /** Cluster mode: the socket trellis-cni talks to and the opt-in file it reads when the agent is down. */
@@ -67,6 +72,8 @@ export interface AgentFlags {
   cniOptinFile?: string;
   cniWaitForPod?: string;
   driftInterval?: string;
+  hboneMaxStreamsPerSession?: string;
+  tlsGroups?: string;
   l7?: string;
   protocolDetectTimeout?: string;
   opaquePorts?: string;
@@ -120,6 +127,26 @@ function parseAddr(text: string, flag: string): { host: string; port: number } {
     throw new TrellisError('ECONFIG', `${flag}: "${text}" must be IP:PORT, e.g. 0.0.0.0:${METRICS_PORT}`);
   }
   return { host, port };
+}
+
+/** "X25519,P-256" -> "X25519:P-256", each group checked against this Node's OpenSSL. */
+export function parseTlsGroups(text: string): string {
+  const groups = text.split(/[,:]/).map((g) => g.trim()).filter(Boolean);
+  if (groups.length === 0) throw new TrellisError('ECONFIG', '--tls-groups: give at least one group, e.g. X25519 or X25519MLKEM768,X25519');
+  for (const g of groups) {
+    try {
+      tls.createSecureContext({ ecdhCurve: g });
+    } catch {
+      throw new TrellisError('ECONFIG', `--tls-groups: ${g} is not a key exchange group this Node's OpenSSL knows (examples: X25519MLKEM768, X25519, P-256, P-384)`);
+    }
+  }
+  return groups.join(':');
+}
+
+function parseCount(text: string, flag: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n > 1_000_000) throw new TrellisError('ECONFIG', `${flag}: "${text}" must be a whole number from 0 to 1000000`);
+  return n;
 }
 
 export function agentConfig(flags: AgentFlags): AgentConfig {
@@ -181,6 +208,8 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
     certTtlMs,
     connectTimeoutMs: parseDuration(flags.connectTimeout ?? '5s', '--connect-timeout'),
     hboneIdleMs: 60_000,
+    hboneMaxStreamsPerSession: parseCount(flags.hboneMaxStreamsPerSession ?? '0', '--hbone-max-streams-per-session'),
+    ...(flags.tlsGroups !== undefined && { tlsGroups: parseTlsGroups(flags.tlsGroups) }),
     drainMs: parseDuration(flags.drain ?? '5s', '--drain'),
     resyncMs: 5_000,
     logLevel: level,

@@ -7,8 +7,11 @@ import { TrellisError } from '../errors.js';
 import type { Svid } from './certs.js';
 import { certIdentity, certUriSans, parseSpiffeId } from './spiffe.js';
 
-/** What both sides of an agent-to-agent connection share: the SVID, the bundle, TLS 1.3 only, HTTP/2. */
-function agentTls(svid: Svid) {
+/**
+ * What both sides of an agent-to-agent connection share: the SVID, the bundle, TLS 1.3 only, HTTP/2, and
+ * the key exchange groups (OpenSSL names, colon-separated, in order of preference; Node's default when absent).
+ */
+function agentTls(svid: Svid, groups?: string) {
   return {
     key: svid.keyPem,
     cert: svid.certPem,
@@ -16,6 +19,7 @@ function agentTls(svid: Svid) {
     minVersion: 'TLSv1.3' as const,
     maxVersion: 'TLSv1.3' as const,
     ALPNProtocols: ['h2'],
+    ...(groups && { ecdhCurve: groups }),
   };
 }
 
@@ -25,9 +29,9 @@ function agentTls(svid: Svid) {
  * error of its own: the server sees 'tlsClientError' (ECONNRESET, "socket hang up") and
  * peerIdentity(socket) in that handler gives the real reason.
  */
-export function serverTlsOptions(svid: Svid): tls.TlsOptions {
+export function serverTlsOptions(svid: Svid, groups?: string): tls.TlsOptions {
   return {
-    ...agentTls(svid),
+    ...agentTls(svid, groups),
     requestCert: true,
     rejectUnauthorized: true,
   };
@@ -38,12 +42,12 @@ export function serverTlsOptions(svid: Svid): tls.TlsOptions {
  * chain against the bundle and that it presents exactly `expectedPeer`. servername plays no part in
  * identity. Do not add a `session` to these options: Node skips checkServerIdentity on resumption.
  */
-export function clientTlsOptions(svid: Svid, expectedPeer: string): tls.ConnectionOptions {
+export function clientTlsOptions(svid: Svid, expectedPeer: string, groups?: string): tls.ConnectionOptions {
   if (!parseSpiffeId(expectedPeer)) {
     throw new TrellisError('EIDENTITY', `expected peer "${expectedPeer}" is not a workload SPIFFE ID`);
   }
   return {
-    ...agentTls(svid),
+    ...agentTls(svid, groups),
     rejectUnauthorized: true,
     // Runs only after OpenSSL has verified the chain; an error returned here aborts the connection.
     checkServerIdentity(_host, cert) {

@@ -32,14 +32,20 @@ export type Dialer = (src: Workload, ip: string, port: number) => net.Socket;
 interface Entry {
   key: string;
   session: http2.ClientHttp2Session;
+  /** Streams open now, and ever opened. */
   streams: number;
+  opened: number;
   idle?: TimerHandle;
+  /** Out of the pool (it has carried its maximum): closes when its last stream does. */
+  retired?: boolean;
 }
 
 export class HbonePool {
   /** Established sessions, and sessions being set up (so concurrent callers share one handshake). */
   private readonly live = new Map<string, Entry>();
   private readonly pending = new Map<string, Promise<Entry>>();
+  /** Sessions out of the pool whose streams are still open. */
+  private readonly retired = new Set<Entry>();
   private closed = false;
 
   constructor(
@@ -51,6 +57,10 @@ export class HbonePool {
       clock: Clock;
       connectTimeoutMs: number;
       idleMs: number;
+      /** Streams a session carries before the next connection gets a session (a TLS handshake) of its own; 0 or absent: no limit. */
+      maxStreamsPerSession?: number;
+      /** TLS key exchange groups offered (OpenSSL names, colon-separated); Node's default when absent. */
+      tlsGroups?: string;
     },
   ) {}
 
@@ -99,16 +109,50 @@ export class HbonePool {
 
   close(): void {
     this.closed = true;
-    for (const e of this.live.values()) e.session.destroy();
+    for (const e of [...this.live.values(), ...this.retired]) e.session.destroy();
     for (const p of this.pending.values()) p.then((e) => e.session.destroy(), () => undefined);
     this.live.clear();
+    this.retired.clear();
     this.inputs.metrics.hbonePoolSessions.set(0);
   }
 
-  private session(req: HboneRequest): Promise<Entry> {
+  /** A session with room for one more stream, that stream counted: a pooled one, or a new one. */
+  private async session(req: HboneRequest): Promise<Entry> {
     const key = `${req.src.netnsPath ?? ''}|${req.src.identity}|${req.dstIdentity}|${req.ip}`;
-    const live = this.live.get(key);
-    if (live && !live.session.closed && !live.session.destroyed) return Promise.resolve(live);
+    // Callers that shared one handshake may find the session full (a limit below their number): they go
+    // round again for the next. Each round gives at least one caller a stream.
+    for (;;) {
+      const live = this.live.get(key);
+      const entry = live && !live.session.closed && !live.session.destroyed ? live : await this.established(key, req);
+      if (this.take(entry)) return entry;
+    }
+  }
+
+  /** Counts a stream on the session; false when it has carried its maximum already. */
+  private take(entry: Entry): boolean {
+    const max = this.inputs.maxStreamsPerSession ?? 0;
+    if (max > 0 && entry.opened >= max) {
+      this.retire(entry);
+      return false;
+    }
+    entry.opened++;
+    if (max > 0 && entry.opened >= max) this.retire(entry);
+    return true;
+  }
+
+  /** Takes the session out of the pool: no new stream goes to it, and it closes once its last stream has. */
+  private retire(entry: Entry): void {
+    if (entry.retired) return;
+    entry.retired = true;
+    this.retired.add(entry);
+    if (this.live.get(entry.key) === entry) {
+      this.live.delete(entry.key);
+      this.inputs.metrics.hbonePoolSessions.set(this.live.size);
+    }
+  }
+
+  /** The pooled session for key, set up once however many callers ask at the same time. */
+  private established(key: string, req: HboneRequest): Promise<Entry> {
     let p = this.pending.get(key);
     if (!p) {
       p = this.connect(key, req)
@@ -131,12 +175,12 @@ export class HbonePool {
     // Failures of the raw socket surface through the TLS socket and the session; an unheard 'error' here
     // would take the whole agent down.
     tcp.on('error', () => undefined);
-    const socket = tls.connect({ ...clientTlsOptions(svid, req.dstIdentity), socket: tcp });
+    const socket = tls.connect({ ...clientTlsOptions(svid, req.dstIdentity, this.inputs.tlsGroups), socket: tcp });
     const session = http2.connect(`https://${formatAuthority(req.ip, HBONE_PORT)}`, {
       createConnection: () => socket,
       settings: { initialWindowSize: STREAM_WINDOW, enablePush: false },
     });
-    const entry: Entry = { key, session, streams: 0 };
+    const entry: Entry = { key, session, streams: 0, opened: 0 };
     await new Promise<void>((resolve, reject) => {
       const timer = this.inputs.clock.after(this.inputs.connectTimeoutMs, () => {
         session.destroy();
@@ -161,6 +205,7 @@ export class HbonePool {
     session.setLocalWindowSize(SESSION_WINDOW);
     const forget = () => {
       entry.idle?.cancel();
+      this.retired.delete(entry);
       if (this.live.get(key) === entry) {
         this.live.delete(key);
         this.inputs.metrics.hbonePoolSessions.set(this.live.size);
@@ -175,6 +220,10 @@ export class HbonePool {
   private release(entry: Entry): void {
     entry.streams--;
     if (entry.streams > 0 || entry.session.destroyed) return;
+    if (entry.retired) {
+      entry.session.close();
+      return;
+    }
     entry.idle = this.inputs.clock.after(this.inputs.idleMs, () => {
       if (entry.streams === 0) entry.session.close();
     });
