@@ -1,7 +1,7 @@
 // Bench: `npm run bench` end to end. Builds its own lab (client pod on node A, server pod on node B, meshed
 // and plain), starts HAProxy beside it, pins load and proxies to separate CPUs, runs every measurement on
 // every path (interleaved, repeated), prints the table and writes the JSON. Always tears the lab down.
-import { mkdtempSync, promises as fsp, rmSync, writeFileSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
@@ -14,14 +14,14 @@ import { run } from '../lab/run.js';
 import { connectInNetns } from '../native/index.js';
 import { ChildLines } from './child-lines.js';
 import { plainPodCreds, startHaproxies, type Layer } from './haproxy.js';
-import { selectPaths, rotation, type PathDef, type ProxyKind, type Targets } from './paths.js';
+import { MESH_CLIENT, selectPaths, rotation, type PathDef, type ProxyKind, type Targets } from './paths.js';
 import { installCommand, installPrereqs, missingPrereqs } from './prereqs.js';
 import { ProcReader } from './procfs.js';
 import { benchJson, formatReport } from './report.js';
 import { latencyMetricNames, metricCatalogue, Results } from './results.js';
 import { ScaleBench, SCALE_NAMESPACE } from './scale.js';
 import { describeTls, probeNodeDefaults, probeTls, type TlsCreds, type TlsParams } from './tls-probe.js';
-import { BODY_BYTES, HAPROXY_PORTS, MESH_SERVER, NODE_A, NODE_B, PLAIN_SERVER, benchManifests, extraObjects, pinned, resolveTargets } from './topology.js';
+import { BODY_BYTES, HAPROXY_PORTS, MESH_SERVER, NODE_A, NODE_B, PLAIN_SERVER, benchManifests, extraObjects, handshakeManifests, pinned, resolveTargets } from './topology.js';
 
 export const MEASUREMENTS = ['memory', 'latency', 'max-rps', 'bulk', 'conn-rate', 'scale'] as const;
 export type MeasurementId = (typeof MEASUREMENTS)[number];
@@ -81,6 +81,9 @@ interface TlsSeen {
 /** The key exchange group HAProxy (OpenSSL 3.0) and the agents can both do. */
 const COMMON_GROUP = 'X25519';
 
+/** conn_per_s through the mesh: agents that give each connection a session (and TLS handshake) of its own. */
+const HANDSHAKE_AGENT_ARGS = ['--hbone-max-streams-per-session', '1'];
+
 /** Exit code: 0 when it ran, 1 when a proxy died during the run (the report says which), 2 when something it needs is missing. */
 export async function runBench(opts: BenchOptions): Promise<number> {
   if (process.getuid?.() !== 0) {
@@ -121,7 +124,8 @@ export async function runBench(opts: BenchOptions): Promise<number> {
 
 class Bench {
   private lab: Lab | undefined;
-  private tmpDir: string | undefined;
+  /** The second lab, for conn_per_s on the mesh path (HANDSHAKE_AGENT_ARGS); up from its first use. */
+  private handshake: Promise<{ lab: Lab; agentPids: number[]; target: string }> | undefined;
   private torn: Promise<void> | undefined;
   private readonly results = new Results();
   private readonly warnings: string[] = [];
@@ -199,39 +203,31 @@ class Bench {
     return this.dead.size > 0;
   }
 
-  /** Idempotent: the lab (with every process it or we started in it) and our temporary files go. */
+  /** Idempotent: the labs (with every process they or we started in them) go. */
   teardown(): Promise<void> {
     this.torn ??= (async () => {
-      if (this.lab) {
-        this.opts.log(`tearing down lab '${this.lab.name}' ...`);
-        await this.lab.down().catch((err: Error) => this.opts.log(`trellis bench: ${err.message}`));
+      const second = await this.handshake?.then((h) => h.lab, () => undefined);
+      for (const lab of [this.lab, second]) {
+        if (!lab) continue;
+        this.opts.log(`tearing down lab '${lab.name}' ...`);
+        await lab.down().catch((err: Error) => this.opts.log(`trellis bench: ${err.message}`));
       }
-      if (this.tmpDir) rmSync(this.tmpDir, { recursive: true, force: true });
     })();
     return this.torn;
   }
 
+  /** Flags every agent of the run gets: the key exchange HAProxy can do too, unless --agent-tls-default, then --agent-args. */
+  private agentArgs(): string[] {
+    return [...(this.opts.agentTlsDefault ? [] : ['--tls-groups', COMMON_GROUP]), ...(this.opts.agentArgs ?? [])];
+  }
+
   private async upLab(): Promise<Lab> {
-    // The agents inherit this process's environment: a preload makes Node's TLS use the group HAProxy
-    // has too, so every TLS path does the same key exchange.
-    const saved = process.env.NODE_OPTIONS;
-    if (!this.opts.agentTlsDefault) {
-      this.tmpDir = mkdtempSync(path.join(os.tmpdir(), 'trellis-bench-'));
-      const preload = path.join(this.tmpDir, 'tls-group.cjs');
-      writeFileSync(preload, `require('node:tls').DEFAULT_ECDH_CURVE = '${COMMON_GROUP}';\n`);
-      process.env.NODE_OPTIONS = `${saved ? `${saved} ` : ''}--require=${preload}`;
-    }
-    try {
-      this.lab = await Lab.up(benchManifests({ serverCpu: this.loadCpu }), {
-        name: this.opts.name,
-        logLevel: this.opts.logLevel,
-        agentArgs: this.opts.agentArgs ?? [],
-        progress: (step) => this.opts.log(`  lab: ${step}`),
-      });
-    } finally {
-      if (saved === undefined) delete process.env.NODE_OPTIONS;
-      else process.env.NODE_OPTIONS = saved;
-    }
+    this.lab = await Lab.up(benchManifests({ serverCpu: this.loadCpu }), {
+      name: this.opts.name,
+      logLevel: this.opts.logLevel,
+      agentArgs: this.agentArgs(),
+      progress: (step) => this.opts.log(`  lab: ${step}`),
+    });
     const lab = this.lab;
     for (const o of extraObjects()) {
       await fsp.writeFile(path.join(lab.clusterDir, objectFileName(o.kind, o.metadata.name, o.metadata.namespace)), stringify(o));
@@ -249,11 +245,15 @@ class Bench {
     this.proxyPids.agents = [this.agentPids[NODE_A]!, this.agentPids[NODE_B]!];
   }
 
-  /** What the agents negotiate (a handshake with agent B's HBONE port from node A), and Node's own default. */
+  /**
+   * What the agents negotiate with each other: a handshake with agent B's HBONE port from node A, offering
+   * the groups agent A offers; and what Node does by default.
+   */
   private async probeAgents(lab: Lab, creds: TlsCreds): Promise<TlsSeen> {
     const server = lab.pod(MESH_SERVER);
     const socket = connectInNetns(lab.node(NODE_A).netnsPath, { host: server.ip, port: HBONE_PORT, timeoutMs: 5000 });
-    const agents = await probeTls(socket, creds, `the agent's HBONE port ${server.ip}:${HBONE_PORT}`);
+    const groups = this.opts.agentTlsDefault ? {} : { groups: COMMON_GROUP };
+    const agents = await probeTls(socket, creds, `the agent's HBONE port ${server.ip}:${HBONE_PORT}`, groups);
     const nodeDefault = await probeNodeDefaults(creds);
     return { agents, node_default: nodeDefault };
   }
@@ -324,8 +324,7 @@ class Bench {
   }
 
   /** Runs a tool in the path's client pod (pinned with the load) and returns its last JSON line. */
-  private async tool(p: PathDef, argv: string[], seconds: number): Promise<Record<string, unknown>> {
-    const lab = this.lab!;
+  private async tool(p: PathDef, argv: string[], seconds: number, lab: Lab = this.lab!): Promise<Record<string, unknown>> {
     const r = await lab.exec(p.client, pinned(this.loadCpu, ['trellis', 'tool', ...argv]), { timeoutMs: (seconds + 60) * 1000 });
     const last = r.stdout.trim().split('\n').at(-1) ?? '';
     try {
@@ -440,10 +439,42 @@ class Bench {
   }
 
   private async connRate(p: PathDef): Promise<void> {
-    const r = await this.tool(p, ['conn-rate', '--url', this.url(p), '--duration-s', String(this.plan.connS), '--concurrency', String(this.plan.connections)], this.plan.connS);
+    // Through the mesh, a new connection would otherwise be a stream on a pooled session: no handshake.
+    const h = p.proxy === 'agents' ? await this.handshakeLab() : undefined;
+    if (h && !h.agentPids.every(running)) throw new TrellisError('EAGENT', `an agent of lab '${h.lab.name}' exited (logs in ${h.lab.stateDir}/logs)`);
+    const url = h ? `http://${h.target}/` : this.url(p);
+    const argv = ['conn-rate', '--url', url, '--duration-s', String(this.plan.connS), '--concurrency', String(this.plan.connections)];
+    const r = await this.tool(p, argv, this.plan.connS, h?.lab);
     if (Number(r.ok) > 0) this.results.add(p.name, 'conn_per_s', Number(r.conn_per_s));
     if (Number(r.errors) > 0) this.warnings.push(`${p.name} connection rate: ${r.errors} of ${r.connections} connections failed ${JSON.stringify(r.error_counts)}`);
     this.opts.log(`  ${p.name}: ${r.conn_per_s} new connections/s`);
+  }
+
+  /** The second lab, built on first use: the mesh half of the topology, agents with HANDSHAKE_AGENT_ARGS, pinned like the first. */
+  private handshakeLab(): Promise<{ lab: Lab; agentPids: number[]; target: string }> {
+    this.handshake ??= (async () => {
+      const base = this.opts.name.slice(0, 7);
+      const name = `${base}${this.opts.name === `${base}h` ? 'x' : 'h'}`;
+      this.opts.log(`  lab '${name}' for conn_per_s through the mesh (agents with ${HANDSHAKE_AGENT_ARGS.join(' ')}) ...`);
+      const lab = await Lab.up(handshakeManifests({ serverCpu: this.loadCpu }), {
+        name,
+        logLevel: this.opts.logLevel,
+        agentArgs: [...this.agentArgs(), ...HANDSHAKE_AGENT_ARGS],
+      });
+      const agentPids: number[] = [];
+      for (const n of (await lab.status()).nodes) {
+        if (!n.agent?.alive) throw new TrellisError('EAGENT', `the agent of ${n.name} in lab '${name}' is not running (log: ${lab.stateDir}/logs/agent-${n.name}.log)`);
+        agentPids.push(n.agent.pid);
+        if (this.proxyCpu !== undefined) await pin(n.agent.pid, this.proxyCpu, `the agent of ${n.name} in lab '${name}'`);
+      }
+      const vip = lab.services.find((s) => s.namespace === 'bench-mesh' && s.name === 'server')?.clusterIP;
+      if (!vip) throw new TrellisError('ENOTFOUND', `lab '${name}' has no Service bench-mesh/server`);
+      const target = `${vip}:80`;
+      const r = await lab.exec(MESH_CLIENT, ['trellis', 'tool', 'wait-http', '--url', `http://${target}/`, '--timeout-s', '30', '--interval-ms', '100'], { timeoutMs: 40_000 });
+      if (r.code !== 0) throw new TrellisError('ENOTREADY', `lab '${name}': http://${target}/ does not answer from ${MESH_CLIENT}: ${r.stdout.trim()} ${r.stderr.trim()}`);
+      return { lab, agentPids, target };
+    })();
+    return this.handshake;
   }
 
   private async scale(lab: Lab): Promise<void> {
@@ -518,7 +549,8 @@ class Bench {
       idle_connections: this.plan.idleConns,
       agent_log_level: this.opts.logLevel,
       agent_args: this.opts.agentArgs ?? [],
-      agents_tls_group: this.opts.agentTlsDefault ? 'Node default' : `${COMMON_GROUP} (forced, as HAProxy)`,
+      agents_tls_group: this.opts.agentTlsDefault ? 'Node default' : `${COMMON_GROUP} (--tls-groups ${COMMON_GROUP}, as HAProxy)`,
+      conn_rate_mesh: `a second lab, agents with ${HANDSHAKE_AGENT_ARGS.join(' ')}: a TLS handshake per connection`,
     });
   }
 
@@ -548,8 +580,8 @@ class Bench {
       'cpu_us_per_req: utime+stime (/proc/PID/stat) of both proxy processes (source and destination side) per response; ' +
         'rss_* and kb_per_idle_conn: both together (memory runs first in each repeat; allocators keep what they took, so later samples include earlier peaks)',
       'max_rps: closed loop; proxy_cpu_pct_max_rps: their CPU meanwhile (100% = the proxy CPU saturated; below, CPU 0 — load + server — is the limit)',
-      'gbps_N: N parallel HTTP POSTs streaming chunked bodies; conn_per_s: connect, one request, close — haproxy does a full TLS handshake each (no-ssl-reuse),',
-      '  trellis carries each new connection as an HTTP/2 stream on its pooled HBONE session (no handshake per connection)',
+      'gbps_N: N parallel HTTP POSTs streaming chunked bodies; conn_per_s: connect, one request, close — with a full TLS handshake each:',
+      `  haproxy with no-ssl-reuse, trellis in a second lab whose agents run with ${HANDSHAKE_AGENT_ARGS.join(' ')} (pooled, they would carry it as a stream)`,
     );
     const scale = m.scale as { services: number; endpoints: number; files: number } | undefined;
     if (scale) {

@@ -29,13 +29,20 @@ function agentLike(creds: TlsCreds): tls.SecureContextOptions & { minVersion: 'T
 }
 
 /**
- * Handshakes as a client over `socket` (already connecting, e.g. from inside a netns), presenting `creds`,
- * and reports what was negotiated. The chain is checked against creds.caPem; names are not (SPIFFE
+ * Handshakes as a client over `socket` (already connecting, e.g. from inside a netns), presenting `creds`
+ * and offering `groups` (Node's default when absent), and reports what was negotiated. The chain is checked against creds.caPem; names are not (SPIFFE
  * certificates carry no DNS name).
  */
-export function probeTls(socket: net.Socket, creds: TlsCreds, what: string, timeoutMs = 5000): Promise<TlsParams> {
+export function probeTls(socket: net.Socket, creds: TlsCreds, what: string, opts: { timeoutMs?: number; groups?: string } = {}): Promise<TlsParams> {
+  const timeoutMs = opts.timeoutMs ?? 5000;
   return new Promise((resolve, reject) => {
-    const conn = tls.connect({ ...agentLike(creds), socket, rejectUnauthorized: true, checkServerIdentity: () => undefined });
+    const conn = tls.connect({
+      ...agentLike(creds),
+      ...(opts.groups && { ecdhCurve: opts.groups }),
+      socket,
+      rejectUnauthorized: true,
+      checkServerIdentity: () => undefined,
+    });
     const timer = setTimeout(() => conn.destroy(new TrellisError('ETIMEDOUT', `TLS probe of ${what}: no handshake in ${timeoutMs} ms`)), timeoutMs);
     conn.once('secureConnect', () => {
       clearTimeout(timer);

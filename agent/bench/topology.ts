@@ -49,6 +49,16 @@ export function benchManifests(opts: { serverCpu?: number }): KubeObject[] {
   return objects;
 }
 
+/**
+ * The mesh half of the lab alone (client on node A, server on node B, the opaque TCP Service): the second
+ * lab whose agents open a session, and so do a TLS handshake, per connection.
+ */
+export function handshakeManifests(opts: { serverCpu?: number }): KubeObject[] {
+  return benchManifests(opts).filter(
+    (o) => (o.metadata.namespace ?? o.metadata.name) === 'bench-mesh' && !(o.kind === 'Service' && o.metadata.name !== 'server'),
+  );
+}
+
 /** Objects the lab's manifests cannot carry (it reads Namespaces, Pods and Services); written to its cluster dir. */
 export function extraObjects(): ExtensionObject[] {
   return [

@@ -7,7 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { haproxyConfig } from '../../agent/bench/haproxy.js';
 import { installCommand, missingPrereqs, onPath, PREREQS } from '../../agent/bench/prereqs.js';
 import { probeObjects, scaleObjects } from '../../agent/bench/scale.js';
-import { benchManifests, extraObjects, pinned } from '../../agent/bench/topology.js';
+import { benchManifests, extraObjects, handshakeManifests, pinned } from '../../agent/bench/topology.js';
 import { loadManifests } from '../../agent/lab/manifests.js';
 import { planLab } from '../../agent/lab/plan.js';
 import { validateObject } from '../../agent/sources/validate.js';
@@ -77,6 +77,14 @@ describe('bench manifests', () => {
     const tcp = plan.services.find((s) => s.namespace === 'bench-mesh' && s.name === 'server')!;
     expect(tcp.ports).toEqual([{ name: 'tcp', port: 80, targetPort: 8080, appProtocol: 'tcp' }]);
     expect(plan.vips.find((v) => v.service === 'bench-plain/server')?.backends).toHaveLength(1);
+  });
+
+  it('make a second, mesh-only lab for the connection rate with a handshake per connection', async () => {
+    const plan = planLab('benchh', await loadManifests(handshakeManifests({ serverCpu: 0 })));
+    expect(plan.pods.map((p) => `${p.namespace}/${p.name}@${p.node}`).sort()).toEqual(['bench-mesh/client@node-a', 'bench-mesh/server@node-b']);
+    expect(plan.namespaces.find((n) => n.metadata.name === 'bench-mesh')?.metadata.annotations).toEqual({ 'trellis.dev/mesh': 'enabled' });
+    expect(plan.namespaces.find((n) => n.metadata.name === 'bench-plain')).toBeUndefined();
+    expect(plan.services.map((s) => `${s.namespace}/${s.name}`)).toEqual(['bench-mesh/server']);
   });
 
   it('run servers unpinned on a 1-CPU machine', () => {
