@@ -221,6 +221,14 @@ export class KubeSource {
   }
 
   /**
+   * The object as the API server last sent it (status and resourceVersion included, invalid or not), for the status
+   * writer, which compares what it would write with what the object holds.
+   */
+  cached(kind: string, namespace: string, name: string): KubernetesObject | undefined {
+    return this.kinds.find((k) => k.spec.kind === kind)?.informer.get(name, namespace);
+  }
+
+  /**
    * Seconds since the source last knew it was in sync: the age of its stalest informer. Rises during an outage.
    * A quiet, healthy watch refreshes it when client-node reconnects (about every 30 s) or on a bookmark.
    */
@@ -380,7 +388,12 @@ export class KubeSource {
     }
     const v = validateObject({ ...raw, apiVersion: spec.apiVersion, kind: spec.kind });
     if (v.ok) {
-      k.good.set(objectKey(v.object), v.object);
+      const id = objectKey(v.object);
+      const before = k.good.get(id);
+      k.good.set(id, v.object);
+      // A status write (the agents' own: status-writer.ts) changes nothing the store reads from routes and policy
+      // kinds; a snapshot for it would make every agent recompile once per write.
+      if (before && spec.kind in EXTENSION_KINDS && sameButStatus(before, v.object)) return;
     } else {
       const problem: SourceProblem = { file: spec.path, object: key, reason: v.reason };
       this.problems.push(problem);
@@ -440,7 +453,14 @@ function rawKey(kind: string, raw: KubernetesObject): string {
   return `${kind}/${ns}/${raw.metadata?.name ?? ''}`;
 }
 
-function loadKubeConfig(file: string | undefined): KubeConfig {
+/** Equal but for status and the fields any write changes (resourceVersion, managedFields). */
+function sameButStatus(a: KubeObject, b: KubeObject): boolean {
+  const strip = (o: KubeObject) => JSON.stringify({ ...o, status: undefined, metadata: { ...o.metadata, resourceVersion: undefined, managedFields: undefined } });
+  return strip(a) === strip(b);
+}
+
+/** The kubeconfig file, or the in-cluster config; ECONFIG with what to do when it is unusable. */
+export function loadKubeConfig(file: string | undefined): KubeConfig {
   const kc = new KubeConfig();
   const where = file ? `--kubeconfig ${file}` : 'in-cluster config';
   try {
