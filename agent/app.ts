@@ -27,7 +27,9 @@ import { PolicyRecheck } from './proxy/recheck.js';
 import { DirSource, type Snapshot } from './sources/dir.js';
 import { Store } from './state/store.js';
 import type { Workload } from './state/workload.js';
+import { describe as describePolicies } from './security/describe.js';
 import { healthServer, listen, metricsServer } from './telemetry/admin.js';
+import { createAuditLog } from './telemetry/audit.js';
 import { Metrics } from './telemetry/metrics.js';
 
 function readTrustBundle(file: string): string {
@@ -46,10 +48,11 @@ export interface Agent {
 }
 
 export async function startAgent(config: AgentConfig, logger: Logger, clock: Clock = systemClock): Promise<Agent> {
-  const accessLog = logger.child({ log: 'access' });
-
-  // 1. Telemetry first, so every later failure is counted.
+  // 1. Telemetry first, so every later failure is counted. The audit trail (the access log) has a destination of
+  //    its own that counts every line written or dropped.
   const metrics = new Metrics();
+  const audit = createAuditLog({ ...config.audit, registry: metrics.registry, logger: logger.child({ component: 'audit' }), level: logger.level, base: logger.bindings() });
+  const accessLog = audit.logger;
 
   // 2. Identity: the cluster's identity service signs, or in local mode an in-process CA shared through caDir.
   const identityLogger = logger.child({ component: 'identity' });
@@ -228,7 +231,13 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   resync.unref();
 
   // 7. Admin endpoints last: ready means state loaded and pods enrolled.
-  const metricsHttp = metricsServer(metrics.registry);
+  const metricsHttp = metricsServer(metrics.registry, {
+    describePolicies: (key) => {
+      const s = store.current();
+      const pod = s.workloads.get(key);
+      return pod && describePolicies(s.policies, pod);
+    },
+  });
   const healthHttp = healthServer({
     notReadyReason: () => (store.isSynced() ? enrolment.notReadyReason() : 'state not loaded from the source yet'),
   });
@@ -260,6 +269,8 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         certs.close();
         remote?.close();
         metricsHttp.close();
+        // Last: every connection above has written its line by now.
+        await audit.close();
         logger.info('agent stopped');
       })();
       return stopping;

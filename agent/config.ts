@@ -36,7 +36,16 @@ export interface AgentConfig {
   readonly driftIntervalMs: number;
   /** HTTP handling on the outbound path (routes, per-request metrics); absent: every connection is opaque TCP. */
   readonly l7?: L7Config;
+  /** The audit trail (the access log): stdout, or a file rotated by size. */
+  readonly audit: AuditConfig;
   readonly logLevel: string;
+}
+
+export interface AuditConfig {
+  /** Absent: stdout. */
+  readonly file?: string;
+  readonly maxBytes: number;
+  readonly maxFiles: number;
 }
 
 export interface L7Config {
@@ -79,6 +88,9 @@ export interface AgentFlags {
   opaquePorts?: string;
   maxHeaderBytes?: string;
   maxHeaderCount?: string;
+  auditFile?: string;
+  auditMaxBytes?: string;
+  auditMaxFiles?: string;
 }
 
 function integerFlag(text: string, flag: string, min: number, max: number): number {
@@ -107,6 +119,22 @@ function l7Config(flags: AgentFlags): L7Config | undefined {
     maxHeaderCount: integerFlag(flags.maxHeaderCount ?? '100', '--max-header-count', 8, 10_000),
     maxConcurrentStreams: 100,
     bodyCapBytes: 64 * 1024,
+  });
+}
+
+function auditConfig(flags: AgentFlags): AuditConfig {
+  if (!flags.auditFile && (flags.auditMaxBytes !== undefined || flags.auditMaxFiles !== undefined)) {
+    throw new TrellisError('ECONFIG', '--audit-max-bytes and --audit-max-files go with --audit-file (without it the audit trail goes to stdout)');
+  }
+  const size = /^(\d+)(Ki|Mi|Gi)?$/.exec(flags.auditMaxBytes?.trim() ?? '100Mi');
+  const maxBytes = size ? Number(size[1]) * { '': 1, Ki: 1024, Mi: 1024 ** 2, Gi: 1024 ** 3 }[size[2] ?? '']! : NaN;
+  if (!(maxBytes >= 4096 && Number.isSafeInteger(maxBytes))) {
+    throw new TrellisError('ECONFIG', `--audit-max-bytes ${flags.auditMaxBytes}: expected a size of at least 4096 bytes, such as 104857600 or 100Mi`);
+  }
+  return Object.freeze({
+    ...(flags.auditFile && { file: flags.auditFile }),
+    maxBytes,
+    maxFiles: integerFlag(flags.auditMaxFiles ?? '5', '--audit-max-files', 1, 1000),
   });
 }
 
@@ -188,12 +216,14 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
       })
     : undefined;
   const l7 = l7Config(flags);
+  const audit = auditConfig(flags);
   const driftIntervalMs = flags.driftInterval === '0' ? 0 : parseDuration(flags.driftInterval ?? '30s', '--drift-interval');
   return Object.freeze({
     node: flags.node,
     ...(cni && { cni }),
     driftIntervalMs,
     ...(l7 && { l7 }),
+    audit,
     ...(identityService && { identityService }),
     source: Object.freeze(
       source === 'kube'

@@ -34,7 +34,10 @@ export function registerAgentCommand(program: Command): void {
     .option('--opaque-ports <list>', 'comma-separated ports never sniffed (server-speaks-first protocols)', '25,587,3306,4444,5432,6379,9300,11211')
     .option('--max-header-bytes <n>', 'largest HTTP request head accepted; larger answers 431', '61440')
     .option('--max-header-count <n>', 'most header fields in an HTTP request; more answers 431', '100')
-    .option('--log-level <level>', 'trace|debug|info|warn|error', 'info')
+    .option('--audit-file <path>', 'write the audit trail (one access line per connection and per request) to this file, rotated by size, instead of stdout')
+    .option('--audit-max-bytes <size>', 'with --audit-file: rotate when the file would pass this size (bytes, or Ki/Mi/Gi) (default 100Mi)')
+    .option('--audit-max-files <n>', 'with --audit-file: rotated files kept, PATH.1 the newest (default 5)')
+    .option('--log-level <level>', 'trace|debug|info|warn|error (the audit trail is written at info: warn and above turn it off)', 'info')
     .action(async (flags: AgentFlags) => {
       const config = agentConfig(flags);
       const logger = createLogger({ level: config.logLevel, node: config.node });

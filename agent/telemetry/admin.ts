@@ -1,4 +1,5 @@
-// The node-facing HTTP endpoints: Prometheus metrics (:15020 /metrics) and readiness (:15021 /healthz/ready).
+// The node-facing HTTP endpoints: Prometheus metrics (:15020 /metrics, and /debug/policies for `trellis policy
+// describe --agent`) and readiness (:15021 /healthz/ready).
 import http from 'node:http';
 import type { Registry } from 'prom-client';
 
@@ -7,9 +8,27 @@ export interface Readiness {
   notReadyReason(): string | undefined;
 }
 
-export function metricsServer(registry: Registry): http.Server {
+export interface DebugViews {
+  /**
+   * What /debug/policies?workload=NAMESPACE/POD shows: the policies that apply to the workload as plain data, or
+   * undefined when the agent does not know it. Read-only, like the metrics beside it.
+   */
+  describePolicies?(workload: string): unknown;
+}
+
+export function metricsServer(registry: Registry, debug: DebugViews = {}): http.Server {
   return http.createServer((req, res) => {
-    if (req.method === 'GET' && req.url?.split('?')[0] === '/metrics') {
+    const [path, query] = splitUrl(req.url);
+    if (req.method === 'GET' && path === '/debug/policies' && debug.describePolicies) {
+      const workload = new URLSearchParams(query).get('workload');
+      if (!workload || !/^[^/\s]+\/[^/\s]+$/.test(workload)) {
+        return json(res, 400, { error: 'name the workload: /debug/policies?workload=NAMESPACE/POD' });
+      }
+      const view = debug.describePolicies(workload);
+      if (view === undefined) return json(res, 404, { error: `pod ${workload} is not known to this agent (check the name, or ask the agent of the node it runs on)` });
+      return json(res, 200, view);
+    }
+    if (req.method === 'GET' && path === '/metrics') {
       registry.metrics().then(
         (body) => {
           res.writeHead(200, { 'content-type': registry.contentType });
@@ -23,8 +42,18 @@ export function metricsServer(registry: Registry): http.Server {
       return;
     }
     res.writeHead(404, { 'content-type': 'text/plain' });
-    res.end('not found: try /metrics\n');
+    res.end(`not found: try /metrics${debug.describePolicies ? ' or /debug/policies?workload=NAMESPACE/POD' : ''}\n`);
   });
+}
+
+function splitUrl(url: string | undefined): [string, string] {
+  const q = url?.indexOf('?') ?? -1;
+  return q === -1 ? [url ?? '', ''] : [url!.slice(0, q), url!.slice(q + 1)];
+}
+
+function json(res: http.ServerResponse, status: number, body: unknown): void {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(`${JSON.stringify(body, null, 2)}\n`);
 }
 
 export function healthServer(readiness: Readiness): http.Server {

@@ -1,0 +1,412 @@
+// The audit trail's destination: the access logger (one JSON line per connection and per HTTP/gRPC request,
+// written by proxy/connection.ts and l7/record.ts) writes here, never straight to a stream that could lose a
+// line unnoticed. Every line is either written (trellis_audit_lines_total) or counted as dropped with the reason
+// (trellis_audit_dropped_total{reason}): a failed write (ENOSPC, EIO, EPIPE...), the file gone with its
+// directory (ENOENT), a backlog over its bound (backlog_full), or a line logged after close (closed).
+//
+// Destination: stdout by default (fd 1, where the container runtime collects it), or a file appended to and
+// rotated by size as logrotate does (PATH -> PATH.1 -> ... -> PATH.<maxFiles>, the oldest overwritten). A file
+// moved or deleted behind the agent's back (an external logrotate) is noticed within reopenCheckMs and reopened.
+//
+// Why not pino.destination (sonic-boom): on a failed write it emits 'error' without saying how many lines were
+// lost, and it knows neither line counts nor sizes per write, which exact counting and rotation both need. The
+// writer here is small: lines are queued as pino hands them over (one write() call per line) and the lines of
+// a turn of the event loop go out together. The queue is bounded (maxBacklogBytes): when the destination falls
+// behind for longer than that covers, lines are dropped and counted rather than buffered without end.
+//  - A file is written with asynchronous fs.write, one at a time, on libuv's thread pool: a slow disk never
+//    stalls the proxy, it fills the queue.
+//  - A pipe (stdout under a container runtime) is written with writeSync in chunks of at most PIPE_BUF bytes cut
+//    at line ends. The kernel writes such a chunk whole, so the agent's own log lines, written to the same pipe
+//    by pino, never land inside an audit line; and a small write to a pipe costs a few microseconds, less than
+//    a round trip through the thread pool (measured: about 40 000 lines/s through a pipe this way, half that
+//    through the pool). The agent's stdout is non-blocking (libuv opens a pipe so, and pino's logger opens
+//    process.stdout): a full pipe answers EAGAIN, which is waited out off the event loop and never counted as
+//    a loss; lines queue meanwhile.
+import { constants as fsConstants, close, fstatSync, open, openSync, promises as fsp, write, writeSync } from 'node:fs';
+import pino, { type Logger } from 'pino';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import { systemClock, type Clock } from '../clock.js';
+import { TrellisError } from '../errors.js';
+
+export const DEFAULT_AUDIT_MAX_BYTES = 100 * 1024 * 1024;
+export const DEFAULT_AUDIT_MAX_FILES = 5;
+/** About 25 000 lines of a few hundred bytes: several seconds of a busy node's trail while its disk stalls. */
+export const DEFAULT_AUDIT_BACKLOG_BYTES = 16 * 1024 * 1024;
+/** Writes to a pipe of at most this many bytes are atomic (POSIX PIPE_BUF on Linux). */
+const PIPE_BUF = 4096;
+/** Synchronous pipe writes in a row before the event loop gets a turn (256 KiB, well under a millisecond). */
+const SYNC_CHUNKS_PER_TURN = 64;
+/** Largest single write to a file. */
+const FILE_CHUNK = 1024 * 1024;
+/** Wait before writing again to a full non-blocking pipe (sonic-boom waits 100 ms; lines queue meanwhile). */
+const EAGAIN_RETRY_MS = 10;
+/** After a failed rotation, appending goes on for this long before the next attempt (not one attempt per write). */
+const ROTATE_RETRY_MS = 10_000;
+const APPEND = fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT;
+
+export interface AuditOptions {
+  /** Append to this file and rotate it by size; absent: stdout. */
+  readonly file?: string;
+  /** With file: rotate before a write would take the file past this size. */
+  readonly maxBytes?: number;
+  /** With file: rotated files kept (PATH.1 is the newest). */
+  readonly maxFiles?: number;
+  /** Lines waiting to be written beyond this many characters (about bytes) are dropped and counted. */
+  readonly maxBacklogBytes?: number;
+  /** Where the counters are registered (the agent's registry). */
+  readonly registry: Registry;
+  /** The agent's own logger: the first failed write of an episode and the recovery are reported there. */
+  readonly logger: Logger;
+  /** pino level of the access logger; the trail is written at info, so warn and above turn it off. */
+  readonly level?: string;
+  /** Fields on every line (the node, for instance); "log": "access" is added. */
+  readonly base?: Readonly<Record<string, unknown>>;
+  /** Without file: the descriptor to write to (1, stdout, unless a test says otherwise). Never closed. */
+  readonly fd?: number;
+  /** With file: how often the path is checked against the open file (moved or deleted behind our back). */
+  readonly reopenCheckMs?: number;
+  readonly clock?: Clock;
+}
+
+export interface AuditLog {
+  /** The access logger: one info line per connection and per request. */
+  readonly logger: Logger;
+  /** Resolves once every line logged so far is written or counted as dropped. */
+  flush(): Promise<void>;
+  /** Flushes, then closes the file; lines logged afterwards are counted as dropped (reason "closed"). */
+  close(): Promise<void>;
+}
+
+/** The counters the sink updates. */
+interface AuditCounters {
+  readonly written: Counter<string>;
+  readonly dropped: Counter<string>;
+}
+
+/**
+ * Builds the access logger and its destination. Opens the file now: a path that cannot be written fails the
+ * agent's start with the reason, rather than dropping every line of its life.
+ */
+export function createAuditLog(opts: AuditOptions): AuditLog {
+  const registers = [opts.registry];
+  const counters: AuditCounters = {
+    written: new Counter({ name: 'trellis_audit_lines_total', help: 'Audit (access log) lines written to their destination', registers }),
+    dropped: new Counter({
+      name: 'trellis_audit_dropped_total',
+      help: 'Audit (access log) lines lost, by reason: a write error code (ENOSPC, EIO, ENOENT...), backlog_full, closed',
+      labelNames: ['reason'],
+      registers,
+    }),
+  };
+  const sink = new AuditSink(opts, counters);
+  new Gauge({
+    name: 'trellis_audit_backlog_bytes',
+    help: 'Audit lines queued for writing, in characters (about bytes); lines are dropped past the bound',
+    registers,
+    collect() {
+      this.set(sink.backlog());
+    },
+  });
+  const logger = pino(
+    {
+      level: opts.level ?? 'info',
+      base: { ...opts.base, log: 'access' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+    },
+    sink,
+  );
+  return {
+    logger,
+    flush: () => sink.flush(),
+    close: () => sink.close(),
+  };
+}
+
+type Target =
+  | { readonly kind: 'fd'; readonly fd: number }
+  | { readonly kind: 'file'; readonly path: string };
+
+/** pino's destination: write() takes one whole line. */
+class AuditSink {
+  readonly #counters: AuditCounters;
+  readonly #logger: Logger;
+  readonly #clock: Clock;
+  readonly #target: Target;
+  readonly #maxBytes: number;
+  readonly #maxFiles: number;
+  readonly #maxBacklog: number;
+  readonly #reopenCheckMs: number;
+  /** Largest write: PIPE_BUF to pipes, sockets and devices (atomic, see the header), else up to 1 MiB. */
+  #chunk: number;
+  /** Written with writeSync (not a regular file: a pipe, a socket, a device). */
+  #sync = false;
+
+  /** Lines logged since the running drain took its batch. */
+  #pending: string[] = [];
+  /** Characters queued: pending lines and the batch being written. */
+  #backlog = 0;
+  #draining = false;
+  #closed = false;
+  #waiters: (() => void)[] = [];
+  /** The last write stopped inside a line: the next starts on a fresh line so that no two lines run together. */
+  #midLine = false;
+  /** Set while writes fail, to report an episode once (and its end). */
+  #failing: string | undefined;
+
+  // File state.
+  #fd: number | undefined;
+  #size = 0;
+  /** Rotation and reopen checks only make sense for a regular file (never for /dev/stdout or a FIFO). */
+  #regular = false;
+  #ino = 0;
+  #dev = 0;
+  #checkedAt = 0;
+  #noRotateUntil = 0;
+
+  constructor(opts: AuditOptions, counters: AuditCounters) {
+    this.#counters = counters;
+    this.#logger = opts.logger;
+    this.#clock = opts.clock ?? systemClock;
+    this.#maxBytes = opts.maxBytes ?? DEFAULT_AUDIT_MAX_BYTES;
+    this.#maxFiles = opts.maxFiles ?? DEFAULT_AUDIT_MAX_FILES;
+    this.#maxBacklog = opts.maxBacklogBytes ?? DEFAULT_AUDIT_BACKLOG_BYTES;
+    this.#reopenCheckMs = opts.reopenCheckMs ?? 1000;
+    if (this.#maxBytes < 1 || this.#maxFiles < 1) throw new TrellisError('ECONFIG', 'audit: maxBytes and maxFiles must be at least 1');
+    if (opts.file !== undefined) {
+      this.#target = { kind: 'file', path: opts.file };
+      try {
+        this.#opened(openSync(opts.file, APPEND, 0o640));
+      } catch (err) {
+        throw new TrellisError('ECONFIG', `cannot open the audit file ${opts.file}: ${(err as Error).message} (create its directory, or mount a writable volume there)`, { cause: err });
+      }
+      this.#chunk = this.#regular ? Math.min(FILE_CHUNK, this.#maxBytes) : PIPE_BUF;
+      this.#sync = !this.#regular;
+    } else {
+      const fd = opts.fd ?? 1;
+      this.#target = { kind: 'fd', fd };
+      let st;
+      try {
+        st = fstatSync(fd);
+      } catch {
+        st = undefined;
+      }
+      this.#chunk = st?.isFile() ? FILE_CHUNK : PIPE_BUF;
+      this.#sync = !st?.isFile();
+    }
+  }
+
+  backlog(): number {
+    return this.#backlog;
+  }
+
+  write(line: string): boolean {
+    if (this.#closed) {
+      this.#counters.dropped.inc({ reason: 'closed' });
+      return true;
+    }
+    if (this.#backlog + line.length > this.#maxBacklog) {
+      this.#counters.dropped.inc({ reason: 'backlog_full' });
+      if (this.#failing === undefined) this.#report('backlog_full');
+      return true;
+    }
+    this.#pending.push(line);
+    this.#backlog += line.length;
+    if (!this.#draining) {
+      this.#draining = true;
+      // The lines of this turn of the event loop go out in one write.
+      setImmediate(() => void this.#drain());
+    }
+    return true;
+  }
+
+  /** pino's logger.flush(cb). */
+  flush(cb?: (err?: Error) => void): Promise<void> {
+    const done = !this.#draining ? Promise.resolve() : new Promise<void>((resolve) => this.#waiters.push(resolve));
+    if (cb) void done.then(() => cb());
+    return done;
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.flush();
+    if (this.#target.kind === 'file' && this.#fd !== undefined) {
+      const fd = this.#fd;
+      this.#fd = undefined;
+      await closeFd(fd);
+    }
+  }
+
+  async #drain(): Promise<void> {
+    try {
+      let chunks = 0;
+      while (this.#pending.length > 0) {
+        const batch = this.#pending;
+        this.#pending = [];
+        let i = 0;
+        while (i < batch.length) {
+          // Whole lines up to the chunk size (a longer line goes alone).
+          let j = i;
+          let chars = 0;
+          while (j < batch.length && (j === i || chars + batch[j]!.length <= this.#chunk)) chars += batch[j++]!.length;
+          const text = j - i === 1 ? batch[i]! : batch.slice(i, j).join('');
+          await this.#writeChunk(text, j - i);
+          this.#backlog -= chars;
+          i = j;
+          // Synchronous writes of a large backlog (after a stall) give the event loop a turn now and then.
+          if (this.#sync && ++chunks % SYNC_CHUNKS_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
+        }
+      }
+    } catch (err) {
+      // A bug, not an I/O failure (those are counted in #writeChunk): say so, and keep the sink usable.
+      this.#logger.error({ err }, 'audit trail: writer failed');
+    } finally {
+      this.#draining = false;
+      const waiters = this.#waiters;
+      this.#waiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /** Writes `lines` lines, or counts those that did not make it whole. */
+  async #writeChunk(text: string, lines: number): Promise<void> {
+    const fd = await this.#writableFd();
+    if (typeof fd === 'string') return this.#lost(fd, lines);
+    const buf = Buffer.from(this.#midLine ? `\n${text}` : text);
+    if (this.#target.kind === 'file' && this.#regular && this.#size > 0 && this.#size + buf.length > this.#maxBytes && this.#clock.now() >= this.#noRotateUntil) {
+      const rotated = await this.#rotate();
+      if (typeof rotated === 'string') return this.#lost(rotated, lines);
+      return this.#writeChunk(text, lines);
+    }
+    let done = 0;
+    try {
+      while (done < buf.length) done += this.#sync ? await writeNow(fd, buf, done) : await writeSome(fd, buf, done);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? 'EUNKNOWN';
+      // Lines written whole before the failure count as written; the one cut short and the rest are lost.
+      let whole = 0;
+      for (let k = this.#midLine ? 1 : 0; k < done; k++) if (buf[k] === 0x0a) whole++;
+      if (done > 0) this.#midLine = buf[done - 1] !== 0x0a;
+      this.#size += done;
+      if (whole > 0) this.#counters.written.inc(whole);
+      this.#lost(code, lines - whole);
+      // The descriptor may be dead (EIO, ESTALE, a volume gone): a file is reopened for the next chunk.
+      if (this.#target.kind === 'file') await this.#forget();
+      return;
+    }
+    this.#midLine = false;
+    this.#size += buf.length;
+    this.#counters.written.inc(lines);
+    if (this.#failing !== undefined) {
+      this.#logger.info({ after: this.#failing }, 'audit trail: writing again');
+      this.#failing = undefined;
+    }
+  }
+
+  #lost(reason: string, lines: number): void {
+    if (lines > 0) this.#counters.dropped.inc({ reason }, lines);
+    if (this.#failing !== reason) this.#report(reason);
+  }
+
+  #report(reason: string): void {
+    this.#failing = reason;
+    const where = this.#target.kind === 'file' ? this.#target.path : `fd ${this.#target.fd}`;
+    const hint =
+      reason === 'backlog_full'
+        ? 'the destination is slower than the traffic; lines are dropped until it catches up'
+        : reason === 'ENOSPC'
+          ? 'the disk is full; free space or lower --audit-max-bytes / --audit-max-files'
+          : 'lines are dropped until a write succeeds';
+    this.#logger.error({ reason, destination: where }, `audit trail: lines dropped (${hint}); counted in trellis_audit_dropped_total`);
+  }
+
+  /** The descriptor to write to, opening or reopening the file as needed; a string is why there is none. */
+  async #writableFd(): Promise<number | string> {
+    const t = this.#target;
+    if (t.kind === 'fd') return t.fd;
+    if (this.#fd !== undefined && this.#regular && this.#clock.now() - this.#checkedAt >= this.#reopenCheckMs) {
+      this.#checkedAt = this.#clock.now();
+      // Moved away (rotated by someone else) or deleted: what we write would never be read. Reopen the path.
+      const st = await fsp.stat(t.path).catch(() => undefined);
+      if (!st || st.ino !== this.#ino || st.dev !== this.#dev) await this.#forget();
+    }
+    if (this.#fd !== undefined) return this.#fd;
+    const fd = await openFd(t.path);
+    if (typeof fd === 'string') return fd;
+    this.#opened(fd);
+    return fd;
+  }
+
+  #opened(fd: number): void {
+    const st = fstatSync(fd);
+    this.#fd = fd;
+    this.#regular = st.isFile();
+    this.#size = st.size;
+    // A fresh file starts on a fresh line whatever the last write to the old one did.
+    if (st.size === 0) this.#midLine = false;
+    this.#ino = st.ino;
+    this.#dev = st.dev;
+    this.#checkedAt = this.#clock.now();
+  }
+
+  async #forget(): Promise<void> {
+    const fd = this.#fd;
+    this.#fd = undefined;
+    if (fd !== undefined) await closeFd(fd);
+  }
+
+  /** PATH.<n-1> -> PATH.<n> ... PATH -> PATH.1, then a new PATH. A string is why it failed. */
+  async #rotate(): Promise<void | string> {
+    const path = (this.#target as { path: string }).path;
+    await this.#forget();
+    try {
+      for (let i = this.#maxFiles - 1; i >= 1; i--) {
+        await fsp.rename(`${path}.${i}`, `${path}.${i + 1}`).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err;
+        });
+      }
+      await fsp.rename(path, `${path}.1`);
+    } catch (err) {
+      // Cannot rotate (permissions, the directory gone): keep appending rather than lose lines; the reopen
+      // below says whether the path is writable at all.
+      const code = (err as NodeJS.ErrnoException).code ?? 'EUNKNOWN';
+      this.#noRotateUntil = this.#clock.now() + ROTATE_RETRY_MS;
+      this.#logger.warn({ reason: code, file: path }, 'audit trail: cannot rotate; appending past --audit-max-bytes');
+    }
+    const fd = await this.#writableFd();
+    if (typeof fd === 'string') return fd;
+  }
+}
+
+/** One write on the thread pool (files). */
+function writeSome(fd: number, buf: Buffer, offset: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const attempt = () =>
+      write(fd, buf, offset, buf.length - offset, null, (err, n) => {
+        if (err && err.code === 'EAGAIN') setTimeout(attempt, EAGAIN_RETRY_MS);
+        else if (err) reject(err);
+        else resolve(n);
+      });
+    attempt();
+  });
+}
+
+/** Opens for appending (a plain descriptor: a FileHandle would close itself when collected); a string is why not. */
+function openFd(path: string): Promise<number | string> {
+  return new Promise((resolve) =>
+    open(path, APPEND, 0o640, (err, fd) => resolve(err ? (err.code ?? 'EUNKNOWN') : fd)),
+  );
+}
+
+/** One write now, on the event loop (pipes); EAGAIN (a full non-blocking pipe) is waited out with a timer. */
+function writeNow(fd: number, buf: Buffer, offset: number): Promise<number> | number {
+  try {
+    return writeSync(fd, buf, offset, buf.length - offset);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+    return new Promise((resolve) => setTimeout(resolve, EAGAIN_RETRY_MS)).then(() => writeNow(fd, buf, offset));
+  }
+}
+
+function closeFd(fd: number): Promise<void> {
+  return new Promise((resolve) => close(fd, () => resolve()));
+}
