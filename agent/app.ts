@@ -196,6 +196,21 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         })
       : new DirSource({ dir: config.source.dir, logger: sourceLogger, onSnapshot });
   await source.start();
+  // 6a. Status: what the store decided about routes and policy objects is written back to them (kube source only).
+  const statusWriter =
+    source instanceof DirSource || config.source.kind !== 'kube'
+      ? undefined
+      : new (await import('./sources/status-writer.js')).StatusWriter({
+          kubeconfig: config.source.kubeconfig,
+          current: (ref) => source.cached(ref.kind, ref.namespace, ref.name),
+          logger: sourceLogger,
+          clock,
+          registry: metrics.registry,
+        });
+  if (statusWriter) {
+    statusWriter.update(store.current());
+    store.subscribe((next) => statusWriter.update(next));
+  }
   // 6b. CNI: new pods wait in their CNI ADD until their capture is in place; the state is loaded by now.
   const cni = config.cni
     ? await CniServer.start({
@@ -256,6 +271,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         drift.stop();
         // Pods starting from now on wait for the next agent (or fail per the opt-in file), never start uncaptured.
         await cni?.close();
+        statusWriter?.close();
         source.close();
         // Stop accepting; capture rules stay, so nothing bypasses the mesh while we are gone.
         enrolment.close();

@@ -162,7 +162,7 @@ describe('status writer against the API server', () => {
   const ourParents = (name: string, kind = 'HTTPRoute') => (statusOf(kind, GW, name).parents ?? []).filter((p) => p.controllerName === MESH);
   const accepted = (name: string) => ourParents(name)[0]?.conditions.find((c) => c.type === 'Accepted');
   /** A spec edit as kubectl makes it: the status subresource is kept (the fake's apply replaces the whole object). */
-  const edit = (obj: { apiVersion: string; kind: string; metadata: { name: string } }) => {
+  const edit = (obj: { apiVersion: string; kind: string; metadata: { name: string; labels?: Record<string, string> } }) => {
     const held = (api.get(obj.apiVersion, obj.kind, 'demo', obj.metadata.name) as { status?: object } | undefined)?.status;
     api.apply({ ...obj, ...(held ? { status: held } : {}) });
   };
