@@ -2,7 +2,7 @@
 // the port name's prefix, as Istio reads it), else a bounded sniff of the client's first bytes. A client that
 // sends nothing (a server-speaks-first protocol: SMTP, MySQL...) never waits longer than the detection
 // timeout, and ports known to be server-first are never sniffed at all.
-import type net from 'node:net';
+import type { Readable } from 'node:stream';
 import type { ServicePortInfo } from '../state/store.js';
 
 export type AppProtocol = 'http1' | 'h2' | 'tcp';
@@ -77,7 +77,7 @@ export interface SniffResult {
  * timeout passes. Nothing is consumed: every byte read is put back, so the next handler reads the stream from
  * its first byte (and an early FIN is not delivered before those bytes).
  */
-export function sniff(socket: net.Socket, timeoutMs: number): Promise<SniffResult> {
+export function sniff(socket: Readable, timeoutMs: number): Promise<SniffResult> {
   return new Promise((resolve) => {
     let done = false;
     const finish = (protocol: AppProtocol, timedOut: boolean) => {
@@ -102,4 +102,15 @@ export function sniff(socket: net.Socket, timeoutMs: number): Promise<SniffResul
     socket.once('end', onEnd);
     socket.once('close', onEnd);
   });
+}
+
+/**
+ * On a port declared HTTP, which version: HTTP/2 with prior knowledge (the preface) or HTTP/1.1, as Istio
+ * accepts both there (gRPC clients speak h2c to "http" ports). Client-first, so nothing waits in practice; a
+ * client that stays silent past the timeout is served as HTTP/1.1.
+ */
+export async function httpVersion(socket: Readable, timeoutMs: number): Promise<'http1' | 'h2'> {
+  if (timeoutMs <= 0) return 'http1';
+  const found = await sniff(socket, timeoutMs);
+  return found.protocol === 'h2' ? 'h2' : 'http1';
 }

@@ -188,7 +188,7 @@ export class Downstream<C = CallContext> {
       requestId,
       startedAt: performance.now(),
     };
-    this.dispatch(ctx, l7, http2Responder(stream));
+    this.dispatch(ctx, l7, http2Responder(stream, l7.grpc));
   }
 
   private rejectHttp1(err: NodeJS.ErrnoException, socket: Duplex): void {
@@ -262,12 +262,11 @@ function http1Responder(res: http.ServerResponse): Responder {
   };
 }
 
-function http2Responder(stream: http2.ServerHttp2Stream): Responder {
+function http2Responder(stream: http2.ServerHttp2Stream, grpc: boolean): Responder {
   let trailers: Headers | undefined;
-  stream.on('wantTrailers', () => {
-    if (trailers && Object.keys(trailers).length > 0) stream.sendTrailers(trailers);
-    else stream.close();
-  });
+  // Only responses that may carry trailers hold END_STREAM back for them (gRPC always does; others when the
+  // upstream announced them); an empty trailer block is still sent so the stream ends with END_STREAM.
+  stream.on('wantTrailers', () => stream.sendTrailers(trailers ?? {}));
   const closedEarly = () => stream.destroyed && !stream.writableFinished;
   return {
     get headSent() {
@@ -280,12 +279,14 @@ function http2Responder(stream: http2.ServerHttp2Stream): Responder {
       // A stream the client reset (RST_STREAM) may be gone by the time an answer is ready.
       if (stream.destroyed || stream.closed || stream.headersSent) return;
       const out: http2.OutgoingHttpHeaders = { ':status': status };
-      for (const k in headers) if (!HOP_BY_HOP.has(k)) out[k] = headers[k];
-      stream.respond(out, { endStream, waitForTrailers: !endStream });
+      for (const k in headers) if (!HOP_BY_HOP.has(k) || k === 'trailer') out[k] = headers[k];
+      const expectTrailers = !endStream && (grpc || headers.trailer !== undefined);
+      stream.respond(out, { endStream, waitForTrailers: expectTrailers });
     },
     write: (chunk) => (stream.destroyed ? true : stream.write(chunk)),
     end(t) {
       trailers = t;
+      // Trailers with no room for them (the upstream sent some unannounced on a non-gRPC response) are dropped.
       if (!stream.destroyed) stream.end();
     },
     reset: () => void (stream.destroyed || stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR)),

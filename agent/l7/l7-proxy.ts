@@ -6,7 +6,7 @@ import type { Clock } from '../clock.js';
 import type { MeshState, ServiceInfo, ServicePortInfo } from '../state/store.js';
 import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { declaredProtocol, sniff, type AppProtocol } from './detect.js';
+import { declaredProtocol, httpVersion, sniff, type AppProtocol } from './detect.js';
 import { Downstream, type DownstreamLimits } from './downstream.js';
 import type { CallContext } from './exchange.js';
 import { Router } from './router.js';
@@ -71,6 +71,7 @@ export class L7Proxy {
   /** Which protocol the connection speaks: the port's declaration, else a bounded sniff. */
   async select(socket: net.Socket, port: ServicePortInfo): Promise<Selection> {
     const declared: AppProtocol | undefined = declaredProtocol(port);
+    if (declared === 'http1') return { protocol: await httpVersion(socket, this.inputs.options.detectTimeoutMs), sniffed: true };
     if (declared) return { protocol: declared, sniffed: false };
     if (this.inputs.options.detectTimeoutMs === 0 || this.inputs.options.opaquePorts.has(port.port)) return { protocol: 'tcp', sniffed: false };
     const found = await sniff(socket, this.inputs.options.detectTimeoutMs);

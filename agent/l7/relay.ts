@@ -10,7 +10,14 @@ export async function relay(req: L7Request, up: UpstreamResponse, res: Responder
   const headers = up.headers;
   rec.status = up.status;
   rec.grpcStatusFrom(headers);
+  // A gRPC "trailers-only" answer carries grpc-status in its only HEADERS frame: it is passed on the same way.
+  const trailersOnly = req.grpc && headers['grpc-status'] !== undefined;
   const noBody = req.method === 'HEAD' || up.status === 204 || up.status === 304;
+  if (trailersOnly) {
+    res.head(up.status, headers, true);
+    up.body.resume();
+    return;
+  }
   res.head(up.status, headers, noBody && up.body.readableEnded);
   await new Promise<void>((resolve) => {
     let settled = false;

@@ -182,7 +182,7 @@ export class Upstreams {
         stream.on('error', () => undefined);
         resolve({
           status: Number(h[':status']),
-          headers: stripHopByHop(stripPseudo(h)),
+          headers: stripHopByHop(stripPseudo(h), true),
           body: stream,
           trailers: () => trailers,
           abort: () => stream.close(http2.constants.NGHTTP2_CANCEL),
@@ -303,11 +303,12 @@ export function stripPseudo(h: http2.IncomingHttpHeaders): Headers {
   return out;
 }
 
-export function stripHopByHop(h: http.IncomingHttpHeaders | Headers): Headers {
+/** Drops hop-by-hop headers; `keepTrailer` keeps the Trailer announcement (HTTP/2 to HTTP/2). */
+export function stripHopByHop(h: http.IncomingHttpHeaders | Headers, keepTrailer = false): Headers {
   const out: Headers = {};
   const named = typeof h.connection === 'string' ? h.connection.toLowerCase().split(',').map((s) => s.trim()) : [];
   for (const k in h) {
-    if (HOP_BY_HOP.has(k) || named.includes(k)) continue;
+    if ((HOP_BY_HOP.has(k) && !(keepTrailer && k === 'trailer')) || named.includes(k)) continue;
     const v = h[k];
     if (v !== undefined) out[k] = v;
   }

@@ -5,7 +5,7 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type tls from 'node:tls';
 import type { Logger } from 'pino';
-import { declaredProtocol, sniff } from '../l7/detect.js';
+import { declaredProtocol, httpVersion, sniff } from '../l7/detect.js';
 import { countDecision, decisionFields, type InboundCall, type InboundHttp } from '../l7/inbound-http.js';
 import { evaluateConnection, modeFor, type ConnectionVerdict } from '../security/index.js';
 import { wrapError } from '../errors.js';
@@ -187,7 +187,10 @@ export class HboneInbound {
     const srcWorkload = remoteIp ? state.workloadByIp(remoteIp) : undefined;
     const http = this.inputs.http;
     const hint = headers[PROTOCOL_HEADER];
-    const protocol = http ? (declaredFor(state, target.ip, target.port) ?? (hint === 'http1' || hint === 'h2' ? hint : 'tcp')) : 'tcp';
+    const declared = http ? declaredFor(state, target.ip, target.port) : 'tcp';
+    // A port declared HTTP carries either version; the source agent's hint says which one it sends.
+    const hinted = hint === 'http1' || hint === 'h2' ? hint : undefined;
+    const protocol = declared === 'http1' ? (hinted ?? 'http1') : (declared ?? hinted ?? 'tcp');
     const verdict = authorizeConnection(this.inputs, state, {
       principal,
       sourceIp: remoteIp,
@@ -272,7 +275,10 @@ export class PlaintextInbound {
     let protocol: 'http1' | 'h2' | 'tcp' = 'tcp';
     if (http) {
       let declared = declaredFor(state, dst.address, dst.port);
-      if (declared === undefined) {
+      if (declared === 'http1') {
+        declared = await httpVersion(down, http.detectTimeoutMs);
+        if (down.destroyed) return;
+      } else if (declared === undefined) {
         if (http.detectTimeoutMs === 0 || http.opaquePorts.has(dst.port)) {
           declared = 'tcp';
         } else {

@@ -58,6 +58,10 @@ async function backend(name: string, behave: (n: number) => { status?: number; d
     stream.on('end', () =>
       answer(headers[':method']!, headers[':path']!, headers as http.IncomingHttpHeaders, body, (status, text) => {
         if (stream.destroyed) return;
+        if (headers['x-trailers-only']) {
+          stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(headers['x-trailers-only']), 'grpc-message': 'down' }, { endStream: true });
+          return;
+        }
         if (headers['content-type'] === 'application/grpc') {
           stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
           stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': String(headers['x-grpc-status'] ?? '0'), 'x-trailer': name }));
@@ -517,9 +521,9 @@ spec:
 `);
     const session = http2.connect(`http://127.0.0.1:${frontPort}`);
     try {
-      const call = (path: string, status = '0') =>
+      const call = (path: string, status = '0', extra: http2.OutgoingHttpHeaders = {}) =>
         new Promise<{ headers: http2.IncomingHttpHeaders; trailers: http2.IncomingHttpHeaders; body: string }>((resolve, reject) => {
-          const st = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers', 'x-grpc-status': status });
+          const st = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers', 'x-grpc-status': status, ...extra });
           let headers: http2.IncomingHttpHeaders = {};
           let trailers: http2.IncomingHttpHeaders = {};
           let body = '';
@@ -537,6 +541,25 @@ spec:
       expect(failed.trailers['grpc-status']).toBe('7');
       const unmatched = await call('/test.Echo/Other');
       expect(unmatched.headers['grpc-status']).toBe('12');
+      // A backend's trailers-only answer passes as it came, not as a reset.
+      const only = await call('/test.Echo/Echo', '0', { 'x-trailers-only': '14' });
+      expect(only.headers['grpc-status']).toBe('14');
+      expect(only.headers['grpc-message']).toBe('down');
+      // Plain HTTP/2 (not gRPC), many streams at once on one session: every response ends.
+      setRoutes('');
+      const bodies = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          new Promise<string>((resolve, reject) => {
+            const st = session.request({ ':path': `/many/${i}` });
+            let text = '';
+            st.on('data', (c) => (text += c));
+            st.on('end', () => resolve(text));
+            st.on('error', reject);
+            st.end();
+          }),
+        ),
+      );
+      expect(bodies.map((b) => JSON.parse(b).url).sort()).toEqual(Array.from({ length: 20 }, (_, i) => `/many/${i}`).sort());
       const m = parsePrometheus(await metrics.registry.metrics());
       expect(sumOf(m, 'trellis_requests_total', { request_protocol: 'grpc', grpc_response_status: '7', route_name: 'grpc' })).toBe(1);
     } finally {
