@@ -14,6 +14,8 @@ import { KubeIdentityCluster } from '../../agent/identity/cluster.js';
 import { RemoteSigner } from '../../agent/identity/remote.js';
 import { startIdentityService, type IdentityServiceInputs } from '../../agent/identity/service.js';
 import { KubeSource } from '../../agent/sources/kube.js';
+import { StatusWriter } from '../../agent/sources/status-writer.js';
+import { Store } from '../../agent/state/store.js';
 import { FAKE_API_AUDIENCE, FakeApiServer, type RecordedRequest } from '../support/fake-apiserver.js';
 import { installObjects, type KubeObject } from './load.js';
 import { allowedBy, grantsFor, permissions, ruleAllows, suggestRule, uses, type Grant } from './rbac-match.js';
@@ -119,6 +121,17 @@ describe('RBAC against the code', () => {
       endpoints: [{ addresses: ['10.244.1.5'], conditions: { ready: true }, nodeName: 'node-a', targetRef: { kind: 'Pod', name: 'web-1', namespace: 'shop' } }],
       ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
     });
+    // One object of every kind whose status the agent writes.
+    const parentRefs = [{ group: '', kind: 'Service', name: 'web' }];
+    const statusObjects = [
+      { apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', spec: { parentRefs, rules: [{ backendRefs: [{ name: 'web', port: 80 }] }] } },
+      { apiVersion: 'gateway.networking.k8s.io/v1', kind: 'GRPCRoute', spec: { parentRefs: [{ ...parentRefs[0], port: 80 }], rules: [{ backendRefs: [{ name: 'web', port: 80 }] }] } },
+      { apiVersion: 'traffic.trellis.dev/v1alpha1', kind: 'FaultInjection', spec: { delay: { fixedDelay: '1s', percentage: { value: 10 } } } },
+      { apiVersion: 'traffic.trellis.dev/v1alpha1', kind: 'RetryBudget', spec: { targetRef: { group: '', kind: 'Service', name: 'web' } } },
+      { apiVersion: 'security.trellis.dev/v1alpha1', kind: 'AuthorizationPolicy', spec: { action: 'CUSTOM' } },
+      { apiVersion: 'security.trellis.dev/v1alpha1', kind: 'PeerAuthentication', spec: { mtls: { mode: 'STRICT' } } },
+    ];
+    for (const o of statusObjects) server.apply({ ...o, metadata: { name: `web-${o.kind.toLowerCase()}`, namespace: 'shop' } });
     const caDir = path.join(dir, 'ca');
     LocalCa.generate({ trustDomain: TD }).save(caDir);
     server.apply({
@@ -129,16 +142,28 @@ describe('RBAC against the code', () => {
       data: Object.fromEntries(['ca.key.pem', 'ca.cert.pem'].map((f) => [f, fs.readFileSync(path.join(caDir, f)).toString('base64')])),
     });
 
-    // 1. The agent's kube source, with the agent's token: lists, then watches, then sees a change.
-    const source = new KubeSource({
-      kubeconfig: server.writeKubeconfig(path.join(dir, 'agent.kubeconfig'), { token: agentApiToken }),
-      node: 'node-a',
+    // 1. The agent's kube source, with the agent's token: lists, then watches, then sees a change. Its status
+    //    writer writes every object's status; handed copies with an old resourceVersion, it meets 409 Conflict
+    //    on each and re-reads once, as when another agent wrote first.
+    const agentKubeconfig = server.writeKubeconfig(path.join(dir, 'agent.kubeconfig'), { token: agentApiToken });
+    const store = new Store({ trustDomain: TD, logger: silent });
+    const source = new KubeSource({ kubeconfig: agentKubeconfig, node: 'node-a', logger: silent, onSnapshot: (snap) => store.replace(snap.objects), debounceMs: 10 });
+    const writer = new StatusWriter({
+      kubeconfig: agentKubeconfig,
+      current: (ref) => {
+        const o = source.cached(ref.kind, ref.namespace, ref.name);
+        return o && { ...o, metadata: { ...o.metadata, resourceVersion: '1' } };
+      },
       logger: silent,
-      onSnapshot: () => undefined,
-      debounceMs: 10,
+      spreadMs: 0,
     });
+    store.subscribe((next) => writer.update(next));
     try {
       await source.start();
+      writer.update(store.current());
+      const written = () => statusObjects.every((o) => (server.get(o.apiVersion, o.kind, 'shop', `web-${o.kind.toLowerCase()}`) as { status?: object }).status);
+      await until(written, 'the status of every route and Trellis object');
+      await writer.idle();
       const listed = () => new Set(server.requests().filter((r) => r.user === AGENT_USER && r.verb === 'list').map((r) => r.resource));
       await until(() => {
         const watched = new Set(server.requests().filter((r) => r.user === AGENT_USER && r.verb === 'watch').map((r) => r.resource));
@@ -147,6 +172,7 @@ describe('RBAC against the code', () => {
       server.apply({ ...web, metadata: { ...web.metadata, labels: { app: 'web', rev: '2' } } });
       await new Promise((r) => setTimeout(r, 200));
     } finally {
+      writer.close();
       source.close();
     }
 
