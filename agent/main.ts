@@ -6,6 +6,7 @@ import { registerBenchCommand } from './cli/bench.js';
 import { registerDemoCommand } from './cli/demo.js';
 import { registerIdentityCommands } from './cli/identity.js';
 import { registerLabCommands } from './cli/lab.js';
+import { registerPolicyCommands } from './cli/policy.js';
 import { registerToolCommands } from './cli/tool.js';
 
 const program = new Command('trellis')
@@ -14,6 +15,7 @@ const program = new Command('trellis')
 registerAgentCommand(program);
 registerIdentityCommands(program);
 registerLabCommands(program);
+registerPolicyCommands(program);
 registerToolCommands(program);
 registerDemoCommand(program);
 registerBenchCommand(program);
