@@ -26,7 +26,8 @@ export class PodProxy {
     const netns = pod.netnsPath;
     if (!netns || !pod.ip) throw new TrellisError('ENOTREADY', `pod ${pod.key} has no IP or netns yet`);
     const svid = await inputs.certs.get(pod.identity);
-    const outbound = net.createServer({ allowHalfOpen: true }, (s) => void inputs.outbound.handle(s, pod));
+    // noDelay: an HTTP answer written in parts must not wait for the client's delayed ACK (Nagle).
+    const outbound = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => void inputs.outbound.handle(s, pod));
     const inbound = { ...inputs, pod };
     const plain = new PlaintextInbound(inbound);
     const hbone = new HboneInbound(inbound, svid);
