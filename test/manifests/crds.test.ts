@@ -2,6 +2,7 @@
 // refuse broken ones (a wrong enum, a percentage of 150, a missing required field, an unknown field).
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { compilePolicies, modeFor } from '../../agent/security/index.js';
 import {
   ROOT,
   crdValidators,
@@ -172,13 +173,11 @@ describe('broken objects are refused', () => {
     ['AuthorizationPolicy: ports as a name', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.rules', [{ to: [{ operation: { ports: ['http'] } }] }])],
     ['AuthorizationPolicy: ports as numbers', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.rules', [{ to: [{ operation: { ports: [8080] } }] }])],
     ['AuthorizationPolicy: principals as a string', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.rules', [{ from: [{ source: { principals: 'cluster.local/ns/shop/sa/frontend' } }] }])],
-    ['AuthorizationPolicy: unknown source field', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.rules', [{ from: [{ source: { principal: ['x'] } }] }])],
     ['AuthorizationPolicy: selector label not a string', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.selector.matchLabels', { app: 5 })],
     // PeerAuthentication
-    ['PeerAuthentication: mode DISABLE (not supported)', withField(example('PeerAuthentication', 'default'), 'spec.mtls.mode', 'DISABLE')],
     ['PeerAuthentication: mode in lower case', withField(example('PeerAuthentication', 'default'), 'spec.mtls.mode', 'strict')],
     ['PeerAuthentication: port-level mode wrong', withField(example('PeerAuthentication', 'legacy-metrics-port'), 'spec.portLevelMtls', { '9102': { mode: 'OPEN' } })],
-    ['PeerAuthentication: unknown field', withField(example('PeerAuthentication', 'default'), 'spec.mtls.enabled', true)],
+    ['PeerAuthentication: port-level mode in lower case', withField(example('PeerAuthentication', 'legacy-metrics-port'), 'spec.portLevelMtls', { '9102': { mode: 'disable' } })],
   ];
 
   it.each(cases)('%s', (_name, obj) => {
@@ -188,6 +187,59 @@ describe('broken objects are refused', () => {
   it('every kind has broken cases', () => {
     const kinds = new Set(cases.map(([name]) => name.split(':')[0]));
     for (const v of crdVersions()) expect(kinds).toContain(v.kind);
+  });
+});
+
+// Policies keep unknown fields (x-kubernetes-preserve-unknown-fields) instead of letting the API server prune
+// them: a pruned typo changes what a rule matches without anyone being told. The agents refuse the object and
+// name the field instead.
+describe('unknown fields in policies reach the agents, which refuse them', () => {
+  const cases: [string, KubeObject, RegExp][] = [
+    ['a typo in a source (pruned, an ALLOW would widen)', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.rules', [{ from: [{ source: { namespaces: ['shop'], notPrincipal: ['cluster.local/ns/shop/sa/old'] } }] }]), /spec.rules\[0\].from\[0\].source.notPrincipal: unknown field/],
+    ['a typo in an operation', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.rules', [{ to: [{ operation: { paths: ['/api/*'], method: ['GET'] } }] }]), /spec.rules\[0\].to\[0\].operation.method: unknown field/],
+    ['a typo in a rule', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.rules', [{ form: [{ source: { namespaces: ['shop'] } }] }]), /spec.rules\[0\].form: unknown field/],
+    ['a typo in a condition', withField(example('AuthorizationPolicy', 'audit-tenant-b'), 'spec.rules', [{ when: [{ key: 'source.ip', values: ['10.0.0.1'], notValue: ['10.0.0.2'] }] }]), /spec.rules\[0\].when\[0\].notValue: unknown field/],
+    ['a typo of action (pruned, DENY would become the default ALLOW)', withField(withField(example('AuthorizationPolicy', 'no-admin-from-outside'), 'spec.action', undefined), 'spec.acton', 'DENY'), /spec.acton: unknown field/],
+    ['a typo in the selector (pruned, the policy would select the whole namespace)', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.selector', { matchLabel: { app: 'ratings' } }), /spec.selector.matchLabel: unknown field/],
+    ['JWT fields Trellis does not implement', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.rules', [{ from: [{ source: { requestPrincipals: ['*'] } }] }]), /source.requestPrincipals: needs request authentication/],
+    ['PeerAuthentication: a typo in mtls (pruned, STRICT would read as UNSET)', withField(example('PeerAuthentication', 'default'), 'spec.mtls', { mod: 'STRICT' }), /spec.mtls.mod: unknown field/],
+    ['PeerAuthentication: a typo in the spec', withField(example('PeerAuthentication', 'default'), 'spec.mTLS', { mode: 'STRICT' }), /spec.mTLS: unknown field/],
+    ['PeerAuthentication: a typo in a port', withField(example('PeerAuthentication', 'legacy-metrics-port'), 'spec.portLevelMtls', { '9102': { mode: 'PERMISSIVE', mod: 'STRICT' } }), /spec.portLevelMtls.9102.mod: unknown field/],
+  ];
+
+  it.each(cases)('%s', (_name, obj, error) => {
+    // Accepted by the schema (kept, not pruned)...
+    expect(verdict(obj)).toEqual({ ok: true, errors: '[]' });
+    // ...and refused by the agent, the field named.
+    const set = compilePolicies([obj as unknown as Parameters<typeof compilePolicies>[0][number]], { trustDomain: 'cluster.local' });
+    expect(set.errors.some((e) => error.test(e)), set.errors.join('\n')).toBe(true);
+    expect(set.statuses[0]).toMatchObject({ accepted: false, reason: 'Invalid' });
+  });
+
+  it('every object of a policy spec keeps unknown fields, so a field added later cannot be pruned either', () => {
+    for (const v of crdVersions().filter((x) => x.group === 'security.trellis.dev')) {
+      const missing: string[] = [];
+      const visit = (node: Schema, at: string) => {
+        if (node['type'] === 'object' && (node['properties'] || typeof node['additionalProperties'] !== 'object') && node['x-kubernetes-preserve-unknown-fields'] !== true) missing.push(at);
+        for (const [k, child] of Object.entries((node['properties'] ?? {}) as Record<string, Schema>)) visit(child, `${at}.${k}`);
+        if (typeof node['items'] === 'object') visit(node['items'] as Schema, `${at}[]`);
+        if (typeof node['additionalProperties'] === 'object') visit(node['additionalProperties'] as Schema, `${at}.*`);
+      };
+      visit((v.schema['properties'] as Record<string, Schema>)['spec']!, 'spec');
+      expect(missing, v.kind).toEqual([]);
+    }
+  });
+
+  it('DISABLE is accepted at both levels, and compiles (plaintext accepted, as PERMISSIVE)', () => {
+    const ns = withField(example('PeerAuthentication', 'default'), 'spec.mtls.mode', 'DISABLE');
+    const port = withField(example('PeerAuthentication', 'legacy-metrics-port'), 'spec.portLevelMtls', { '9102': { mode: 'DISABLE' } });
+    expect(verdict(ns)).toEqual({ ok: true, errors: '[]' });
+    expect(verdict(port)).toEqual({ ok: true, errors: '[]' });
+    const set = compilePolicies([ns, port] as unknown as Parameters<typeof compilePolicies>[0], { trustDomain: 'cluster.local' });
+    expect(set.errors).toEqual([]);
+    expect(modeFor(set, { namespace: 'shop', labels: {} }, 8080)).toBe('DISABLE');
+    expect(modeFor(set, { namespace: 'shop', labels: { app: 'legacy' } }, 9102)).toBe('DISABLE');
+    expect(modeFor(set, { namespace: 'shop', labels: { app: 'legacy' } }, 8080)).toBe('STRICT');
   });
 });
 
