@@ -58,6 +58,8 @@ function selfBackend(service: ServiceInfo, port: number): ServiceBackend {
 interface BalancerEntry {
   version: number;
   balancer: Balancer<UpstreamEndpoint>;
+  /** Ejections already counted in trellis_endpoint_ejections_total. */
+  counted: number;
 }
 
 interface Attempt {
@@ -377,14 +379,18 @@ export class Router {
         entry = {
           version: state.version,
           balancer: new Balancer<UpstreamEndpoint>(endpoints, { clock: this.inputs.clock, random: this.inputs.random, key: (e) => `${e.ip}:${e.port}` }),
+          counted: 0,
         };
         this.balancers.set(key, entry);
       }
     }
-    const before = entry.balancer.ejections;
-    const picked = entry.balancer.pick();
-    if (entry.balancer.ejections !== before) this.inputs.metrics.endpointEjections.inc({ destination_service: backend.host });
-    return picked;
+    // Ejections happen when a try completes; they are counted at the next pick.
+    const ejections = entry.balancer.ejections;
+    if (ejections !== entry.counted) {
+      this.inputs.metrics.endpointEjections.inc({ destination_service: backend.host }, ejections - entry.counted);
+      entry.counted = ejections;
+    }
+    return entry.balancer.pick();
   }
 
   private budgetFor(state: MeshState, service: string): RetryBudget {

@@ -123,6 +123,7 @@ describe('L7 proxy (in process, loopback)', () => {
   let flaky: Backend;
   let slow: Backend;
   let mirror: Backend;
+  let broken: http.Server;
   let front: net.Server;
   let frontPort: number;
   let state: MeshState;
@@ -156,7 +157,11 @@ ${serviceYaml('echo-v2', '10.96.0.12', [{ name: 'http', port: 80, target: v2.por
 ${serviceYaml('flaky', '10.96.0.13', [{ name: 'http', port: 80, target: flaky.port }])}
 ${serviceYaml('slow', '10.96.0.14', [{ name: 'http', port: 80, target: slow.port }])}
 ${serviceYaml('mirror', '10.96.0.15', [{ name: 'http', port: 80, target: mirror.port }])}
+${serviceYaml('pair', '10.96.0.16', [{ name: 'http', port: 80, target: v1.port }]).replace('addresses: [127.0.0.1]', 'addresses: [127.0.0.1, 127.0.0.2]')}
 `;
+    // The pair's second endpoint: the same port on 127.0.0.2, always failing.
+    broken = http.createServer((_req, res) => res.writeHead(503).end('broken'));
+    await new Promise<void>((r) => broken.listen(v1.port, '127.0.0.2', r));
     state = compile(objects(base), 'cluster.local', 1);
     metrics = new Metrics({ defaultMetrics: false });
     const options: L7Options = {
@@ -172,7 +177,7 @@ ${serviceYaml('mirror', '10.96.0.15', [{ name: 'http', port: 80, target: mirror.
       state: () => state,
       open: (_src, ep) =>
         new Promise((resolve, reject) => {
-          const s = net.connect(ep.port, '127.0.0.1');
+          const s = net.connect(ep.port, ep.ip);
           s.once('connect', () => resolve(s));
           s.once('error', reject);
         }),
@@ -206,6 +211,7 @@ ${serviceYaml('mirror', '10.96.0.15', [{ name: 'http', port: 80, target: mirror.
     proxy?.close();
     front?.close();
     for (const b of [v1, v2, flaky, slow, mirror]) await b?.close();
+    broken?.close();
   });
 
   afterEach(() => {
@@ -366,6 +372,25 @@ spec:
     }
     for (let i = 0; i < 50 && mirror.seen.length < before + 5; i++) await new Promise((r) => setTimeout(r, 20));
     expect(mirror.seen.slice(before).map((s) => s.body).sort()).toEqual(['copy-0', 'copy-1', 'copy-2', 'copy-3', 'copy-4']);
+  });
+
+  it('ejects an endpoint after consecutive 5xx and balances onto the healthy one', async () => {
+    setRoutes(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: pair, namespace: ${NS}}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+    - backendRefs: [{name: pair, port: 80}]
+`);
+    const statuses: number[] = [];
+    for (let i = 0; i < 60; i++) statuses.push((await get('/p')).status);
+    // At most 5 consecutive failures before the ejection (and P2C avoids a failing endpoint before that).
+    expect(statuses.filter((s) => s === 503).length).toBeLessThanOrEqual(5);
+    expect(statuses.slice(-30).every((s) => s === 200)).toBe(true);
+    const m = parsePrometheus(await metrics.registry.metrics());
+    const failures = statuses.filter((s) => s === 503).length;
+    if (failures === 5) expect(sumOf(m, 'trellis_endpoint_ejections_total', { destination_service: 'pair.mesh.svc.cluster.local' })).toBe(1);
   });
 
   it('answers 500 for the share of a backendRef to a missing Service', async () => {
