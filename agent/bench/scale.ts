@@ -52,7 +52,8 @@ function serviceWithSlice(namespace: string, name: string, vip: string, addresse
       apiVersion: 'v1',
       kind: 'Service',
       metadata: { name, namespace },
-      spec: { type: 'ClusterIP', clusterIP: vip, clusterIPs: [vip], ports: [{ name: 'http', port: SERVICE_PORT, targetPort: APP_PORT, protocol: 'TCP' }] },
+      // Opaque TCP like trellis-l4, whose server port the probe shares.
+      spec: { type: 'ClusterIP', clusterIP: vip, clusterIPs: [vip], ports: [{ name: 'tcp', appProtocol: 'tcp', port: SERVICE_PORT, targetPort: APP_PORT, protocol: 'TCP' }] },
     } as KubeObject,
     {
       apiVersion: 'discovery.k8s.io/v1',
@@ -60,7 +61,7 @@ function serviceWithSlice(namespace: string, name: string, vip: string, addresse
       metadata: { name: `${name}-1`, namespace, labels: { [SERVICE_NAME_LABEL]: name } },
       addressType: 'IPv4',
       endpoints: addresses.map((ip) => ({ addresses: [ip], conditions: { ready: true } })),
-      ports: [{ name: 'http', port: APP_PORT, protocol: 'TCP' }],
+      ports: [{ name: 'tcp', appProtocol: 'tcp', port: APP_PORT, protocol: 'TCP' }],
     } as KubeObject,
   ];
 }

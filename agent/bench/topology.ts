@@ -7,6 +7,11 @@ import type { ExtensionObject, KubeObject } from '../sources/objects.js';
 import type { Targets } from './paths.js';
 
 export const APP_PORT = 8080;
+/**
+ * The meshed server's second port, behind trellis-l7's HTTP Services only. Behind one pod port, Services
+ * declaring different protocols would leave the agents to pick one of them, and trellis-l4 must stay opaque TCP.
+ */
+export const HTTP_APP_PORT = 8081;
 export const SERVICE_PORT = 80;
 /** Response size of every request/response measurement. */
 export const BODY_BYTES = 1024;
@@ -35,17 +40,21 @@ export function benchManifests(opts: { serverCpu?: number }): KubeObject[] {
       kind: 'Namespace',
       metadata: { name: ns, ...(meshed && { annotations: { [MESH_ANNOTATION]: 'enabled' } }) },
     });
-    objects.push(pod(ns, 'client', NODE_A, ['sleep', 'infinity']));
+    objects.push(pod(ns, 'client', NODE_A, [{ name: 'client', command: ['sleep', 'infinity'] }]));
+    const echo = (port: number) => pinned(opts.serverCpu, ['trellis', 'tool', 'http-echo', '--port', String(port), '--body-bytes', String(BODY_BYTES)]);
     objects.push(
-      pod(ns, 'server', NODE_B, pinned(opts.serverCpu, ['trellis', 'tool', 'http-echo', '--port', String(APP_PORT), '--body-bytes', String(BODY_BYTES)])),
+      pod(ns, 'server', NODE_B, [
+        { name: 'server', command: echo(APP_PORT), port: { name: 'tcp', containerPort: APP_PORT } },
+        ...(meshed ? [{ name: 'server-http', command: echo(HTTP_APP_PORT), port: { name: 'http', containerPort: HTTP_APP_PORT } }] : []),
+      ]),
     );
     // Declared opaque TCP, so the L4 paths stay L4 whatever protocol detection the mesh grows.
-    objects.push(service(ns, 'server', { name: 'tcp', appProtocol: 'tcp' }));
+    objects.push(service(ns, 'server', { name: 'tcp', appProtocol: 'tcp' }, APP_PORT));
   }
   // trellis-l7: an HTTP Service whose HTTPRoute splits 90/10 between two Services of the same server pod.
-  objects.push(service('bench-mesh', 'server-l7', { name: 'http', appProtocol: 'http' }));
-  objects.push(service('bench-mesh', 'server-v1', { name: 'http', appProtocol: 'http' }));
-  objects.push(service('bench-mesh', 'server-v2', { name: 'http', appProtocol: 'http' }));
+  objects.push(service('bench-mesh', 'server-l7', { name: 'http', appProtocol: 'http' }, HTTP_APP_PORT));
+  objects.push(service('bench-mesh', 'server-v1', { name: 'http', appProtocol: 'http' }, HTTP_APP_PORT));
+  objects.push(service('bench-mesh', 'server-v2', { name: 'http', appProtocol: 'http' }, HTTP_APP_PORT));
   return objects;
 }
 
@@ -96,7 +105,13 @@ export function resolveTargets(lab: Lab): Targets {
   };
 }
 
-function pod(namespace: string, name: string, node: string, command: string[]): KubeObject {
+interface Container {
+  name: string;
+  command: string[];
+  port?: { name: string; containerPort: number };
+}
+
+function pod(namespace: string, name: string, node: string, containers: Container[]): KubeObject {
   return {
     apiVersion: 'v1',
     kind: 'Pod',
@@ -104,16 +119,16 @@ function pod(namespace: string, name: string, node: string, command: string[]): 
     spec: {
       nodeName: node,
       serviceAccountName: name,
-      containers: [{ name, image: 'trellis', command, ...(name === 'server' && { ports: [{ name: 'http', containerPort: APP_PORT }] }) }],
+      containers: containers.map((c) => ({ name: c.name, image: 'trellis', command: c.command, ...(c.port && { ports: [c.port] }) })),
     },
   } as KubeObject;
 }
 
-function service(namespace: string, name: string, port: { name: string; appProtocol: string }): KubeObject {
+function service(namespace: string, name: string, port: { name: string; appProtocol: string }, targetPort: number): KubeObject {
   return {
     apiVersion: 'v1',
     kind: 'Service',
     metadata: { name, namespace },
-    spec: { selector: { app: 'server' }, ports: [{ ...port, port: SERVICE_PORT, targetPort: APP_PORT }] },
+    spec: { selector: { app: 'server' }, ports: [{ ...port, port: SERVICE_PORT, targetPort }] },
   } as KubeObject;
 }

@@ -76,6 +76,14 @@ describe('bench manifests', () => {
     expect(plan.namespaces.find((n) => n.metadata.name === 'bench-plain')?.metadata.annotations).toBeUndefined();
     const tcp = plan.services.find((s) => s.namespace === 'bench-mesh' && s.name === 'server')!;
     expect(tcp.ports).toEqual([{ name: 'tcp', port: 80, targetPort: 8080, appProtocol: 'tcp' }]);
+    // trellis-l7's HTTP Services reach the meshed server on a port of their own: trellis-l4's port is behind
+    // opaque TCP Services only, so no agent can take it for HTTP.
+    expect(server.containers.map((c) => c.argv.slice(-4, -2))).toEqual([['--port', '8080'], ['--port', '8081']]);
+    for (const name of ['server-l7', 'server-v1', 'server-v2']) {
+      expect(plan.services.find((s) => s.namespace === 'bench-mesh' && s.name === name)!.ports).toEqual([{ name: 'http', port: 80, targetPort: 8081, appProtocol: 'http' }]);
+    }
+    const endpoints8080 = plan.services.filter((s) => s.ports.some((p) => p.targetPort === 8080) && s.namespace === 'bench-mesh');
+    expect(endpoints8080.map((s) => s.name)).toEqual(['server']);
     expect(plan.vips.find((v) => v.service === 'bench-plain/server')?.backends).toHaveLength(1);
   });
 
