@@ -330,9 +330,10 @@ export class StatusWriter {
 
   /** Starts writes while a slot and a token are free; waits for the next token otherwise. */
   private pump(): void {
-    while (!this.closed && this.inFlight.size < this.concurrency) {
-      const key = [...this.pending].find((k) => !this.inFlight.has(k));
-      if (key === undefined) break;
+    // Deleting from a Set while iterating it is safe: entries not yet visited are still visited.
+    for (const key of this.pending) {
+      if (this.closed || this.inFlight.size >= this.concurrency) break;
+      if (this.inFlight.has(key)) continue; // looked at again once its write in flight ends
       const want = this.desired.get(key);
       if (!want || !this.needsWrite(key, want)) {
         this.pending.delete(key);
@@ -351,7 +352,6 @@ export class StatusWriter {
       void this.write(key, want.ref).finally(() => {
         this.inFlight.delete(key);
         this.pump();
-        this.checkIdle();
       });
     }
     this.checkIdle();

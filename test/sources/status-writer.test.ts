@@ -346,6 +346,17 @@ describe('status writer against the API server', () => {
     expect(await writes(agent, 'written')).toBe(6);
   });
 
+  it('keeps at most four writes in flight: eight writes to a server answering in 150 ms take two rounds', async () => {
+    for (let i = 0; i < 8; i++) api.apply(route(`r${i}`));
+    const agent = await startAgent({ spreadMs: 0 });
+    api.setLatency(150); // before the first write: it goes out on a later tick
+    const started = Date.now();
+    await until(() => Array.from({ length: 8 }, (_, i) => accepted(`r${i}`)).every(Boolean), 'eight routes written', 5000);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(290); // two rounds of 150 ms (timers may fire a millisecond early)
+    await agent.writer.idle();
+    expect(await writes(agent, 'written')).toBe(8);
+  });
+
   it('a write that fails is counted, logged and retried with backoff once the API server answers again', async () => {
     api.apply(route('r'));
     const agent = await startAgent({ spreadMs: 300 });

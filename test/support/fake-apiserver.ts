@@ -108,6 +108,8 @@ export class FakeApiServer {
   /** Watches and continue tokens from a resourceVersion below this are gone (410). */
   private floor = 0;
   private paused = false;
+  /** Resource requests are answered this much later (see setLatency). */
+  private latencyMs = 0;
   /** Resources answered with 404, as for a CRD that is not installed. */
   private readonly hidden = new Set<string>();
   private nextClusterIp = 10;
@@ -215,6 +217,11 @@ export class FakeApiServer {
 
   resume(): void {
     this.paused = false;
+  }
+
+  /** Resource requests arriving from now on are handled `ms` later, as by a loaded API server; 0 for none. */
+  setLatency(ms: number): void {
+    this.latencyMs = ms;
   }
 
   /**
@@ -418,6 +425,7 @@ export class FakeApiServer {
       ...(user ? { user: user.username } : {}),
     });
     if (!user) throw unauthorized();
+    if (this.latencyMs > 0) await new Promise((resolve) => setTimeout(resolve, this.latencyMs));
     if (this.hidden.has(rt.resource)) throw new HttpError(404, 'NotFound', 'the server could not find the requested resource');
     if (!verb) throw new HttpError(405, 'MethodNotAllowed', `the server does not allow this method on the requested resource`);
     if (subresource && (subresource !== 'status' || !rt.status)) {
