@@ -244,7 +244,7 @@ describe('unknown fields in policies reach the agents, which refuse them', () =>
 });
 
 describe('YAML in the docs', () => {
-  const docs = ['docs/install.md', 'manifests/README.md'];
+  const docs = ['docs/install.md', 'manifests/README.md', 'docs/security.md'];
 
   it.each(docs)('%s: every yaml block parses, and Trellis objects in it are valid', (doc) => {
     const blocks = markdownYamlBlocks(path.join(ROOT, doc));
@@ -255,6 +255,11 @@ describe('YAML in the docs', () => {
         const group = String(obj.apiVersion ?? '').split('/')[0]!;
         if (!TRELLIS_GROUPS.includes(group)) continue;
         expect(verdict(obj), `${doc}:${block.line} ${obj.kind} ${obj.metadata?.name}`).toEqual({ ok: true, errors: '[]' });
+        // Policies shown in the docs also compile, as the agents would read them.
+        if (group === 'security.trellis.dev') {
+          const set = compilePolicies([obj as unknown as Parameters<typeof compilePolicies>[0][number]], { trustDomain: 'cluster.local' });
+          expect(set.errors, `${doc}:${block.line} ${obj.kind} ${obj.metadata?.name}`).toEqual([]);
+        }
       }
     }
   });
