@@ -236,7 +236,7 @@ export class StatusWriter {
   private tokens: number;
   private refilledAt: number;
   private wake: TimerHandle | undefined;
-  private warned = new Set<string>();
+  private readonly warned = new Set<string>();
   private idleWaiters: (() => void)[] = [];
   private closed = false;
 
@@ -245,7 +245,7 @@ export class StatusWriter {
     this.api = loadKubeConfig(inputs.kubeconfig).makeApiClient(CustomObjectsApi);
     this.clock = inputs.clock ?? systemClock;
     this.random = inputs.random ?? Math.random;
-    this.logger = inputs.logger.child({ component: 'status-writer' });
+    this.logger = inputs.logger.child({ writer: 'status' });
     this.controllerName = inputs.controllerName ?? DEFAULT_CONTROLLER_NAME;
     this.concurrency = inputs.concurrency ?? 4;
     this.rate = inputs.ratePerSecond ?? 10;
