@@ -224,6 +224,7 @@ export function registerToolCommands(program: Command): void {
     .option('--replies <n>', 'keep the first N replies whole', integer(0, 10_000), 0)
     .option('--timeout-ms <ms>', 'per request', positive, 10_000)
     .option('--duration-s <s>', 'start no request after this many seconds', seconds)
+    .option('--request-id-prefix <p>', 'request i carries x-request-id: <p><i> (to find each one in access logs)')
     .action(
       async (o: {
         url: string;
@@ -239,6 +240,7 @@ export function registerToolCommands(program: Command): void {
         replies: number;
         timeoutMs: number;
         durationS?: number;
+        requestIdPrefix?: string;
       }) => {
         const { header: headers, bodyBytes, body, ...rest } = o;
         const summary = await httpClient({

@@ -37,6 +37,8 @@ export interface HttpClientOptions {
   timeoutMs?: number;
   /** Start no request after this many seconds. */
   durationS?: number;
+  /** Request i carries x-request-id: <prefix><i>, so each request can be found in the mesh's access logs. */
+  requestIdPrefix?: string;
 }
 
 export interface HttpReply {
@@ -148,6 +150,7 @@ function requestFor(opts: HttpClientOptions, url: URL, i: number): Request {
   const spec = opts.requests?.length ? opts.requests[i % opts.requests.length]! : {};
   const headers: Record<string, string> = {};
   for (const [k, v] of Object.entries({ ...opts.headers, ...spec.headers })) headers[k.toLowerCase()] = v;
+  if (opts.requestIdPrefix !== undefined) headers['x-request-id'] = `${opts.requestIdPrefix}${i}`;
   const body = spec.body ?? opts.body;
   return {
     method: (spec.method ?? opts.method ?? 'GET').toUpperCase(),

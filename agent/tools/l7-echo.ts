@@ -114,7 +114,7 @@ export function startL7Echo(opts: L7EchoOptions): Promise<ToolServer> {
       socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       return;
     }
-    log({ event: 'websocket', path: req.url ?? '' });
+    log({ event: 'websocket', path: req.url ?? '', headers: plainHeaders(req.headers) });
     const accept = createHash('sha1').update(key + WS_GUID).digest('base64');
     socket.write(
       'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
