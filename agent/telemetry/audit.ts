@@ -19,10 +19,13 @@
 //    at line ends. The kernel writes such a chunk whole, so the agent's own log lines, written to the same pipe
 //    by pino, never land inside an audit line; and a small write to a pipe costs a few microseconds, less than
 //    a round trip through the thread pool (measured: about 40 000 lines/s through a pipe this way, half that
-//    through the pool). The agent's stdout is non-blocking (libuv opens a pipe so, and pino's logger opens
-//    process.stdout): a full pipe answers EAGAIN, which is waited out off the event loop and never counted as
-//    a loss; lines queue meanwhile.
-import { constants as fsConstants, close, fstatSync, open, openSync, promises as fsp, write, writeSync } from 'node:fs';
+//    through the pool). That needs a non-blocking descriptor, so that a full pipe answers EAGAIN (waited out
+//    with a timer, never counted as a loss; lines queue meanwhile) instead of stopping the event loop: the
+//    agent's stdout is one (libuv opens a pipe so once process.stdout exists, and pino's logger makes it), and
+//    a FIFO given as the file is opened so. A blocking pipe is written through the thread pool instead.
+// Shutdown waits for the queue at most closeTimeoutMs: a stdout nobody reads must not hold the agent up; what
+// is left is counted as dropped (closed).
+import { constants as fsConstants, close, fstatSync, open, openSync, promises as fsp, readFileSync, write, writeSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { systemClock, type Clock } from '../clock.js';
@@ -42,7 +45,9 @@ const FILE_CHUNK = 1024 * 1024;
 const EAGAIN_RETRY_MS = 10;
 /** After a failed rotation, appending goes on for this long before the next attempt (not one attempt per write). */
 const ROTATE_RETRY_MS = 10_000;
-const APPEND = fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT;
+// O_NONBLOCK: nothing for a regular file; for a FIFO, writes answer EAGAIN instead of blocking (see the header).
+const APPEND = fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NONBLOCK;
+const DEFAULT_CLOSE_TIMEOUT_MS = 2000;
 
 export interface AuditOptions {
   /** Append to this file and rotate it by size; absent: stdout. */
@@ -65,6 +70,8 @@ export interface AuditOptions {
   readonly fd?: number;
   /** With file: how often the path is checked against the open file (moved or deleted behind our back). */
   readonly reopenCheckMs?: number;
+  /** How long close() waits for the queue to be written before counting the rest as dropped. */
+  readonly closeTimeoutMs?: number;
   readonly clock?: Clock;
 }
 
@@ -73,7 +80,10 @@ export interface AuditLog {
   readonly logger: Logger;
   /** Resolves once every line logged so far is written or counted as dropped. */
   flush(): Promise<void>;
-  /** Flushes, then closes the file; lines logged afterwards are counted as dropped (reason "closed"). */
+  /**
+   * Flushes (for at most closeTimeoutMs), then closes the file; lines still queued then, and lines logged
+   * afterwards, are counted as dropped (reason "closed").
+   */
   close(): Promise<void>;
 }
 
@@ -136,10 +146,15 @@ class AuditSink {
   readonly #maxFiles: number;
   readonly #maxBacklog: number;
   readonly #reopenCheckMs: number;
+  readonly #closeTimeoutMs: number;
   /** Largest write: PIPE_BUF to pipes, sockets and devices (atomic, see the header), else up to 1 MiB. */
   #chunk: number;
-  /** Written with writeSync (not a regular file: a pipe, a socket, a device). */
+  /** Written with writeSync (not a regular file, and non-blocking: a pipe, a socket, a device). */
   #sync = false;
+  /** Lines accepted and not yet written or counted as dropped. */
+  #queuedLines = 0;
+  /** close() gave up waiting: whatever is still in flight was counted as dropped, and is not counted again. */
+  #abandoned = false;
 
   /** Lines logged since the running drain took its batch. */
   #pending: string[] = [];
@@ -171,6 +186,7 @@ class AuditSink {
     this.#maxFiles = opts.maxFiles ?? DEFAULT_AUDIT_MAX_FILES;
     this.#maxBacklog = opts.maxBacklogBytes ?? DEFAULT_AUDIT_BACKLOG_BYTES;
     this.#reopenCheckMs = opts.reopenCheckMs ?? 1000;
+    this.#closeTimeoutMs = opts.closeTimeoutMs ?? DEFAULT_CLOSE_TIMEOUT_MS;
     if (this.#maxBytes < 1 || this.#maxFiles < 1) throw new TrellisError('ECONFIG', 'audit: maxBytes and maxFiles must be at least 1');
     if (opts.file !== undefined) {
       this.#target = { kind: 'file', path: opts.file };
@@ -180,7 +196,7 @@ class AuditSink {
         throw new TrellisError('ECONFIG', `cannot open the audit file ${opts.file}: ${(err as Error).message} (create its directory, or mount a writable volume there)`, { cause: err });
       }
       this.#chunk = this.#regular ? Math.min(FILE_CHUNK, this.#maxBytes) : PIPE_BUF;
-      this.#sync = !this.#regular;
+      this.#sync = !this.#regular && nonBlocking(this.#fd!);
     } else {
       const fd = opts.fd ?? 1;
       this.#target = { kind: 'fd', fd };
@@ -191,7 +207,7 @@ class AuditSink {
         st = undefined;
       }
       this.#chunk = st?.isFile() ? FILE_CHUNK : PIPE_BUF;
-      this.#sync = !st?.isFile();
+      this.#sync = !st?.isFile() && nonBlocking(fd);
     }
   }
 
@@ -211,6 +227,7 @@ class AuditSink {
     }
     this.#pending.push(line);
     this.#backlog += line.length;
+    this.#queuedLines++;
     if (!this.#draining) {
       this.#draining = true;
       // The lines of this turn of the event loop go out in one write.
@@ -228,7 +245,18 @@ class AuditSink {
 
   async close(): Promise<void> {
     this.#closed = true;
-    await this.flush();
+    let timer: NodeJS.Timeout | undefined;
+    const gaveUp = await Promise.race([
+      this.flush().then(() => false),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), this.#closeTimeoutMs))),
+    ]);
+    clearTimeout(timer);
+    if (gaveUp && this.#queuedLines > 0) {
+      this.#abandoned = true;
+      this.#counters.dropped.inc({ reason: 'closed' }, this.#queuedLines);
+      this.#queuedLines = 0;
+      this.#report('closed');
+    }
     if (this.#target.kind === 'file' && this.#fd !== undefined) {
       const fd = this.#fd;
       this.#fd = undefined;
@@ -239,11 +267,11 @@ class AuditSink {
   async #drain(): Promise<void> {
     try {
       let chunks = 0;
-      while (this.#pending.length > 0) {
+      while (this.#pending.length > 0 && !this.#abandoned) {
         const batch = this.#pending;
         this.#pending = [];
         let i = 0;
-        while (i < batch.length) {
+        while (i < batch.length && !this.#abandoned) {
           // Whole lines up to the chunk size (a longer line goes alone).
           let j = i;
           let chars = 0;
@@ -279,7 +307,8 @@ class AuditSink {
     }
     let done = 0;
     try {
-      while (done < buf.length) done += this.#sync ? await writeNow(fd, buf, done) : await writeSome(fd, buf, done);
+      const gaveUp = () => this.#abandoned;
+      while (done < buf.length) done += this.#sync ? await writeNow(fd, buf, done, gaveUp) : await writeSome(fd, buf, done, gaveUp);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'EUNKNOWN';
       // Lines written whole before the failure count as written; the one cut short and the rest are lost.
@@ -287,7 +316,7 @@ class AuditSink {
       for (let k = this.#midLine ? 1 : 0; k < done; k++) if (buf[k] === 0x0a) whole++;
       if (done > 0) this.#midLine = buf[done - 1] !== 0x0a;
       this.#size += done;
-      if (whole > 0) this.#counters.written.inc(whole);
+      this.#wrote(whole);
       this.#lost(code, lines - whole);
       // The descriptor may be dead (EIO, ESTALE, a volume gone): a file is reopened for the next chunk.
       if (this.#target.kind === 'file') await this.#forget();
@@ -295,14 +324,22 @@ class AuditSink {
     }
     this.#midLine = false;
     this.#size += buf.length;
-    this.#counters.written.inc(lines);
+    this.#wrote(lines);
     if (this.#failing !== undefined) {
       this.#logger.info({ after: this.#failing }, 'audit trail: writing again');
       this.#failing = undefined;
     }
   }
 
+  #wrote(lines: number): void {
+    if (this.#abandoned || lines === 0) return;
+    this.#queuedLines -= lines;
+    this.#counters.written.inc(lines);
+  }
+
   #lost(reason: string, lines: number): void {
+    if (this.#abandoned) return;
+    this.#queuedLines -= lines;
     if (lines > 0) this.#counters.dropped.inc({ reason }, lines);
     if (this.#failing !== reason) this.#report(reason);
   }
@@ -313,6 +350,8 @@ class AuditSink {
     const hint =
       reason === 'backlog_full'
         ? 'the destination is slower than the traffic; lines are dropped until it catches up'
+        : reason === 'closed'
+          ? `the destination took more than ${this.#closeTimeoutMs} ms to take the last lines at shutdown`
         : reason === 'ENOSPC'
           ? 'the disk is full; free space or lower --audit-max-bytes / --audit-max-files'
           : 'lines are dropped until a write succeeds';
@@ -377,12 +416,22 @@ class AuditSink {
   }
 }
 
-/** One write on the thread pool (files). */
-function writeSome(fd: number, buf: Buffer, offset: number): Promise<number> {
+/** Whether writes to fd answer EAGAIN rather than block (O_NONBLOCK, read from /proc: Trellis runs on Linux). */
+function nonBlocking(fd: number): boolean {
+  try {
+    const flags = /^flags:\s*([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
+    return flags !== undefined && (parseInt(flags, 8) & fsConstants.O_NONBLOCK) !== 0;
+  } catch {
+    return false;
+  }
+}
+
+/** One write on the thread pool (files, blocking pipes). */
+function writeSome(fd: number, buf: Buffer, offset: number, gaveUp: () => boolean): Promise<number> {
   return new Promise((resolve, reject) => {
     const attempt = () =>
       write(fd, buf, offset, buf.length - offset, null, (err, n) => {
-        if (err && err.code === 'EAGAIN') setTimeout(attempt, EAGAIN_RETRY_MS);
+        if (err && err.code === 'EAGAIN') setTimeout(() => (gaveUp() ? reject(cancelled()) : attempt()), EAGAIN_RETRY_MS);
         else if (err) reject(err);
         else resolve(n);
       });
@@ -398,13 +447,21 @@ function openFd(path: string): Promise<number | string> {
 }
 
 /** One write now, on the event loop (pipes); EAGAIN (a full non-blocking pipe) is waited out with a timer. */
-function writeNow(fd: number, buf: Buffer, offset: number): Promise<number> | number {
+function writeNow(fd: number, buf: Buffer, offset: number, gaveUp: () => boolean): Promise<number> | number {
   try {
     return writeSync(fd, buf, offset, buf.length - offset);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
-    return new Promise((resolve) => setTimeout(resolve, EAGAIN_RETRY_MS)).then(() => writeNow(fd, buf, offset));
+    return new Promise((resolve) => setTimeout(resolve, EAGAIN_RETRY_MS)).then(() => {
+      if (gaveUp()) throw cancelled();
+      return writeNow(fd, buf, offset, gaveUp);
+    });
   }
+}
+
+/** The wait for a full pipe ended by close(): its lines were already counted. */
+function cancelled(): NodeJS.ErrnoException {
+  return Object.assign(new Error('audit trail closed while the destination was full'), { code: 'ECANCELED' });
 }
 
 function closeFd(fd: number): Promise<void> {

@@ -1,8 +1,8 @@
 // The audit trail's destination: every line written or counted as dropped with its reason, size-based rotation
 // on real files, write failures (a full device, a directory removed), a bounded backlog, and stdout shared with
 // the agent's own log through a pipe.
-import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, constants as fsConstants, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -177,6 +177,79 @@ describe('audit trail to a file', () => {
     await a.flush();
     expect(readFileSync(file, 'utf8')).toBe('');
     expect(await counts(registry)).toEqual({ written: 0, dropped: {} });
+  });
+});
+
+describe('audit trail to a pipe nobody reads', () => {
+  // A FIFO whose read end is open but never read: the pipe fills after 64 KiB.
+  function fifo(): { path: string; reader: number } {
+    const p = path.join(dir, 'audit.fifo');
+    execFileSync('mkfifo', [p]);
+    return { path: p, reader: openSync(p, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK) };
+  }
+
+  function drainReader(reader: number): string {
+    const buf = Buffer.alloc(1 << 20);
+    let text = '';
+    for (;;) {
+      try {
+        const n = readSync(reader, buf);
+        if (n === 0) return text;
+        text += buf.toString('utf8', 0, n);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EAGAIN') return text;
+        throw err;
+      }
+    }
+  }
+
+  async function ticksDuring<T>(work: Promise<T>): Promise<{ value: T; ticks: number; ms: number }> {
+    let ticks = 0;
+    const t = setInterval(() => ticks++, 10);
+    const started = performance.now();
+    try {
+      return { value: await work, ticks, ms: performance.now() - started };
+    } finally {
+      clearInterval(t);
+    }
+  }
+
+  it('non-blocking (as the agent opens a FIFO): the event loop keeps turning, shutdown waits a bounded time, the rest is counted', async () => {
+    const { path: p, reader } = fifo();
+    try {
+      const { audit: a, registry } = audit({ file: p, closeTimeoutMs: 300 });
+      for (let i = 0; i < 200; i++) a.logger.info({ seq: i, pad: 'p'.repeat(1000) }, 'request');
+      const { ticks, ms } = await ticksDuring(a.close());
+      expect(ms).toBeLessThan(2000);
+      expect(ticks).toBeGreaterThan(10);
+      const { written, dropped } = await counts(registry);
+      expect(written).toBeGreaterThan(0);
+      expect(dropped['closed']).toBeGreaterThan(0);
+      expect(written + dropped['closed']!).toBe(200);
+      // What was counted as written is in the pipe, as whole lines.
+      const lines = drainReader(reader).split('\n').filter(Boolean).map((l) => JSON.parse(l) as { seq: number });
+      expect(lines.map((l) => l.seq)).toEqual(Array.from({ length: written }, (_, i) => i));
+    } finally {
+      closeSync(reader);
+    }
+  });
+
+  it('blocking (a descriptor inherited that way): written through the thread pool, never stalling the event loop', async () => {
+    const { path: p, reader } = fifo();
+    const fd = openSync(p, 'w');
+    try {
+      const { audit: a, registry } = audit({ fd, closeTimeoutMs: 300 });
+      for (let i = 0; i < 200; i++) a.logger.info({ seq: i, pad: 'b'.repeat(1000) }, 'request');
+      const { ticks } = await ticksDuring(a.close());
+      expect(ticks).toBeGreaterThan(10);
+      const { written, dropped } = await counts(registry);
+      expect(written + dropped['closed']!).toBe(200);
+      expect(dropped['closed']).toBeGreaterThan(0);
+    } finally {
+      // The write blocked in the thread pool ends (EPIPE) once the read end is gone.
+      closeSync(reader);
+      closeSync(fd);
+    }
   });
 });
 
