@@ -2,7 +2,7 @@
 // written by proxy/connection.ts and l7/record.ts) writes here, never straight to a stream that could lose a
 // line unnoticed. Every line is either written (trellis_audit_lines_total) or counted as dropped with the reason
 // (trellis_audit_dropped_total{reason}): a failed write (ENOSPC, EIO, EPIPE...), the file gone with its
-// directory (ENOENT), a backlog over its bound (backlog_full), or a line logged after close (closed).
+// directory (ENOENT), a backlog over its bound (backlog_full), or lines left at shutdown (closed).
 //
 // Destination: stdout by default (fd 1, where the container runtime collects it), or a file appended to and
 // rotated by size as logrotate does (PATH -> PATH.1 -> ... -> PATH.<maxFiles>, the oldest overwritten). A file
