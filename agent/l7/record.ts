@@ -103,6 +103,7 @@ export class RequestRecord {
         grpc_status: this.grpcStatus || undefined,
         retries: this.retries || undefined,
         fault: this.fault || undefined,
+        request_bytes: requestBytes,
         response_bytes: this.responseBytes,
         duration_ms: Math.round(seconds * 1e6) / 1000,
         ...this.extra,

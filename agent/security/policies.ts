@@ -199,9 +199,19 @@ export function compilePolicies(objects: readonly KubeObject[], opts: CompilePol
         inForce = previous;
         fellBack = true;
       }
+      // Never fail open: an invalid AuthorizationPolicy with no valid version to fall back on stands in force
+      // as its safe reading (ALLOW: allow-nothing; DENY or an unreadable action: deny everything selected).
+      let standIn = '';
+      if (!inForce && kind === 'AuthorizationPolicy') {
+        const safe = failClosedStandIn(o, opts.trustDomain);
+        if (safe) {
+          inForce = { kind: 'AuthorizationPolicy', policy: safe.policy };
+          standIn = safe.note;
+        }
+      }
       const message =
         parsed.issues.map((i) => `${i.path}: ${i.message}`).join('; ') +
-        (fellBack ? '. The last valid version stays in force until this is fixed.' : '. Not in force.');
+        (fellBack ? '. The last valid version stays in force until this is fixed.' : standIn ? `. ${standIn}` : '. Not in force.');
       statuses.push({ kind, namespace: ns, name: meta.name, generation, accepted: false, reason: 'Invalid', message, fellBack });
     }
     if (!inForce) continue;
@@ -231,6 +241,36 @@ export function compilePolicies(objects: readonly KubeObject[], opts: CompilePol
     return ka < kb ? -1 : ka > kb ? 1 : 0;
   });
   return new PolicySet({ ready: true, rootNamespace, authorization: byNamespace, peerAuthentication: index, statuses, errors, lastGood });
+}
+
+/**
+ * The fail-closed reading of an invalid AuthorizationPolicy: its selector (the whole namespace when even that
+ * is unreadable) with ALLOW and no rules (allow-nothing), or DENY matching everything. AUDIT changes no decision
+ * and has no stand-in.
+ */
+function failClosedStandIn(o: KubeObject, trustDomain: string): { policy: CompiledPolicy; note: string } | undefined {
+  const spec = ((o as { spec?: unknown }).spec ?? {}) as Record<string, unknown>;
+  const action = spec.action ?? 'ALLOW';
+  if (action === 'AUDIT') return undefined;
+  const deny = action !== 'ALLOW';
+  const selector = spec.selector;
+  const readable = (sel: unknown): boolean => {
+    const labels = (sel as { matchLabels?: unknown } | undefined)?.matchLabels;
+    return !!labels && typeof labels === 'object' && Object.values(labels).every((v) => typeof v === 'string') && Object.keys(sel as object).every((k) => k === 'matchLabels');
+  };
+  const standIn = {
+    ...o,
+    spec: { ...(readable(selector) && { selector }), action: deny ? 'DENY' : 'ALLOW', ...(deny && { rules: [{}] }) },
+  } as KubeObject;
+  const parsed = parseAuthorizationPolicy(standIn, { trustDomain });
+  if (!parsed.ok) return undefined;
+  const scope = readable(selector) ? 'the workloads it selects' : 'every workload of its namespace';
+  return {
+    policy: parsed.policy,
+    note: deny
+      ? `Until it is fixed it denies every connection and request to ${scope} (policy never fails open).`
+      : `Until it is fixed it stands as an ALLOW that matches nothing for ${scope} (policy never fails open).`,
+  };
 }
 
 // ---- evaluation ----

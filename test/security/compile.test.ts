@@ -66,13 +66,23 @@ describe('invalid AuthorizationPolicies are refused with the object and field na
   });
 
   it('valid policies of the same set are unaffected and the status says which is which', () => {
-    const set = compileAny(ap('good', '  rules: [{}]') + '---' + ap('bad', '  action: CUSTOM'));
+    const set = compileAny(ap('good', '  rules: [{}]') + '---' + ap('bad', '  selector: {matchLabels: {app: other}}\n  action: CUSTOM'));
     expect(set.statuses.map((s) => [s.name, s.accepted, s.reason, s.fellBack])).toEqual([
       ['bad', false, 'Invalid', false],
       ['good', true, 'Accepted', false],
     ]);
-    expect(set.statuses[0]!.message).toMatch(/Not in force/);
     expect(tcp(set, PEERS.web, 80)).toMatchObject({ allowed: true, policy: 'shop/good' });
+  });
+
+  it('an invalid policy with no valid version never fails open: DENY (or an unknown action) denies what it selects, ALLOW allows nothing', () => {
+    const deny = compileAny(ap('good', '  rules: [{}]') + '---' + ap('bad', '  action: CUSTOM'));
+    expect(deny.statuses[0]!.message).toMatch(/denies every connection and request to every workload of its namespace/);
+    expect(tcp(deny, PEERS.web, 80)).toMatchObject({ allowed: false, policy: 'shop/bad' });
+    const allow = compileAny(ap('bad', '  rules: [{from: [{source: {principal: ["typo"]}}]}]'));
+    expect(allow.statuses[0]!.message).toMatch(/ALLOW that matches nothing/);
+    expect(tcp(allow, PEERS.web, 80)).toMatchObject({ allowed: false, code: 'denied_no_allow_match' });
+    const audit = compileAny(ap('bad', '  action: AUDIT\n  rules: [{bogus: 1}]'));
+    expect(tcp(audit, PEERS.web, 80)).toMatchObject({ allowed: true, code: 'allowed_no_policy' });
   });
 });
 
@@ -106,7 +116,8 @@ describe('the last valid version stays in force', () => {
     const recreated = v2bad.replace('uid: u-1', 'uid: u-2');
     const second = compilePolicies(objects(recreated), { trustDomain: 'cluster.local', previous: first });
     expect(second.statuses[0]).toMatchObject({ accepted: false, fellBack: false });
-    expect(tcp(second, PEERS.web, 80)).toMatchObject({ allowed: true, code: 'allowed_no_policy' });
+    // Not the old rules; its fail-closed reading (an ALLOW matching nothing) instead.
+    expect(tcp(second, PEERS.web, 80)).toMatchObject({ allowed: false, code: 'denied_no_allow_match' });
   });
 
   it('a deleted object is gone, even if it was last good', () => {
@@ -178,7 +189,7 @@ spec:
 apiVersion: security.trellis.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: broken, namespace: shop}
-spec: {action: CUSTOM}
+spec: {selector: {matchLabels: {app: batch}}, action: CUSTOM}
 ---
 apiVersion: security.trellis.dev/v1alpha1
 kind: AuthorizationPolicy
