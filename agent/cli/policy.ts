@@ -148,7 +148,7 @@ export function formatCheck(r: CheckResult): string {
     '',
     `${r.statuses.length} ${r.statuses.length === 1 ? 'policy' : 'policies'} checked: ${r.statuses.length - invalid} valid, ${invalid} invalid` +
       (r.problems.length ? `; ${r.problems.length} refused before compiling` : '') +
-      (r.ok ? '' : '. An invalid policy is not enforced (its last valid version, if any, stays in force): fix the fields named above.'),
+      (r.ok ? '' : '. An invalid policy is not enforced as written: its last valid version stays in force, or, if it never had one, its fail-closed reading (ALLOW: matches nothing; DENY: denies everything it selects). Fix the fields named above.'),
   );
   return lines.join('\n');
 }

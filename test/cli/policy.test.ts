@@ -102,7 +102,8 @@ describe('policy describe --dir', () => {
     writeFileSync(path.join(dir, 'policies', 'typo.yaml'), TYPO);
     const loaded = await loadDir(dir, 'cluster.local');
     const view = describeFromDir(loaded, 'shop/ratings-1', dir);
-    expect(view.authorization.map((p) => p.policy)).not.toContain('shop/typo');
+    // In force only as its fail-closed reading (a DENY of everything it selects), and listed as a problem.
+    expect(view.authorization.filter((p) => p.policy === 'shop/typo').map((p) => [p.action, p.rules.length])).toEqual([['DENY', 1]]);
     expect(view.problems).toEqual([expect.stringMatching(/^AuthorizationPolicy shop\/typo: spec.rules\[0\].from\[0\].source.notPrincipal: unknown field/)]);
     const check = checkPolicies(loaded);
     expect(check.ok).toBe(false);
@@ -110,7 +111,7 @@ describe('policy describe --dir', () => {
     const text = formatCheck(check);
     expect(text).toContain('invalid AuthorizationPolicy shop/typo');
     expect(text).toContain('ok      AuthorizationPolicy shop/ratings-readers');
-    expect(text).toMatch(/7 policies checked: 6 valid, 1 invalid\. An invalid policy is not enforced/);
+    expect(text).toMatch(/7 policies checked: 6 valid, 1 invalid\. An invalid policy is not enforced as written/);
   });
 
   it('a pod that is not there, or a directory that is not there, is an error saying so', async () => {
