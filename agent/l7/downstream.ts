@@ -32,6 +32,8 @@ export interface DownstreamInputs<C> {
   authorityOf: (ctx: C) => string;
   /** Handles one parsed request. */
   onRequest: (ctx: C, req: L7Request, res: Responder) => Promise<void>;
+  /** Told of every request refused before it was parsed whole (400, 431), for its audit line. */
+  onRejected?: (ctx: C | undefined, status: number, reason: string, requestId?: string) => void;
   /** Handles an HTTP/1.1 Upgrade (WebSocket): the raw request head is replayed to the upstream. */
   onUpgrade: (ctx: C, req: L7Request, rawHeaders: readonly string[], socket: Duplex, head: Buffer) => Promise<void>;
 }
@@ -55,7 +57,7 @@ export class Downstream<C = CallContext> {
       if (!ctx) return void socket.destroy();
       const l7 = this.toL7(req, ctx);
       if (typeof l7 === 'string') {
-        this.inputs.metrics.httpRejections.inc({ status: '400' });
+        this.rejected(ctx, 400, l7, req.headers['x-request-id']);
         return void socket.end('HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
       }
       this.inputs.onUpgrade(ctx, l7, req.rawHeaders, socket, head).catch((err: Error) => {
@@ -109,17 +111,22 @@ export class Downstream<C = CallContext> {
     const ctx = this.contexts.get(req.socket);
     if (!ctx) return void res.destroy();
     if (req.rawHeaders.length / 2 > this.inputs.limits.maxHeaderCount) {
-      this.inputs.metrics.httpRejections.inc({ status: '431' });
+      this.rejected(ctx, 431, `more than ${this.inputs.limits.maxHeaderCount} header fields`, req.headers['x-request-id']);
       res.writeHead(431, { 'content-type': 'text/plain', connection: 'close' }).end(`more than ${this.inputs.limits.maxHeaderCount} header fields\n`);
       return;
     }
     const l7 = this.toL7(req, ctx);
     if (typeof l7 === 'string') {
-      this.inputs.metrics.httpRejections.inc({ status: '400' });
+      this.rejected(ctx, 400, l7, req.headers['x-request-id']);
       res.writeHead(400, { 'content-type': 'text/plain', connection: 'close' }).end(`${l7}\n`);
       return;
     }
     this.dispatch(ctx, l7, http1Responder(res));
+  }
+
+  private rejected(ctx: C | undefined, status: number, reason: string, requestId?: string | string[]): void {
+    this.inputs.metrics.httpRejections.inc({ status: String(status) });
+    this.inputs.onRejected?.(ctx, status, reason, typeof requestId === 'string' ? requestId : undefined);
   }
 
   // The handlers answer every failure themselves; this is the last guard so that a bug never becomes an
@@ -160,7 +167,7 @@ export class Downstream<C = CallContext> {
     stream.on('error', () => undefined);
     const target = targetOf(raw[':method'], raw[':path'] ?? '/');
     if (!target.ok) {
-      this.inputs.metrics.httpRejections.inc({ status: '400' });
+      this.rejected(ctx, 400, target.reason, raw['x-request-id']);
       if (stream.destroyed || stream.closed) return;
       stream.respond({ ':status': 400, 'content-type': 'text/plain' });
       stream.end(`${target.reason}\n`);
@@ -194,7 +201,7 @@ export class Downstream<C = CallContext> {
   private rejectHttp1(err: NodeJS.ErrnoException, socket: Duplex): void {
     const tooLarge = err.code === 'HPE_HEADER_OVERFLOW';
     const status = tooLarge ? 431 : 400;
-    this.inputs.metrics.httpRejections.inc({ status: String(status) });
+    this.rejected(this.contexts.get(socket), status, `${err.code ?? 'HPE'}: ${err.message}`);
     this.inputs.logger.debug({ code: err.code, reason: err.message }, 'malformed HTTP request refused');
     if (socket.writable && !(socket as net.Socket & { _httpMessage?: unknown })._httpMessage) {
       const text = tooLarge ? 'Request Header Fields Too Large' : 'Bad Request';

@@ -12,8 +12,8 @@ import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { Downstream, type DownstreamLimits } from './downstream.js';
 import { headerValue, type L7Request, type Responder } from './exchange.js';
-import { evaluateRequest, type AuthzDecision, type ConnectionVerdict, type PolicySet } from '../security/index.js';
-import { RequestRecord } from './record.js';
+import { evaluateConnection, evaluateRequest, type AuthzDecision, type ConnectionInput, type ConnectionVerdict, type PolicySet } from '../security/index.js';
+import { RequestRecord, rejectedLine } from './record.js';
 import { local, relay } from './relay.js';
 import { UpstreamError, Upstreams } from './upstream.js';
 
@@ -31,7 +31,14 @@ export interface InboundCall {
   readonly security: 'mutual_tls' | 'none';
   readonly protocol: 'http1' | 'h2';
   /** The connection's authorization check; each request is checked on top of it. */
-  readonly connection: ConnectionVerdict;
+  readonly connection: ConnectionAuthz;
+}
+
+/** The connection's check and what it was made from, so that a request can re-run it under newer policies. */
+export interface ConnectionAuthz {
+  verdict: ConnectionVerdict;
+  readonly input: ConnectionInput;
+  policies: PolicySet;
 }
 
 
@@ -59,6 +66,19 @@ export class InboundHttp {
       logger: inputs.logger,
       authorityOf: (call) => `${call.pod.ip}:${call.port}`,
       onRequest: (call, req, res) => this.handle(call, req, res),
+      onRejected: (call, status, reason, requestId) => {
+        if (!call) return;
+        rejectedLine(
+          inputs.accessLog,
+          'inbound',
+          { workload: call.peer.workload, principal: call.peer.principal, ip: call.peer.ip, port: call.peer.port },
+          { workload: call.pod, principal: call.pod.identity, ip: call.pod.ip, port: call.port, service: call.service?.host },
+          call.security,
+          status,
+          reason,
+          requestId,
+        );
+      },
       onUpgrade: (call, req, raw, socket, head) => this.upgrade(call, req, raw, socket, head),
     });
   }
@@ -92,10 +112,18 @@ export class InboundHttp {
 
   /** The request's decision (the connection's when the connection itself was denied), counted and logged. */
   private authorize(call: InboundCall, req: L7Request, rec: RequestRecord): AuthzDecision {
-    const context = call.connection.context;
+    const policies = this.inputs.policies();
+    const authz = call.connection;
+    // A connection refused before any rule could be read (policies not synced, unknown workload): re-run the
+    // connection check when the policies changed, so the refusal does not outlive its cause.
+    if (!authz.verdict.context && authz.policies !== policies) {
+      authz.verdict = evaluateConnection(policies, authz.input);
+      authz.policies = policies;
+    }
+    const context = authz.verdict.context;
     const decision = context
-      ? evaluateRequest(this.inputs.policies(), context, { method: req.method, path: req.path, host: req.authority, headers: (name) => headerValue(req.headers, name) })
-      : call.connection.decision;
+      ? evaluateRequest(policies, context, { method: req.method, path: req.path, host: req.authority, headers: (name) => headerValue(req.headers, name) })
+      : authz.verdict.decision;
     countDecision(this.inputs.metrics, decision, 'request');
     Object.assign(rec.extra, decisionFields(decision));
     return decision;

@@ -9,6 +9,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import { declaredProtocol, httpVersion, sniff, type AppProtocol } from './detect.js';
 import { Downstream, type DownstreamLimits } from './downstream.js';
 import type { CallContext } from './exchange.js';
+import { rejectedLine } from './record.js';
 import { Router } from './router.js';
 import { Upstreams, type TunnelOpener } from './upstream.js';
 
@@ -64,6 +65,11 @@ export class L7Proxy {
       logger: inputs.logger,
       authorityOf: (ctx) => `${ctx.service.host}:${ctx.port}`,
       onRequest: (ctx, req, res) => this.router.handle(ctx, req, res),
+      onRejected: (ctx, status, reason, requestId) => {
+        if (!ctx) return;
+        const src = { workload: ctx.src, principal: ctx.src.identity, ip: ctx.srcIp, port: ctx.srcPort };
+        rejectedLine(inputs.accessLog, 'outbound', src, { service: ctx.service.host }, 'none', status, reason, requestId);
+      },
       onUpgrade: (ctx, req, raw, socket, head) => this.router.upgrade(ctx, req, raw, socket, head),
     });
   }

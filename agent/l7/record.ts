@@ -113,3 +113,29 @@ export class RequestRecord {
     );
   }
 }
+
+/** The audit line of a request refused before it was parsed whole (malformed, oversized): no request id yet. */
+export function rejectedLine(
+  accessLog: Logger,
+  direction: 'outbound' | 'inbound',
+  src: RecordPeer,
+  dst: RecordPeer & { service?: string | undefined },
+  security: 'mutual_tls' | 'none',
+  status: number,
+  reason: string,
+  requestId?: string,
+): void {
+  accessLog.info(
+    {
+      direction,
+      request_id: requestId,
+      rejected: true,
+      src: { ip: src.ip, port: src.port, workload: src.workload?.key, principal: src.principal },
+      dst: { service: dst.service, ip: dst.ip, port: dst.port, workload: dst.workload?.key, principal: dst.principal },
+      security,
+      status,
+      error: reason,
+    },
+    'request',
+  );
+}

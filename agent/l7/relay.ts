@@ -85,5 +85,14 @@ export function grpcLocal(res: Responder, rec: RequestRecord, code: number, mess
   rec.grpcStatus = String(code);
   if (code !== 0) rec.error ??= message;
   if (res.closed) return;
-  res.head(200, { 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeURIComponent(message) }, true);
+  res.head(200, { 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': grpcMessage(message) }, true);
+}
+
+/** grpc-message is percent-encoded only outside printable ASCII and for "%" itself (gRPC over HTTP/2 spec). */
+export function grpcMessage(text: string): string {
+  let out = '';
+  for (const byte of Buffer.from(text, 'utf8')) {
+    out += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
 }

@@ -65,6 +65,11 @@ export class ConnectionRecord implements SpliceHooks {
     this.counters.sent(n);
   }
 
+  /** Replaces the authorization decision the line carries (a connection cut by a later policy). */
+  setAuthz(authz: Record<string, unknown>): void {
+    this.fields.authz = authz;
+  }
+
   finish(error?: Error): void {
     if (this.done) return;
     this.done = true;

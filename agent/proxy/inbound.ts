@@ -6,8 +6,8 @@ import type { Duplex } from 'node:stream';
 import type tls from 'node:tls';
 import type { Logger } from 'pino';
 import { declaredProtocol, httpVersion, sniff } from '../l7/detect.js';
-import { countDecision, decisionFields, type InboundCall, type InboundHttp } from '../l7/inbound-http.js';
-import { evaluateConnection, modeFor, type ConnectionVerdict } from '../security/index.js';
+import { countDecision, decisionFields, type ConnectionAuthz, type InboundCall, type InboundHttp } from '../l7/inbound-http.js';
+import { evaluateConnection, modeFor, type ConnectionInput } from '../security/index.js';
 import { wrapError } from '../errors.js';
 import type { Svid } from '../identity/certs.js';
 import { peerIdentity, serverTlsOptions } from '../identity/tls.js';
@@ -60,18 +60,19 @@ interface ConnectionFacts {
  * The connection's authorization check (AuthorizationPolicy L4 fields, PeerAuthentication), counted; a denied
  * connection gets its one access-log line here, since it never reaches a ConnectionRecord.
  */
-function authorizeConnection(inputs: InboundInputs, state: MeshState, f: ConnectionFacts): ConnectionVerdict {
+function authorizeConnection(inputs: InboundInputs, state: MeshState, f: ConnectionFacts): ConnectionAuthz {
   const pod = state.workloads.get(inputs.pod.key) ?? inputs.pod;
-  const verdict = evaluateConnection(state.policies, {
+  const input: ConnectionInput = {
     workload: pod,
     sourceIdentity: f.principal,
     sourceIp: f.sourceIp,
     destinationIp: f.ip,
     destinationPort: f.port,
     protocol: f.l7 ? 'http' : 'tcp',
-  });
+  };
+  const verdict = evaluateConnection(state.policies, input);
   countDecision(inputs.metrics, verdict.decision, 'connection');
-  // An HTTP connection denied at L4 is still served: each request is answered 403 with this decision.
+  // An HTTP connection denied at L4 is still served: each request is answered 403 (checked again per request).
   if (!verdict.decision.allowed && (!f.l7 || verdict.decision.code === 'denied_plaintext')) {
     inputs.accessLog.info(
       {
@@ -86,11 +87,11 @@ function authorizeConnection(inputs: InboundInputs, state: MeshState, f: Connect
       'connection',
     );
   }
-  return verdict;
+  return { verdict, input, policies: state.policies };
 }
 
 /** Tracks an opaque connection for re-authorization; a later denial resets both sides and is logged. */
-function trackConnection(inputs: InboundInputs, f: ConnectionFacts, sides: Duplex[]): () => void {
+function trackConnection(inputs: InboundInputs, f: ConnectionFacts, sides: Duplex[], record: ConnectionRecord): () => void {
   if (!inputs.recheck) return () => undefined;
   return inputs.recheck.track(
     (state) => {
@@ -100,6 +101,8 @@ function trackConnection(inputs: InboundInputs, f: ConnectionFacts, sides: Duple
     (decision) => {
       countDecision(inputs.metrics, decision, 'connection');
       inputs.logger.warn({ pod: inputs.pod.key, peer: f.sourceIp, principal: f.principal, port: f.port, reason: decision.reason }, 'open connection cut: the policies now deny it');
+      // The connection's one audit line carries the decision that ended it.
+      record.setAuthz(decisionFields(decision));
       for (const s of sides) resetSide(s);
     },
   );
@@ -193,7 +196,7 @@ export class HboneInbound {
     // A port declared HTTP carries either version; the source agent's hint says which one it sends.
     const hinted = hint === 'http1' || hint === 'h2' ? hint : undefined;
     const protocol = declared === 'http1' ? (hinted ?? 'http1') : (declared ?? hinted ?? 'tcp');
-    const verdict = authorizeConnection(this.inputs, state, {
+    const authz = authorizeConnection(this.inputs, state, {
       principal,
       sourceIp: remoteIp,
       sourcePort: tlsSocket?.remotePort,
@@ -210,14 +213,14 @@ export class HboneInbound {
         peer: { principal, ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload },
         security: 'mutual_tls',
         protocol,
-        connection: verdict,
+        connection: authz,
       };
       const leave = this.inputs.drain.enter();
       stream.once('close', leave);
       http.server.serve(stream, call);
       return;
     }
-    if (!verdict.decision.allowed) return reject(403, verdict.decision.reason);
+    if (!authz.verdict.decision.allowed) return reject(403, authz.verdict.decision.reason);
     let app: net.Socket;
     try {
       app = await whenConnected(this.inputs.dialApp(pod, target.ip, target.port));
@@ -235,11 +238,11 @@ export class HboneInbound {
         src: { ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload, principal },
         dst: { ip: target.ip, port: target.port, workload: pod, principal: pod.identity, service: this.inputs.state().serviceByEndpoint(target.ip, target.port)?.host },
         security: 'mutual_tls',
-        authz: decisionFields(verdict.decision),
+        authz: decisionFields(authz.verdict.decision),
       },
       this.inputs,
     );
-    const untrack = trackConnection(this.inputs, { principal, sourceIp: remoteIp, sourcePort: tlsSocket?.remotePort, ip: target.ip, port: target.port, l7: false }, [stream, app]);
+    const untrack = trackConnection(this.inputs, { principal, sourceIp: remoteIp, sourcePort: tlsSocket?.remotePort, ip: target.ip, port: target.port, l7: false }, [stream, app], record);
     const outcome = await splice(stream, app, record);
     untrack();
     record.finish(outcome.error);
@@ -270,8 +273,8 @@ export class PlaintextInbound {
     // STRICT (or policies not synced yet) refuses plaintext at once, before any sniffing.
     const current = state.workloads.get(pod.key) ?? pod;
     if (modeFor(state.policies, current, dst.port) === 'STRICT') {
-      const verdict = authorizeConnection(this.inputs, state, { ...facts, l7: false });
-      return this.refuse(down, 'policy', verdict.decision.reason);
+      const authz = authorizeConnection(this.inputs, state, { ...facts, l7: false });
+      return this.refuse(down, 'policy', authz.verdict.decision.reason);
     }
     const http = this.inputs.http;
     let protocol: 'http1' | 'h2' | 'tcp' = 'tcp';
@@ -294,9 +297,9 @@ export class PlaintextInbound {
       }
       protocol = declared;
     }
-    const verdict = authorizeConnection(this.inputs, state, { ...facts, l7: protocol !== 'tcp' });
+    const authz = authorizeConnection(this.inputs, state, { ...facts, l7: protocol !== 'tcp' });
     if (http && protocol !== 'tcp') {
-      if (verdict.decision.code === 'denied_plaintext') return this.refuse(down, 'policy', verdict.decision.reason);
+      if (authz.verdict.decision.code === 'denied_plaintext') return this.refuse(down, 'policy', authz.verdict.decision.reason);
       const call: InboundCall = {
         pod,
         port: dst.port,
@@ -304,14 +307,14 @@ export class PlaintextInbound {
         peer: { ip: down.remoteAddress, port: down.remotePort, workload: srcWorkload },
         security: 'none',
         protocol,
-        connection: verdict,
+        connection: authz,
       };
       const leave = this.inputs.drain.enter();
       down.once('close', leave);
       http.server.serve(down, call);
       return;
     }
-    if (!verdict.decision.allowed) return this.refuse(down, 'policy', verdict.decision.reason);
+    if (!authz.verdict.decision.allowed) return this.refuse(down, 'policy', authz.verdict.decision.reason);
     let app: net.Socket;
     try {
       app = await whenConnected(this.inputs.dialApp(pod, dst.address, dst.port));
@@ -328,11 +331,11 @@ export class PlaintextInbound {
         src: { ip: down.remoteAddress, port: down.remotePort, workload: srcWorkload },
         dst: { ip: dst.address, port: dst.port, workload: pod, principal: pod.identity, service: this.inputs.state().serviceByEndpoint(dst.address, dst.port)?.host },
         security: 'none',
-        authz: decisionFields(verdict.decision),
+        authz: decisionFields(authz.verdict.decision),
       },
       this.inputs,
     );
-    const untrack = trackConnection(this.inputs, { ...facts, l7: false }, [down, app]);
+    const untrack = trackConnection(this.inputs, { ...facts, l7: false }, [down, app], record);
     const outcome = await splice(down, app, record);
     untrack();
     record.finish(outcome.error);

@@ -333,7 +333,7 @@ export interface ConnectionVerdict {
   readonly decision: AuthzDecision;
   /** For the connection's label connection_security_policy: "mutual_tls" or "none". */
   readonly mtlsMode: MtlsMode;
-  /** Hand to evaluateRequest for every request (protocol 'http'); undefined when the connection is denied. */
+  /** Hand to evaluateRequest for every request (protocol 'http', allowed or not); for 'tcp', only when allowed. */
   readonly context: ConnectionContext | undefined;
 }
 
@@ -374,7 +374,9 @@ export function evaluateConnection(policies: PolicySet, input: ConnectionInput):
   if (typeof peer === 'string') return { decision: refusal('denied_unreadable', `denied: ${peer}`), mtlsMode, context: undefined };
   const context = new ConnectionContext(w, peer);
   const decision = decideConnection(context.candidates(policies), input.protocol);
-  return { decision, mtlsMode, context: decision.allowed ? context : undefined };
+  // HTTP: every request is decided on its own against the policies of its time, so the context is kept even
+  // when the connection's L4 attributes alone deny it (a later policy change may allow its next request).
+  return { decision, mtlsMode, context: decision.allowed || input.protocol === 'http' ? context : undefined };
 }
 
 /**

@@ -591,7 +591,7 @@ describe('security on the inbound path (two-node lab)', () => {
       expect(denied, denied.details.join('; ')).toMatchObject({ sent: 3, ok: 0, statusCounts: { '7': 3 }, names: {} });
       // grpc-message is percent-encoded only outside printable ASCII and for "%" (gRPC over HTTP/2): a client
       // shows it as sent.
-      expect.soft(denied.details[0], 'grpc-message as the client decodes it').toBe('RBAC: access denied');
+      expect(denied.details[0], 'grpc-message as the client decodes it').toBe('RBAC: access denied');
       const ok = await tool<GrpcClientSummary>(from, ['grpc-client', '--to', `${vip}:7070`, '--count', '3']);
       expect(ok, ok.details.join('; ')).toMatchObject({ ok: 3, statusCounts: { '0': 3 } });
     }
@@ -629,7 +629,7 @@ describe('security on the inbound path (two-node lab)', () => {
       const webIp = lab.pod(WEB).ip;
       const line = await until('the audit line of the cut connection', async () =>
         auditLines('node-b', mark).find((l) => l.msg === 'connection' && l.src.ip === webIp && l.dst.port === 7000 && (l as { bytes_received?: number }).bytes_received! > 0), 2000);
-      expect.soft(describeDecision(line.authz), `audit line of the cut connection: ${JSON.stringify(line)}`).toBe('deny shop/deny-web-tcp#0');
+      expect(describeDecision(line.authz), `audit line of the cut connection: ${JSON.stringify(line)}`).toBe('deny shop/deny-web-tcp#0');
     } finally {
       web.close();
       caller.close();

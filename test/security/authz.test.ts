@@ -118,7 +118,10 @@ describe('the policy matrix (Istio: DENY first, then ALLOW; no ALLOW policy mean
     expect(conn(PEERS.web, 9090).decision).toMatchObject({ allowed: false, code: 'denied_no_allow_match' });
     expect(conn(PEERS.batch, 8080).decision).toMatchObject({ allowed: false, code: 'denied_no_allow_match' });
     expect(conn(PEERS.dev, 8080).decision).toMatchObject({ allowed: false, code: 'denied', policy: 'shop/deny-admin', rule: 1 });
-    expect(conn(PEERS.web, 9090).context).toBeUndefined();
+    // The context stays, so that each request is decided again under the policies of its time.
+    const denied = conn(PEERS.web, 9090);
+    expect(denied.context).toBeDefined();
+    expect(evaluateRequest(set, denied.context!, request('GET', '/api/x'))).toMatchObject({ allowed: false, code: 'denied_no_allow_match' });
   });
 });
 
