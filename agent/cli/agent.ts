@@ -6,8 +6,8 @@ import { createLogger } from '../telemetry/log.js';
 
 /**
  * V8 flags the agent runs with (README: Memory). V8 lets the young generation grow to 64 MB semi-spaces on
- * a machine with gigabytes of RAM, and what a burst of allocation (start-up, a big config, load) made it
- * grow to stays resident: most of an idle agent's memory. 8 MB semi-spaces cost no measurable CPU here.
+ * a machine with gigabytes of RAM, and what a burst of allocation (a big config, load, 1000 connections
+ * opening) made it grow to stays resident: tens of MB per agent. 8 MB semi-spaces cost no measurable CPU.
  */
 const HEAP_FLAGS = ['--max-semi-space-size=8'];
 
