@@ -1,5 +1,6 @@
-// Moves bytes both ways between a downstream and an upstream, exactly: backpressure through pipe(),
-// half-close passed along (FIN <-> END_STREAM), and a reset on one side turned into a reset on the other.
+// Moves bytes both ways between a downstream and an upstream, exactly: backpressure (a side stops reading while
+// the other cannot take more), half-close passed along (FIN <-> END_STREAM), and a reset on one side turned
+// into a reset on the other.
 import http2 from 'node:http2';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -84,22 +85,26 @@ export function splice(down: Duplex, up: Duplex, hooks: SpliceHooks): Promise<Sp
       if (toDown > 0) hooks.upToDown(toDown);
       toUp = toDown = 0;
     };
+    // Each direction counts, writes, and stops reading while the other side's buffer is full: what pipe() does,
+    // with two listeners instead of the nine pipe() adds, which an idle connection holds for as long as it lives.
     down.on('data', (chunk: Buffer) => {
       toUp += chunk.length;
       timer ??= setTimeout(flush, COUNT_FLUSH_MS);
+      if (!up.write(chunk)) down.pause();
     });
     up.on('data', (chunk: Buffer) => {
       toDown += chunk.length;
       timer ??= setTimeout(flush, COUNT_FLUSH_MS);
+      if (!down.write(chunk)) up.pause();
     });
+    up.on('drain', () => down.resume());
+    down.on('drain', () => up.resume());
     down.on('error', (err) => fail('downstream', err));
     up.on('error', (err) => fail('upstream', err));
     down.on('close', closed('downstream', down));
     up.on('close', closed('upstream', up));
     // FIN is passed on by hand, one turn of the loop late: an HTTP/2 stream reset by its peer ends its readable
     // side just before it reports the reset, and that must become a reset downstream, not a FIN.
-    down.pipe(up, { end: false });
-    up.pipe(down, { end: false });
     const passEnd = (side: 'downstream' | 'upstream', from: Duplex, to: Duplex) => () =>
       setImmediate(() => {
         if (outcome.error) return;
