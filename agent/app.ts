@@ -167,6 +167,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         accessLog,
         drain,
         recheck,
+        ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),
         ...(inboundHttp && config.l7 && { http: { server: inboundHttp, detectTimeoutMs: config.l7.detectTimeoutMs, opaquePorts: config.l7.opaquePorts } }),
       }),
     applyRules: nftApply,

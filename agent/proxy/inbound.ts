@@ -38,6 +38,8 @@ export interface InboundInputs {
   http?: InboundHttpOptions;
   /** Opaque connections are re-authorized here when policies change. */
   recheck?: PolicyRecheck;
+  /** TLS key-exchange groups (--tls-groups); Node's default when absent. */
+  tlsGroups?: string;
 }
 
 export interface InboundHttpOptions {
@@ -108,10 +110,19 @@ function trackConnection(inputs: InboundInputs, f: ConnectionFacts, sides: Duple
   );
 }
 
-/** The protocol of an app port: what its Service declares, else the source agent's hint (HBONE only). */
+/**
+ * The protocol of an app port: what the Services it is an endpoint of declare, when they agree; when they do
+ * not (a TCP Service and an HTTP Service on one pod port), undefined: the source agent's hint (HBONE) or a
+ * sniff (plaintext) decides, as for an undeclared port.
+ */
 function declaredFor(state: MeshState, ip: string, port: number): 'http1' | 'h2' | 'tcp' | undefined {
-  const sp = state.servicePortByEndpoint(ip, port);
-  return sp ? declaredProtocol(sp) : undefined;
+  let found: 'http1' | 'h2' | 'tcp' | undefined;
+  for (const sp of state.servicePortsByEndpoint(ip, port)) {
+    const p = declaredProtocol(sp);
+    if (p === undefined || (found !== undefined && p !== found)) return undefined;
+    found = p;
+  }
+  return found;
 }
 
 
@@ -125,7 +136,7 @@ export class HboneInbound {
     this.server = http2.createSecureServer({
       // Small HTTP/2 frames go out at once (Nagle plus delayed ACKs would add up to 40 ms to a request).
       noDelay: true,
-      ...serverTlsOptions(svid),
+      ...serverTlsOptions(svid, this.inputs.tlsGroups),
       allowHTTP1: false,
       settings: { initialWindowSize: STREAM_WINDOW, maxConcurrentStreams: MAX_CONCURRENT_STREAMS, enablePush: false },
     });
@@ -153,7 +164,7 @@ export class HboneInbound {
 
   /** Swaps in a renewed certificate; established sessions keep theirs. */
   rotate(svid: Svid): void {
-    this.server.setSecureContext(serverTlsOptions(svid));
+    this.server.setSecureContext(serverTlsOptions(svid, this.inputs.tlsGroups));
   }
 
   private verify(session: http2.ServerHttp2Session): boolean {

@@ -66,7 +66,7 @@ export class MeshState {
   private readonly byIp: ReadonlyMap<string, Workload>;
   private readonly byVip: ReadonlyMap<string, ServiceInfo>;
   private readonly byEndpoint: ReadonlyMap<string, ServiceInfo>;
-  private readonly portByEndpoint: ReadonlyMap<string, ServicePortInfo>;
+  private readonly portsByEndpoint: ReadonlyMap<string, readonly ServicePortInfo[]>;
 
   constructor(version: number, workloads: Map<string, Workload>, services: Map<string, ServiceInfo>, traffic?: TrafficConfig, policies?: PolicySet) {
     this.version = version;
@@ -79,18 +79,19 @@ export class MeshState {
     const byVip = new Map<string, ServiceInfo>();
     for (const s of services.values()) for (const vip of s.vips) byVip.set(vip, s);
     const byEndpoint = new Map<string, ServiceInfo>();
-    const portByEndpoint = new Map<string, ServicePortInfo>();
+    const portsByEndpoint = new Map<string, ServicePortInfo[]>();
     for (const s of services.values()) {
       for (const p of s.ports) {
         for (const e of p.endpoints) {
           const key = `${e.ip}:${e.port}`;
-          if (byEndpoint.has(key)) continue;
-          byEndpoint.set(key, s);
-          portByEndpoint.set(key, p);
+          const list = portsByEndpoint.get(key);
+          if (list) list.push(p);
+          else portsByEndpoint.set(key, [p]);
+          if (!byEndpoint.has(key)) byEndpoint.set(key, s);
         }
       }
     }
-    this.portByEndpoint = portByEndpoint;
+    this.portsByEndpoint = portsByEndpoint;
     this.byIp = byIp;
     this.byVip = byVip;
     this.byEndpoint = byEndpoint;
@@ -113,9 +114,9 @@ export class MeshState {
     return this.byEndpoint.get(`${ip}:${port}`);
   }
 
-  /** The Service port an endpoint serves (for its declared protocol). */
-  servicePortByEndpoint(ip: string, port: number): ServicePortInfo | undefined {
-    return this.portByEndpoint.get(`${ip}:${port}`);
+  /** Every Service port an endpoint serves (for their declared protocols). */
+  servicePortsByEndpoint(ip: string, port: number): readonly ServicePortInfo[] {
+    return this.portsByEndpoint.get(`${ip}:${port}`) ?? [];
   }
 
   /** The routes for a call to a Service port from a namespace (consumer routes win over producer routes). */
