@@ -78,7 +78,6 @@ export const PATHS: readonly PathDef[] = Object.freeze([
     client: MESH_CLIENT,
     target: (t) => `${t.meshL7Vip}:80`,
     haproxyPeer: 'haproxy-l7',
-    unavailable: 'L7 proxy not built yet',
   },
 ] satisfies PathDef[]);
 

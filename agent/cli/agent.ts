@@ -21,6 +21,21 @@ function execWithHeapFlags(): void {
   process.execve(process.execPath, [process.execPath, ...HEAP_FLAGS, ...process.execArgv, ...process.argv.slice(1)]);
 }
 
+/** Starts the V8 profiler in this process; the returned function stops it and writes the profile. */
+async function startCpuProfile(): Promise<(file: string) => Promise<void>> {
+  const { Session } = await import('node:inspector/promises');
+  const { writeFile } = await import('node:fs/promises');
+  const session = new Session();
+  session.connect();
+  await session.post('Profiler.enable');
+  await session.post('Profiler.start');
+  return async (file) => {
+    const { profile } = await session.post('Profiler.stop');
+    await writeFile(file, JSON.stringify(profile));
+    session.disconnect();
+  };
+}
+
 export function registerAgentCommand(program: Command): void {
   program
     .command('agent')
@@ -55,20 +70,25 @@ export function registerAgentCommand(program: Command): void {
     .option('--audit-max-bytes <size>', 'with --audit-file: rotate when the file would pass this size (bytes, or Ki/Mi/Gi) (default 100Mi)')
     .option('--audit-max-files <n>', 'with --audit-file: rotated files kept, PATH.1 the newest (default 5)')
     .option('--log-level <level>', 'trace|debug|info|warn|error (the audit trail is written at info: warn and above turn it off)', 'info')
-    .action(async (flags: AgentFlags) => {
+    .option('--cpu-profile <file>', 'diagnostics: record a V8 CPU profile from start to shutdown and write it to FILE (open it in Chrome DevTools)')
+    .action(async (flags: AgentFlags & { cpuProfile?: string }) => {
       const config = agentConfig(flags);
       execWithHeapFlags();
       const logger = createLogger({ level: config.logLevel, node: config.node });
+      const profile = flags.cpuProfile ? await startCpuProfile() : undefined;
       const agent = await startAgent(config, logger);
       const shutdown = (signal: string) => {
         logger.info({ signal }, 'shutting down');
-        agent.stop().then(
-          () => process.exit(0),
-          (err: Error) => {
-            logger.error({ err: err.message }, 'shutdown failed');
-            process.exit(1);
-          },
-        );
+        agent
+          .stop()
+          .then(() => profile?.(flags.cpuProfile!))
+          .then(
+            () => process.exit(0),
+            (err: Error) => {
+              logger.error({ err: err.message }, 'shutdown failed');
+              process.exit(1);
+            },
+          );
       };
       process.once('SIGTERM', () => shutdown('SIGTERM'));
       process.once('SIGINT', () => shutdown('SIGINT'));
