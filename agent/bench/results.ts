@@ -57,6 +57,7 @@ export function metricCatalogue(rates: readonly number[]): MetricDef[] {
     { name: 'rss_mb_idle', unit: 'MB', better: 'lower' },
     { name: 'rss_mb_load', unit: 'MB', better: 'lower' },
     { name: 'kb_per_idle_conn', unit: 'KB', better: 'lower' },
+    { name: 'audit_dropped', unit: 'lines', better: 'lower' },
     { name: 'apply_ms_10k', unit: 'ms', better: 'lower' },
     { name: 'apply_cpu_ms_10k', unit: 'ms', better: 'lower' },
     { name: 'rss_mb_10k', unit: 'MB', better: 'lower' },

@@ -17,6 +17,7 @@ import { plainPodCreds, startHaproxies, type Layer } from './haproxy.js';
 import { MESH_CLIENT, selectPaths, rotation, type PathDef, type ProxyKind, type Targets } from './paths.js';
 import { installCommand, installPrereqs, missingPrereqs } from './prereqs.js';
 import { ProcReader } from './procfs.js';
+import { parsePrometheus, sumOf } from '../telemetry/promtext.js';
 import { benchJson, formatReport } from './report.js';
 import { latencyMetricNames, metricCatalogue, Results } from './results.js';
 import { ScaleBench, SCALE_NAMESPACE } from './scale.js';
@@ -384,6 +385,7 @@ class Bench {
     const names = latencyMetricNames(rate);
     const noise = this.watchProxyCpu(p, `${p.name} at ${rate} req/s`);
     const cpuBefore = pids.length ? this.procs.cpuSeconds(pids) : 0;
+    const auditBefore = p.proxy === 'agents' ? await this.auditDropped() : 0;
     const rss: number[] = [];
     const sampler = pids.length ? setInterval(() => rss.push(this.procs.rssKb(pids)), 500) : undefined;
     let r: Record<string, unknown>;
@@ -404,11 +406,20 @@ class Bench {
     }
     if (pids.length && num('completed_total') > 0) this.results.add(p.name, names.cpu, (cpu * 1e6) / num('completed_total'));
     if (pids.length && rate === Math.max(...this.plan.rates) && rss.length) this.results.add(p.name, 'rss_mb_load', Math.max(...rss) / 1024);
+    // The audit trail (one line per connection and per request on each agent) must lose nothing at this rate.
+    if (p.proxy === 'agents' && rate === Math.max(...this.plan.rates)) this.results.add(p.name, 'audit_dropped', (await this.auditDropped()) - auditBefore);
     const where = `${p.name} at ${rate} req/s`;
     if (num('errors') > 0) this.warnings.push(`${where}: ${num('errors')} of ${num('sent')} requests failed ${JSON.stringify(r.error_counts)}`);
     if (num('achieved_rps') < rate * 0.97) this.warnings.push(`${where}: achieved ${num('achieved_rps')} req/s, below the target (the path or the generator did not keep up)`);
     if (num('send_lag_p99_ms') > 1) this.warnings.push(`${where}: the generator woke up to ${num('send_lag_p99_ms')} ms late (p99): CPU ${this.loadCpu ?? ''} was busy; latencies include that`);
     this.opts.log(`  ${where}: p50 ${r.p50_ms} ms, p99 ${r.p99_ms} ms, p99.9 ${r.p999_ms} ms, achieved ${r.achieved_rps} req/s${pids.length ? `, proxy CPU ${((cpu * 1e6) / num('completed_total')).toFixed(1)} us/req` : ''}`);
+  }
+
+  /** trellis_audit_dropped_total summed over both agents. */
+  private async auditDropped(): Promise<number> {
+    let n = 0;
+    for (const node of [NODE_A, NODE_B]) n += sumOf(parsePrometheus(await this.lab!.metrics(node)), 'trellis_audit_dropped_total');
+    return n;
   }
 
   private async maxRps(p: PathDef): Promise<void> {
