@@ -143,7 +143,7 @@ export class Downstream<C = CallContext> {
     const target = targetOf(req.method, req.url ?? '/');
     if (!target.ok) return target.reason;
     const { path, query } = target;
-    const headers = requestHeaders(req.headersDistinct);
+    const headers = requestHeaders(req.rawHeaders);
     // 100-continue was answered by the server when the request arrived; the upstream gets the body directly.
     delete headers.expect;
     const requestId = ensureRequestId(headers);
@@ -218,14 +218,24 @@ function targetOf(method: string | undefined, target: string): { ok: true; path:
   return n.ok ? { ok: true, path: n.path, query: n.query ?? '' } : { ok: false, reason: n.reason };
 }
 
-function requestHeaders(distinct: NodeJS.Dict<string[]>): Headers {
+/**
+ * The request's headers, lowercase, repeated fields kept as arrays, without hop-by-hop fields (and those the
+ * Connection header names). Built from rawHeaders in one pass: cheaper than Node's headersDistinct.
+ */
+function requestHeaders(raw: readonly string[]): Headers {
   const out: Headers = {};
-  const connection = distinct.connection?.join(',').toLowerCase().split(',').map((s) => s.trim()) ?? [];
-  for (const k in distinct) {
-    if (HOP_BY_HOP.has(k) || connection.includes(k)) continue;
-    const v = distinct[k]!;
-    out[k] = v.length === 1 ? v[0]! : v;
+  let connection: string | undefined;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    const value = raw[i + 1]!;
+    if (name === 'connection') connection = connection === undefined ? value : `${connection},${value}`;
+    if (HOP_BY_HOP.has(name)) continue;
+    const prev = out[name];
+    if (prev === undefined) out[name] = value;
+    else if (Array.isArray(prev)) prev.push(value);
+    else out[name] = [prev, value];
   }
+  if (connection !== undefined) for (const n of connection.toLowerCase().split(',')) delete out[n.trim()];
   return out;
 }
 

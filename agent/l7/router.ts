@@ -437,6 +437,8 @@ function outboundRecord(ctx: CallContext, req: L7Request, sinks: RouterInputs): 
   return rec;
 }
 
+const NO_QUERY = new URLSearchParams();
+
 function matchRoutes(routes: CompiledRoutes, req: L7Request): MatchedRule | undefined {
   const headers = (name: string) => headerValue(req.headers, name);
   if (routes.kind === 'GRPCRoute') {
@@ -445,7 +447,7 @@ function matchRoutes(routes: CompiledRoutes, req: L7Request): MatchedRule | unde
     if (parts.length !== 3 || parts[0] !== '') return undefined;
     return matchGrpc(routes, { service: parts[1]!, method: parts[2]!, headers });
   }
-  return matchRequest(routes, { method: req.method, path: req.path, query: new URLSearchParams(req.query), headers });
+  return matchRequest(routes, { method: req.method, path: req.path, query: req.query ? new URLSearchParams(req.query) : NO_QUERY, headers });
 }
 
 function readyEndpoints(state: MeshState, backend: ServiceBackend): UpstreamEndpoint[] {
