@@ -1,5 +1,8 @@
 // Stream wrappers for the L7 servers and clients: replaying bytes a sniff already read, and shielding an
-// HTTP/2 stream (an HBONE tunnel) from the mixed string/Buffer writev that Node's HTTP code issues.
+// HTTP/2 stream (an HBONE tunnel) from the mixed string/Buffer writev that Node's HTTP code issues. Node 24's
+// StreamBase writev copies string chunks into storage that lives only for the call, while an HTTP/2 stream
+// sends its data later: the first bytes of an HTTP/1.1 head written with writeHead() + write() arrive as
+// garbage (reproduced with a plain http.Server over a CONNECT stream). Handing it Buffers only avoids that.
 import { Duplex } from 'node:stream';
 
 /** A duplex over `inner` that hands it Buffers only (strings are encoded here, one write per chunk). */
