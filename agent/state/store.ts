@@ -56,6 +56,54 @@ export interface TrafficConfig {
   readonly budgetErrors: readonly string[];
 }
 
+/** One endpoint (IP and port): the first Service found there and every Service port it serves. */
+interface EndpointEntry {
+  readonly port: number;
+  readonly service: ServiceInfo;
+  ports: readonly ServicePortInfo[];
+  /** The entry of another port on the same IP. */
+  next: EndpointEntry | undefined;
+}
+
+const NO_PORTS: readonly ServicePortInfo[] = Object.freeze([]);
+
+function endpointEntry(index: ReadonlyMap<string, EndpointEntry>, ip: string, port: number): EndpointEntry | undefined {
+  let e = index.get(ip);
+  while (e && e.port !== port) e = e.next;
+  return e;
+}
+
+/**
+ * Services in order, their ports in order: an endpoint's first Service, and its ports in that order. Most
+ * endpoints serve one port of one Service; they share that port's one-element list.
+ */
+function indexEndpoints(services: ReadonlyMap<string, ServiceInfo>): Map<string, EndpointEntry> {
+  const index = new Map<string, EndpointEntry>();
+  for (const s of services.values()) {
+    for (const p of s.ports) {
+      let only: readonly ServicePortInfo[] | undefined;
+      for (const e of p.endpoints) {
+        let entry = index.get(e.ip);
+        let last = entry;
+        while (entry && entry.port !== e.port) {
+          last = entry;
+          entry = entry.next;
+        }
+        if (entry) {
+          // Never the shared list: a copy with this port added.
+          entry.ports = Object.freeze([...entry.ports, p]);
+          continue;
+        }
+        only ??= Object.freeze([p]);
+        const added: EndpointEntry = { port: e.port, service: s, ports: only, next: undefined };
+        if (last) last.next = added;
+        else index.set(e.ip, added);
+      }
+    }
+  }
+  return index;
+}
+
 export class MeshState {
   readonly version: number;
   readonly workloads: ReadonlyMap<string, Workload>;
@@ -65,8 +113,8 @@ export class MeshState {
   readonly policies: PolicySet;
   private readonly byIp: ReadonlyMap<string, Workload>;
   private readonly byVip: ReadonlyMap<string, ServiceInfo>;
-  private readonly byEndpoint: ReadonlyMap<string, ServiceInfo>;
-  private readonly portsByEndpoint: ReadonlyMap<string, readonly ServicePortInfo[]>;
+  /** Endpoint IP -> what serves there, one entry per port (keyed by the IP alone: no "ip:port" string per endpoint). */
+  private readonly byEndpoint: ReadonlyMap<string, EndpointEntry>;
 
   constructor(version: number, workloads: Map<string, Workload>, services: Map<string, ServiceInfo>, traffic?: TrafficConfig, policies?: PolicySet) {
     this.version = version;
@@ -78,23 +126,9 @@ export class MeshState {
     for (const w of workloads.values()) if (w.ip) byIp.set(w.ip, w);
     const byVip = new Map<string, ServiceInfo>();
     for (const s of services.values()) for (const vip of s.vips) byVip.set(vip, s);
-    const byEndpoint = new Map<string, ServiceInfo>();
-    const portsByEndpoint = new Map<string, ServicePortInfo[]>();
-    for (const s of services.values()) {
-      for (const p of s.ports) {
-        for (const e of p.endpoints) {
-          const key = `${e.ip}:${e.port}`;
-          const list = portsByEndpoint.get(key);
-          if (list) list.push(p);
-          else portsByEndpoint.set(key, [p]);
-          if (!byEndpoint.has(key)) byEndpoint.set(key, s);
-        }
-      }
-    }
-    this.portsByEndpoint = portsByEndpoint;
     this.byIp = byIp;
     this.byVip = byVip;
-    this.byEndpoint = byEndpoint;
+    this.byEndpoint = indexEndpoints(services);
   }
 
   static empty(): MeshState {
@@ -111,12 +145,12 @@ export class MeshState {
 
   /** The service an endpoint belongs to (the destination reporter's destination_service). */
   serviceByEndpoint(ip: string, port: number): ServiceInfo | undefined {
-    return this.byEndpoint.get(`${ip}:${port}`);
+    return endpointEntry(this.byEndpoint, ip, port)?.service;
   }
 
   /** Every Service port an endpoint serves (for their declared protocols). */
   servicePortsByEndpoint(ip: string, port: number): readonly ServicePortInfo[] {
-    return this.portsByEndpoint.get(`${ip}:${port}`) ?? [];
+    return endpointEntry(this.byEndpoint, ip, port)?.ports ?? NO_PORTS;
   }
 
   /** The routes for a call to a Service port from a namespace (consumer routes win over producer routes). */
@@ -210,9 +244,9 @@ export function compile(objects: readonly KubeObject[], trustDomain: string, ver
         const svc = o.metadata.labels?.[SERVICE_NAME_LABEL];
         if (!svc) break;
         const key = `${o.metadata.namespace ?? 'default'}/${svc}`;
-        const list = slicesByService.get(key) ?? [];
-        list.push(o);
-        slicesByService.set(key, list);
+        const list = slicesByService.get(key);
+        if (list) list.push(o);
+        else slicesByService.set(key, [o]);
         break;
       }
     }
@@ -225,26 +259,15 @@ export function compile(objects: readonly KubeObject[], trustDomain: string, ver
   const compiled = new Map<string, ServiceInfo>();
   for (const svc of services) {
     const namespace = svc.metadata.namespace ?? 'default';
-    const key = `${namespace}/${svc.metadata.name}`;
-    const vips = [...new Set([svc.spec.clusterIP, ...(svc.spec.clusterIPs ?? [])])].filter(
-      (ip): ip is string => !!ip && ip !== 'None',
-    );
-    const slices = slicesByService.get(key) ?? [];
-    const ports = svc.spec.ports
-      .filter((p) => (p.protocol ?? 'TCP') === 'TCP')
-      .map((p): ServicePortInfo => ({
-        name: p.name,
-        port: p.port,
-        appProtocol: p.appProtocol,
-        endpoints: endpointsFor(slices, p.name),
-      }));
+    const name = svc.metadata.name;
+    const key = `${namespace}/${name}`;
     compiled.set(key, Object.freeze({
       key,
       namespace,
-      name: svc.metadata.name,
-      host: `${svc.metadata.name}.${namespace}.svc.cluster.local`,
-      vips: Object.freeze(vips),
-      ports: Object.freeze(ports),
+      name,
+      host: `${name}.${namespace}.svc.cluster.local`,
+      vips: Object.freeze(vipsOf(svc)),
+      ports: Object.freeze(portsOf(svc, slicesByService.get(key))),
     }));
   }
   const routes = compileRoutes(objects, compiled, { ...(previous && { previous: previous.traffic.routes }) });
@@ -294,20 +317,49 @@ function compileRetryBudgets(objects: readonly KubeObject[], services: ReadonlyM
   return { budgets, errors };
 }
 
-/** EndpointSlice ports are matched to Service ports by name, as kube-proxy does. */
-function endpointsFor(slices: EndpointSlice[], portName: string | undefined): Endpoint[] {
+/** ClusterIP then clusterIPs, each once, without "None". */
+function vipsOf(svc: Service): string[] {
+  const vips: string[] = [];
+  const add = (ip: string | undefined) => {
+    if (ip && ip !== 'None' && !vips.includes(ip)) vips.push(ip);
+  };
+  add(svc.spec.clusterIP);
+  for (const ip of svc.spec.clusterIPs ?? []) add(ip);
+  return vips;
+}
+
+/** The Service's TCP ports with their endpoints. */
+function portsOf(svc: Service, slices: readonly EndpointSlice[] = []): ServicePortInfo[] {
+  const ports: ServicePortInfo[] = [];
+  for (const p of svc.spec.ports) {
+    if ((p.protocol ?? 'TCP') !== 'TCP') continue;
+    ports.push({ name: p.name, port: p.port, appProtocol: p.appProtocol, endpoints: endpointsFor(slices, p.name) });
+  }
+  return ports;
+}
+
+/** Up to this many endpoints, a duplicate is looked for in the list itself; beyond, in a set of "ip:port". */
+const SCAN_FOR_DUPLICATES = 32;
+
+/** EndpointSlice ports are matched to Service ports by name, as kube-proxy does; an ip:port is listed once. */
+function endpointsFor(slices: readonly EndpointSlice[], portName: string | undefined): Endpoint[] {
   const out: Endpoint[] = [];
-  const seen = new Set<string>();
+  let seen: Set<string> | undefined;
   for (const slice of slices) {
     if (slice.addressType === 'FQDN') continue;
     const sp = (slice.ports ?? []).find((p) => (p.name ?? '') === (portName ?? ''));
     if (!sp?.port) continue;
+    const port = sp.port;
     for (const ep of slice.endpoints) {
+      const ready = ep.conditions?.ready !== false;
       for (const ip of ep.addresses) {
-        const id = `${ip}:${sp.port}`;
-        if (seen.has(id)) continue;
-        seen.add(id);
-        out.push(Object.freeze({ ip, port: sp.port, ready: ep.conditions?.ready !== false }));
+        if (seen) {
+          const id = `${ip}:${port}`;
+          if (seen.has(id)) continue;
+          seen.add(id);
+        } else if (out.some((e) => e.ip === ip && e.port === port)) continue;
+        out.push(Object.freeze({ ip, port, ready }));
+        if (!seen && out.length > SCAN_FOR_DUPLICATES) seen = new Set(out.map((e) => `${e.ip}:${e.port}`));
       }
     }
   }
