@@ -42,6 +42,31 @@ const NOT_STRING_KEY = /^(?:[Nn]ull|NULL|[Tt]rue|TRUE|[Ff]alse|FALSE)$/;
 /** The yaml library refuses implicit keys longer than this. */
 const MAX_KEY = 1024;
 
+/** Characters of a plain scalar read without the general path: a name, a number, an address, a path. */
+const SIMPLE_CHAR = new Uint8Array(128);
+for (const c of 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./-') SIMPLE_CHAR[c.charCodeAt(0)] = 1;
+/** ... and the first of them: no indicator, sign or dot (those may start a number or something else). */
+const SIMPLE_START = new Uint8Array(128);
+for (const c of 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_/') SIMPLE_START[c.charCodeAt(0)] = 1;
+
+const NULL_OR_BOOL_START = new Uint8Array(128);
+for (const c of 'nNtTfF') NULL_OR_BOOL_START[c.charCodeAt(0)] = 1;
+
+/**
+ * The same keys and values come back in file after file (apiVersion, kind, namespace, protocol): they are
+ * taken from these tables instead of being cut from each text again, so there are fewer strings to allocate
+ * and keep, and keys arrive already internalized. A slot (by a hash of the characters) holds the last string
+ * that landed there; the tables only ever hold strings equal to what would be cut, so no result depends on
+ * what they hold. KEYS holds only keys that passed the checks below.
+ */
+const SLOTS = 4096;
+const KEYS: (string | undefined)[] = new Array<string | undefined>(SLOTS).fill(undefined);
+const VALUES: (string | undefined)[] = new Array<string | undefined>(SLOTS).fill(undefined);
+/** Values longer than this are rarely repeated: they are cut, not looked up. */
+const MAX_SHARED_VALUE = 64;
+const FNV_OFFSET = 0x811c9dc5;
+const FNV_PRIME = 0x01000193;
+
 /**
  * Recursive descent over the text itself, one line at a time: the current line is offsets into the text
  * (nothing is copied but keys and scalars), blank and comment lines are skipped on the way.
@@ -54,6 +79,8 @@ class Reader {
   end = 0;
   /** Where the line after the current one starts. */
   private next = 0;
+  /** The hash (for KEYS) of the key keyLength() measured last. */
+  private keyHash = 0;
 
   constructor(private readonly text: string) {
     this.advance();
@@ -115,8 +142,8 @@ class Reader {
     while (this.kind === LINE && this.indent === indent) {
       const n = this.keyLength(this.start);
       if (n === 0) break;
-      const key = text.slice(this.start, this.start + n);
-      if (n > MAX_KEY || (n <= 5 && NOT_STRING_KEY.test(key)) || key === '__proto__' || Object.hasOwn(map, key)) throw new NotPlain();
+      const key = this.key(this.start, n);
+      if (Object.hasOwn(map, key)) throw new NotPlain();
       let at = this.start + n + 1;
       while (text.charCodeAt(at) === 0x20 && at < this.end) at++;
       const end = this.end;
@@ -154,7 +181,7 @@ class Reader {
   /** What follows "key:" or "- " on the line that was current (possibly nothing: then the block below). */
   private value(start: number, end: number, indent: number, inMapping: boolean): unknown {
     if (start === end || this.text.charCodeAt(start) === 0x23 /* # */) return this.nested(indent, inMapping);
-    const value = scalar(this.text.slice(start, end));
+    const value = this.scalar(start, end);
     // A scalar that goes on over the next, deeper lines is a multi-line scalar.
     if (this.kind === LINE && this.indent > indent) throw new NotPlain();
     return value;
@@ -178,6 +205,57 @@ class Reader {
     return this.text.charCodeAt(at) === 0x2d && (at + 1 === this.end || this.text.charCodeAt(at + 1) === 0x20);
   }
 
+  /** The key of `n` characters at `start` that keyLength() just measured, from KEYS when it was seen before. */
+  private key(start: number, n: number): string {
+    const text = this.text;
+    const slot = this.keyHash & (SLOTS - 1);
+    const known = KEYS[slot];
+    if (known !== undefined && known.length === n && text.startsWith(known, start)) return known;
+    const key = text.slice(start, start + n);
+    if (n > MAX_KEY || (n <= 5 && NOT_STRING_KEY.test(key)) || key === '__proto__') throw new NotPlain();
+    KEYS[slot] = key;
+    return key;
+  }
+
+  /**
+   * The scalar from `start` to `end`. Most are plain words, numbers and addresses of SIMPLE_CHAR: nothing in
+   * them can be a comment, an indicator, a flow collection or a key, so they resolve here in one pass over
+   * their characters; everything else goes the general way, scalar().
+   */
+  private scalar(start: number, end: number): unknown {
+    const text = this.text;
+    const first = text.charCodeAt(start);
+    if (first >= 128 || SIMPLE_START[first] === 0) return scalar(text.slice(start, end));
+    let h = FNV_OFFSET;
+    let dots = 0;
+    let digits = 0;
+    for (let i = start; i < end; i++) {
+      const c = text.charCodeAt(i);
+      if (c >= 128 || SIMPLE_CHAR[c] === 0) return scalar(text.slice(start, end));
+      if (c === 0x2e) dots++;
+      else if (c >= 0x30 && c <= 0x39) digits++;
+      h = Math.imul(h ^ c, FNV_PRIME);
+    }
+    const n = end - start;
+    if (digits === n) return parseInt(text.slice(start, end), 10);
+    // What else the core schema may read as not a string starts with a digit (and has one dot at most: no
+    // number has two) or with n, t or f (null, true, false).
+    if (first >= 0x30 && first <= 0x39 ? dots < 2 : NULL_OR_BOOL_START[first] === 1) {
+      if (n === 4 && text.startsWith('true', start)) return true;
+      if (n === 5 && text.startsWith('false', start)) return false;
+      return resolvePlain(text.slice(start, end));
+    }
+    // Addresses and versions (a digit first) are seldom shared: cut, not looked up, so they do not push out
+    // the values that are.
+    if (n > MAX_SHARED_VALUE || first <= 0x39) return text.slice(start, end);
+    const slot = h & (SLOTS - 1);
+    const known = VALUES[slot];
+    if (known !== undefined && known.length === n && text.startsWith(known, start)) return known;
+    const value = text.slice(start, end);
+    VALUES[slot] = value;
+    return value;
+  }
+
   /**
    * The length of the plain key at `at` ("key:" then a space or the end of the line), or 0. Keys starting
    * with a digit, "-" or "." (numbers, sequence entries) are not taken.
@@ -186,10 +264,15 @@ class Reader {
     const text = this.text;
     const c = text.charCodeAt(at);
     if (!(c === 0x5f || (c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a))) return 0;
+    let h = Math.imul(FNV_OFFSET ^ c, FNV_PRIME);
     for (let i = at + 1; i < this.end; i++) {
       const k = text.charCodeAt(i);
-      if (k === 0x3a /* : */) return i + 1 === this.end || text.charCodeAt(i + 1) === 0x20 ? i - at : 0;
+      if (k === 0x3a /* : */) {
+        this.keyHash = h;
+        return i + 1 === this.end || text.charCodeAt(i + 1) === 0x20 ? i - at : 0;
+      }
       if (k >= 128 || KEY_CHAR[k] === 0) return 0;
+      h = Math.imul(h ^ k, FNV_PRIME);
     }
     return 0;
   }

@@ -88,10 +88,25 @@ kind: Service
       '0', '-0', '+0', '007', '-12', '+12', '0o17', '0o18', '0x1F', '0X1F', '0xg', '1_000', '12345678901234567890',
       '1.0', '1.', '.5', '-.5', '+.5', '1e3', '1E-3', '-1.5e+2', '.inf', '-.Inf', '+.INF', '.nan', '.NaN', 'NaN', 'inf',
       '1.2.3', '10.244.1.2', '2024-01-01', '12:30', '1:2', 'v1', 'n', 'f', 't', '.', '-', '--x', '-x', 'a#b', 'a b',
+      '10.96.100.100', '1..2', '1.5.e3', '0.0', '00', '0o17.1', '0x1F.2', '1e3.5', '12.e3', '1_0', 'a.b.c', '/x/y', '_x', 'x/', 'nullx',
+      'truex', 'falsey', 'tru', 'fals', 'nul', 'Nope', 'Tcp', 'F1', 'n0', 'TCP', 'discovery.k8s.io/v1', 'x'.repeat(70), '9'.repeat(70),
     ];
     for (const v of values) agrees(`k: ${v}\n`);
     expect(parsePlainYaml('k: -0\n')).toEqual([{ k: -0 }]);
     expect(parsePlainYaml('k: 0x1F\n')).toEqual([{ k: 31 }]);
+  });
+
+  it('reads keys and values met before as it read them the first time, whatever else shares their slot (seeded)', () => {
+    // Thousands of distinct keys and values: the shared tables' slots collide many times over.
+    const random = mulberry32(99);
+    const chars = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./-';
+    const word = (first: string) => first + Array.from({ length: Math.floor(random() * 12) }, () => chars[Math.floor(random() * chars.length)]).join('');
+    const keys = Array.from({ length: 3000 }, () => word('abcdefghijklmnopqrstuvwxyz'[Math.floor(random() * 26)]!));
+    const values = Array.from({ length: 3000 }, () => word(chars[Math.floor(random() * chars.length)]!));
+    for (let n = 0; n < 2000; n++) {
+      const lines = Array.from({ length: 1 + Math.floor(random() * 6) }, () => `${keys[Math.floor(random() * keys.length)]}: ${values[Math.floor(random() * values.length)]}`);
+      agrees(`${lines.join('\n')}\n`);
+    }
   });
 
   it('counts documents as the library does', () => {
