@@ -87,15 +87,17 @@ export function splice(down: Duplex, up: Duplex, hooks: SpliceHooks): Promise<Sp
     };
     // Each direction counts, writes, and stops reading while the other side's buffer is full: what pipe() does,
     // with two listeners instead of the nine pipe() adds, which an idle connection holds for as long as it lives.
+    const toUpWrite = writer(down, up);
+    const toDownWrite = writer(up, down);
     down.on('data', (chunk: Buffer) => {
       toUp += chunk.length;
       timer ??= setTimeout(flush, COUNT_FLUSH_MS);
-      if (!up.write(chunk)) down.pause();
+      if (!toUpWrite(chunk) && up.writableLength >= pauseAt(up)) down.pause();
     });
     up.on('data', (chunk: Buffer) => {
       toDown += chunk.length;
       timer ??= setTimeout(flush, COUNT_FLUSH_MS);
-      if (!down.write(chunk)) up.pause();
+      if (!toDownWrite(chunk) && down.writableLength >= pauseAt(down)) up.pause();
     });
     up.on('drain', () => down.resume());
     down.on('drain', () => up.resume());
@@ -114,6 +116,37 @@ export function splice(down: Duplex, up: Duplex, hooks: SpliceHooks): Promise<Sp
     down.on('end', passEnd('downstream', down, up));
     up.on('end', passEnd('upstream', up, down));
   });
+}
+
+/**
+ * How much a side may hold unwritten before its source pauses: a few of its high-water marks, not one. A socket
+ * reads 64 KB at a time, as much as an HTTP/2 stream's mark: pausing at the mark stopped and restarted the
+ * socket's reading (two epoll changes) for every chunk of a bulk transfer.
+ */
+function pauseAt(s: Duplex): number {
+  return 4 * s.writableHighWaterMark;
+}
+
+/**
+ * Writes to `to`, the chunks of one turn of the event loop in one system call when they come from an HTTP/2
+ * stream and go to a socket: the stream hands its DATA over in the pieces TLS records cut it into (8 KB on
+ * average), and a write(2) per piece was most of the destination agent's system calls in a bulk transfer.
+ */
+function writer(from: Duplex, to: Duplex): (chunk: Buffer) => boolean {
+  if (!(to instanceof net.Socket) || !isHttp2Stream(from)) return (chunk) => to.write(chunk);
+  let corked = false;
+  const uncork = () => {
+    corked = false;
+    to.uncork();
+  };
+  return (chunk) => {
+    if (!corked) {
+      corked = true;
+      to.cork();
+      setImmediate(uncork);
+    }
+    return to.write(chunk);
+  };
 }
 
 /** Resolves when a dialled socket is connected; rejects with its dial error. */
