@@ -81,6 +81,9 @@ class Reader {
   private next = 0;
   /** The hash (for KEYS) of the key keyLength() measured last. */
   private keyHash = 0;
+  /** Items of the sequences being read, innermost last; `top` is where the next one goes. */
+  private readonly items: unknown[] = [];
+  private top = 0;
 
   constructor(private readonly text: string) {
     this.advance();
@@ -156,25 +159,31 @@ class Reader {
 
   private sequence(indent: number): unknown[] {
     const text = this.text;
-    const seq: unknown[] = [];
+    // Items gather on the reader's stack (nested sequences above them) and leave it as an array of their
+    // exact length: an array grown item by item would keep room for sixteen.
+    const base = this.top;
     while (this.kind === LINE && this.indent === indent && this.isItem(this.start)) {
       let at = this.start + 1;
       while (text.charCodeAt(at) === 0x20 && at < this.end) at++;
+      let item: unknown;
       if (at === this.end || text.charCodeAt(at) === 0x23 /* # */) {
         this.advance();
-        seq.push(this.nested(indent, false));
+        item = this.nested(indent, false);
       } else if (this.isItem(at) || this.keyLength(at) > 0) {
         // "- key: v" or "- - v": the item's node starts on this line, at the column after "- ".
         this.indent += at - this.start;
         this.start = at;
-        seq.push(this.node(this.indent));
+        item = this.node(this.indent);
       } else {
         const end = this.end;
         this.advance();
-        seq.push(this.value(at, end, indent, false));
+        item = this.value(at, end, indent, false);
       }
+      this.items[this.top++] = item;
     }
     this.endOfBlock(indent);
+    const seq = this.items.slice(base, this.top);
+    this.top = base;
     return seq;
   }
 
