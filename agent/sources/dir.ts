@@ -1,6 +1,6 @@
 // `dir` source: a directory of ordinary Kubernetes YAML, reloaded on change; feeds the store as one snapshot.
 // A file that fails to parse keeps its last good objects; an invalid object keeps its last good version.
-import { closeSync, fstatSync, promises as fsp, openSync, readFileSync, readSync, statSync, watch, type FSWatcher, type Stats } from 'node:fs';
+import { closeSync, fstatSync, promises as fsp, openSync, readdirSync, readFileSync, readSync, statSync, watch, type FSWatcher, type Stats } from 'node:fs';
 import path from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import type { Logger } from 'pino';
@@ -40,8 +40,11 @@ const RACY_MS = 2000;
 /** Files up to this size are read into one reused buffer; larger ones get a buffer of their own. */
 const READ_BUFFER_BYTES = 64 * 1024;
 
-/** What was seen of a file at its last read, to tell without reading it again whether it changed. */
-interface FileSeen {
+/**
+ * A file as the last load left it: what its last read saw, to tell without reading it again whether it
+ * changed, and its last good objects.
+ */
+interface FileState {
   ino: number;
   size: number;
   mtimeMs: number;
@@ -49,7 +52,9 @@ interface FileSeen {
   /** Date.now() just before it was read. */
   readAt: number;
   /** Its text, kept only while it is racy (see RACY_MS): a re-read with the same text is not parsed again. */
-  text?: string;
+  text: string | undefined;
+  /** Last good objects, by object key; undefined until the file first parsed. */
+  objects: Map<string, KubeObject> | undefined;
 }
 
 export class DirSource {
@@ -60,10 +65,8 @@ export class DirSource {
   private timer: NodeJS.Timeout | undefined;
   private loading: Promise<void> | undefined;
   private again = false;
-  /** Last good objects per file, by object key. */
-  private readonly good = new Map<string, Map<string, KubeObject>>();
-  /** Per file, what its last read saw, so unchanged files are neither read nor parsed again. */
-  private readonly seen = new Map<string, FileSeen>();
+  /** Per file read: what its last read saw (unchanged files are neither read nor parsed again) and its last good objects. */
+  private readonly files = new Map<string, FileState>();
   /** Whether a file was added, changed, found invalid or removed since the last snapshot; unset before the first. */
   private changed = true;
   /** Whether a snapshot was delivered (start() has succeeded). */
@@ -139,17 +142,17 @@ export class DirSource {
   }
 
   private async load(): Promise<void> {
-    const { files, dirs } = await listTree(this.inputs.dir);
+    const { files, dirs } = listTree(this.inputs.dir);
     this.watchDirs(dirs);
     const problems: SourceProblem[] = [];
     const listed = new Set(files);
-    for (const file of this.seen.keys()) if (!listed.has(file)) this.forget(file);
+    for (const file of this.files.keys()) if (!listed.has(file)) this.forget(file);
     // Synchronous reads in slices: a read costs a few microseconds (fs.promises costs a hundred, for 20 000
     // files seconds), and the loop turns between slices, so connections go on being served.
     for (let i = 0; i < files.length; i += FILES_PER_TURN) {
       if (i > 0) await new Promise((resolve) => setImmediate(resolve));
       if (this.closed) return;
-      for (const file of files.slice(i, i + FILES_PER_TURN)) this.readFile(file, problems);
+      for (let k = i; k < Math.min(i + FILES_PER_TURN, files.length); k++) this.readFile(files[k]!, problems);
     }
     for (const p of problems) {
       this.inputs.logger.error({ file: p.file, object: p.object, reason: p.reason }, 'dir source: invalid input ignored; last good state stays in force');
@@ -159,8 +162,11 @@ export class DirSource {
     if (!this.changed && problems.length === 0) return;
     this.changed = false;
     const merged = new Map<string, KubeObject>();
-    for (const file of [...this.good.keys()].sort()) {
-      for (const [key, obj] of this.good.get(file)!) {
+    // In file name order: files is sorted, and a file with objects that is not listed was forgotten above.
+    for (const file of files) {
+      const objects = this.files.get(file)?.objects;
+      if (!objects) continue;
+      for (const [key, obj] of objects) {
         if (merged.has(key)) {
           problems.push({ file, object: key, reason: 'defined in more than one file; the first file (by name) wins' });
           continue;
@@ -176,7 +182,7 @@ export class DirSource {
   /** Reads and parses one file unless its stat says it is unchanged since the last read. */
   private readFile(file: string, problems: SourceProblem[]): void {
     const readAt = Date.now();
-    const prev = this.seen.get(file);
+    const prev = this.files.get(file);
     let read: { st: Stats; text: string };
     try {
       // A file known and settled is only stat'ed; a new or changed one is stat'ed through the descriptor it
@@ -190,13 +196,20 @@ export class DirSource {
     }
     const { st, text } = read;
     const isRacy = readAt - Math.max(st.mtimeMs, st.ctimeMs) < RACY_MS;
-    const seen: FileSeen = { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, readAt, ...(isRacy && { text }) };
-    this.seen.set(file, seen);
-    if (prev?.text === text && sameFile(prev, st)) return;
+    const unchanged = prev?.text === text && sameFile(prev, st);
+    const state: FileState = prev ?? { ino: 0, size: 0, mtimeMs: 0, ctimeMs: 0, readAt: 0, text: undefined, objects: undefined };
+    state.ino = st.ino;
+    state.size = st.size;
+    state.mtimeMs = st.mtimeMs;
+    state.ctimeMs = st.ctimeMs;
+    state.readAt = readAt;
+    state.text = isRacy ? text : undefined;
+    if (!prev) this.files.set(file, state);
+    if (unchanged) return;
     this.changed = true;
-    const parsed = parseFile(file, text, this.good.get(file));
-    problems.push(...parsed.problems);
-    if (parsed.objects) this.good.set(file, parsed.objects);
+    const parsed = parseFile(file, text, state.objects);
+    for (const p of parsed.problems) problems.push(p);
+    if (parsed.objects) state.objects = parsed.objects;
   }
 
   private readText(file: string): { st: Stats; text: string } {
@@ -216,25 +229,32 @@ export class DirSource {
   }
 
   private forget(file: string): void {
-    this.good.delete(file);
-    this.seen.delete(file);
+    this.files.delete(file);
     this.changed = true;
   }
 }
 
 /** Same inode, size, mtime and ctime: an editor's rename, a rewrite or a touch each change one of them. */
-function sameFile(seen: FileSeen, st: Stats): boolean {
+function sameFile(seen: FileState, st: Stats): boolean {
   return seen.ino === st.ino && seen.size === st.size && seen.mtimeMs === st.mtimeMs && seen.ctimeMs === st.ctimeMs;
 }
 
-async function listTree(dir: string): Promise<{ files: string[]; dirs: string[] }> {
-  const entries = await fsp.readdir(dir, { recursive: true, withFileTypes: true });
-  const files = entries
-    .filter((e) => e.isFile() && YAML_FILE.test(e.name) && !e.name.startsWith('.'))
-    // dir is absolute and normalized, and so is every parentPath under it: no path.join per file.
-    .map((e) => `${e.parentPath}/${e.name}`)
-    .sort();
-  const dirs = [dir, ...entries.filter((e) => e.isDirectory()).map((e) => `${e.parentPath}/${e.name}`)];
+/**
+ * The YAML files under `dir` (sorted) and the directories to watch. Synchronous, directory by directory: for
+ * 20 000 files a third less CPU than fs.promises' recursive readdir, and one short pause of the loop.
+ */
+function listTree(dir: string): { files: string[]; dirs: string[] } {
+  const files: string[] = [];
+  const dirs = [dir];
+  for (let i = 0; i < dirs.length; i++) {
+    // dir is absolute and normalized, and so is every path under it: no path.join per entry.
+    const parent = dirs[i]!;
+    for (const e of readdirSync(parent, { withFileTypes: true })) {
+      if (e.isDirectory()) dirs.push(`${parent}/${e.name}`);
+      else if (e.isFile() && YAML_FILE.test(e.name) && !e.name.startsWith('.')) files.push(`${parent}/${e.name}`);
+    }
+  }
+  files.sort();
   return { files, dirs };
 }
 
@@ -262,17 +282,17 @@ export function parseFile(
     raws = list.map((doc) => doc.toJS() as unknown);
   }
   const objects = new Map<string, KubeObject>();
-  for (const [i, raw] of raws.entries()) {
+  for (let i = 0; i < raws.length; i++) {
+    const raw = raws[i];
     if (raw === null || raw === undefined) continue;
     const items = isList(raw) ? raw.items : [raw];
     for (const item of items) {
-      const label = describe(item, i);
       const v = validateObject(item);
       if (v.ok) {
         objects.set(objectKey(v.object), v.object);
         continue;
       }
-      problems.push({ file, object: label, reason: v.reason });
+      problems.push({ file, object: describe(item, i), reason: v.reason });
       const key = keyOf(item);
       const last = key ? previous?.get(key) : undefined;
       if (key && last) objects.set(key, last);
