@@ -148,6 +148,7 @@ export class ScaleBench {
       // Read at once: the agent's CPU time goes on (the periodic reload) and /proc counts in 10 ms ticks.
       const applyCpuMs = (this.inputs.agentCpuSeconds() - cpu0) * 1000;
       const foreignCpuShare = (this.inputs.foreignCpuSeconds() - foreign0) / Math.max(0.001, (Date.now() - t0) / 1000);
+      this.inputs.log(`  ${this.appliedAt(t0)}`);
       await new Promise((r) => setTimeout(r, 1000));
       const rssMb = this.inputs.rssMb();
       return { applyMs, applyCpuMs, foreignCpuShare, rssMb };
@@ -155,6 +156,24 @@ export class ScaleBench {
       await waiter.finish(2000);
       await this.takeBack(probeFiles, url);
     }
+  }
+
+  /**
+   * When each agent applied the batch, from its log ("dir source: snapshot applied", logged once the state
+   * is swapped): where the time to the answer went, node by node.
+   */
+  private appliedAt(t0: number): string {
+    const parts: string[] = [];
+    for (const node of this.inputs.lab.nodes.map((n) => n.name)) {
+      const line = this.inputs.lab
+        .agentLog(node)
+        .split('\n')
+        .filter((l) => l.includes('"dir source: snapshot applied"'))
+        .map((l) => JSON.parse(l) as { time: string; loadMs: number; applyMs: number; parsed: number })
+        .find((l) => Date.parse(l.time) >= t0 && l.parsed > 0);
+      parts.push(line ? `${node} applied at +${Date.parse(line.time) - t0} ms (read ${line.loadMs} ms, compile ${line.applyMs} ms)` : `${node}: no snapshot logged`);
+    }
+    return parts.join('; ');
   }
 
   /** The waiter's result line, checking every second that the agents still run. */
