@@ -101,6 +101,9 @@ export function splice(down: Duplex, up: Duplex, hooks: SpliceHooks): Promise<Sp
     });
     up.on('drain', () => down.resume());
     down.on('drain', () => up.resume());
+    // A side that was paused on purpose before the splice (a first chunk read by hand) flows again, as pipe() did.
+    down.resume();
+    up.resume();
     down.on('error', (err) => fail('downstream', err));
     up.on('error', (err) => fail('upstream', err));
     down.on('close', closed('downstream', down));
