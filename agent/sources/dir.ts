@@ -261,7 +261,17 @@ function listTree(dir: string): { files: string[]; dirs: string[] } {
   for (let i = 0; i < dirs.length; i++) {
     // dir is absolute and normalized, and so is every path under it: no path.join per entry.
     const parent = dirs[i]!;
-    for (const e of readdirSync(parent, { withFileTypes: true })) {
+    let entries;
+    try {
+      entries = readdirSync(parent, { withFileTypes: true });
+    } catch (err) {
+      // A subdirectory moved away or removed since its parent was listed is not there: its own event
+      // brings the next reload. The top directory failing is the caller's to report.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (i > 0 && (code === 'ENOENT' || code === 'ENOTDIR')) continue;
+      throw err;
+    }
+    for (const e of entries) {
       if (e.isDirectory()) dirs.push(`${parent}/${e.name}`);
       else if (e.isFile() && YAML_FILE.test(e.name) && !e.name.startsWith('.')) files.push(`${parent}/${e.name}`);
     }
