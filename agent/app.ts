@@ -168,6 +168,10 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         drain,
         recheck,
         ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),
+        onClose: (podKey) => {
+          l7?.forget(podKey);
+          inboundHttp?.forget(podKey);
+        },
         ...(inboundHttp && config.l7 && { http: { server: inboundHttp, detectTimeoutMs: config.l7.detectTimeoutMs, opaquePorts: config.l7.opaquePorts } }),
       }),
     applyRules: nftApply,

@@ -225,9 +225,17 @@ export class Upstreams {
     this.sessions.clear();
   }
 
-  /** Drops the pooled connections of a source pod (it left this node or the mesh). */
+  /**
+   * Lets go of a source pod's pool (it left this node or the mesh, or its listeners were reopened): idle
+   * connections close now, connections carrying a request close when it is answered.
+   */
   forget(srcKey: string): void {
-    this.agents.get(srcKey)?.destroy();
+    const agent = this.agents.get(srcKey);
+    if (agent) {
+      // No socket is kept once free from now on (Node's Agent reads these on every 'free').
+      Object.assign(agent, { keepAlive: false, maxFreeSockets: 0 });
+      for (const list of Object.values(agent.freeSockets)) for (const socket of list ?? []) socket.destroy();
+    }
     this.agents.delete(srcKey);
     for (const [key, s] of this.sessions) {
       if (key.startsWith(`${srcKey}|`)) {

@@ -12,6 +12,8 @@ import type { Outbound } from './outbound.js';
 export type PodProxyInputs = Omit<InboundInputs, 'pod'> & {
   certs: CertSource;
   outbound: Outbound;
+  /** Told when the pod's listeners close (unenrolled): pooled L7 connections of the pod can go. */
+  onClose?: (podKey: string) => void;
 };
 
 export class PodProxy {
@@ -47,7 +49,10 @@ export class PodProxy {
     const unsubscribe = inputs.certs.onRotate((next) => {
       if (next.identity === pod.identity) hbone.rotate(next);
     });
-    return new PodProxy(pod, servers, hbone, unsubscribe);
+    return new PodProxy(pod, servers, hbone, () => {
+      unsubscribe();
+      inputs.onClose?.(pod.key);
+    });
   }
 
   /** Stops accepting and tells HBONE peers (GOAWAY) to open no new streams; open connections finish. */

@@ -22,6 +22,8 @@ const VIP = '10.96.0.10';
 interface Backend {
   name: string;
   port: number;
+  /** Connections open to it now. */
+  open(): number;
   seen: { method: string; url: string; headers: http.IncomingHttpHeaders; body: string }[];
   close(): Promise<void>;
 }
@@ -73,7 +75,10 @@ async function backend(name: string, behave: (n: number) => { status?: number; d
       }),
     );
   });
+  let open = 0;
   const front = net.createServer((s) => {
+    open++;
+    s.once('close', () => open--);
     s.once('readable', () => {
       const head = s.read(3) as Buffer | null;
       if (head) s.unshift(head);
@@ -86,6 +91,7 @@ async function backend(name: string, behave: (n: number) => { status?: number; d
   return {
     name,
     port,
+    open: () => open,
     seen,
     close: () => new Promise((r) => { front.close(() => r()); h1.closeAllConnections(); }),
   };
@@ -391,6 +397,15 @@ spec:
     const m = parsePrometheus(await metrics.registry.metrics());
     const failures = statuses.filter((s) => s === 503).length;
     if (failures === 5) expect(sumOf(m, 'trellis_endpoint_ejections_total', { destination_service: 'pair.mesh.svc.cluster.local' })).toBe(1);
+  });
+
+  it('lets go of the pooled connections of a pod that leaves: idle ones close, the next request opens anew', async () => {
+    await get('/warm');
+    expect(v1.open()).toBeGreaterThanOrEqual(1);
+    proxy.forget(`${NS}/client`);
+    for (let i = 0; i < 50 && v1.open() > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(v1.open()).toBe(0);
+    expect((await get('/after')).status).toBe(200);
   });
 
   it('answers 500 for the share of a backendRef to a missing Service', async () => {
