@@ -1,8 +1,10 @@
-// Splice flow: DATA from an HTTP/2 stream reaches a socket in few writes, and a side that cannot take more
-// stops the other from reading with no more than a few high-water marks held between them.
+// Splice flow: DATA from an HTTP/2 stream reaches a socket in few writes, a side that cannot take more stops
+// the other from reading with no more than a few high-water marks held between them, and an idle splice is small.
 import { createHash, randomBytes } from 'node:crypto';
 import http2 from 'node:http2';
 import net from 'node:net';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { afterEach, describe, expect, it } from 'vitest';
 import { splice } from '../../agent/proxy/splice.js';
 
@@ -121,5 +123,36 @@ describe('splice flow', () => {
     client.on('data', () => undefined);
     await done;
     client.destroy();
+  });
+
+  it('holds about a kilobyte of heap per idle splice (no closure per listener)', async () => {
+    const server = net.createServer({ allowHalfOpen: true });
+    servers.push(server);
+    const port = await listen(server);
+    const accepted: net.Socket[] = [];
+    server.on('connection', (s) => accepted.push(s));
+    const n = 500;
+    const clients: net.Socket[] = [];
+    for (let i = 0; i < 2 * n; i++) {
+      const c = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+      await new Promise((resolve) => c.once('connect', resolve));
+      clients.push(c);
+    }
+    while (accepted.length < 2 * n) await new Promise((resolve) => setTimeout(resolve, 10));
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    const heap = () => {
+      gc();
+      gc();
+      return process.memoryUsage().heapUsed;
+    };
+    const before = heap();
+    const done = [];
+    for (let i = 0; i < n; i++) done.push(splice(accepted[i]!, accepted[n + i]!, noCounts));
+    const perSplice = (heap() - before) / n;
+    // Closures per listener and per side made this ~2.1 KB.
+    expect(perSplice).toBeLessThan(1400);
+    for (const c of clients) c.destroy();
+    await Promise.all(done);
   });
 });
