@@ -6,6 +6,7 @@ import { systemClock } from '../../agent/clock.js';
 import { LocalCa } from '../../agent/identity/ca.js';
 import { WorkloadCerts } from '../../agent/identity/certs.js';
 import { HbonePool } from '../../agent/proxy/hbone-pool.js';
+import { SESSION_WINDOW, STREAM_WINDOW } from '../../agent/proxy/hbone.js';
 import { HboneInbound } from '../../agent/proxy/inbound.js';
 import { ConnectionRecord } from '../../agent/proxy/connection.js';
 import { Drain } from '../../agent/proxy/drain.js';
@@ -143,6 +144,17 @@ describe('HBONE over mTLS', () => {
     expect(a.session).toBe(b.session);
     a.close();
     b.close();
+  });
+
+  it('opens its streams with the HBONE flow-control windows on both ends', async () => {
+    const pool = makePool(certs, clientMetrics);
+    const stream = await pool.open({ src: client, dstIdentity: server.identity, ip: '127.0.0.1', port: appPort });
+    const session = stream.session!;
+    // The client's own SETTINGS, and the inbound server's as the client received them.
+    expect(session.localSettings.initialWindowSize).toBe(STREAM_WINDOW);
+    expect(session.remoteSettings.initialWindowSize).toBe(STREAM_WINDOW);
+    expect(session.state.effectiveLocalWindowSize).toBe(SESSION_WINDOW);
+    stream.close();
   });
 
   it('turns an upstream reset into a downstream reset', async () => {
