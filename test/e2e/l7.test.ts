@@ -19,6 +19,7 @@ import type { EchoReply } from '../../agent/tools/l7-echo.js';
 import type { TcpRawReport } from '../../agent/tools/tcp-raw.js';
 import type { WsClientReport } from '../../agent/tools/ws-client.js';
 import { requireRoot } from '../support/root.js';
+import { until } from '../support/until.js';
 
 const run = promisify(execFile);
 const fixtures = path.join(import.meta.dirname, 'fixtures', 'l7.yaml');
@@ -32,21 +33,6 @@ const SETTLE_MS = 3000;
 
 let lab: Lab;
 const vip = (service: string) => lab.services.find((s) => s.namespace === NS && s.name === service)!.clusterIP;
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 5000): Promise<T> {
-  const deadline = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? ` (last: ${String(last)})` : ''}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 async function metrics(node = 'node-a'): Promise<Sample[]> {
   return parsePrometheus(await lab.metrics(node));

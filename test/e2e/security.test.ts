@@ -21,6 +21,7 @@ import type { GrpcClientSummary } from '../../agent/tools/grpc-client.js';
 import type { HttpClientSummary } from '../../agent/tools/http-client.js';
 import type { EchoReply } from '../../agent/tools/l7-echo.js';
 import { requireRoot } from '../support/root.js';
+import { until } from '../support/until.js';
 
 const run = promisify(execFile);
 const fixtures = path.join(import.meta.dirname, 'fixtures', 'security.yaml');
@@ -40,21 +41,6 @@ let lab: Lab;
 let vip: string;
 let podIp: string;
 const id = (what: string) => `${what}-${randomBytes(4).toString('hex')}`;
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 5000): Promise<T> {
-  const deadline = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? ` (last: ${String(last)})` : ''}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 async function metrics(node = 'node-b'): Promise<Sample[]> {
   return parsePrometheus(await lab.metrics(node));
