@@ -52,6 +52,8 @@ interface Plan {
   rates: number[];
   connections: number;
   warmupS: number;
+  /** Closed-loop load on each path before its first latency run (JIT tiering, pools, caches), not measured. */
+  primeS: number;
   latencyS: number;
   maxRpsS: number;
   bulkS: number;
@@ -66,8 +68,8 @@ function plan(opts: BenchOptions): Plan {
   const repeats = opts.repeats ?? (opts.quick ? 1 : 3);
   const common = { rates: [1000, 4000], connections: 16, idleConns: 1000, scale: { services: 10_000, endpointsPerService: 5 }, repeats };
   return opts.quick
-    ? { ...common, warmupS: 1, latencyS: 3, maxRpsS: 2, bulkS: 2, connS: 2, scaleRepeats: 1 }
-    : { ...common, warmupS: 2, latencyS: 10, maxRpsS: 5, bulkS: 5, connS: 5, scaleRepeats: repeats };
+    ? { ...common, warmupS: 1, primeS: 3, latencyS: 3, maxRpsS: 2, bulkS: 2, connS: 2, scaleRepeats: 1 }
+    : { ...common, warmupS: 2, primeS: 5, latencyS: 10, maxRpsS: 5, bulkS: 5, connS: 5, scaleRepeats: repeats };
 }
 
 /** What each TLS path negotiated, from handshakes of our own (reported, and in the JSON's machine.tls). */
@@ -185,7 +187,7 @@ class Bench {
 
     for (let r = 0; r < this.plan.repeats; r++) {
       log(`repeat ${r + 1}/${this.plan.repeats}`);
-      await this.repeat(lab, rotation(runnable, r));
+      await this.repeat(lab, rotation(runnable, r), r === 0);
     }
     if (!this.opts.skip.includes('scale') && runnable.some((p) => p.proxy === 'agents')) await this.scale(lab);
 
@@ -280,9 +282,10 @@ class Bench {
     return `http://${p.target(this.targets!)}/`;
   }
 
-  private async repeat(lab: Lab, order: PathDef[]): Promise<void> {
+  private async repeat(lab: Lab, order: PathDef[], first: boolean): Promise<void> {
     const skip = new Set(this.opts.skip);
     if (!skip.has('memory')) for (const p of order) if (p.proxy !== 'none') await this.guard(p, 'memory', () => this.memory(lab, p));
+    if (first && !(skip.has('latency') && skip.has('max-rps'))) for (const p of order) await this.guard(p, 'priming', () => this.prime(p));
     if (!skip.has('latency')) {
       for (const rate of this.plan.rates) for (const p of order) await this.guard(p, `latency at ${rate} req/s`, () => this.latency(p, rate));
     }
@@ -378,6 +381,13 @@ class Bench {
         this.warnings.push(`${where}: CPU ${cpu} spent ${Math.round(share * 100)}% of the run on other processes than the proxies (a noisy machine)`);
       }
     };
+  }
+
+  /** Every path gets the same unmeasured closed-loop run first: Node's JIT, like any warm server, is measured warm. */
+  private async prime(p: PathDef): Promise<void> {
+    const args = ['http-bench', '--url', this.url(p), '--rate', '0', '--duration-s', String(this.plan.primeS), '--warmup-s', '0', '--connections', String(this.plan.connections)];
+    const r = await this.tool(p, args, this.plan.primeS);
+    if (Number(r.errors) > 0) this.warnings.push(`${p.name} priming: ${r.errors} requests failed ${JSON.stringify(r.error_counts)}`);
   }
 
   private async latency(p: PathDef, rate: number): Promise<void> {
@@ -553,6 +563,7 @@ class Bench {
       connections: this.plan.connections,
       response_bytes: BODY_BYTES,
       warmup_s: this.plan.warmupS,
+      prime_s: this.plan.primeS,
       latency_s: this.plan.latencyS,
       max_rps_s: this.plan.maxRpsS,
       bulk_s: this.plan.bulkS,
@@ -586,7 +597,7 @@ class Bench {
     if (this.opts.agentArgs?.length) lines.push(`agents run with extra flags: ${this.opts.agentArgs.join(' ')}`);
     lines.push(
       `load: HTTP/1.1 GET, ${BODY_BYTES}-byte responses, ${this.plan.connections} keep-alive connections, open loop (latency from each request's due time), ` +
-        `${this.plan.warmupS} s warm-up + ${this.plan.latencyS} s per latency run`,
+        `${this.plan.warmupS} s warm-up + ${this.plan.latencyS} s per latency run; before its first run each path gets ${this.plan.primeS} s of closed-loop load, not measured`,
       `runs: ${this.plan.repeats} per measurement and path, paths interleaved (order rotated each repeat); cells: median [min–max]`,
       'cpu_us_per_req: utime+stime (/proc/PID/stat) of both proxy processes (source and destination side) per response; ' +
         'rss_* and kb_per_idle_conn: both together (memory runs first in each repeat; allocators keep what they took, so later samples include earlier peaks)',

@@ -61,6 +61,24 @@ describe('audit trail to a file', () => {
     expect(await counts(registry)).toEqual({ written: 10_000, dropped: {} });
   });
 
+  it('gathers the lines of flushDelayMs into one write; flush() and a full chunk do not wait for it', async () => {
+    const file = path.join(dir, 'audit.log');
+    const { audit: a, registry } = audit({ file, flushDelayMs: 200 });
+    for (let i = 0; i < 3; i++) a.logger.info({ seq: i }, 'request');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Gathered, not written yet: a write per line was what the delay removes.
+    expect(readFileSync(file, 'utf8')).toBe('');
+    await a.flush();
+    expect(linesOf(file).map((l) => l['seq'])).toEqual([0, 1, 2]);
+    // A file chunk's worth (1 MiB) goes at once, well before the delay.
+    const started = performance.now();
+    for (let i = 0; i < 1200; i++) a.logger.info({ seq: 3 + i, pad: 'y'.repeat(1000) }, 'request');
+    while (linesOf(file).length < 1000 && performance.now() - started < 150) await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(linesOf(file).length).toBeGreaterThanOrEqual(1000);
+    await a.flush();
+    expect(await counts(registry)).toEqual({ written: 1203, dropped: {} });
+  });
+
   it('rotates by size: PATH -> PATH.1 ... PATH.maxFiles, the oldest overwritten, no line cut or lost across files', async () => {
     const file = path.join(dir, 'audit.log');
     // A file left by a previous agent is appended to, and counts toward the first rotation.
