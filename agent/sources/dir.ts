@@ -24,7 +24,7 @@ export interface DirSourceInputs {
   logger: Logger;
   /** Called with every new full snapshot (the store diffs). */
   onSnapshot: (snapshot: Snapshot) => void;
-  /** Debounce for bursts of file events. */
+  /** Debounce for bursts of file events (20 ms, as the kube source: an editor or kubectl cp writes in a few ms). */
   debounceMs?: number;
 }
 
@@ -123,7 +123,7 @@ export class DirSource {
   private schedule(): void {
     if (this.closed) return;
     if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.reload().catch(() => undefined), this.inputs.debounceMs ?? 50);
+    this.timer = setTimeout(() => this.reload().catch(() => undefined), this.inputs.debounceMs ?? 20);
   }
 
   private watchDirs(dirs: string[]): void {
