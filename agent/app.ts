@@ -15,7 +15,7 @@ import { TrellisError } from './errors.js';
 import { LocalCa, type CsrSigner } from './identity/ca.js';
 import type { RemoteSigner } from './identity/remote.js';
 import { WorkloadCerts } from './identity/certs.js';
-import { connectInNetns } from './native/index.js';
+import { connectInNetns, releaseFreeMemory } from './native/index.js';
 import { Drain } from './proxy/drain.js';
 import { HbonePool } from './proxy/hbone-pool.js';
 import { InboundHttp } from './l7/inbound-http.js';
@@ -31,6 +31,9 @@ import { describe as describePolicies } from './security/describe.js';
 import { healthServer, listen, metricsServer } from './telemetry/admin.js';
 import { createAuditLog } from './telemetry/audit.js';
 import { Metrics } from './telemetry/metrics.js';
+
+/** How often free C-heap memory goes back to the kernel (malloc_trim; a few milliseconds at most). */
+const MEMORY_TRIM_MS = 10_000;
 
 function readTrustBundle(file: string): string {
   try {
@@ -250,6 +253,15 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     void reloaded.then(() => enrolment.reconcile(store.current()));
   }, config.resyncMs);
   resync.unref();
+  // A burst of traffic leaves freed socket and TLS buffers in malloc's arenas, counted in the RSS until reused:
+  // handed back to the kernel now and then (bench: ~80 MB per agent stayed after a bulk run otherwise).
+  const trim = setInterval(() => {
+    const started = performance.now();
+    releaseFreeMemory();
+    const ms = performance.now() - started;
+    if (ms > 5) logger.debug({ ms: Math.round(ms) }, 'returning free memory to the kernel took long');
+  }, MEMORY_TRIM_MS);
+  trim.unref();
 
   // 7. Admin endpoints last: ready means state loaded and pods enrolled.
   const metricsHttp = metricsServer(metrics.registry, {
@@ -274,6 +286,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     stop() {
       stopping ??= (async () => {
         clearInterval(resync);
+        clearInterval(trim);
         drift.stop();
         // Pods starting from now on wait for the next agent (or fail per the opt-in file), never start uncaptured.
         await cni?.close();

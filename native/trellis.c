@@ -5,6 +5,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <netinet/in.h>
 #include <sched.h>
 #include <stdint.h>
@@ -339,10 +342,25 @@ static napi_value js_set_mark(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// releaseFreeMemory(): hands the C heap's free pages back to the kernel (glibc's malloc_trim) and says whether
+// any were. A traffic burst leaves socket and TLS buffers freed inside malloc's arenas, counted in the RSS
+// until malloc happens to reuse them; elsewhere than glibc there is nothing to do and the answer is false.
+static napi_value js_release_free_memory(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+#ifdef __GLIBC__
+  NAPI_CALL(env, napi_get_boolean(env, malloc_trim(0) == 1, &result));
+#else
+  NAPI_CALL(env, napi_get_boolean(env, false, &result));
+#endif
+  return result;
+}
+
 NAPI_MODULE_INIT() {
   NAPI_EXPORT_FUNCTION(env, exports, "socketInNetns", js_socket_in_netns);
   NAPI_EXPORT_FUNCTION(env, exports, "listenInNetns", js_listen_in_netns);
   NAPI_EXPORT_FUNCTION(env, exports, "originalDst", js_original_dst);
   NAPI_EXPORT_FUNCTION(env, exports, "setMark", js_set_mark);
+  NAPI_EXPORT_FUNCTION(env, exports, "releaseFreeMemory", js_release_free_memory);
   return exports;
 }

@@ -34,6 +34,7 @@ interface Binding {
   ): number;
   originalDst(fd: number): { address: string; port: number; family: Family };
   setMark(fd: number, mark: number): void;
+  releaseFreeMemory(): boolean;
 }
 
 // Loaded on first use, so importing this module never fails on a machine that only runs pure-JS parts.
@@ -169,6 +170,14 @@ export function setMark(fd: number, mark: number): void {
   checkFd(fd);
   checkMark(mark);
   call('set SO_MARK', (b) => b.setMark(fd, mark));
+}
+
+/**
+ * Returns the C heap's free pages to the kernel (glibc malloc_trim): buffers a traffic burst freed otherwise
+ * stay in the agent's RSS. True when some were returned; false elsewhere than glibc.
+ */
+export function releaseFreeMemory(): boolean {
+  return call('release free memory', (b) => b.releaseFreeMemory());
 }
 
 /** fd of a connected/accepted net.Socket (from its handle); TrellisError 'ENOFD' if none. */

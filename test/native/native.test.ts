@@ -381,3 +381,26 @@ describe('native netns boundary', () => {
     }
   });
 });
+
+describe('releaseFreeMemory', () => {
+  it('hands freed C-heap memory back to the kernel: the RSS falls by what a burst left behind', () => {
+    // A child (the built addon, as the agent runs it) with --expose-gc: 150 MB in 8 KiB buffers (below malloc's mmap threshold, so they live in its
+    // arena), freed by a GC, stay resident until malloc_trim returns the pages.
+    const script = `
+      import { releaseFreeMemory } from ${JSON.stringify(new URL('../../dist/agent/native/index.js', import.meta.url).pathname)};
+      import { readFileSync } from 'node:fs';
+      const anon = () => Number(/^RssAnon:\\s+(\\d+)/m.exec(readFileSync('/proc/self/status', 'utf8'))[1]);
+      let held = [];
+      for (let i = 0; i < 150 * 128; i++) held.push(Buffer.allocUnsafeSlow(8192).fill(i & 0xff));
+      held = null;
+      globalThis.gc(); globalThis.gc();
+      const before = anon();
+      const released = releaseFreeMemory();
+      console.log(JSON.stringify({ before, after: anon(), released }));
+    `;
+    const out = execFileSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { encoding: 'utf8' });
+    const r = JSON.parse(out.trim().split('\n').pop()!) as { before: number; after: number; released: boolean };
+    expect(r.released).toBe(true);
+    expect(r.before - r.after).toBeGreaterThan(100 * 1024);
+  });
+});
