@@ -33,6 +33,16 @@ export function parseVmRssKb(status: string): number {
 }
 
 /**
+ * RssAnon from /proc/PID/status, in kB: resident memory of the process's own (heap, stacks, buffers), without
+ * the pages of its executable and libraries, which the kernel shares between all processes running them.
+ */
+export function parseRssAnonKb(status: string): number {
+  const m = /^RssAnon:\s+(\d+)\s+kB$/m.exec(status);
+  if (!m) throw new TrellisError('EPROC', 'no RssAnon line in /proc/PID/status (is the process a zombie?)');
+  return Number(m[1]);
+}
+
+/**
  * Busy clock ticks of one CPU from /proc/stat (user, nice, system, steal; interrupt time left out, since
  * it is not charged to any process and the proxies' own packets are part of it).
  */
@@ -86,6 +96,13 @@ export class ProcReader {
   rssKb(pids: readonly number[]): number {
     let kb = 0;
     for (const pid of pids) kb += parseVmRssKb(this.read(pid, 'status'));
+    return kb;
+  }
+
+  /** Anonymous resident memory of the processes together (parseRssAnonKb), in kB. */
+  anonKb(pids: readonly number[]): number {
+    let kb = 0;
+    for (const pid of pids) kb += parseRssAnonKb(this.read(pid, 'status'));
     return kb;
   }
 

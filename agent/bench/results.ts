@@ -56,6 +56,8 @@ export function metricCatalogue(rates: readonly number[]): MetricDef[] {
     { name: 'conn_per_s', unit: 'conn/s', better: 'higher' },
     { name: 'rss_mb_idle', unit: 'MB', better: 'lower' },
     { name: 'rss_mb_load', unit: 'MB', better: 'lower' },
+    { name: 'anon_mb_idle', unit: 'MB', better: 'lower' },
+    { name: 'anon_mb_load', unit: 'MB', better: 'lower' },
     { name: 'kb_per_idle_conn', unit: 'KB', better: 'lower' },
     { name: 'audit_dropped', unit: 'lines', better: 'lower' },
     { name: 'apply_ms_10k', unit: 'ms', better: 'lower' },

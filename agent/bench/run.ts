@@ -81,6 +81,9 @@ interface TlsSeen {
   'haproxy-l7'?: TlsParams;
 }
 
+/** Quiet time before an idle memory sample, on every path: longer than the agents' memory-trim period. */
+const IDLE_SETTLE_MS = 12_000;
+
 /** The key exchange group HAProxy (OpenSSL 3.0) and the agents can both do. */
 const COMMON_GROUP = 'X25519';
 
@@ -340,9 +343,11 @@ class Bench {
 
   private async memory(lab: Lab, p: PathDef): Promise<void> {
     const pids = this.proxyPids[p.proxy];
-    await sleep(1000);
+    // Idle means idle for a while: the agents hand freed C-heap memory back every 10 s (app.ts).
+    await sleep(IDLE_SETTLE_MS);
     const idleKb = this.procs.rssKb(pids);
     this.results.add(p.name, 'rss_mb_idle', idleKb / 1024);
+    this.results.add(p.name, 'anon_mb_idle', this.procs.anonKb(pids) / 1024);
     const count = this.plan.idleConns;
     const lines = new ChildLines(
       lab.spawn(p.client, pinned(this.loadCpu, ['trellis', 'tool', 'conn-hold', '--url', this.url(p), '--count', String(count), '--hold-s', '300'])),
@@ -397,7 +402,13 @@ class Bench {
     const cpuBefore = pids.length ? this.procs.cpuSeconds(pids) : 0;
     const auditBefore = p.proxy === 'agents' ? await this.auditDropped() : 0;
     const rss: number[] = [];
-    const sampler = pids.length ? setInterval(() => rss.push(this.procs.rssKb(pids)), 500) : undefined;
+    const anon: number[] = [];
+    const sampler = pids.length
+      ? setInterval(() => {
+          rss.push(this.procs.rssKb(pids));
+          anon.push(this.procs.anonKb(pids));
+        }, 500)
+      : undefined;
     let r: Record<string, unknown>;
     try {
       r = await this.tool(
@@ -415,7 +426,10 @@ class Bench {
       if (r[key] !== null && r[key] !== undefined) this.results.add(p.name, metric, num(key));
     }
     if (pids.length && num('completed_total') > 0) this.results.add(p.name, names.cpu, (cpu * 1e6) / num('completed_total'));
-    if (pids.length && rate === Math.max(...this.plan.rates) && rss.length) this.results.add(p.name, 'rss_mb_load', Math.max(...rss) / 1024);
+    if (pids.length && rate === Math.max(...this.plan.rates) && rss.length) {
+      this.results.add(p.name, 'rss_mb_load', Math.max(...rss) / 1024);
+      this.results.add(p.name, 'anon_mb_load', Math.max(...anon) / 1024);
+    }
     // The audit trail (one line per connection and per request on each agent) must lose nothing at this rate.
     if (p.proxy === 'agents' && rate === Math.max(...this.plan.rates)) this.results.add(p.name, 'audit_dropped', (await this.auditDropped()) - auditBefore);
     const where = `${p.name} at ${rate} req/s`;
@@ -600,7 +614,8 @@ class Bench {
         `${this.plan.warmupS} s warm-up + ${this.plan.latencyS} s per latency run; before its first run each path gets ${this.plan.primeS} s of closed-loop load, not measured`,
       `runs: ${this.plan.repeats} per measurement and path, paths interleaved (order rotated each repeat); cells: median [min–max]`,
       'cpu_us_per_req: utime+stime (/proc/PID/stat) of both proxy processes (source and destination side) per response; ' +
-        'rss_* and kb_per_idle_conn: both together (memory runs first in each repeat; allocators keep what they took, so later samples include earlier peaks)',
+        `rss_*, anon_* and kb_per_idle_conn: both together; *_idle after ${IDLE_SETTLE_MS / 1000} s without traffic (memory runs first in each repeat, after the previous repeat's load); ` +
+        'anon_*: RssAnon, their own memory without the executable and library pages every process running the same binary shares (node maps ~50 MB of its own)',
       'max_rps: closed loop; proxy_cpu_pct_max_rps: their CPU meanwhile (100% = the proxy CPU saturated; below, CPU 0 — load + server — is the limit)',
       'gbps_N: N parallel HTTP POSTs streaming chunked bodies; conn_per_s: connect, one request, close — with a full TLS handshake each:',
       `  haproxy with no-ssl-reuse, trellis in a second lab whose agents run with ${HANDSHAKE_AGENT_ARGS.join(' ')} (pooled, they would carry it as a stream)`,

@@ -3,7 +3,7 @@ import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ProcReader, parseCpuBusyTicks, parseProcStat, parseVmRssKb } from '../../agent/bench/procfs.js';
+import { ProcReader, parseCpuBusyTicks, parseProcStat, parseRssAnonKb, parseVmRssKb } from '../../agent/bench/procfs.js';
 
 // A real line, comm with a space and a parenthesis in it.
 const STAT =
@@ -18,6 +18,16 @@ describe('parseProcStat', () => {
   it('rejects a line that is not /proc/PID/stat', () => {
     expect(() => parseProcStat('garbage')).toThrow(/not a \/proc\/PID\/stat line/);
     expect(() => parseProcStat('1 (x) S 1')).toThrow(/field 14/);
+  });
+});
+
+describe('parseRssAnonKb', () => {
+  it('reads RssAnon in kB, not RssFile or VmRSS', () => {
+    expect(parseRssAnonKb('VmRSS:\t  90092 kB\nRssAnon:\t   36420 kB\nRssFile:\t   53672 kB\n')).toBe(36420);
+  });
+
+  it('says so when there is none', () => {
+    expect(() => parseRssAnonKb('Name:\tnode\nState:\tZ (zombie)\n')).toThrow(/no RssAnon/);
   });
 });
 
@@ -39,11 +49,12 @@ describe('ProcReader', () => {
     for (const [pid, ut, st, rss] of [[10, 100, 50, 1000], [11, 20, 30, 24]] as const) {
       mkdirSync(path.join(root, String(pid)));
       writeFileSync(path.join(root, String(pid), 'stat'), STAT.replace('1500 320', `${ut} ${st}`));
-      writeFileSync(path.join(root, String(pid), 'status'), `VmRSS:\t${rss} kB\n`);
+      writeFileSync(path.join(root, String(pid), 'status'), `VmRSS:\t${rss} kB\nRssAnon:\t${rss / 2} kB\n`);
     }
     const r = new ProcReader(100, root);
     expect(r.cpuSeconds([10, 11])).toBeCloseTo(2.0, 10);
     expect(r.rssKb([10, 11])).toBe(1024);
+    expect(r.anonKb([10, 11])).toBe(512);
     expect(() => r.cpuSeconds([12])).toThrow(/did the process exit/);
   });
 
@@ -55,6 +66,8 @@ describe('ProcReader', () => {
     expect(x).toBeGreaterThan(0);
     expect(r.cpuSeconds([process.pid])).toBeGreaterThan(before);
     expect(r.rssKb([process.pid])).toBeGreaterThan(10_000);
+    expect(r.anonKb([process.pid])).toBeGreaterThan(1_000);
+    expect(r.anonKb([process.pid])).toBeLessThan(r.rssKb([process.pid]));
     expect(r.cpuBusySeconds(0)).toBeGreaterThan(0);
   });
 });
