@@ -30,9 +30,10 @@ import type { Workload } from './state/workload.js';
 import { describe as describePolicies } from './security/describe.js';
 import { healthServer, listen, metricsServer } from './telemetry/admin.js';
 import { createAuditLog } from './telemetry/audit.js';
+import { MemoryReclaimer } from './telemetry/memory.js';
 import { Metrics } from './telemetry/metrics.js';
 
-/** How often free C-heap memory goes back to the kernel (malloc_trim; a few milliseconds at most). */
+/** How often memory left by a burst goes back (telemetry/memory.ts). */
 const MEMORY_TRIM_MS = 10_000;
 
 function readTrustBundle(file: string): string {
@@ -253,13 +254,23 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     void reloaded.then(() => enrolment.reconcile(store.current()));
   }, config.resyncMs);
   resync.unref();
-  // A burst of traffic leaves freed socket and TLS buffers in malloc's arenas, counted in the RSS until reused:
-  // handed back to the kernel now and then (bench: ~80 MB per agent stayed after a bulk run otherwise).
+  // After a burst, garbage in the V8 heap and freed buffers in malloc's arenas go back (telemetry/memory.ts).
+  const reclaimer = new MemoryReclaimer({
+    cpuMicros: () => {
+      const u = process.cpuUsage();
+      return u.user + u.system;
+    },
+    heapUsed: () => process.memoryUsage().heapUsed,
+    // 'last-resort': V8 also releases the pages it pools for reuse and shrinks the young generation.
+    gc: typeof globalThis.gc === 'function' ? () => void globalThis.gc!({ type: 'major', execution: 'sync', flavor: 'last-resort' }) : undefined,
+    trim: () => void releaseFreeMemory(),
+    now: () => performance.now(),
+  });
   const trim = setInterval(() => {
     const started = performance.now();
-    releaseFreeMemory();
+    const { gc } = reclaimer.tick();
     const ms = performance.now() - started;
-    if (ms > 5) logger.debug({ ms: Math.round(ms) }, 'returning free memory to the kernel took long');
+    if (gc || ms > 5) logger.debug({ ms: Math.round(ms), gc }, 'idle: memory given back');
   }, MEMORY_TRIM_MS);
   trim.unref();
 

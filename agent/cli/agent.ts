@@ -19,8 +19,10 @@ import { createLogger } from '../telemetry/log.js';
  *   parallel scavenge hands every young-generation GC to helper threads and waits for them, a wake-up and a
  *   context switch each time on a busy core. Without them: ~15% more requests/s at L7 with both agents on
  *   one CPU (bench lab, paired runs), 5-10% less CPU per request at 1 000 requests/s.
+ * - --expose-gc: the 64 MB old generation keeps a burst's garbage while nothing allocates; an idle agent runs
+ *   one full GC itself (telemetry/memory.ts) instead of holding it.
  */
-const HEAP_FLAGS = ['--max-semi-space-size=2', '--initial-old-space-size=64', '--single-threaded-gc'];
+const HEAP_FLAGS = ['--max-semi-space-size=2', '--initial-old-space-size=64', '--single-threaded-gc', '--expose-gc'];
 
 /**
  * V8 reads heap sizes only as it starts: unless node already has these flags (its own flags or NODE_OPTIONS,
