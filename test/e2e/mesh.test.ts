@@ -276,7 +276,7 @@ describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces
     expect(r.code, r.stderr).toBe(0);
   });
 
-  it.runIf(mode === 'dir')('reports an invalid YAML file and changes nothing', async () => {
+  if (mode === 'dir') it('reports an invalid YAML file and changes nothing', async () => {
     const bad = path.join(lab.clusterDir, 'zz-broken.yaml');
     const logBefore = lab.agentLog('node-a').length;
     writeFileSync(bad, 'apiVersion: v1\nkind: Pod\nmetadata: {name: [broken\n');
@@ -289,7 +289,7 @@ describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces
     }
   });
 
-  it.runIf(mode === 'kube')('reports an invalid object from the API server and changes nothing', async () => {
+  if (mode === 'kube') it('reports an invalid object from the API server and changes nothing', async () => {
     const logBefore = lab.agentLog('node-a').length;
     api!.apply({
       apiVersion: 'v1', kind: 'Pod', metadata: { name: 'broken', namespace: 'mesh' },
@@ -303,7 +303,7 @@ describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces
     }
   });
 
-  it.runIf(mode === 'kube')('keeps the data path working through an API server outage, with the config age rising', async () => {
+  if (mode === 'kube') it('keeps the data path working through an API server outage, with the config age rising', async () => {
     api!.pause();
     try {
       await until('config age to pass 2 s', async () => sumOf(await metrics(lab, 'node-a'), 'trellis_config_age_seconds') > 2, 10_000);
