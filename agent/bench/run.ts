@@ -167,6 +167,9 @@ class Bench {
     const lab = await this.upLab();
     this.targets = resolveTargets(lab);
     await this.pinAgents(lab);
+    // The bench's own process (sampling /proc, spawning the tools) keeps off the proxy CPU; what it spawns from
+    // here on starts there too, and every proxy among them is pinned on its own.
+    if (this.loadCpu !== undefined) await pin(process.pid, this.loadCpu, 'the bench itself');
 
     const creds = await plainPodCreds(lab);
     const tls: TlsSeen = await this.probeAgents(lab, creds.client);
@@ -597,7 +600,7 @@ class Bench {
       `trellis bench${this.opts.quick ? ' --quick' : ''}: ${m.cpus} CPUs (${m.cpu_model}), Linux ${m.kernel}, Node ${m.node}; load average at start ${(m.load_average_at_start as number[]).join(' ')}`,
       this.loadCpu === undefined
         ? 'pinning: none (1 CPU): load generator, servers and proxies share it'
-        : `pinning: load generator and servers on CPU ${this.loadCpu}; proxies (both trellis agents, every haproxy process) on CPU ${this.proxyCpu}`,
+        : `pinning: load generator, servers and the bench itself on CPU ${this.loadCpu}; proxies (both trellis agents, every haproxy process) on CPU ${this.proxyCpu}`,
     ];
     const agents = tls.agents;
     lines.push(`TLS: trellis agents ${describeTls(agents)}`);

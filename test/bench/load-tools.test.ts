@@ -69,6 +69,19 @@ describe('http-bench', () => {
     expect(r.max_ms).toBeGreaterThan(280);
   });
 
+  it('reports the throughput a slower target delivered, also when the warm-up backlog fills the window', async () => {
+    // One connection to a server that takes 20 ms per request: at most ~50 responses/s for 200 offered.
+    const url = await custom((req, res) => {
+      req.resume();
+      setTimeout(() => res.end('ok'), 20);
+    });
+    const r = await httpBench({ url, rate: 200, durationS: 0.5, warmupS: 0.3, connections: 1 });
+    expect(r).toMatchObject({ sent: 100, ok: 100, errors: 0, completed_total: 160 });
+    // The 60 warm-up requests alone take ~1.2 s to answer: every response inside the window is one of them.
+    expect(r.achieved_rps).toBeGreaterThan(25);
+    expect(r.achieved_rps).toBeLessThan(60);
+  });
+
   it('runs closed loop with rate 0', async () => {
     const r = await httpBench({ url: await echo(), rate: 0, durationS: 0.3, connections: 2 });
     expect(r.mode).toBe('closed');
