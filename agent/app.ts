@@ -55,7 +55,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   // 1. Telemetry first, so every later failure is counted. The audit trail (the access log) has a destination of
   //    its own that counts every line written or dropped.
   const metrics = new Metrics();
-  const audit = createAuditLog({ ...config.audit, registry: metrics.registry, logger: logger.child({ component: 'audit' }), level: logger.level, base: logger.bindings() });
+  const audit = createAuditLog({ ...config.audit, registry: metrics.registry, logger: logger.child({ component: 'audit' }), base: logger.bindings() });
   const accessLog = audit.logger;
 
   // 2. Identity: the cluster's identity service signs, or in local mode an in-process CA shared through caDir.

@@ -42,6 +42,8 @@ export interface AgentConfig {
 }
 
 export interface AuditConfig {
+  /** False with --no-audit: no access line is written. */
+  readonly enabled: boolean;
   /** Absent: stdout. */
   readonly file?: string;
   readonly maxBytes: number;
@@ -88,6 +90,8 @@ export interface AgentFlags {
   opaquePorts?: string;
   maxHeaderBytes?: string;
   maxHeaderCount?: string;
+  /** Commander's --no-audit: false. */
+  audit?: boolean;
   auditFile?: string;
   auditMaxBytes?: string;
   auditMaxFiles?: string;
@@ -123,6 +127,10 @@ function l7Config(flags: AgentFlags): L7Config | undefined {
 }
 
 function auditConfig(flags: AgentFlags): AuditConfig {
+  const enabled = flags.audit !== false;
+  if (!enabled && (flags.auditFile !== undefined || flags.auditMaxBytes !== undefined || flags.auditMaxFiles !== undefined)) {
+    throw new TrellisError('ECONFIG', '--no-audit turns the audit trail off: drop --audit-file, --audit-max-bytes and --audit-max-files, or --no-audit');
+  }
   if (!flags.auditFile && (flags.auditMaxBytes !== undefined || flags.auditMaxFiles !== undefined)) {
     throw new TrellisError('ECONFIG', '--audit-max-bytes and --audit-max-files go with --audit-file (without it the audit trail goes to stdout)');
   }
@@ -132,6 +140,7 @@ function auditConfig(flags: AgentFlags): AuditConfig {
     throw new TrellisError('ECONFIG', `--audit-max-bytes ${flags.auditMaxBytes}: expected a size of at least 4096 bytes, such as 104857600 or 100Mi`);
   }
   return Object.freeze({
+    enabled,
     ...(flags.auditFile && { file: flags.auditFile }),
     maxBytes,
     maxFiles: integerFlag(flags.auditMaxFiles ?? '5', '--audit-max-files', 1, 1000),

@@ -83,7 +83,8 @@ export function registerAgentCommand(program: Command): void {
     .option('--audit-file <path>', 'write the audit trail (one access line per connection and per request) to this file, rotated by size, instead of stdout')
     .option('--audit-max-bytes <size>', 'with --audit-file: rotate when the file would pass this size (bytes, or Ki/Mi/Gi) (default 100Mi)')
     .option('--audit-max-files <n>', 'with --audit-file: rotated files kept, PATH.1 the newest (default 5)')
-    .option('--log-level <level>', 'trace|debug|info|warn|error (the audit trail is written at info: warn and above turn it off)', 'info')
+    .option('--no-audit', 'write no audit trail (the access lines); --log-level never turns it off')
+    .option('--log-level <level>', "trace|debug|info|warn|error: the agent's own log (the audit trail is written whatever the level)", 'info')
     .option('--cpu-profile <file>', 'diagnostics: record a V8 CPU profile from start to shutdown and write it to FILE (open it in Chrome DevTools)')
     .action(async (flags: AgentFlags & { cpuProfile?: string }) => {
       const config = agentConfig(flags);

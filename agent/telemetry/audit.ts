@@ -68,8 +68,8 @@ export interface AuditOptions {
   readonly registry: Registry;
   /** The agent's own logger: the first failed write of an episode and the recovery are reported there. */
   readonly logger: Logger;
-  /** pino level of the access logger; the trail is written at info, so warn and above turn it off. */
-  readonly level?: string;
+  /** False: no line is written (--no-audit). The agent's own log level never turns the trail off. */
+  readonly enabled?: boolean;
   /** Fields on every line (the node, for instance); "log": "access" is added. */
   readonly base?: Readonly<Record<string, unknown>>;
   /** Without file: the descriptor to write to (1, stdout, unless a test says otherwise). Never closed. */
@@ -127,7 +127,7 @@ export function createAuditLog(opts: AuditOptions): AuditLog {
   });
   const logger = pino(
     {
-      level: opts.level ?? 'info',
+      level: opts.enabled === false ? 'silent' : 'info',
       base: { ...opts.base, log: 'access' },
       timestamp: pino.stdTimeFunctions.isoTime,
     },

@@ -138,7 +138,8 @@ function values(v: string | string[] | undefined): string[] {
 describe('L7 on the outbound path (two-node lab)', () => {
   beforeAll(async () => {
     requireRoot('end-to-end L7 tests');
-    lab = await Lab.up(fixtures, { name: labName });
+    // Agents at --log-level warn: the audit trail is written all the same (the access-line test below reads it).
+    lab = await Lab.up(fixtures, { name: labName, logLevel: 'warn' });
     // Backends are up when their port accepts; probed from node-b, which bypasses the mesh and counts no request.
     const node = lab.node('node-b');
     const ports: Record<string, number> = { 'echo-v1': 8080, 'echo-v2': 8080, 'echo-mirror': 8080, flaky: 8080, broken: 8080, 'grpc-v1': 7070, 'grpc-v2': 7070, banner: 2525 };

@@ -188,9 +188,9 @@ describe('audit trail to a file', () => {
     );
   });
 
-  it('the level follows the agent: warn turns the trail off', async () => {
+  it('enabled: false (--no-audit) writes nothing and counts nothing', async () => {
     const file = path.join(dir, 'audit.log');
-    const { audit: a, registry } = audit({ file, level: 'warn' });
+    const { audit: a, registry } = audit({ file, enabled: false });
     a.logger.info({ seq: 0 }, 'request');
     await a.flush();
     expect(readFileSync(file, 'utf8')).toBe('');
