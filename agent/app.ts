@@ -120,7 +120,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         state,
         open: (src, ep, protocol) =>
           ep.workload?.meshed
-            ? pool.open({ src, dstIdentity: ep.workload.identity, ip: ep.ip, port: ep.port, protocol })
+            ? pool.open({ src, dstIdentity: ep.workload.identity, ip: ep.ip, port: ep.port, protocol, service: ep.service })
             : whenConnected(dial(src, ep.ip, ep.port)),
         metrics,
         logger: logger.child({ component: 'l7' }),

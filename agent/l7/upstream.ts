@@ -15,6 +15,8 @@ export interface UpstreamEndpoint {
   readonly ip: string;
   readonly port: number;
   readonly workload?: Workload;
+  /** The backend Service it was picked from (its host): the tunnel tells the destination agent. */
+  readonly service?: string;
 }
 
 /** Opens the byte stream a request travels in: the outbound side decides HBONE or plain TCP. */
@@ -83,6 +85,11 @@ interface TunnelOptions extends http.ClientRequestArgs {
 class TunnelAgent extends http.Agent {
   constructor(private readonly open: TunnelOpener) {
     super({ keepAlive: true, maxFreeSockets: 64, scheduling: 'lifo', timeout: FREE_SOCKET_IDLE_MS });
+  }
+
+  /** Tunnels are kept per endpoint and Service: each tells the destination agent which Service was called. */
+  override getName(options: TunnelOptions): string {
+    return `${super.getName(options)}|${options.trellisEndpoint.service ?? ''}`;
   }
 
   override createConnection(options: TunnelOptions, cb: (err: Error | null, socket?: Duplex) => void): undefined {
@@ -256,7 +263,7 @@ export class Upstreams {
 
   private session(src: Workload, ep: UpstreamEndpoint): Promise<http2.ClientHttp2Session> {
     if (this.closed) return Promise.reject(new UpstreamError('connect', 'the agent is stopping'));
-    const key = `${src.key}|${ep.ip}:${ep.port}`;
+    const key = `${src.key}|${ep.ip}:${ep.port}|${ep.service ?? ''}`;
     let s = this.sessions.get(key);
     if (!s) {
       s = this.connect(src, ep);

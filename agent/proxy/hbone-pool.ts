@@ -21,10 +21,19 @@ export interface HboneRequest {
   port: number;
   /** Set when the stream carries HTTP the source agent parsed: the destination agent parses it too. */
   protocol?: 'http1' | 'h2';
+  /** The Service called (its host), when the endpoint was reached through one. */
+  service?: string | undefined;
 }
 
 /** CONNECT request header naming the protocol inside the tunnel (the destination's hint; never a trust input). */
 export const PROTOCOL_HEADER = 'trellis-protocol';
+
+/**
+ * CONNECT request header naming the Service the source called (its host): the destination agent reports it as
+ * destination_service when the endpoint belongs to it, so a pod behind several Services is counted against the
+ * one its caller used. Telemetry only; never a trust input.
+ */
+export const SERVICE_HEADER = 'trellis-service';
 
 /** Opens the TCP connection for a session: inside the source pod's netns in the agent, plain TCP in tests. */
 export type Dialer = (src: Workload, ip: string, port: number) => net.Socket;
@@ -72,7 +81,12 @@ export class HbonePool {
     entry.idle?.cancel();
     entry.idle = undefined;
     const stream = entry.session.request(
-      { ':method': 'CONNECT', ':authority': formatAuthority(req.ip, req.port), ...(req.protocol && { [PROTOCOL_HEADER]: req.protocol }) },
+      {
+        ':method': 'CONNECT',
+        ':authority': formatAuthority(req.ip, req.port),
+        ...(req.protocol && { [PROTOCOL_HEADER]: req.protocol }),
+        ...(req.service && { [SERVICE_HEADER]: req.service }),
+      },
       { endStream: false },
     );
     stream.once('close', () => this.release(entry));

@@ -18,7 +18,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import { ConnectionRecord } from './connection.js';
 import type { Drain } from './drain.js';
 import { AGENT_PORTS, MAX_CONCURRENT_STREAMS, SESSION_WINDOW, STREAM_WINDOW, formatAuthority, parseAuthority } from './hbone.js';
-import { PROTOCOL_HEADER } from './hbone-pool.js';
+import { PROTOCOL_HEADER, SERVICE_HEADER } from './hbone-pool.js';
 import type { PolicyRecheck } from './recheck.js';
 import { resetSide, splice, whenConnected } from './splice.js';
 
@@ -203,6 +203,8 @@ export class HboneInbound {
     const srcWorkload = remoteIp ? state.workloadByIp(remoteIp) : undefined;
     const http = this.inputs.http;
     const hint = headers[PROTOCOL_HEADER];
+    const calledHeader = headers[SERVICE_HEADER];
+    const service = state.serviceCalled(target.ip, target.port, typeof calledHeader === 'string' ? calledHeader : undefined);
     const declared = http ? declaredFor(state, target.ip, target.port) : 'tcp';
     // A port declared HTTP carries either version; the source agent's hint says which one it sends.
     const hinted = hint === 'http1' || hint === 'h2' ? hint : undefined;
@@ -220,7 +222,7 @@ export class HboneInbound {
       const call: InboundCall = {
         pod,
         port: target.port,
-        service: state.serviceByEndpoint(target.ip, target.port),
+        service,
         peer: { principal, ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload },
         security: 'mutual_tls',
         protocol,
@@ -247,7 +249,7 @@ export class HboneInbound {
       {
         direction: 'inbound',
         src: { ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload, principal },
-        dst: { ip: target.ip, port: target.port, workload: pod, principal: pod.identity, service: this.inputs.state().serviceByEndpoint(target.ip, target.port)?.host },
+        dst: { ip: target.ip, port: target.port, workload: pod, principal: pod.identity, service: service?.host },
         security: 'mutual_tls',
         authz: decisionFields(authz.verdict.decision),
       },

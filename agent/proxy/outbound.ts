@@ -65,7 +65,7 @@ export class Outbound {
     let up: net.Socket | http2.ClientHttp2Stream;
     try {
       if (target.kind === 'hbone') {
-        up = await this.inputs.pool.open({ src, dstIdentity: target.workload.identity, ip: target.ip, port: target.port });
+        up = await this.inputs.pool.open({ src, dstIdentity: target.workload.identity, ip: target.ip, port: target.port, service: target.service?.host });
       } else {
         up = await whenConnected(this.inputs.dialFromPod(src, target.ip, target.port));
       }

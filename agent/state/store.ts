@@ -148,6 +148,21 @@ export class MeshState {
     return endpointEntry(this.byEndpoint, ip, port)?.service;
   }
 
+  /**
+   * The Service a caller says it called (`host`), when this endpoint is one of its endpoints; otherwise the
+   * endpoint's first Service, as serviceByEndpoint.
+   */
+  serviceCalled(ip: string, port: number, host: string | undefined): ServiceInfo | undefined {
+    const first = this.serviceByEndpoint(ip, port);
+    if (!host || !first || first.host === host) return first;
+    // host is name.namespace.svc.<domain>: one lookup, then the check that the Service has this endpoint.
+    const [name, namespace] = host.split('.', 2);
+    const s = this.services.get(`${namespace}/${name}`);
+    if (!s || s.host !== host) return first;
+    for (const p of s.ports) for (const e of p.endpoints) if (e.ip === ip && e.port === port) return s;
+    return first;
+  }
+
   /** Every Service port an endpoint serves (for their declared protocols). */
   servicePortsByEndpoint(ip: string, port: number): readonly ServicePortInfo[] {
     return endpointEntry(this.byEndpoint, ip, port)?.ports ?? NO_PORTS;

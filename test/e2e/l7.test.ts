@@ -225,6 +225,23 @@ describe('L7 on the outbound path (two-node lab)', () => {
     expect(Object.values(failed.trailers['x-echo-trailer'] ?? {}).reduce((a, b) => a + b, 0)).toBe(3);
   });
 
+  it('has the destination agent count a connection against the Service the caller used', async () => {
+    // The banner pod is behind two Services; whichever the agent finds first, each connection must be counted
+    // against the one it was made through. The first test to reach the pod, so no earlier line arrives late.
+    const inbound = (service: string) =>
+      lab
+        .agentLog('node-b')
+        .split('\n')
+        .filter((l) => l.includes('"log":"access"') && l.includes('"msg":"connection"') && l.includes('"direction":"inbound"') && l.includes(`"service":"${fqdn(service)}"`)).length;
+    const before = { banner: inbound('banner'), alias: inbound('banner-alias') };
+    for (const service of ['banner-alias', 'banner']) {
+      const r = await tool<TcpRawReport>(CLIENT, ['tcp-raw', '--to', `${vip(service)}:2525`, '--idle-ms', '300']);
+      expect(r.received).toBe('220 trellis-banner ready\r\n');
+    }
+    await until('two inbound connection lines', async () => inbound('banner') + inbound('banner-alias') === before.banner + before.alias + 2, 3000);
+    expect({ banner: inbound('banner') - before.banner, alias: inbound('banner-alias') - before.alias }).toEqual({ banner: 1, alias: 1 });
+  });
+
   it('gives a server-first protocol on an undeclared port its banner at once', async () => {
     const r = await tool<TcpRawReport>(CLIENT, ['tcp-raw', '--to', `${vip('banner')}:2525`, '--idle-ms', '1500']);
     expect(r).toMatchObject({ connected: true, received: '220 trellis-banner ready\r\n' });
@@ -284,6 +301,7 @@ describe('L7 on the outbound path (two-node lab)', () => {
     const count = (s: Sample[], m: Record<string, string>) => sumOf(s, 'trellis_requests_total', m);
     const all = (s: Sample[]) => count(s, { reporter: 'source', route_name: 'counted' }) + count(s, miss);
     const before = await metrics();
+    const beforeB = await metrics('node-b');
     const logBefore = lab.agentLog('node-a').length;
     await httpTool(CLIENT, `http://${vip('echo')}/`, ['--count', '15', '--requests', JSON.stringify([...Array(7).fill({ path: '/v1/a' }), ...Array(5).fill({ path: '/v2/b' }), ...Array(3).fill({ path: '/other' })])]);
     const after = await until('15 requests to be recorded', async () => {
@@ -304,6 +322,14 @@ describe('L7 on the outbound path (two-node lab)', () => {
       return ['/v1/a', '/v2/b', '/other'].map((p) => paths.filter((x) => x === p).length);
     };
     await until('15 access log lines', async () => logged().join() === '7,5,3', 2000);
+    // The destination agent counts them against the Service the source picked the endpoint from (the tunnel
+    // says which), not the first Service of the endpoint (echo, echo-sniffed and echo-v1 all select the v1 pod).
+    const atB = (s: Sample[], service: string) => sumOf(s, 'trellis_requests_total', { reporter: 'destination', destination_service: fqdn(service), response_code: '200' });
+    await until('the destination side to record them', async () => {
+      const m = await metrics('node-b');
+      return atB(m, 'echo-v1') - atB(beforeB, 'echo-v1') === 7 && atB(m, 'echo-v2') - atB(beforeB, 'echo-v2') === 5;
+    }, 2000);
+    expect(atB(await metrics('node-b'), 'echo') - atB(beforeB, 'echo')).toBe(0);
   });
 
   it('counts gRPC calls with their grpc-status', async () => {

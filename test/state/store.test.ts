@@ -197,4 +197,26 @@ describe('store: Services and endpoints', () => {
     expect(state.servicePortsByEndpoint('10.0.0.2', 8081)).toEqual([]);
     expect(Object.isFrozen(state.servicePortsByEndpoint('10.0.0.1', 8080))).toBe(true);
   });
+
+  it('names the Service a caller called when the endpoint is one of its own, the first one otherwise', () => {
+    const svc = (name: string, port: number): KubeObject => ({ apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'n' }, spec: { ports: [{ name: 'p', port }] } });
+    const slice = (name: string, ips: string[]): KubeObject => ({
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: { name: `${name}-1`, namespace: 'n', labels: { 'kubernetes.io/service-name': name } },
+      addressType: 'IPv4',
+      ports: [{ name: 'p', port: 8080 }],
+      endpoints: ips.map((ip) => ({ addresses: [ip] })),
+    });
+    const state = compile([svc('one', 80), slice('one', ['10.0.0.1', '10.0.0.2']), svc('two', 81), slice('two', ['10.0.0.2'])], 'cluster.local', 1);
+    const called = (ip: string, host?: string) => state.serviceCalled(ip, 8080, host)?.key;
+    expect(called('10.0.0.2', 'two.n.svc.cluster.local')).toBe('n/two');
+    expect(called('10.0.0.2', 'one.n.svc.cluster.local')).toBe('n/one');
+    expect(called('10.0.0.2')).toBe('n/one');
+    // A Service that does not have this endpoint, or does not exist, is not believed.
+    expect(called('10.0.0.1', 'two.n.svc.cluster.local')).toBe('n/one');
+    expect(called('10.0.0.2', 'three.n.svc.cluster.local')).toBe('n/one');
+    expect(called('10.0.0.2', 'two.n.svc.other.domain')).toBe('n/one');
+    expect(called('10.0.0.9', 'two.n.svc.cluster.local')).toBeUndefined();
+  });
 });
