@@ -160,6 +160,20 @@ function lookups(state: MeshState, ip: string, port: number) {
   return { service: state.serviceByEndpoint(ip, port)?.key, ports: named(state.servicePortsByEndpoint(ip, port)) };
 }
 
+/** Services n/one (port 80: 10.0.0.1, 10.0.0.2) and n/two (port 81: 10.0.0.2), both to port 8080. */
+function twoServices(): MeshState {
+  const svc = (name: string, port: number): KubeObject => ({ apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'n' }, spec: { ports: [{ name: 'p', port }] } });
+  const slice = (name: string, ips: string[]): KubeObject => ({
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { name: `${name}-1`, namespace: 'n', labels: { 'kubernetes.io/service-name': name } },
+    addressType: 'IPv4',
+    ports: [{ name: 'p', port: 8080 }],
+    endpoints: ips.map((ip) => ({ addresses: [ip] })),
+  });
+  return compile([svc('one', 80), slice('one', ['10.0.0.1', '10.0.0.2']), svc('two', 81), slice('two', ['10.0.0.2'])], 'cluster.local', 1);
+}
+
 describe('store: Services and endpoints', () => {
   it('agrees with the plain reading on random Services and EndpointSlices (seeded)', () => {
     const random = mulberry32(7_2025);
@@ -181,16 +195,7 @@ describe('store: Services and endpoints', () => {
   });
 
   it('shares one list among the endpoints of one port and never changes it for another', () => {
-    const svc = (name: string, port: number): KubeObject => ({ apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'n' }, spec: { ports: [{ name: 'p', port }] } });
-    const slice = (name: string, ips: string[]): KubeObject => ({
-      apiVersion: 'discovery.k8s.io/v1',
-      kind: 'EndpointSlice',
-      metadata: { name: `${name}-1`, namespace: 'n', labels: { 'kubernetes.io/service-name': name } },
-      addressType: 'IPv4',
-      ports: [{ name: 'p', port: 8080 }],
-      endpoints: ips.map((ip) => ({ addresses: [ip] })),
-    });
-    const state = compile([svc('one', 80), slice('one', ['10.0.0.1', '10.0.0.2']), svc('two', 81), slice('two', ['10.0.0.2'])], 'cluster.local', 1);
+    const state = twoServices();
     expect(state.servicePortsByEndpoint('10.0.0.1', 8080).map((p) => p.port)).toEqual([80]);
     expect(state.servicePortsByEndpoint('10.0.0.2', 8080).map((p) => p.port)).toEqual([80, 81]);
     expect(state.serviceByEndpoint('10.0.0.2', 8080)?.key).toBe('n/one');
@@ -199,16 +204,7 @@ describe('store: Services and endpoints', () => {
   });
 
   it('names the Service a caller called when the endpoint is one of its own, the first one otherwise', () => {
-    const svc = (name: string, port: number): KubeObject => ({ apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'n' }, spec: { ports: [{ name: 'p', port }] } });
-    const slice = (name: string, ips: string[]): KubeObject => ({
-      apiVersion: 'discovery.k8s.io/v1',
-      kind: 'EndpointSlice',
-      metadata: { name: `${name}-1`, namespace: 'n', labels: { 'kubernetes.io/service-name': name } },
-      addressType: 'IPv4',
-      ports: [{ name: 'p', port: 8080 }],
-      endpoints: ips.map((ip) => ({ addresses: [ip] })),
-    });
-    const state = compile([svc('one', 80), slice('one', ['10.0.0.1', '10.0.0.2']), svc('two', 81), slice('two', ['10.0.0.2'])], 'cluster.local', 1);
+    const state = twoServices();
     const called = (ip: string, host?: string) => state.serviceCalled(ip, 8080, host)?.key;
     expect(called('10.0.0.2', 'two.n.svc.cluster.local')).toBe('n/two');
     expect(called('10.0.0.2', 'one.n.svc.cluster.local')).toBe('n/one');
