@@ -453,12 +453,12 @@ function matchRoutes(routes: CompiledRoutes, req: L7Request): MatchedRule | unde
 function readyEndpoints(state: MeshState, backend: ServiceBackend): UpstreamEndpoint[] {
   const service = state.services.get(backend.service);
   const port = service?.ports.find((p) => p.port === backend.port);
-  if (!port) return [];
+  if (!service || !port) return [];
   const out: UpstreamEndpoint[] = [];
   for (const e of port.endpoints) {
     if (!e.ready) continue;
     const workload = state.workloadByIp(e.ip);
-    out.push(workload ? { ip: e.ip, port: e.port, workload, service: service!.host } : { ip: e.ip, port: e.port, service: service!.host });
+    out.push(workload ? { ip: e.ip, port: e.port, workload, service: service.host } : { ip: e.ip, port: e.port, service: service.host });
   }
   return out;
 }
