@@ -5,7 +5,7 @@
 // Every tick (10 s) the C heap's free pages go back to the kernel (malloc_trim, a few ms at most); and when
 // the agent was idle during the whole tick (under 2% of a CPU) and its heap grew well past what the last
 // full GC left, one full GC runs first, on an idle agent, where its pause costs no request anything.
-// Measured in the bench lab: after an L7 overload, idle anonymous memory 100 -> ~45 MB per agent.
+// Measured in the bench lab: after an L7 overload, idle anonymous memory ~100 -> ~31 MB per agent.
 
 export interface ReclaimInputs {
   /** CPU time of this process so far, microseconds (process.cpuUsage(): user + system). */

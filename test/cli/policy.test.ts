@@ -1,7 +1,6 @@
 // `trellis policy describe` and `trellis policy check`: real manifest files read as the dir source reads them,
 // the same view asked of an agent's /debug/policies over loopback HTTP (the admin server alone, and a whole
 // agent started in-process), and the command's output and exit codes.
-import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -17,6 +16,7 @@ import { listen, metricsServer } from '../../agent/telemetry/admin.js';
 import { Metrics } from '../../agent/telemetry/metrics.js';
 import { captureLogger } from '../support/logger.js';
 import { closedPort } from '../support/ports.js';
+import { trellis } from '../support/trellis-cli.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const EXAMPLES = path.join(ROOT, 'manifests/examples');
@@ -66,17 +66,6 @@ beforeEach(() => {
 afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
-
-function trellis(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const main = path.join(ROOT, 'dist/agent/main.js');
-  if (!existsSync(main)) throw new Error('run `npm run build` first: these tests run the trellis command');
-  return new Promise((resolve) => {
-    execFile(path.join(ROOT, 'node_modules/.bin/node'), [main, ...args], { timeout: 30_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
 
 describe('policy describe --dir', () => {
   it('lists what applies to a workload in the order it is checked, with the mTLS mode per port', async () => {
