@@ -20,8 +20,9 @@ import { Drain } from './proxy/drain.js';
 import { HbonePool } from './proxy/hbone-pool.js';
 import { InboundHttp } from './l7/inbound-http.js';
 import { L7Proxy } from './l7/l7-proxy.js';
+import { Connector } from './proxy/connector.js';
 import { Outbound } from './proxy/outbound.js';
-import { whenConnected } from './proxy/splice.js';
+import { whenConnected } from './io/splice.js';
 import { PodProxy } from './proxy/pod-proxy.js';
 import { PolicyRecheck } from './proxy/recheck.js';
 import { DirSource, type Snapshot } from './sources/dir.js';
@@ -88,7 +89,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
 
   // 4. Proxy: sockets to peers and apps are opened inside the pod's netns with the agent's mark.
   const dial = (pod: Workload, host: string, port: number): net.Socket => {
-    if (!pod.netnsPath) throw new Error(`pod ${pod.key} has no netns`);
+    if (!pod.netnsPath) throw new TrellisError('ENOTREADY', `pod ${pod.key} has no network namespace yet (it is being enrolled)`);
     // noDelay: HTTP/2 frames and HTTP heads go out at once (Nagle plus delayed ACKs costs up to 40 ms).
     return connectInNetns(pod.netnsPath, { host, port, mark: AGENT_MARK, timeoutMs: config.connectTimeoutMs }).setNoDelay(true);
   };
@@ -103,6 +104,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     maxStreamsPerSession: config.hboneMaxStreamsPerSession,
     ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),
   });
+  const connector = new Connector({ pool, dial });
   const state = () => store.current();
   const drain = new Drain();
   const recheck = new PolicyRecheck();
@@ -118,10 +120,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
           mirrorTimeoutMs: 10_000,
         },
         state,
-        open: (src, ep, protocol) =>
-          ep.workload?.meshed
-            ? pool.open({ src, dstIdentity: ep.workload.identity, ip: ep.ip, port: ep.port, protocol, service: ep.service })
-            : whenConnected(dial(src, ep.ip, ep.port)),
+        open: (src, ep, protocol) => connector.open(src, ep, protocol),
         metrics,
         logger: logger.child({ component: 'l7' }),
         accessLog,
@@ -142,8 +141,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     : undefined;
   const outbound = new Outbound({
     state,
-    pool,
-    dialFromPod: dial,
+    connector,
     metrics,
     logger: logger.child({ component: 'outbound' }),
     accessLog,

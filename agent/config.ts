@@ -34,7 +34,10 @@ export interface AgentConfig {
   readonly cni?: { readonly socketPath: string; readonly optinFile: string; readonly waitForPodMs: number };
   /** How often enrolled pods' rules and listeners are checked and repaired; 0 turns the check off. */
   readonly driftIntervalMs: number;
-  /** HTTP handling on the outbound path (routes, per-request metrics); absent: every connection is opaque TCP. */
+  /**
+   * HTTP handling both ways: outbound routes and per-request metrics, inbound per-request authorization and
+   * metrics. Absent (--l7 off): every connection is opaque TCP, and policy rules with HTTP fields fail safe.
+   */
   readonly l7?: L7Config;
   /** The audit trail (the access log): stdout, or a file rotated by size. */
   readonly audit: AuditConfig;

@@ -2,21 +2,53 @@
 // The `trellis` command: parses arguments and starts the chosen subcommand; nothing else happens here.
 // Only the chosen subcommand's module is loaded (all of them for help), so a lab pod's `trellis tool ...`
 // starts in a fraction of the time the agent's whole module graph would take.
+// The harness commands (lab, demo, bench, tool) live in lab/ beside agent/; a build without them (the image)
+// says so instead of failing on a missing module. agent/ never imports lab/: they are found at run time.
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 
 type Register = (program: Command) => void;
 
 const agent = async (): Promise<Register> => (await import('./cli/agent.js')).registerAgentCommand;
 const identity = async (): Promise<Register> => (await import('./cli/identity.js')).registerIdentityCommands;
-const lab = async (): Promise<Register> => (await import('./cli/lab.js')).registerLabCommands;
 const policy = async (): Promise<Register> => (await import('./cli/policy.js')).registerPolicyCommands;
-const tool = async (): Promise<Register> => (await import('./cli/tool.js')).registerToolCommands;
-const demo = async (): Promise<Register> => (await import('./cli/demo.js')).registerDemoCommand;
-const bench = async (): Promise<Register> => (await import('./cli/bench.js')).registerBenchCommand;
+
+/** The compiled harness (lab/cli/commands.ts), next to dist/agent when the checkout built it. */
+const HARNESS = new URL('../lab/cli/commands.js', import.meta.url);
+const HARNESS_COMMANDS = ['lab', 'demo', 'bench', 'tool'] as const;
+
+function harness(name: (typeof HARNESS_COMMANDS)[number]): () => Promise<Register> {
+  return async () => {
+    if (!existsSync(fileURLToPath(HARNESS))) {
+      // Registered as a stub, so `trellis --help` still lists it and running it explains itself.
+      return (program) =>
+        void program
+          .command(name, { hidden: false })
+          .description(`(not in this build) the ${name} harness; run it from a source checkout after \`npm run build\``)
+          .allowUnknownOption()
+          .argument('[args...]')
+          .action(() => {
+            throw Object.assign(
+              new Error(`\`trellis ${name}\` is part of the lab harness, which this build does not include (the agent image ships the agent only); run it from a source checkout after \`npm ci && npm run build\``),
+              { code: 'ECONFIG' },
+            );
+          });
+    }
+    const mod = (await import(HARNESS.href)) as { registerHarnessCommand: (name: string) => Promise<Register> };
+    return mod.registerHarnessCommand(name);
+  };
+}
 
 /** Subcommand name -> the module that registers it (`identity` also registers `ca`). */
-const BY_NAME: Record<string, () => Promise<Register>> = { agent, identity, ca: identity, lab, policy, tool, demo, bench };
-const ALL = [agent, identity, lab, policy, tool, demo, bench];
+const BY_NAME: Record<string, () => Promise<Register>> = {
+  agent,
+  identity,
+  ca: identity,
+  policy,
+  ...Object.fromEntries(HARNESS_COMMANDS.map((n) => [n, harness(n)])),
+};
+const ALL = [agent, identity, policy, ...HARNESS_COMMANDS.map(harness)];
 
 async function main(): Promise<void> {
   const program = new Command('trellis')

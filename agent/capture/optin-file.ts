@@ -4,7 +4,7 @@ import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { MESH_ANNOTATION } from '../constants.js';
-import type { KubeObject } from '../sources/objects.js';
+import type { KubeObject } from '../model/objects.js';
 
 export interface OptinSnapshot {
   /** Namespaces annotated `trellis.dev/mesh: enabled`. */

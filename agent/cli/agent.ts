@@ -1,7 +1,7 @@
 // `trellis agent`: runs the node agent until SIGTERM/SIGINT, then drains and exits.
 import type { Command } from 'commander';
 import { startAgent } from '../app.js';
-import { agentConfig, type AgentFlags } from '../config.js';
+import { agentConfig, DEFAULT_OPAQUE_PORTS, type AgentFlags } from '../config.js';
 import { createLogger } from '../telemetry/log.js';
 
 /**
@@ -75,9 +75,9 @@ export function registerAgentCommand(program: Command): void {
     .option('--hbone-max-streams-per-session <n>', 'connections an HBONE session carries before the next gets a new session and TLS handshake (0: no limit; 1: a handshake per connection)', '0')
     .option('--tls-groups <list>', "TLS key exchange groups of HBONE connections, in order of preference, e.g. X25519 or X25519MLKEM768,X25519 (default: Node's)")
     .option('--drift-interval <duration>', "how often enrolled pods' capture rules and listeners are checked and repaired (0: never)", '30s')
-    .option('--l7 <on|off>', 'parse HTTP/1.1, HTTP/2 and gRPC to Service ports (routes, retries, per-request metrics); off: everything is opaque TCP', 'on')
+    .option('--l7 <on|off>', 'parse HTTP/1.1, HTTP/2 and gRPC (outbound: routes, retries, per-request metrics; inbound: per-request authorization and metrics); off: everything is opaque TCP both ways, and policy rules with HTTP fields fail safe', 'on')
     .option('--protocol-detect-timeout <duration>', 'how long a connection to an undeclared Service port waits for the client to speak before it is carried as opaque TCP (0: never sniff)', '100ms')
-    .option('--opaque-ports <list>', 'comma-separated ports never sniffed (server-speaks-first protocols)', '25,587,3306,4444,5432,6379,9300,11211')
+    .option('--opaque-ports <list>', 'comma-separated ports never sniffed (server-speaks-first protocols)', DEFAULT_OPAQUE_PORTS)
     .option('--max-header-bytes <n>', 'largest HTTP request head accepted; larger answers 431', '61440')
     .option('--max-header-count <n>', 'most header fields in an HTTP request; more answers 431', '100')
     .option('--audit-file <path>', 'write the audit trail (one access line per connection and per request) to this file, rotated by size, instead of stdout')

@@ -9,8 +9,8 @@ import { parseDuration } from '../config.js';
 import { DEFAULT_TRUST_DOMAIN } from '../constants.js';
 import { TrellisError } from '../errors.js';
 import { LocalCa } from '../identity/ca.js';
-import { KubeIdentityCluster } from '../identity/cluster.js';
-import { CA_CERT_FILE, CA_KEY_FILE, MAX_CERT_TTL_MS, startIdentityService, type ObjectRef } from '../identity/service.js';
+import { KubeIdentityCluster } from '../identity-service/cluster.js';
+import { CA_CERT_FILE, CA_KEY_FILE, MAX_CERT_TTL_MS, startIdentityService, type ObjectRef } from '../identity-service/service.js';
 import { parseTrustDomainId } from '../identity/spiffe.js';
 import { createLogger } from '../telemetry/log.js';
 

@@ -3,15 +3,13 @@
 // sends nothing (a server-speaks-first protocol: SMTP, MySQL...) never waits longer than the detection
 // timeout, and ports known to be server-first are never sniffed at all.
 import type { Readable } from 'node:stream';
-import type { ServicePortInfo } from '../state/store.js';
+import type { ServicePortInfo } from '../model/services.js';
+import type { Metrics } from '../telemetry/metrics.js';
 
 export type AppProtocol = 'http1' | 'h2' | 'tcp';
 
 /** HTTP/2 connection preface (RFC 9113 section 3.4). */
 export const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
-
-/** Linkerd's default opaque ports: protocols where the server speaks first, or that are never HTTP. */
-export const DEFAULT_OPAQUE_PORTS: readonly number[] = Object.freeze([25, 587, 3306, 4444, 5432, 6379, 9300, 11211]);
 
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
 /** Enough bytes to tell any method above, its space, and the preface apart. */
@@ -113,4 +111,52 @@ export async function httpVersion(socket: Readable, timeoutMs: number): Promise<
   if (timeoutMs <= 0) return 'http1';
   const found = await sniff(socket, timeoutMs);
   return found.protocol === 'h2' ? 'h2' : 'http1';
+}
+
+/**
+ * The protocol an endpoint's port carries as its Services declare it, when they agree; when they do not (a TCP
+ * Service and an HTTP Service on one pod port) or say nothing, undefined: a hint or a sniff decides.
+ */
+export function declaredForEndpoint(ports: readonly Pick<ServicePortInfo, 'name' | 'appProtocol'>[]): AppProtocol | undefined {
+  let found: AppProtocol | undefined;
+  for (const sp of ports) {
+    const p = declaredProtocol(sp);
+    if (p === undefined || (found !== undefined && p !== found)) return undefined;
+    found = p;
+  }
+  return found;
+}
+
+export interface DetectOptions {
+  /** How long an undeclared port waits for the client's first bytes before it is carried as opaque TCP; 0: never sniff. */
+  readonly detectTimeoutMs: number;
+  /** Ports never sniffed (server-speaks-first protocols). */
+  readonly opaquePorts: ReadonlySet<number>;
+}
+
+export interface Selection {
+  protocol: AppProtocol;
+  /** True when the bytes were looked at (they stay in the socket's buffer). */
+  sniffed: boolean;
+}
+
+/**
+ * The one protocol selection, for both directions: a port declared HTTP is asked which version (HTTP/2 with prior
+ * knowledge or HTTP/1.1); another declaration is taken as it is; an undeclared port is sniffed, unless it is an
+ * opaque port or sniffing is off. Bytes looked at stay in the socket's buffer.
+ */
+export async function selectProtocol(
+  socket: Readable,
+  port: number,
+  declared: AppProtocol | undefined,
+  options: DetectOptions,
+  metrics: Pick<Metrics, 'protocolDetectTimeouts' | 'protocolDetections'>,
+): Promise<Selection> {
+  if (declared === 'http1') return { protocol: await httpVersion(socket, options.detectTimeoutMs), sniffed: true };
+  if (declared) return { protocol: declared, sniffed: false };
+  if (options.detectTimeoutMs === 0 || options.opaquePorts.has(port)) return { protocol: 'tcp', sniffed: false };
+  const found = await sniff(socket, options.detectTimeoutMs);
+  if (found.timedOut) metrics.protocolDetectTimeouts.inc();
+  metrics.protocolDetections.inc({ protocol: found.protocol });
+  return { protocol: found.protocol, sniffed: true };
 }

@@ -10,10 +10,10 @@ import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Metrics } from '../telemetry/metrics.js';
-import { normalizeTarget } from '../security/normalize.js';
+import { normalizeTarget } from '../model/normalize.js';
 import type { CallContext, L7Request, Responder } from './exchange.js';
 import { HOP_BY_HOP, type Headers } from './upstream.js';
-import { bytesOnly, prefixed } from './bytes-only.js';
+import { bytesOnly, prefixed } from '../io/bytes-only.js';
 
 export interface DownstreamLimits {
   /** Largest request head (request line and headers), bytes; beyond it 431. */
@@ -211,7 +211,7 @@ export class Downstream<C = CallContext> {
   }
 }
 
-/** One normalization for routing, policy and the app (agent/security/normalize.ts); "OPTIONS *" passes as is. */
+/** One normalization for routing, policy and the app (agent/model/normalize.ts); "OPTIONS *" passes as is. */
 function targetOf(method: string | undefined, target: string): { ok: true; path: string; query: string } | { ok: false; reason: string } {
   if (target === '*' && method === 'OPTIONS') return { ok: true, path: '*', query: '' };
   const n = normalizeTarget(target);

@@ -1,7 +1,7 @@
 // L7 exchange: one request as the router sees it, whatever protocol the client spoke, and the one way to
 // answer it. downstream.ts builds these from HTTP/1.1 and HTTP/2 servers; router.ts only reads and answers.
 import type { Readable } from 'node:stream';
-import type { ServiceInfo } from '../state/store.js';
+import type { ServiceInfo } from '../model/services.js';
 import type { Workload } from '../state/workload.js';
 import type { Headers } from './upstream.js';
 
@@ -52,13 +52,6 @@ export interface Responder {
   onDrain(fn: () => void): void;
   /** Calls fn once if the client goes away before the response ended. */
   onClose(fn: () => void): void;
-}
-
-/** Splits a request target into path and query; origin-form only ("/..."), "*" is left for OPTIONS. */
-export function splitTarget(target: string): { path: string; query: string } {
-  const q = target.indexOf('?');
-  if (q === -1) return { path: target, query: '' };
-  return { path: target.slice(0, q), query: target.slice(q + 1) };
 }
 
 /** A header's value as routes match it: repeated values joined with ",". */

@@ -6,13 +6,13 @@
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
-import { splice } from '../proxy/splice.js';
-import type { ServiceInfo } from '../state/store.js';
+import { splice } from '../io/splice.js';
+import type { ServiceInfo } from '../model/services.js';
 import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { Downstream, type DownstreamLimits } from './downstream.js';
 import { headerValue, type L7Request, type Responder } from './exchange.js';
-import { evaluateConnection, evaluateRequest, type AuthzDecision, type ConnectionInput, type ConnectionVerdict, type PolicySet } from '../security/index.js';
+import { countDecision, decisionFields, evaluateConnection, evaluateRequest, type AuthzDecision, type ConnectionAuthz, type PolicySet } from '../security/index.js';
 import { RequestRecord, rejectedLine } from './record.js';
 import { local, relay } from './relay.js';
 import { UpstreamError, Upstreams } from './upstream.js';
@@ -33,14 +33,6 @@ export interface InboundCall {
   /** The connection's authorization check; each request is checked on top of it. */
   readonly connection: ConnectionAuthz;
 }
-
-/** The connection's check and what it was made from, so that a request can re-run it under newer policies. */
-export interface ConnectionAuthz {
-  verdict: ConnectionVerdict;
-  readonly input: ConnectionInput;
-  policies: PolicySet;
-}
-
 
 export interface InboundHttpInputs {
   limits: DownstreamLimits;
@@ -210,26 +202,4 @@ function setIdentityHeaders(call: InboundCall, headers: Record<string, string | 
   for (const h of IDENTITY_HEADERS) delete headers[h];
   const xfcc = clientCertHeader(call);
   if (xfcc) headers['x-forwarded-client-cert'] = xfcc;
-}
-
-/** trellis_authz_decisions_total, once per connection or request decision. */
-export function countDecision(metrics: Metrics, d: AuthzDecision, level: 'connection' | 'request'): void {
-  metrics.authzDecisions.inc({ decision: d.allowed ? 'allow' : 'deny', action: d.action, policy: d.policy ?? '', reason: d.code, level });
-}
-
-/** The decision as the audit line carries it. */
-export function decisionFields(d: AuthzDecision): Record<string, unknown> {
-  return {
-    authz: {
-      decision: d.allowed ? 'allow' : 'deny',
-      code: d.code,
-      action: d.action,
-      policy: d.policy,
-      rule: d.rule,
-      audit: d.audit || undefined,
-      audit_policy: d.auditPolicy,
-      fail_safe: d.failSafe || undefined,
-      reason: d.allowed ? undefined : d.reason,
-    },
-  };
 }

@@ -3,10 +3,11 @@
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
-import type { MeshState, ServiceInfo, ServicePortInfo } from '../state/store.js';
+import type { ServiceInfo, ServicePortInfo } from '../model/services.js';
+import type { MeshState } from '../state/store.js';
 import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { declaredProtocol, httpVersion, sniff, type AppProtocol } from './detect.js';
+import { declaredProtocol, selectProtocol, type Selection } from './detect.js';
 import { Downstream, type DownstreamLimits } from './downstream.js';
 import type { CallContext } from './exchange.js';
 import { rejectedLine } from './record.js';
@@ -33,12 +34,6 @@ export interface L7Inputs {
   accessLog: Logger;
   clock: Clock;
   random: () => number;
-}
-
-export interface Selection {
-  protocol: AppProtocol;
-  /** True when the bytes were looked at (they stay in the socket's buffer). */
-  sniffed: boolean;
 }
 
 export class L7Proxy {
@@ -75,15 +70,8 @@ export class L7Proxy {
   }
 
   /** Which protocol the connection speaks: the port's declaration, else a bounded sniff. */
-  async select(socket: net.Socket, port: ServicePortInfo): Promise<Selection> {
-    const declared: AppProtocol | undefined = declaredProtocol(port);
-    if (declared === 'http1') return { protocol: await httpVersion(socket, this.inputs.options.detectTimeoutMs), sniffed: true };
-    if (declared) return { protocol: declared, sniffed: false };
-    if (this.inputs.options.detectTimeoutMs === 0 || this.inputs.options.opaquePorts.has(port.port)) return { protocol: 'tcp', sniffed: false };
-    const found = await sniff(socket, this.inputs.options.detectTimeoutMs);
-    if (found.timedOut) this.inputs.metrics.protocolDetectTimeouts.inc();
-    this.inputs.metrics.protocolDetections.inc({ protocol: found.protocol });
-    return { protocol: found.protocol, sniffed: true };
+  select(socket: net.Socket, port: ServicePortInfo): Promise<Selection> {
+    return selectProtocol(socket, port.port, declaredProtocol(port), this.inputs.options, this.inputs.metrics);
   }
 
   /** Serves an HTTP connection from `src` to a Service port until the client closes it. */

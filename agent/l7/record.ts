@@ -4,7 +4,7 @@
 import type { Logger } from 'pino';
 import type { Workload } from '../state/workload.js';
 import type { Metrics, RequestLabels } from '../telemetry/metrics.js';
-import type { CompiledRule } from './routes/index.js';
+import type { CompiledRule } from '../model/routes/index.js';
 import { headerValue, type L7Request } from './exchange.js';
 import type { Headers } from './upstream.js';
 

@@ -8,9 +8,11 @@ import http from 'node:http';
 import type { Duplex, Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
-import type { MeshState, RetryBudgetSpec, ServiceInfo } from '../state/store.js';
+import type { RetryBudgetSpec } from '../model/retry-budget.js';
+import type { ServiceInfo } from '../model/services.js';
+import type { MeshState } from '../state/store.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { splice } from '../proxy/splice.js';
+import { splice } from '../io/splice.js';
 import { Balancer, type PickedEndpoint } from './policy/balancer.js';
 import { FaultDecider } from './policy/fault.js';
 import { RetryBudget } from './policy/retry-budget.js';
@@ -28,7 +30,7 @@ import {
   type MatchedRule,
   type RequestMirror,
   type ServiceBackend,
-} from './routes/index.js';
+} from '../model/routes/index.js';
 import { headerValue, type CallContext, type L7Request, type Responder } from './exchange.js';
 import { RequestRecord } from './record.js';
 import { grpcLocal, local, relay } from './relay.js';

@@ -9,7 +9,7 @@ import net from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { TrellisError } from '../errors.js';
 import type { Workload } from '../state/workload.js';
-import { bytesOnly } from './bytes-only.js';
+import { bytesOnly } from '../io/bytes-only.js';
 
 export interface UpstreamEndpoint {
   readonly ip: string;

@@ -10,7 +10,7 @@ import { TrellisError } from '../errors.js';
 export type Family = 4 | 6;
 
 /** A failed syscall in the addon; `code` is the errno name ('ENOENT', 'EPERM'...). */
-export class NativeError extends TrellisError {
+export class NativeError extends TrellisError<string> {
   readonly errno: number;
   readonly syscall: string;
   constructor(code: string, errno: number, syscall: string, message: string, options?: { cause?: unknown }) {

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { Metrics, TcpCounters, TcpLabels } from '../telemetry/metrics.js';
 import type { Workload } from '../state/workload.js';
 import type { Drain } from './drain.js';
-import type { SpliceHooks } from './splice.js';
+import type { SpliceHooks } from '../io/splice.js';
 
 /** What every connection record reports to. */
 export interface RecordSinks {

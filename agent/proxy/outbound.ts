@@ -12,18 +12,14 @@ import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { ConnectionRecord } from './connection.js';
 import type { Drain } from './drain.js';
-import type { HbonePool } from './hbone-pool.js';
+import type { Connector } from './connector.js';
 import { formatAuthority } from './hbone.js';
 import { resolveOutbound } from './resolve.js';
-import { resetSide, splice, whenConnected } from './splice.js';
-
-/** Opens a plain TCP connection from inside the source pod's netns (marked, so capture skips it). */
-export type PodDialer = (src: Workload, ip: string, port: number) => net.Socket;
+import { resetSide, splice } from '../io/splice.js';
 
 export interface OutboundInputs {
   state: () => MeshState;
-  pool: HbonePool;
-  dialFromPod: PodDialer;
+  connector: Connector;
   metrics: Metrics;
   logger: Logger;
   accessLog: Logger;
@@ -64,11 +60,7 @@ export class Outbound {
     const where = `outbound ${src.key} -> ${formatAuthority(dst.address, dst.port)}`;
     let up: net.Socket | http2.ClientHttp2Stream;
     try {
-      if (target.kind === 'hbone') {
-        up = await this.inputs.pool.open({ src, dstIdentity: target.workload.identity, ip: target.ip, port: target.port, service: target.service?.host });
-      } else {
-        up = await whenConnected(this.inputs.dialFromPod(src, target.ip, target.port));
-      }
+      up = await this.inputs.connector.open(src, { ip: target.ip, port: target.port, workload: target.workload, service: target.service?.host });
     } catch (err) {
       return this.refuse(down, src, target.kind === 'hbone' ? 'hbone_failed' : 'connect_failed', wrapError(where, err).message);
     }

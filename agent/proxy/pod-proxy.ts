@@ -6,7 +6,9 @@ import { TrellisError } from '../errors.js';
 import type { CertSource } from '../identity/certs.js';
 import { listenInNetns } from '../native/index.js';
 import type { Workload } from '../state/workload.js';
-import { HboneInbound, PlaintextInbound, type InboundInputs } from './inbound.js';
+import type { InboundInputs } from './inbound.js';
+import { HboneInbound } from './inbound-hbone.js';
+import { PlaintextInbound } from './inbound-plaintext.js';
 import type { Outbound } from './outbound.js';
 
 export type PodProxyInputs = Omit<InboundInputs, 'pod'> & {

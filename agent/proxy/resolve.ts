@@ -1,6 +1,7 @@
 // Outbound decision: from the original destination to a target — a meshed endpoint over HBONE, or plain TCP.
 // Pure: reads one MeshState snapshot, takes randomness as an input.
-import type { MeshState, ServiceInfo } from '../state/store.js';
+import type { ServiceInfo } from '../model/services.js';
+import type { MeshState } from '../state/store.js';
 import type { Workload } from '../state/workload.js';
 
 export type OutboundTarget =

@@ -1,8 +1,8 @@
 // Which policies apply to a workload and what they do, as plain data (JSON for `trellis ... -o json`) and as
 // text for people. Reads a PolicySet; changes nothing.
-import type { CompiledPolicy } from './authz.js';
-import type { MtlsMode } from './peer-auth.js';
-import type { PolicySet, PolicyStatus, PolicyWorkload } from './policies.js';
+import type { CompiledPolicy } from '../model/policy/types.js';
+import type { MtlsMode } from '../model/policy/peer-authentication.js';
+import type { PolicySet, PolicyStatus, PolicyWorkload } from '../model/policy/policy-set.js';
 
 export interface AuthorizationPolicyView {
   readonly policy: string;

@@ -5,8 +5,8 @@ import path from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import type { Logger } from 'pino';
 import { parsePlainYaml } from './dir-yaml.js';
-import { objectKey, type KubeObject } from './objects.js';
-import { validateObject } from './validate.js';
+import { objectKey, type KubeObject } from '../model/objects.js';
+import { validateObject } from '../model/validate.js';
 
 export interface SourceProblem {
   file: string;

@@ -15,8 +15,8 @@ import type { Counter, Gauge } from 'prom-client';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { TrellisError } from '../errors.js';
 import type { Snapshot, SourceProblem } from './dir.js';
-import { EXTENSION_KINDS, objectKey, type ExtensionKind, type KubeObject } from './objects.js';
-import { validateObject } from './validate.js';
+import { EXTENSION_KINDS, objectKey, type ExtensionKind, type KubeObject } from '../model/objects.js';
+import { validateObject } from '../model/validate.js';
 
 /** The typed clients a list function may use. */
 export interface KubeApis {

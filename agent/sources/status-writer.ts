@@ -14,11 +14,11 @@ import { CustomObjectsApi, PatchStrategy, setHeaderOptions, type KubernetesObjec
 import type { Logger } from 'pino';
 import { Counter, type Registry } from 'prom-client';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
-import { DEFAULT_CONTROLLER_NAME } from '../l7/routes/index.js';
-import type { ConditionStatus, RouteParentStatus } from '../l7/routes/types.js';
+import { DEFAULT_CONTROLLER_NAME } from '../model/routes/index.js';
+import type { ConditionStatus, RouteParentStatus } from '../model/routes/types.js';
 import type { MeshState } from '../state/store.js';
 import { WATCHED_KINDS, loadKubeConfig } from './kube.js';
-import { EXTENSION_KINDS, type ExtensionKind } from './objects.js';
+import { EXTENSION_KINDS, type ExtensionKind } from '../model/objects.js';
 
 export interface ObjectRef {
   readonly kind: ExtensionKind;

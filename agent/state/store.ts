@@ -8,44 +8,12 @@ import {
   type Namespace,
   type Pod,
   type Service,
-} from '../sources/objects.js';
-import { compileRoutes, parseGatewayDuration, routeFor, type CompileResult, type CompiledRoutes } from '../l7/routes/index.js';
-import { RETRY_BUDGET_DEFAULTS } from '../l7/policy/retry-budget.js';
-import { compilePolicies, pendingPolicies, type PolicySet } from '../security/policies.js';
+} from '../model/objects.js';
+import { compilePolicies, pendingPolicies, type PolicySet } from '../model/policy/policy-set.js';
+import { compileRetryBudgets, type RetryBudgetSpec } from '../model/retry-budget.js';
+import { compileRoutes, routeFor, type CompileResult, type CompiledRoutes } from '../model/routes/index.js';
+import { compileServices, type ServiceInfo, type ServicePortInfo } from '../model/services.js';
 import { toWorkload, type Workload } from './workload.js';
-
-export interface Endpoint {
-  readonly ip: string;
-  readonly port: number;
-  readonly ready: boolean;
-}
-
-export interface ServicePortInfo {
-  readonly name: string | undefined;
-  readonly port: number;
-  readonly appProtocol: string | undefined;
-  readonly endpoints: readonly Endpoint[];
-}
-
-export interface ServiceInfo {
-  /** namespace/name */
-  readonly key: string;
-  readonly namespace: string;
-  readonly name: string;
-  /** The FQDN used as destination_service. */
-  readonly host: string;
-  readonly vips: readonly string[];
-  readonly ports: readonly ServicePortInfo[];
-}
-
-/** A RetryBudget (traffic.trellis.dev/v1alpha1) as compiled for its target Service. */
-export interface RetryBudgetSpec {
-  /** namespace/name of the RetryBudget object. */
-  readonly source: string;
-  readonly retryRatio: number;
-  readonly minRetriesPerSecond: number;
-  readonly ttlMs: number;
-}
 
 /** The L7 configuration compiled with a snapshot: routes per Service port and retry budgets per Service. */
 export interface TrafficConfig {
@@ -271,112 +239,9 @@ export function compile(objects: readonly KubeObject[], trustDomain: string, ver
     const w = toWorkload(pod, namespaces.get(pod.metadata.namespace ?? 'default'), trustDomain);
     workloads.set(w.key, w);
   }
-  const compiled = new Map<string, ServiceInfo>();
-  for (const svc of services) {
-    const namespace = svc.metadata.namespace ?? 'default';
-    const name = svc.metadata.name;
-    const key = `${namespace}/${name}`;
-    compiled.set(key, Object.freeze({
-      key,
-      namespace,
-      name,
-      host: `${name}.${namespace}.svc.cluster.local`,
-      vips: Object.freeze(vipsOf(svc)),
-      ports: Object.freeze(portsOf(svc, slicesByService.get(key))),
-    }));
-  }
+  const compiled = compileServices(services, slicesByService);
   const routes = compileRoutes(objects, compiled, { ...(previous && { previous: previous.traffic.routes }) });
   const budgets = compileRetryBudgets(objects, compiled);
   const policies = compilePolicies(objects, { trustDomain, ...(previous && { previous: previous.policies }) });
   return new MeshState(version, workloads, compiled, { routes, retryBudgets: budgets.budgets, budgetErrors: budgets.errors }, policies);
-}
-
-/** RetryBudget objects: one per target Service (the oldest by name wins a tie; the others are reported). */
-function compileRetryBudgets(objects: readonly KubeObject[], services: ReadonlyMap<string, ServiceInfo>): { budgets: Map<string, RetryBudgetSpec>; errors: string[] } {
-  const budgets = new Map<string, RetryBudgetSpec>();
-  const errors: string[] = [];
-  const list = objects.filter((o) => o.kind === 'RetryBudget').sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
-  for (const o of list) {
-    const namespace = o.metadata.namespace ?? 'default';
-    const source = `${namespace}/${o.metadata.name}`;
-    const where = `RetryBudget ${source}`;
-    const spec = ((o as { spec?: unknown }).spec ?? {}) as Record<string, unknown>;
-    const target = (spec.targetRef ?? {}) as Record<string, unknown>;
-    if (target.kind !== 'Service' || (target.group ?? '') !== '' || typeof target.name !== 'string') {
-      errors.push(`${where}: spec.targetRef must name a Service ({group: "", kind: Service, name})`);
-      continue;
-    }
-    const ratio = spec.retryRatio ?? RETRY_BUDGET_DEFAULTS.retryRatio;
-    const min = spec.minRetriesPerSecond ?? RETRY_BUDGET_DEFAULTS.minRetriesPerSecond;
-    const ttlMs = spec.ttl === undefined ? RETRY_BUDGET_DEFAULTS.ttlMs : typeof spec.ttl === 'string' ? parseGatewayDuration(spec.ttl) : undefined;
-    if (typeof ratio !== 'number' || !(ratio >= 0 && ratio <= 1)) {
-      errors.push(`${where}: spec.retryRatio must be a number from 0 to 1`);
-      continue;
-    }
-    if (typeof min !== 'number' || !Number.isInteger(min) || min < 0 || min > 100_000) {
-      errors.push(`${where}: spec.minRetriesPerSecond must be an integer from 0 to 100000`);
-      continue;
-    }
-    if (ttlMs === undefined || ttlMs < 1_000 || ttlMs > 60_000) {
-      errors.push(`${where}: spec.ttl must be a duration from 1s to 60s such as "10s"`);
-      continue;
-    }
-    const key = `${namespace}/${target.name}`;
-    if (!services.has(key)) errors.push(`${where}: spec.targetRef: Service ${key} does not exist (the budget applies once it does)`);
-    if (budgets.has(key)) {
-      errors.push(`${where}: Service ${key} already has RetryBudget ${budgets.get(key)!.source}; this one is ignored`);
-      continue;
-    }
-    budgets.set(key, Object.freeze({ source, retryRatio: ratio, minRetriesPerSecond: min, ttlMs }));
-  }
-  return { budgets, errors };
-}
-
-/** ClusterIP then clusterIPs, each once, without "None". */
-function vipsOf(svc: Service): string[] {
-  const vips: string[] = [];
-  const add = (ip: string | undefined) => {
-    if (ip && ip !== 'None' && !vips.includes(ip)) vips.push(ip);
-  };
-  add(svc.spec.clusterIP);
-  for (const ip of svc.spec.clusterIPs ?? []) add(ip);
-  return vips;
-}
-
-/** The Service's TCP ports with their endpoints. */
-function portsOf(svc: Service, slices: readonly EndpointSlice[] = []): ServicePortInfo[] {
-  const ports: ServicePortInfo[] = [];
-  for (const p of svc.spec.ports) {
-    if ((p.protocol ?? 'TCP') !== 'TCP') continue;
-    ports.push({ name: p.name, port: p.port, appProtocol: p.appProtocol, endpoints: endpointsFor(slices, p.name) });
-  }
-  return ports;
-}
-
-/** Up to this many endpoints, a duplicate is looked for in the list itself; beyond, in a set of "ip:port". */
-const SCAN_FOR_DUPLICATES = 32;
-
-/** EndpointSlice ports are matched to Service ports by name, as kube-proxy does; an ip:port is listed once. */
-function endpointsFor(slices: readonly EndpointSlice[], portName: string | undefined): Endpoint[] {
-  const out: Endpoint[] = [];
-  let seen: Set<string> | undefined;
-  for (const slice of slices) {
-    if (slice.addressType === 'FQDN') continue;
-    const sp = (slice.ports ?? []).find((p) => (p.name ?? '') === (portName ?? ''));
-    if (!sp?.port) continue;
-    const port = sp.port;
-    for (const ep of slice.endpoints) {
-      const ready = ep.conditions?.ready !== false;
-      for (const ip of ep.addresses) {
-        if (seen) {
-          const id = `${ip}:${port}`;
-          if (seen.has(id)) continue;
-          seen.add(id);
-        } else if (out.some((e) => e.ip === ip && e.port === port)) continue;
-        out.push(Object.freeze({ ip, port, ready }));
-        if (!seen && out.length > SCAN_FOR_DUPLICATES) seen = new Set(out.map((e) => `${e.ip}:${e.port}`));
-      }
-    }
-  }
-  return out;
 }

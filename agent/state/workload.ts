@@ -1,7 +1,7 @@
 // The state's view of a pod: who it is (identity, workload name), where it is (IP, node, netns), whether it is meshed.
 import { MESH_ANNOTATION, NETNS_ANNOTATION } from '../constants.js';
 import { spiffeId } from '../identity/spiffe.js';
-import type { Namespace, Pod } from '../sources/objects.js';
+import type { Namespace, Pod } from '../model/objects.js';
 
 export interface Workload {
   /** namespace/name of the pod. */

@@ -10,7 +10,7 @@ import { CniServer, parseRequest } from '../../agent/capture/cni-server.js';
 import { NetnsFinder, localIPv4 } from '../../agent/capture/netns.js';
 import { OptinFile, optinFromObjects, renderOptin } from '../../agent/capture/optin-file.js';
 import { listenInNetns } from '../../agent/native/index.js';
-import type { KubeObject } from '../../agent/sources/objects.js';
+import type { KubeObject } from '../../agent/model/objects.js';
 import { requireRoot } from '../support/root.js';
 import {
   AGENT_LISTENERS,

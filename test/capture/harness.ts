@@ -12,8 +12,9 @@ import { connectInNetns } from '../../agent/native/index.js';
 import { Drain } from '../../agent/proxy/drain.js';
 import { HbonePool } from '../../agent/proxy/hbone-pool.js';
 import { Outbound } from '../../agent/proxy/outbound.js';
+import { Connector } from '../../agent/proxy/connector.js';
 import { PodProxy } from '../../agent/proxy/pod-proxy.js';
-import type { KubeObject, Namespace, Pod } from '../../agent/sources/objects.js';
+import type { KubeObject, Namespace, Pod } from '../../agent/model/objects.js';
 import { Store } from '../../agent/state/store.js';
 import type { Workload } from '../../agent/state/workload.js';
 import { Metrics } from '../../agent/telemetry/metrics.js';
@@ -151,8 +152,7 @@ export class CaptureAgent {
     const drain = new Drain();
     const outbound = new Outbound({
       state,
-      pool: this.pool,
-      dialFromPod: dial,
+      connector: new Connector({ pool: this.pool, dial }),
       metrics: this.metrics,
       logger,
       accessLog: logger.child({ log: 'access' }),

@@ -1,6 +1,6 @@
 // L7 end to end, as a user runs it: a two-node lab whose callers (node-a) reach HTTP/1.1, h2c, gRPC, WebSocket and
 // server-first backends (node-b) through the agents' outbound path. The Gateway API mesh conformance tests are
-// ported here over the network (the same routes and expectations as test/l7/routes/conformance.test.ts, which
+// ported here over the network (the same routes and expectations as test/model/routes/conformance.test.ts, which
 // checks the compiled tables without one), with Trellis's own policies, metrics and protocol edges. Needs root.
 import { execFile } from 'node:child_process';
 import http from 'node:http';
@@ -8,16 +8,16 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { parseAllDocuments } from 'yaml';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { Lab } from '../../agent/lab/lab.js';
-import { labEnvPids } from '../../agent/lab/procs.js';
+import { Lab } from '../../lab/cluster/lab.js';
+import { labEnvPids } from '../../lab/cluster/procs.js';
 import { connectInNetns } from '../../agent/native/index.js';
-import type { KubeObject } from '../../agent/sources/objects.js';
-import { parsePrometheus, sumOf, type Sample } from '../../agent/telemetry/promtext.js';
-import type { GrpcClientSummary } from '../../agent/tools/grpc-client.js';
-import type { HttpClientSummary, HttpReply } from '../../agent/tools/http-client.js';
-import type { EchoReply } from '../../agent/tools/l7-echo.js';
-import type { TcpRawReport } from '../../agent/tools/tcp-raw.js';
-import type { WsClientReport } from '../../agent/tools/ws-client.js';
+import type { KubeObject } from '../../agent/model/objects.js';
+import { parsePrometheus, sumOf, type Sample } from '../../lab/load/promtext.js';
+import type { GrpcClientSummary } from '../../lab/tools/grpc-client.js';
+import type { HttpClientSummary, HttpReply } from '../../lab/tools/http-client.js';
+import type { EchoReply } from '../../lab/tools/l7-echo.js';
+import type { TcpRawReport } from '../../lab/tools/tcp-raw.js';
+import type { WsClientReport } from '../../lab/tools/ws-client.js';
 import { requireRoot } from '../support/root.js';
 import { until } from '../support/until.js';
 

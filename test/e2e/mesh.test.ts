@@ -9,11 +9,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalCa } from '../../agent/identity/ca.js';
 import { WorkloadCerts } from '../../agent/identity/certs.js';
 import { systemClock } from '../../agent/clock.js';
-import { Lab } from '../../agent/lab/lab.js';
-import { labEnvPids } from '../../agent/lab/procs.js';
+import { Lab } from '../../lab/cluster/lab.js';
+import { labEnvPids } from '../../lab/cluster/procs.js';
 import type { FakeApiServer } from '../support/fake-apiserver.js';
 import { controlPlaneAgentArgs, startControlPlane, type ControlPlane } from '../support/control-plane.js';
-import { parsePrometheus, sumOf } from '../../agent/telemetry/promtext.js';
+import { parsePrometheus, sumOf } from '../../lab/load/promtext.js';
 import { requireRoot } from '../support/root.js';
 import { captureLogger } from '../support/logger.js';
 

@@ -12,14 +12,14 @@ import { promisify } from 'node:util';
 import { parseAllDocuments } from 'yaml';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { METRICS_PORT } from '../../agent/constants.js';
-import { Lab } from '../../agent/lab/lab.js';
-import { labEnvPids } from '../../agent/lab/procs.js';
+import { Lab } from '../../lab/cluster/lab.js';
+import { labEnvPids } from '../../lab/cluster/procs.js';
 import { connectInNetns } from '../../agent/native/index.js';
-import type { KubeObject } from '../../agent/sources/objects.js';
-import { parsePrometheus, sumOf, type Sample } from '../../agent/telemetry/promtext.js';
-import type { GrpcClientSummary } from '../../agent/tools/grpc-client.js';
-import type { HttpClientSummary } from '../../agent/tools/http-client.js';
-import type { EchoReply } from '../../agent/tools/l7-echo.js';
+import type { KubeObject } from '../../agent/model/objects.js';
+import { parsePrometheus, sumOf, type Sample } from '../../lab/load/promtext.js';
+import type { GrpcClientSummary } from '../../lab/tools/grpc-client.js';
+import type { HttpClientSummary } from '../../lab/tools/http-client.js';
+import type { EchoReply } from '../../lab/tools/l7-echo.js';
 import { requireRoot } from '../support/root.js';
 import { until } from '../support/until.js';
 
@@ -369,7 +369,7 @@ describe('security on the inbound path (two-node lab)', () => {
   });
 
   // --- The path bypass corpus: every spelling of /admin is refused (400), or normalized to /admin and denied, or is
-  // another path that the app receives as such (documented in agent/security/normalize.ts). Never does the app
+  // another path that the app receives as such (documented in agent/model/normalize.ts). Never does the app
   // see /admin.
 
   const DENY_ADMIN_PATH = authz('deny-admin', 'DENY', `  - to: [{operation: {paths: ["/admin"]}}]

@@ -9,10 +9,10 @@ import { parseAllDocuments } from 'yaml';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock } from '../../agent/clock.js';
 import { L7Proxy, type L7Options } from '../../agent/l7/l7-proxy.js';
-import type { KubeObject } from '../../agent/sources/objects.js';
-import { validateObject } from '../../agent/sources/validate.js';
+import type { KubeObject } from '../../agent/model/objects.js';
+import { validateObject } from '../../agent/model/validate.js';
 import { compile, type MeshState } from '../../agent/state/store.js';
-import { parsePrometheus, sumOf } from '../../agent/telemetry/promtext.js';
+import { parsePrometheus, sumOf } from '../../lab/load/promtext.js';
 import { Metrics } from '../../agent/telemetry/metrics.js';
 import { mulberry32 } from '../support/prng.js';
 

@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { registerAgentCommand } from '../../agent/cli/agent.js';
 import { registerIdentityCommands } from '../../agent/cli/identity.js';
 import { parseDuration } from '../../agent/config.js';
-import { BUNDLE_KEY } from '../../agent/identity/service.js';
+import { BUNDLE_KEY } from '../../agent/identity-service/service.js';
 import { MANIFESTS, ROOT, filesUnder, findObject, installObjects, loadYaml, type KubeObject } from './load.js';
 
 const NAMESPACE = 'trellis-system';

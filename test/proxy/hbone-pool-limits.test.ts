@@ -8,7 +8,7 @@ import { agentConfig, parseTlsGroups } from '../../agent/config.js';
 import { LocalCa } from '../../agent/identity/ca.js';
 import { WorkloadCerts } from '../../agent/identity/certs.js';
 import { HbonePool } from '../../agent/proxy/hbone-pool.js';
-import { HboneInbound } from '../../agent/proxy/inbound.js';
+import { HboneInbound } from '../../agent/proxy/inbound-hbone.js';
 import { Drain } from '../../agent/proxy/drain.js';
 import { compile } from '../../agent/state/store.js';
 import type { Workload } from '../../agent/state/workload.js';

@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { PolicyRecheck } from '../../agent/proxy/recheck.js';
 import { evaluateConnection } from '../../agent/security/index.js';
-import type { KubeObject } from '../../agent/sources/objects.js';
+import type { KubeObject } from '../../agent/model/objects.js';
 import { compile, type MeshState } from '../../agent/state/store.js';
 
 const pod: KubeObject = {

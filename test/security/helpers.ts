@@ -1,8 +1,8 @@
 // Shared builders for the security tests: policies from YAML through the real source validation, peers,
 // requests normalized the way the data path will normalize them.
 import { parseAllDocuments } from 'yaml';
-import type { KubeObject } from '../../agent/sources/objects.js';
-import { validateObject } from '../../agent/sources/validate.js';
+import type { KubeObject } from '../../agent/model/objects.js';
+import { validateObject } from '../../agent/model/validate.js';
 import {
   compilePolicies,
   evaluateConnection,

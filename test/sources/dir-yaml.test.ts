@@ -5,7 +5,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments, stringify } from 'yaml';
 import { parsePlainYaml } from '../../agent/sources/dir-yaml.js';
-import { scaleObjects } from '../../agent/bench/scale.js';
+import { scaleObjects } from '../../lab/bench/scale.js';
 import { mulberry32 } from '../support/prng.js';
 
 /** What the library makes of the text: the documents, or undefined when any has an error. */

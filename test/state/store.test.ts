@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { compile, type MeshState, type ServicePortInfo } from '../../agent/state/store.js';
+import type { ServicePortInfo } from '../../agent/model/services.js';
+import { compile, type MeshState } from '../../agent/state/store.js';
 import { resolveOutbound } from '../../agent/proxy/resolve.js';
-import type { EndpointSlice, KubeObject, Service } from '../../agent/sources/objects.js';
+import type { EndpointSlice, KubeObject, Service } from '../../agent/model/objects.js';
 import { mulberry32 } from '../support/prng.js';
 
 const objects: KubeObject[] = [

@@ -5,8 +5,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { LocalCa } from '../../agent/identity/ca.js';
-import { CONTROL_PLANE_IP } from '../../agent/lab/names.js';
-import type { KubeMirror } from '../../agent/lab/lab.js';
+import { CONTROL_PLANE_IP } from '../../lab/cluster/names.js';
+import type { KubeMirror } from '../../lab/cluster/lab.js';
 import { FakeApiServer } from './fake-apiserver.js';
 
 export const IDENTITY_PORT = 15012;

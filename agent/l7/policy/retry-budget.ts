@@ -15,8 +15,8 @@
 
 import type { Clock } from '../../clock.js';
 import { TrellisError } from '../../errors.js';
+import { RETRY_BUDGET_DEFAULTS } from '../../model/retry-budget.js';
 
-export const RETRY_BUDGET_DEFAULTS = Object.freeze({ retryRatio: 0.2, minRetriesPerSecond: 10, ttlMs: 10_000 });
 
 /** What RetryPolicy needs from a budget: one question that withdraws when the answer is yes. */
 export interface RetryGate {

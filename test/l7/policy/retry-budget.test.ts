@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../../agent/clock.js';
-import { RETRY_BUDGET_DEFAULTS, RetryBudget } from '../../../agent/l7/policy/retry-budget.js';
+import { RetryBudget } from '../../../agent/l7/policy/retry-budget.js';
+import { RETRY_BUDGET_DEFAULTS } from '../../../agent/model/retry-budget.js';
 
 // The CRD defaults: ratio 0.2, 10 retries/s, ttl 10 s (ten 1 s slots; ManualClock starts on a second boundary).
 const make = (clock: ManualClock, opts: Partial<{ retryRatio: number; minRetriesPerSecond: number; ttlMs: number }> = {}) =>

@@ -1,0 +1,756 @@
+// The lab: a cluster-shaped topology of network namespaces built from ordinary manifests, with pods'
+// commands, ClusterIP emulation, realized objects for the agents' `dir` source and one agent per node.
+// It never changes the host's own netns and removes everything it made (`down`, or `sweep` after a crash).
+import { spawn as spawnChild, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { existsSync, promises as fsp, readFileSync } from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { stringify } from 'yaml';
+import { DEFAULT_TRUST_DOMAIN, HEALTH_PORT, MESH_ANNOTATION, METRICS_PORT } from '../../agent/constants.js';
+import { TrellisError } from '../../agent/errors.js';
+import { LabError, systemCode } from '../errors.js';
+import type { ExtensionObject, KubeObject, Namespace, Pod } from '../../agent/model/objects.js';
+import { LAB_EXTENSION_KINDS, loadManifests } from './manifests.js';
+import {
+  DEFAULT_LAB_NAME,
+  DEFAULT_STATE_ROOT,
+  LAB_ENV,
+  NETNS_PREFIX,
+  checkLabName,
+  fabricNetns,
+  labMatchesPrefix,
+  labOfNetns,
+  labPrefix,
+  netnsPath,
+} from './names.js';
+import { planLab, type LabNode, type LabPod, type LabService, type PlannedPod } from './plan.js';
+import {
+  describeProc,
+  isAlive,
+  labEnvPids,
+  netnsPids,
+  procStat,
+  recordOf,
+  sleep,
+  spawnDetached,
+  terminate,
+  type ProcRecord,
+  type Target,
+} from './procs.js';
+import { clusterObjects, inApplyOrder, objectFileName, readObject, setAnnotation, writeClusterObjects } from './realized.js';
+import { run, type RunOptions } from './run.js';
+import { labPaths, readState, writeFileAtomic, writeState, STATE_VERSION, type LabPaths, type LabState, type PodState } from './state.js';
+import { createNetwork, deleteNetns, listNetns } from './topology.js';
+
+export type { LabNode, LabPod, LabService, LabServicePort } from './plan.js';
+
+export interface LabOptions {
+  /** 1 to 8 of [a-z0-9]; default "trellis". */
+  name?: string;
+  /** Default /run/trellis/lab. */
+  stateRoot?: string;
+  /** Start one agent per node (default true); false builds the network and pods only. */
+  agents?: boolean;
+  /** Extra arguments for every agent; `{node}` in them is replaced by the node's name. */
+  agentArgs?: string[];
+  logLevel?: string;
+  /** The nodes, in order; default: the distinct spec.nodeName values, sorted. */
+  nodes?: string[];
+  /** Told each step as it starts ("network", "agents"...), for a CLI to show progress. */
+  progress?: (step: string) => void;
+  /**
+   * Run the agents with `--source kube` against an API server, and mirror every realized object into it
+   * through `apply`. Called once the fabric netns exists (its path is given): the server listens there, on
+   * CONTROL_PLANE_IP, where every node can reach it.
+   */
+  kube?: (fabricNetnsPath: string) => Promise<KubeMirror>;
+}
+
+export interface KubeMirror {
+  /** Kubeconfig the agents use (its server must be reachable from the node netns). */
+  kubeconfig: string;
+  /** Creates or replaces one object in the API server. */
+  apply(object: KubeObject): unknown;
+  /** Deletes one object from the API server (absent: nothing to do); needed by `Lab.remove`. */
+  delete?(object: KubeObject): unknown;
+}
+
+export interface ExecResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface ExecOptions {
+  /** Default 60 s; then the command's process group is killed and exec rejects with ETIMEDOUT. */
+  timeoutMs?: number;
+  input?: Buffer | string;
+  env?: Record<string, string>;
+}
+
+export interface LabStatus {
+  name: string;
+  stateDir: string;
+  createdAt: string;
+  nodes: (LabNode & { agent: { pid: number; alive: boolean } | null })[];
+  pods: (LabPod & { mesh: string; processes: { container: string; pid: number; alive: boolean }[] })[];
+  services: LabService[];
+}
+
+const AGENT_READY_TIMEOUT_MS = 30_000;
+const AGENT_STOP_TIMEOUT_MS = 20_000;
+const HTTP_TIMEOUT_MS = 5_000;
+const LOG_TAIL_LINES = 20;
+
+export class Lab {
+  readonly name: string;
+  readonly stateDir: string;
+  readonly clusterDir: string;
+  readonly nodes: LabNode[];
+  readonly pods: LabPod[];
+  readonly services: LabService[];
+  private readonly paths: LabPaths;
+  private readonly state: LabState;
+  /** Processes started by spawn() in this process; down() ends them. */
+  private readonly spawned: { child: ChildProcess; record: ProcRecord }[] = [];
+  private saving: Promise<void> = Promise.resolve();
+  /** The API server the objects are mirrored to, when this process started the lab with `kube`. */
+  private mirror: KubeMirror | undefined;
+
+  private constructor(state: LabState, paths: LabPaths) {
+    this.state = state;
+    this.paths = paths;
+    this.name = state.name;
+    this.stateDir = paths.stateDir;
+    this.clusterDir = paths.clusterDir;
+    this.nodes = state.nodes;
+    this.pods = state.pods.map(publicPod);
+    this.services = state.services;
+  }
+
+  /** Builds the lab. On any failure it tears down what it made and rethrows. */
+  static async up(manifests: string | string[] | KubeObject[], opts: LabOptions = {}): Promise<Lab> {
+    const name = checkLabName(opts.name ?? DEFAULT_LAB_NAME);
+    const paths = labPaths(opts.stateRoot ?? DEFAULT_STATE_ROOT, name);
+    const progress = opts.progress ?? (() => {});
+    // Manifests first: mistakes in them are worth knowing without root too.
+    const plan = planLab(name, await loadManifests(manifests), { nodes: opts.nodes });
+    requireRootUser();
+    const agents = opts.agents ?? true;
+    const repoRoot = findRepoRoot();
+    if (agents) requireBuilt(repoRoot);
+    await requireAbsent(name, paths);
+
+    const state: LabState = {
+      version: STATE_VERSION,
+      name,
+      createdAt: new Date().toISOString(),
+      repoRoot,
+      execPath: process.execPath,
+      options: {
+        agents,
+        agentArgs: opts.agentArgs ?? [],
+        ...(opts.logLevel !== undefined && { logLevel: opts.logLevel }),
+      },
+      nodes: plan.nodes,
+      pods: plan.pods.map((p) => ({ ...publicPod(p), env: p.env, processes: [] })),
+      services: plan.services.map(({ object: _object, ...s }) => s),
+      agents: Object.fromEntries(plan.nodes.map((n) => [n.name, null])),
+    };
+    const lab = new Lab(state, paths);
+    try {
+      for (const dir of [paths.clusterDir, paths.logsDir, paths.binDir]) await fsp.mkdir(dir, { recursive: true });
+      // Recorded before anything exists, so `down` from another process finds a half-built lab too.
+      await lab.save();
+      progress(`network: ${plan.nodes.length} nodes, ${plan.pods.length} pods`);
+      await createNetwork(plan);
+      await lab.writeShims();
+      await writeClusterObjects(paths.clusterDir, plan);
+      if (opts.kube) {
+        lab.mirror = await opts.kube(lab.fabricNetnsPath);
+        state.options.kubeconfig = lab.mirror.kubeconfig;
+        for (const o of clusterObjects(plan)) await lab.mirror.apply(o);
+        await lab.save();
+      }
+      if (agents) {
+        progress('agents');
+        const { LocalCa } = await import('../../agent/identity/ca.js');
+        LocalCa.loadOrCreate(paths.caDir, DEFAULT_TRUST_DOMAIN);
+        // Agents first, so the pods' first connections are already meshed.
+        const started = await Promise.allSettled(plan.nodes.map((n) => lab.startAgent(n.name)));
+        const failed = started.find((r) => r.status === 'rejected');
+        if (failed) throw failed.reason;
+      }
+      progress('pods');
+      await lab.startPods(plan.pods);
+      await lab.save();
+      return lab;
+    } catch (err) {
+      await lab.down().catch(() => {});
+      throw err;
+    }
+  }
+
+  /** The lab recorded under stateRoot (by `up` in this or another process). */
+  static async attach(name: string = DEFAULT_LAB_NAME, stateRoot: string = DEFAULT_STATE_ROOT): Promise<Lab> {
+    checkLabName(name);
+    const paths = labPaths(stateRoot, name);
+    const state = await readState(paths.stateFile);
+    if (!state) throw notUp(name, stateRoot);
+    return new Lab(state, paths);
+  }
+
+  /** "ns/name", or "name" in namespace default. */
+  pod(ref: string): LabPod {
+    return publicPod(this.podState(ref));
+  }
+
+  node(name: string): LabNode {
+    const node = this.nodes.find((n) => n.name === name);
+    if (!node) {
+      throw new LabError('ENOTFOUND', `no node "${name}" in lab '${this.name}' (nodes: ${this.nodes.map((n) => n.name).join(', ')})`);
+    }
+    return node;
+  }
+
+  /** The command line and environment that run argv in the pod, for callers that want their own stdio. */
+  podCommand(ref: string, argv: string[], env: Record<string, string> = {}): { file: string; args: string[]; env: NodeJS.ProcessEnv } {
+    const pod = this.podState(ref);
+    if (argv.length === 0) throw new LabError('EINVAL', 'no command given');
+    return { file: 'ip', args: ['netns', 'exec', pod.netns, ...argv], env: { ...this.podEnv(pod.env), ...env } };
+  }
+
+  /** Runs argv to completion in the pod's netns, with the pod's environment and PATH. */
+  exec(ref: string, argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
+    const cmd = this.podCommand(ref, argv, opts.env);
+    return run(cmd.file, cmd.args, runOptions(cmd.env, opts));
+  }
+
+  /** Starts a long-running argv in the pod (stdio piped); down() ends it. */
+  spawn(ref: string, argv: string[]): ChildProcess {
+    const cmd = this.podCommand(ref, argv);
+    const child = spawnChild(cmd.file, cmd.args, { env: cmd.env, detached: true, stdio: 'pipe' });
+    const record = child.pid === undefined ? undefined : recordOf(child.pid);
+    if (record) this.spawned.push({ child, record });
+    return child;
+  }
+
+  /** Runs argv to completion in the node's netns (PATH has the lab's `trellis` and `node` first). */
+  execInNode(node: string, argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
+    const n = this.node(node);
+    if (argv.length === 0) throw new LabError('EINVAL', 'no command given');
+    const env = { ...process.env, PATH: `${this.paths.binDir}:${process.env.PATH ?? ''}`, [LAB_ENV]: this.name, ...opts.env };
+    return run('ip', ['netns', 'exec', n.netns, ...argv], runOptions(env, opts));
+  }
+
+  /** GET http://<node fabric IP>:port/path, connecting from inside the node's netns. */
+  async httpGetFromNode(node: string, port: number, urlPath: string): Promise<{ status: number; body: string }> {
+    const n = this.node(node);
+    const { connectInNetns } = await import('../../agent/native/index.js');
+    const where = `http://${n.fabricIp}:${port}${urlPath} in ${n.netns}`;
+    return new Promise((resolve, reject) => {
+      const req = http.get(
+        {
+          host: n.fabricIp,
+          port,
+          path: urlPath,
+          timeout: HTTP_TIMEOUT_MS,
+          // No `agent` option: with one, Node ignores createConnection and would connect from the host's netns.
+          createConnection: () => connectInNetns(n.netnsPath, { host: n.fabricIp, port, timeoutMs: HTTP_TIMEOUT_MS }),
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (d: Buffer) => chunks.push(d));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+          res.on('error', reject);
+        },
+      );
+      req.on('timeout', () => req.destroy(new LabError('ETIMEDOUT', `GET ${where}: no answer in ${HTTP_TIMEOUT_MS} ms`)));
+      req.on('error', (err: Error & { code?: string }) => {
+        reject(err instanceof TrellisError ? err : new LabError(systemCode(err.code, 'EHTTP'), `GET ${where}: ${err.message}`, { cause: err }));
+      });
+    });
+  }
+
+  /** The node agent's Prometheus text (GET /metrics on 15020). */
+  async metrics(node: string): Promise<string> {
+    const r = await this.httpGetFromNode(node, METRICS_PORT, '/metrics');
+    if (r.status !== 200) {
+      throw new LabError('EHTTP', `metrics of node ${node}: HTTP ${r.status}: ${r.body.slice(0, 200)}`);
+    }
+    return r.body;
+  }
+
+  /** Sets (null: removes) an annotation on the realized Pod; the agents see it on their next reload. */
+  async setPodAnnotation(ref: string, key: string, value: string | null): Promise<void> {
+    const pod = this.podState(ref);
+    checkAnnotationKey(key);
+    const file = path.join(this.clusterDir, objectFileName('Pod', pod.name, pod.namespace));
+    await setAnnotation(file, key, value);
+    await this.mirrorFile(file);
+  }
+
+  /**
+   * Creates or replaces routes and policies (HTTPRoute, GRPCRoute, FaultInjection, RetryBudget,
+   * AuthorizationPolicy, PeerAuthentication) while the lab runs, as `kubectl apply` would: each file is
+   * replaced atomically, a replaced object keeps its uid, policies are written before the routes that name
+   * them. Everything is validated before anything is written. Pods, Services and Namespaces are fixed at `up`.
+   */
+  async apply(objects: KubeObject[]): Promise<void> {
+    if (objects.length === 0) return;
+    const m = await loadManifests(objects);
+    const fixed = [...m.namespaces, ...m.pods, ...m.services][0];
+    if (fixed) {
+      throw new LabError(
+        'EINVAL',
+        `${fixed.where}: lab.apply takes ${LAB_EXTENSION_KINDS.join(', ')}; ` +
+          `a ${fixed.object.kind} is fixed when the lab comes up (bring the lab up again with it in the manifests)`,
+      );
+    }
+    this.requireMirrorFor('apply');
+    for (const { object, where } of m.extensions) {
+      const ns = object.metadata.namespace!;
+      if (!existsSync(path.join(this.clusterDir, objectFileName('Namespace', ns)))) {
+        throw new LabError(
+          'ENOTFOUND',
+          `${where}: namespace "${ns}" does not exist in lab '${this.name}' (namespaces: ${(await this.realizedNamespaces()).join(', ')}); ` +
+            'declare it in the manifests given to `lab up`',
+        );
+      }
+    }
+    for (const object of inApplyOrder(m.extensions.map((e) => e.object))) {
+      const file = path.join(this.clusterDir, objectFileName(object.kind, object.metadata.name, object.metadata.namespace));
+      const previous = (await readObject(file).catch(() => undefined)) as ExtensionObject | undefined;
+      const uid = previous?.metadata.uid ?? randomUUID();
+      const realized: ExtensionObject = { ...object, metadata: { ...object.metadata, uid } };
+      await writeFileAtomic(file, stringify(realized));
+      await this.mirror?.apply(realized);
+    }
+  }
+
+  /** Deletes a route or policy applied by `up` or `apply`; false when there was none of that name. */
+  async remove(kind: string, namespace: string, name: string): Promise<boolean> {
+    if (!LAB_EXTENSION_KINDS.includes(kind)) {
+      throw new LabError('EINVAL', `lab.remove takes ${LAB_EXTENSION_KINDS.join(', ')}, not "${kind}"`);
+    }
+    this.requireMirrorFor('remove');
+    const file = path.join(this.clusterDir, objectFileName(kind as ExtensionObject['kind'], name, namespace));
+    const object = await readObject(file).catch(() => undefined);
+    if (!object) return false;
+    await fsp.rm(file, { force: true });
+    await this.mirror?.delete!(object);
+    return true;
+  }
+
+  /** What the pod's containers wrote (stdout and stderr), '' before they wrote anything. */
+  podLog(ref: string): string {
+    const pod = this.podState(ref);
+    try {
+      return readFileSync(this.podLogFile(pod), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
+  /** The lab's fabric netns (where a control plane for the lab listens on CONTROL_PLANE_IP). */
+  get fabricNetnsPath(): string {
+    return netnsPath(fabricNetns(this.name));
+  }
+
+  /**
+   * Agents of a kube-mode lab read the API server, not the files: a change must go through the mirror of
+   * the process that brought the lab up, or it would reach no agent.
+   */
+  private requireMirrorFor(what: string): void {
+    if (!this.state.options.kubeconfig) return;
+    if (!this.mirror) {
+      throw new LabError(
+        'EINVAL',
+        `lab '${this.name}' runs its agents against an API server (${this.state.options.kubeconfig}): ` +
+          `${what} through that server (kubectl), or from the process that brought the lab up`,
+      );
+    }
+    if (what === 'remove' && !this.mirror.delete) {
+      throw new LabError('EINVAL', `lab '${this.name}': its API server mirror cannot delete objects (give KubeMirror a delete)`);
+    }
+  }
+
+  private async realizedNamespaces(): Promise<string[]> {
+    const files = await fsp.readdir(this.clusterDir).catch(() => [] as string[]);
+    return files.filter((f) => f.startsWith('ns-') && f.endsWith('.yaml')).map((f) => f.slice(3, -5)).sort();
+  }
+
+  private async mirrorFile(file: string): Promise<void> {
+    if (!this.mirror) return;
+    if (!this.state.options.kubeconfig) return;
+    await this.mirror.apply(await readObject(file));
+  }
+
+  async setNamespaceAnnotation(ns: string, key: string, value: string | null): Promise<void> {
+    checkAnnotationKey(key);
+    const file = path.join(this.clusterDir, objectFileName('Namespace', ns));
+    if (!existsSync(file)) {
+      throw new LabError('ENOTFOUND', `no namespace "${ns}" in lab '${this.name}' (namespaces: ${this.namespaces().join(', ')})`);
+    }
+    await setAnnotation(file, key, value);
+    await this.mirrorFile(file);
+  }
+
+  /** Signals the node's agent (default SIGTERM) and waits until it exits; SIGKILL and an error after 20 s. */
+  async stopAgent(node: string, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    this.node(node);
+    const rec = this.state.agents[node];
+    if (rec && isAlive(rec)) {
+      try {
+        process.kill(rec.pid, signal);
+      } catch {
+        // Exited meanwhile.
+      }
+      const deadline = Date.now() + AGENT_STOP_TIMEOUT_MS;
+      while (isAlive(rec) && Date.now() < deadline) await sleep(50);
+      if (isAlive(rec)) {
+        await terminate([{ ...rec, group: true }], 0);
+        this.state.agents[node] = null;
+        await this.save();
+        throw new LabError(
+          'ETIMEDOUT',
+          `agent on ${node} did not exit within ${AGENT_STOP_TIMEOUT_MS} ms of ${signal}; killed. Last log lines:\n${this.logTail(node)}`,
+        );
+      }
+    }
+    this.state.agents[node] = null;
+    await this.save();
+  }
+
+  /** Starts the node's agent in the node netns and waits until /healthz/ready answers 200. */
+  async startAgent(node: string): Promise<void> {
+    const n = this.node(node);
+    const current = this.state.agents[node];
+    if (current && isAlive(current)) {
+      throw new LabError('EEXIST', `agent on ${node} is already running (pid ${current.pid}): stopAgent first`);
+    }
+    requireBuilt(this.state.repoRoot);
+    const argv = [
+      'ip', 'netns', 'exec', n.netns,
+      this.state.execPath, mainScript(this.state.repoRoot), 'agent',
+      '--node', n.name,
+      ...(this.state.options.kubeconfig
+        ? ['--source', 'kube', '--kubeconfig', this.state.options.kubeconfig]
+        : ['--dir', this.paths.clusterDir]),
+      '--ca-dir', this.paths.caDir,
+      '--probe-source', n.gatewayIp,
+      ...(this.state.options.logLevel ? ['--log-level', this.state.options.logLevel] : []),
+      // `{node}` in an extra argument stands for the node's name (per-node token files and the like).
+      ...this.state.options.agentArgs.map((a) => a.replaceAll('{node}', n.name)),
+    ];
+    const { record } = spawnDetached(argv, { env: { ...process.env, [LAB_ENV]: this.name }, logFile: this.agentLogFile(node) });
+    const rec = await record;
+    this.state.agents[node] = rec;
+    await this.save();
+    await this.waitAgentReady(n, rec);
+  }
+
+  agentLog(node: string): string {
+    this.node(node);
+    try {
+      return readFileSync(this.agentLogFile(node), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
+  /** What runs, with the effective mesh annotation of every pod ("enabled (namespace)", "disabled (pod)", "-"). */
+  async status(): Promise<LabStatus> {
+    const namespaces = new Map<string, Namespace>();
+    for (const ns of this.namespaces()) {
+      const o = await readObject(path.join(this.clusterDir, objectFileName('Namespace', ns))).catch(() => undefined);
+      if (o) namespaces.set(ns, o as Namespace);
+    }
+    const pods = [];
+    for (const p of this.state.pods) {
+      const o = (await readObject(path.join(this.clusterDir, objectFileName('Pod', p.name, p.namespace))).catch(() => undefined)) as
+        | Pod
+        | undefined;
+      const podValue = o?.metadata.annotations?.[MESH_ANNOTATION];
+      const nsValue = namespaces.get(p.namespace)?.metadata.annotations?.[MESH_ANNOTATION];
+      const mesh = podValue !== undefined ? `${podValue} (pod)` : nsValue !== undefined ? `${nsValue} (namespace)` : '-';
+      pods.push({
+        ...publicPod(p),
+        mesh,
+        processes: p.processes.map((r) => ({ container: r.container, pid: r.pid, alive: isAlive(r) })),
+      });
+    }
+    return {
+      name: this.name,
+      stateDir: this.stateDir,
+      createdAt: this.state.createdAt,
+      nodes: this.nodes.map((n) => {
+        const a = this.state.agents[n.name];
+        return { ...n, agent: a ? { pid: a.pid, alive: isAlive(a) } : null };
+      }),
+      pods,
+      services: this.services,
+    };
+  }
+
+  /** Ends every process of the lab, deletes its namespaces and its state directory. Idempotent. */
+  async down(): Promise<void> {
+    requireRootUser();
+    const prefix = labPrefix(this.name);
+    const problems: string[] = [];
+    const targets: Target[] = [
+      ...this.state.pods.flatMap((p) => p.processes.map((r) => ({ ...r, group: true }))),
+      ...Object.values(this.state.agents).flatMap((r) => (r ? [{ ...r, group: true }] : [])),
+      ...this.spawned.map((s) => ({ ...s.record, group: true })),
+    ];
+    try {
+      const namespaces = await listNetns(prefix);
+      targets.push(...(await foundTargets(namespaces, (lab) => lab === this.name)));
+      await terminate(targets);
+      await deleteNetns(namespaces);
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+    try {
+      await fsp.rm(this.stateDir, { recursive: true, force: true });
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+    if (problems.length > 0) {
+      throw new LabError('ELAB', `lab '${this.name}' down: ${problems.join('; ')}; run \`trellis lab sweep\` to retry`);
+    }
+  }
+
+  /** Writes the state file; writes run one at a time and each takes the state as it is when it runs. */
+  private save(): Promise<void> {
+    this.saving = this.saving.catch(() => {}).then(() => writeState(this.paths.stateFile, this.state));
+    return this.saving;
+  }
+
+  private podState(ref: string): PodState {
+    const [ns, name] = ref.includes('/') ? (ref.split('/', 2) as [string, string]) : ['default', ref];
+    const pod = this.state.pods.find((p) => p.namespace === ns && p.name === name);
+    if (!pod) {
+      const known = this.state.pods.map((p) => `${p.namespace}/${p.name}`).join(', ') || 'none';
+      throw new LabError('ENOTFOUND', `no pod "${ns}/${name}" in lab '${this.name}' (pods: ${known})`);
+    }
+    return pod;
+  }
+
+  private namespaces(): string[] {
+    return [...new Set(['default', ...this.state.pods.map((p) => p.namespace), ...this.state.services.map((s) => s.namespace)])];
+  }
+
+  /** A container's view: a clean environment like a container's, the pod variables, the lab's shims first on PATH. */
+  private podEnv(env: Record<string, string>): NodeJS.ProcessEnv {
+    return {
+      PATH: `${this.paths.binDir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
+      HOME: process.env.HOME ?? '/root',
+      ...(process.env.LANG !== undefined && { LANG: process.env.LANG }),
+      HOSTNAME: env.POD_NAME ?? '',
+      ...env,
+      [LAB_ENV]: this.name,
+    };
+  }
+
+  private async startPods(pods: PlannedPod[]): Promise<void> {
+    for (const p of pods) {
+      const ps = this.state.pods.find((s) => s.namespace === p.namespace && s.name === p.name)!;
+      const logFile = this.podLogFile(p);
+      for (const c of p.containers) {
+        const { record } = spawnDetached(['ip', 'netns', 'exec', p.netns, ...c.argv], { env: this.podEnv(c.env), logFile });
+        ps.processes.push({ container: c.name, ...(await record) });
+      }
+    }
+  }
+
+  private async writeShims(): Promise<void> {
+    const trellis = `#!/bin/sh\nexec "${this.state.execPath}" "${mainScript(this.state.repoRoot)}" "$@"\n`;
+    await writeFileAtomic(path.join(this.paths.binDir, 'trellis'), trellis, 0o755);
+    // Pod commands calling `node` get the pinned Node, not whatever the host's PATH holds.
+    await writeFileAtomic(path.join(this.paths.binDir, 'node'), `#!/bin/sh\nexec "${this.state.execPath}" "$@"\n`, 0o755);
+  }
+
+  private podLogFile(pod: { namespace: string; name: string }): string {
+    return path.join(this.paths.logsDir, `${pod.namespace}_${pod.name}.log`);
+  }
+
+  private agentLogFile(node: string): string {
+    return path.join(this.paths.logsDir, `agent-${node}.log`);
+  }
+
+  private logTail(node: string): string {
+    const lines = this.agentLog(node).trimEnd().split('\n');
+    return lines.slice(-LOG_TAIL_LINES).join('\n') || '(the log is empty)';
+  }
+
+  private async waitAgentReady(n: LabNode, rec: ProcRecord): Promise<void> {
+    const deadline = Date.now() + AGENT_READY_TIMEOUT_MS;
+    let last = 'no answer yet';
+    for (;;) {
+      if (!isAlive(rec)) {
+        throw new LabError(
+          'EAGENT',
+          `agent on ${n.name} exited before it was ready (log ${this.agentLogFile(n.name)}):\n${this.logTail(n.name)}`,
+        );
+      }
+      try {
+        const r = await this.httpGetFromNode(n.name, HEALTH_PORT, '/healthz/ready');
+        if (r.status === 200) return;
+        last = `HTTP ${r.status} ${r.body.trim().slice(0, 200)}`;
+      } catch (err) {
+        if ((err as { code?: string }).code === 'ENATIVE') throw err;
+        last = (err as Error).message;
+      }
+      if (Date.now() >= deadline) {
+        throw new LabError(
+          'EAGENT',
+          `agent on ${n.name} not ready after ${AGENT_READY_TIMEOUT_MS / 1000} s (last: ${last}); ` +
+            `log ${this.agentLogFile(n.name)}:\n${this.logTail(n.name)}`,
+        );
+      }
+      await sleep(200);
+    }
+  }
+}
+
+/**
+ * Removes every lab leftover on this machine: processes of labs under the prefix (from their state, their
+ * netns, or the lab marker in their environment), netns named with the prefix, and state directories.
+ * Returns what it removed.
+ */
+export async function sweep(opts: { prefix?: string; stateRoot?: string } = {}): Promise<string[]> {
+  requireRootUser();
+  const prefix = opts.prefix ?? NETNS_PREFIX;
+  if (!prefix.startsWith(NETNS_PREFIX)) {
+    throw new LabError('EINVAL', `sweep prefix "${prefix}" must start with "${NETNS_PREFIX}": only lab namespaces are swept`);
+  }
+  const stateRoot = path.resolve(opts.stateRoot ?? DEFAULT_STATE_ROOT);
+  const accept = (lab: string): boolean => labMatchesPrefix(lab, prefix);
+  const removed: string[] = [];
+  const problems: string[] = [];
+
+  const stateDirs: string[] = [];
+  const targets: Target[] = [];
+  for (const entry of await fsp.readdir(stateRoot).catch(() => [] as string[])) {
+    if (!/^[a-z0-9]{1,8}$/.test(entry) || !accept(entry)) continue;
+    const paths = labPaths(stateRoot, entry);
+    stateDirs.push(paths.stateDir);
+    const state = await readState(paths.stateFile).catch(() => undefined);
+    if (!state) continue;
+    targets.push(
+      ...state.pods.flatMap((p) => p.processes.map((r) => ({ ...r, group: true }))),
+      ...Object.values(state.agents).flatMap((r) => (r ? [{ ...r, group: true }] : [])),
+    );
+  }
+  const namespaces = await listNetns(prefix);
+  targets.push(...(await foundTargets(namespaces, accept)));
+
+  const names = new Map(targets.filter(isAlive).map((t) => [t.pid, describeProc(t.pid)]));
+  for (const pid of await terminate(targets)) removed.push(`process ${names.get(pid) ?? pid}`);
+  try {
+    for (const n of await deleteNetns(namespaces)) removed.push(`netns ${n}`);
+  } catch (err) {
+    problems.push((err as Error).message);
+  }
+  for (const dir of stateDirs) {
+    try {
+      await fsp.rm(dir, { recursive: true, force: true });
+      removed.push(`state ${dir}`);
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  }
+  if (problems.length > 0) throw new LabError('ELAB', `sweep: ${problems.join('; ')}`);
+  return removed;
+}
+
+/** Processes in the namespaces, and processes carrying the marker of an accepted lab (their netns may be gone). */
+async function foundTargets(namespaces: string[], accept: (lab: string) => boolean): Promise<Target[]> {
+  const pids = new Set<number>();
+  for (const ns of namespaces) {
+    if (labOfNetns(ns) === undefined) continue;
+    for (const pid of await netnsPids(ns)) pids.add(pid);
+  }
+  for (const { pid } of labEnvPids(accept)) pids.add(pid);
+  return [...pids].flatMap((pid) => {
+    const st = procStat(pid);
+    return st ? [{ pid, start: st.start, group: false }] : [];
+  });
+}
+
+function publicPod(p: LabPod): LabPod {
+  return {
+    namespace: p.namespace,
+    name: p.name,
+    node: p.node,
+    netns: p.netns,
+    netnsPath: p.netnsPath,
+    ip: p.ip,
+    serviceAccount: p.serviceAccount,
+    labels: p.labels,
+  };
+}
+
+function runOptions(env: NodeJS.ProcessEnv, opts: ExecOptions): RunOptions {
+  return {
+    env,
+    ...(opts.timeoutMs !== undefined && { timeoutMs: opts.timeoutMs }),
+    ...(opts.input !== undefined && { input: opts.input }),
+  };
+}
+
+const ANNOTATION_KEY = /^([a-z0-9]([-a-z0-9.]*[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
+
+function checkAnnotationKey(key: string): void {
+  if (!ANNOTATION_KEY.test(key) || key.length > 316) {
+    throw new LabError('EINVAL', `invalid annotation key "${key}" (expected [prefix/]name, e.g. trellis.dev/mesh)`);
+  }
+}
+
+export function requireRootUser(): void {
+  if (process.getuid?.() !== 0) {
+    throw new LabError('EPERM', 'not root: the lab needs root for network namespaces (run it with sudo)');
+  }
+}
+
+async function requireAbsent(name: string, paths: LabPaths): Promise<void> {
+  if (existsSync(paths.stateFile)) {
+    throw new LabError(
+      'EEXIST',
+      `lab '${name}' is already up (${paths.stateFile}): use it, or run \`trellis lab down --name ${name}\` first`,
+    );
+  }
+  const leftovers = await listNetns(labPrefix(name));
+  if (leftovers.length > 0 || existsSync(paths.stateDir)) {
+    const what = leftovers.length > 0 ? `network namespaces ${leftovers.slice(0, 3).join(', ')}${leftovers.length > 3 ? '...' : ''}` : paths.stateDir;
+    throw new LabError('EEXIST', `leftovers of lab '${name}' found (${what}): run \`trellis lab sweep\` first`);
+  }
+}
+
+function notUp(name: string, stateRoot: string): LabError {
+  const where = path.resolve(stateRoot) === DEFAULT_STATE_ROOT ? '' : ` under ${stateRoot}`;
+  const flag = name === DEFAULT_LAB_NAME ? '' : ` --name ${name}`;
+  return new LabError('ENOTUP', `lab '${name}' is not up${where}: run \`trellis lab up -f <manifests>${flag}\``);
+}
+
+// The same walk works from lab/cluster (sources under vitest) and dist/lab/cluster (compiled).
+function findRepoRoot(): string {
+  const from = path.dirname(fileURLToPath(import.meta.url));
+  for (let dir = from; ; dir = path.dirname(dir)) {
+    if (existsSync(path.join(dir, 'package.json'))) return dir;
+    if (path.dirname(dir) === dir) throw new LabError('ELAB', `no package.json above ${from}: cannot find the trellis checkout`);
+  }
+}
+
+function mainScript(repoRoot: string): string {
+  return path.join(repoRoot, 'dist', 'agent', 'main.js');
+}
+
+function requireBuilt(repoRoot: string): void {
+  if (!existsSync(mainScript(repoRoot))) {
+    throw new LabError('ENOTBUILT', `${mainScript(repoRoot)} is missing: run \`npm run build\` (or bring the lab up without agents)`);
+  }
+}

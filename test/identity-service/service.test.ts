@@ -1,0 +1,718 @@
+// The identity service over real gRPC with TLS on 127.0.0.1: token review, node binding, CSR checks and
+// every refusal, first against an in-memory cluster, then through client-node against the fake API server.
+// Certificates use the system clock: TLS checks validity against the real date.
+
+import crypto, { X509Certificate } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import pino from 'pino';
+import net from 'node:net';
+import { KubeConfig } from '@kubernetes/client-node';
+import { Command } from 'commander';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { identityConfig, registerIdentityCommands } from '../../agent/cli/identity.js';
+import { ManualClock, systemClock } from '../../agent/clock.js';
+import { TrellisError } from '../../agent/errors.js';
+import { LocalCa } from '../../agent/identity/ca.js';
+import { generateKey, makeCsr, WorkloadCerts } from '../../agent/identity/certs.js';
+import { API_FORBIDDEN, API_UNAVAILABLE, KubeIdentityCluster, type IdentityCluster, type PodSummary, type TokenReview } from '../../agent/identity-service/cluster.js';
+import { identityServiceDefinition, type CreateCertificateRequest, type CreateCertificateResponse } from '../../agent/identity/proto.js';
+import { RemoteSigner } from '../../agent/identity/remote.js';
+import { startIdentityService, type IdentityService, type IdentityServiceInputs } from '../../agent/identity-service/service.js';
+import { FakeApiServer } from '../support/fake-apiserver.js';
+import { captureLogger } from '../support/logger.js';
+
+const TD = 'cluster.local';
+const AUDIENCE = 'trellis-identity';
+const AGENT_SA = 'system:serviceaccount:trellis-system:trellis-agent';
+const WEB = 'spiffe://cluster.local/ns/shop/sa/web';
+const DB = 'spiffe://cluster.local/ns/shop/sa/db';
+const HOUR = 3_600_000;
+const CERT_TTL = 24 * HOUR;
+
+/** What a test seeds; the same shape as the fake API server's TokenInfo. */
+interface TokenInfo {
+  username: string;
+  audiences: string[];
+  expiresAt?: number;
+  pod?: { name: string; namespace: string; uid: string };
+  node?: string;
+}
+
+interface K8sObject {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; uid?: string; resourceVersion?: string };
+  [k: string]: unknown;
+}
+
+/** A cluster the service can be pointed at, and the handles a test needs to seed and break it. */
+interface World {
+  cluster: IdentityCluster;
+  addToken(token: string, info: TokenInfo): void;
+  /** Creates or replaces; returns the stored object (with its uid). */
+  apply<T extends K8sObject>(obj: T): T;
+  get(kind: 'ConfigMap' | 'Secret', namespace: string, name: string): K8sObject | undefined;
+  remove(kind: 'Pod' | 'Secret' | 'ConfigMap', namespace: string, name: string): void;
+  pause(): void;
+  resume(): void;
+  close(): Promise<void>;
+}
+
+/** An in-memory cluster with the API server's TokenReview semantics (messages as kube-apiserver words them). */
+class StubWorld implements World {
+  private readonly tokens = new Map<string, TokenInfo>();
+  private readonly objects = new Map<string, K8sObject>();
+  private down = false;
+  forbidden = false;
+
+  readonly cluster: IdentityCluster = {
+    review: async (token, audience) => {
+      this.check();
+      const info = this.tokens.get(token);
+      const none: TokenReview = { authenticated: false, extra: {} };
+      if (!info) return { ...none, error: '[invalid bearer token, token lookup failed]' };
+      if (!info.audiences.includes(audience)) {
+        return { ...none, error: `[invalid bearer token, token audiences ${JSON.stringify(info.audiences)} is invalid for the target audiences ["${audience}"]]` };
+      }
+      if (info.expiresAt !== undefined && info.expiresAt <= Date.now()) {
+        return { ...none, error: '[invalid bearer token, service account token has expired]' };
+      }
+      const extra: Record<string, string[]> = {};
+      if (info.pod) {
+        extra['authentication.kubernetes.io/pod-name'] = [info.pod.name];
+        extra['authentication.kubernetes.io/pod-uid'] = [info.pod.uid];
+      }
+      if (info.node) extra['authentication.kubernetes.io/node-name'] = [info.node];
+      return { authenticated: true, username: info.username, audiences: [audience], extra };
+    },
+    getPod: async (namespace, name) => {
+      this.check();
+      const pod = this.objects.get(`Pod/${namespace}/${name}`);
+      return pod ? summary(pod) : undefined;
+    },
+    podsOnNode: async (namespace, node) => {
+      this.check();
+      return [...this.objects.values()]
+        .filter((o) => o.kind === 'Pod' && o.metadata.namespace === namespace)
+        .map(summary)
+        .filter((p) => p.nodeName === node);
+    },
+    readSecret: async (namespace, name) => {
+      this.check();
+      const secret = this.objects.get(`Secret/${namespace}/${name}`);
+      if (!secret) return undefined;
+      const data = (secret['data'] ?? {}) as Record<string, string>;
+      return Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')]));
+    },
+    publishConfigMap: async (namespace, name, data) => {
+      this.check();
+      const existing = this.objects.get(`ConfigMap/${namespace}/${name}`);
+      const current = (existing?.['data'] ?? {}) as Record<string, string>;
+      if (existing && Object.entries(data).every(([k, v]) => current[k] === v)) return 'unchanged';
+      this.apply({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name, namespace }, data: { ...current, ...data } });
+      return existing ? 'updated' : 'created';
+    },
+  };
+
+  addToken(token: string, info: TokenInfo): void {
+    this.tokens.set(token, info);
+  }
+  apply<T extends K8sObject>(obj: T): T {
+    const stored = { ...obj, metadata: { ...obj.metadata, uid: obj.metadata.uid ?? crypto.randomUUID() } };
+    this.objects.set(`${obj.kind}/${obj.metadata.namespace}/${obj.metadata.name}`, stored);
+    return stored;
+  }
+  get(kind: string, namespace: string, name: string): K8sObject | undefined {
+    return this.objects.get(`${kind}/${namespace}/${name}`);
+  }
+  remove(kind: string, namespace: string, name: string): void {
+    this.objects.delete(`${kind}/${namespace}/${name}`);
+  }
+  pause(): void {
+    this.down = true;
+  }
+  resume(): void {
+    this.down = false;
+  }
+  async close(): Promise<void> {}
+
+  private check(): void {
+    if (this.down) throw new TrellisError(API_UNAVAILABLE, 'reviewing the caller token: the API server is unreachable (connect ECONNREFUSED 127.0.0.1:6443); retry later');
+    if (this.forbidden) throw new TrellisError(API_FORBIDDEN, "reviewing the caller token: the API server answered 403 (forbidden); the identity service's ClusterRole must allow create tokenreviews.authentication.k8s.io");
+  }
+}
+
+/** The fake API server, reached through client-node as the service is in a cluster. */
+class FakeWorld implements World {
+  readonly cluster: IdentityCluster;
+  private constructor(readonly api: FakeApiServer, kubeconfig: string) {
+    const kc = new KubeConfig();
+    kc.loadFromFile(kubeconfig);
+    this.cluster = new KubeIdentityCluster(kc, { timeoutMs: 2_000 });
+  }
+  static async start(): Promise<FakeWorld> {
+    const api = await FakeApiServer.start();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trl-t-idkube-'));
+    tmpDirs.push(dir);
+    return new FakeWorld(api, api.writeKubeconfig(path.join(dir, 'kubeconfig')));
+  }
+  addToken(token: string, info: TokenInfo): void {
+    this.api.addToken(token, info);
+  }
+  apply<T extends K8sObject>(obj: T): T {
+    return this.api.apply(obj);
+  }
+  get(kind: string, namespace: string, name: string): K8sObject | undefined {
+    return this.api.get('v1', kind, namespace, name) as K8sObject | undefined;
+  }
+  remove(kind: string, namespace: string, name: string): void {
+    this.api.remove('v1', kind, namespace, name);
+  }
+  pause(): void {
+    this.api.pause();
+  }
+  resume(): void {
+    this.api.resume();
+  }
+  close(): Promise<void> {
+    return this.api.close();
+  }
+}
+
+function summary(pod: K8sObject): PodSummary {
+  const spec = (pod['spec'] ?? {}) as { nodeName?: string; serviceAccountName?: string };
+  const status = (pod['status'] ?? {}) as { phase?: string };
+  return {
+    namespace: pod.metadata.namespace ?? '',
+    name: pod.metadata.name,
+    uid: pod.metadata.uid ?? '',
+    nodeName: spec.nodeName,
+    serviceAccount: spec.serviceAccountName ?? 'default',
+    phase: status.phase,
+  };
+}
+
+function pod(namespace: string, name: string, node: string, serviceAccount: string, phase = 'Running'): K8sObject {
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name, namespace },
+    spec: { nodeName: node, serviceAccountName: serviceAccount, containers: [{ name: 'app', image: 'app' }] },
+    status: { phase },
+  };
+}
+
+function caSecret(ca: { keyPem: string; certPem: string }, name = 'trellis-ca'): K8sObject {
+  return {
+    apiVersion: 'v1',
+    kind: 'Secret',
+    metadata: { name, namespace: 'trellis-system' },
+    type: 'Opaque',
+    data: { 'ca.key.pem': Buffer.from(ca.keyPem).toString('base64'), 'ca.cert.pem': Buffer.from(ca.certPem).toString('base64') },
+  };
+}
+
+/** A CA as `trellis ca create` writes it. */
+function makeCa(trustDomain = TD): { keyPem: string; certPem: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trl-t-idca-'));
+  try {
+    LocalCa.generate({ trustDomain }).save(dir);
+    return { keyPem: fs.readFileSync(path.join(dir, 'ca.key.pem'), 'utf8'), certPem: fs.readFileSync(path.join(dir, 'ca.cert.pem'), 'utf8') };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const TOKENS = {
+  agentA: 'tok-agent-node-a',
+  agentB: 'tok-agent-node-b-bound-pod',
+  wrongAudience: 'tok-wrong-audience',
+  expired: 'tok-expired',
+  otherSa: 'tok-other-sa',
+  stalePod: 'tok-stale-pod',
+};
+
+/** node-a runs shop/web, node-b runs shop/db; the two agents; and every kind of token the tests need. */
+function seed(world: World): void {
+  world.apply(caSecret(rootCa));
+  world.apply(pod('shop', 'web-1', 'node-a', 'web'));
+  world.apply(pod('shop', 'db-1', 'node-b', 'db'));
+  // A finished job that ran as shop/batch on node-a vouches for nothing.
+  world.apply(pod('shop', 'batch-1', 'node-a', 'batch', 'Succeeded'));
+  const agentA = world.apply(pod('trellis-system', 'trellis-agent-a', 'node-a', 'trellis-agent'));
+  const agentB = world.apply(pod('trellis-system', 'trellis-agent-b', 'node-b', 'trellis-agent'));
+  const boundA = { name: agentA.metadata.name, namespace: 'trellis-system', uid: agentA.metadata.uid! };
+  const boundB = { name: agentB.metadata.name, namespace: 'trellis-system', uid: agentB.metadata.uid! };
+  world.addToken(TOKENS.agentA, { username: AGENT_SA, audiences: [AUDIENCE], pod: boundA, node: 'node-a' });
+  // No node-name extra: the service must find the node through the bound pod.
+  world.addToken(TOKENS.agentB, { username: AGENT_SA, audiences: [AUDIENCE], pod: boundB });
+  world.addToken(TOKENS.wrongAudience, { username: AGENT_SA, audiences: ['https://kubernetes.default.svc'], pod: boundA, node: 'node-a' });
+  world.addToken(TOKENS.expired, { username: AGENT_SA, audiences: [AUDIENCE], pod: boundA, node: 'node-a', expiresAt: Date.now() - 60_000 });
+  world.addToken(TOKENS.otherSa, { username: 'system:serviceaccount:shop:web', audiences: [AUDIENCE], pod: { name: 'web-1', namespace: 'shop', uid: 'x' } });
+  // Bound to a pod of that name that has since been replaced (another uid).
+  world.addToken(TOKENS.stalePod, { username: AGENT_SA, audiences: [AUDIENCE], pod: { ...boundB, uid: 'deleted-pod-uid' } });
+}
+
+const rootCa = makeCa();
+const definition = identityServiceDefinition();
+
+interface Call {
+  token?: string;
+  identity: string;
+  csrPem?: string;
+  ttlSeconds?: number;
+}
+
+/** A raw CreateCertificate call: the gRPC status and details exactly as the service sent them. */
+async function call(service: IdentityService, req: Call): Promise<{ ok: CreateCertificateResponse } | { code: grpc.status; details: string }> {
+  const client = new grpc.Client(`127.0.0.1:${service.port}`, grpc.credentials.createSsl(Buffer.from(service.rootCertPem)));
+  const metadata = new grpc.Metadata();
+  if (req.token) metadata.set('authorization', `Bearer ${req.token}`);
+  const csrPem = req.csrPem ?? makeCsr(req.identity, await generateKey());
+  const method = definition.CreateCertificate;
+  try {
+    return await new Promise((resolve) => {
+      client.makeUnaryRequest<CreateCertificateRequest, CreateCertificateResponse>(
+        method.path,
+        method.requestSerialize,
+        method.responseDeserialize,
+        { csrPem, identity: req.identity, ttlSeconds: req.ttlSeconds ?? 0 },
+        metadata,
+        { deadline: Date.now() + 10_000 },
+        (err, res) => resolve(err ? { code: err.code, details: err.details } : { ok: res! }),
+      );
+    });
+  } finally {
+    client.close();
+  }
+}
+
+function tokenFile(token: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trl-t-idtok-'));
+  tmpDirs.push(dir);
+  const file = path.join(dir, 'token');
+  fs.writeFileSync(file, token);
+  return file;
+}
+
+const tmpDirs: string[] = [];
+afterAll(() => {
+  for (const dir of tmpDirs) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+function inputs(world: World, logger: pino.Logger, more: Partial<IdentityServiceInputs> = {}): IdentityServiceInputs {
+  return {
+    listen: { host: '127.0.0.1', port: 0 },
+    caSecret: { namespace: 'trellis-system', name: 'trellis-ca' },
+    bundleConfigMap: { namespace: 'trellis-system', name: 'trellis-ca-root' },
+    trustDomain: TD,
+    audience: AUDIENCE,
+    agentServiceAccount: AGENT_SA,
+    certTtlMs: CERT_TTL,
+    cluster: world.cluster,
+    clock: systemClock,
+    logger,
+    ...more,
+  };
+}
+
+/** The scenarios of the issue, run against one kind of world. */
+function scenarios(name: string, makeWorld: () => Promise<World>): void {
+  describe(`identity service (${name})`, () => {
+    let world: World;
+    let service: IdentityService;
+    let logs: () => Record<string, unknown>[];
+
+    beforeAll(async () => {
+      world = await makeWorld();
+      seed(world);
+      const captured = captureLogger();
+      logs = captured.lines;
+      service = await startIdentityService(inputs(world, captured.logger));
+    });
+
+    afterAll(async () => {
+      await service?.stop(1_000);
+      await world?.close();
+    });
+
+    afterEach(() => world.resume());
+
+    it('signs for a pod on the caller node: chains to the root, exactly the identity, the requested lifetime', async () => {
+      const before = Date.now();
+      const res = await call(service, { token: TOKENS.agentA, identity: WEB, ttlSeconds: 2 * 3600 });
+      if (!('ok' in res)) throw new Error(`refused: ${res.details}`);
+      const root = new X509Certificate(rootCa.certPem);
+      const leaf = new X509Certificate(res.ok.certPem);
+      expect(res.ok.rootCertPem).toBe(rootCa.certPem);
+      expect(leaf.checkIssued(root) && leaf.verify(root.publicKey)).toBe(true);
+      expect(leaf.subjectAltName).toBe(`URI:${WEB}`);
+      const lifetime = leaf.validToDate.getTime() - before;
+      expect(lifetime).toBeGreaterThan(2 * HOUR - 5_000);
+      expect(lifetime).toBeLessThanOrEqual(2 * HOUR + 1_000);
+      expect(logs()).toContainEqual(expect.objectContaining({ msg: 'certificate issued', identity: WEB, node: 'node-a', caller: AGENT_SA }));
+    });
+
+    it('caps the lifetime at --cert-ttl, and grants it when none is asked', async () => {
+      for (const ttlSeconds of [100 * 3600, 0]) {
+        const before = Date.now();
+        const res = await call(service, { token: TOKENS.agentA, identity: WEB, ttlSeconds });
+        if (!('ok' in res)) throw new Error(`refused: ${res.details}`);
+        const lifetime = new X509Certificate(res.ok.certPem).validToDate.getTime() - before;
+        expect(lifetime).toBeGreaterThan(CERT_TTL - 5_000);
+        expect(lifetime).toBeLessThanOrEqual(CERT_TTL + 1_000);
+      }
+    });
+
+    it('publishes the root in the bundle ConfigMap', () => {
+      const cm = world.get('ConfigMap', 'trellis-system', 'trellis-ca-root');
+      expect((cm?.['data'] as Record<string, string>)['root-cert.pem']).toBe(rootCa.certPem);
+    });
+
+    it('finds the node of a token without a node-name through its bound pod', async () => {
+      const res = await call(service, { token: TOKENS.agentB, identity: DB });
+      expect('ok' in res).toBe(true);
+      const refused = await call(service, { token: TOKENS.agentB, identity: WEB });
+      expect(refused).toEqual({
+        code: grpc.status.PERMISSION_DENIED,
+        details: expect.stringContaining('no pod with service account shop/web is scheduled on node node-b'),
+      });
+    });
+
+    it('a RemoteSigner behind WorkloadCerts issues an SVID end to end', async () => {
+      const signer = new RemoteSigner({
+        address: `127.0.0.1:${service.port}`,
+        tokenFile: tokenFile(TOKENS.agentA),
+        caPem: () => rootCa.certPem,
+        logger: pino({ level: 'silent' }),
+      });
+      const certs = new WorkloadCerts({ signer, trustBundle: rootCa.certPem, ttlMs: 6 * HOUR, clock: systemClock, logger: pino({ level: 'silent' }) });
+      try {
+        const svid = await certs.get(WEB);
+        expect(svid.identity).toBe(WEB);
+        expect(new X509Certificate(svid.certPem).subjectAltName).toBe(`URI:${WEB}`);
+        expect(svid.notAfter - Date.now()).toBeGreaterThan(6 * HOUR - 5_000);
+        // Refusals keep the service's reason and map to the agent's codes.
+        await expect(certs.get(DB)).rejects.toMatchObject({
+          code: 'EPERMISSION',
+          message: expect.stringContaining('no pod with service account shop/db is scheduled on node node-a'),
+        });
+      } finally {
+        certs.close();
+        signer.close();
+      }
+    });
+
+    it.each([
+      ['no token', { identity: WEB }, grpc.status.UNAUTHENTICATED, /no service-account token.*authorization: Bearer/],
+      ['an unknown token', { token: 'not-a-token', identity: WEB }, grpc.status.UNAUTHENTICATED, /invalid service-account token/],
+      ['a token for another audience', { token: TOKENS.wrongAudience, identity: WEB }, grpc.status.UNAUTHENTICATED, /token audience .*expected trellis-identity/],
+      ['an expired token', { token: TOKENS.expired, identity: WEB }, grpc.status.UNAUTHENTICATED, /token expired/],
+      ['another service account', { token: TOKENS.otherSa, identity: WEB }, grpc.status.PERMISSION_DENIED, /caller system:serviceaccount:shop:web is not the agent service account/],
+      ['an identity on another node', { token: TOKENS.agentA, identity: DB }, grpc.status.PERMISSION_DENIED, /no pod with service account shop\/db is scheduled on node node-a/],
+      ['an identity whose only pod finished', { token: TOKENS.agentA, identity: 'spiffe://cluster.local/ns/shop/sa/batch' }, grpc.status.PERMISSION_DENIED, /no pod with service account shop\/batch is scheduled on node node-a \(batch-1 finished\)/],
+      ['a token bound to a replaced pod', { token: TOKENS.stalePod, identity: DB }, grpc.status.PERMISSION_DENIED, /uid deleted-pod-uid.*belongs to a deleted pod/],
+      ['a malformed CSR', { token: TOKENS.agentA, identity: WEB, csrPem: '-----BEGIN CERTIFICATE REQUEST-----\nnope\n-----END CERTIFICATE REQUEST-----\n' }, grpc.status.INVALID_ARGUMENT, /cannot parse the CSR/],
+      ['an empty CSR', { token: TOKENS.agentA, identity: WEB, csrPem: ' ' }, grpc.status.INVALID_ARGUMENT, /csr_pem is empty/],
+      ['a CSR for another identity', { token: TOKENS.agentA, identity: WEB, csrPem: 'db' }, grpc.status.INVALID_ARGUMENT, /the CSR asks for spiffe:\/\/cluster.local\/ns\/shop\/sa\/db/],
+      ['an identity that is not a SPIFFE ID', { token: TOKENS.agentA, identity: 'web', csrPem: 'x' }, grpc.status.INVALID_ARGUMENT, /"web" is not a workload SPIFFE ID/],
+      ['another trust domain', { token: TOKENS.agentA, identity: 'spiffe://other.example/ns/shop/sa/web', csrPem: 'x' }, grpc.status.INVALID_ARGUMENT, /signs only for cluster.local/],
+    ] as const)('refuses %s with the right status and reason, and logs it', async (_what, req, status, reason) => {
+      const given: Call = req;
+      const csrPem = given.csrPem === 'db' ? makeCsr(DB, await generateKey()) : given.csrPem;
+      const res = await call(service, { ...given, csrPem });
+      expect(res).toEqual({ code: status, details: expect.stringMatching(reason) });
+      const details = (res as { details: string }).details;
+      expect(logs()).toContainEqual(
+        expect.objectContaining({ msg: 'certificate refused', status: grpc.status[status], reason: details, identity: req.identity }),
+      );
+    });
+
+    it('answers UNAVAILABLE while the API server is unreachable, and recovers', async () => {
+      world.pause();
+      const res = await call(service, { token: TOKENS.agentA, identity: WEB });
+      expect(res).toEqual({ code: grpc.status.UNAVAILABLE, details: expect.stringMatching(/unreachable|answered 5/) });
+      expect(logs()).toContainEqual(expect.objectContaining({ msg: 'certificate refused', status: 'UNAVAILABLE' }));
+      world.resume();
+      expect('ok' in (await call(service, { token: TOKENS.agentA, identity: WEB }))).toBe(true);
+    });
+
+    it('updates a stale bundle ConfigMap at start and keeps its other keys', async () => {
+      world.apply({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'stale-root', namespace: 'trellis-system' }, data: { 'root-cert.pem': 'old', note: 'keep' } });
+      const second = await startIdentityService(
+        inputs(world, pino({ level: 'silent' }), { bundleConfigMap: { namespace: 'trellis-system', name: 'stale-root' } }),
+      );
+      await second.stop(1_000);
+      expect(world.get('ConfigMap', 'trellis-system', 'stale-root')?.['data']).toEqual({ 'root-cert.pem': rootCa.certPem, note: 'keep' });
+    });
+
+    it('refuses to start without the CA Secret and says how to create it', async () => {
+      const start = startIdentityService(inputs(world, pino({ level: 'silent' }), { caSecret: { namespace: 'trellis-system', name: 'missing-ca' } }));
+      await expect(start).rejects.toMatchObject({ code: 'ECANOTFOUND' });
+      const msg = ((await start.catch((e: unknown) => e)) as Error).message;
+      expect(msg).toContain('the CA Secret trellis-system/missing-ca does not exist');
+      expect(msg).toContain('trellis ca create --trust-domain cluster.local --out DIR');
+      expect(msg).toContain('kubectl -n trellis-system create secret generic missing-ca --from-file=DIR/ca.key.pem --from-file=DIR/ca.cert.pem');
+    });
+
+    it('refuses to start on a CA of another trust domain, or a key that does not match', async () => {
+      world.apply(caSecret(makeCa('other.example'), 'other-td'));
+      await expect(startIdentityService(inputs(world, pino({ level: 'silent' }), { caSecret: { namespace: 'trellis-system', name: 'other-td' } }))).rejects.toMatchObject({
+        code: 'ECATRUSTDOMAIN',
+        message: expect.stringContaining('is for trust domain other.example, not cluster.local'),
+      });
+      world.apply(caSecret({ keyPem: makeCa().keyPem, certPem: rootCa.certPem }, 'mismatch'));
+      await expect(startIdentityService(inputs(world, pino({ level: 'silent' }), { caSecret: { namespace: 'trellis-system', name: 'mismatch' } }))).rejects.toMatchObject({
+        code: 'ECAMISMATCH',
+        message: expect.stringMatching(/^the CA Secret trellis-system\/mismatch is unusable: .*Secret trellis-system\/mismatch/),
+      });
+    });
+
+    it('the agent refuses a server whose TLS certificate is not from its bundle', async () => {
+      const signer = new RemoteSigner({
+        address: `127.0.0.1:${service.port}`,
+        tokenFile: tokenFile(TOKENS.agentA),
+        caPem: makeCa().certPem,
+        logger: pino({ level: 'silent' }),
+      });
+      try {
+        const err = await signer.sign(makeCsr(WEB, await generateKey()), { identity: WEB, ttlMs: HOUR }).catch((e: unknown) => e);
+        expect(err).toMatchObject({ code: 'EUNAVAILABLE', message: expect.stringContaining('does not verify against the trust bundle') });
+      } finally {
+        signer.close();
+      }
+    });
+  });
+}
+
+scenarios('in-memory cluster', async () => new StubWorld());
+scenarios('fake API server through client-node', () => FakeWorld.start());
+
+describe('identity service: the Kubernetes API calls it makes', () => {
+  it('are exactly the ones its RBAC grants', async () => {
+    const world = await FakeWorld.start();
+    seed(world);
+    const service = await startIdentityService(inputs(world, pino({ level: 'silent' })));
+    try {
+      expect('ok' in (await call(service, { token: TOKENS.agentA, identity: WEB }))).toBe(true);
+      expect('ok' in (await call(service, { token: TOKENS.agentB, identity: DB }))).toBe(true);
+      const calls = new Set(
+        world.api.requests().map((r) => [r.verb, r.group || 'core', r.resource, r.namespace ?? '*', r.name ?? ''].join(' ')),
+      );
+      expect([...calls].sort()).toEqual(
+        [
+          'create authentication.k8s.io tokenreviews * ',
+          'create core configmaps trellis-system ',
+          'get core configmaps trellis-system trellis-ca-root',
+          'get core pods trellis-system trellis-agent-b',
+          'get core secrets trellis-system trellis-ca',
+          'list core pods shop ',
+        ].sort(),
+      );
+      const lists = world.api.requests().filter((r) => r.verb === 'list');
+      expect(lists.length).toBe(2);
+    } finally {
+      await service.stop(1_000);
+      await world.close();
+    }
+  });
+
+  it('a hung API server costs a caller the client timeout, then UNAVAILABLE', async () => {
+    const sockets: net.Socket[] = [];
+    const hung = net.createServer((s) => void sockets.push(s));
+    await new Promise<void>((resolve) => hung.listen(0, '127.0.0.1', resolve));
+    const kc = new KubeConfig();
+    kc.loadFromOptions({
+      clusters: [{ name: 'hung', server: `http://127.0.0.1:${(hung.address() as net.AddressInfo).port}`, skipTLSVerify: true }],
+      users: [{ name: 'u', token: 't' }],
+      contexts: [{ name: 'c', cluster: 'hung', user: 'u' }],
+      currentContext: 'c',
+    });
+    const cluster = new KubeIdentityCluster(kc, { timeoutMs: 300 });
+    try {
+      const started = Date.now();
+      await expect(cluster.review('t', AUDIENCE)).rejects.toMatchObject({ code: API_UNAVAILABLE, message: expect.stringContaining('unreachable') });
+      expect(Date.now() - started).toBeLessThan(2_000);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise((resolve) => hung.close(resolve));
+    }
+  });
+});
+
+describe('identity service: what only an in-memory cluster can show', () => {
+  it('an API server that forbids the review is the service misconfigured: INTERNAL, logged as an error', async () => {
+    const world = new StubWorld();
+    seed(world);
+    const { logger, lines } = captureLogger();
+    const service = await startIdentityService(inputs(world, logger));
+    try {
+      world.forbidden = true;
+      const res = await call(service, { token: TOKENS.agentA, identity: WEB });
+      expect(res).toEqual({ code: grpc.status.INTERNAL, details: expect.stringContaining('must allow create tokenreviews') });
+      expect(lines()).toContainEqual(expect.objectContaining({ level: 50, msg: 'certificate refused', status: 'INTERNAL' }));
+    } finally {
+      await service.stop(1_000);
+    }
+  });
+
+  it('explains a refusal of a JWT from its own claims (audience, expiry)', async () => {
+    const world = new StubWorld();
+    seed(world);
+    const jwt = (claims: object) => `e30.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.sig`;
+    const service = await startIdentityService(inputs(world, pino({ level: 'silent' })));
+    try {
+      expect(await call(service, { token: jwt({ aud: ['vault'], exp: Date.now() / 1000 + 600 }), identity: WEB })).toEqual({
+        code: grpc.status.UNAUTHENTICATED,
+        details: expect.stringContaining('token audience ["vault"], expected trellis-identity'),
+      });
+      expect(await call(service, { token: jwt({ aud: [AUDIENCE], exp: 1_700_000_000 }), identity: WEB })).toEqual({
+        code: grpc.status.UNAUTHENTICATED,
+        details: expect.stringContaining('token expired at 2023-11-14T22:13:20.000Z'),
+      });
+    } finally {
+      await service.stop(1_000);
+    }
+  });
+
+  it('RemoteSigner: a missing token file, an unreachable service and a new bundle', async () => {
+    const logger = pino({ level: 'silent' });
+    const missing = new RemoteSigner({ address: '127.0.0.1:1', tokenFile: '/nonexistent/token', caPem: rootCa.certPem, logger });
+    await expect(missing.sign('x', { identity: WEB, ttlMs: HOUR })).rejects.toMatchObject({
+      code: 'EUNAUTHENTICATED',
+      message: expect.stringContaining('cannot read the service-account token at /nonexistent/token'),
+    });
+    const unreachable = new RemoteSigner({ address: '127.0.0.1:1', tokenFile: tokenFile('t'), caPem: rootCa.certPem, logger, timeoutMs: 2_000 });
+    await expect(unreachable.sign('x', { identity: WEB, ttlMs: HOUR })).rejects.toMatchObject({ code: 'EUNAVAILABLE' });
+    unreachable.close();
+
+    // The bundle function is asked on every call: a signer that starts with the wrong root recovers once
+    // the right one is published, without being rebuilt.
+    const world = new StubWorld();
+    seed(world);
+    const service = await startIdentityService(inputs(world, pino({ level: 'silent' })));
+    let bundle = makeCa().certPem;
+    const signer = new RemoteSigner({ address: `127.0.0.1:${service.port}`, tokenFile: tokenFile(TOKENS.agentA), caPem: () => bundle, logger });
+    try {
+      await expect(signer.sign(makeCsr(WEB, await generateKey()), { identity: WEB, ttlMs: HOUR })).rejects.toMatchObject({ code: 'EUNAVAILABLE' });
+      bundle = rootCa.certPem;
+      const cert = await signer.sign(makeCsr(WEB, await generateKey()), { identity: WEB, ttlMs: HOUR });
+      expect(new X509Certificate(cert).subjectAltName).toBe(`URI:${WEB}`);
+    } finally {
+      signer.close();
+      await service.stop(1_000);
+    }
+  });
+
+  it('serves a certificate for the service names, localhost and loopback, from the root', async () => {
+    const world = new StubWorld();
+    seed(world);
+    const service = await startIdentityService(inputs(world, pino({ level: 'silent' }), { extraDnsNames: ['identity.example.org'] }));
+    const tls = await import('node:tls');
+    try {
+      const socket = tls.connect({ host: '127.0.0.1', port: service.port, ca: rootCa.certPem, ALPNProtocols: ['h2'], servername: 'localhost' });
+      await new Promise<void>((resolve, reject) => socket.once('secureConnect', () => resolve()).once('error', reject));
+      const cert = socket.getPeerX509Certificate()!;
+      expect(socket.getProtocol()).toBe('TLSv1.3');
+      socket.destroy();
+      for (const name of ['trellis-identity', 'trellis-identity.trellis-system', 'trellis-identity.trellis-system.svc', 'identity.example.org', 'localhost']) {
+        expect(cert.checkHost(name)).toBe(name);
+      }
+      expect(cert.checkIP('127.0.0.1')).toBe('127.0.0.1');
+      expect(cert.checkIssued(new X509Certificate(rootCa.certPem))).toBe(true);
+    } finally {
+      await service.stop(1_000);
+    }
+  });
+});
+
+describe('identity service: serving certificate', () => {
+  /** The serial of the certificate the service presents now (chain not checked: only which one it is). */
+  async function servedSerial(port: number): Promise<string> {
+    const tls = await import('node:tls');
+    const socket = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ALPNProtocols: ['h2'], servername: 'localhost' });
+    await new Promise<void>((resolve, reject) => socket.once('secureConnect', () => resolve()).once('error', reject));
+    const serial = socket.getPeerX509Certificate()!.serialNumber;
+    socket.destroy();
+    return serial;
+  }
+
+  it('is renewed at half-life and served without a restart', async () => {
+    const world = new StubWorld();
+    seed(world);
+    const clock = new ManualClock(Date.now());
+    const { logger, lines } = captureLogger();
+    const service = await startIdentityService(inputs(world, logger, { clock }));
+    try {
+      const first = await servedSerial(service.port);
+      clock.advance(12 * HOUR + 1_000);
+      await vi.waitFor(() => expect(lines()).toContainEqual(expect.objectContaining({ msg: 'serving certificate renewed' })));
+      const second = await servedSerial(service.port);
+      expect(second).not.toBe(first);
+    } finally {
+      await service.stop(1_000);
+    }
+  });
+});
+
+describe('trellis identity / trellis ca create: flags', () => {
+  it('defaults to the documented names, ports and lifetime', () => {
+    expect(identityConfig({})).toEqual({
+      listen: { host: '0.0.0.0', port: 15012 },
+      caSecret: { namespace: 'trellis-system', name: 'trellis-ca' },
+      bundleConfigMap: { namespace: 'trellis-system', name: 'trellis-ca-root' },
+      trustDomain: 'cluster.local',
+      audience: 'trellis-identity',
+      agentServiceAccount: 'system:serviceaccount:trellis-system:trellis-agent',
+      certTtlMs: 24 * HOUR,
+      extraDnsNames: [],
+      kubeconfig: undefined,
+      logLevel: 'info',
+    });
+    expect(Object.isFrozen(identityConfig({}))).toBe(true);
+  });
+
+  it.each([
+    [{ certTtl: '49h' }, /--cert-ttl 49h: must be between 1m and 48h/],
+    [{ certTtl: '30s' }, /--cert-ttl 30s/],
+    [{ caSecret: 'trellis-ca' }, /--ca-secret: "trellis-ca" must be NAMESPACE\/NAME/],
+    [{ bundleConfigmap: 'a/b/c' }, /--bundle-configmap/],
+    [{ listen: 'localhost:15012' }, /--listen: "localhost:15012" must be IP:PORT/],
+    [{ trustDomain: 'Cluster.Local' }, /--trust-domain: "Cluster.Local" is not a trust domain/],
+    [{ agentServiceAccount: 'trellis-agent' }, /system:serviceaccount:NAMESPACE:NAME/],
+    [{ audience: ' ' }, /--audience must not be empty/],
+    [{ logLevel: 'loud' }, /--log-level loud/],
+  ])('refuses %o', (flags, message) => {
+    expect(() => identityConfig(flags)).toThrow(expect.objectContaining({ code: 'ECONFIG', message: expect.stringMatching(message) }));
+  });
+
+  it('ca create writes a CA the service accepts, prints the kubectl command, and never overwrites one', async () => {
+    const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'trl-t-idcli-')), 'ca');
+    tmpDirs.push(path.dirname(dir));
+    const program = () => {
+      const p = new Command('trellis').exitOverride();
+      registerIdentityCommands(p);
+      return p;
+    };
+    const out = vi.spyOn(process.stdout, 'write').mockImplementation(() => true);
+    try {
+      await program().parseAsync(['node', 'trellis', 'ca', 'create', '--trust-domain', 'mesh.example', '--out', dir]);
+      expect(String(out.mock.calls.at(-1)?.[0])).toContain(
+        `kubectl -n trellis-system create secret generic trellis-ca --from-file=${dir}/ca.key.pem --from-file=${dir}/ca.cert.pem`,
+      );
+    } finally {
+      out.mockRestore();
+    }
+    expect(fs.statSync(path.join(dir, 'ca.key.pem')).mode & 0o777).toBe(0o600);
+    expect(LocalCa.load(dir).trustDomain).toBe('mesh.example');
+    const before = fs.readFileSync(path.join(dir, 'ca.key.pem'), 'utf8');
+    await expect(program().parseAsync(['node', 'trellis', 'ca', 'create', '--out', dir])).rejects.toMatchObject({
+      code: 'ECONFIG',
+      message: expect.stringContaining('already exists'),
+    });
+    expect(fs.readFileSync(path.join(dir, 'ca.key.pem'), 'utf8')).toBe(before);
+  });
+});
