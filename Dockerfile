@@ -1,27 +1,42 @@
 # Trellis image (agent, identity service, CNI installer): build the TypeScript, the native addon and the static CNI
-# plugin, then a small runtime of Debian slim + the Node 24 binary + nftables. Size estimate: docs/install.md.
+# plugin, then a small runtime of Debian slim + the Node 24 binary + nftables. Build it with `npm run image`
+# (scripts/image.mjs: buildah, no registry needed); size and build time: docs/install.md.
 ARG NODE_VERSION=24.21.0
 
 FROM node:${NODE_VERSION}-bookworm-slim AS build
-# libc6-dev carries libc.a, which the static trellis-cni links against.
+# The native build is one cc call per target (native/build.mjs, no node-gyp): gcc and libc6-dev only. libc6-dev
+# also carries libc.a, which the static trellis-cni links against.
 RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends gcc libc6-dev python3 make \
+ && apt-get install -y -qq --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
-COPY tsconfig.json ./
-COPY scripts ./scripts
+# --ignore-scripts: no dependency needs its install script. The `node` devDependency's would download a second
+# Node binary (this image already has the one NODE_VERSION names) and protobufjs 7's only prints a version hint.
+# Behind a TLS-intercepting proxy, its CA comes in as the build secret npm-ca (scripts/image.mjs passes the host's
+# extra CAs): mounted for this RUN only, never part of a layer. Without the secret the step runs as it is.
+RUN --mount=type=secret,id=npm-ca,required=false \
+    if [ -s /run/secrets/npm-ca ]; then export NODE_EXTRA_CA_CERTS=/run/secrets/npm-ca; fi \
+ && npm ci --ignore-scripts --no-audit --no-fund --no-update-notifier
+# tsconfig*.json: tsconfig.json extends tsconfig.base.json. Only the two scripts build:agent runs are copied.
+COPY tsconfig*.json ./
+COPY scripts/check-node.mjs scripts/copy-assets.mjs ./scripts/
 COPY native ./native
 COPY agent ./agent
-# Builds dist/, native/build/trellis.node and native/build/trellis-cni, then keeps only runtime dependencies.
-# Type declarations and source maps of dependencies are never loaded at run time (about 43 MiB).
+# build:agent builds dist/agent (never the lab harness), native/build/trellis.node and native/build/trellis-cni;
+# then only runtime dependencies are kept. Type declarations (with the @types packages that
+# @kubernetes/client-node lists as dependencies), source maps of dependencies, tsc's build info and the empty
+# scope folders npm prune leaves are never loaded at run time (about 43 MiB).
 # native/build is rebuilt here even if the context carried one: it must link against this image's libc.
 RUN rm -rf native/build \
- && npm run build \
+ && npm run build:agent \
  && test -x native/build/trellis-cni \
- && npm prune --omit=dev --no-audit --no-fund \
- && find node_modules -type f \( -name '*.map' -o -name '*.d.ts' -o -name '*.d.mts' -o -name '*.d.cts' \) -delete
+ && test ! -e dist/lab \
+ && npm prune --omit=dev --ignore-scripts --no-audit --no-fund \
+ && find node_modules -type f \( -name '*.map' -o -name '*.d.ts' -o -name '*.d.mts' -o -name '*.d.cts' \) -delete \
+ && find node_modules -type d -name '@types' -prune -exec rm -rf {} + \
+ && find node_modules -mindepth 1 -type d -empty -delete \
+ && find dist \( -name '*.d.ts' -o -name '*.tsbuildinfo' \) -delete
 
 # The runtime needs only the node binary, not npm, corepack or yarn from the Node image.
 FROM debian:bookworm-slim

@@ -9,11 +9,34 @@ pkgs=(
   util-linux    # nsenter
   procps        # ps/kill used by the lab's sweep
   tcpdump       # wire checks in the end-to-end tests
-  gcc libc6-dev # the native addon
-  python3 make  # node-gyp style builds of dependencies, if any
+  gcc libc6-dev # the native addon (native/build.mjs calls cc; no node-gyp, no dependency builds anything)
   ca-certificates
+  buildah       # builds the image (npm run image: scripts/image.mjs)
+  podman        # runs it in test/image, always with --network=none
+  runc          # OCI runtime of both: Debian 12's crun refuses hosts with cgroup v1 and v2 controllers mixed
+  debootstrap   # the base images debian:bookworm-slim and node:*-bookworm-slim, made here without a registry
 )
 command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm) # any npm: Node 24 itself comes from the `node` devDependency
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+# Container defaults that keep the host's own network namespace untouched and work on this kind of host. Debian's
+# podman ships a CNI bridge config: a container or a buildah RUN on the default network would add a bridge,
+# iptables rules and ip_forward to the host. Here the default is no network, and the CNI plugin directory is
+# empty, so a bridge network fails instead (buildah ignores netns; scripts/image.mjs passes
+# --network=host or none itself). Limits: podman cannot raise them above the host's (nproc above 32768 fails too).
+# Remove /etc/containers/containers.conf.d/50-trellis.conf to undo.
+mkdir -p /etc/containers/containers.conf.d /usr/local/lib/trellis-no-cni
+nofile=$(ulimit -Hn); nproc=$(ulimit -Hu)
+if [ "$nofile" = unlimited ] || [ "$nofile" -gt 1048576 ]; then nofile=1048576; fi
+if [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ]; then nproc=32768; fi
+cat >/etc/containers/containers.conf.d/50-trellis.conf <<EOF
+# Written by trellis scripts/setup-debian.sh (see there).
+[containers]
+netns = "none"
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+[engine]
+runtime = "runc"
+[network]
+cni_plugin_dirs = ["/usr/local/lib/trellis-no-cni"]
+EOF
 echo "setup: OS packages installed (${#pkgs[@]})"
