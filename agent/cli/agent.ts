@@ -5,7 +5,7 @@ import { agentConfig, DEFAULT_OPAQUE_PORTS, type AgentFlags } from '../config.js
 import { createLogger } from '../telemetry/log.js';
 
 /**
- * V8 flags the agent runs with (README: Memory), measured with one bulk stream through two agents on one CPU:
+ * V8 flags the agent runs with (docs/bench.md: Memory), measured with one bulk stream through two agents on one CPU:
  * - Small semi-spaces (2 MB): V8 would grow the young generation to 64 MB semi-spaces on a machine with
  *   gigabytes of RAM and keep what a burst made it grow to (tens of MB per agent). Small ones also mean a
  *   scavenge every few MB of JS allocation, which frees the socket buffers of bulk transfers before they add

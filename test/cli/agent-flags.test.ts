@@ -20,3 +20,17 @@ describe('agent audit flags', () => {
     expect(r.stderr).toMatch(/--no-audit turns the audit trail off/);
   });
 });
+
+describe('docs/cli.md', () => {
+  it('documents every flag of `trellis agent` and `trellis identity`', async () => {
+    const { readFileSync } = await import('node:fs');
+    const doc = readFileSync(new URL('../../docs/cli.md', import.meta.url), 'utf8');
+    for (const command of ['agent', 'identity']) {
+      const help = await trellis([command, '--help']);
+      expect(help.code).toBe(0);
+      const flags = [...help.stdout.matchAll(/^\s+(?:-\w, )?(--[a-z0-9-]+)/gm)].map((m) => m[1]!).filter((f) => f !== '--help');
+      expect(flags.length).toBeGreaterThan(5);
+      expect(flags.filter((f) => !doc.includes(`\`${f}`)), `trellis ${command} flags missing from docs/cli.md`).toEqual([]);
+    }
+  });
+});
