@@ -115,7 +115,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         options: {
           detectTimeoutMs: config.l7.detectTimeoutMs,
           opaquePorts: config.l7.opaquePorts,
-          limits: { maxHeaderBytes: config.l7.maxHeaderBytes, maxHeaderCount: config.l7.maxHeaderCount, maxConcurrentStreams: config.l7.maxConcurrentStreams },
+          limits: config.l7,
           bodyCapBytes: config.l7.bodyCapBytes,
           mirrorTimeoutMs: 10_000,
         },
@@ -130,7 +130,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     : undefined;
   const inboundHttp = config.l7
     ? new InboundHttp({
-        limits: { maxHeaderBytes: config.l7.maxHeaderBytes, maxHeaderCount: config.l7.maxHeaderCount, maxConcurrentStreams: config.l7.maxConcurrentStreams },
+        limits: config.l7,
         metrics,
         logger: logger.child({ component: 'inbound-http' }),
         accessLog,

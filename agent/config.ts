@@ -58,6 +58,10 @@ export interface L7Config {
   readonly opaquePorts: ReadonlySet<number>;
   readonly maxHeaderBytes: number;
   readonly maxHeaderCount: number;
+  /** An HTTP/1.1 request head must arrive whole within this long of its first byte (408 otherwise); 0: no limit. */
+  readonly headerTimeoutMs: number;
+  /** A kept-alive HTTP/1.1 connection with no request in flight is closed after this long; 0: never. */
+  readonly idleTimeoutMs: number;
   readonly maxConcurrentStreams: number;
   readonly bodyCapBytes: number;
 }
@@ -93,6 +97,8 @@ export interface AgentFlags {
   opaquePorts?: string;
   maxHeaderBytes?: string;
   maxHeaderCount?: string;
+  httpHeaderTimeout?: string;
+  httpIdleTimeout?: string;
   /** Commander's --no-audit: false. */
   audit?: boolean;
   auditFile?: string;
@@ -124,6 +130,8 @@ function l7Config(flags: AgentFlags): L7Config | undefined {
     opaquePorts,
     maxHeaderBytes: integerFlag(flags.maxHeaderBytes ?? String(60 * 1024), '--max-header-bytes', 1024, 1024 * 1024),
     maxHeaderCount: integerFlag(flags.maxHeaderCount ?? '100', '--max-header-count', 8, 10_000),
+    headerTimeoutMs: flags.httpHeaderTimeout === '0' ? 0 : parseDuration(flags.httpHeaderTimeout ?? '10s', '--http-header-timeout'),
+    idleTimeoutMs: flags.httpIdleTimeout === '0' ? 0 : parseDuration(flags.httpIdleTimeout ?? '60s', '--http-idle-timeout'),
     maxConcurrentStreams: 100,
     bodyCapBytes: 64 * 1024,
   });

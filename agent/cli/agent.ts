@@ -80,6 +80,8 @@ export function registerAgentCommand(program: Command): void {
     .option('--opaque-ports <list>', 'comma-separated ports never sniffed (server-speaks-first protocols)', DEFAULT_OPAQUE_PORTS)
     .option('--max-header-bytes <n>', 'largest HTTP request head accepted; larger answers 431', '61440')
     .option('--max-header-count <n>', 'most header fields in an HTTP request; more answers 431', '100')
+    .option('--http-header-timeout <duration>', 'an HTTP/1.1 request head must arrive whole within this long of its first byte, else 408 and the connection closes (0: no limit)', '10s')
+    .option('--http-idle-timeout <duration>', 'a kept-alive HTTP/1.1 connection with no request in flight closes after this long (0: never)', '60s')
     .option('--audit-file <path>', 'write the audit trail (one access line per connection and per request) to this file, rotated by size, instead of stdout')
     .option('--audit-max-bytes <size>', 'with --audit-file: rotate when the file would pass this size (bytes, or Ki/Mi/Gi) (default 100Mi)')
     .option('--audit-max-files <n>', 'with --audit-file: rotated files kept, PATH.1 the newest (default 5)')

@@ -1,13 +1,13 @@
-// L7 exchange: one request as the router sees it, whatever protocol the client spoke, and the one way to
-// answer it. downstream.ts builds these from HTTP/1.1 and HTTP/2 servers; router.ts only reads and answers.
-import type { Readable } from 'node:stream';
+// L7 exchange: one request as the layers see it, whatever protocol the client spoke, and the one way to answer
+// it. h1/server.ts and h2/server.ts build these; the layers only read them and answer through a Responder.
 import type { ServiceInfo } from '../model/services.js';
 import type { Workload } from '../state/workload.js';
-import type { Headers } from './upstream.js';
+import type { Body } from './body.js';
+import type { Headers } from './headers.js';
 
 export type HttpProtocol = 'http1' | 'h2';
 
-/** What is fixed for every request of one downstream connection. */
+/** What is fixed for every request of one downstream connection (outbound side). */
 export interface CallContext {
   readonly src: Workload;
   readonly srcIp: string | undefined;
@@ -24,13 +24,13 @@ export interface L7Request {
   readonly grpc: boolean;
   readonly method: string;
   readonly authority: string;
-  /** Path without the query, as matched and sent (see normalizeTarget). */
+  /** Path without the query, as matched and sent (see agent/model/normalize.ts). */
   readonly path: string;
   /** Query string without "?", "" when none. */
   readonly query: string;
   /** Lowercase names; no pseudo-headers and no hop-by-hop headers. */
   readonly headers: Headers;
-  readonly body: Readable;
+  readonly body: Body;
   /** x-request-id: the client's, or one the agent made. */
   readonly requestId: string;
   /** performance.now() when the request head arrived. */
@@ -44,7 +44,7 @@ export interface Responder {
   readonly closed: boolean;
   head(status: number, headers: Headers, endStream: boolean): void;
   write(chunk: Buffer): boolean;
-  /** Ends the body; HTTP/2 sends the trailers (if any) with END_STREAM. */
+  /** Ends the body; HTTP/2 (and chunked HTTP/1.1 to a client that accepts them) sends the trailers. */
   end(trailers?: Headers): void;
   /** Aborts the response (HTTP/1: the connection; HTTP/2: RST_STREAM). */
   reset(): void;
@@ -52,10 +52,4 @@ export interface Responder {
   onDrain(fn: () => void): void;
   /** Calls fn once if the client goes away before the response ended. */
   onClose(fn: () => void): void;
-}
-
-/** A header's value as routes match it: repeated values joined with ",". */
-export function headerValue(headers: Headers, name: string): string | undefined {
-  const v = headers[name];
-  return Array.isArray(v) ? v.join(',') : v;
 }

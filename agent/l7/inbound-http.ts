@@ -8,11 +8,13 @@ import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import { splice } from '../io/splice.js';
 import type { ServiceInfo } from '../model/services.js';
+import { countDecision, decisionFields, evaluateConnection, evaluateRequest, type AuthzDecision, type ConnectionAuthz, type PolicySet } from '../security/index.js';
 import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { Downstream, type DownstreamLimits } from './downstream.js';
-import { headerValue, type L7Request, type Responder } from './exchange.js';
-import { countDecision, decisionFields, evaluateConnection, evaluateRequest, type AuthzDecision, type ConnectionAuthz, type PolicySet } from '../security/index.js';
+import type { L7Request, Responder } from './exchange.js';
+import { H1Server, type H1Limits } from './h1/server.js';
+import { H2Server } from './h2/server.js';
+import { headerValue, type Headers } from './headers.js';
 import { RequestRecord, rejectedLine } from './record.js';
 import { local, relay } from './relay.js';
 import { UpstreamError, Upstreams } from './upstream.js';
@@ -35,7 +37,7 @@ export interface InboundCall {
 }
 
 export interface InboundHttpInputs {
-  limits: DownstreamLimits;
+  limits: H1Limits & { maxConcurrentStreams: number };
   metrics: Metrics;
   logger: Logger;
   accessLog: Logger;
@@ -47,38 +49,42 @@ export interface InboundHttpInputs {
 }
 
 export class InboundHttp {
-  private readonly downstream: Downstream<InboundCall>;
+  private readonly h1: H1Server<InboundCall>;
+  private readonly h2: H2Server<InboundCall>;
   private readonly upstreams: Upstreams;
 
   constructor(private readonly inputs: InboundHttpInputs) {
-    this.upstreams = new Upstreams({ open: (pod, ep) => inputs.dialApp(pod, ep.port), maxHeaderListSize: inputs.limits.maxHeaderBytes });
-    this.downstream = new Downstream<InboundCall>({
+    this.upstreams = new Upstreams({ open: (pod, ep) => inputs.dialApp(pod, ep.port), maxHeaderBytes: inputs.limits.maxHeaderBytes });
+    const onRejected = (call: InboundCall, status: number, reason: string, requestId?: string) => {
+      rejectedLine(
+        inputs.accessLog,
+        'inbound',
+        { workload: call.peer.workload, principal: call.peer.principal, ip: call.peer.ip, port: call.peer.port },
+        { workload: call.pod, principal: call.pod.identity, ip: call.pod.ip, port: call.port, service: call.service?.host },
+        call.security,
+        status,
+        reason,
+        requestId,
+      );
+    };
+    const authorityOf = (call: InboundCall) => `${call.pod.ip}:${call.port}`;
+    const onRequest = (call: InboundCall, req: L7Request, res: Responder) => this.handle(call, req, res);
+    this.h1 = new H1Server<InboundCall>({
       limits: inputs.limits,
       metrics: inputs.metrics,
       logger: inputs.logger,
-      authorityOf: (call) => `${call.pod.ip}:${call.port}`,
-      onRequest: (call, req, res) => this.handle(call, req, res),
-      onRejected: (call, status, reason, requestId) => {
-        if (!call) return;
-        rejectedLine(
-          inputs.accessLog,
-          'inbound',
-          { workload: call.peer.workload, principal: call.peer.principal, ip: call.peer.ip, port: call.peer.port },
-          { workload: call.pod, principal: call.pod.identity, ip: call.pod.ip, port: call.port, service: call.service?.host },
-          call.security,
-          status,
-          reason,
-          requestId,
-        );
-      },
+      authorityOf,
+      onRequest,
+      onRejected,
       onUpgrade: (call, req, raw, socket, head) => this.upgrade(call, req, raw, socket, head),
     });
+    this.h2 = new H2Server<InboundCall>({ limits: inputs.limits, metrics: inputs.metrics, logger: inputs.logger, authorityOf, onRequest, onRejected });
   }
 
   /** Serves the HTTP on one inbound stream or connection until the caller closes it. */
   serve(transport: Duplex, call: InboundCall): void {
-    if (call.protocol === 'h2') this.downstream.serveH2(transport, call);
-    else this.downstream.serveHttp1(transport, call);
+    if (call.protocol === 'h2') this.h2.serve(transport, call);
+    else this.h1.serve(transport, call);
   }
 
   forget(podKey: string): void {
@@ -86,6 +92,7 @@ export class InboundHttp {
   }
 
   close(): void {
+    this.h1.close();
     this.upstreams.close();
   }
 
@@ -124,15 +131,15 @@ export class InboundHttp {
   private async handle(call: InboundCall, req: L7Request, res: Responder): Promise<void> {
     const rec = this.record(call, req);
     try {
+      // Identity headers first: a policy condition on them must see what the agent sets, never what a client forged.
+      setIdentityHeaders(call, req.headers);
       const decision = this.authorize(call, req, rec);
-      setIdentityHeaders(call, req.headers as Record<string, string | string[]>);
       if (!decision.allowed) return local(res, req, rec, 403, 7, 'RBAC: access denied');
       let up;
       try {
-        const send = call.protocol === 'h2' ? this.upstreams.h2.bind(this.upstreams) : this.upstreams.http1.bind(this.upstreams);
         const path = req.query ? `${req.path}?${req.query}` : req.path;
         const upstreamReq = { method: req.method, path, authority: req.authority, headers: req.headers, body: req.body };
-        up = await send(call.pod, { ip: call.pod.ip ?? '127.0.0.1', port: call.port }, upstreamReq);
+        up = await this.upstreams.send(call.protocol, call.pod, { ip: call.pod.ip ?? '127.0.0.1', port: call.port }, upstreamReq);
       } catch (err) {
         rec.error = `app: ${(err as Error).message}`;
         const refused = err instanceof UpstreamError && err.kind === 'connect';
@@ -158,6 +165,7 @@ export class InboundHttp {
     const rec = this.record(call, req);
     socket.on('error', () => undefined);
     try {
+      setIdentityHeaders(call, req.headers);
       const decision = this.authorize(call, req, rec);
       if (!decision.allowed) {
         rec.status = 403;
@@ -181,7 +189,7 @@ export class InboundHttp {
       }
       const xfcc = clientCertHeader(call);
       if (xfcc) text += `x-forwarded-client-cert: ${xfcc}\r\n`;
-      app.write(`${text}\r\n`);
+      app.write(Buffer.from(`${text}\r\n`, 'latin1'));
       if (head.length > 0) app.write(head);
       rec.status = 101;
       const outcome = await splice(socket, app, { downToUp: () => undefined, upToDown: (n) => (rec.responseBytes += n) });
@@ -198,7 +206,7 @@ function clientCertHeader(call: InboundCall): string | undefined {
   return `By=${call.pod.identity};URI=${call.peer.principal}`;
 }
 
-function setIdentityHeaders(call: InboundCall, headers: Record<string, string | string[]>): void {
+function setIdentityHeaders(call: InboundCall, headers: Headers): void {
   for (const h of IDENTITY_HEADERS) delete headers[h];
   const xfcc = clientCertHeader(call);
   if (xfcc) headers['x-forwarded-client-cert'] = xfcc;

@@ -1,5 +1,6 @@
 // L7 entry for the outbound path: decides whether a connection to a Service port is HTTP (declared or sniffed)
-// and, if so, serves it with the router; otherwise hands it back to be carried as opaque TCP.
+// and, if so, serves it with the router: HTTP/1.1 on the lean path (h1/server.ts), HTTP/2 with Node's server
+// (h2/server.ts); otherwise hands it back to be carried as opaque TCP.
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
@@ -8,18 +9,24 @@ import type { MeshState } from '../state/store.js';
 import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { declaredProtocol, selectProtocol, type Selection } from './detect.js';
-import { Downstream, type DownstreamLimits } from './downstream.js';
 import type { CallContext } from './exchange.js';
+import { H1Server, type H1Limits } from './h1/server.js';
+import { H2Server } from './h2/server.js';
 import { rejectedLine } from './record.js';
 import { Router } from './router.js';
 import { Upstreams, type TunnelOpener } from './upstream.js';
+
+export interface L7Limits extends H1Limits {
+  /** HTTP/2 streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). */
+  readonly maxConcurrentStreams: number;
+}
 
 export interface L7Options {
   /** How long an undeclared port waits for the client's first bytes before it is carried as opaque TCP. */
   detectTimeoutMs: number;
   /** Ports never sniffed (server-speaks-first protocols). */
   opaquePorts: ReadonlySet<number>;
-  limits: DownstreamLimits;
+  limits: L7Limits;
   /** Largest request body buffered for retries and mirrors (Linkerd's 64 KiB). */
   bodyCapBytes: number;
   mirrorTimeoutMs: number;
@@ -39,11 +46,12 @@ export interface L7Inputs {
 export class L7Proxy {
   private readonly upstreams: Upstreams;
   private readonly router: Router;
-  private readonly downstream: Downstream;
+  private readonly h1: H1Server<CallContext>;
+  private readonly h2: H2Server<CallContext>;
 
   constructor(private readonly inputs: L7Inputs) {
     const { options } = inputs;
-    this.upstreams = new Upstreams({ open: inputs.open, maxHeaderListSize: options.limits.maxHeaderBytes });
+    this.upstreams = new Upstreams({ open: inputs.open, maxHeaderBytes: options.limits.maxHeaderBytes });
     this.router = new Router({
       state: inputs.state,
       upstreams: this.upstreams,
@@ -54,19 +62,22 @@ export class L7Proxy {
       bodyCapBytes: options.bodyCapBytes,
       mirrorTimeoutMs: options.mirrorTimeoutMs,
     });
-    this.downstream = new Downstream({
+    const onRejected = (ctx: CallContext, status: number, reason: string, requestId?: string) => {
+      const src = { workload: ctx.src, principal: ctx.src.identity, ip: ctx.srcIp, port: ctx.srcPort };
+      rejectedLine(inputs.accessLog, 'outbound', src, { service: ctx.service.host }, 'none', status, reason, requestId);
+    };
+    const authorityOf = (ctx: CallContext) => `${ctx.service.host}:${ctx.port}`;
+    const onRequest = (ctx: CallContext, req: Parameters<Router['handle']>[1], res: Parameters<Router['handle']>[2]) => this.router.handle(ctx, req, res);
+    this.h1 = new H1Server<CallContext>({
       limits: options.limits,
       metrics: inputs.metrics,
       logger: inputs.logger,
-      authorityOf: (ctx) => `${ctx.service.host}:${ctx.port}`,
-      onRequest: (ctx, req, res) => this.router.handle(ctx, req, res),
-      onRejected: (ctx, status, reason, requestId) => {
-        if (!ctx) return;
-        const src = { workload: ctx.src, principal: ctx.src.identity, ip: ctx.srcIp, port: ctx.srcPort };
-        rejectedLine(inputs.accessLog, 'outbound', src, { service: ctx.service.host }, 'none', status, reason, requestId);
-      },
+      authorityOf,
+      onRequest,
+      onRejected,
       onUpgrade: (ctx, req, raw, socket, head) => this.router.upgrade(ctx, req, raw, socket, head),
     });
+    this.h2 = new H2Server<CallContext>({ limits: options.limits, metrics: inputs.metrics, logger: inputs.logger, authorityOf, onRequest, onRejected });
   }
 
   /** Which protocol the connection speaks: the port's declaration, else a bounded sniff. */
@@ -77,8 +88,8 @@ export class L7Proxy {
   /** Serves an HTTP connection from `src` to a Service port until the client closes it. */
   serve(socket: net.Socket, protocol: 'http1' | 'h2', src: Workload, service: ServiceInfo, port: number): void {
     const ctx: CallContext = { src, srcIp: socket.remoteAddress, srcPort: socket.remotePort, service, port, protocol };
-    if (protocol === 'h2') this.downstream.serveH2(socket, ctx);
-    else this.downstream.serveHttp1(socket, ctx);
+    if (protocol === 'h2') this.h2.serve(socket, ctx);
+    else this.h1.serve(socket, ctx);
   }
 
   /** Drops pooled upstream connections of a pod that left. */
@@ -86,7 +97,13 @@ export class L7Proxy {
     this.upstreams.forget(srcKey);
   }
 
+  /** Idle pooled upstream connections (for tests). */
+  idleConnections(): number {
+    return this.upstreams.idleConnections();
+  }
+
   close(): void {
+    this.h1.close();
     this.upstreams.close();
   }
 }

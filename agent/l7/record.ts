@@ -5,8 +5,8 @@ import type { Logger } from 'pino';
 import type { Workload } from '../state/workload.js';
 import type { Metrics, RequestLabels } from '../telemetry/metrics.js';
 import type { CompiledRule } from '../model/routes/index.js';
-import { headerValue, type L7Request } from './exchange.js';
-import type { Headers } from './upstream.js';
+import type { L7Request } from './exchange.js';
+import type { Headers } from './headers.js';
 
 export interface RecordSinks {
   metrics: Metrics;
@@ -84,7 +84,7 @@ export class RequestRecord {
       route_rule: this.route?.name ?? '',
     };
     const seconds = (performance.now() - req.startedAt) / 1000;
-    const requestBytes = this.requestBytes ?? (Number(headerValue(req.headers, 'content-length')) || 0);
+    const requestBytes = this.requestBytes ?? req.body.received;
     this.sinks.metrics.request(labels).observe(seconds, requestBytes, this.responseBytes);
     this.sinks.accessLog.info(
       {

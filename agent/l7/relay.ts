@@ -1,68 +1,96 @@
-// L7 relay: streams an upstream response to the client with backpressure, the trailers at the end, and a
-// reset (never a truncated success) when either side fails midway or the request deadline passes.
+// L7 relay: streams an upstream response to the client with backpressure, the trailers at the end, and a reset
+// (never a truncated success) when either side fails midway or the request deadline passes; and the answers the
+// agent makes itself (local, grpcLocal).
 import type { Clock } from '../clock.js';
+import type { BodyReader } from './body.js';
 import type { L7Request, Responder } from './exchange.js';
+import type { Headers } from './headers.js';
 import type { RequestRecord } from './record.js';
-import type { Headers, UpstreamResponse } from './upstream.js';
+import type { UpstreamResponse } from './upstream-types.js';
 
 /** Sends `up` to the client; resolves when the response ended or was cut (the reason is left in rec.error). */
-export async function relay(req: L7Request, up: UpstreamResponse, res: Responder, rec: RequestRecord, clock: Clock, deadline: number | undefined): Promise<void> {
+export function relay(req: L7Request, up: UpstreamResponse, res: Responder, rec: RequestRecord, clock: Clock, deadline: number | undefined): Promise<void> {
   const headers = up.headers;
   rec.status = up.status;
   rec.grpcStatusFrom(headers);
   // A gRPC "trailers-only" answer carries grpc-status in its only HEADERS frame: it is passed on the same way.
-  const trailersOnly = req.grpc && headers['grpc-status'] !== undefined;
-  const noBody = req.method === 'HEAD' || up.status === 204 || up.status === 304;
-  if (trailersOnly) {
+  if (req.grpc && headers['grpc-status'] !== undefined) {
     res.head(up.status, headers, true);
-    up.body.resume();
-    return;
+    up.body.discard();
+    return Promise.resolve();
   }
-  res.head(up.status, headers, noBody && up.body.readableEnded);
-  await new Promise<void>((resolve) => {
-    let settled = false;
-    let timer: { cancel(): void } | undefined;
-    const finish = (why?: string) => {
-      if (settled) return;
-      settled = true;
-      timer?.cancel();
-      up.body.off('data', onData);
-      up.body.off('end', onEnd);
-      up.body.off('close', onClose);
-      up.body.off('error', onError);
-      if (why !== undefined) {
-        rec.error = why;
-        up.abort();
-        res.reset();
-      }
-      resolve();
-    };
-    const onData = (chunk: Buffer) => {
-      rec.responseBytes += chunk.length;
-      if (!res.write(chunk)) {
-        up.body.pause();
-        res.onDrain(() => up.body.resume());
-      }
-    };
-    const onEnd = () => {
-      const trailers = up.trailers();
-      if (trailers) rec.grpcStatusFrom(trailers);
-      res.end(trailers);
-      finish();
-    };
-    // 'close' without 'end': the upstream reset the response midway.
-    const onClose = () => finish('upstream reset the response');
-    const onError = (err: Error) => finish(`upstream: ${err.message}`);
-    if (deadline !== undefined) {
-      timer = clock.after(Math.max(0, deadline - performance.now()), () => finish('request timeout while streaming the response'));
+  const body = up.body;
+  if (body.ended && body.received === 0 && body.failed === undefined) {
+    // No body (HEAD, 204, 304, an empty answer): the head is the whole response, unless trailers follow.
+    let trailers: Headers | undefined;
+    let hasTrailers = false;
+    body.read({ data: () => true, end: (t) => ((trailers = t), (hasTrailers = t !== undefined && Object.keys(t).length > 0)), error: () => undefined });
+    if (!hasTrailers) {
+      res.head(up.status, headers, true);
+      return Promise.resolve();
     }
-    res.onClose(() => finish('client went away'));
-    if (up.body.readableEnded) return onEnd();
-    up.body.on('data', onData);
-    up.body.once('end', onEnd);
-    up.body.once('close', onClose);
-    up.body.once('error', onError);
-  });
+    res.head(up.status, headers, false);
+    rec.grpcStatusFrom(trailers!);
+    res.end(trailers);
+    return Promise.resolve();
+  }
+  res.head(up.status, headers, false);
+  return new Promise<void>((resolve) => new Relay(up, res, rec, clock, deadline, resolve).start());
+}
+
+class Relay implements BodyReader {
+  private settled = false;
+  private timer: { cancel(): void } | undefined;
+
+  constructor(
+    private readonly up: UpstreamResponse,
+    private readonly res: Responder,
+    private readonly rec: RequestRecord,
+    private readonly clock: Clock,
+    private readonly deadline: number | undefined,
+    private readonly resolve: () => void,
+  ) {}
+
+  start(): void {
+    if (this.deadline !== undefined) {
+      this.timer = this.clock.after(Math.max(0, this.deadline - performance.now()), () => this.cut('request timeout while streaming the response'));
+    }
+    this.res.onClose(() => this.cut('client went away'));
+    this.up.body.read(this);
+  }
+
+  data(chunk: Buffer): boolean {
+    if (this.settled) return true;
+    this.rec.responseBytes += chunk.length;
+    if (this.res.write(chunk)) return true;
+    this.res.onDrain(() => this.up.body.pull());
+    return false;
+  }
+
+  end(trailers: Headers | undefined): void {
+    if (this.settled) return;
+    if (trailers) this.rec.grpcStatusFrom(trailers);
+    this.res.end(trailers);
+    this.settle();
+  }
+
+  error(reason: string): void {
+    this.cut(reason.startsWith('upstream') ? reason : `upstream: ${reason}`);
+  }
+
+  private cut(why: string): void {
+    if (this.settled) return;
+    this.rec.error = why;
+    this.up.abort();
+    this.res.reset();
+    this.settle();
+  }
+
+  private settle(): void {
+    this.settled = true;
+    this.timer?.cancel();
+    this.resolve();
+  }
 }
 
 /** An answer made by the agent itself: HTTP status with a short text body, or a trailers-only gRPC status. */

@@ -173,7 +173,7 @@ ${serviceYaml('pair', '10.96.0.16', [{ name: 'http', port: 80, target: v1.port }
     const options: L7Options = {
       detectTimeoutMs: 100,
       opaquePorts: new Set([25]),
-      limits: { maxHeaderBytes: 8 * 1024, maxHeaderCount: 50, maxConcurrentStreams: 100 },
+      limits: { maxHeaderBytes: 8 * 1024, maxHeaderCount: 50, maxConcurrentStreams: 100, headerTimeoutMs: 10_000, idleTimeoutMs: 60_000 },
       bodyCapBytes: 64 * 1024,
       mirrorTimeoutMs: 2000,
     };
