@@ -57,7 +57,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   //    its own that counts every line written or dropped.
   const metrics = new Metrics();
   const audit = createAuditLog({ ...config.audit, registry: metrics.registry, logger: logger.child({ component: 'audit' }), base: logger.bindings() });
-  const accessLog = audit.logger;
+  const accessLog = audit.access;
 
   // 2. Identity: the cluster's identity service signs, or in local mode an in-process CA shared through caDir.
   const identityLogger = logger.child({ component: 'identity' });

@@ -18,6 +18,7 @@ import { headerValue, type Headers } from './headers.js';
 import { RequestRecord, rejectedLine } from './record.js';
 import { local, relay } from './relay.js';
 import { UpstreamError, Upstreams } from './upstream.js';
+import type { AccessLog } from '../telemetry/audit.js';
 
 /** Headers that carry identity to the app: only the agent sets them; a client's copy is dropped. */
 export const IDENTITY_HEADERS: readonly string[] = Object.freeze(['x-forwarded-client-cert', 'x-trellis-peer-identity']);
@@ -40,7 +41,7 @@ export interface InboundHttpInputs {
   limits: H1Limits & { maxConcurrentStreams: number };
   metrics: Metrics;
   logger: Logger;
-  accessLog: Logger;
+  accessLog: AccessLog;
   clock: Clock;
   /** Connects to the app port inside the pod's netns. */
   dialApp: (pod: Workload, port: number) => Promise<Duplex>;

@@ -15,6 +15,7 @@ import { H2Server } from './h2/server.js';
 import { rejectedLine } from './record.js';
 import { Router } from './router.js';
 import { Upstreams, type TunnelOpener } from './upstream.js';
+import type { AccessLog } from '../telemetry/audit.js';
 
 export interface L7Limits extends H1Limits {
   /** HTTP/2 streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). */
@@ -38,7 +39,7 @@ export interface L7Inputs {
   open: TunnelOpener;
   metrics: Metrics;
   logger: Logger;
-  accessLog: Logger;
+  accessLog: AccessLog;
   clock: Clock;
   random: () => number;
 }

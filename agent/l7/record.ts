@@ -1,16 +1,16 @@
 // One record per L7 request: the per-request golden metrics (one series update) and one access-log line,
 // written exactly once however the request ends. Both sides use it: the source agent (reporter "source",
 // which knows the route) and the destination agent (reporter "destination", which knows the verified peer).
-import type { Logger } from 'pino';
 import type { Workload } from '../state/workload.js';
-import type { Metrics, RequestLabels } from '../telemetry/metrics.js';
+import type { Metrics, RequestLabels, RequestSeries } from '../telemetry/metrics.js';
 import type { CompiledRule } from '../model/routes/index.js';
 import type { L7Request } from './exchange.js';
 import type { Headers } from './headers.js';
+import type { AccessLog } from '../telemetry/audit.js';
 
 export interface RecordSinks {
   metrics: Metrics;
-  accessLog: Logger;
+  accessLog: AccessLog;
 }
 
 export interface RecordPeer {
@@ -64,59 +64,103 @@ export class RequestRecord {
     if (this.done) return;
     this.done = true;
     const { req, src, dst } = this;
-    const routeKey = this.route?.route;
-    const slash = routeKey?.indexOf('/') ?? -1;
-    const labels: RequestLabels = {
-      reporter: this.direction === 'outbound' ? 'source' : 'destination',
-      source_workload: src.workload?.name ?? 'unknown',
-      source_workload_namespace: src.workload?.namespace ?? 'unknown',
-      source_principal: src.principal ?? 'unknown',
-      destination_workload: dst.workload?.name ?? 'unknown',
-      destination_workload_namespace: dst.workload?.namespace ?? 'unknown',
-      destination_principal: dst.principal ?? 'unknown',
-      destination_service: this.destinationService ?? 'unknown',
-      connection_security_policy: this.security,
-      request_protocol: req.grpc ? 'grpc' : 'http',
-      response_code: String(this.status),
-      grpc_response_status: this.grpcStatus,
-      route_namespace: routeKey ? routeKey.slice(0, slash) : '',
-      route_name: routeKey ? routeKey.slice(slash + 1) : '',
-      route_rule: this.route?.name ?? '',
-    };
+    const route = this.route;
     const seconds = (performance.now() - req.startedAt) / 1000;
     const requestBytes = this.requestBytes ?? req.body.received;
-    this.sinks.metrics.request(labels).observe(seconds, requestBytes, this.responseBytes);
-    this.sinks.accessLog.info(
-      {
-        direction: this.direction,
-        request_id: req.requestId,
-        protocol: req.grpc ? 'grpc' : req.protocol,
-        method: req.method,
-        authority: req.authority,
-        path: req.path,
-        src: { ip: src.ip, port: src.port, workload: src.workload?.key, principal: src.principal },
-        dst: { service: this.destinationService, ip: dst.ip, port: dst.port, workload: dst.workload?.key, principal: dst.principal },
-        security: this.security,
-        route: routeKey,
-        rule: this.route?.name,
-        status: this.status,
-        grpc_status: this.grpcStatus || undefined,
-        retries: this.retries || undefined,
-        fault: this.fault || undefined,
-        request_bytes: requestBytes,
-        response_bytes: this.responseBytes,
-        duration_ms: Math.round(seconds * 1e6) / 1000,
-        ...this.extra,
-        error: this.error,
-      },
-      'request',
-    );
+    this.series().observe(seconds, requestBytes, this.responseBytes);
+    const log = this.sinks.accessLog;
+    const fields = {
+      direction: this.direction,
+      request_id: req.requestId,
+      protocol: req.grpc ? 'grpc' : req.protocol,
+      method: req.method,
+      authority: req.authority,
+      path: req.path,
+      src: { ip: src.ip, port: src.port, workload: src.workload?.key, principal: src.principal },
+      dst: { service: this.destinationService, ip: dst.ip, port: dst.port, workload: dst.workload?.key, principal: dst.principal },
+      security: this.security,
+      route: route?.route,
+      rule: route?.name,
+      status: this.status,
+      grpc_status: this.grpcStatus || undefined,
+      retries: this.retries || undefined,
+      fault: this.fault || undefined,
+      request_bytes: requestBytes,
+      response_bytes: this.responseBytes,
+      duration_ms: Math.round(seconds * 1e6) / 1000,
+    };
+    if (!log.line) {
+      log.info({ ...fields, ...this.extra, error: this.error }, 'request');
+      return;
+    }
+    // The same line, built member by member: JSON.stringify of a whole object per request cost more than the rest of the record.
+    let m = `"direction":"${this.direction}","request_id":${q(req.requestId)},"protocol":"${fields.protocol}","method":${q(req.method)},"authority":${q(req.authority)},"path":${q(req.path)}`;
+    m += `,"src":{${peer(src.ip, src.port, src.workload?.key, src.principal)}},"dst":{${this.destinationService === undefined ? '' : `"service":${q(this.destinationService)}`}`;
+    const d = peer(dst.ip, dst.port, dst.workload?.key, dst.principal);
+    m += `${this.destinationService !== undefined && d ? ',' : ''}${d}},"security":"${this.security}"`;
+    if (route) m += `,"route":${q(route.route)},"rule":${q(route.name)}`;
+    m += `,"status":${this.status}`;
+    if (this.grpcStatus) m += `,"grpc_status":${q(this.grpcStatus)}`;
+    if (this.retries) m += `,"retries":${this.retries}`;
+    if (this.fault) m += ',"fault":true';
+    m += `,"request_bytes":${requestBytes},"response_bytes":${this.responseBytes},"duration_ms":${fields.duration_ms}`;
+    for (const k in this.extra) {
+      const v = this.extra[k];
+      if (v !== undefined) m += `,${q(k)}:${JSON.stringify(v)}`;
+    }
+    if (this.error !== undefined) m += `,"error":${q(this.error)}`;
+    log.line(m, 'request');
   }
+
+  /** The metrics series of this request's labels: one lookup by a key built from them, the labels object only for a new series. */
+  private series(): RequestSeries {
+    const { src, dst, route } = this;
+    const routeKey = route?.route ?? '';
+    const key =
+      `${this.direction}\u0001${src.workload?.name ?? 'unknown'}\u0001${src.workload?.namespace ?? 'unknown'}\u0001${src.principal ?? 'unknown'}` +
+      `\u0001${dst.workload?.name ?? 'unknown'}\u0001${dst.workload?.namespace ?? 'unknown'}\u0001${dst.principal ?? 'unknown'}` +
+      `\u0001${this.destinationService ?? 'unknown'}\u0001${this.security}\u0001${this.req.grpc ? 'g' : 'h'}\u0001${this.status}\u0001${this.grpcStatus}` +
+      `\u0001${routeKey}\u0001${route?.name ?? ''}`;
+    return this.sinks.metrics.requestSeries(key, () => {
+      const slash = routeKey.indexOf('/');
+      const labels: RequestLabels = {
+        reporter: this.direction === 'outbound' ? 'source' : 'destination',
+        source_workload: src.workload?.name ?? 'unknown',
+        source_workload_namespace: src.workload?.namespace ?? 'unknown',
+        source_principal: src.principal ?? 'unknown',
+        destination_workload: dst.workload?.name ?? 'unknown',
+        destination_workload_namespace: dst.workload?.namespace ?? 'unknown',
+        destination_principal: dst.principal ?? 'unknown',
+        destination_service: this.destinationService ?? 'unknown',
+        connection_security_policy: this.security,
+        request_protocol: this.req.grpc ? 'grpc' : 'http',
+        response_code: String(this.status),
+        grpc_response_status: this.grpcStatus,
+        route_namespace: routeKey ? routeKey.slice(0, slash) : '',
+        route_name: routeKey ? routeKey.slice(slash + 1) : '',
+        route_rule: route?.name ?? '',
+      };
+      return labels;
+    });
+  }
+}
+
+/** A JSON string. */
+const q = JSON.stringify as (s: string) => string;
+
+/** The members of a peer object, undefined fields left out as JSON.stringify does. */
+function peer(ip: string | undefined, port: number | undefined, workload: string | undefined, principal: string | undefined): string {
+  let s = '';
+  if (ip !== undefined) s = `"ip":${q(ip)}`;
+  if (port !== undefined) s += `${s ? ',' : ''}"port":${port}`;
+  if (workload !== undefined) s += `${s ? ',' : ''}"workload":${q(workload)}`;
+  if (principal !== undefined) s += `${s ? ',' : ''}"principal":${q(principal)}`;
+  return s;
 }
 
 /** The audit line of a request refused before it was parsed whole (malformed, oversized): no request id yet. */
 export function rejectedLine(
-  accessLog: Logger,
+  accessLog: AccessLog,
   direction: 'outbound' | 'inbound',
   src: RecordPeer,
   dst: RecordPeer & { service?: string | undefined },

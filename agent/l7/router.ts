@@ -8,7 +8,6 @@
 // One MeshState snapshot is read per request, so a request finishes on the route it started with; one record per
 // request gives the metrics update and the access line, whatever happens.
 import type { Duplex } from 'node:stream';
-import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import type { MeshState } from '../state/store.js';
 import type { Metrics } from '../telemetry/metrics.js';
@@ -30,12 +29,13 @@ import { UpgradeRefusal, plainRule, tunnel } from './layers/upgrade.js';
 import { RequestRecord } from './record.js';
 import { local } from './relay.js';
 import type { Upstreams } from './upstream.js';
+import type { AccessLog } from '../telemetry/audit.js';
 
 export interface RouterInputs {
   state: () => MeshState;
   upstreams: Upstreams;
   metrics: Metrics;
-  accessLog: Logger;
+  accessLog: AccessLog;
   clock: Clock;
   random: () => number;
   /** Largest request body buffered for retries and mirrors. */

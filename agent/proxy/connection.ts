@@ -1,15 +1,15 @@
 // One record per proxied connection: metrics bound at accept, bytes counted as they move, and exactly one
 // access-log line and one close count, however the connection ends.
-import type { Logger } from 'pino';
 import type { Metrics, TcpCounters, TcpLabels } from '../telemetry/metrics.js';
 import type { Workload } from '../state/workload.js';
 import type { Drain } from './drain.js';
 import type { SpliceHooks } from '../io/splice.js';
+import type { AccessLog } from '../telemetry/audit.js';
 
 /** What every connection record reports to. */
 export interface RecordSinks {
   metrics: Metrics;
-  accessLog: Logger;
+  accessLog: AccessLog;
   drain: Drain;
 }
 
@@ -42,7 +42,7 @@ export class ConnectionRecord implements SpliceHooks {
   private bytesIn = 0;
   private bytesOut = 0;
   private done = false;
-  private readonly accessLog: Logger;
+  private readonly accessLog: AccessLog;
   private readonly leave: () => void;
 
   constructor(

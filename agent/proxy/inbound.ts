@@ -13,6 +13,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import type { ConnectionRecord } from './connection.js';
 import type { Drain } from './drain.js';
 import type { PolicyRecheck } from './recheck.js';
+import type { AccessLog } from '../telemetry/audit.js';
 
 /** Connects to the app inside the pod's netns (with the agent's mark, so capture skips it). */
 export type AppDialer = (pod: Workload, ip: string, port: number) => net.Socket;
@@ -24,7 +25,7 @@ export interface InboundInputs {
   dialApp: AppDialer;
   metrics: Metrics;
   logger: Logger;
-  accessLog: Logger;
+  accessLog: AccessLog;
   drain: Drain;
   /** HTTP handling for app ports that speak it (per-request metrics, identity headers, authorization). */
   http?: InboundHttpOptions;

@@ -16,13 +16,14 @@ import type { Connector } from './connector.js';
 import { formatAuthority } from './hbone.js';
 import { resolveOutbound } from './resolve.js';
 import { resetSide, splice } from '../io/splice.js';
+import type { AccessLog } from '../telemetry/audit.js';
 
 export interface OutboundInputs {
   state: () => MeshState;
   connector: Connector;
   metrics: Metrics;
   logger: Logger;
-  accessLog: Logger;
+  accessLog: AccessLog;
   drain: Drain;
   random: () => number;
   /** Absent: every connection is carried at L4. */

@@ -1,5 +1,6 @@
 // Golden TCP metrics (Istio's standard label set) and the agent's own health counters, on one registry per agent.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { CounterVec, HistogramVec } from './series.js';
 
 export const TCP_LABELS = [
   'reporter',
@@ -51,10 +52,10 @@ export interface TcpCounters {
 
 export class Metrics {
   readonly registry = new Registry();
-  private readonly opened: Counter<string>;
-  private readonly closedTotal: Counter<string>;
-  private readonly receivedBytes: Counter<string>;
-  private readonly sentBytes: Counter<string>;
+  private readonly opened: CounterVec;
+  private readonly closedTotal: CounterVec;
+  private readonly receivedBytes: CounterVec;
+  private readonly sentBytes: CounterVec;
   readonly connectionFailures: Counter<string>;
   readonly configErrors: Counter<string>;
   readonly enrolledPods: Gauge<string>;
@@ -64,10 +65,10 @@ export class Metrics {
   readonly sourceWatchErrors: Counter<string>;
   readonly captureDriftRepairs: Counter<string>;
   readonly cniRequests: Counter<string>;
-  private readonly requestsTotal: Counter<string>;
-  private readonly requestDuration: Histogram<string>;
-  private readonly requestBytes: Histogram<string>;
-  private readonly responseBytes: Histogram<string>;
+  private readonly requestsTotal: CounterVec;
+  private readonly requestDuration: HistogramVec;
+  private readonly requestBytes: HistogramVec;
+  private readonly responseBytes: HistogramVec;
   private readonly requestSeriesCache = new Map<string, RequestSeries>();
   readonly retries: Counter<string>;
   readonly retryBudgetExhausted: Counter<string>;
@@ -80,11 +81,11 @@ export class Metrics {
 
   constructor(inputs: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
-    const labelNames = [...TCP_LABELS];
-    this.opened = new Counter({ name: 'trellis_tcp_connections_opened_total', help: 'TCP connections opened', labelNames, registers });
-    this.closedTotal = new Counter({ name: 'trellis_tcp_connections_closed_total', help: 'TCP connections closed', labelNames, registers });
-    this.receivedBytes = new Counter({ name: 'trellis_tcp_received_bytes_total', help: 'Bytes received in the request direction (client to server)', labelNames, registers });
-    this.sentBytes = new Counter({ name: 'trellis_tcp_sent_bytes_total', help: 'Bytes sent in the response direction (server to client)', labelNames, registers });
+    const r = this.registry;
+    this.opened = new CounterVec('trellis_tcp_connections_opened_total', 'TCP connections opened', TCP_LABELS, r);
+    this.closedTotal = new CounterVec('trellis_tcp_connections_closed_total', 'TCP connections closed', TCP_LABELS, r);
+    this.receivedBytes = new CounterVec('trellis_tcp_received_bytes_total', 'Bytes received in the request direction (client to server)', TCP_LABELS, r);
+    this.sentBytes = new CounterVec('trellis_tcp_sent_bytes_total', 'Bytes sent in the response direction (server to client)', TCP_LABELS, r);
     this.connectionFailures = new Counter({ name: 'trellis_connection_failures_total', help: 'Connections the agent could not proxy, by direction and reason', labelNames: ['direction', 'reason'], registers });
     this.configErrors = new Counter({ name: 'trellis_config_errors_total', help: 'Invalid objects or files rejected by a source', labelNames: ['source'], registers });
     this.enrolledPods = new Gauge({ name: 'trellis_enrolled_pods', help: 'Pods on this node whose traffic is captured', registers });
@@ -94,11 +95,10 @@ export class Metrics {
     this.cniRequests = new Counter({ name: 'trellis_cni_requests_total', help: 'Requests from the trellis-cni plugin, by command and outcome', labelNames: ['command', 'outcome'], registers });
     this.configAge = new Gauge({ name: 'trellis_config_age_seconds', help: 'Seconds since the config source last knew it was in sync with its origin', registers });
     this.sourceWatchErrors = new Counter({ name: 'trellis_source_watch_errors_total', help: 'List/watch failures of the kube source', labelNames: ['kind'], registers });
-    const requestLabels = [...REQUEST_LABELS];
-    this.requestsTotal = new Counter({ name: 'trellis_requests_total', help: 'HTTP and gRPC requests, by outcome and route', labelNames: requestLabels, registers });
-    this.requestDuration = new Histogram({ name: 'trellis_request_duration_seconds', help: 'Time from the request arriving to the end of the response', labelNames: requestLabels, buckets: DURATION_BUCKETS, registers });
-    this.requestBytes = new Histogram({ name: 'trellis_request_bytes', help: 'Request body sizes', labelNames: requestLabels, buckets: SIZE_BUCKETS, registers });
-    this.responseBytes = new Histogram({ name: 'trellis_response_bytes', help: 'Response body sizes', labelNames: requestLabels, buckets: SIZE_BUCKETS, registers });
+    this.requestsTotal = new CounterVec('trellis_requests_total', 'HTTP and gRPC requests, by outcome and route', REQUEST_LABELS, r);
+    this.requestDuration = new HistogramVec('trellis_request_duration_seconds', 'Time from the request arriving to the end of the response', REQUEST_LABELS, DURATION_BUCKETS, r);
+    this.requestBytes = new HistogramVec('trellis_request_bytes', 'Request body sizes', REQUEST_LABELS, SIZE_BUCKETS, r);
+    this.responseBytes = new HistogramVec('trellis_response_bytes', 'Response body sizes', REQUEST_LABELS, SIZE_BUCKETS, r);
     this.retries = new Counter({ name: 'trellis_request_retries_total', help: 'Retries sent by route retry policies', labelNames: ['destination_service'], registers });
     this.retryBudgetExhausted = new Counter({ name: 'trellis_retry_budget_exhausted_total', help: 'Retries not sent because the Service retry budget was spent', labelNames: ['destination_service'], registers });
     this.mirrorRequests = new Counter({ name: 'trellis_mirror_requests_total', help: 'Mirrored request copies, by outcome (sent, failed, skipped)', labelNames: ['destination_service', 'outcome'], registers });
@@ -123,11 +123,21 @@ export class Metrics {
     };
   }
 
-  /** The request series for one label set; bound children are cached so a request costs no label hashing. */
+  /** The request series for one label set; bound series are cached so a request costs one lookup. */
   request(labels: RequestLabels): RequestSeries {
-    const key = REQUEST_LABELS.map((k) => labels[k]).join('\u0001');
+    let key = '';
+    for (let i = 0; i < REQUEST_LABELS.length; i++) key += `${labels[REQUEST_LABELS[i]!]}\u0001`;
+    return this.requestSeries(key, () => labels);
+  }
+
+  /**
+   * The request series cached under `key` (any string that stands for exactly one label set); `labels` is called
+   * only the first time, so a request that finds its series allocates no labels object.
+   */
+  requestSeries(key: string, labelsOf: () => RequestLabels): RequestSeries {
     let series = this.requestSeriesCache.get(key);
     if (series) return series;
+    const labels = labelsOf();
     const total = this.requestsTotal.labels(labels);
     const duration = this.requestDuration.labels(labels);
     const reqBytes = this.requestBytes.labels(labels);
