@@ -35,6 +35,8 @@ export interface L7Request {
   readonly requestId: string;
   /** performance.now() when the request head arrived. */
   readonly startedAt: number;
+  /** Set by the source agent on a request between agents: the client spoke HTTP/2 (see headers.ts). */
+  readonly appProtocol?: 'h2';
 }
 
 export interface Responder {

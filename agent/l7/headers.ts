@@ -4,6 +4,12 @@ import { randomUUID } from 'node:crypto';
 
 export type Headers = Record<string, string | string[]>;
 
+/**
+ * On a request between agents: the client spoke HTTP/2, so the app gets HTTP/2 (the hop between agents carries
+ * it as HTTP/1.1 on a pooled HBONE stream, trailers in chunked encoding).
+ */
+export const APP_PROTOCOL_HEADER = 'trellis-app-protocol';
+
 /** Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1, plus the HTTP/2 ban list). */
 export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'connection',
@@ -17,6 +23,9 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'upgrade',
   'http2-settings',
   'host',
+  // Between agents only: the protocol the client spoke, set by the source agent (h1/client.ts), read and dropped
+  // by the destination (h1/server.ts); never forwarded, so a client cannot set it.
+  APP_PROTOCOL_HEADER,
 ]);
 
 /**

@@ -32,7 +32,10 @@ export interface InboundCall {
   /** The caller: its verified principal over mTLS, none in plaintext. */
   readonly peer: { readonly principal?: string | undefined; readonly ip?: string | undefined; readonly port?: number | undefined; readonly workload?: Workload | undefined };
   readonly security: 'mutual_tls' | 'none';
+  /** What the connection (an HBONE stream, or a plaintext connection) carries. */
   readonly protocol: 'http1' | 'h2';
+  /** 'h2' when the app port is declared HTTP/2 (h2c, gRPC): the app gets HTTP/2 whatever the connection carries. */
+  readonly appProtocol: 'h2' | undefined;
   /** The connection's authorization check; each request is checked on top of it. */
   readonly connection: ConnectionAuthz;
 }
@@ -140,7 +143,7 @@ export class InboundHttp {
       try {
         const path = req.query ? `${req.path}?${req.query}` : req.path;
         const upstreamReq = { method: req.method, path, authority: req.authority, headers: req.headers, body: req.body };
-        up = await this.upstreams.send(call.protocol, call.pod, { ip: call.pod.ip ?? '127.0.0.1', port: call.port }, upstreamReq);
+        up = await this.upstreams.send(appProtocol(call, req), call.pod, { ip: call.pod.ip ?? '127.0.0.1', port: call.port }, upstreamReq);
       } catch (err) {
         rec.error = `app: ${(err as Error).message}`;
         const refused = err instanceof UpstreamError && err.kind === 'connect';
@@ -199,6 +202,15 @@ export class InboundHttp {
       rec.finish();
     }
   }
+}
+
+/**
+ * What the app gets: HTTP/2 when its port says so, when the connection carries HTTP/2, or when the source agent says
+ * its client spoke HTTP/2 (only a verified agent is believed); HTTP/1.1 otherwise.
+ */
+function appProtocol(call: InboundCall, req: L7Request): 'http1' | 'h2' {
+  if (call.appProtocol === 'h2' || call.protocol === 'h2') return 'h2';
+  return req.appProtocol === 'h2' && call.security === 'mutual_tls' ? 'h2' : 'http1';
 }
 
 /** Envoy's XFCC form: By=<this workload>;URI=<the verified caller>. */

@@ -21,6 +21,8 @@ export interface UpstreamRequest {
   readonly headers: Headers;
   /** A buffered body (replayable: a retry or a mirror sends it again), or the client's body as it arrives. */
   readonly body: Buffer | Body;
+  /** HTTP/1.1 to a meshed endpoint for a client that spoke HTTP/2: tells the destination agent to use HTTP/2 to the app. */
+  readonly appProtocol?: 'h2';
 }
 
 export interface UpstreamResponse {

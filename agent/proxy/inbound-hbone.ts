@@ -96,9 +96,10 @@ export class HboneInbound {
     const calledHeader = headers[SERVICE_HEADER];
     const service = state.serviceCalled(target.ip, target.port, typeof calledHeader === 'string' ? calledHeader : undefined);
     const declared = http ? declaredForEndpoint(state.servicePortsByEndpoint(target.ip, target.port)) : 'tcp';
-    // A port declared HTTP carries either version; the source agent's hint says which one it sends.
+    // The source agent's hint says what the tunnel carries (it parsed the HTTP itself): HTTP/1.1 for requests of
+    // HTTP/1.1 and HTTP/2 clients alike; without one (an opaque tunnel), what the port declares.
     const hinted = hint === 'http1' || hint === 'h2' ? hint : undefined;
-    const protocol = declared === 'http1' ? (hinted ?? 'http1') : (declared ?? hinted ?? 'tcp');
+    const protocol = declared === 'tcp' ? 'tcp' : (hinted ?? declared ?? 'tcp');
     const authz = authorizeConnection(this.inputs, state, {
       principal,
       sourceIp: remoteIp,
@@ -116,6 +117,7 @@ export class HboneInbound {
         peer: { principal, ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload },
         security: 'mutual_tls',
         protocol,
+        appProtocol: declared === 'h2' ? 'h2' : undefined,
         connection: authz,
       };
       const leave = this.inputs.drain.enter();

@@ -59,6 +59,7 @@ export class PlaintextInbound {
         peer: { ip: down.remoteAddress, port: down.remotePort, workload: srcWorkload },
         security: 'none',
         protocol,
+        appProtocol: undefined,
         connection: authz,
       };
       const leave = this.inputs.drain.enter();

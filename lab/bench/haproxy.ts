@@ -1,6 +1,7 @@
 // Bench: HAProxy doing the mesh's job, the baseline of the comparison. Per layer, one process in the client
 // pod (plaintext in on loopback, TLS 1.3 with a client certificate out) and one in the server pod (TLS in,
-// client certificate verified against the lab's CA, plaintext to the app); one thread each.
+// client certificate verified against the lab's CA, plaintext to the app); one thread each. Layers: l4 (TCP
+// mode), l7 (HTTP/1.1 in and out, HTTP/2 between), h2 (h2c in and out, HTTP/2 between).
 import type { ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
@@ -11,9 +12,9 @@ import type { Lab } from '../cluster/lab.js';
 import { run } from '../cluster/run.js';
 import { PLAIN_CLIENT } from './paths.js';
 import type { TlsCreds } from './tls-probe.js';
-import { APP_PORT, HAPROXY_PORTS, PLAIN_SERVER, pinned } from './topology.js';
+import { APP_PORT, H2_APP_PORT, HAPROXY_PORTS, PLAIN_SERVER, pinned } from './topology.js';
 
-export type Layer = 'l4' | 'l7';
+export type Layer = 'l4' | 'l7' | 'h2';
 
 export interface HaproxyConfigInput {
   layer: Layer;
@@ -50,14 +51,16 @@ export function haproxyConfig(c: HaproxyConfigInput): string {
     '  timeout connect 5s',
     '  timeout client 300s',
     '  timeout server 300s',
-    ...(c.layer === 'l7' ? ['  timeout http-request 30s', '  timeout http-keep-alive 300s'] : []),
+    ...(c.layer !== 'l4' ? ['  timeout http-request 30s', '  timeout http-keep-alive 300s'] : []),
     '',
     'frontend in',
   ];
-  const h2 = c.layer === 'l7' ? ' alpn h2' : '';
+  const h2 = c.layer !== 'l4' ? ' alpn h2' : '';
+  // h2: the client and the app speak HTTP/2 with prior knowledge (h2c) too.
+  const h2c = c.layer === 'h2' ? ' proto h2' : '';
   if (c.role === 'origin') {
     lines.push(
-      `  bind ${c.listen}`,
+      `  bind ${c.listen}${h2c}`,
       '  default_backend out',
       '',
       'backend out',
@@ -70,7 +73,7 @@ export function haproxyConfig(c: HaproxyConfigInput): string {
       '  default_backend app',
       '',
       'backend app',
-      `  server app ${c.upstream}`,
+      `  server app ${c.upstream}${h2c}`,
     );
   }
   return `${lines.join('\n')}\n`;
@@ -113,12 +116,13 @@ export async function startHaproxies(
   const clientPem = await write('client.pem', clientCreds.certPem + clientCreds.keyPem);
   const serverPem = await write('server.pem', serverCreds.certPem + serverCreds.keyPem);
 
-  const pids: Record<Layer, number[]> = { l4: [], l7: [] };
-  for (const layer of ['l4', 'l7'] as const) {
+  const pids: Record<Layer, number[]> = { l4: [], l7: [], h2: [] };
+  for (const layer of ['l4', 'l7', 'h2'] as const) {
     const ports = HAPROXY_PORTS[layer];
+    const app = layer === 'h2' ? H2_APP_PORT : APP_PORT;
     const sides = [
       { role: 'origin' as const, pod: PLAIN_CLIENT, listen: `127.0.0.1:${ports.listen}`, upstream: `${server.ip}:${ports.tls}`, certFile: clientPem },
-      { role: 'terminate' as const, pod: PLAIN_SERVER, listen: `${server.ip}:${ports.tls}`, upstream: `127.0.0.1:${APP_PORT}`, certFile: serverPem },
+      { role: 'terminate' as const, pod: PLAIN_SERVER, listen: `${server.ip}:${ports.tls}`, upstream: `127.0.0.1:${app}`, certFile: serverPem },
     ];
     for (const side of sides) {
       const cfg = await write(

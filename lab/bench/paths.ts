@@ -2,7 +2,7 @@
 // A path the code cannot carry yet stays listed with the reason, so enabling it is removing that reason.
 import { LabError } from '../errors.js';
 
-export type ProxyKind = 'none' | 'haproxy-l4' | 'haproxy-l7' | 'agents';
+export type ProxyKind = 'none' | 'haproxy-l4' | 'haproxy-l7' | 'haproxy-h2' | 'agents';
 
 /** Where the clients aim, resolved from the lab once it is up. */
 export interface Targets {
@@ -12,9 +12,12 @@ export interface Targets {
   meshVip: string;
   /** ClusterIP of bench-mesh/server-l7: HTTP, split 90/10 by an HTTPRoute. */
   meshL7Vip: string;
+  /** ClusterIP of bench-mesh/server-h2: h2c (appProtocol kubernetes.io/h2c). */
+  meshH2Vip: string;
   /** Where the node-A HAProxy of each layer listens inside the plain client pod. */
   haproxyL4Listen: string;
   haproxyL7Listen: string;
+  haproxyH2Listen: string;
 }
 
 export interface PathDef {
@@ -22,6 +25,8 @@ export interface PathDef {
   /** One line for the report header. */
   description: string;
   layer: 'l4' | 'l7' | null;
+  /** What the clients speak: HTTP/1.1 (every measurement), or h2c with prior knowledge (max req/s only, with h2load). */
+  protocol?: 'h2';
   proxy: ProxyKind;
   /** The client pod (ns/name) that runs the load tools. */
   client: string;
@@ -78,6 +83,25 @@ export const PATHS: readonly PathDef[] = Object.freeze([
     client: MESH_CLIENT,
     target: (t) => `${t.meshL7Vip}:80`,
     haproxyPeer: 'haproxy-l7',
+  },
+  {
+    name: 'haproxy-h2',
+    description: 'HAProxy HTTP mode, h2c from the client and to the server, HTTP/2 over mTLS (TLS 1.3) between them',
+    layer: 'l7',
+    protocol: 'h2',
+    proxy: 'haproxy-h2',
+    client: PLAIN_CLIENT,
+    target: (t) => t.haproxyH2Listen,
+  },
+  {
+    name: 'trellis-l7-h2',
+    description: 'the mesh with h2c from the client (appProtocol kubernetes.io/h2c): HTTP/2 parsed by both agents, per-request metrics',
+    layer: 'l7',
+    protocol: 'h2',
+    proxy: 'agents',
+    client: MESH_CLIENT,
+    target: (t) => `${t.meshH2Vip}:80`,
+    haproxyPeer: 'haproxy-h2',
   },
 ] satisfies PathDef[]);
 

@@ -13,6 +13,7 @@ export interface Prereq {
 
 export const PREREQS: readonly Prereq[] = Object.freeze([
   { command: 'haproxy', pkg: 'haproxy', why: 'the HAProxy baseline paths' },
+  { command: 'h2load', pkg: 'nghttp2-client', why: 'the load generator of the h2c paths' },
   { command: 'taskset', pkg: 'util-linux', why: 'pinning load generator, servers and proxies to CPUs' },
   { command: 'ip', pkg: 'iproute2', why: 'the lab (network namespaces)' },
   { command: 'nft', pkg: 'nftables', why: 'the lab (capture and ClusterIP rules)' },

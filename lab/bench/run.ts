@@ -15,6 +15,7 @@ import { connectInNetns } from '../../agent/native/index.js';
 import { ChildLines } from './child-lines.js';
 import { plainPodCreds, startHaproxies, type Layer } from './haproxy.js';
 import { MESH_CLIENT, selectPaths, rotation, type PathDef, type ProxyKind, type Targets } from './paths.js';
+import { h2loadArgs, parseH2load } from './h2load.js';
 import { installCommand, installPrereqs, missingPrereqs } from './prereqs.js';
 import { ProcReader } from './procfs.js';
 import { parsePrometheus, sumOf } from '../load/promtext.js';
@@ -79,6 +80,7 @@ interface TlsSeen {
   node_default: TlsParams;
   'haproxy-l4'?: TlsParams;
   'haproxy-l7'?: TlsParams;
+  'haproxy-h2'?: TlsParams;
 }
 
 /** Quiet time before an idle memory sample, on every path: longer than the agents' memory-trim period. */
@@ -141,7 +143,7 @@ class Bench {
   private readonly loadCpu: number | undefined;
   private readonly proxyCpu: number | undefined;
   private readonly paths: PathDef[];
-  private proxyPids: Record<ProxyKind, number[]> = { none: [], 'haproxy-l4': [], 'haproxy-l7': [], agents: [] };
+  private proxyPids: Record<ProxyKind, number[]> = { none: [], 'haproxy-l4': [], 'haproxy-l7': [], 'haproxy-h2': [], agents: [] };
   private agentPids: Record<string, number> = {};
   private targets: Targets | undefined;
   private readonly machine: Record<string, unknown> = {};
@@ -174,7 +176,7 @@ class Bench {
     const creds = await plainPodCreds(lab);
     const tls: TlsSeen = await this.probeAgents(lab, creds.client);
     const runnable = this.paths.filter((p) => !p.unavailable);
-    if (runnable.some((p) => p.proxy === 'haproxy-l4' || p.proxy === 'haproxy-l7')) {
+    if (runnable.some((p) => p.proxy.startsWith('haproxy-'))) {
       // HAProxy's OpenSSL 3.0 has no post-quantum hybrid groups; with --agent-tls-default the agents may use one.
       const group = /MLKEM/i.test(tls.agents.group) ? COMMON_GROUP : tls.agents.group;
       const pids = await startHaproxies(lab, {
@@ -186,7 +188,8 @@ class Bench {
       });
       this.proxyPids['haproxy-l4'] = pids.l4;
       this.proxyPids['haproxy-l7'] = pids.l7;
-      for (const layer of ['l4', 'l7'] as const) tls[`haproxy-${layer}`] = await this.probeHaproxy(lab, layer, creds.client);
+      this.proxyPids['haproxy-h2'] = pids.h2;
+      for (const layer of ['l4', 'l7', 'h2'] as const) tls[`haproxy-${layer}`] = await this.probeHaproxy(lab, layer, creds.client);
     }
     await this.waitPathsReady(lab, runnable);
     this.describeMachine(tls);
@@ -277,6 +280,10 @@ class Bench {
   /** Each path answers once before anything is measured (agents enrolled, HAProxy pairs connected). */
   private async waitPathsReady(lab: Lab, paths: PathDef[]): Promise<void> {
     for (const p of paths) {
+      if (p.protocol === 'h2') {
+        await this.waitH2(lab, p);
+        continue;
+      }
       const r = await lab.exec(p.client, ['trellis', 'tool', 'wait-http', '--url', this.url(p), '--timeout-s', '30', '--interval-ms', '100'], {
         timeoutMs: 40_000,
       });
@@ -288,8 +295,15 @@ class Bench {
     return `http://${p.target(this.targets!)}/`;
   }
 
-  private async repeat(lab: Lab, order: PathDef[], first: boolean): Promise<void> {
+  private async repeat(lab: Lab, all: PathDef[], first: boolean): Promise<void> {
     const skip = new Set(this.opts.skip);
+    // The h2c paths have their own generator (h2load) and one measurement: max req/s.
+    const order = all.filter((p) => p.protocol !== 'h2');
+    const h2 = all.filter((p) => p.protocol === 'h2');
+    if (!skip.has('max-rps')) {
+      if (first) for (const p of h2) await this.guard(p, 'priming', () => this.maxRpsH2(p, true));
+      for (const p of h2) await this.guard(p, 'max req/s', () => this.maxRpsH2(p, false));
+    }
     if (!skip.has('memory')) for (const p of order) if (p.proxy !== 'none') await this.guard(p, 'memory', () => this.memory(lab, p));
     if (first && !(skip.has('latency') && skip.has('max-rps'))) for (const p of order) await this.guard(p, 'priming', () => this.prime(p));
     if (!skip.has('latency')) {
@@ -467,6 +481,38 @@ class Bench {
     }
     if (Number(r.errors) > 0) this.warnings.push(`${p.name} max req/s: ${r.errors} requests failed ${JSON.stringify(r.error_counts)}`);
     this.opts.log(`  ${p.name}: max ${r.achieved_rps} req/s (closed loop, ${this.plan.connections} connections)`);
+  }
+
+  /** h2c closed loop with h2load: one stream on each of the connections, as many at once as the HTTP/1.1 runs. */
+  private async maxRpsH2(p: PathDef, priming: boolean): Promise<void> {
+    const pids = this.proxyPids[p.proxy];
+    const seconds = priming ? this.plan.primeS : this.plan.maxRpsS;
+    const warmupS = priming ? 0 : 1;
+    const noise = priming ? () => undefined : this.watchProxyCpu(p, `${p.name} max req/s`);
+    const cpuBefore = pids.length ? this.procs.cpuSeconds(pids) : 0;
+    const r = await this.lab!.exec(p.client, pinned(this.loadCpu, h2loadArgs(this.url(p), this.plan.connections, seconds, warmupS)), {
+      timeoutMs: (seconds + warmupS + 60) * 1000,
+    });
+    const cpu = pids.length ? this.procs.cpuSeconds(pids) - cpuBefore : 0;
+    const res = parseH2load(r.stdout);
+    if (priming) return;
+    noise();
+    const bad = res.failed + res.errored + res.timeout + (res.statuses['5xx'] ?? 0) + (res.statuses['4xx'] ?? 0);
+    if (res.succeeded > 0) this.results.add(p.name, 'max_rps', res.rps);
+    if (pids.length) this.results.add(p.name, 'proxy_cpu_pct_max_rps', (100 * cpu) / (seconds + warmupS));
+    if (bad > 0) this.warnings.push(`${p.name} max req/s: ${bad} of ${res.succeeded + bad} requests failed ${JSON.stringify(res.statuses)}`);
+    this.opts.log(`  ${p.name}: max ${res.rps} req/s (h2load closed loop, ${this.plan.connections} connections x 1 stream)`);
+  }
+
+  private async waitH2(lab: Lab, p: PathDef): Promise<void> {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const r = await lab.exec(p.client, ['h2load', '-n', '1', '-c', '1', this.url(p)], { timeoutMs: 10_000 });
+      const ok = /1 succeeded/.test(r.stdout) && /1 2xx/.test(r.stdout);
+      if (ok) return;
+      if (Date.now() > deadline) throw new LabError('ENOTREADY', `${p.name}: ${this.url(p)} does not answer h2c from ${p.client}: ${r.stdout.trim().slice(-300)}`);
+      await sleep(200);
+    }
   }
 
   private async bulk(p: PathDef, streams: number): Promise<void> {

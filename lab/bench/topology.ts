@@ -12,6 +12,8 @@ export const APP_PORT = 8080;
  * declaring different protocols would leave the agents to pick one of them, and trellis-l4 must stay opaque TCP.
  */
 export const HTTP_APP_PORT = 8081;
+/** The h2c (HTTP/2 prior knowledge) server of both server pods: the h2 paths. */
+export const H2_APP_PORT = 8082;
 export const SERVICE_PORT = 80;
 /** Response size of every request/response measurement. */
 export const BODY_BYTES = 1024;
@@ -24,6 +26,7 @@ export const PLAIN_SERVER = 'bench-plain/server';
 export const HAPROXY_PORTS = Object.freeze({
   l4: { listen: 18080, tls: 15443 },
   l7: { listen: 18081, tls: 15444 },
+  h2: { listen: 18082, tls: 15445 },
 });
 
 /** `taskset -c N` before a command when pinning, nothing otherwise. */
@@ -41,11 +44,13 @@ export function benchManifests(opts: { serverCpu?: number }): KubeObject[] {
       metadata: { name: ns, ...(meshed && { annotations: { [MESH_ANNOTATION]: 'enabled' } }) },
     });
     objects.push(pod(ns, 'client', NODE_A, [{ name: 'client', command: ['sleep', 'infinity'] }]));
-    const echo = (port: number) => pinned(opts.serverCpu, ['trellis', 'tool', 'http-echo', '--port', String(port), '--body-bytes', String(BODY_BYTES)]);
+    const echo = (port: number, h2c = false) =>
+      pinned(opts.serverCpu, ['trellis', 'tool', 'http-echo', '--port', String(port), '--body-bytes', String(BODY_BYTES), ...(h2c ? ['--h2c'] : [])]);
     objects.push(
       pod(ns, 'server', NODE_B, [
         { name: 'server', command: echo(APP_PORT), port: { name: 'tcp', containerPort: APP_PORT } },
         ...(meshed ? [{ name: 'server-http', command: echo(HTTP_APP_PORT), port: { name: 'http', containerPort: HTTP_APP_PORT } }] : []),
+        { name: 'server-h2', command: echo(H2_APP_PORT, true), port: { name: 'h2c', containerPort: H2_APP_PORT } },
       ]),
     );
     // Declared opaque TCP, so the L4 paths stay L4 whatever protocol detection the mesh grows.
@@ -55,6 +60,8 @@ export function benchManifests(opts: { serverCpu?: number }): KubeObject[] {
   objects.push(service('bench-mesh', 'server-l7', { name: 'http', appProtocol: 'http' }, HTTP_APP_PORT));
   objects.push(service('bench-mesh', 'server-v1', { name: 'http', appProtocol: 'http' }, HTTP_APP_PORT));
   objects.push(service('bench-mesh', 'server-v2', { name: 'http', appProtocol: 'http' }, HTTP_APP_PORT));
+  // trellis-l7-h2: h2c (prior knowledge) parsed by both agents, HTTP/2 between them inside HBONE.
+  objects.push(service('bench-mesh', 'server-h2', { name: 'h2c', appProtocol: 'kubernetes.io/h2c' }, H2_APP_PORT));
   return objects;
 }
 
@@ -100,8 +107,10 @@ export function resolveTargets(lab: Lab): Targets {
     plainVip: vip('bench-plain', 'server'),
     meshVip: vip('bench-mesh', 'server'),
     meshL7Vip: vip('bench-mesh', 'server-l7'),
+    meshH2Vip: vip('bench-mesh', 'server-h2'),
     haproxyL4Listen: `127.0.0.1:${HAPROXY_PORTS.l4.listen}`,
     haproxyL7Listen: `127.0.0.1:${HAPROXY_PORTS.l7.listen}`,
+    haproxyH2Listen: `127.0.0.1:${HAPROXY_PORTS.h2.listen}`,
   };
 }
 

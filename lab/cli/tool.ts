@@ -169,7 +169,8 @@ export function registerToolCommands(program: Command): void {
     .option('--host <addr>', 'listen address', '0.0.0.0')
     .option('--name <name>', 'name in replies (default: $POD_NAME, else the hostname)')
     .option('--body-bytes <n>', 'answer with this many bytes instead of the JSON (k, m suffixes)', byteCount)
-    .action((o: { port: number; host: string; name?: string; bodyBytes?: number }) => {
+    .option('--h2c', 'speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1')
+    .action((o: { port: number; host: string; name?: string; bodyBytes?: number; h2c?: boolean }) => {
       const name = o.name ?? process.env.POD_NAME ?? hostname();
       return runUntilSignal('http-echo', startHttpEcho({ ...o, name, log }));
     });

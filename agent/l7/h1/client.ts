@@ -88,6 +88,8 @@ export class H1Client implements ParserEvents, BodyProducer {
       framing = 'transfer-encoding: chunked\r\n';
       chunked = true;
     }
+    // Trailers are welcome (the relay passes them on); between agents, say what the client spoke.
+    framing += req.appProtocol === 'h2' ? 'te: trailers\r\ntrellis-app-protocol: h2\r\n' : 'te: trailers\r\n';
     t.cork();
     t.write(requestHead(req.method, req.path, req.authority, req.headers, framing));
     if (Buffer.isBuffer(body)) {

@@ -10,7 +10,7 @@ import { normalizeTarget } from '../../model/normalize.js';
 import type { Metrics } from '../../telemetry/metrics.js';
 import { Body, type BodyProducer } from '../body.js';
 import type { L7Request, Responder } from '../exchange.js';
-import { HOP_BY_HOP, ensureRequestId, isGrpc, type Headers } from '../headers.js';
+import { APP_PROTOCOL_HEADER, HOP_BY_HOP, ensureRequestId, isGrpc, type Headers } from '../headers.js';
 import { CHUNK_END, CONTINUE, chunkHeader, lastChunk, plainResponse, responseHead } from './encode.js';
 import { Parser, type Head, type ParseError, type ParserEvents } from './parser.js';
 
@@ -213,6 +213,7 @@ export class H1Connection<C> implements ParserEvents, BodyProducer {
       body,
       requestId,
       startedAt: performance.now(),
+      ...(parsed.appProtocol && { appProtocol: parsed.appProtocol }),
     };
     const exchange = new H1Exchange(this, req, h.versionMinor === 1 && h.keepAlive, h.versionMinor === 0, parsed.trailers, expectContinue && !bodyless);
     if (h.upgrade) {
@@ -491,6 +492,7 @@ interface ReadHead {
   chunked: boolean;
   /** TE: trailers was asked for. */
   trailers: boolean;
+  appProtocol: 'h2' | undefined;
 }
 
 /**
@@ -504,6 +506,7 @@ function readHead(raw: readonly string[]): ReadHead {
   let connection: string | undefined;
   let chunked = false;
   let trailers = false;
+  let appProtocol: 'h2' | undefined;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
     const value = raw[i + 1]!;
@@ -512,6 +515,7 @@ function readHead(raw: readonly string[]): ReadHead {
       else if (name === 'connection') connection = connection === undefined ? value : `${connection},${value}`;
       else if (name === 'transfer-encoding') chunked = true;
       else if (name === 'te') trailers ||= /\btrailers\b/i.test(value);
+      else if (name === APP_PROTOCOL_HEADER) appProtocol = value === 'h2' ? 'h2' : undefined;
       continue;
     }
     if (name === 'expect') expect = value;
@@ -521,7 +525,7 @@ function readHead(raw: readonly string[]): ReadHead {
     else headers[name] = [prev, value];
   }
   if (connection !== undefined) for (const n of connection.toLowerCase().split(',')) delete headers[n.trim()];
-  return { headers, host, expect, chunked, trailers };
+  return { headers, host, expect, chunked, trailers, appProtocol };
 }
 
 /** One normalization for routing, policy and the app (agent/model/normalize.ts); "OPTIONS *" passes as is. */

@@ -24,7 +24,10 @@ export class H2Sessions {
     return new Promise((resolve, reject) => {
       let stream: http2.ClientHttp2Stream;
       try {
-        stream = session.request({ ':method': req.method, ':path': req.path, ':authority': req.authority, ':scheme': 'http', ...req.headers }, { endStream: empty });
+        const headers: http2.OutgoingHttpHeaders = { ':method': req.method, ':path': req.path, ':authority': req.authority, ':scheme': 'http', ...req.headers };
+        // gRPC servers want "te: trailers"; a request that crossed an HTTP/1.1 hop between agents lost it.
+        if (headers.te === undefined && typeof headers['content-type'] === 'string' && headers['content-type'].startsWith('application/grpc')) headers.te = 'trailers';
+        stream = session.request(headers, { endStream: empty });
       } catch (err) {
         reject(new UpstreamError('reset', (err as Error).message, reused));
         return;

@@ -118,7 +118,11 @@ export class H2Server<C> {
 
 /** A body read off an HTTP/2 stream (a request downstream, a response upstream): DATA as it comes, then the trailers. */
 export function streamBody(stream: http2.ServerHttp2Stream | http2.ClientHttp2Stream, length: number | undefined): Body {
-  if (stream.readableEnded) return Body.EMPTY;
+  // END_STREAM on the HEADERS frame (a GET, a trailers-only answer): no body, and no chunked framing for one upstream.
+  if (stream.readableEnded || stream.endAfterHeaders) {
+    stream.resume();
+    return Body.EMPTY;
+  }
   const producer: BodyProducer = {
     resume: () => void stream.resume(),
     cancel: () => void (stream.destroyed || stream.resume()),

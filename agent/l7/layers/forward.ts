@@ -2,7 +2,7 @@
 // timeout (timeouts.backendRequest) and the request deadline; the balancer learns how it went.
 import type { Clock } from '../../clock.js';
 import type { Responder } from '../exchange.js';
-import { UpstreamError, type UpstreamResponse } from '../upstream.js';
+import { UpstreamError, type UpstreamEndpoint, type UpstreamRequest, type UpstreamResponse } from '../upstream.js';
 import type { Handler, LayerInputs } from './call.js';
 
 export function forward(inputs: Pick<LayerInputs, 'upstreams' | 'clock'>): Handler {
@@ -12,7 +12,7 @@ export function forward(inputs: Pick<LayerInputs, 'upstreams' | 'clock'>): Handl
     const started = performance.now();
     const perTry = call.matched?.rule.timeouts.backendRequestMs || undefined;
     const limit = Math.min(call.deadline ?? Infinity, perTry ? started + perTry : Infinity);
-    const send = inputs.upstreams.send(call.ctx.protocol, call.ctx.src, ep, call.upstream!);
+    const send = inputs.upstreams.send(upstreamProtocol(call.ctx.protocol, ep), call.ctx.src, ep, withAppProtocol(call.ctx.protocol, ep, call.upstream!));
     const outcome = await raceDeadline(send, limit, inputs.clock, call.res);
     const latencyMs = performance.now() - started;
     if (outcome.kind === 'response') {
@@ -32,6 +32,19 @@ export function forward(inputs: Pick<LayerInputs, 'upstreams' | 'clock'>): Handl
     picked.done({ latencyMs, outcome: connect ? 'connect-failure' : '5xx' });
     call.attempt = { error: connect ? 'connect' : 'reset', message: `${ep.ip}:${ep.port}: ${err.message}`, reusedClosed: isUpstream && err.reused };
   };
+}
+
+/**
+ * The protocol to an endpoint: HTTP/1.1 to a meshed one whatever the client spoke (the lean path between agents;
+ * the destination agent speaks HTTP/2 to the app when the client did), the client's own otherwise.
+ */
+export function upstreamProtocol(client: 'http1' | 'h2', ep: UpstreamEndpoint): 'http1' | 'h2' {
+  return ep.workload?.meshed ? 'http1' : client;
+}
+
+/** The request as sent to `ep`: marked for the destination agent when an HTTP/2 client's request crosses as HTTP/1.1. */
+export function withAppProtocol(client: 'http1' | 'h2', ep: UpstreamEndpoint, req: UpstreamRequest): UpstreamRequest {
+  return client === 'h2' && ep.workload?.meshed ? { ...req, appProtocol: 'h2' } : req;
 }
 
 export type RaceOutcome = { kind: 'response'; response: UpstreamResponse } | { kind: 'timeout' } | { kind: 'error'; error: Error };

@@ -6,7 +6,7 @@ import { applyRewrite } from '../../model/routes/index.js';
 import type { UpstreamRequest } from '../upstream.js';
 import type { Call, Layer, LayerInputs } from './call.js';
 import type { Balancers } from './endpoint.js';
-import { raceDeadline } from './forward.js';
+import { raceDeadline, upstreamProtocol, withAppProtocol } from './forward.js';
 
 const DRAIN = { data: () => true, end: () => undefined, error: () => undefined };
 
@@ -33,7 +33,8 @@ export function mirror(inputs: Pick<LayerInputs, 'upstreams' | 'metrics' | 'cloc
       body: call.buffered,
     };
     const started = performance.now();
-    const sent = inputs.upstreams.send(call.ctx.protocol, call.ctx.src, picked.endpoint, copy);
+    const ep = picked.endpoint;
+    const sent = inputs.upstreams.send(upstreamProtocol(call.ctx.protocol, ep), call.ctx.src, ep, withAppProtocol(call.ctx.protocol, ep, copy));
     void raceDeadline(sent, started + inputs.mirrorTimeoutMs, inputs.clock).then((o) => {
       const latencyMs = performance.now() - started;
       if (o.kind === 'response') {

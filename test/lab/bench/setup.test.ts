@@ -78,7 +78,9 @@ describe('bench manifests', () => {
     expect(tcp.ports).toEqual([{ name: 'tcp', port: 80, targetPort: 8080, appProtocol: 'tcp' }]);
     // trellis-l7's HTTP Services reach the meshed server on a port of their own: trellis-l4's port is behind
     // opaque TCP Services only, so no agent can take it for HTTP.
-    expect(server.containers.map((c) => c.argv.slice(-4, -2))).toEqual([['--port', '8080'], ['--port', '8081']]);
+    expect(server.containers.map((c) => c.argv.slice(6, 8))).toEqual([['--port', '8080'], ['--port', '8081'], ['--port', '8082']]);
+    expect(server.containers[2]!.argv.at(-1)).toBe('--h2c');
+    expect(plan.services.find((s) => s.namespace === 'bench-mesh' && s.name === 'server-h2')!.ports).toEqual([{ name: 'h2c', port: 80, targetPort: 8082, appProtocol: 'kubernetes.io/h2c' }]);
     for (const name of ['server-l7', 'server-v1', 'server-v2']) {
       expect(plan.services.find((s) => s.namespace === 'bench-mesh' && s.name === name)!.ports).toEqual([{ name: 'http', port: 80, targetPort: 8081, appProtocol: 'http' }]);
     }
@@ -147,5 +149,20 @@ describe('prerequisites', () => {
   it('look on PATH and in the sbin directories', () => {
     expect(onPath('sh', '/bin:/usr/bin')).toBe(true);
     expect(onPath('no-such-command-trellis', '/bin')).toBe(false);
+  });
+});
+
+describe('h2load', () => {
+  it('reads the summary of a run, and refuses output without one', async () => {
+    const { parseH2load, h2loadArgs } = await import('../../../lab/bench/h2load.js');
+    const out = [
+      'starting benchmark...',
+      'finished in 2.00s, 10245.50 req/s, 11.06MB/s',
+      'requests: 20491 total, 20507 started, 20491 done, 20489 succeeded, 2 failed, 1 errored, 0 timeout',
+      'status codes: 20489 2xx, 0 3xx, 0 4xx, 2 5xx',
+    ].join('\n');
+    expect(parseH2load(out)).toEqual({ rps: 10245.5, succeeded: 20489, failed: 2, errored: 1, timeout: 0, statuses: { '2xx': 20489, '3xx': 0, '4xx': 0, '5xx': 2 } });
+    expect(() => parseH2load('connect: Connection refused')).toThrow(/no summary/);
+    expect(h2loadArgs('http://10.96.0.13/', 16, 2, 1)).toEqual(['h2load', '-c', '16', '-m', '1', '-D', '2', '--warm-up-time=1', 'http://10.96.0.13/']);
   });
 });
