@@ -338,15 +338,25 @@ class AuditSink {
           // Synchronous writes of a large backlog (after a stall) give the event loop a turn now and then.
           if (this.#sync && ++chunks % SYNC_CHUNKS_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
         }
+        // Lines logged while that write was out are gathered again (flushDelayMs), not written at once: written
+        // at once, a busy agent made one write (a thread-pool round trip) per request or two. A chunk's worth, or
+        // a flush waiting, goes now.
+        if (this.#waiters.length === 0 && this.#backlog < this.#chunk) break;
       }
     } catch (err) {
       // A bug, not an I/O failure (those are counted in #writeChunk): say so, and keep the sink usable.
       this.#logger.error({ err }, 'audit trail: writer failed');
     } finally {
       this.#draining = false;
-      const waiters = this.#waiters;
-      this.#waiters = [];
-      for (const w of waiters) w();
+      if (this.#pending.length > 0 && !this.#abandoned) {
+        this.#draining = true;
+        if (this.#flushDelayMs > 0) this.#gathering = setTimeout(() => this.#drainNow(), this.#flushDelayMs);
+        else setImmediate(() => void this.#drain());
+      } else {
+        const waiters = this.#waiters;
+        this.#waiters = [];
+        for (const w of waiters) w();
+      }
     }
   }
 
