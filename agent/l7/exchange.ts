@@ -54,4 +54,9 @@ export interface Responder {
   onDrain(fn: () => void): void;
   /** Calls fn once if the client goes away before the response ended. */
   onClose(fn: () => void): void;
+  /**
+   * Sends what was written so far now. A head is held back (corked) so that it leaves with the body in one write;
+   * whoever writes the head without ending the response calls this once what is here is written.
+   */
+  flush?(): void;
 }

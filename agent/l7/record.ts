@@ -69,32 +69,38 @@ export class RequestRecord {
     const requestBytes = this.requestBytes ?? req.body.received;
     this.series().observe(seconds, requestBytes, this.responseBytes);
     const log = this.sinks.accessLog;
-    const fields = {
-      direction: this.direction,
-      request_id: req.requestId,
-      protocol: req.grpc ? 'grpc' : req.protocol,
-      method: req.method,
-      authority: req.authority,
-      path: req.path,
-      src: { ip: src.ip, port: src.port, workload: src.workload?.key, principal: src.principal },
-      dst: { service: this.destinationService, ip: dst.ip, port: dst.port, workload: dst.workload?.key, principal: dst.principal },
-      security: this.security,
-      route: route?.route,
-      rule: route?.name,
-      status: this.status,
-      grpc_status: this.grpcStatus || undefined,
-      retries: this.retries || undefined,
-      fault: this.fault || undefined,
-      request_bytes: requestBytes,
-      response_bytes: this.responseBytes,
-      duration_ms: Math.round(seconds * 1e6) / 1000,
-    };
+    const protocol = req.grpc ? 'grpc' : req.protocol;
+    const durationMs = Math.round(seconds * 1e6) / 1000;
     if (!log.line) {
-      log.info({ ...fields, ...this.extra, error: this.error }, 'request');
+      log.info(
+        {
+          direction: this.direction,
+          request_id: req.requestId,
+          protocol,
+          method: req.method,
+          authority: req.authority,
+          path: req.path,
+          src: { ip: src.ip, port: src.port, workload: src.workload?.key, principal: src.principal },
+          dst: { service: this.destinationService, ip: dst.ip, port: dst.port, workload: dst.workload?.key, principal: dst.principal },
+          security: this.security,
+          route: route?.route,
+          rule: route?.name,
+          status: this.status,
+          grpc_status: this.grpcStatus || undefined,
+          retries: this.retries || undefined,
+          fault: this.fault || undefined,
+          request_bytes: requestBytes,
+          response_bytes: this.responseBytes,
+          duration_ms: durationMs,
+          ...this.extra,
+          error: this.error,
+        },
+        'request',
+      );
       return;
     }
     // The same line, built member by member: JSON.stringify of a whole object per request cost more than the rest of the record.
-    let m = `"direction":"${this.direction}","request_id":${q(req.requestId)},"protocol":"${fields.protocol}","method":${q(req.method)},"authority":${q(req.authority)},"path":${q(req.path)}`;
+    let m = `"direction":"${this.direction}","request_id":${q(req.requestId)},"protocol":"${protocol}","method":${q(req.method)},"authority":${q(req.authority)},"path":${q(req.path)}`;
     m += `,"src":{${peer(src.ip, src.port, src.workload?.key, src.principal)}},"dst":{${this.destinationService === undefined ? '' : `"service":${q(this.destinationService)}`}`;
     const d = peer(dst.ip, dst.port, dst.workload?.key, dst.principal);
     m += `${this.destinationService !== undefined && d ? ',' : ''}${d}},"security":"${this.security}"`;
@@ -103,7 +109,7 @@ export class RequestRecord {
     if (this.grpcStatus) m += `,"grpc_status":${q(this.grpcStatus)}`;
     if (this.retries) m += `,"retries":${this.retries}`;
     if (this.fault) m += ',"fault":true';
-    m += `,"request_bytes":${requestBytes},"response_bytes":${this.responseBytes},"duration_ms":${fields.duration_ms}`;
+    m += `,"request_bytes":${requestBytes},"response_bytes":${this.responseBytes},"duration_ms":${durationMs}`;
     for (const k in this.extra) {
       const v = this.extra[k];
       if (v !== undefined) m += `,${q(k)}:${JSON.stringify(v)}`;

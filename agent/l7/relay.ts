@@ -35,7 +35,12 @@ export function relay(req: L7Request, up: UpstreamResponse, res: Responder, rec:
     return Promise.resolve();
   }
   res.head(up.status, headers, false);
-  return new Promise<void>((resolve) => new Relay(up, res, rec, clock, deadline, resolve).start());
+  return new Promise<void>((resolve) => {
+    const relayed = new Relay(up, res, rec, clock, deadline, resolve);
+    relayed.start();
+    // What arrived with the head went out with it; the rest is written as it comes.
+    res.flush?.();
+  });
 }
 
 class Relay implements BodyReader {

@@ -35,6 +35,17 @@ export const DEFAULT_AUDIT_MAX_BYTES = 100 * 1024 * 1024;
 export const DEFAULT_AUDIT_MAX_FILES = 5;
 /** About 25 000 lines of a few hundred bytes: several seconds of a busy node's trail while its disk stalls. */
 export const DEFAULT_AUDIT_BACKLOG_BYTES = 16 * 1024 * 1024;
+/** Lines gathered for one write to a file: one buffer of this size at a time (a longer line gets its own). */
+const ACCUMULATOR_BYTES = 64 * 1024;
+const NEWLINE = Buffer.from('\n');
+
+/** Whole lines, encoded, waiting for one write. */
+interface Pending {
+  readonly bytes: Buffer;
+  used: number;
+  lines: number;
+}
+
 /** Writes to a pipe of at most this many bytes are atomic (POSIX PIPE_BUF on Linux). */
 const PIPE_BUF = 4096;
 /** Synchronous pipe writes in a row before the event loop gets a turn (256 KiB, well under a millisecond). */
@@ -62,7 +73,7 @@ export interface AuditOptions {
   readonly maxBytes?: number;
   /** With file: rotated files kept (PATH.1 is the newest). */
   readonly maxFiles?: number;
-  /** Lines waiting to be written beyond this many characters (about bytes) are dropped and counted. */
+  /** Lines waiting to be written beyond this many bytes are dropped and counted. */
   readonly maxBacklogBytes?: number;
   /** Where the counters are registered (the agent's registry). */
   readonly registry: Registry;
@@ -131,7 +142,7 @@ export function createAuditLog(opts: AuditOptions): AuditLog {
   const sink = new AuditSink(opts, counters);
   new Gauge({
     name: 'trellis_audit_backlog_bytes',
-    help: 'Audit lines queued for writing, in characters (about bytes); lines are dropped past the bound',
+    help: 'Audit lines queued for writing, in bytes; lines are dropped past the bound',
     registers,
     collect() {
       this.set(sink.backlog());
@@ -194,9 +205,13 @@ class AuditSink {
   /** close() gave up waiting: whatever is still in flight was counted as dropped, and is not counted again. */
   #abandoned = false;
 
-  /** Lines logged since the running drain took its batch. */
-  #pending: string[] = [];
-  /** Characters queued: pending lines and the batch being written. */
+  /**
+   * Lines logged since the running drain took its batch, as bytes: each line is encoded at once into the chunk
+   * being filled (off the JS heap), so the strings die young. Holding the lines of 20 ms as strings made every
+   * young-generation collection copy, then promote, a few hundred KB of them at L7 rates.
+   */
+  #pending: Pending[] = [];
+  /** Bytes queued: pending lines and the batch being written. */
   #backlog = 0;
   #draining = false;
   /** The pending write's timer while lines are being gathered (flushDelayMs). */
@@ -262,13 +277,21 @@ class AuditSink {
       this.#counters.dropped.inc({ reason: 'closed' });
       return true;
     }
-    if (this.#backlog + line.length > this.#maxBacklog) {
+    const size = Buffer.byteLength(line);
+    if (this.#backlog + size > this.#maxBacklog) {
       this.#counters.dropped.inc({ reason: 'backlog_full' });
       if (this.#failing === undefined) this.#report('backlog_full');
       return true;
     }
-    this.#pending.push(line);
-    this.#backlog += line.length;
+    // Into the chunk being filled when the whole line fits, else a new chunk (a line never straddles two writes).
+    let last = this.#pending.at(-1);
+    if (!last || last.used + size > last.bytes.length) {
+      last = { bytes: Buffer.allocUnsafe(Math.max(size, Math.min(this.#chunk, ACCUMULATOR_BYTES))), used: 0, lines: 0 };
+      this.#pending.push(last);
+    }
+    last.used += last.bytes.write(line, last.used);
+    last.lines++;
+    this.#backlog += size;
     this.#queuedLines++;
     if (!this.#draining) {
       this.#draining = true;
@@ -325,16 +348,10 @@ class AuditSink {
       while (this.#pending.length > 0 && !this.#abandoned) {
         const batch = this.#pending;
         this.#pending = [];
-        let i = 0;
-        while (i < batch.length && !this.#abandoned) {
-          // Whole lines up to the chunk size (a longer line goes alone).
-          let j = i;
-          let chars = 0;
-          while (j < batch.length && (j === i || chars + batch[j]!.length <= this.#chunk)) chars += batch[j++]!.length;
-          const text = j - i === 1 ? batch[i]! : batch.slice(i, j).join('');
-          await this.#writeChunk(text, j - i);
-          this.#backlog -= chars;
-          i = j;
+        for (const p of batch) {
+          if (this.#abandoned) break;
+          await this.#writeChunk(p.bytes.subarray(0, p.used), p.lines);
+          this.#backlog -= p.used;
           // Synchronous writes of a large backlog (after a stall) give the event loop a turn now and then.
           if (this.#sync && ++chunks % SYNC_CHUNKS_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
         }
@@ -361,14 +378,14 @@ class AuditSink {
   }
 
   /** Writes `lines` lines, or counts those that did not make it whole. */
-  async #writeChunk(text: string, lines: number): Promise<void> {
+  async #writeChunk(bytes: Buffer, lines: number): Promise<void> {
     const fd = await this.#writableFd();
     if (typeof fd === 'string') return this.#lost(fd, lines);
-    const buf = Buffer.from(this.#midLine ? `\n${text}` : text);
+    const buf = this.#midLine ? Buffer.concat([NEWLINE, bytes]) : bytes;
     if (this.#target.kind === 'file' && this.#regular && this.#size > 0 && this.#size + buf.length > this.#maxBytes && this.#clock.now() >= this.#noRotateUntil) {
       const rotated = await this.#rotate();
       if (typeof rotated === 'string') return this.#lost(rotated, lines);
-      return this.#writeChunk(text, lines);
+      return this.#writeChunk(bytes, lines);
     }
     let done = 0;
     try {

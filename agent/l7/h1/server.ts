@@ -417,11 +417,10 @@ class H1Exchange<C> implements Responder {
     if (this.conn.draining) this.closeAfter = true;
     if (this.closeAfter) framing += 'connection: close\r\n';
     else if (this.http10) framing += 'connection: keep-alive\r\n';
-    // Head and a body that follows in this turn of the loop go out in one write.
+    // The head waits for the body that follows (end() or flush() sends both in one write).
     if (!endStream && !(t as { writableCorked?: number }).writableCorked) {
       t.cork();
       this.corked = true;
-      process.nextTick(uncork, this);
     }
     t.write(responseHead(status, headers, framing));
     if (endStream) this.finish();
@@ -479,10 +478,6 @@ class H1Exchange<C> implements Responder {
     this.flush();
     this.conn.finished(this, !this.closeAfter);
   }
-}
-
-function uncork(e: H1Exchange<unknown>): void {
-  e.flush();
 }
 
 interface ReadHead {
