@@ -1,7 +1,7 @@
 // Composition root: builds the agent's parts in order and wires them; `stop()` takes them down in reverse.
 import { readFileSync } from 'node:fs';
-import type net from 'node:net';
 import type { Logger } from 'pino';
+import { AggregatorRegistry } from 'prom-client';
 import { systemClock, type Clock } from './clock.js';
 import { CniServer } from './capture/cni-server.js';
 import { DriftChecker } from './capture/drift.js';
@@ -10,29 +10,20 @@ import { NetnsFinder } from './capture/netns.js';
 import { OptinFile, optinFromObjects } from './capture/optin-file.js';
 import { nftApply } from './capture/nft.js';
 import type { AgentConfig } from './config.js';
-import { AGENT_MARK } from './constants.js';
+import { DataPlane } from './dataplane.js';
 import { TrellisError } from './errors.js';
 import { LocalCa, type CsrSigner } from './identity/ca.js';
 import type { RemoteSigner } from './identity/remote.js';
 import { WorkloadCerts } from './identity/certs.js';
-import { connectInNetns, releaseFreeMemory } from './native/index.js';
-import { Drain } from './proxy/drain.js';
-import { HbonePool } from './proxy/hbone-pool.js';
-import { InboundHttp } from './l7/inbound-http.js';
-import { L7Proxy } from './l7/l7-proxy.js';
-import { Connector } from './proxy/connector.js';
-import { Outbound } from './proxy/outbound.js';
-import { whenConnected } from './io/splice.js';
-import { PodProxy } from './proxy/pod-proxy.js';
-import { PolicyRecheck } from './proxy/recheck.js';
+import { releaseFreeMemory } from './native/index.js';
 import { DirSource, type Snapshot } from './sources/dir.js';
 import { Store } from './state/store.js';
-import type { Workload } from './state/workload.js';
 import { describe as describePolicies } from './security/describe.js';
 import { healthServer, listen, metricsServer } from './telemetry/admin.js';
 import { createAuditLog } from './telemetry/audit.js';
 import { MemoryReclaimer } from './telemetry/memory.js';
 import { Metrics } from './telemetry/metrics.js';
+import type { Workers } from './workers/pool.js';
 
 /** How often memory left by a burst goes back (telemetry/memory.ts). */
 const MEMORY_TRIM_MS = 10_000;
@@ -87,68 +78,17 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   // 3. State: one store, one writer (the source).
   const store = new Store({ trustDomain: config.trustDomain, logger, onInvalid: (n) => metrics.configErrors.inc({ source: 'routes' }, n) });
 
-  // 4. Proxy: sockets to peers and apps are opened inside the pod's netns with the agent's mark.
-  const dial = (pod: Workload, host: string, port: number): net.Socket => {
-    if (!pod.netnsPath) throw new TrellisError('ENOTREADY', `pod ${pod.key} has no network namespace yet (it is being enrolled)`);
-    // noDelay: HTTP/2 frames and HTTP heads go out at once (Nagle plus delayed ACKs costs up to 40 ms).
-    return connectInNetns(pod.netnsPath, { host, port, mark: AGENT_MARK, timeoutMs: config.connectTimeoutMs }).setNoDelay(true);
-  };
-  const pool = new HbonePool({
-    certs,
-    dial,
-    metrics,
-    logger: logger.child({ component: 'hbone' }),
-    clock,
-    connectTimeoutMs: config.connectTimeoutMs,
-    idleMs: config.hboneIdleMs,
-    maxStreamsPerSession: config.hboneMaxStreamsPerSession,
-    ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),
-  });
-  const connector = new Connector({ pool, dial });
+  // 4. Data plane: listeners in every enrolled pod's netns, the outbound and inbound paths (L4 and L7), the HBONE
+  //    pool. The main thread runs one; with --workers N, N-1 worker threads run one each, with listeners of their
+  //    own on the same ports (SO_REUSEPORT), fed the same snapshots and certificates.
   const state = () => store.current();
-  const drain = new Drain();
-  const recheck = new PolicyRecheck();
-  store.subscribe((next, previous) => void recheck.apply(next, previous));
-  // 4b. L7: HTTP to Service ports is parsed and routed per request; its tunnels are the same HBONE/TCP paths.
-  const l7 = config.l7
-    ? new L7Proxy({
-        options: {
-          detectTimeoutMs: config.l7.detectTimeoutMs,
-          opaquePorts: config.l7.opaquePorts,
-          limits: config.l7,
-          bodyCapBytes: config.l7.bodyCapBytes,
-          mirrorTimeoutMs: 10_000,
-        },
-        state,
-        open: (src, ep, protocol) => connector.open(src, ep, protocol),
-        metrics,
-        logger: logger.child({ component: 'l7' }),
-        accessLog,
-        clock,
-        random: Math.random,
-      })
-    : undefined;
-  const inboundHttp = config.l7
-    ? new InboundHttp({
-        limits: config.l7,
-        metrics,
-        logger: logger.child({ component: 'inbound-http' }),
-        accessLog,
-        clock,
-        dialApp: (pod, port) => whenConnected(dial(pod, pod.ip ?? '127.0.0.1', port)),
-        policies: () => store.current().policies,
-      })
-    : undefined;
-  const outbound = new Outbound({
-    state,
-    connector,
-    metrics,
-    logger: logger.child({ component: 'outbound' }),
-    accessLog,
-    drain,
-    random: Math.random,
-    ...(l7 && { l7 }),
-  });
+  const plane = new DataPlane({ config, certs, state, subscribe: (fn) => store.subscribe(fn), metrics, logger, accessLog, clock, worker: 0 });
+  let workers: Workers | undefined;
+  if (config.workers > 1) {
+    const { Workers } = await import('./workers/pool.js');
+    workers = await Workers.start({ count: config.workers - 1, config, certs, audit: (line) => audit.write(line), logger: logger.child({ component: 'workers' }) });
+    logger.info({ workers: config.workers }, 'worker threads started');
+  }
 
   // 5. Capture: enrol this node's meshed pods whenever the state changes. In a cluster, pods without a netns
   //    annotation (running before the agent, or opted in later) are found by their IP through /proc.
@@ -157,25 +97,23 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   const enrolment = new Enrolment({
     node: config.node,
     probeSources: config.probeSources,
-    openListeners: (pod) =>
-      PodProxy.open(pod, {
-        trustDomain: config.trustDomain,
-        certs,
-        outbound,
-        state,
-        dialApp: dial,
-        metrics,
-        logger: logger.child({ component: 'inbound' }),
-        accessLog,
-        drain,
-        recheck,
-        ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),
-        onClose: (podKey) => {
-          l7?.forget(podKey);
-          inboundHttp?.forget(podKey);
+    openListeners: async (pod) => {
+      const own = await plane.openListeners(pod);
+      if (!workers) return own;
+      try {
+        await workers.openListeners(pod);
+      } catch (err) {
+        own.close();
+        workers.closeListeners(pod.key);
+        throw err;
+      }
+      return {
+        close: () => {
+          own.close();
+          workers?.closeListeners(pod.key);
         },
-        ...(inboundHttp && config.l7 && { http: { server: inboundHttp, detectTimeoutMs: config.l7.detectTimeoutMs, opaquePorts: config.l7.opaquePorts } }),
-      }),
+      };
+    },
     applyRules: nftApply,
     ...(netns && { findNetns: (ip: string) => netns.find(ip) }),
     metrics,
@@ -188,6 +126,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   const onSnapshot = (snap: Snapshot) => {
     if (snap.problems.length) metrics.configErrors.inc({ source: config.source.kind }, snap.problems.length);
     store.replace(snap.objects);
+    workers?.snapshot(snap.objects);
     // What trellis-cni falls back on while this agent is down.
     optin?.write(optinFromObjects(snap.objects, config.node));
   };
@@ -273,7 +212,14 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   trim.unref();
 
   // 7. Admin endpoints last: ready means state loaded and pods enrolled.
-  const metricsHttp = metricsServer(metrics.registry, {
+  // With worker threads, /metrics adds up every thread's series (the process's own metrics are the main thread's).
+  const collect = async (): Promise<{ body: string; contentType: string }> => {
+    if (!workers) return { body: await metrics.registry.metrics(), contentType: metrics.registry.contentType };
+    const all = [await metrics.registry.getMetricsAsJSON(), ...(await workers.metrics())];
+    const merged = AggregatorRegistry.aggregate(all as Parameters<typeof AggregatorRegistry.aggregate>[0]);
+    return { body: await merged.metrics(), contentType: merged.contentType };
+  };
+  const metricsHttp = metricsServer(collect, {
     describePolicies: (key) => {
       const s = store.current();
       const pod = s.workloads.get(key);
@@ -304,12 +250,12 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         // Stop accepting; capture rules stay, so nothing bypasses the mesh while we are gone.
         enrolment.close();
         healthHttp.close();
-        const active = drain.active();
-        const left = await drain.wait(config.drainMs);
-        logger.info({ drained: active - left, cut: left, drainMs: config.drainMs }, 'connections drained');
-        l7?.close();
-        inboundHttp?.close();
-        pool.close();
+        const active = plane.drain.active();
+        const [left, others] = await Promise.all([plane.drain.wait(config.drainMs), workers?.stop(config.drainMs)]);
+        const drained = active - left + (others?.drained ?? 0);
+        const cut = left + (others?.cut ?? 0);
+        logger.info({ drained, cut, drainMs: config.drainMs }, 'connections drained');
+        plane.close();
         certs.close();
         remote?.close();
         metricsHttp.close();

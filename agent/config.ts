@@ -1,5 +1,6 @@
 // Agent configuration: parsed and validated once at the edge, then frozen. Nothing below reads process.env.
 import net from 'node:net';
+import os from 'node:os';
 import tls from 'node:tls';
 import { DEFAULT_TRUST_DOMAIN, HEALTH_PORT, METRICS_PORT } from './constants.js';
 import { TrellisError } from './errors.js';
@@ -42,6 +43,8 @@ export interface AgentConfig {
   /** The audit trail (the access log): stdout, or a file rotated by size. */
   readonly audit: AuditConfig;
   readonly logLevel: string;
+  /** Threads that carry traffic: the main thread and workers-1 worker threads, each with listeners of its own. */
+  readonly workers: number;
 }
 
 export interface AuditConfig {
@@ -66,6 +69,14 @@ export interface L7Config {
   readonly bodyCapBytes: number;
 }
 
+/** Most threads the agent runs traffic on. */
+export const MAX_WORKERS = 8;
+
+/** As many threads as CPUs the agent may run on (its affinity), at most MAX_WORKERS. */
+export function defaultWorkers(): number {
+  return Math.max(1, Math.min(os.availableParallelism(), MAX_WORKERS));
+}
+
 /** Linkerd's default opaque ports: server-speaks-first or never-HTTP protocols, never sniffed. */
 export const DEFAULT_OPAQUE_PORTS = '25,587,3306,4444,5432,6379,9300,11211';
 
@@ -85,6 +96,7 @@ export interface AgentFlags {
   certTtl?: string;
   connectTimeout?: string;
   drain?: string;
+  workers?: string;
   logLevel?: string;
   cniSocket?: string;
   cniOptinFile?: string;
@@ -240,6 +252,7 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
   const driftIntervalMs = flags.driftInterval === '0' ? 0 : parseDuration(flags.driftInterval ?? '30s', '--drift-interval');
   return Object.freeze({
     node: flags.node,
+    workers: flags.workers === undefined ? defaultWorkers() : integerFlag(flags.workers, '--workers', 1, MAX_WORKERS),
     ...(cni && { cni }),
     driftIntervalMs,
     ...(l7 && { l7 }),

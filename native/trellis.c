@@ -190,14 +190,16 @@ static napi_value js_socket_in_netns(napi_env env, napi_callback_info info) {
   return result;
 }
 
-// listenInNetns(nsPath, family, host, port, backlog, mark, transparent) -> fd
+// listenInNetns(nsPath, family, host, port, backlog, mark, transparent, reusePort) -> fd
+// reusePort: SO_REUSEPORT, so that several listeners (the agent's worker threads, or an old and a new agent during
+// a hand-over) share the port and the kernel spreads connections among them.
 static napi_value js_listen_in_netns(napi_env env, napi_callback_info info) {
-  NAPI_ARGV(env, info, 7, "listenInNetns");
+  NAPI_ARGV(env, info, 8, "listenInNetns");
   char ns_path[PATH_MAX];
   char host[INET6_ADDRSTRLEN];
   int domain;
   uint32_t port, backlog, mark;
-  bool transparent;
+  bool transparent, reuse_port;
   if (!arg_string(env, argv[0], "nsPath", ns_path, sizeof ns_path)) return NULL;
   if (!arg_family(env, argv[1], &domain)) return NULL;
   if (!arg_string(env, argv[2], "host", host, sizeof host)) return NULL;
@@ -205,6 +207,7 @@ static napi_value js_listen_in_netns(napi_env env, napi_callback_info info) {
   if (!arg_uint32(env, argv[4], "backlog", &backlog)) return NULL;
   if (!arg_uint32(env, argv[5], "mark", &mark)) return NULL;
   NAPI_CALL(env, napi_get_value_bool(env, argv[6], &transparent));
+  NAPI_CALL(env, napi_get_value_bool(env, argv[7], &reuse_port));
   if (port > 65535) {
     napi_throw_range_error(env, "EINVAL", "port must be 0 to 65535");
     return NULL;
@@ -242,6 +245,8 @@ static napi_value js_listen_in_netns(napi_env env, napi_callback_info info) {
   int rc = 0;
   if (set_int_option(fd, SOL_SOCKET, SO_REUSEADDR, 1) != 0) {
     rc = fail(&f, "setsockopt(SO_REUSEADDR)", where);
+  } else if (reuse_port && set_int_option(fd, SOL_SOCKET, SO_REUSEPORT, 1) != 0) {
+    rc = fail(&f, "setsockopt(SO_REUSEPORT)", where);
   } else if (transparent && domain == AF_INET && set_int_option(fd, SOL_IP, IP_TRANSPARENT, 1) != 0) {
     rc = fail(&f, "setsockopt(IP_TRANSPARENT)", where);
   } else if (transparent && domain == AF_INET6 && set_int_option(fd, SOL_IPV6, IPV6_TRANSPARENT, 1) != 0) {

@@ -1,7 +1,7 @@
 // `trellis agent`: runs the node agent until SIGTERM/SIGINT, then drains and exits.
 import type { Command } from 'commander';
 import { startAgent } from '../app.js';
-import { agentConfig, DEFAULT_OPAQUE_PORTS, type AgentFlags } from '../config.js';
+import { agentConfig, DEFAULT_OPAQUE_PORTS, MAX_WORKERS, type AgentFlags } from '../config.js';
 import { createLogger } from '../telemetry/log.js';
 
 /**
@@ -69,6 +69,7 @@ export function registerAgentCommand(program: Command): void {
     .option('--cert-ttl <duration>', 'workload certificate lifetime, renewed at half-life', '24h')
     .option('--connect-timeout <duration>', 'limit for an upstream connect or HBONE handshake', '5s')
     .option('--drain <duration>', 'how long open connections may finish after SIGTERM', '5s')
+    .option('--workers <n>', `threads that carry traffic, each with listeners of its own in every pod (1 to ${MAX_WORKERS}; default: the CPUs the agent may use, at most ${MAX_WORKERS})`)
     .option('--cni-socket <path>', 'serve trellis-cni on this Unix socket (cluster mode): new meshed pods start only once captured')
     .option('--cni-optin-file <path>', 'with --cni-socket: the opt-in file trellis-cni reads while the agent is down (default /var/run/trellis/cni/optin)')
     .option('--cni-wait-for-pod <duration>', 'with --cni-socket: how long a CNI ADD waits for the pod to reach the agent (default 5s)')

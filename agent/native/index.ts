@@ -31,6 +31,7 @@ interface Binding {
     backlog: number,
     mark: number,
     transparent: boolean,
+    reusePort: boolean,
   ): number;
   originalDst(fd: number): { address: string; port: number; family: Family };
   setMark(fd: number, mark: number): void;
@@ -145,7 +146,7 @@ export function tcpSocketInNetns(netnsPath: string, family: Family = 4, mark = 0
 /** A listening TCP socket bound inside the netns; the caller owns the fd. */
 export function listenFdInNetns(
   netnsPath: string,
-  opts: { host: string; port: number; family?: Family; backlog?: number; mark?: number; transparent?: boolean },
+  opts: { host: string; port: number; family?: Family; backlog?: number; mark?: number; transparent?: boolean; reusePort?: boolean },
 ): number {
   checkNetns(netnsPath);
   const family = familyOf(opts.host, opts.family);
@@ -155,8 +156,9 @@ export function listenFdInNetns(
   const mark = opts.mark ?? 0;
   checkMark(mark);
   const transparent = opts.transparent ?? false;
+  const reusePort = opts.reusePort ?? false;
   return call(`listen on ${hostPort(opts.host, opts.port)} in ${netnsPath}`, (b) =>
-    b.listenInNetns(netnsPath, family, opts.host, opts.port, backlog, mark, transparent),
+    b.listenInNetns(netnsPath, family, opts.host, opts.port, backlog, mark, transparent, reusePort),
   );
 }
 
@@ -198,7 +200,7 @@ export function socketFd(socket: net.Socket): number {
 export function listenInNetns(
   server: net.Server,
   netnsPath: string,
-  opts: { host: string; port: number; family?: Family; backlog?: number; mark?: number; transparent?: boolean },
+  opts: { host: string; port: number; family?: Family; backlog?: number; mark?: number; transparent?: boolean; reusePort?: boolean },
 ): Promise<void> {
   return new Promise((resolve, reject) => {
     let fd: number;

@@ -16,6 +16,8 @@ export type PodProxyInputs = Omit<InboundInputs, 'pod'> & {
   outbound: Outbound;
   /** Told when the pod's listeners close (unenrolled): pooled L7 connections of the pod can go. */
   onClose?: (podKey: string) => void;
+  /** Told of every connection accepted on the pod's listeners (the per-worker count). */
+  onAccept?: () => void;
 };
 
 export class PodProxy {
@@ -38,12 +40,14 @@ export class PodProxy {
     const servers: net.Server[] = [];
     try {
       // The outbound port is reachable only from inside the pod: REDIRECT in OUTPUT targets loopback.
-      await listenInNetns(outbound, netns, { host: '127.0.0.1', port: OUTBOUND_PORT });
+      // SO_REUSEPORT: every worker thread of the agent listens on the same ports; the kernel spreads connections.
+      await listenInNetns(outbound, netns, { host: '127.0.0.1', port: OUTBOUND_PORT, reusePort: true });
       servers.push(outbound);
-      await listenInNetns(plain.server, netns, { host: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT });
+      await listenInNetns(plain.server, netns, { host: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT, reusePort: true });
       servers.push(plain.server);
-      await listenInNetns(hbone.server, netns, { host: '0.0.0.0', port: HBONE_PORT });
+      await listenInNetns(hbone.server, netns, { host: '0.0.0.0', port: HBONE_PORT, reusePort: true });
       servers.push(hbone.server);
+      if (inputs.onAccept) for (const s of servers) s.on('connection', inputs.onAccept);
     } catch (err) {
       for (const s of servers) s.close();
       throw err;

@@ -1,7 +1,6 @@
 // The node-facing HTTP endpoints: Prometheus metrics (:15020 /metrics, and /debug/policies for `trellis policy
 // describe --agent`) and readiness (:15021 /healthz/ready).
 import http from 'node:http';
-import type { Registry } from 'prom-client';
 
 export interface Readiness {
   /** Undefined when ready, else why not (shown to the prober). */
@@ -16,7 +15,10 @@ export interface DebugViews {
   describePolicies?(workload: string): unknown;
 }
 
-export function metricsServer(registry: Registry, debug: DebugViews = {}): http.Server {
+/** The exposition /metrics serves, made at each scrape. */
+export type MetricsCollector = () => Promise<{ body: string; contentType: string }>;
+
+export function metricsServer(collect: MetricsCollector, debug: DebugViews = {}): http.Server {
   return http.createServer((req, res) => {
     const [path, query] = splitUrl(req.url);
     if (req.method === 'GET' && path === '/debug/policies' && debug.describePolicies) {
@@ -29,9 +31,9 @@ export function metricsServer(registry: Registry, debug: DebugViews = {}): http.
       return json(res, 200, view);
     }
     if (req.method === 'GET' && path === '/metrics') {
-      registry.metrics().then(
-        (body) => {
-          res.writeHead(200, { 'content-type': registry.contentType });
+      collect().then(
+        ({ body, contentType }) => {
+          res.writeHead(200, { 'content-type': contentType });
           res.end(body);
         },
         (err: Error) => {

@@ -109,6 +109,8 @@ export interface AuditLog {
   readonly logger: Logger;
   /** The same destination, with the fast path for lines built by hand. */
   readonly access: AccessLog;
+  /** A whole line made elsewhere (a worker thread's access logger), written and counted like the others. */
+  write(line: string): void;
   /** Resolves once every line logged so far is written or counted as dropped. */
   flush(): Promise<void>;
   /**
@@ -148,37 +150,47 @@ export function createAuditLog(opts: AuditOptions): AuditLog {
       this.set(sink.backlog());
     },
   });
+  const { logger, access } = accessLogTo((line) => sink.write(line), { enabled: opts.enabled !== false, base: opts.base });
+  return {
+    logger,
+    access,
+    write: (line) => void sink.write(line),
+    flush: () => sink.flush(),
+    close: () => sink.close(),
+  };
+}
+
+/**
+ * The access logger over a line writer: a pino logger (info) and the fast path for lines built by hand (line),
+ * both writing the same JSON lines (level, time, the base fields, then the line's own). A worker thread makes one
+ * over its batch to the main thread; createAuditLog, over the sink.
+ */
+export function accessLogTo(write: (line: string) => void, opts: { enabled: boolean; base?: Readonly<Record<string, unknown>> | undefined }): { logger: Logger; access: AccessLog } {
   const logger = pino(
     {
-      level: opts.enabled === false ? 'silent' : 'info',
+      level: opts.enabled ? 'info' : 'silent',
       base: { ...opts.base, log: 'access' },
       timestamp: pino.stdTimeFunctions.isoTime,
     },
-    sink,
+    { write },
   );
   // What pino writes before a line's own fields, for lines built by hand: the same level, time and base fields.
   const base = JSON.stringify({ ...opts.base, log: 'access' }).slice(1, -1);
-  const enabled = opts.enabled !== false;
   let lastMs = 0;
   let lastTime = '';
   const access: AccessLog = {
     info: (fields, msg) => logger.info(fields, msg),
     line(members, msg) {
-      if (!enabled) return;
+      if (!opts.enabled) return;
       const now = Date.now();
       if (now !== lastMs) {
         lastMs = now;
         lastTime = new Date(now).toISOString();
       }
-      sink.write(`{"level":30,"time":"${lastTime}",${base}${base ? ',' : ''}${members},"msg":"${msg}"}\n`);
+      write(`{"level":30,"time":"${lastTime}",${base},${members},"msg":"${msg}"}\n`);
     },
   };
-  return {
-    logger,
-    access,
-    flush: () => sink.flush(),
-    close: () => sink.close(),
-  };
+  return { logger, access };
 }
 
 type Target =

@@ -78,6 +78,7 @@ export class Metrics {
   readonly endpointEjections: Counter<string>;
   readonly httpRejections: Counter<string>;
   readonly authzDecisions: Counter<string>;
+  readonly workerConnections: Counter<string>;
 
   constructor(inputs: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -107,6 +108,7 @@ export class Metrics {
     this.endpointEjections = new Counter({ name: 'trellis_endpoint_ejections_total', help: 'Endpoints taken out of load balancing after consecutive failures', labelNames: ['destination_service'], registers });
     this.httpRejections = new Counter({ name: 'trellis_http_rejections_total', help: 'Malformed or oversized HTTP requests answered by the agent and never forwarded, by status', labelNames: ['status'], registers });
     this.authzDecisions = new Counter({ name: 'trellis_authz_decisions_total', help: 'Authorization decisions on connections and requests, by outcome, deciding action, policy and reason code', labelNames: ['decision', 'action', 'policy', 'reason', 'level'], registers });
+    this.workerConnections = new Counter({ name: 'trellis_worker_connections_total', help: 'Connections accepted on the pods\' listeners, by the agent thread that took them (0: the main thread)', labelNames: ['worker'], registers });
     if (inputs.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'trellis_agent_' });
   }
 

@@ -166,7 +166,8 @@ describe('policy describe --agent', () => {
 
   async function serve(): Promise<URL> {
     const loaded = await loadDir(dir, 'cluster.local');
-    server = metricsServer(new Metrics().registry, {
+    const registry = new Metrics().registry;
+    server = metricsServer(async () => ({ body: await registry.metrics(), contentType: registry.contentType }), {
       describePolicies: (key) => {
         const pod = loaded.state.workloads.get(key);
         return pod && describePolicies(loaded.state.policies, pod);
@@ -217,6 +218,8 @@ describe('policy describe --agent', () => {
       healthAddr: `127.0.0.1:${healthPort}`,
       driftInterval: '0',
       auditFile,
+      // In process, from sources: one thread (worker threads run the compiled agent).
+      workers: '1',
     });
     const agent = await startAgent(config, captureLogger().logger);
     try {

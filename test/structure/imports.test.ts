@@ -21,7 +21,7 @@ const LAYERS: readonly (readonly string[])[] = [
   ['proxy'],
   ['capture', 'sources'],
   ['identity-service'],
-  ['config.ts', 'app.ts'],
+  ['config.ts', 'dataplane.ts', 'workers', 'app.ts'],
   ['cli'],
   ['main.ts'],
 ];

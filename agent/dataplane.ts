@@ -1,0 +1,149 @@
+// The data plane of one thread: the listeners it opens in each enrolled pod's netns (PodProxy), the outbound and
+// inbound paths (L4 and L7), the HBONE pool and the connector they share. The main thread runs one (app.ts) and so
+// does each worker thread (workers/worker.ts); the kernel spreads connections among their listeners (SO_REUSEPORT).
+import type net from 'node:net';
+import type { Logger } from 'pino';
+import type { Clock } from './clock.js';
+import type { AgentConfig } from './config.js';
+import { AGENT_MARK } from './constants.js';
+import { TrellisError } from './errors.js';
+import type { CertSource } from './identity/certs.js';
+import { whenConnected } from './io/splice.js';
+import { InboundHttp } from './l7/inbound-http.js';
+import { L7Proxy } from './l7/l7-proxy.js';
+import { connectInNetns } from './native/index.js';
+import { Connector } from './proxy/connector.js';
+import { Drain } from './proxy/drain.js';
+import { HbonePool } from './proxy/hbone-pool.js';
+import { Outbound } from './proxy/outbound.js';
+import { PodProxy } from './proxy/pod-proxy.js';
+import { PolicyRecheck } from './proxy/recheck.js';
+import type { MeshState, StateListener } from './state/store.js';
+import type { Workload } from './state/workload.js';
+import type { AccessLog } from './telemetry/audit.js';
+import type { Metrics } from './telemetry/metrics.js';
+
+export interface DataPlaneInputs {
+  config: AgentConfig;
+  certs: CertSource;
+  /** The state in force now, and its changes (open opaque connections are re-authorized on them). */
+  state: () => MeshState;
+  subscribe: (fn: StateListener) => () => void;
+  metrics: Metrics;
+  logger: Logger;
+  accessLog: AccessLog;
+  clock: Clock;
+  /** Which thread this is (0: the main thread), for the per-worker connection count. */
+  worker: number;
+}
+
+export class DataPlane {
+  readonly drain = new Drain();
+  private readonly pool: HbonePool;
+  private readonly l7: L7Proxy | undefined;
+  private readonly inboundHttp: InboundHttp | undefined;
+  private readonly outbound: Outbound;
+  private readonly recheck = new PolicyRecheck();
+  private readonly unsubscribe: () => void;
+
+  constructor(private readonly inputs: DataPlaneInputs) {
+    const { config, metrics, logger, accessLog, clock, state } = inputs;
+    // Sockets to peers and apps are opened inside the pod's netns with the agent's mark.
+    const dial = (pod: Workload, host: string, port: number): net.Socket => {
+      if (!pod.netnsPath) throw new TrellisError('ENOTREADY', `pod ${pod.key} has no network namespace yet (it is being enrolled)`);
+      // noDelay: HTTP/2 frames and HTTP heads go out at once (Nagle plus delayed ACKs costs up to 40 ms).
+      return connectInNetns(pod.netnsPath, { host, port, mark: AGENT_MARK, timeoutMs: config.connectTimeoutMs }).setNoDelay(true);
+    };
+    this.dial = dial;
+    this.pool = new HbonePool({
+      certs: inputs.certs,
+      dial,
+      metrics,
+      logger: logger.child({ component: 'hbone' }),
+      clock,
+      connectTimeoutMs: config.connectTimeoutMs,
+      idleMs: config.hboneIdleMs,
+      maxStreamsPerSession: config.hboneMaxStreamsPerSession,
+      ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),
+    });
+    const connector = new Connector({ pool: this.pool, dial });
+    this.unsubscribe = inputs.subscribe((next, previous) => void this.recheck.apply(next, previous));
+    // L7: HTTP to Service ports is parsed and routed per request; its tunnels are the same HBONE/TCP paths.
+    this.l7 = config.l7
+      ? new L7Proxy({
+          options: {
+            detectTimeoutMs: config.l7.detectTimeoutMs,
+            opaquePorts: config.l7.opaquePorts,
+            limits: config.l7,
+            bodyCapBytes: config.l7.bodyCapBytes,
+            mirrorTimeoutMs: 10_000,
+          },
+          state,
+          open: (src, ep, protocol) => connector.open(src, ep, protocol),
+          metrics,
+          logger: logger.child({ component: 'l7' }),
+          accessLog,
+          clock,
+          random: Math.random,
+        })
+      : undefined;
+    this.inboundHttp = config.l7
+      ? new InboundHttp({
+          limits: config.l7,
+          metrics,
+          logger: logger.child({ component: 'inbound-http' }),
+          accessLog,
+          clock,
+          dialApp: (pod, port) => whenConnected(dial(pod, pod.ip ?? '127.0.0.1', port)),
+          policies: () => state().policies,
+        })
+      : undefined;
+    this.outbound = new Outbound({
+      state,
+      connector,
+      metrics,
+      logger: logger.child({ component: 'outbound' }),
+      accessLog,
+      drain: this.drain,
+      random: Math.random,
+      ...(this.l7 && { l7: this.l7 }),
+    });
+  }
+
+  private readonly dial: (pod: Workload, host: string, port: number) => net.Socket;
+
+  /** Opens this thread's listeners in the pod's netns. */
+  openListeners(pod: Workload): Promise<PodProxy> {
+    const { config, certs, metrics, logger, accessLog, state } = this.inputs;
+    const l7 = this.l7;
+    const inboundHttp = this.inboundHttp;
+    const accepted = metrics.workerConnections.labels({ worker: String(this.inputs.worker) });
+    return PodProxy.open(pod, {
+      trustDomain: config.trustDomain,
+      certs,
+      outbound: this.outbound,
+      state,
+      dialApp: this.dial,
+      metrics,
+      logger: logger.child({ component: 'inbound' }),
+      accessLog,
+      drain: this.drain,
+      recheck: this.recheck,
+      onAccept: () => accepted.inc(),
+      ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),
+      onClose: (podKey) => {
+        l7?.forget(podKey);
+        inboundHttp?.forget(podKey);
+      },
+      ...(inboundHttp && config.l7 && { http: { server: inboundHttp, detectTimeoutMs: config.l7.detectTimeoutMs, opaquePorts: config.l7.opaquePorts } }),
+    });
+  }
+
+  /** Closes the pools and servers; connections still open are cut (wait on `drain` first). */
+  close(): void {
+    this.unsubscribe();
+    this.l7?.close();
+    this.inboundHttp?.close();
+    this.pool.close();
+  }
+}
