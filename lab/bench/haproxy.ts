@@ -18,6 +18,8 @@ export type Layer = 'l4' | 'l7' | 'h2';
 
 export interface HaproxyConfigInput {
   layer: Layer;
+  /** Threads (nbthread); 1 unless the run compares the proxies on several CPUs. */
+  threads?: number;
   role: 'origin' | 'terminate';
   /** origin: where to listen (127.0.0.1:port); terminate: server pod IP:port. */
   listen: string;
@@ -38,7 +40,7 @@ export function haproxyConfig(c: HaproxyConfigInput): string {
   const tls13 = 'ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3';
   const lines = [
     'global',
-    '  nbthread 1',
+    `  nbthread ${c.threads ?? 1}`,
     '  maxconn 4096',
     `  ssl-default-bind-options ${tls13}`,
     `  ssl-default-bind-ciphersuites ${c.ciphersuite}`,
@@ -103,7 +105,7 @@ export async function plainPodCreds(lab: Lab): Promise<{ client: TlsCreds; serve
  */
 export async function startHaproxies(
   lab: Lab,
-  opts: { dir: string; cpu?: number; ciphersuite: string; group: string; creds: { client: TlsCreds; server: TlsCreds } },
+  opts: { dir: string; cpu?: number; threads?: number; ciphersuite: string; group: string; creds: { client: TlsCreds; server: TlsCreds } },
 ): Promise<Record<Layer, number[]>> {
   await fsp.mkdir(opts.dir, { recursive: true, mode: 0o700 });
   const server = lab.pod(PLAIN_SERVER);
@@ -127,7 +129,7 @@ export async function startHaproxies(
     for (const side of sides) {
       const cfg = await write(
         `haproxy-${layer}-${side.role}.cfg`,
-        haproxyConfig({ layer, role: side.role, listen: side.listen, upstream: side.upstream, certFile: side.certFile, caFile, ciphersuite: opts.ciphersuite, group: opts.group }),
+        haproxyConfig({ layer, role: side.role, listen: side.listen, upstream: side.upstream, certFile: side.certFile, caFile, ciphersuite: opts.ciphersuite, group: opts.group, ...(opts.threads && { threads: opts.threads }) }),
       );
       const check = await run('haproxy', ['-c', '-q', '-f', cfg], { timeoutMs: 10_000 });
       if (check.code !== 0) throw new LabError('EHAPROXY', `haproxy rejects ${cfg}:\n${(check.stderr || check.stdout).trim()}`);

@@ -51,6 +51,7 @@ export function metricCatalogue(rates: readonly number[]): MetricDef[] {
     ...perRate,
     { name: 'max_rps', unit: 'req/s', better: 'higher' },
     { name: 'proxy_cpu_pct_max_rps', unit: '%', better: 'lower' },
+    { name: 'max_rps_2cpu', unit: 'req/s', better: 'higher' },
     { name: 'gbps_1', unit: 'Gbit/s', better: 'higher' },
     { name: 'gbps_4', unit: 'Gbit/s', better: 'higher' },
     { name: 'conn_per_s', unit: 'conn/s', better: 'higher' },

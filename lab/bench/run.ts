@@ -25,7 +25,7 @@ import { ScaleBench, SCALE_NAMESPACE } from './scale.js';
 import { describeTls, probeNodeDefaults, probeTls, type TlsCreds, type TlsParams } from './tls-probe.js';
 import { BODY_BYTES, HAPROXY_PORTS, MESH_SERVER, NODE_A, NODE_B, PLAIN_SERVER, benchManifests, extraObjects, handshakeManifests, pinned, resolveTargets } from './topology.js';
 
-export const MEASUREMENTS = ['memory', 'latency', 'max-rps', 'bulk', 'conn-rate', 'scale'] as const;
+export const MEASUREMENTS = ['memory', 'latency', 'max-rps', 'bulk', 'conn-rate', 'scale', 'scale-out'] as const;
 export type MeasurementId = (typeof MEASUREMENTS)[number];
 
 export interface BenchOptions {
@@ -89,6 +89,12 @@ const IDLE_SETTLE_MS = 12_000;
 /** The key exchange group HAProxy (OpenSSL 3.0) and the agents can both do. */
 const COMMON_GROUP = 'X25519';
 
+/**
+ * The pinned runs compare one thread against one: HAProxy runs nbthread 1, so the agents run --workers 1 (their
+ * default is a thread per CPU). scale-out compares both on every CPU, unpinned: --workers N and nbthread N.
+ */
+const PINNED_AGENT_ARGS = ['--workers', '1'];
+
 /** conn_per_s through the mesh: agents that give each connection a session (and TLS handshake) of its own. */
 const HANDSHAKE_AGENT_ARGS = ['--hbone-max-streams-per-session', '1'];
 
@@ -135,6 +141,8 @@ class Bench {
   /** The second lab, for conn_per_s on the mesh path (HANDSHAKE_AGENT_ARGS); up from its first use. */
   private handshake: Promise<{ lab: Lab; agentPids: number[]; target: string }> | undefined;
   private torn: Promise<void> | undefined;
+  /** Labs of single measurements (scale-out), taken down with the others. */
+  private readonly extraLabs: Lab[] = [];
   private readonly results = new Results();
   private readonly warnings: string[] = [];
   private readonly procs = new ProcReader();
@@ -199,6 +207,7 @@ class Bench {
       await this.repeat(lab, rotation(runnable, r), r === 0);
     }
     if (!this.opts.skip.includes('scale') && runnable.some((p) => p.proxy === 'agents')) await this.scale(lab);
+    if (!this.opts.skip.includes('scale-out') && this.cpus >= 2) await this.scaleOut(runnable.filter((p) => p.protocol !== 'h2' && p.proxy !== 'none'));
 
     this.machine.finished_at = new Date().toISOString();
     this.machine.duration_s = Math.round((Date.now() - started) / 1000);
@@ -219,7 +228,7 @@ class Bench {
   teardown(): Promise<void> {
     this.torn ??= (async () => {
       const second = await this.handshake?.then((h) => h.lab, () => undefined);
-      for (const lab of [this.lab, second]) {
+      for (const lab of [this.lab, second, ...this.extraLabs]) {
         if (!lab) continue;
         this.opts.log(`tearing down lab '${lab.name}' ...`);
         await lab.down().catch((err: Error) => this.opts.log(`trellis bench: ${err.message}`));
@@ -229,8 +238,8 @@ class Bench {
   }
 
   /** Flags every agent of the run gets: the key exchange HAProxy can do too, unless --agent-tls-default, then --agent-args. */
-  private agentArgs(): string[] {
-    return [...(this.opts.agentTlsDefault ? [] : ['--tls-groups', COMMON_GROUP]), ...(this.opts.agentArgs ?? [])];
+  private agentArgs(workers: string[] = PINNED_AGENT_ARGS): string[] {
+    return [...(this.opts.agentTlsDefault ? [] : ['--tls-groups', COMMON_GROUP]), ...workers, ...(this.opts.agentArgs ?? [])];
   }
 
   private async upLab(): Promise<Lab> {
@@ -347,9 +356,9 @@ class Bench {
     return true;
   }
 
-  /** Runs a tool in the path's client pod (pinned with the load) and returns its last JSON line. */
-  private async tool(p: PathDef, argv: string[], seconds: number, lab: Lab = this.lab!): Promise<Record<string, unknown>> {
-    const r = await lab.exec(p.client, pinned(this.loadCpu, ['trellis', 'tool', ...argv]), { timeoutMs: (seconds + 60) * 1000 });
+  /** Runs a tool in the path's client pod (pinned with the load, unless `pin` is false) and returns its last JSON line. */
+  private async tool(p: PathDef, argv: string[], seconds: number, lab: Lab = this.lab!, pin = true): Promise<Record<string, unknown>> {
+    const r = await lab.exec(p.client, pinned(pin ? this.loadCpu : undefined, ['trellis', 'tool', ...argv]), { timeoutMs: (seconds + 60) * 1000 });
     const last = r.stdout.trim().split('\n').at(-1) ?? '';
     try {
       return JSON.parse(last) as Record<string, unknown>;
@@ -534,6 +543,45 @@ class Bench {
     this.opts.log(`  ${p.name}: ${r.conn_per_s} new connections/s`);
   }
 
+  /**
+   * max_rps_2cpu: the HTTP/1.1 paths again with nothing pinned, the agents with a thread per CPU (--workers N) and
+   * HAProxy with as many (nbthread N), in a lab of its own whose servers and load run unpinned too. The question:
+   * does the mesh keep its ratio to HAProxy when both may use every CPU?
+   */
+  private async scaleOut(paths: PathDef[]): Promise<void> {
+    if (paths.length === 0) return;
+    const { log } = this.opts;
+    const cpus = this.cpus;
+    const base = this.opts.name.slice(0, 7);
+    const name = `${base}${this.opts.name === `${base}w` ? 'v' : 'w'}`;
+    log(`scale-out: lab '${name}', nothing pinned, agents --workers ${cpus}, HAProxy nbthread ${cpus} ...`);
+    const lab = await Lab.up(benchManifests({}), { name, logLevel: this.opts.logLevel, agentArgs: this.agentArgs(['--workers', String(cpus)]) });
+    this.extraLabs.push(lab);
+    for (const o of extraObjects()) {
+      await fsp.writeFile(path.join(lab.clusterDir, objectFileName(o.kind, o.metadata.name, o.metadata.namespace)), stringify(o));
+    }
+    const creds = await plainPodCreds(lab);
+    const tls = this.machine.tls as TlsSeen | undefined;
+    await startHaproxies(lab, { dir: path.join(lab.stateDir, 'bench-haproxy'), threads: cpus, ciphersuite: tls?.agents.cipher ?? 'TLS_AES_256_GCM_SHA384', group: COMMON_GROUP, creds });
+    const targets = resolveTargets(lab);
+    const url = (p: PathDef): string => `http://${p.target(targets)}/`;
+    for (const p of paths) {
+      const r = await lab.exec(p.client, ['trellis', 'tool', 'wait-http', '--url', url(p), '--timeout-s', '30', '--interval-ms', '100'], { timeoutMs: 40_000 });
+      if (r.code !== 0) throw new LabError('ENOTREADY', `${p.name}: ${url(p)} does not answer from ${p.client} in lab '${lab.name}': ${r.stdout.trim()} ${r.stderr.trim()}`);
+    }
+    for (let r = 0; r < this.plan.repeats; r++) {
+      for (const p of rotation(paths, r)) {
+        await this.guard(p, 'max req/s on every CPU', async () => {
+          const args = ['http-bench', '--url', url(p), '--rate', '0', '--duration-s', String(this.plan.maxRpsS), '--warmup-s', '1', '--connections', String(this.plan.connections * cpus)];
+          const out = await this.tool(p, args, this.plan.maxRpsS + 1, lab, false);
+          if (Number(out.ok) > 0) this.results.add(p.name, 'max_rps_2cpu', Number(out.achieved_rps));
+          if (Number(out.errors) > 0) this.warnings.push(`${p.name} max req/s on every CPU: ${out.errors} requests failed ${JSON.stringify(out.error_counts)}`);
+          log(`  ${p.name}: max ${out.achieved_rps} req/s on ${cpus} CPUs, unpinned`);
+        });
+      }
+    }
+  }
+
   /** The second lab, built on first use: the mesh half of the topology, agents with HANDSHAKE_AGENT_ARGS, pinned like the first. */
   private handshakeLab(): Promise<{ lab: Lab; agentPids: number[]; target: string }> {
     this.handshake ??= (async () => {
@@ -647,10 +695,11 @@ class Bench {
       this.loadCpu === undefined
         ? 'pinning: none (1 CPU): load generator, servers and proxies share it'
         : `pinning: load generator, servers and the bench itself on CPU ${this.loadCpu}; proxies (both trellis agents, every haproxy process) on CPU ${this.proxyCpu}`,
+      `threads: one per proxy (agents ${PINNED_AGENT_ARGS.join(' ')}, HAProxy nbthread 1); max_rps_2cpu: nothing pinned, agents --workers ${this.cpus}, HAProxy nbthread ${this.cpus}, ${this.plan.connections * this.cpus} connections`,
     ];
     const agents = tls.agents;
     lines.push(`TLS: trellis agents ${describeTls(agents)}`);
-    for (const k of ['haproxy-l4', 'haproxy-l7'] as const) {
+    for (const k of ['haproxy-l4', 'haproxy-l7', 'haproxy-h2'] as const) {
       const h = tls[k];
       if (h) lines.push(`     ${k} ${describeTls(h)}${sameTls(agents, h) ? ' (same)' : ' (DIFFERS from the agents)'}`);
     }
@@ -659,7 +708,7 @@ class Bench {
     }
     if (this.opts.agentArgs?.length) lines.push(`agents run with extra flags: ${this.opts.agentArgs.join(' ')}`);
     lines.push(
-      `load: HTTP/1.1 GET, ${BODY_BYTES}-byte responses, ${this.plan.connections} keep-alive connections, open loop (latency from each request's due time), ` +
+      `load: HTTP/1.1 GET (h2 paths: h2load, h2c, max req/s only), ${BODY_BYTES}-byte responses, ${this.plan.connections} keep-alive connections, open loop (latency from each request's due time), ` +
         `${this.plan.warmupS} s warm-up + ${this.plan.latencyS} s per latency run; before its first run each path gets ${this.plan.primeS} s of closed-loop load, not measured`,
       `runs: ${this.plan.repeats} per measurement and path, paths interleaved (order rotated each repeat); cells: median [min–max]`,
       'cpu_us_per_req: utime+stime (/proc/PID/stat) of both proxy processes (source and destination side) per response; ' +
