@@ -9,6 +9,9 @@ import { UpstreamError, needsLength, type UpstreamRequest, type UpstreamResponse
 import { CHUNK_END, chunkHeader, lastChunk, requestHead } from './encode.js';
 import { Parser, SKIP_BODY, type Head, type ParseError, type ParserEvents } from './parser.js';
 
+/** Pieces of one write up to this size are copied into one buffer (fewer system calls than writing each). */
+const COALESCE_BYTES = 16 * 1024;
+
 /** Told when a connection is free again (whole exchange, keep-alive both ways) or gone. */
 export interface ClientOwner {
   released(client: H1Client): void;
@@ -90,14 +93,20 @@ export class H1Client implements ParserEvents, BodyProducer {
     }
     // Trailers are welcome (the relay passes them on); between agents, say what the client spoke.
     framing += req.appProtocol === 'h2' ? 'te: trailers\r\ntrellis-app-protocol: h2\r\n' : 'te: trailers\r\n';
-    t.cork();
-    t.write(requestHead(req.method, req.path, req.authority, req.headers, framing));
-    if (Buffer.isBuffer(body)) {
-      if (body.length > 0) t.write(body);
-      t.uncork();
+    const head = requestHead(req.method, req.path, req.authority, req.headers, framing);
+    // One write for the head and a body that is here already (a GET, a buffered body); a streamed body follows it.
+    if (Buffer.isBuffer(body) || (body.ended && body.received === 0)) {
+      if (!Buffer.isBuffer(body) || body.length === 0) t.write(head);
+      else if (body.length <= COALESCE_BYTES) t.write(Buffer.concat([head, body]));
+      else {
+        t.write(head);
+        t.write(body);
+      }
       this.sent();
       return;
     }
+    t.cork();
+    t.write(head);
     body.read(new RequestWriter(this, t, body, chunked));
     t.uncork();
   }
@@ -233,12 +242,12 @@ class RequestWriter implements BodyReader {
 
   data(chunk: Buffer): boolean {
     let ok: boolean;
-    if (this.chunked) {
+    if (!this.chunked) ok = this.t.write(chunk);
+    else if (chunk.length <= COALESCE_BYTES) ok = this.t.write(Buffer.concat([chunkHeader(chunk.length), chunk, CHUNK_END]));
+    else {
       this.t.write(chunkHeader(chunk.length));
       this.t.write(chunk);
       ok = this.t.write(CHUNK_END);
-    } else {
-      ok = this.t.write(chunk);
     }
     if (!ok) this.t.once('drain', () => this.body.pull());
     return ok;

@@ -43,6 +43,8 @@ export interface H1ServerInputs<C> {
 const SWEEP_MS = 1000;
 /** Requests parsed ahead of the one being served (pipelining) before the connection stops reading. */
 const MAX_QUEUED = 16;
+/** Pieces of one response write up to this size are copied into one buffer. */
+const COALESCE_BYTES = 16 * 1024;
 /** How long a refused connection may linger after its answer before it is destroyed. */
 const LINGER_MS = 2000;
 
@@ -379,7 +381,8 @@ class H1Exchange<C> implements Responder {
   private chunked = false;
   private bodyless = false;
   private closeAfter: boolean;
-  private corked = false;
+  /** The head, held until the body that follows (or end/flush) so both leave in one write. */
+  private pending: Buffer | undefined;
   private closeWaiters: (() => void)[] | undefined;
 
   constructor(
@@ -417,28 +420,49 @@ class H1Exchange<C> implements Responder {
     if (this.conn.draining) this.closeAfter = true;
     if (this.closeAfter) framing += 'connection: close\r\n';
     else if (this.http10) framing += 'connection: keep-alive\r\n';
-    // The head waits for the body that follows (end() or flush() sends both in one write).
-    if (!endStream && !(t as { writableCorked?: number }).writableCorked) {
-      t.cork();
-      this.corked = true;
+    const head = responseHead(status, headers, framing);
+    if (endStream) {
+      t.write(head);
+      this.finish();
+      return;
     }
-    t.write(responseHead(status, headers, framing));
-    if (endStream) this.finish();
+    // The head waits for the body that follows: one write for both (end() or flush() sends it alone).
+    this.pending = head;
   }
 
   write(chunk: Buffer): boolean {
-    if (this.done || this.lost || chunk.length === 0 || this.bodyless) return true;
-    const t = this.conn.transport;
-    if (!this.chunked) return t.write(chunk);
-    t.write(chunkHeader(chunk.length));
-    t.write(chunk);
-    return t.write(CHUNK_END);
+    if (this.done || this.lost || chunk.length === 0 || this.bodyless) return this.flushed();
+    const parts = this.chunked ? [chunkHeader(chunk.length), chunk, CHUNK_END] : [chunk];
+    return this.send(parts);
   }
 
   end(trailers?: Headers): void {
     if (this.done || this.lost) return;
-    if (this.chunked) this.conn.transport.write(lastChunk(this.acceptsTrailers ? trailers : undefined));
+    if (this.chunked) this.send([lastChunk(this.acceptsTrailers ? trailers : undefined)]);
     this.finish();
+  }
+
+  /**
+   * One write: the held head (if any) and `parts`, copied together when small (a socket write per piece cost a
+   * system call each, and writev more JavaScript than the copy), else each written in turn.
+   */
+  private send(parts: Buffer[]): boolean {
+    const t = this.conn.transport;
+    const head = this.pending;
+    this.pending = undefined;
+    if (head) parts.unshift(head);
+    if (parts.length === 1) return t.write(parts[0]!);
+    let size = 0;
+    for (const p of parts) size += p.length;
+    if (size <= COALESCE_BYTES) return t.write(Buffer.concat(parts, size));
+    let ok = true;
+    for (const p of parts) ok = t.write(p);
+    return ok;
+  }
+
+  private flushed(): boolean {
+    this.flush();
+    return true;
   }
 
   reset(): void {
@@ -467,9 +491,10 @@ class H1Exchange<C> implements Responder {
   }
 
   flush(): void {
-    if (!this.corked) return;
-    this.corked = false;
-    this.conn.transport.uncork();
+    const head = this.pending;
+    if (!head) return;
+    this.pending = undefined;
+    this.conn.transport.write(head);
   }
 
   private finish(): void {
