@@ -64,6 +64,8 @@ export function metricCatalogue(rates: readonly number[]): MetricDef[] {
     { name: 'apply_ms_10k', unit: 'ms', better: 'lower' },
     { name: 'apply_cpu_ms_10k', unit: 'ms', better: 'lower' },
     { name: 'rss_mb_10k', unit: 'MB', better: 'lower' },
+    { name: 'enrol_ms_100', unit: 'ms', better: 'lower' },
+    { name: 'kb_per_pod', unit: 'KB', better: 'lower' },
   ];
 }
 

@@ -17,6 +17,7 @@ import { plainPodCreds, startHaproxies, type Layer } from './haproxy.js';
 import { MESH_CLIENT, selectPaths, rotation, type PathDef, type ProxyKind, type Targets } from './paths.js';
 import { h2loadArgs, parseH2load } from './h2load.js';
 import { installCommand, installPrereqs, missingPrereqs } from './prereqs.js';
+import { measurePods } from './pods.js';
 import { ProcReader } from './procfs.js';
 import { parsePrometheus, sumOf } from '../load/promtext.js';
 import { benchJson, formatReport } from './report.js';
@@ -25,7 +26,7 @@ import { ScaleBench, SCALE_NAMESPACE } from './scale.js';
 import { describeTls, probeNodeDefaults, probeTls, type TlsCreds, type TlsParams } from './tls-probe.js';
 import { BODY_BYTES, HAPROXY_PORTS, MESH_SERVER, NODE_A, NODE_B, PLAIN_SERVER, benchManifests, extraObjects, handshakeManifests, pinned, resolveTargets } from './topology.js';
 
-export const MEASUREMENTS = ['memory', 'latency', 'max-rps', 'bulk', 'conn-rate', 'scale', 'scale-out'] as const;
+export const MEASUREMENTS = ['memory', 'latency', 'max-rps', 'bulk', 'conn-rate', 'scale', 'scale-out', 'pods'] as const;
 export type MeasurementId = (typeof MEASUREMENTS)[number];
 
 export interface BenchOptions {
@@ -208,6 +209,8 @@ class Bench {
     }
     if (!this.opts.skip.includes('scale') && runnable.some((p) => p.proxy === 'agents')) await this.scale(lab);
     if (!this.opts.skip.includes('scale-out') && this.cpus >= 2) await this.scaleOut(runnable.filter((p) => p.protocol !== 'h2' && p.proxy !== 'none'));
+    const mesh4 = runnable.find((p) => p.name === 'trellis-l4') ?? runnable.find((p) => p.proxy === 'agents');
+    if (!this.opts.skip.includes('pods') && mesh4) await this.guard(mesh4, 'pods per node', () => this.pods(mesh4));
 
     this.machine.finished_at = new Date().toISOString();
     this.machine.duration_s = Math.round((Date.now() - started) / 1000);
@@ -578,6 +581,34 @@ class Bench {
           if (Number(out.errors) > 0) this.warnings.push(`${p.name} max req/s on every CPU: ${out.errors} requests failed ${JSON.stringify(out.error_counts)}`);
           log(`  ${p.name}: max ${out.achieved_rps} req/s on ${cpus} CPUs, unpinned`);
         });
+      }
+    }
+  }
+
+  /** enrol_ms_100 and kb_per_pod, in a one-node lab of 100 idle pods (pods.ts), the agent pinned like the others. */
+  private async pods(mesh: PathDef): Promise<void> {
+    const count = 100;
+    const base = this.opts.name.slice(0, 7);
+    for (let r = 0; r < this.plan.scaleRepeats; r++) {
+      const name = `${base}${this.opts.name === `${base}p` ? 'q' : 'p'}`;
+      this.opts.log(`pods per node: ${count} idle pods on one node, their namespace opting in (run ${r + 1}/${this.plan.scaleRepeats}) ...`);
+      try {
+        const res = await measurePods({
+          name,
+          count,
+          agentArgs: this.agentArgs(),
+          logLevel: this.opts.logLevel,
+          pin: async (pid) => (this.proxyCpu === undefined ? undefined : pin(pid, this.proxyCpu, `the agent of lab '${name}'`)),
+          procs: this.procs,
+          onLab: (lab) => this.extraLabs.push(lab),
+          log: this.opts.log,
+        });
+        this.results.add(mesh.name, 'enrol_ms_100', res.enrolMs);
+        this.results.add(mesh.name, 'kb_per_pod', res.kbPerPod);
+        this.opts.log(`  ${count} pods enrolled in ${Math.round(res.enrolMs)} ms; agent anon ${res.anonMbBefore.toFixed(1)} -> ${res.anonMbAfter.toFixed(1)} MB (${res.kbPerPod.toFixed(1)} KB per pod)`);
+      } finally {
+        const lab = this.extraLabs.pop();
+        await lab?.down().catch((err: Error) => this.opts.log(`trellis bench: ${err.message}`));
       }
     }
   }

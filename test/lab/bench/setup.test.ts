@@ -166,3 +166,14 @@ describe('h2load', () => {
     expect(h2loadArgs('http://10.96.0.13/', 16, 2, 1)).toEqual(['h2load', '-c', '16', '-m', '1', '-D', '2', '--warm-up-time=1', 'http://10.96.0.13/']);
   });
 });
+
+describe('pods per node', () => {
+  it('makes a one-node lab of idle pods whose namespace is not meshed yet', async () => {
+    const { podsManifests, PODS_NAMESPACE } = await import('../../../lab/bench/pods.js');
+    const plan = planLab('benchp', await loadManifests(podsManifests(100)));
+    expect(plan.nodes.map((n) => n.name)).toEqual(['node-a']);
+    expect(plan.pods).toHaveLength(100);
+    expect(new Set(plan.pods.map((p) => p.ip)).size).toBe(100);
+    expect(plan.namespaces.find((n) => n.metadata.name === PODS_NAMESPACE)?.metadata.annotations).toBeUndefined();
+  });
+});
