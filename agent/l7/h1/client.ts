@@ -24,6 +24,8 @@ interface InFlight {
   method: string;
   /** The response, once its head came. */
   response?: Response;
+  /** The response was handed on (after the read that parsed its head passed the framing checks). */
+  announced?: boolean;
   /** The request's last byte is written. */
   sent: boolean;
   /** The response's last byte arrived. */
@@ -134,8 +136,14 @@ export class H1Client implements ParserEvents, BodyProducer {
 
   private read(chunk: Buffer): void {
     if (!this.flight) return this.broken('bytes from upstream with no request in flight');
+    const f = this.flight;
     const r = this.parser.execute(chunk);
-    if (typeof r !== 'number') this.malformed(r);
+    if (typeof r !== 'number') return this.malformed(r);
+    // llhttp checks a head's framing after its callback: the response goes on only once the read passed.
+    if (f?.response && !f.announced) {
+      f.announced = true;
+      f.resolve(f.response);
+    }
   }
 
   head(h: Head): number {
@@ -152,7 +160,6 @@ export class H1Client implements ParserEvents, BodyProducer {
     const response = new Response(h.status, headers, body, this, this.exchanges > 0);
     f.response = response;
     if (empty) f.received = true;
-    f.resolve(response);
     return skip ? SKIP_BODY : 0;
   }
 
@@ -215,8 +222,9 @@ export class H1Client implements ParserEvents, BodyProducer {
     const f = this.flight;
     this.flight = undefined;
     if (f) {
-      if (!f.response) f.reject(new UpstreamError('reset', reason, this.exchanges > 0));
-      else if (!f.received) f.response.body.fail(`upstream: ${reason}`);
+      // A response refused for its framing is not retried as an idle-close race on a reused connection.
+      if (!f.announced) f.reject(new UpstreamError('reset', reason, !f.response && this.exchanges > 0));
+      else if (!f.received) f.response?.body.fail(`upstream: ${reason}`);
     }
     this.destroy();
     this.tellLost();

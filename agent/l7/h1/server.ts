@@ -109,6 +109,14 @@ export class H1Connection<C> implements ParserEvents, BodyProducer {
   private upgrading: { exchange: H1Exchange<C>; raw: readonly string[] } | undefined;
   /** A refusal to send once the request in flight is answered (the bytes after it were malformed). */
   private refusal: { status: number; reason: string } | undefined;
+  /**
+   * The request whose head this read parsed, dispatched only once the read parsed without error: llhttp checks
+   * the framing (Transfer-Encoding against Content-Length, chunk sizes) after the head's callback, and a request
+   * it then refuses must never have reached a handler.
+   */
+  private unstarted: H1Exchange<C> | undefined;
+  /** The last request whose head this read parsed (the one a parse error belongs to). */
+  private lastHead: H1Exchange<C> | undefined;
   private phase = Phase.Idle;
   private since = Date.now();
   private closing = false;
@@ -137,10 +145,30 @@ export class H1Connection<C> implements ParserEvents, BodyProducer {
     }
     const n = this.parser.execute(chunk);
     if (typeof n !== 'number') return this.malformed(n);
+    this.lastHead = undefined;
+    const next = this.unstarted;
+    this.unstarted = undefined;
+    if (next) this.start(next);
     if (this.upgrading) this.handOver(chunk.subarray(n));
   }
 
   private malformed(err: ParseError): void {
+    // The request the error belongs to is dropped (never dispatched, or its body fails where it went); those
+    // parsed whole before it are served, and the refusal follows them.
+    const bad = this.lastHead ?? this.incoming;
+    this.lastHead = undefined;
+    this.upgrading = undefined;
+    if (bad) {
+      if (this.unstarted === bad) this.unstarted = undefined;
+      const i = this.queue?.indexOf(bad) ?? -1;
+      if (i >= 0) this.queue!.splice(i, 1);
+      if (this.queue?.length === 0) this.queue = undefined;
+      bad.req.body.fail('malformed request');
+    }
+    this.incoming = undefined;
+    const next = this.unstarted;
+    this.unstarted = undefined;
+    if (next) this.start(next);
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
     this.server.inputs.logger.debug({ code: err.code, reason: err.reason }, 'malformed HTTP request refused');
     this.refuse(status, `${err.code}: ${err.reason}`);
@@ -218,8 +246,9 @@ export class H1Connection<C> implements ParserEvents, BodyProducer {
       ...(parsed.appProtocol && { appProtocol: parsed.appProtocol }),
     };
     const exchange = new H1Exchange(this, req, h.versionMinor === 1 && h.keepAlive, h.versionMinor === 0, parsed.trailers, expectContinue && !bodyless);
+    this.lastHead = exchange;
     if (h.upgrade) {
-      if (this.current || this.queue) {
+      if (this.current || this.queue || this.unstarted) {
         this.refuse(400, 'an Upgrade request pipelined behind another request');
         return 0;
       }
@@ -227,12 +256,12 @@ export class H1Connection<C> implements ParserEvents, BodyProducer {
       return 0;
     }
     this.incoming = bodyless ? undefined : exchange;
-    if (this.current) {
+    if (this.current || this.unstarted) {
       (this.queue ??= []).push(exchange);
       // Stop reading ahead once enough is waiting; the queue resumes reading as it empties.
       if (this.queue.length >= MAX_QUEUED) this.transport.pause();
     } else {
-      this.start(exchange);
+      this.unstarted = exchange;
     }
     return 0;
   }
