@@ -12,6 +12,9 @@ export type LabErrorCode =
   | 'EPROC'
   | 'ESTATE'
   | 'EHTTP'
+  /** The control plane (etcd, kube-apiserver, kube-controller-manager) and the lab's calls to it. */
+  | 'ECONTROLPLANE'
+  | 'EKUBE'
   /** The bench and its helpers (HAProxy, taskset, the TLS probe, the scale objects). */
   | 'EHAPROXY'
   | 'ESCALE'

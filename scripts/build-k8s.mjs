@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Builds a real Kubernetes control plane from source for the lab, cached outside the repository:
 //   <cache>/k8s-<version>/bin/{kube-apiserver,kube-controller-manager,kubectl,etcd,etcdctl}
-//   <cache>/k8s-<version>/crds/gateway-api-<version>/*.yaml   (the standard channel CRDs)
+//   <cache>/k8s-<version>/crds/gateway-api-<version>/*.yaml               (the standard channel CRDs)
+//   <cache>/k8s-<version>/crds/gateway-api-<version>-experimental/*.yaml  (the experimental channel's)
 // <cache> is $TRELLIS_K8S_CACHE, else ~/.cache/trellis. The versions come from the Go modules in
 // lab/controlplane/{k8s,etcd} (see lab/controlplane/README.md). A stamp file makes a rerun a no-op
 // while those go.mod/go.sum files, the Go version and the recipe below stay the same.
@@ -50,6 +51,8 @@ const cacheRoot = process.env.TRELLIS_K8S_CACHE || path.join(os.homedir(), '.cac
 const dir = path.join(cacheRoot, `k8s-${k8sVersion}`);
 const binDir = path.join(dir, 'bin');
 const crdDir = path.join(dir, 'crds', `gateway-api-${GATEWAY_API.version}`);
+// v1.2's standard channel lacks HTTPRoute rules' `name` and `retry`, which the lab's own examples use.
+const experimentalCrdDir = `${crdDir}-experimental`;
 const stampFile = path.join(dir, 'stamp.json');
 const BINARIES = ['kube-apiserver', 'kube-controller-manager', 'kubectl', 'etcd', 'etcdctl'];
 
@@ -84,11 +87,6 @@ function stampMatches() {
   } catch {
     return false;
   }
-}
-
-if (!args.has('--force') && stampMatches()) {
-  console.log(`build-k8s: ${dir} is up to date (Kubernetes ${k8sVersion}, etcd ${etcdVersion}, ${goVersion}), ${secs(Date.now() - t0)}`);
-  process.exit(0);
 }
 
 const timeBin = fs.existsSync('/usr/bin/time') ? '/usr/bin/time' : null;
@@ -148,6 +146,36 @@ async function step(name, cmd, cmdArgs, opts = {}) {
   return Buffer.concat(stdout).toString('utf8');
 }
 
+// Gateway API CRDs come from the module zip (both channels); the checksum database checks the zip, and so does
+// GATEWAY_API.sum. Outside any module, so the download touches no go.mod.
+async function copyGatewayCrds() {
+  const out = await step(
+    `gateway-api ${GATEWAY_API.version} CRDs`,
+    'go',
+    ['mod', 'download', '-json', `sigs.k8s.io/gateway-api@${GATEWAY_API.version}`],
+    { cwd: os.tmpdir(), env: { GOFLAGS: '', GO111MODULE: 'on' } },
+  );
+  const info = JSON.parse(out);
+  if (info.Sum !== GATEWAY_API.sum) {
+    console.error(`build-k8s: sigs.k8s.io/gateway-api@${GATEWAY_API.version} has sum ${info.Sum}, expected ${GATEWAY_API.sum}`);
+    process.exit(1);
+  }
+  for (const [channel, to] of [['standard', crdDir], ['experimental', experimentalCrdDir]]) {
+    const from = path.join(info.Dir, 'config', 'crd', channel);
+    fs.rmSync(to, { recursive: true, force: true });
+    fs.mkdirSync(to, { recursive: true });
+    for (const f of fs.readdirSync(from).filter((f) => f.startsWith('gateway.networking.k8s.io_') && f.endsWith('.yaml'))) fs.writeFileSync(path.join(to, f), fs.readFileSync(path.join(from, f)));
+    console.log(`build-k8s: copied ${fs.readdirSync(to).length} CRD files (${channel} channel) to ${to}`);
+  }
+}
+
+if (!args.has('--force') && stampMatches()) {
+  // A cache made before the experimental channel was kept gets it without a rebuild.
+  if (!fs.existsSync(experimentalCrdDir)) await copyGatewayCrds();
+  console.log(`build-k8s: ${dir} is up to date (Kubernetes ${k8sVersion}, etcd ${etcdVersion}, ${goVersion}), ${secs(Date.now() - t0)}`);
+  process.exit(0);
+}
+
 fs.mkdirSync(binDir, { recursive: true });
 fs.rmSync(stampFile, { force: true });
 
@@ -192,25 +220,7 @@ for (const [cmd, pkg] of [
   await step(cmd, 'go', ['build', '-trimpath', '-ldflags', '-s -w', '-o', path.join(binDir, cmd), pkg], { cwd: etcdMod, env: goEnv });
 }
 
-// Outside any module, so the download touches no go.mod; the checksum database checks the zip, and so does GATEWAY_API.sum.
-const out = await step(
-  `gateway-api ${GATEWAY_API.version} CRDs`,
-  'go',
-  ['mod', 'download', '-json', `sigs.k8s.io/gateway-api@${GATEWAY_API.version}`],
-  { cwd: os.tmpdir(), env: { GOFLAGS: '', GO111MODULE: 'on' } },
-);
-const info = JSON.parse(out);
-if (info.Sum !== GATEWAY_API.sum) {
-  console.error(`build-k8s: sigs.k8s.io/gateway-api@${GATEWAY_API.version} has sum ${info.Sum}, expected ${GATEWAY_API.sum}`);
-  process.exit(1);
-}
-const crdSrc = path.join(info.Dir, 'config', 'crd', 'standard');
-fs.rmSync(crdDir, { recursive: true, force: true });
-fs.mkdirSync(crdDir, { recursive: true });
-for (const f of fs.readdirSync(crdSrc).filter((f) => f.endsWith('.yaml'))) {
-  fs.writeFileSync(path.join(crdDir, f), fs.readFileSync(path.join(crdSrc, f)));
-}
-console.log(`build-k8s: copied ${fs.readdirSync(crdDir).length} CRD files to ${crdDir}`);
+await copyGatewayCrds();
 
 fs.writeFileSync(
   stampFile,

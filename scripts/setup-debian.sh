@@ -15,7 +15,10 @@ pkgs=(
   podman        # runs it in test/image, always with --network=none
   runc          # OCI runtime of both: Debian 12's crun refuses hosts with cgroup v1 and v2 controllers mixed
   debootstrap   # the base images debian:bookworm-slim and node:*-bookworm-slim, made here without a registry
+  time          # /usr/bin/time -v: scripts/build-k8s.mjs reports each step's peak memory with it
 )
+# Go 1.26+ (with the Go module proxy) is a property of the machine, not a package here: scripts/build-k8s.mjs builds
+# the control plane of the cluster-mode tests with it and says so when it is missing.
 command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm) # any npm: Node 24 itself comes from the `node` devDependency
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null

@@ -70,12 +70,13 @@ const endpointSliceSchema = z.object({
     nodeName: z.string().optional(),
     targetRef: z.object({ kind: z.string(), name: z.string(), namespace: z.string().optional() }).loose().optional(),
   }).loose()).nullable().transform((e) => e ?? []),
+  // The EndpointSlice controller writes `ports: null` for a Service with no endpoints (as `endpoints: null`).
   ports: z.array(z.object({
     name: z.string().optional(),
     port: port.optional(),
     protocol: z.string().optional(),
     appProtocol: z.string().optional(),
-  }).loose()).optional(),
+  }).loose()).nullish().transform((p) => p ?? undefined),
 }).loose();
 
 // A security policy with no spec is meaningful (Istio's allow-nothing: an ALLOW policy with no rules); refusing it

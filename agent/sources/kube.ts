@@ -92,6 +92,15 @@ export interface KubeSourceInputs {
 
 const BACKOFF_MIN_MS = 200;
 const BACKOFF_MAX_MS = 30_000;
+/**
+ * Watches ask the server to end them after 5 to 10 min (as client-go's reflectors do), so reconnects are spread
+ * out; the server sends a bookmark every minute and one 2 s before that end. client-node gives up on a watch that
+ * sends nothing for its inactivity timeout (30 s by default, shorter than the real server's minute between
+ * bookmarks, so every quiet watch would be cut and reopened twice a minute): 90 s here, which is also how long a
+ * dead connection can go unnoticed.
+ */
+const WATCH_TIMEOUT_MIN_S = 300;
+const WATCH_INACTIVITY_MS = 90_000;
 
 /** Exponential backoff with jitter for the n-th consecutive failure (n >= 1): 200 ms doubling to 30 s, +-25 %. */
 export function backoffMs(failures: number, random: () => number): number {
@@ -109,8 +118,10 @@ interface KindState {
   listed: boolean;
   /** The API server answered 404 for this kind: its CRD is not installed. */
   missing: boolean;
-  /** When this informer last knew it was in sync (list, watch event, bookmark, watch accepted). */
+  /** When this informer last knew it was in sync (list, watch event, bookmark, watch accepted or ended by the server). */
   lastSync: number;
+  /** A watch is open: the server pushes every change, so the view is current until it ends. */
+  open: boolean;
   /** lastSync before the current watch request, restored if the server answers it with an ERROR event. */
   syncBeforeConnect: number;
   failures: number;
@@ -125,6 +136,10 @@ interface WatchHooks {
   watching(): void;
   accepted(): void;
   event(phase: string, obj: unknown): void;
+  /** The watch ended: `clean` when the server closed it (its timeout), `error-event` after an ERROR event (410), `failed` otherwise. */
+  ended(how: 'clean' | 'error-event' | 'failed'): void;
+  /** [0, 1), for the watch timeout's jitter. */
+  random(): number;
 }
 
 /** client-node's Watch with bookmarks requested and the informer's progress reported to the source. */
@@ -133,6 +148,8 @@ class KindWatch extends Watch {
   constructor(config: KubeConfig, hooks: WatchHooks) {
     super(config);
     this.hooks = hooks;
+    // client-node 2.0 keeps this setting in a field its typings mark private (no option for it).
+    (this as unknown as { requestTimeoutMs: number }).requestTimeoutMs = WATCH_INACTIVITY_MS;
   }
 
   override async watch(
@@ -146,9 +163,10 @@ class KindWatch extends Watch {
     this.hooks.watching();
     let ended = false;
     let errored = false;
+    const timeoutSeconds = WATCH_TIMEOUT_MIN_S + Math.floor(this.hooks.random() * WATCH_TIMEOUT_MIN_S);
     const controller = await super.watch(
       path,
-      { ...queryParams, allowWatchBookmarks: true },
+      { ...queryParams, allowWatchBookmarks: true, timeoutSeconds },
       (phase, obj, raw) => {
         if (phase === 'ERROR') errored = true;
         this.hooks.event(phase, obj);
@@ -156,6 +174,7 @@ class KindWatch extends Watch {
       },
       (err) => {
         ended = true;
+        this.hooks.ended(err ? 'failed' : errored ? 'error-event' : 'clean');
         done(err);
       },
     );
@@ -229,13 +248,18 @@ export class KubeSource {
   }
 
   /**
-   * Seconds since the source last knew it was in sync: the age of its stalest informer. Rises during an outage.
-   * A quiet, healthy watch refreshes it when client-node reconnects (about every 30 s) or on a bookmark.
+   * Seconds since the source last knew it was in sync: the age of its stalest informer. An open watch is in sync
+   * (the server pushes every change), and so is a kind whose CRD is not installed; the age rises from the last
+   * sign of the server once a watch ends and cannot be opened again (an outage). A connection that dies silently
+   * is noticed after WATCH_INACTIVITY_MS without a bookmark, and then counts from the last data it carried.
    */
   configAgeSeconds(): number {
     const now = this.clock.now();
     let oldest = now;
-    for (const k of this.kinds) oldest = Math.min(oldest, Number.isFinite(k.lastSync) ? k.lastSync : this.startedAt);
+    for (const k of this.kinds) {
+      if (k.open || k.missing) continue;
+      oldest = Math.min(oldest, Number.isFinite(k.lastSync) ? k.lastSync : this.startedAt);
+    }
     return Math.max(0, (now - oldest) / 1000);
   }
 
@@ -244,8 +268,18 @@ export class KubeSource {
     const watch = new KindWatch(config, {
       closed: () => this.closed,
       watching: () => this.guard(() => this.onWatching(state)),
-      accepted: () => this.guard(() => this.markSync(state)),
+      accepted: () =>
+        this.guard(() => {
+          state.open = true;
+          this.markSync(state);
+        }),
       event: (phase, obj) => this.guard(() => this.onWatchEvent(state, phase, obj)),
+      ended: (how) =>
+        this.guard(() => {
+          if (state.open && how === 'clean') this.markSync(state);
+          state.open = false;
+        }),
+      random: this.random,
     });
     const list = async (): Promise<KubernetesListObject<KubernetesObject>> => {
       if (state.listed) this.logger.info({ kind: spec.kind }, 'kube source: relisting (watch expired or restarted without a resourceVersion)');
@@ -266,6 +300,7 @@ export class KubeSource {
       listed: false,
       missing: false,
       lastSync: -Infinity,
+      open: false,
       syncBeforeConnect: -Infinity,
       failures: 0,
       restart: undefined,

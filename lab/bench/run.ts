@@ -23,10 +23,13 @@ import { parsePrometheus, sumOf } from '../load/promtext.js';
 import { benchJson, formatReport } from './report.js';
 import { latencyMetricNames, metricCatalogue, Results } from './results.js';
 import { ScaleBench, SCALE_NAMESPACE } from './scale.js';
+import { KUBE_SCALE_METRICS, measureKubeScale } from './scale-kube.js';
 import { describeTls, probeNodeDefaults, probeTls, type TlsCreds, type TlsParams } from './tls-probe.js';
 import { BODY_BYTES, HAPROXY_PORTS, MESH_SERVER, NODE_A, NODE_B, PLAIN_SERVER, benchManifests, extraObjects, handshakeManifests, pinned, resolveTargets } from './topology.js';
 
-export const MEASUREMENTS = ['memory', 'latency', 'max-rps', 'bulk', 'conn-rate', 'scale', 'scale-out', 'pods'] as const;
+export const MEASUREMENTS = ['memory', 'latency', 'max-rps', 'bulk', 'conn-rate', 'scale', 'scale-kube', 'scale-out', 'pods'] as const;
+/** Left out of --quick unless named in --only: config scale through a real API server takes many minutes. */
+export const SLOW_MEASUREMENTS: readonly MeasurementId[] = ['scale-kube'];
 export type MeasurementId = (typeof MEASUREMENTS)[number];
 
 export interface BenchOptions {
@@ -44,6 +47,8 @@ export interface BenchOptions {
   logLevel: string;
   /** Extra flags for every agent (e.g. `--drift-interval 0`), stated in the report. */
   agentArgs?: string[];
+  /** Services in the config-scale batches (each with 5 endpoints); default 10 000. */
+  scaleServices?: number;
   /** The report (stdout). */
   out: (text: string) => void;
   /** Progress and errors (stderr). */
@@ -68,7 +73,7 @@ interface Plan {
 
 function plan(opts: BenchOptions): Plan {
   const repeats = opts.repeats ?? (opts.quick ? 1 : 3);
-  const common = { rates: [1000, 4000], connections: 16, idleConns: 1000, scale: { services: 10_000, endpointsPerService: 5 }, repeats };
+  const common = { rates: [1000, 4000], connections: 16, idleConns: 1000, scale: { services: opts.scaleServices ?? 10_000, endpointsPerService: 5 }, repeats };
   return opts.quick
     ? { ...common, warmupS: 1, primeS: 3, latencyS: 3, maxRpsS: 2, bulkS: 2, connS: 2, scaleRepeats: 1 }
     : { ...common, warmupS: 2, primeS: 5, latencyS: 10, maxRpsS: 5, bulkS: 5, connS: 5, scaleRepeats: repeats };
@@ -208,13 +213,18 @@ class Bench {
       await this.repeat(lab, rotation(runnable, r), r === 0);
     }
     if (!this.opts.skip.includes('scale') && runnable.some((p) => p.proxy === 'agents')) await this.scale(lab);
+    if (!this.opts.skip.includes('scale-kube') && runnable.some((p) => p.proxy === 'agents')) {
+      const mesh = runnable.find((p) => p.proxy === 'agents')!;
+      const kube = { name: `${this.opts.name.slice(0, 7)}${this.opts.name.endsWith('k') ? 'y' : 'k'}`, size: this.plan.scale, probes: this.plan.scaleRepeats, loadCpu: this.loadCpu, proxyCpu: this.proxyCpu, agentArgs: this.agentArgs(), logLevel: this.opts.logLevel };
+      await this.guard(mesh, 'config scale (kube)', () => measureKubeScale({ ...kube, procs: this.procs, onLab: (l) => this.extraLabs.push(l), add: (m, v) => this.results.add(mesh.name, m, v), machine: this.machine, log: this.opts.log }));
+    }
     if (!this.opts.skip.includes('scale-out') && this.cpus >= 2) await this.scaleOut(runnable.filter((p) => p.protocol !== 'h2' && p.proxy !== 'none'));
     const mesh4 = runnable.find((p) => p.name === 'trellis-l4') ?? runnable.find((p) => p.proxy === 'agents');
     if (!this.opts.skip.includes('pods') && mesh4) await this.guard(mesh4, 'pods per node', () => this.pods(mesh4));
 
     this.machine.finished_at = new Date().toISOString();
     this.machine.duration_s = Math.round((Date.now() - started) / 1000);
-    const catalogue = metricCatalogue(this.plan.rates);
+    const catalogue = [...metricCatalogue(this.plan.rates), ...KUBE_SCALE_METRICS];
     const input = { paths: this.paths, catalogue, results: this.results, header: this.header(), warnings: this.warnings };
     this.opts.out(formatReport(input));
     if (this.opts.json) {

@@ -1,7 +1,7 @@
 // `trellis bench` (npm run bench): the mesh measured against the direct path and HAProxy in a lab of its own.
 // Flags are parsed here; the benchmark lives in lab/bench/.
 import { type Command, InvalidArgumentError } from 'commander';
-import { MEASUREMENTS, runBench, type MeasurementId } from '../bench/run.js';
+import { MEASUREMENTS, SLOW_MEASUREMENTS, runBench, type MeasurementId } from '../bench/run.js';
 import { LabError } from '../errors.js';
 import { PATHS } from '../bench/paths.js';
 
@@ -36,7 +36,14 @@ interface BenchFlags {
   only?: MeasurementId[];
   agentTlsDefault?: boolean;
   agentArgs?: string;
+  scaleServices?: number;
   logLevel: string;
+}
+
+function services(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < 1 || n > 50_000) throw new InvalidArgumentError('expected 1 to 50000');
+  return n;
 }
 
 export function registerBenchCommand(program: Command): void {
@@ -46,7 +53,7 @@ export function registerBenchCommand(program: Command): void {
       'measure the mesh against the direct path and HAProxy (latency at fixed rates, CPU per request, max req/s, ' +
         'bulk throughput, connection rate, memory, config scale) in a lab of its own; needs root',
     )
-    .option('--quick', 'a reduced run (shorter measurements, 1 repeat): under 5 minutes')
+    .option('--quick', `a reduced run (shorter measurements, 1 repeat, no ${SLOW_MEASUREMENTS.join(', ')} unless named in --only): under 5 minutes`)
     .option('--repeats <n>', 'runs of each measurement on each path (default 3, 1 with --quick)', repeats)
     .option('--json <file>', 'also write {"results":[{path,metric,value,unit,...}],"machine":{...}} to FILE')
     .option('--install', 'install what is missing (haproxy, util-linux...) with apt-get instead of stopping')
@@ -55,11 +62,12 @@ export function registerBenchCommand(program: Command): void {
     .option('--only <list>', 'run only these measurements (the others are skipped)', measurements)
     .option('--agent-tls-default', "leave the agents' TLS key exchange at Node's default (which HAProxy cannot match)")
     .option('--agent-args <flags>', 'extra flags for every agent, e.g. "--drift-interval 0" (stated in the report)')
+    .option('--scale-services <n>', 'Services in the config-scale batches (scale, scale-kube), 5 endpoints each', services, 10_000)
     .option('--name <lab>', 'lab name (netns prefix trl-<name>-)', 'bench')
     .option('--log-level <level>', 'agents\' log level (info logs one access line per connection, as in production)', 'info')
     .action(async (f: BenchFlags) => {
       if (f.only && f.skip) throw new LabError('ECONFIG', '--only and --skip: give one of them');
-      const skip = f.only ? MEASUREMENTS.filter((m) => !f.only!.includes(m)) : (f.skip ?? []);
+      const skip = f.only ? MEASUREMENTS.filter((m) => !f.only!.includes(m)) : [...(f.skip ?? []), ...(f.quick ? SLOW_MEASUREMENTS : [])];
       process.exitCode = await runBench({
         quick: f.quick ?? false,
         ...(f.repeats !== undefined && { repeats: f.repeats }),
@@ -71,6 +79,7 @@ export function registerBenchCommand(program: Command): void {
         agentTlsDefault: f.agentTlsDefault ?? false,
         logLevel: f.logLevel,
         ...(f.agentArgs !== undefined && { agentArgs: f.agentArgs.split(/\s+/).filter(Boolean) }),
+        ...(f.scaleServices !== undefined && { scaleServices: f.scaleServices }),
         out: (text) => process.stdout.write(text),
         log: (line) => process.stderr.write(`${line}\n`),
       });

@@ -26,12 +26,22 @@ export function registerLabCommands(program: Command): void {
       .option('--nodes <names>', 'comma-separated node names, in order (default: the Pods\' spec.nodeName values)')
       .option('--no-agents', 'build the network and pods only, no Trellis agents')
       .option('--log-level <level>', "agents' log level: trace|debug|info|warn|error")
+      .option(
+        '--cluster',
+        'cluster mode: a real control plane (etcd, kube-apiserver, kube-controller-manager; built from source on first use) in the lab, ' +
+          'every object created through its API, the agents on --source kube (see `trellis lab kubectl`)',
+      )
+      .option('--gateway-channel <channel>', 'with --cluster: the Gateway API CRDs installed, standard|experimental (routes with rules[].name or retry need experimental)', 'standard')
       .addHelpText(
         'after',
         '\nExamples:\n  trellis lab up -f examples/demo/mesh.yaml\n  trellis lab up -f manifests/ --name b --nodes n1,n2,n3 --no-agents\n' +
+          '  trellis lab up -f examples/demo/mesh.yaml --cluster\n' +
           '\nEvery Pod needs spec.nodeName. Each container\'s command (and args) runs in the pod\'s netns; images are ignored.',
       ),
-  ).action(async (flags: LabFlags & { file: string[]; nodes?: string; agents: boolean; logLevel?: string }) => {
+  ).action(async (flags: LabFlags & { file: string[]; nodes?: string; agents: boolean; logLevel?: string; cluster?: boolean; gatewayChannel: string }) => {
+    if (flags.gatewayChannel !== 'standard' && flags.gatewayChannel !== 'experimental') {
+      throw new LabError('EINVAL', `--gateway-channel ${flags.gatewayChannel}: use standard or experimental`);
+    }
     const started = Date.now();
     const l = await Lab.up(flags.file, {
       name: flags.name,
@@ -39,11 +49,29 @@ export function registerLabCommands(program: Command): void {
       agents: flags.agents,
       ...(flags.logLevel !== undefined && { logLevel: flags.logLevel }),
       ...(flags.nodes !== undefined && { nodes: flags.nodes.split(',').map((s) => s.trim()).filter(Boolean) }),
+      ...(flags.cluster && { cluster: { gatewayChannel: flags.gatewayChannel } }),
       progress: (step) => process.stderr.write(`lab ${flags.name}: ${step}\n`),
     });
     process.stdout.write(`${statusTable(await l.status())}\n`);
     const down = flags.name === DEFAULT_LAB_NAME ? 'trellis lab down' : `trellis lab down --name ${flags.name}`;
     process.stderr.write(`lab ${l.name} is up (${((Date.now() - started) / 1000).toFixed(1)} s); remove it with \`${down}\`\n`);
+  });
+
+  withLabFlags(
+    lab
+      .command('kubectl [args...]')
+      .description("run kubectl as the admin against a cluster-mode lab's API server (inside the lab's fabric netns)")
+      .usage('[--name N] -- KUBECTL ARGS...')
+      .addHelpText('after', '\nExample:\n  trellis lab kubectl -- get pods,endpointslices -A -o wide'),
+  ).action(async (args: string[], flags: LabFlags) => {
+    requireRootUser();
+    const l = await Lab.attach(flags.name, flags.stateRoot);
+    const cmd = await l.kubectlCommand(args);
+    const child = spawn(cmd.file, cmd.args, { stdio: 'inherit' });
+    process.exitCode = await new Promise<number>((resolve, reject) => {
+      child.on('error', reject);
+      child.on('close', (code, signal) => resolve(code ?? 128 + (signal ? (os.constants.signals[signal] ?? 0) : 0)));
+    });
   });
 
   withLabFlags(

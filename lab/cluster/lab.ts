@@ -19,7 +19,6 @@ import {
   LAB_ENV,
   NETNS_PREFIX,
   checkLabName,
-  fabricNetns,
   labMatchesPrefix,
   labOfNetns,
   labPrefix,
@@ -39,10 +38,13 @@ import {
   type ProcRecord,
   type Target,
 } from './procs.js';
-import { clusterObjects, inApplyOrder, objectFileName, readObject, setAnnotation, writeClusterObjects } from './realized.js';
+import { inApplyOrder, objectFileName, readObject, setAnnotation, writeClusterObjects } from './realized.js';
 import { run, type RunOptions } from './run.js';
 import { labPaths, readState, writeFileAtomic, writeState, STATE_VERSION, type LabPaths, type LabState, type PodState } from './state.js';
 import { createNetwork, deleteNetns, listNetns } from './topology.js';
+import { LabCluster, type ClusterOptions } from './cluster.js';
+import type { ControlPlane } from '../controlplane/controlplane.js';
+import type { KubeClient } from '../controlplane/client.js';
 
 export type { LabNode, LabPod, LabService, LabServicePort } from './plan.js';
 
@@ -61,20 +63,12 @@ export interface LabOptions {
   /** Told each step as it starts ("network", "agents"...), for a CLI to show progress. */
   progress?: (step: string) => void;
   /**
-   * Run the agents with `--source kube` against an API server, and mirror every realized object into it
-   * through `apply`. Called once the fabric netns exists (its path is given): the server listens there, on
-   * CONTROL_PLANE_IP, where every node can reach it.
+   * Cluster mode: a real control plane (etcd, kube-apiserver, kube-controller-manager) in the fabric netns on
+   * CONTROL_PLANE_IP, Trellis installed into it, every object created through the API with the lab playing the
+   * kubelet, the identity service and the agents (`--source kube`) run with real service-account tokens
+   * (see cluster.ts). Off: local mode, the agents read the realized objects from files.
    */
-  kube?: (fabricNetnsPath: string) => Promise<KubeMirror>;
-}
-
-export interface KubeMirror {
-  /** Kubeconfig the agents use (its server must be reachable from the node netns). */
-  kubeconfig: string;
-  /** Creates or replaces one object in the API server. */
-  apply(object: KubeObject): unknown;
-  /** Deletes one object from the API server (absent: nothing to do); needed by `Lab.remove`. */
-  delete?(object: KubeObject): unknown;
+  cluster?: boolean | ClusterOptions;
 }
 
 export interface ExecResult {
@@ -116,8 +110,8 @@ export class Lab {
   /** Processes started by spawn() in this process; down() ends them. */
   private readonly spawned: { child: ChildProcess; record: ProcRecord }[] = [];
   private saving: Promise<void> = Promise.resolve();
-  /** The API server the objects are mirrored to, when this process started the lab with `kube`. */
-  private mirror: KubeMirror | undefined;
+  /** Cluster mode: the control plane and the lab's client of it (started here, or attached from the state). */
+  private clusterHandle: LabCluster | undefined;
 
   private constructor(state: LabState, paths: LabPaths) {
     this.state = state;
@@ -156,7 +150,7 @@ export class Lab {
       },
       nodes: plan.nodes,
       pods: plan.pods.map((p) => ({ ...publicPod(p), env: p.env, processes: [] })),
-      services: plan.services.map(({ object: _object, ...s }) => s),
+      services: plan.services.map(({ object: _object, source: _source, ...s }) => s),
       agents: Object.fromEntries(plan.nodes.map((n) => [n.name, null])),
     };
     const lab = new Lab(state, paths);
@@ -167,16 +161,31 @@ export class Lab {
       progress(`network: ${plan.nodes.length} nodes, ${plan.pods.length} pods`);
       await createNetwork(plan);
       await lab.writeShims();
-      await writeClusterObjects(paths.clusterDir, plan);
-      if (opts.kube) {
-        lab.mirror = await opts.kube(lab.fabricNetnsPath);
-        state.options.kubeconfig = lab.mirror.kubeconfig;
-        for (const o of clusterObjects(plan)) await lab.mirror.apply(o);
+      const { LocalCa } = await import('../../agent/identity/ca.js');
+      if (opts.cluster) {
+        // The lab's CA becomes the identity service's (the trellis-ca Secret).
+        LocalCa.loadOrCreate(paths.caDir, DEFAULT_TRUST_DOMAIN);
+        lab.clusterHandle = await LabCluster.start({
+          lab: name,
+          stateDir: paths.stateDir,
+          logsDir: paths.logsDir,
+          plan,
+          caDir: paths.caDir,
+          agents,
+          trellis: [state.execPath, mainScript(repoRoot)],
+          options: opts.cluster === true ? {} : opts.cluster,
+          progress,
+        });
+        state.options.cluster = lab.clusterHandle.record;
+        // The ClusterIPs are the API server's now.
+        state.services.splice(0, state.services.length, ...plan.services.map(({ object: _object, source: _source, ...s }) => s));
         await lab.save();
       }
+      // The lab's record of what it realized; in cluster mode the agents read the API server instead, and the
+      // EndpointSlices are the controller's, not the lab's.
+      await writeClusterObjects(paths.clusterDir, plan, { endpointSlices: !opts.cluster });
       if (agents) {
         progress('agents');
-        const { LocalCa } = await import('../../agent/identity/ca.js');
         LocalCa.loadOrCreate(paths.caDir, DEFAULT_TRUST_DOMAIN);
         // Agents first, so the pods' first connections are already meshed.
         const started = await Promise.allSettled(plan.nodes.map((n) => lab.startAgent(n.name)));
@@ -289,7 +298,7 @@ export class Lab {
     checkAnnotationKey(key);
     const file = path.join(this.clusterDir, objectFileName('Pod', pod.name, pod.namespace));
     await setAnnotation(file, key, value);
-    await this.mirrorFile(file);
+    await this.cluster?.annotate('Pod', pod.namespace, pod.name, key, value);
   }
 
   /**
@@ -309,7 +318,6 @@ export class Lab {
           `a ${fixed.object.kind} is fixed when the lab comes up (bring the lab up again with it in the manifests)`,
       );
     }
-    this.requireMirrorFor('apply');
     for (const { object, where } of m.extensions) {
       const ns = object.metadata.namespace!;
       if (!existsSync(path.join(this.clusterDir, objectFileName('Namespace', ns)))) {
@@ -326,7 +334,7 @@ export class Lab {
       const uid = previous?.metadata.uid ?? randomUUID();
       const realized: ExtensionObject = { ...object, metadata: { ...object.metadata, uid } };
       await writeFileAtomic(file, stringify(realized));
-      await this.mirror?.apply(realized);
+      await this.cluster?.apply(realized);
     }
   }
 
@@ -335,12 +343,11 @@ export class Lab {
     if (!LAB_EXTENSION_KINDS.includes(kind)) {
       throw new LabError('EINVAL', `lab.remove takes ${LAB_EXTENSION_KINDS.join(', ')}, not "${kind}"`);
     }
-    this.requireMirrorFor('remove');
     const file = path.join(this.clusterDir, objectFileName(kind as ExtensionObject['kind'], name, namespace));
     const object = await readObject(file).catch(() => undefined);
     if (!object) return false;
     await fsp.rm(file, { force: true });
-    await this.mirror?.delete!(object);
+    await this.cluster?.delete(object);
     return true;
   }
 
@@ -354,27 +361,58 @@ export class Lab {
     }
   }
 
-  /** The lab's fabric netns (where a control plane for the lab listens on CONTROL_PLANE_IP). */
-  get fabricNetnsPath(): string {
-    return netnsPath(fabricNetns(this.name));
+
+  /** Cluster mode's handle (from the state when another process brought the lab up); undefined in local mode. */
+  private get cluster(): LabCluster | undefined {
+    if (!this.clusterHandle && this.state.options.cluster) this.clusterHandle = LabCluster.attach(this.state.options.cluster);
+    return this.clusterHandle;
+  }
+
+  /** Whether the lab runs in cluster mode (a real control plane; the agents read the API server). */
+  get clusterMode(): boolean {
+    return this.state.options.cluster !== undefined;
+  }
+
+  /** The admin's client of the lab's API server (cluster mode). */
+  get kube(): KubeClient {
+    return this.requireCluster('kube').api;
+  }
+
+  /** The admin kubeconfig (cluster mode): its server, https://172.30.0.2:6443, answers in the fabric and every node netns. */
+  get adminKubeconfig(): string {
+    return this.requireCluster('adminKubeconfig').adminKubeconfig;
+  }
+
+  /** The control plane, in the process that brought the lab up in cluster mode (stop the API server, compact etcd...). */
+  get controlPlane(): ControlPlane {
+    const cp = this.requireCluster('controlPlane').controlPlane;
+    if (!cp) throw new LabError('EINVAL', `lab '${this.name}': its control plane was started by another process; use its API (lab.kube) instead`);
+    return cp;
+  }
+
+  /** The command line that runs kubectl as the admin inside the fabric netns (cluster mode), for callers with their own stdio. */
+  async kubectlCommand(args: string[]): Promise<{ file: string; args: string[] }> {
+    const cluster = this.requireCluster('kubectl');
+    const { k8sBinaries } = await import('../controlplane/binaries.js');
+    const kubectl = (await k8sBinaries()).path('kubectl');
+    const cp = cluster.record.controlPlane;
+    return { file: 'nsenter', args: [`--net=${netnsPath(cp.netns)}`, '--', kubectl, '--kubeconfig', cluster.adminKubeconfig, '--cache-dir', path.join(cp.dir, 'kubectl-cache'), ...args] };
   }
 
   /**
-   * Agents of a kube-mode lab read the API server, not the files: a change must go through the mirror of
-   * the process that brought the lab up, or it would reach no agent.
+   * Reports the pod ready or not ready through the API, as the kubelet does when a readiness probe passes or
+   * fails; the EndpointSlice controller then adds or drops its endpoint (cluster mode).
    */
-  private requireMirrorFor(what: string): void {
-    if (!this.state.options.kubeconfig) return;
-    if (!this.mirror) {
-      throw new LabError(
-        'EINVAL',
-        `lab '${this.name}' runs its agents against an API server (${this.state.options.kubeconfig}): ` +
-          `${what} through that server (kubectl), or from the process that brought the lab up`,
-      );
-    }
-    if (what === 'remove' && !this.mirror.delete) {
-      throw new LabError('EINVAL', `lab '${this.name}': its API server mirror cannot delete objects (give KubeMirror a delete)`);
-    }
+  async setPodReady(ref: string, ready: boolean): Promise<void> {
+    const pod = this.podState(ref);
+    const node = this.node(pod.node);
+    await this.requireCluster('setPodReady').setPodReady({ namespace: pod.namespace, name: pod.name, ip: pod.ip, hostIp: node.fabricIp }, ready);
+  }
+
+  private requireCluster(what: string): LabCluster {
+    const c = this.cluster;
+    if (!c) throw new LabError('EINVAL', `lab '${this.name}' runs in local mode: ${what} needs a lab brought up in cluster mode`);
+    return c;
   }
 
   private async realizedNamespaces(): Promise<string[]> {
@@ -382,11 +420,6 @@ export class Lab {
     return files.filter((f) => f.startsWith('ns-') && f.endsWith('.yaml')).map((f) => f.slice(3, -5)).sort();
   }
 
-  private async mirrorFile(file: string): Promise<void> {
-    if (!this.mirror) return;
-    if (!this.state.options.kubeconfig) return;
-    await this.mirror.apply(await readObject(file));
-  }
 
   async setNamespaceAnnotation(ns: string, key: string, value: string | null): Promise<void> {
     checkAnnotationKey(key);
@@ -395,7 +428,7 @@ export class Lab {
       throw new LabError('ENOTFOUND', `no namespace "${ns}" in lab '${this.name}' (namespaces: ${this.namespaces().join(', ')})`);
     }
     await setAnnotation(file, key, value);
-    await this.mirrorFile(file);
+    await this.cluster?.annotate('Namespace', undefined, ns, key, value);
   }
 
   /** Signals the node's agent (default SIGTERM) and waits until it exits; SIGKILL and an error after 20 s. */
@@ -436,9 +469,7 @@ export class Lab {
       'ip', 'netns', 'exec', n.netns,
       this.state.execPath, mainScript(this.state.repoRoot), 'agent',
       '--node', n.name,
-      ...(this.state.options.kubeconfig
-        ? ['--source', 'kube', '--kubeconfig', this.state.options.kubeconfig]
-        : ['--dir', this.paths.clusterDir]),
+      ...(this.cluster ? await this.cluster.agentArgs(n) : ['--dir', this.paths.clusterDir]),
       '--ca-dir', this.paths.caDir,
       '--probe-source', n.gatewayIp,
       ...(this.state.options.logLevel ? ['--log-level', this.state.options.logLevel] : []),
@@ -506,9 +537,19 @@ export class Lab {
       ...this.spawned.map((s) => ({ ...s.record, group: true })),
     ];
     try {
-      const namespaces = await listNetns(prefix);
-      targets.push(...(await foundTargets(namespaces, (lab) => lab === this.name)));
+      // Clients first (pods, agents), then the identity service and the control plane in reverse order,
+      // then whatever else is left in the lab's namespaces.
       await terminate(targets);
+      const cluster = this.cluster;
+      if (cluster) {
+        try {
+          await cluster.stop();
+        } catch (err) {
+          problems.push(`control plane: ${(err as Error).message}`);
+        }
+      }
+      const namespaces = await listNetns(prefix);
+      await terminate(await foundTargets(namespaces, (lab) => lab === this.name));
       await deleteNetns(namespaces);
     } catch (err) {
       problems.push((err as Error).message);

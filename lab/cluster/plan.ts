@@ -101,7 +101,8 @@ export interface LabPlan {
   name: string;
   nodes: LabNode[];
   pods: PlannedPod[];
-  services: (LabService & { object: Service })[];
+  /** `object` as the dir source reads it (VIP and defaults filled in), `source` as the manifest wrote it. */
+  services: (LabService & { object: Service; source: Service })[];
   namespaces: Namespace[];
   endpointSlices: EndpointSlice[];
   /** Routes and policies, as written plus a uid; the lab only carries them to the agents. */
@@ -236,7 +237,7 @@ function containerEnv(c: Pod['spec']['containers'][number]): Record<string, stri
 }
 
 interface PlannedServiceParts {
-  service: LabService & { object: Service };
+  service: LabService & { object: Service; source: Service };
   slices: EndpointSlice[];
   vips: VipRule[];
 }
@@ -273,7 +274,7 @@ function planServices(m: LabManifests, pods: PlannedPod[], uid: () => string): P
             port: sp.port,
             backends: targets.flatMap((t) => (t.ports[n] === undefined ? [] : [{ ip: t.pod.ip, port: t.ports[n] }])),
           }));
-    return { service: { namespace, name, clusterIP, ports, object }, slices, vips: vipRules };
+    return { service: { namespace, name, clusterIP, ports, object, source: src }, slices, vips: vipRules };
   });
 }
 

@@ -47,9 +47,10 @@ export function inApplyOrder<T extends { kind: string }>(objects: readonly T[]):
   return [...objects.filter((o) => !ROUTE_KINDS.has(o.kind)), ...objects.filter((o) => ROUTE_KINDS.has(o.kind))];
 }
 
-export async function writeClusterObjects(dir: string, plan: LabPlan): Promise<void> {
+/** Writes every object of the plan (`endpointSlices: false`: all but the EndpointSlices, which a controller makes). */
+export async function writeClusterObjects(dir: string, plan: LabPlan, opts: { endpointSlices?: boolean } = {}): Promise<void> {
   await fsp.mkdir(dir, { recursive: true });
-  const objects = clusterObjects(plan);
+  const objects = clusterObjects(plan).filter((o) => opts.endpointSlices !== false || o.kind !== 'EndpointSlice');
   await Promise.all(
     objects.map((o) =>
       writeFileAtomic(path.join(dir, objectFileName(o.kind, o.metadata.name, o.metadata.namespace)), stringify(o)),

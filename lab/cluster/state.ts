@@ -6,6 +6,7 @@ import path from 'node:path';
 import { LabError } from '../errors.js';
 import type { LabNode, LabPod, LabService } from './plan.js';
 import type { ProcRecord } from './procs.js';
+import type { ClusterRecord } from './cluster.js';
 
 export const STATE_VERSION = 1;
 
@@ -22,7 +23,8 @@ export interface LabState {
   /** The checkout whose dist/agent/main.js the agents and the `trellis` shim run. */
   repoRoot: string;
   execPath: string;
-  options: { agents: boolean; agentArgs: string[]; logLevel?: string; kubeconfig?: string };
+  /** `cluster`: cluster mode's control plane and files (cluster.ts); absent in local mode. */
+  options: { agents: boolean; agentArgs: string[]; logLevel?: string; cluster?: ClusterRecord };
   nodes: LabNode[];
   pods: PodState[];
   services: LabService[];

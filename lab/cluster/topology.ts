@@ -102,6 +102,11 @@ async function wireNode(plan: LabPlan, node: LabNode, deviceKind: string): Promi
     await sysctl(node.netns, pods.flatMap((p) => [`net.ipv4.conf.${p.hostInterface}.proxy_arp=1`, `net.ipv4.neigh.${p.hostInterface}.proxy_delay=0`]));
   }
   await mapLimit(pods, PARALLEL, (p) => ipBatch(p.netns, podScript(p), `wire pod ${p.namespace}/${p.name}`));
+  await loadKubeProxy(plan, node);
+}
+
+/** Loads (or replaces, in one transaction) the node's ClusterIP rules for the plan's VIPs. */
+export async function loadKubeProxy(plan: LabPlan, node: LabNode): Promise<void> {
   await must(`load the ClusterIP rules on node ${node.name}`, 'ip', ['netns', 'exec', node.netns, 'nft', '-f', '-'], {
     input: kubeProxyRuleset(plan, node),
   });

@@ -11,8 +11,7 @@ import { WorkloadCerts } from '../../agent/identity/certs.js';
 import { systemClock } from '../../agent/clock.js';
 import { Lab } from '../../lab/cluster/lab.js';
 import { labEnvPids } from '../../lab/cluster/procs.js';
-import type { FakeApiServer } from '../support/fake-apiserver.js';
-import { controlPlaneAgentArgs, startControlPlane, type ControlPlane } from '../support/control-plane.js';
+import type { ApiObject } from '../../lab/controlplane/client.js';
 import { parsePrometheus, sumOf } from '../../lab/load/promtext.js';
 import { requireRoot } from '../support/root.js';
 import { captureLogger } from '../support/logger.js';
@@ -45,37 +44,23 @@ async function listening(lab: Lab, ref: string): Promise<string> {
   return r.stdout;
 }
 
-// The same tests with the agents in local mode (`--source dir`, in-process CA) and in cluster mode
-// (`--source kube` against an in-repo fake API server, certificates from the identity service), see
-// test/support/control-plane.ts.
+// The same tests with the agents in local mode (`--source dir`, in-process CA) and in cluster mode (`--source kube`
+// against a real control plane in the lab's fabric, with real service-account tokens and certificates from the
+// identity service; the lab plays the kubelet), see lab/cluster/cluster.ts.
 describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces (--source %s)', (mode) => {
   const labName = `e${mode[0]}${Math.random().toString(36).slice(2, 5)}`;
   let lab: Lab;
-  let api: FakeApiServer | undefined;
-  let control: ControlPlane | undefined;
   let sinkVip: string;
   let echoVip: string;
 
   beforeAll(async () => {
     requireRoot('end-to-end mesh tests');
-    const kubeDir = mkdtempSync(path.join(tmpdir(), 'trellis-kube-'));
-    lab = await Lab.up(fixtures, {
-      name: labName,
-      ...(mode === 'kube' && {
-        agentArgs: controlPlaneAgentArgs(kubeDir),
-        kube: async (fabricNetnsPath: string) => {
-          control = await startControlPlane(fabricNetnsPath, kubeDir, ['node-a', 'node-b']);
-          api = control.api;
-          return control.mirror;
-        },
-      }),
-    });
+    lab = await Lab.up(fixtures, { name: labName, cluster: mode === 'kube' });
     sinkVip = lab.services.find((s) => s.name === 'sink')!.clusterIP;
     echoVip = lab.services.find((s) => s.name === 'echo')!.clusterIP;
   });
 
   afterAll(async () => {
-    await control?.close();
     await lab?.down();
     const { stdout } = await run('ip', ['netns', 'list']);
     expect(stdout).not.toContain(`trl-${labName}-`);
@@ -151,6 +136,8 @@ describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces
     // One access-log line per connection on each side, with both identities and the same byte counts.
     const access = (node: string) =>
       lab.agentLog(node).split('\n').filter((l) => l.includes('"log":"access"') && l.includes(`"bytes_received":${bytes},`));
+    // The audit trail writes its lines a few tens of milliseconds after the connection closed (it gathers them).
+    for (const node of ['node-a', 'node-b']) await until(`the access line on ${node}`, async () => access(node).length === 1);
     for (const node of ['node-a', 'node-b']) {
       const lines = access(node);
       expect(lines).toHaveLength(1);
@@ -190,7 +177,8 @@ describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces
     const dir = mkdtempSync(path.join(tmpdir(), 'trellis-rogue-'));
     const { logger } = captureLogger();
     const foreign = LocalCa.generate({ trustDomain: 'cluster.local' });
-    const real = LocalCa.load(control?.caDir ?? path.join(lab.stateDir, 'ca'));
+    // In cluster mode the lab's CA is the identity service's (the trellis-ca Secret).
+    const real = LocalCa.load(path.join(lab.stateDir, 'ca'));
     const sink = lab.pod('mesh/sink');
     const echo = lab.pod('mesh/echo');
     const issue = async (ca: LocalCa, name: string) => {
@@ -276,6 +264,31 @@ describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces
     expect(r.code, r.stderr).toBe(0);
   });
 
+  // Readiness drives endpoints: the lab reports the pod not ready as a kubelet would on a failing probe, the
+  // EndpointSlice controller marks its endpoint not ready, and the client's agent stops sending to it.
+  if (mode === 'kube') it('stops routing to a pod reported not ready, and routes again once it is ready', async () => {
+    const slice = async () => {
+      const list = await lab.kube.list<{ metadata: { name?: string }; endpoints?: { addresses: string[]; conditions?: { ready?: boolean } }[] }>(
+        { apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', namespace: 'mesh' },
+        { labelSelector: 'kubernetes.io/service-name=echo' },
+      );
+      return list.items.flatMap((s) => s.endpoints ?? []);
+    };
+    const send = (text: string) => lab.exec('mesh/client', ['trellis', 'tool', 'tcp-connect', '--to', `${echoVip}:70`, '--send', text, '--timeout-ms', '3000']);
+    await lab.setPodReady('mesh/echo', false);
+    try {
+      await until('the controller to mark the endpoint not ready', async () => (await slice()).every((e) => e.conditions?.ready === false), 10_000);
+      await until('the agent to stop routing to it', async () => (await send('not-ready')).code !== 0, 10_000);
+    } finally {
+      await lab.setPodReady('mesh/echo', true);
+    }
+    await until('the controller to mark it ready again', async () => (await slice()).some((e) => e.conditions?.ready === true), 10_000);
+    await until('the agent to route to it again', async () => {
+      const r = await send('ready-again');
+      return r.code === 0 && r.stdout.includes('ready-again');
+    }, 10_000);
+  });
+
   if (mode === 'dir') it('reports an invalid YAML file and changes nothing', async () => {
     const bad = path.join(lab.clusterDir, 'zz-broken.yaml');
     const logBefore = lab.agentLog('node-a').length;
@@ -289,29 +302,37 @@ describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces
     }
   });
 
+  // The real API server refuses what is invalid to Kubernetes (a pod IP that is no IP); what it stores and the agent
+  // still refuses is a policy with a field Trellis does not know, kept by the CRD (x-kubernetes-preserve-unknown-fields).
   if (mode === 'kube') it('reports an invalid object from the API server and changes nothing', async () => {
     const logBefore = lab.agentLog('node-a').length;
-    api!.apply({
-      apiVersion: 'v1', kind: 'Pod', metadata: { name: 'broken', namespace: 'mesh' },
-      spec: { nodeName: 'node-a', containers: [{ name: 'c' }] }, status: { podIP: 'not-an-ip' },
-    });
+    const broken: ApiObject = {
+      apiVersion: 'security.trellis.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'broken', namespace: 'plain' },
+      spec: { rules: [{ from: [{ source: { namespaces: ['mesh'], notPrincipal: ['cluster.local/ns/mesh/sa/old'] } }] }] },
+    };
+    await lab.kube.apply(broken);
     try {
-      await until('the error to be logged', async () => lab.agentLog('node-a').slice(logBefore).includes('status.podIP'));
+      await until('the error to be logged', async () => lab.agentLog('node-a').slice(logBefore).includes('notPrincipal'));
       await stillMeshed();
+      await until('Accepted=False written to its status', async () => {
+        const o = (await lab.kube.get({ apiVersion: String(broken.apiVersion), kind: String(broken.kind), namespace: 'plain', name: 'broken' })) as { status?: { conditions?: { type: string; status: string; message: string }[] } } | undefined;
+        const c = o?.status?.conditions?.find((x) => x.type === 'Accepted');
+        return c?.status === 'False' && c.message.includes('notPrincipal');
+      });
     } finally {
-      api!.remove('v1', 'Pod', 'mesh', 'broken');
+      await lab.kube.delete({ apiVersion: String(broken.apiVersion), kind: String(broken.kind), namespace: 'plain', name: 'broken' });
     }
   });
 
-  if (mode === 'kube') it('keeps the data path working through an API server outage, with the config age rising', async () => {
-    api!.pause();
+  if (mode === 'kube') it('keeps the data path working while kube-apiserver is stopped, with the config age rising', async () => {
+    await lab.controlPlane.stopApiServer();
     try {
       await until('config age to pass 2 s', async () => sumOf(await metrics(lab, 'node-a'), 'trellis_config_age_seconds') > 2, 10_000);
       const r = await lab.exec('mesh/client', ['trellis', 'tool', 'tcp-connect', '--to', `${echoVip}:70`, '--send', 'outage']);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain('outage');
     } finally {
-      api!.resume();
+      await lab.controlPlane.startApiServer();
     }
     await until('config age to drop', async () => sumOf(await metrics(lab, 'node-a'), 'trellis_config_age_seconds') < 2, 40_000);
     // Changes made after recovery still arrive: flip the client out of the mesh and back.

@@ -1,5 +1,6 @@
 // The identity service over real gRPC with TLS on 127.0.0.1: token review, node binding, CSR checks and
-// every refusal, first against an in-memory cluster, then through client-node against the fake API server.
+// every refusal, first against an in-memory cluster, then through client-node against a real control plane with
+// real service-account tokens (TokenRequest), the real TokenReview and the identity service's own RBAC.
 // Certificates use the system clock: TLS checks validity against the real date.
 
 import crypto, { X509Certificate } from 'node:crypto';
@@ -8,7 +9,6 @@ import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
-import net from 'node:net';
 import { KubeConfig } from '@kubernetes/client-node';
 import { Command } from 'commander';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -21,7 +21,8 @@ import { API_FORBIDDEN, API_UNAVAILABLE, KubeIdentityCluster, type IdentityClust
 import { identityServiceDefinition, type CreateCertificateRequest, type CreateCertificateResponse } from '../../agent/identity/proto.js';
 import { RemoteSigner } from '../../agent/identity/remote.js';
 import { startIdentityService, type IdentityService, type IdentityServiceInputs } from '../../agent/identity-service/service.js';
-import { FakeApiServer } from '../support/fake-apiserver.js';
+import { createPod, ensure } from '../../lab/cluster/kubelet.js';
+import { IDENTITY_USER, resignToken, startTestCluster, type TestCluster } from '../support/control-plane.js';
 import { captureLogger } from '../support/logger.js';
 
 const TD = 'cluster.local';
@@ -48,14 +49,19 @@ interface K8sObject {
   [k: string]: unknown;
 }
 
+type TokenName = keyof typeof TOKENS;
+type Tokens = Record<TokenName, string>;
+
 /** A cluster the service can be pointed at, and the handles a test needs to seed and break it. */
 interface World {
+  readonly real: boolean;
   cluster: IdentityCluster;
-  addToken(token: string, info: TokenInfo): void;
-  /** Creates or replaces; returns the stored object (with its uid). */
-  apply<T extends K8sObject>(obj: T): T;
-  get(kind: 'ConfigMap' | 'Secret', namespace: string, name: string): K8sObject | undefined;
-  remove(kind: 'Pod' | 'Secret' | 'ConfigMap', namespace: string, name: string): void;
+  /** The scenario's pods and the CA Secret; returns the tokens of the scenario (made up, or real). */
+  seed(): Promise<Tokens>;
+  /** Creates or replaces a ConfigMap or Secret. */
+  put(obj: K8sObject): Promise<void>;
+  get(kind: 'ConfigMap' | 'Secret', namespace: string, name: string): Promise<K8sObject | undefined>;
+  remove(kind: 'Secret' | 'ConfigMap', namespace: string, name: string): Promise<void>;
   pause(): void;
   resume(): void;
   close(): Promise<void>;
@@ -63,6 +69,7 @@ interface World {
 
 /** An in-memory cluster with the API server's TokenReview semantics (messages as kube-apiserver words them). */
 class StubWorld implements World {
+  readonly real = false;
   private readonly tokens = new Map<string, TokenInfo>();
   private readonly objects = new Map<string, K8sObject>();
   private down = false;
@@ -117,6 +124,10 @@ class StubWorld implements World {
     },
   };
 
+  async seed(): Promise<Tokens> {
+    seed(this);
+    return { ...TOKENS };
+  }
   addToken(token: string, info: TokenInfo): void {
     this.tokens.set(token, info);
   }
@@ -125,10 +136,13 @@ class StubWorld implements World {
     this.objects.set(`${obj.kind}/${obj.metadata.namespace}/${obj.metadata.name}`, stored);
     return stored;
   }
-  get(kind: string, namespace: string, name: string): K8sObject | undefined {
+  async put(obj: K8sObject): Promise<void> {
+    this.apply(obj);
+  }
+  async get(kind: string, namespace: string, name: string): Promise<K8sObject | undefined> {
     return this.objects.get(`${kind}/${namespace}/${name}`);
   }
-  remove(kind: string, namespace: string, name: string): void {
+  async remove(kind: string, namespace: string, name: string): Promise<void> {
     this.objects.delete(`${kind}/${namespace}/${name}`);
   }
   pause(): void {
@@ -145,41 +159,79 @@ class StubWorld implements World {
   }
 }
 
-/** The fake API server, reached through client-node as the service is in a cluster. */
-class FakeWorld implements World {
+/**
+ * A real control plane, reached through client-node as the service is in a cluster: with the trellis-identity
+ * service account's token (so only what manifests/rbac/identity.yaml grants), and real tokens for every caller.
+ */
+class RealWorld implements World {
+  readonly real = true;
   readonly cluster: IdentityCluster;
-  private constructor(readonly api: FakeApiServer, kubeconfig: string) {
+  constructor(readonly test: TestCluster, identityToken: string) {
     const kc = new KubeConfig();
-    kc.loadFromFile(kubeconfig);
+    kc.loadFromFile(test.kubeconfig('identity', identityToken));
     this.cluster = new KubeIdentityCluster(kc, { timeoutMs: 2_000 });
   }
-  static async start(): Promise<FakeWorld> {
-    const api = await FakeApiServer.start();
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trl-t-idkube-'));
-    tmpDirs.push(dir);
-    return new FakeWorld(api, api.writeKubeconfig(path.join(dir, 'kubeconfig')));
+  static async start(test: TestCluster): Promise<RealWorld> {
+    return new RealWorld(test, (await test.api.createToken('trellis-system', 'trellis-identity')).token);
   }
-  addToken(token: string, info: TokenInfo): void {
-    this.api.addToken(token, info);
+  /** Seeds once per control plane; later calls get the same tokens. */
+  seed(): Promise<Tokens> {
+    let seeded = RealWorld.seeded.get(this.test);
+    if (!seeded) RealWorld.seeded.set(this.test, (seeded = this.seedOnce()));
+    return seeded;
   }
-  apply<T extends K8sObject>(obj: T): T {
-    return this.api.apply(obj);
+  private static readonly seeded = new WeakMap<TestCluster, Promise<Tokens>>();
+  private async seedOnce(): Promise<Tokens> {
+    const { api } = this.test;
+    await this.put(caSecret(rootCa));
+    await this.test.node('node-a');
+    await this.test.node('node-b');
+    await ensure(api, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop' } });
+    for (const sa of ['web', 'db', 'batch']) await ensure(api, { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: sa, namespace: 'shop' } });
+    const run = (p: K8sObject, node: string) => createPod(api, { object: p as never, ip: node === 'node-a' ? '10.244.1.5' : '10.244.2.5', hostIp: node === 'node-a' ? '172.30.0.11' : '172.30.0.12', ready: true });
+    const webUid = await run(pod('shop', 'web-1', 'node-a', 'web'), 'node-a');
+    await run(pod('shop', 'db-1', 'node-b', 'db'), 'node-b');
+    // A finished job that ran as shop/batch on node-a vouches for nothing.
+    await run(pod('shop', 'batch-1', 'node-a', 'batch'), 'node-a');
+    await api.patch({ apiVersion: 'v1', kind: 'Pod', namespace: 'shop', name: 'batch-1' }, { status: { phase: 'Succeeded' } }, 'merge', 'status');
+    const agentA = await this.test.agentToken('node-a', { audiences: [AUDIENCE] });
+    const agentB = await this.test.agentToken('node-b', { audiences: [AUDIENCE] });
+    // A token bound to a pod that is then replaced (same name, another uid).
+    const old = pod('trellis-system', 'trellis-agent-old', 'node-b', 'trellis-agent');
+    const oldUid = await run(old, 'node-b');
+    const stale = await api.createToken('trellis-system', 'trellis-agent', { audiences: [AUDIENCE], boundPod: { name: 'trellis-agent-old', uid: oldUid } });
+    await api.delete({ apiVersion: 'v1', kind: 'Pod', namespace: 'trellis-system', name: 'trellis-agent-old' }, { gracePeriodSeconds: 0 });
+    await run(old, 'node-b');
+    return {
+      agentA: agentA.token,
+      // As API servers before 1.30 issue them: bound to the pod, without the node (re-signed with the cluster's
+      // key: 1.37 always adds the node, and the feature gate is locked).
+      agentB: resignToken(this.test.cp, agentB.token, (c) => delete (c['kubernetes.io'] as Record<string, unknown>)['node']),
+      wrongAudience: (await this.test.agentToken('node-a')).token,
+      // Expired an hour ago: a real token moved back in time and re-signed (TokenRequest's shortest life is 10 min).
+      expired: resignToken(this.test.cp, agentA.token, (c) => {
+        for (const k of ['iat', 'nbf', 'exp']) c[k] = Number(c[k]) - 2 * 3600;
+      }),
+      otherSa: (await api.createToken('shop', 'web', { audiences: [AUDIENCE], boundPod: { name: 'web-1', uid: webUid } })).token,
+      stalePod: stale.token,
+    };
   }
-  get(kind: string, namespace: string, name: string): K8sObject | undefined {
-    return this.api.get('v1', kind, namespace, name) as K8sObject | undefined;
+  async put(obj: K8sObject): Promise<void> {
+    await this.test.api.apply(obj as never);
   }
-  remove(kind: string, namespace: string, name: string): void {
-    this.api.remove('v1', kind, namespace, name);
+  get(kind: string, namespace: string, name: string): Promise<K8sObject | undefined> {
+    return this.test.api.get({ apiVersion: 'v1', kind, namespace, name }) as Promise<K8sObject | undefined>;
+  }
+  async remove(kind: string, namespace: string, name: string): Promise<void> {
+    await this.test.api.delete({ apiVersion: 'v1', kind, namespace, name });
   }
   pause(): void {
-    this.api.pause();
+    this.test.forward.pause();
   }
   resume(): void {
-    this.api.resume();
+    this.test.forward.resume();
   }
-  close(): Promise<void> {
-    return this.api.close();
-  }
+  async close(): Promise<void> {}
 }
 
 function summary(pod: K8sObject): PodSummary {
@@ -236,7 +288,7 @@ const TOKENS = {
 };
 
 /** node-a runs shop/web, node-b runs shop/db; the two agents; and every kind of token the tests need. */
-function seed(world: World): void {
+function seed(world: StubWorld): void {
   world.apply(caSecret(rootCa));
   world.apply(pod('shop', 'web-1', 'node-a', 'web'));
   world.apply(pod('shop', 'db-1', 'node-b', 'db'));
@@ -323,12 +375,13 @@ function inputs(world: World, logger: pino.Logger, more: Partial<IdentityService
 function scenarios(name: string, makeWorld: () => Promise<World>): void {
   describe(`identity service (${name})`, () => {
     let world: World;
+    let tokens: Tokens;
     let service: IdentityService;
     let logs: () => Record<string, unknown>[];
 
     beforeAll(async () => {
       world = await makeWorld();
-      seed(world);
+      tokens = await world.seed();
       const captured = captureLogger();
       logs = captured.lines;
       service = await startIdentityService(inputs(world, captured.logger));
@@ -343,7 +396,7 @@ function scenarios(name: string, makeWorld: () => Promise<World>): void {
 
     it('signs for a pod on the caller node: chains to the root, exactly the identity, the requested lifetime', async () => {
       const before = Date.now();
-      const res = await call(service, { token: TOKENS.agentA, identity: WEB, ttlSeconds: 2 * 3600 });
+      const res = await call(service, { token: tokens.agentA, identity: WEB, ttlSeconds: 2 * 3600 });
       if (!('ok' in res)) throw new Error(`refused: ${res.details}`);
       const root = new X509Certificate(rootCa.certPem);
       const leaf = new X509Certificate(res.ok.certPem);
@@ -359,7 +412,7 @@ function scenarios(name: string, makeWorld: () => Promise<World>): void {
     it('caps the lifetime at --cert-ttl, and grants it when none is asked', async () => {
       for (const ttlSeconds of [100 * 3600, 0]) {
         const before = Date.now();
-        const res = await call(service, { token: TOKENS.agentA, identity: WEB, ttlSeconds });
+        const res = await call(service, { token: tokens.agentA, identity: WEB, ttlSeconds });
         if (!('ok' in res)) throw new Error(`refused: ${res.details}`);
         const lifetime = new X509Certificate(res.ok.certPem).validToDate.getTime() - before;
         expect(lifetime).toBeGreaterThan(CERT_TTL - 5_000);
@@ -367,15 +420,15 @@ function scenarios(name: string, makeWorld: () => Promise<World>): void {
       }
     });
 
-    it('publishes the root in the bundle ConfigMap', () => {
-      const cm = world.get('ConfigMap', 'trellis-system', 'trellis-ca-root');
+    it('publishes the root in the bundle ConfigMap', async () => {
+      const cm = await world.get('ConfigMap', 'trellis-system', 'trellis-ca-root');
       expect((cm?.['data'] as Record<string, string>)['root-cert.pem']).toBe(rootCa.certPem);
     });
 
     it('finds the node of a token without a node-name through its bound pod', async () => {
-      const res = await call(service, { token: TOKENS.agentB, identity: DB });
+      const res = await call(service, { token: tokens.agentB, identity: DB });
       expect('ok' in res).toBe(true);
-      const refused = await call(service, { token: TOKENS.agentB, identity: WEB });
+      const refused = await call(service, { token: tokens.agentB, identity: WEB });
       expect(refused).toEqual({
         code: grpc.status.PERMISSION_DENIED,
         details: expect.stringContaining('no pod with service account shop/web is scheduled on node node-b'),
@@ -385,7 +438,7 @@ function scenarios(name: string, makeWorld: () => Promise<World>): void {
     it('a RemoteSigner behind WorkloadCerts issues an SVID end to end', async () => {
       const signer = new RemoteSigner({
         address: `127.0.0.1:${service.port}`,
-        tokenFile: tokenFile(TOKENS.agentA),
+        tokenFile: tokenFile(tokens.agentA),
         caPem: () => rootCa.certPem,
         logger: pino({ level: 'silent' }),
       });
@@ -408,22 +461,22 @@ function scenarios(name: string, makeWorld: () => Promise<World>): void {
 
     it.each([
       ['no token', { identity: WEB }, grpc.status.UNAUTHENTICATED, /no service-account token.*authorization: Bearer/],
-      ['an unknown token', { token: 'not-a-token', identity: WEB }, grpc.status.UNAUTHENTICATED, /invalid service-account token/],
-      ['a token for another audience', { token: TOKENS.wrongAudience, identity: WEB }, grpc.status.UNAUTHENTICATED, /token audience .*expected trellis-identity/],
-      ['an expired token', { token: TOKENS.expired, identity: WEB }, grpc.status.UNAUTHENTICATED, /token expired/],
-      ['another service account', { token: TOKENS.otherSa, identity: WEB }, grpc.status.PERMISSION_DENIED, /caller system:serviceaccount:shop:web is not the agent service account/],
-      ['an identity on another node', { token: TOKENS.agentA, identity: DB }, grpc.status.PERMISSION_DENIED, /no pod with service account shop\/db is scheduled on node node-a/],
-      ['an identity whose only pod finished', { token: TOKENS.agentA, identity: 'spiffe://cluster.local/ns/shop/sa/batch' }, grpc.status.PERMISSION_DENIED, /no pod with service account shop\/batch is scheduled on node node-a \(batch-1 finished\)/],
-      ['a token bound to a replaced pod', { token: TOKENS.stalePod, identity: DB }, grpc.status.PERMISSION_DENIED, /uid deleted-pod-uid.*belongs to a deleted pod/],
-      ['a malformed CSR', { token: TOKENS.agentA, identity: WEB, csrPem: '-----BEGIN CERTIFICATE REQUEST-----\nnope\n-----END CERTIFICATE REQUEST-----\n' }, grpc.status.INVALID_ARGUMENT, /cannot parse the CSR/],
-      ['an empty CSR', { token: TOKENS.agentA, identity: WEB, csrPem: ' ' }, grpc.status.INVALID_ARGUMENT, /csr_pem is empty/],
-      ['a CSR for another identity', { token: TOKENS.agentA, identity: WEB, csrPem: 'db' }, grpc.status.INVALID_ARGUMENT, /the CSR asks for spiffe:\/\/cluster.local\/ns\/shop\/sa\/db/],
-      ['an identity that is not a SPIFFE ID', { token: TOKENS.agentA, identity: 'web', csrPem: 'x' }, grpc.status.INVALID_ARGUMENT, /"web" is not a workload SPIFFE ID/],
-      ['another trust domain', { token: TOKENS.agentA, identity: 'spiffe://other.example/ns/shop/sa/web', csrPem: 'x' }, grpc.status.INVALID_ARGUMENT, /signs only for cluster.local/],
+      ['an unknown token', { raw: 'not-a-token', identity: WEB }, grpc.status.UNAUTHENTICATED, /invalid service-account token/],
+      ['a token for another audience', { token: 'wrongAudience', identity: WEB }, grpc.status.UNAUTHENTICATED, /token audience .*expected trellis-identity/],
+      ['an expired token', { token: 'expired', identity: WEB }, grpc.status.UNAUTHENTICATED, /token expired/],
+      ['another service account', { token: 'otherSa', identity: WEB }, grpc.status.PERMISSION_DENIED, /caller system:serviceaccount:shop:web is not the agent service account/],
+      ['an identity on another node', { token: 'agentA', identity: DB }, grpc.status.PERMISSION_DENIED, /no pod with service account shop\/db is scheduled on node node-a/],
+      ['an identity whose only pod finished', { token: 'agentA', identity: 'spiffe://cluster.local/ns/shop/sa/batch' }, grpc.status.PERMISSION_DENIED, /no pod with service account shop\/batch is scheduled on node node-a \(batch-1 finished\)/],
+      ['a malformed CSR', { token: 'agentA', identity: WEB, csrPem: '-----BEGIN CERTIFICATE REQUEST-----\nnope\n-----END CERTIFICATE REQUEST-----\n' }, grpc.status.INVALID_ARGUMENT, /cannot parse the CSR/],
+      ['an empty CSR', { token: 'agentA', identity: WEB, csrPem: ' ' }, grpc.status.INVALID_ARGUMENT, /csr_pem is empty/],
+      ['a CSR for another identity', { token: 'agentA', identity: WEB, csrPem: 'db' }, grpc.status.INVALID_ARGUMENT, /the CSR asks for spiffe:\/\/cluster.local\/ns\/shop\/sa\/db/],
+      ['an identity that is not a SPIFFE ID', { token: 'agentA', identity: 'web', csrPem: 'x' }, grpc.status.INVALID_ARGUMENT, /"web" is not a workload SPIFFE ID/],
+      ['another trust domain', { token: 'agentA', identity: 'spiffe://other.example/ns/shop/sa/web', csrPem: 'x' }, grpc.status.INVALID_ARGUMENT, /signs only for cluster.local/],
     ] as const)('refuses %s with the right status and reason, and logs it', async (_what, req, status, reason) => {
-      const given: Call = req;
+      const given = req as { token?: TokenName; raw?: string; identity: string; csrPem?: string };
       const csrPem = given.csrPem === 'db' ? makeCsr(DB, await generateKey()) : given.csrPem;
-      const res = await call(service, { ...given, csrPem });
+      const token = given.token ? tokens[given.token] : given.raw;
+      const res = await call(service, { identity: given.identity, ...(token !== undefined && { token }), ...(csrPem !== undefined && { csrPem }) });
       expect(res).toEqual({ code: status, details: expect.stringMatching(reason) });
       const details = (res as { details: string }).details;
       expect(logs()).toContainEqual(
@@ -431,50 +484,71 @@ function scenarios(name: string, makeWorld: () => Promise<World>): void {
       );
     });
 
+    // The service checks that the token's pod is still the one it was bound to. A real API server checks it first:
+    // its TokenReview refuses a token whose pod was deleted or replaced, so only the in-memory cluster reaches the
+    // service's own check.
+    it('refuses a token bound to a replaced pod', async () => {
+      const res = await call(service, { token: tokens.stalePod, identity: DB });
+      if (world.real) {
+        expect(res).toEqual({ code: grpc.status.UNAUTHENTICATED, details: expect.stringMatching(/invalid service-account token \(API server: .*(not found|does not match|uid)/) });
+      } else {
+        expect(res).toEqual({ code: grpc.status.PERMISSION_DENIED, details: expect.stringMatching(/uid deleted-pod-uid.*belongs to a deleted pod/) });
+      }
+    });
+
     it('answers UNAVAILABLE while the API server is unreachable, and recovers', async () => {
       world.pause();
-      const res = await call(service, { token: TOKENS.agentA, identity: WEB });
+      const res = await call(service, { token: tokens.agentA, identity: WEB });
       expect(res).toEqual({ code: grpc.status.UNAVAILABLE, details: expect.stringMatching(/unreachable|answered 5/) });
       expect(logs()).toContainEqual(expect.objectContaining({ msg: 'certificate refused', status: 'UNAVAILABLE' }));
       world.resume();
-      expect('ok' in (await call(service, { token: TOKENS.agentA, identity: WEB }))).toBe(true);
+      expect('ok' in (await call(service, { token: tokens.agentA, identity: WEB }))).toBe(true);
     });
 
+    // These replace the CA Secret and the bundle ConfigMap the service is allowed to read and write (its Role names
+    // them), then put them back.
     it('updates a stale bundle ConfigMap at start and keeps its other keys', async () => {
-      world.apply({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'stale-root', namespace: 'trellis-system' }, data: { 'root-cert.pem': 'old', note: 'keep' } });
-      const second = await startIdentityService(
-        inputs(world, pino({ level: 'silent' }), { bundleConfigMap: { namespace: 'trellis-system', name: 'stale-root' } }),
-      );
+      await world.put({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'trellis-ca-root', namespace: 'trellis-system' }, data: { 'root-cert.pem': 'old', note: 'keep' } });
+      const second = await startIdentityService(inputs(world, pino({ level: 'silent' })));
       await second.stop(1_000);
-      expect(world.get('ConfigMap', 'trellis-system', 'stale-root')?.['data']).toEqual({ 'root-cert.pem': rootCa.certPem, note: 'keep' });
+      expect((await world.get('ConfigMap', 'trellis-system', 'trellis-ca-root'))?.['data']).toEqual({ 'root-cert.pem': rootCa.certPem, note: 'keep' });
     });
 
     it('refuses to start without the CA Secret and says how to create it', async () => {
-      const start = startIdentityService(inputs(world, pino({ level: 'silent' }), { caSecret: { namespace: 'trellis-system', name: 'missing-ca' } }));
-      await expect(start).rejects.toMatchObject({ code: 'ECANOTFOUND' });
-      const msg = ((await start.catch((e: unknown) => e)) as Error).message;
-      expect(msg).toContain('the CA Secret trellis-system/missing-ca does not exist');
-      expect(msg).toContain('trellis ca create --trust-domain cluster.local --out DIR');
-      expect(msg).toContain('kubectl -n trellis-system create secret generic missing-ca --from-file=DIR/ca.key.pem --from-file=DIR/ca.cert.pem');
+      await world.remove('Secret', 'trellis-system', 'trellis-ca');
+      try {
+        const start = startIdentityService(inputs(world, pino({ level: 'silent' })));
+        await expect(start).rejects.toMatchObject({ code: 'ECANOTFOUND' });
+        const msg = ((await start.catch((e: unknown) => e)) as Error).message;
+        expect(msg).toContain('the CA Secret trellis-system/trellis-ca does not exist');
+        expect(msg).toContain('trellis ca create --trust-domain cluster.local --out DIR');
+        expect(msg).toContain('kubectl -n trellis-system create secret generic trellis-ca --from-file=DIR/ca.key.pem --from-file=DIR/ca.cert.pem');
+      } finally {
+        await world.put(caSecret(rootCa));
+      }
     });
 
     it('refuses to start on a CA of another trust domain, or a key that does not match', async () => {
-      world.apply(caSecret(makeCa('other.example'), 'other-td'));
-      await expect(startIdentityService(inputs(world, pino({ level: 'silent' }), { caSecret: { namespace: 'trellis-system', name: 'other-td' } }))).rejects.toMatchObject({
-        code: 'ECATRUSTDOMAIN',
-        message: expect.stringContaining('is for trust domain other.example, not cluster.local'),
-      });
-      world.apply(caSecret({ keyPem: makeCa().keyPem, certPem: rootCa.certPem }, 'mismatch'));
-      await expect(startIdentityService(inputs(world, pino({ level: 'silent' }), { caSecret: { namespace: 'trellis-system', name: 'mismatch' } }))).rejects.toMatchObject({
-        code: 'ECAMISMATCH',
-        message: expect.stringMatching(/^the CA Secret trellis-system\/mismatch is unusable: .*Secret trellis-system\/mismatch/),
-      });
+      try {
+        await world.put(caSecret(makeCa('other.example')));
+        await expect(startIdentityService(inputs(world, pino({ level: 'silent' })))).rejects.toMatchObject({
+          code: 'ECATRUSTDOMAIN',
+          message: expect.stringContaining('is for trust domain other.example, not cluster.local'),
+        });
+        await world.put(caSecret({ keyPem: makeCa().keyPem, certPem: rootCa.certPem }));
+        await expect(startIdentityService(inputs(world, pino({ level: 'silent' })))).rejects.toMatchObject({
+          code: 'ECAMISMATCH',
+          message: expect.stringMatching(/^the CA Secret trellis-system\/trellis-ca is unusable: .*Secret trellis-system\/trellis-ca/),
+        });
+      } finally {
+        await world.put(caSecret(rootCa));
+      }
     });
 
     it('the agent refuses a server whose TLS certificate is not from its bundle', async () => {
       const signer = new RemoteSigner({
         address: `127.0.0.1:${service.port}`,
-        tokenFile: tokenFile(TOKENS.agentA),
+        tokenFile: tokenFile(tokens.agentA),
         caPem: makeCa().certPem,
         logger: pino({ level: 'silent' }),
       });
@@ -488,57 +562,76 @@ function scenarios(name: string, makeWorld: () => Promise<World>): void {
   });
 }
 
+/** One real control plane for the file, with Trellis installed (the identity service's RBAC among it). */
+let testCluster: TestCluster | undefined;
+const realCluster = async (): Promise<TestCluster> => (testCluster ??= await startTestCluster({ audit: true }));
+afterAll(async () => {
+  await testCluster?.close();
+});
+
 scenarios('in-memory cluster', async () => new StubWorld());
-scenarios('fake API server through client-node', () => FakeWorld.start());
+scenarios('real API server through client-node', async () => RealWorld.start(await realCluster()));
 
 describe('identity service: the Kubernetes API calls it makes', () => {
-  it('are exactly the ones its RBAC grants', async () => {
-    const world = await FakeWorld.start();
-    seed(world);
+  it('are exactly the ones its RBAC grants, and all are allowed', async () => {
+    const test = await realCluster();
+    const world = await RealWorld.start(test);
+    const tokens = await world.seed();
+    // A fresh start creates the bundle ConfigMap.
+    await world.remove('ConfigMap', 'trellis-system', 'trellis-ca-root');
+    const mark = test.audit().length;
     const service = await startIdentityService(inputs(world, pino({ level: 'silent' })));
     try {
-      expect('ok' in (await call(service, { token: TOKENS.agentA, identity: WEB }))).toBe(true);
-      expect('ok' in (await call(service, { token: TOKENS.agentB, identity: DB }))).toBe(true);
-      const calls = new Set(
-        world.api.requests().map((r) => [r.verb, r.group || 'core', r.resource, r.namespace ?? '*', r.name ?? ''].join(' ')),
-      );
+      expect('ok' in (await call(service, { token: tokens.agentA, identity: WEB }))).toBe(true);
+      expect('ok' in (await call(service, { token: tokens.agentB, identity: DB }))).toBe(true);
+      const mine = test.audit().slice(mark).filter((r) => r.user === IDENTITY_USER);
+      const calls = new Set(mine.map((r) => [r.verb, r.group || 'core', r.resource, r.namespace ?? '*', r.name ?? ''].join(' ')));
       expect([...calls].sort()).toEqual(
         [
           'create authentication.k8s.io tokenreviews * ',
-          'create core configmaps trellis-system ',
+          // The audit log names the object of a create (from its body); RBAC sees no name on a create.
+          'create core configmaps trellis-system trellis-ca-root',
           'get core configmaps trellis-system trellis-ca-root',
-          'get core pods trellis-system trellis-agent-b',
+          'get core pods trellis-system trellis-agent-node-b',
           'get core secrets trellis-system trellis-ca',
           'list core pods shop ',
         ].sort(),
       );
-      const lists = world.api.requests().filter((r) => r.verb === 'list');
-      expect(lists.length).toBe(2);
+      expect(mine.filter((r) => r.decision !== 'allow')).toEqual([]);
+      expect(mine.filter((r) => r.verb === 'list')).toHaveLength(2);
     } finally {
       await service.stop(1_000);
-      await world.close();
     }
   });
 
-  it('a hung API server costs a caller the client timeout, then UNAVAILABLE', async () => {
-    const sockets: net.Socket[] = [];
-    const hung = net.createServer((s) => void sockets.push(s));
-    await new Promise<void>((resolve) => hung.listen(0, '127.0.0.1', resolve));
+  it('two replicas starting at once both publish the bundle: one creates it, the other finds it (or meets the 409)', async () => {
+    const test = await realCluster();
+    const world = await RealWorld.start(test);
+    await world.seed();
+    await world.remove('ConfigMap', 'trellis-system', 'trellis-ca-root');
+    const mark = test.audit().length;
+    const replicas = await Promise.all([0, 1].map(() => startIdentityService(inputs(world, pino({ level: 'silent' })))));
+    try {
+      expect(((await world.get('ConfigMap', 'trellis-system', 'trellis-ca-root'))?.['data'] as Record<string, string>)['root-cert.pem']).toBe(rootCa.certPem);
+      const creates = test.audit().slice(mark).filter((r) => r.user === IDENTITY_USER && r.verb === 'create' && r.resource === 'configmaps');
+      expect(creates.filter((r) => r.code === 201)).toHaveLength(1);
+    } finally {
+      await Promise.all(replicas.map((r) => r.stop(1_000)));
+    }
+  });
+
+  it('a hung API server (kube-apiserver stopped with SIGSTOP) costs a caller the client timeout, then UNAVAILABLE', async () => {
+    const test = await realCluster();
     const kc = new KubeConfig();
-    kc.loadFromOptions({
-      clusters: [{ name: 'hung', server: `http://127.0.0.1:${(hung.address() as net.AddressInfo).port}`, skipTLSVerify: true }],
-      users: [{ name: 'u', token: 't' }],
-      contexts: [{ name: 'c', cluster: 'hung', user: 'u' }],
-      currentContext: 'c',
-    });
+    kc.loadFromFile(test.kubeconfig('hung', (await test.api.createToken('trellis-system', 'trellis-identity')).token));
     const cluster = new KubeIdentityCluster(kc, { timeoutMs: 300 });
+    test.cp.freezeApiServer(true);
     try {
       const started = Date.now();
       await expect(cluster.review('t', AUDIENCE)).rejects.toMatchObject({ code: API_UNAVAILABLE, message: expect.stringContaining('unreachable') });
       expect(Date.now() - started).toBeLessThan(2_000);
     } finally {
-      for (const s of sockets) s.destroy();
-      await new Promise((resolve) => hung.close(resolve));
+      test.cp.freezeApiServer(false);
     }
   });
 });

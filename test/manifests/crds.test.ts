@@ -1,7 +1,14 @@
 // The Trellis CRDs: structural schemas the API server accepts, that take every example object the docs show and
-// refuse broken ones (a wrong enum, a percentage of 150, a missing required field, an unknown field).
+// refuse broken ones (a wrong enum, a percentage of 150, a missing required field, an unknown field). Each verdict is
+// asked twice: of ajv (the schemas turned into JSON Schema, no root needed) and of a real kube-apiserver with the
+// CRDs installed (a server-side dry run with strict field validation, as kubectl sends it), so the CEL rules and
+// the server's own structural checks are run, not only read.
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
+import { KubeApiError, resourcePath, type ApiObject } from '../../lab/controlplane/client.js';
+import { ensure } from '../../lab/cluster/kubelet.js';
+import { startTestCluster, type TestCluster } from '../support/control-plane.js';
 import { compilePolicies, modeFor } from '../../agent/security/index.js';
 import {
   ROOT,
@@ -20,6 +27,34 @@ import {
 
 const validators = crdValidators();
 const TRELLIS_GROUPS = ['traffic.trellis.dev', 'security.trellis.dev'];
+
+/** One control plane for the file, started by the first test that asks a real server. */
+let cluster: TestCluster | undefined;
+async function real(): Promise<TestCluster> {
+  cluster ??= await startTestCluster();
+  return cluster;
+}
+afterAll(async () => {
+  await cluster?.close();
+});
+
+/** What the real API server says of creating the object: a dry run (nothing is stored), unknown fields an error. */
+async function serverVerdict(obj: unknown): Promise<{ ok: boolean; errors: string }> {
+  const c = await real();
+  const o = obj as ApiObject;
+  const namespace = o.metadata.namespace ?? 'default';
+  await ensure(c.api, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: namespace } });
+  try {
+    await c.api.request('POST', resourcePath({ apiVersion: String(o.apiVersion), kind: String(o.kind), namespace }), {
+      body: { ...o, metadata: { ...o.metadata, namespace } },
+      query: { dryRun: 'All', fieldValidation: 'Strict' },
+    });
+    return { ok: true, errors: '' };
+  } catch (err) {
+    if (err instanceof KubeApiError && (err.status === 422 || err.status === 400)) return { ok: false, errors: err.message };
+    throw err;
+  }
+}
 
 function verdict(obj: unknown): { ok: boolean; errors: string } {
   const o = obj as KubeObject;
@@ -126,11 +161,12 @@ describe('the example objects', () => {
     for (const v of crdVersions()) expect(kinds, v.kind).toContain(`${v.apiVersion}/${v.kind}`);
   });
 
-  it.each(examples.map(({ file, obj }) => [`${file}: ${obj.kind} ${obj.metadata.name}`, obj] as const))('%s is accepted', (_name, obj) => {
+  it.each(examples.map(({ file, obj }) => [`${file}: ${obj.kind} ${obj.metadata.name}`, obj] as const))('%s is accepted, by ajv and by the API server', async (_name, obj) => {
     expect(verdict(obj)).toEqual({ ok: true, errors: '[]' });
+    expect(await serverVerdict(obj)).toEqual({ ok: true, errors: '' });
   });
 
-  it('a status as the agents write it is accepted', () => {
+  it('a status as the agents write it is accepted', async () => {
     const obj = {
       ...example('FaultInjection', 'ratings-chaos'),
       status: {
@@ -140,6 +176,15 @@ describe('the example objects', () => {
     };
     expect(verdict(obj).ok).toBe(true);
     expect(verdict(withField(obj, 'status.conditions', [{ type: 'Accepted', status: 'Maybe', lastTransitionTime: 'yesterday', reason: 'x', message: '' }])).ok).toBe(false);
+    // The real server: the status through its own subresource, on a stored object.
+    const c = await real();
+    const stored = { ...example('FaultInjection', 'ratings-chaos'), metadata: { name: 'status-probe', namespace: 'shop' } };
+    await ensure(c.api, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop' } });
+    await c.api.create(stored as ApiObject);
+    const ref = { apiVersion: stored.apiVersion, kind: stored.kind, namespace: 'shop', name: 'status-probe' };
+    await c.api.patch(ref, { status: obj.status }, 'merge', 'status');
+    await expect(c.api.patch(ref, { status: { conditions: [{ type: 'Accepted', status: 'Maybe', lastTransitionTime: 'yesterday', reason: 'x', message: '' }] } }, 'merge', 'status')).rejects.toMatchObject({ status: 422 });
+    await c.api.delete(ref);
   });
 });
 
@@ -180,8 +225,9 @@ describe('broken objects are refused', () => {
     ['PeerAuthentication: port-level mode in lower case', withField(example('PeerAuthentication', 'legacy-metrics-port'), 'spec.portLevelMtls', { '9102': { mode: 'disable' } })],
   ];
 
-  it.each(cases)('%s', (_name, obj) => {
+  it.each(cases)('%s', async (_name, obj) => {
     expect(verdict(obj).ok).toBe(false);
+    expect((await serverVerdict(obj)).ok).toBe(false);
   });
 
   it('every kind has broken cases', () => {
@@ -207,9 +253,10 @@ describe('unknown fields in policies reach the agents, which refuse them', () =>
     ['PeerAuthentication: a typo in a port', withField(example('PeerAuthentication', 'legacy-metrics-port'), 'spec.portLevelMtls', { '9102': { mode: 'PERMISSIVE', mod: 'STRICT' } }), /spec.portLevelMtls.9102.mod: unknown field/],
   ];
 
-  it.each(cases)('%s', (_name, obj, error) => {
-    // Accepted by the schema (kept, not pruned)...
+  it.each(cases)('%s', async (_name, obj, error) => {
+    // Accepted by the schema (kept, not pruned), on the real server too...
     expect(verdict(obj)).toEqual({ ok: true, errors: '[]' });
+    expect(await serverVerdict(obj)).toEqual({ ok: true, errors: '' });
     // ...and refused by the agent, the field named.
     const set = compilePolicies([obj as unknown as Parameters<typeof compilePolicies>[0][number]], { trustDomain: 'cluster.local' });
     expect(set.errors.some((e) => error.test(e)), set.errors.join('\n')).toBe(true);
@@ -230,11 +277,13 @@ describe('unknown fields in policies reach the agents, which refuse them', () =>
     }
   });
 
-  it('DISABLE is accepted at both levels, and compiles (plaintext accepted, as PERMISSIVE)', () => {
+  it('DISABLE is accepted at both levels, and compiles (plaintext accepted, as PERMISSIVE)', async () => {
     const ns = withField(example('PeerAuthentication', 'default'), 'spec.mtls.mode', 'DISABLE');
     const port = withField(example('PeerAuthentication', 'legacy-metrics-port'), 'spec.portLevelMtls', { '9102': { mode: 'DISABLE' } });
     expect(verdict(ns)).toEqual({ ok: true, errors: '[]' });
     expect(verdict(port)).toEqual({ ok: true, errors: '[]' });
+    expect(await serverVerdict(ns)).toEqual({ ok: true, errors: '' });
+    expect(await serverVerdict(port)).toEqual({ ok: true, errors: '' });
     const set = compilePolicies([ns, port] as unknown as Parameters<typeof compilePolicies>[0], { trustDomain: 'cluster.local' });
     expect(set.errors).toEqual([]);
     expect(modeFor(set, { namespace: 'shop', labels: {} }, 8080)).toBe('DISABLE');
@@ -243,18 +292,37 @@ describe('unknown fields in policies reach the agents, which refuse them', () =>
   });
 });
 
-describe('YAML in the docs', () => {
-  const docs = ['docs/install.md', 'manifests/README.md', 'docs/security.md'];
+/** The prose right before a code block (up to the previous block or heading). */
+function blockIntro(doc: string, line: number): string {
+  const lines = readFileSync(path.join(ROOT, doc), 'utf8').split('\n').slice(0, line - 1);
+  const start = Math.max(...['```', '#'].map((m) => lines.findLastIndex((l, i) => i < lines.length - 1 && l.startsWith(m))));
+  return lines.slice(start + 1).join('\n');
+}
 
-  it.each(docs)('%s: every yaml block parses, and Trellis objects in it are valid', (doc) => {
+describe('YAML in the docs', () => {
+  const docs = ['docs/install.md', 'manifests/README.md', 'docs/security.md', 'docs/gateway-api.md'];
+
+  it.each(docs)('%s: every yaml block parses, and Trellis and Gateway API objects in it are accepted by the API server', async (doc) => {
     const blocks = markdownYamlBlocks(path.join(ROOT, doc));
     expect(blocks.length).toBeGreaterThan(0);
     for (const block of blocks) {
       const objects = parseYamlDocs(block.text, `${doc}:${block.line}`) as KubeObject[];
       for (const obj of objects) {
         const group = String(obj.apiVersion ?? '').split('/')[0]!;
+        const where = `${doc}:${block.line} ${obj.kind} ${obj.metadata?.name}`;
+        if (group === 'gateway.networking.k8s.io') {
+          // The lab installs the standard channel (docs/install.md); in v1.2 a rule's `name` and `retry` exist only in
+          // the experimental one, and a block that uses them must say so.
+          const v = await serverVerdict(obj);
+          if (!v.ok) {
+            expect(v.errors, where).toMatch(/strict decoding error: (unknown field "spec\.rules\[\d+\]\.(name|retry)"(, )?)+$/);
+            expect(blockIntro(doc, block.line), `${where}: say that the example needs the experimental channel`).toMatch(/experimental channel/);
+          }
+          continue;
+        }
         if (!TRELLIS_GROUPS.includes(group)) continue;
-        expect(verdict(obj), `${doc}:${block.line} ${obj.kind} ${obj.metadata?.name}`).toEqual({ ok: true, errors: '[]' });
+        expect(await serverVerdict(obj), where).toEqual({ ok: true, errors: '' });
+        expect(verdict(obj), where).toEqual({ ok: true, errors: '[]' });
         // Policies shown in the docs also compile, as the agents would read them.
         if (group === 'security.trellis.dev') {
           const set = compilePolicies([obj as unknown as Parameters<typeof compilePolicies>[0][number]], { trustDomain: 'cluster.local' });

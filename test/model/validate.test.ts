@@ -90,6 +90,12 @@ describe('validateObject', () => {
     expect(svc.metadata).toStrictEqual({ name: 's' });
   });
 
+  it('takes an EndpointSlice with no endpoints as the real controller writes it (endpoints and ports null)', () => {
+    const placeholder = { apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: 'web-x2b9c', namespace: 'shop', labels: { 'kubernetes.io/service-name': 'web' } }, addressType: 'IPv4', endpoints: null, ports: null };
+    const v = validateObject(placeholder);
+    expect(v.ok && v.object).toMatchObject({ kind: 'EndpointSlice', endpoints: [] });
+  });
+
   it('leaves to the schemas what only they can word or reshape, with their answer', () => {
     const slice = (extra: Record<string, unknown>) => ({
       apiVersion: 'discovery.k8s.io/v1',
@@ -101,6 +107,7 @@ describe('validateObject', () => {
     });
     const cases: unknown[] = [
       slice({ endpoints: null }), // read as []
+      slice({ endpoints: null, ports: null }), // as the EndpointSlice controller writes a Service with no endpoints
       slice({ endpoints: [{ addresses: [] }] }),
       slice({ addressType: 'IPv5' }),
       slice({ ports: [{ port: 0 }] }),

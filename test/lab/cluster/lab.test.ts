@@ -8,10 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Lab, sweep, type KubeMirror } from '../../../lab/cluster/lab.js';
+import { Lab, sweep } from '../../../lab/cluster/lab.js';
 import type { ExtensionObject, KubeObject, Pod } from '../../../agent/model/objects.js';
-import { apiMirror } from '../../support/control-plane.js';
-import { FakeApiServer } from '../../support/fake-apiserver.js';
 import { requireRoot } from '../../support/root.js';
 import { trellis } from '../../support/trellis-cli.js';
 
@@ -80,19 +78,6 @@ spec:
   rules: [{backendRefs: [{name: server, port: 80}]}]
 `;
 
-/** The mirror of a kube-mode lab into the fake API server, recording the order of what it is given. */
-function recordingMirror(api: FakeApiServer): KubeMirror & { log: string[] } {
-  const log: string[] = [];
-  const real = apiMirror(api, '/nonexistent/kubeconfig');
-  const key = (o: KubeObject) => `${o.kind} ${o.metadata.namespace ?? ''}/${o.metadata.name} uid=${o.metadata.uid ?? '-'}`;
-  return {
-    kubeconfig: real.kubeconfig,
-    log,
-    apply: (o) => (log.push(`apply ${key(o)}`), real.apply(o)),
-    delete: (o) => (log.push(`delete ${key(o)}`), real.delete!(o)),
-  };
-}
-
 interface HostSnapshot {
   addr: unknown;
   route: unknown;
@@ -160,8 +145,6 @@ describe('lab (root)', () => {
   let lab: Lab | undefined;
   let before: HostSnapshot;
   let pids: number[] = [];
-  let api: FakeApiServer;
-  let mirror: ReturnType<typeof recordingMirror>;
   const timings: Record<string, number> = {};
 
   beforeAll(async () => {
@@ -170,10 +153,8 @@ describe('lab (root)', () => {
     const file = path.join(stateRoot, 'shop.yaml');
     writeFileSync(file, manifest);
     const t0 = Date.now();
-    // A kube-mode lab without agents: what it realizes is mirrored into a fake API server on loopback.
-    api = await FakeApiServer.start();
-    mirror = recordingMirror(api);
-    lab = await Lab.up(file, { name, stateRoot, agents: false, kube: async () => mirror });
+    // Local mode without agents; cluster mode has its own file (cluster-mode.test.ts).
+    lab = await Lab.up(file, { name, stateRoot, agents: false });
     timings.up = Date.now() - t0;
     pids = (await lab.status()).pods.flatMap((p) => p.processes.map((r) => r.pid));
   });
@@ -187,7 +168,6 @@ describe('lab (root)', () => {
     } finally {
       await sweep({ prefix: `trl-${name}-`, stateRoot }).catch(() => []);
       rmSync(stateRoot, { recursive: true, force: true });
-      await api?.close();
     }
   });
 
@@ -330,13 +310,11 @@ describe('lab (root)', () => {
     expect(readdirSync(l.clusterDir).filter((f) => f.startsWith('.'))).toEqual([]);
   });
 
-  it('applies and removes routes and policies while up, in the files and the API server', async () => {
+  it('applies and removes routes and policies while up, in the files the agents read', async () => {
     const l = lab!;
     const read = (f: string) => parse(readFileSync(path.join(l.clusterDir, f), 'utf8')) as ExtensionObject;
     const original = read('httproute-shop.to-server.yaml');
     expect(original.spec.parentRefs).toEqual([{ group: '', kind: 'Service', name: 'server', port: 80 }]);
-    expect(mirror.log).toContain(`apply HTTPRoute shop/to-server uid=${original.metadata.uid}`);
-    mirror.log.length = 0;
 
     const route = {
       apiVersion: 'gateway.networking.k8s.io/v1',
@@ -360,12 +338,7 @@ describe('lab (root)', () => {
     expect(replaced.spec).toEqual(route.spec);
     const faultUid = read('fault-shop.slow.yaml').metadata.uid;
     expect(faultUid).toMatch(/^[0-9a-f-]{36}$/);
-    // The filter object reaches the API server before the route that names it.
-    expect(mirror.log).toEqual([`apply FaultInjection shop/slow uid=${faultUid}`, `apply HTTPRoute shop/to-server uid=${original.metadata.uid}`]);
     expect(route.metadata.uid).toBeUndefined();
-    const served = api.get('gateway.networking.k8s.io/v1', 'HTTPRoute', 'shop', 'to-server') as ExtensionObject | undefined;
-    expect(served?.spec).toEqual(route.spec);
-    expect(api.get('traffic.trellis.dev/v1alpha1', 'FaultInjection', 'shop', 'slow')).toBeDefined();
 
     // Refused before anything is written: fixed kinds, unknown namespaces.
     const pod = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'late', namespace: 'shop' }, spec: { nodeName: 'node-a', containers: [{ name: 'c' }] } } as KubeObject;
@@ -373,18 +346,13 @@ describe('lab (root)', () => {
     const elsewhere = { ...fault, metadata: { name: 'slow', namespace: 'nowhere' } };
     await expect(l.apply([elsewhere])).rejects.toMatchObject({ code: 'ENOTFOUND', message: expect.stringMatching(/namespace "nowhere" does not exist.*namespaces: default, shop/) });
     await expect(l.remove('Pod', 'shop', 'server')).rejects.toThrow(/lab\.remove takes HTTPRoute/);
-    expect(mirror.log).toHaveLength(2);
 
     expect(await l.remove('FaultInjection', 'shop', 'slow')).toBe(true);
     expect(existsSync(path.join(l.clusterDir, 'fault-shop.slow.yaml'))).toBe(false);
-    expect(mirror.log.at(-1)).toBe(`delete FaultInjection shop/slow uid=${faultUid}`);
-    expect(api.get('traffic.trellis.dev/v1alpha1', 'FaultInjection', 'shop', 'slow')).toBeUndefined();
     expect(await l.remove('FaultInjection', 'shop', 'slow')).toBe(false);
     expect(readdirSync(l.clusterDir).filter((f) => f.startsWith('.'))).toEqual([]);
-
-    // Another process has no way to the API server the agents of this lab read: it is told so, not ignored.
-    const other = await Lab.attach(name, stateRoot);
-    await expect(other.apply([fault])).rejects.toThrow(/runs its agents against an API server/);
+    // A local-mode lab has no API server.
+    expect(() => l.kube).toThrow(/runs in local mode: kube needs a lab brought up in cluster mode/);
   });
 
   it('is visible from another process through its state', async () => {
