@@ -17,6 +17,8 @@ import { TrellisError } from '../errors.js';
 import type { Snapshot, SourceProblem } from './dir.js';
 import { EXTENSION_KINDS, objectKey, type ExtensionKind, type KubeObject } from '../model/objects.js';
 import { validateObject } from '../model/validate.js';
+import { slimObject } from './kube-slim.js';
+import { SnapshotPacer } from './pacer.js';
 
 /** The typed clients a list function may use. */
 export interface KubeApis {
@@ -140,6 +142,8 @@ interface WatchHooks {
   ended(how: 'clean' | 'error-event' | 'failed'): void;
   /** [0, 1), for the watch timeout's jitter. */
   random(): number;
+  /** Cuts an object down, in place, before the informer sees it (kube-slim.ts). */
+  slim(obj: unknown): void;
 }
 
 /** client-node's Watch with bookmarks requested and the informer's progress reported to the source. */
@@ -169,6 +173,7 @@ class KindWatch extends Watch {
       { ...queryParams, allowWatchBookmarks: true, timeoutSeconds },
       (phase, obj, raw) => {
         if (phase === 'ERROR') errored = true;
+        else this.hooks.slim(obj);
         this.hooks.event(phase, obj);
         callback(phase, obj, raw);
       },
@@ -192,6 +197,7 @@ export class KubeSource {
   /** Problems found since the last snapshot. */
   private problems: SourceProblem[] = [];
   private timer: TimerHandle | undefined;
+  private readonly pacer: SnapshotPacer;
   private ageTimer: TimerHandle | undefined;
   private closed = false;
   private synced = false;
@@ -202,6 +208,7 @@ export class KubeSource {
     this.inputs = inputs;
     this.clock = inputs.clock ?? systemClock;
     this.random = inputs.random ?? Math.random;
+    this.pacer = new SnapshotPacer(inputs.debounceMs ?? 20);
     this.logger = inputs.logger.child({ source: 'kube', node: inputs.node });
   }
 
@@ -280,6 +287,7 @@ export class KubeSource {
           state.open = false;
         }),
       random: this.random,
+      slim: (obj) => slimObject(spec.kind, obj),
     });
     const list = async (): Promise<KubernetesListObject<KubernetesObject>> => {
       if (state.listed) this.logger.info({ kind: spec.kind }, 'kube source: relisting (watch expired or restarted without a resourceVersion)');
@@ -287,7 +295,10 @@ export class KubeSource {
       const raw = await spec.list(apis, state.listed ? undefined : '0');
       this.markSync(state);
       // Typed clients return model classes (Dates, no kind/apiVersion on items): make them plain API JSON.
-      const items = (JSON.parse(JSON.stringify(raw.items)) as Record<string, unknown>[]).map((i) => ({ ...i, apiVersion: spec.apiVersion, kind: spec.kind }));
+      const items = (JSON.parse(JSON.stringify(raw.items)) as Record<string, unknown>[]).map((i) => {
+        slimObject(spec.kind, i);
+        return { ...i, apiVersion: spec.apiVersion, kind: spec.kind };
+      });
       return { metadata: { resourceVersion: raw.metadata?.resourceVersion ?? '' }, items: items as KubernetesObject[] };
     };
     const informer = new ListWatch<KubernetesObject>(spec.path, watch, list, false, undefined, undefined, {
@@ -451,7 +462,7 @@ export class KubeSource {
 
   private schedule(): void {
     if (this.closed || this.timer) return;
-    this.timer = this.clock.after(this.inputs.debounceMs ?? 20, () => {
+    this.timer = this.clock.after(this.pacer.delay(this.clock.now()), () => {
       this.timer = undefined;
       this.emit();
     });
@@ -459,8 +470,9 @@ export class KubeSource {
 
   private emit(): void {
     if (this.closed) return;
+    const started = this.clock.now();
     const objects: KubeObject[] = [];
-    for (const k of this.kinds) objects.push(...k.good.values());
+    for (const k of this.kinds) for (const o of k.good.values()) objects.push(o);
     const problems = this.problems;
     this.problems = [];
     this.synced = true;
@@ -469,6 +481,7 @@ export class KubeSource {
     } catch (err) {
       this.logger.error({ err }, 'kube source: applying a snapshot failed');
     }
+    this.pacer.applied(started, this.clock.now());
     if (this.first) {
       this.logger.info({ objects: objects.length, ms: this.clock.now() - this.startedAt }, 'kube source: first sync done');
       this.first.resolve();

@@ -10,6 +10,7 @@ import { procStat } from '../cluster/procs.js';
 import { run } from '../cluster/run.js';
 import type { ApiObject, KubeClient } from '../controlplane/client.js';
 import type { Pod } from '../../agent/model/objects.js';
+import { parsePrometheus, sumOf } from '../load/promtext.js';
 import { ChildLines } from './child-lines.js';
 import { MESH_CLIENT } from './paths.js';
 import type { ProcReader } from './procfs.js';
@@ -26,6 +27,11 @@ export const KUBE_SCALE_METRICS = [
 ] as const;
 
 const SCALE_NAMESPACE = 'bench-scale';
+/**
+ * The second memory sample after a restart: long enough for the agent's idle memory trim (a full GC once a whole
+ * 10 s tick passed idle, agent/telemetry/memory.ts) to have run after the start's burst.
+ */
+const SETTLE_MS = 25_000;
 /** The batch's endpoints are pods of this node: registered, never built (no netns, no agent). */
 const SCALE_NODE = 'scale-node';
 const FIRST_FAKE_ENDPOINT = ipToInt('10.250.0.1');
@@ -116,9 +122,14 @@ export async function measureKubeScale(inputs: KubeScaleInputs): Promise<void> {
     await new Promise((resolve) => setTimeout(resolve, 1000));
     const rss = Object.fromEntries(Object.entries(restarted).map(([node, pid]) => [node, inputs.procs.rssKb([pid]) / 1024]));
     inputs.add('rss_mb_10k_kube', rss[NODE_A]!);
+    // And once it settled (the agent gives memory back when idle: agent/telemetry/memory.ts), with its JS heap.
+    await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
+    const settledMb = inputs.procs.rssKb([restarted[NODE_A]!]) / 1024;
+    const heapMb = sumOf(parsePrometheus(await lab.metrics(NODE_A)), 'trellis_agent_nodejs_heap_size_used_bytes') / 2 ** 20;
     const controlPlaneMb = lab.controlPlane.memoryMb();
     log(
       `  agent restart to ready ${firstSyncMs} ms; agent RSS ${Object.entries(rss).map(([n, mb]) => `${n} ${mb.toFixed(1)} MB`).join(', ')}; ` +
+        `${NODE_A}'s ${SETTLE_MS / 1000} s later ${settledMb.toFixed(1)} MB (JS heap in use ${heapMb.toFixed(1)} MB); ` +
         `control plane RSS ${Object.entries(controlPlaneMb).map(([c, mb]) => `${c} ${mb} MB`).join(', ')}`,
     );
     inputs.machine.scale_kube = {
@@ -132,6 +143,7 @@ export async function measureKubeScale(inputs: KubeScaleInputs): Promise<void> {
       controller_qps: CONTROLLER_QPS,
       control_plane_rss_mb: controlPlaneMb,
       agent_rss_mb: rss,
+      agent_settled: { rss_mb: settledMb, heap_used_mb: heapMb, after_ms: SETTLE_MS },
     };
   } finally {
     log(`  tearing down lab '${lab.name}' ...`);
