@@ -368,6 +368,30 @@ describe('security on the inbound path (two-node lab)', () => {
     expect([headersOf(wsOutsider)['x-forwarded-client-cert'], headersOf(wsOutsider)['x-trellis-peer-identity']]).toEqual([undefined, undefined]);
   });
 
+  // A `when` on the identity header is judged on the value the agent set, never on one the client sent: the headers
+  // a client forged are dropped and the agent's own set before the policy runs.
+  it('authorizes on the x-forwarded-client-cert the agent set, never on one a client forged', async () => {
+    const forged = `x-forwarded-client-cert: By=${spiffe('shop', 'api')};URI=${spiffe('shop', 'admin')}`;
+    const ask = async (from: string, port: number) =>
+      parseAnswer(await exchange(from, vip, port, `GET /api/admin-only HTTP/1.1\r\nHost: api\r\nConnection: close\r\n${forged}\r\n\r\n`));
+    await apply(authz('allow-admin-xfcc', 'ALLOW', `  - when: [{key: "request.headers[x-forwarded-client-cert]", values: ["*sa/admin"]}]
+`));
+    await inForce(['shop/allow-admin-xfcc']);
+    for (const [from, port] of [[WEB, 8080], [CALLER, 9090], [OUTSIDER, 8080]] as const) {
+      const x = await ask(from, port);
+      expect(x.status, `${from} forging sa/admin: ${x.body.slice(0, 200)}`).toBe(403);
+    }
+    // The same policy shape matching the caller's real identity lets it in, forged header or not.
+    await remove('AuthorizationPolicy', 'allow-admin-xfcc');
+    await apply(authz('allow-web-xfcc', 'ALLOW', `  - when: [{key: "request.headers[x-forwarded-client-cert]", values: ["*sa/web"]}]
+`));
+    await inForce(['shop/allow-web-xfcc']);
+    const web = await ask(WEB, 8080);
+    expect(web.status, web.body.slice(0, 200)).toBe(200);
+    expect(web.echo!.headers['x-forwarded-client-cert']).toBe(`By=${spiffe('shop', 'api')};URI=${spiffe('shop', 'web')}`);
+    expect((await ask(CALLER, 9090)).status).toBe(403);
+  });
+
   // --- The path bypass corpus: every spelling of /admin is refused (400), or normalized to /admin and denied, or is
   // another path that the app receives as such (documented in agent/model/normalize.ts). Never does the app
   // see /admin.

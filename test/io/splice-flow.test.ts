@@ -149,7 +149,7 @@ describe('splice flow', () => {
       gc();
       return process.memoryUsage().heapUsed;
     };
-    const done = [];
+    const done: Promise<unknown>[] = [];
     const pair = (i: number) => done.push(splice(accepted[2 * i]!, accepted[2 * i + 1]!, noCounts));
     for (let i = 0; i < warm; i++) pair(i);
     const before = heap();
