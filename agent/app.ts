@@ -6,6 +6,7 @@ import { systemClock, type Clock } from './clock.js';
 import { CniServer } from './capture/cni-server.js';
 import { DriftChecker } from './capture/drift.js';
 import { Enrolment } from './capture/enrolment.js';
+import { queuedConnectionMigration } from './capture/migrate.js';
 import { NetnsFinder } from './capture/netns.js';
 import { OptinFile, optinFromObjects } from './capture/optin-file.js';
 import { nftApply } from './capture/nft.js';
@@ -22,6 +23,7 @@ import { describe as describePolicies } from './security/describe.js';
 import { healthServer, listen, metricsServer } from './telemetry/admin.js';
 import { createAuditLog } from './telemetry/audit.js';
 import { MemoryReclaimer } from './telemetry/memory.js';
+import { ReadyFile } from './telemetry/ready-file.js';
 import { Metrics } from './telemetry/metrics.js';
 import type { Workers } from './workers/pool.js';
 
@@ -114,6 +116,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         },
       };
     },
+    tuneNetns: queuedConnectionMigration(captureLogger),
     applyRules: nftApply,
     ...(netns && { findNetns: (ip: string) => netns.find(ip) }),
     metrics,
@@ -231,6 +234,13 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
   });
   await listen(metricsHttp, config.metrics.host, config.metrics.port);
   await listen(healthHttp, config.health.host, config.health.port);
+  const readyFile = config.readyFile
+    ? new ReadyFile({
+        path: config.readyFile,
+        notReadyReason: () => (store.isSynced() ? enrolment.notReadyReason() : 'state not loaded from the source yet'),
+        logger,
+      })
+    : undefined;
   logger.info({ pods: enrolment.pods(), metrics: config.metrics, health: config.health }, 'agent ready');
 
   let stopping: Promise<void> | undefined;
@@ -240,6 +250,8 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     enrolment,
     stop() {
       stopping ??= (async () => {
+        // Not ready from the first moment: whoever waits on this process's readiness sees it go.
+        readyFile?.close();
         clearInterval(resync);
         clearInterval(trim);
         drift.stop();
@@ -247,8 +259,11 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         await cni?.close();
         statusWriter?.close();
         source.close();
-        // Stop accepting; capture rules stay, so nothing bypasses the mesh while we are gone.
+        // Stop accepting; capture rules stay, so nothing bypasses the mesh while we are gone. Connections still
+        // queued on our listeners move to a successor's (tcp_migrate_req, capture/migrate.ts); HBONE peers get
+        // GOAWAY, HTTP clients are told to reconnect (to the successor, if one runs) at their next response.
         enrolment.close();
+        plane.startDrain();
         healthHttp.close();
         const active = plane.drain.active();
         const [left, others] = await Promise.all([plane.drain.wait(config.drainMs), workers?.stop(config.drainMs)]);

@@ -30,6 +30,12 @@ export interface AgentConfig {
   /** TLS key exchange groups for HBONE, OpenSSL names colon-separated in order of preference; Node's default when absent. */
   readonly tlsGroups?: string;
   readonly drainMs: number;
+  /**
+   * Written while this process is ready, removed when it is not or stops: how a hand-over (the lab's restart-agent, a
+   * DaemonSet surge pod's exec readiness probe) tells this agent's readiness from its predecessor's, which answers on
+   * the same health port meanwhile.
+   */
+  readonly readyFile?: string;
   readonly resyncMs: number;
   /** Cluster mode: the socket trellis-cni talks to and the opt-in file it reads when the agent is down. */
   readonly cni?: { readonly socketPath: string; readonly optinFile: string; readonly waitForPodMs: number };
@@ -96,6 +102,7 @@ export interface AgentFlags {
   certTtl?: string;
   connectTimeout?: string;
   drain?: string;
+  readyFile?: string;
   workers?: string;
   logLevel?: string;
   cniSocket?: string;
@@ -274,6 +281,7 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
     hboneMaxStreamsPerSession: parseCount(flags.hboneMaxStreamsPerSession ?? '0', '--hbone-max-streams-per-session'),
     ...(flags.tlsGroups !== undefined && { tlsGroups: parseTlsGroups(flags.tlsGroups) }),
     drainMs: parseDuration(flags.drain ?? '5s', '--drain'),
+    ...(flags.readyFile !== undefined && { readyFile: flags.readyFile }),
     resyncMs: 5_000,
     logLevel: level,
   });

@@ -139,6 +139,15 @@ export class DataPlane {
     });
   }
 
+  /**
+   * The agent is going (its listeners are closed): HTTP clients are told to go elsewhere without a failed request
+   * (`connection: close` on the next HTTP/1.1 response, GOAWAY on HTTP/2), then `drain` is waited on.
+   */
+  startDrain(): void {
+    this.l7?.drain();
+    this.inboundHttp?.drain();
+  }
+
   /** Closes the pools and servers; connections still open are cut (wait on `drain` first). */
   close(): void {
     this.unsubscribe();

@@ -10,7 +10,7 @@ const CODES = [
   // The Kubernetes API, as the identity service and the sources meet it.
   'EAPI', 'EAPIFORBIDDEN', 'EAPIUNAVAILABLE',
   // The data path: capture, listeners, HBONE, the addon.
-  'EAGENT', 'ECAPTURE', 'ECLOSED', 'EHBONE', 'ELISTEN', 'ENATIVE', 'ENOFD', 'ENOTREADY',
+  'EAGENT', 'ECAPTURE', 'ECLOSED', 'EHBONE', 'ELISTEN', 'ENATIVE', 'ENOFD', 'ENOTREADY', 'EREFUSED',
   // System errors (Node's and the kernel's names), kept by wrapError.
   'EADDRINUSE', 'ECONNREFUSED', 'ECONNRESET', 'EEXIST', 'EHOSTUNREACH', 'EIO', 'ENETUNREACH', 'ENOENT', 'ENOTDIR',
   'ENOTFOUND', 'EPERM', 'EPIPE', 'ETIMEDOUT',

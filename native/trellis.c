@@ -65,6 +65,7 @@ static const char *errno_name(int err) {
     case ECONNREFUSED: return "ECONNREFUSED";
     case ENOMEM: return "ENOMEM";
     case ENOBUFS: return "ENOBUFS";
+    case EIO: return "EIO";
     default: return "EUNKNOWN";
   }
 }
@@ -347,6 +348,73 @@ static napi_value js_set_mark(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// Opens a file under /proc/sys/net while the JS thread is in the pod's netns: such a file belongs to the netns of
+// the thread that opened it, so the write after returning home still lands in the pod.
+static int open_in_netns(const char *ns_path, const char *file, failure *f) {
+  int target = open(ns_path, O_RDONLY | O_CLOEXEC);
+  if (target < 0) return fail(f, "open", ns_path);
+  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (home < 0) {
+    fail(f, "open", "/proc/thread-self/ns/net");
+    close(target);
+    return -1;
+  }
+  if (setns(target, CLONE_NEWNET) != 0) {
+    fail(f, "setns", ns_path);
+    close(home);
+    close(target);
+    return -1;
+  }
+  int fd = open(file, O_WRONLY | O_CLOEXEC);
+  int open_errno = errno;
+  if (setns(home, CLONE_NEWNET) != 0) {
+    fprintf(stderr, "trellis: cannot return to the agent's network namespace after entering %s: %s\n",
+            ns_path, strerror(errno));
+    abort();
+  }
+  close(home);
+  close(target);
+  if (fd < 0) {
+    errno = open_errno;
+    return fail(f, "open", file);
+  }
+  return fd;
+}
+
+// setNetSysctlInNetns(nsPath, name, value): writes /proc/sys/net/<name> of the pod's netns (name like
+// "ipv4/tcp_migrate_req"; only letters, digits, '_' and '/' inside, no "..").
+static napi_value js_set_net_sysctl_in_netns(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 3, "setNetSysctlInNetns");
+  char ns_path[PATH_MAX];
+  char name[128];
+  char value[64];
+  if (!arg_string(env, argv[0], "nsPath", ns_path, sizeof ns_path)) return NULL;
+  if (!arg_string(env, argv[1], "name", name, sizeof name)) return NULL;
+  if (!arg_string(env, argv[2], "value", value, sizeof value)) return NULL;
+  for (const char *c = name; *c; c++) {
+    bool ok = (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_' || (*c == '/' && c != name && c[-1] != '/');
+    if (!ok) {
+      napi_throw_range_error(env, "EINVAL", "name must be a path under /proc/sys/net of letters, digits and '_'");
+      return NULL;
+    }
+  }
+  char file[PATH_MAX];
+  snprintf(file, sizeof file, "/proc/sys/net/%s", name);
+  failure f;
+  int fd = open_in_netns(ns_path, file, &f);
+  if (fd < 0) return throw_failure(env, &f);
+  size_t len = strlen(value);
+  ssize_t n = write(fd, value, len);
+  if (n != (ssize_t)len) {
+    if (n >= 0) errno = EIO;
+    fail(&f, "write", file);
+    close(fd);
+    return throw_failure(env, &f);
+  }
+  close(fd);
+  return NULL;
+}
+
 // releaseFreeMemory(): hands the C heap's free pages back to the kernel (glibc's malloc_trim) and says whether
 // any were. A traffic burst leaves socket and TLS buffers freed inside malloc's arenas, counted in the RSS
 // until malloc happens to reuse them; elsewhere than glibc there is nothing to do and the answer is false.
@@ -367,5 +435,6 @@ NAPI_MODULE_INIT() {
   NAPI_EXPORT_FUNCTION(env, exports, "originalDst", js_original_dst);
   NAPI_EXPORT_FUNCTION(env, exports, "setMark", js_set_mark);
   NAPI_EXPORT_FUNCTION(env, exports, "releaseFreeMemory", js_release_free_memory);
+  NAPI_EXPORT_FUNCTION(env, exports, "setNetSysctlInNetns", js_set_net_sysctl_in_netns);
   return exports;
 }

@@ -1,6 +1,6 @@
 // The agent's end of trellis-cni: a Unix socket where the plugin reports pod sandboxes (ADD/DEL/CHECK) and, on ADD,
 // waits until the pod's capture is in place, so a meshed pod never sends a packet outside the mesh.
-import { chmodSync, existsSync, lstatSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
@@ -80,18 +80,27 @@ export class CniServer {
     return cni;
   }
 
+  /**
+   * Binds a socket beside the path and renames it over the path: a plugin finds the old agent's socket or this
+   * one's, never none. An agent still serving the old one (a hand-over: the next agent starts before the old one
+   * stops) keeps the requests it has; new ones come here.
+   */
   private async listen(): Promise<void> {
     const path = this.inputs.socketPath;
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    await removeStaleSocket(path);
+    const previous = await socketState(path);
+    const bound = `${path}.${process.pid}.new`;
+    rmSync(bound, { force: true });
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen(path, () => {
+      this.server.listen(bound, () => {
         this.server.off('error', reject);
         resolve();
       });
     });
-    chmodSync(path, 0o600);
+    chmodSync(bound, 0o600);
+    renameSync(bound, path);
+    if (previous === 'live') this.inputs.logger.info({ socket: path }, 'took the CNI socket over from the agent serving it (a hand-over)');
     const st = statSync(path);
     this.socketId = `${st.dev}:${st.ino}`;
     this.server.on('error', (err) => this.inputs.logger.error({ err: err.message }, 'CNI socket error'));
@@ -268,28 +277,25 @@ export class CniServer {
 }
 
 /** A socket file left by a dead agent is removed; a live one (a second agent?) or a non-socket file is an error. */
-async function removeStaleSocket(path: string): Promise<void> {
+/** What is at the socket path now: nothing, a socket an agent serves, or one left by an agent that died. */
+async function socketState(path: string): Promise<'none' | 'live' | 'stale'> {
   let isSocket: boolean;
   try {
     isSocket = lstatSync(path).isSocket();
   } catch {
-    return;
+    return 'none';
   }
   if (!isSocket) {
     throw new TrellisError('EEXIST', `${path} exists and is not a socket: remove it, or choose another path with --cni-socket`);
   }
-  const live = await new Promise<boolean>((resolve) => {
+  return new Promise((resolve) => {
     const probe = net.connect(path);
     probe.once('connect', () => {
       probe.destroy();
-      resolve(true);
+      resolve('live');
     });
-    probe.once('error', () => resolve(false));
+    probe.once('error', () => resolve('stale'));
   });
-  if (live) {
-    throw new TrellisError('EADDRINUSE', `another process serves ${path}: is a second trellis agent running on this node?`);
-  }
-  rmSync(path, { force: true });
 }
 
 function invalid(error: string): { error: string } {

@@ -17,6 +17,11 @@ export interface EnrolmentInputs {
   probeSources: readonly string[];
   /** Opens the pod's listeners (a PodProxy in the agent). */
   openListeners: (pod: Workload) => Promise<Enrolled>;
+  /**
+   * Prepares the pod's netns before its listeners open (the kernel settings a hand-over to the next agent needs);
+   * must not throw.
+   */
+  tuneNetns?: (netnsPath: string) => void;
   /** Applies an nft ruleset inside a netns. */
   applyRules: (netnsPath: string, ruleset: string) => Promise<unknown>;
   /**
@@ -291,6 +296,7 @@ export class Enrolment {
     const started = performance.now();
     let listeners: Enrolled | undefined;
     try {
+      this.inputs.tuneNetns?.(pod.netnsPath!);
       // Listeners first, then rules: a redirect must never point at a port nobody listens on.
       listeners = await this.inputs.openListeners(pod);
       await this.inputs.applyRules(pod.netnsPath!, captureRuleset({ probeSources: this.inputs.probeSources }));

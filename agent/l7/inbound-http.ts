@@ -95,6 +95,12 @@ export class InboundHttp {
     this.upstreams.forget(podKey);
   }
 
+  /** The agent is going: HTTP/1.1 connections end after their next response, HTTP/2 clients get GOAWAY. */
+  drain(): void {
+    this.h1.drain();
+    this.h2.drain();
+  }
+
   close(): void {
     this.h1.close();
     this.upstreams.close();

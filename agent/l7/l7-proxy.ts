@@ -103,6 +103,12 @@ export class L7Proxy {
     return this.upstreams.idleConnections();
   }
 
+  /** The agent is going: HTTP/1.1 connections end after their next response, HTTP/2 clients get GOAWAY. */
+  drain(): void {
+    this.h1.drain();
+    this.h2.drain();
+  }
+
   close(): void {
     this.h1.close();
     this.upstreams.close();

@@ -36,6 +36,7 @@ interface Binding {
   originalDst(fd: number): { address: string; port: number; family: Family };
   setMark(fd: number, mark: number): void;
   releaseFreeMemory(): boolean;
+  setNetSysctlInNetns(nsPath: string, name: string, value: string): void;
 }
 
 // Loaded on first use, so importing this module never fails on a machine that only runs pure-JS parts.
@@ -180,6 +181,15 @@ export function setMark(fd: number, mark: number): void {
  */
 export function releaseFreeMemory(): boolean {
   return call('release free memory', (b) => b.releaseFreeMemory());
+}
+
+/**
+ * Writes a network sysctl of the netns (`name` under /proc/sys/net, e.g. `ipv4/tcp_migrate_req`). A kernel without
+ * the setting fails with code ENOENT.
+ */
+export function setNetSysctlInNetns(netnsPath: string, name: string, value: string): void {
+  checkNetns(netnsPath);
+  call(`sysctl net/${name} in ${netnsPath}`, (b) => b.setNetSysctlInNetns(netnsPath, name, value));
 }
 
 /** fd of a connected/accepted net.Socket (from its handle); TrellisError 'ENOFD' if none. */

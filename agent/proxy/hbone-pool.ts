@@ -49,6 +49,13 @@ interface Entry {
   retired?: boolean;
 }
 
+/** Times a stream refused unprocessed is tried (each time on a new session). */
+const REFUSED_ATTEMPTS = 3;
+
+function refused(req: HboneRequest): TrellisError {
+  return new TrellisError('EREFUSED', `HBONE stream to ${formatAuthority(req.ip, req.port)} refused unprocessed (the destination agent sent GOAWAY)`);
+}
+
 export class HbonePool {
   /** Established sessions, and sessions being set up (so concurrent callers share one handshake). */
   private readonly live = new Map<string, Entry>();
@@ -73,10 +80,30 @@ export class HbonePool {
     },
   ) {}
 
-  /** A CONNECT stream to ip:port through the destination's agent, answered 200. */
+  /**
+   * A CONNECT stream to ip:port through the destination's agent, answered 200. A stream the destination never
+   * processed (it sent GOAWAY first: its agent is handing over to a new one, or stopping) is opened again on a new
+   * session, which reaches whichever agent listens now.
+   */
   async open(req: HboneRequest): Promise<http2.ClientHttp2Stream> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.attempt(req);
+      } catch (err) {
+        if (!(err instanceof TrellisError && err.code === 'EREFUSED') || attempt >= REFUSED_ATTEMPTS || this.closed) throw err;
+        this.inputs.metrics.hboneRefusedStreams.inc();
+      }
+    }
+  }
+
+  private async attempt(req: HboneRequest): Promise<http2.ClientHttp2Stream> {
     if (this.closed) throw new TrellisError('ECLOSED', 'HBONE pool is closed');
     const entry = await this.session(req);
+    if (entry.session.closed || entry.session.destroyed) {
+      // Got GOAWAY between the lookup and now.
+      entry.opened--;
+      throw refused(req);
+    }
     entry.streams++;
     entry.idle?.cancel();
     entry.idle = undefined;
@@ -96,6 +123,8 @@ export class HbonePool {
       );
       const fail = (err: Error) => {
         timer.cancel();
+        // Refused unprocessed (REFUSED_STREAM, or beyond the last stream id of a GOAWAY): safe to open again.
+        if (stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM || (err as NodeJS.ErrnoException).code === 'ERR_HTTP2_GOAWAY_SESSION') err = refused(req);
         stream.off('response', onResponse);
         if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_CANCEL);
         reject(err);
@@ -227,7 +256,13 @@ export class HbonePool {
     };
     session.on('error', (err) => this.inputs.logger.debug({ err: err.message, key }, 'HBONE session error'));
     session.on('close', forget);
-    session.on('goaway', forget);
+    // GOAWAY (the destination agent is handing over, or stopping): no new stream here; the session ends with its
+    // last stream, which HTTP/1.1 connections riding on it close as they come free (H1Client.alive).
+    session.on('goaway', () => {
+      forget();
+      entry.retired = true;
+      if (entry.streams === 0) session.close();
+    });
     return entry;
   }
 

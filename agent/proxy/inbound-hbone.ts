@@ -7,6 +7,7 @@ import type tls from 'node:tls';
 import { wrapError } from '../errors.js';
 import type { Svid } from '../identity/certs.js';
 import { peerIdentity, serverTlsOptions } from '../identity/tls.js';
+import { shutdownGracefully } from '../io/goaway.js';
 import { splice, whenConnected } from '../io/splice.js';
 import { declaredForEndpoint } from '../l7/detect.js';
 import type { InboundCall } from '../l7/inbound-http.js';
@@ -21,6 +22,8 @@ export class HboneInbound {
   /** Verified peer identity per session (session.socket is a proxy object, so the session is the key). */
   private readonly identities = new WeakMap<http2.Http2Session, string>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
+  /** Set by goaway(): a session set up after it (accepted just before the listener closed) gets one too. */
+  private closing = false;
 
   constructor(private readonly inputs: InboundInputs, svid: Svid) {
     this.server = http2.createSecureServer({
@@ -43,13 +46,15 @@ export class HboneInbound {
       session.once('close', () => this.sessions.delete(session));
       session.setLocalWindowSize(SESSION_WINDOW);
       session.on('error', (err) => this.inputs.logger.debug({ err: err.message }, 'inbound HBONE session error'));
+      if (this.closing) shutdownGracefully(session);
     });
     this.server.on('stream', (stream, headers) => void this.onStream(stream, headers));
   }
 
-  /** Asks every peer session to open no new stream (HTTP/2 GOAWAY); streams in flight go on. */
+  /** Asks every peer session to open no new stream (HTTP/2 GOAWAY, in two steps); streams in flight go on. */
   goaway(): void {
-    for (const session of this.sessions) if (!session.closed) session.close();
+    this.closing = true;
+    for (const session of this.sessions) shutdownGracefully(session);
   }
 
   /** Swaps in a renewed certificate; established sessions keep theirs. */

@@ -77,10 +77,15 @@ export function healthServer(readiness: Readiness): http.Server {
   });
 }
 
+/**
+ * Listens with SO_REUSEPORT: during a hand-over the next agent on the node opens the same admin ports while this one
+ * still serves them (each request reaches one of the two), so readiness of a particular process is told by its
+ * ready file (ReadyFile), not by this port.
+ */
 export function listen(server: http.Server, host: string, port: number): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, host, () => {
+    server.listen({ port, host, reusePort: true }, () => {
       server.off('error', reject);
       resolve();
     });

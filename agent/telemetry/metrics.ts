@@ -60,6 +60,7 @@ export class Metrics {
   readonly configErrors: Counter<string>;
   readonly enrolledPods: Gauge<string>;
   readonly hbonePoolSessions: Gauge<string>;
+  readonly hboneRefusedStreams: Counter<string>;
   readonly peerRefusals: Counter<string>;
   readonly configAge: Gauge<string>;
   readonly sourceWatchErrors: Counter<string>;
@@ -91,6 +92,7 @@ export class Metrics {
     this.configErrors = new Counter({ name: 'trellis_config_errors_total', help: 'Invalid objects or files rejected by a source', labelNames: ['source'], registers });
     this.enrolledPods = new Gauge({ name: 'trellis_enrolled_pods', help: 'Pods on this node whose traffic is captured', registers });
     this.hbonePoolSessions = new Gauge({ name: 'trellis_hbone_pool_sessions', help: 'Open outbound HBONE (HTTP/2 over mTLS) sessions', registers });
+    this.hboneRefusedStreams = new Counter({ name: 'trellis_hbone_refused_streams_total', help: 'Outbound HBONE streams the destination agent refused unprocessed (GOAWAY during its hand-over or shutdown), opened again on a new session', registers });
     this.peerRefusals = new Counter({ name: 'trellis_peer_refusals_total', help: 'mTLS peers refused (foreign CA, wrong identity, no certificate)', labelNames: ['direction'], registers });
     this.captureDriftRepairs = new Counter({ name: 'trellis_capture_drift_repairs_total', help: 'Enrolled pods whose capture rules or listeners had drifted and were repaired', labelNames: ['what'], registers });
     this.cniRequests = new Counter({ name: 'trellis_cni_requests_total', help: 'Requests from the trellis-cni plugin, by command and outcome', labelNames: ['command', 'outcome'], registers });

@@ -91,6 +91,7 @@ port.once('message', (init: ToWorker) => {
         void (async () => {
           for (const p of proxies.values()) p.close();
           proxies.clear();
+          plane.startDrain();
           const active = plane.drain.active();
           const left = await plane.drain.wait(m.drainMs);
           plane.close();

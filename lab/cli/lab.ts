@@ -3,6 +3,7 @@
 import { spawn } from 'node:child_process';
 import os from 'node:os';
 import type { Command } from 'commander';
+import { parseDuration } from '../../agent/config.js';
 import { LabError } from '../errors.js';
 import { Lab, requireRootUser, sweep, type LabStatus } from '../cluster/lab.js';
 import { loadManifests } from '../cluster/manifests.js';
@@ -159,6 +160,18 @@ export function registerLabCommands(program: Command): void {
     const removed = await l.remove(kind, ns, name);
     if (!removed) throw new LabError('ENOTFOUND', `no ${kind} ${ns}/${name} in lab '${l.name}'`);
     process.stdout.write(`${kind} ${ns}/${name} deleted\n`);
+  });
+
+  withLabFlags(
+    lab
+      .command('restart-agent <node>')
+      .description("replace a node's agent as a DaemonSet rolling update does (maxSurge 1): the new one starts beside the old, and once it is ready the old one hands over and drains")
+      .option('--drain <duration>', "the new agent's --drain (the old one drains for what it was started with)"),
+  ).action(async (node: string, flags: LabFlags & { drain?: string }) => {
+    const l = await Lab.attach(flags.name, flags.stateRoot);
+    const drainMs = flags.drain === undefined ? undefined : parseDuration(flags.drain, '--drain');
+    const t = await l.restartAgent(node, drainMs === undefined ? {} : { drainMs });
+    process.stdout.write(`agent on ${node} replaced: the new one ready after ${Math.round(t.readyMs)} ms, the old one gone ${Math.round(t.stopMs)} ms later\n`);
   });
 
   withLabFlags(lab.command('down').description('end all processes of a lab, delete its namespaces and state')).action(

@@ -139,12 +139,18 @@ export function registerToolCommands(program: Command): void {
     .option('--chunk <n>', 'bytes generated and written per step', byteCount, 65536)
     .option('--seed <s>', 'payload seed; the same seed sends the same bytes', 'trellis')
     .option('--idle-timeout-ms <ms>', 'give up when nothing moves for this long', positive, 30_000)
-    .action(async (o: { to: Target; bytes: number; chunk: number; seed: string; idleTimeoutMs: number }) => {
-      const { to, ...rest } = o;
-      const outcome = await tcpSend({ ...to, ...rest });
-      if (outcome.exitCode === 2) process.stderr.write(`${outcome.error.message}\n`);
-      else process.stdout.write(`${JSON.stringify(outcome.report)}\n`);
-      process.exitCode = outcome.exitCode;
+    .option('--bytes-per-s <n>', 'pace the sending to at most N bytes a second (k, m, g suffixes): a long-lived stream', byteCount)
+    .option('--streams <n>', 'this many connections at once, each sending the same (one line each; the exit code is the worst)', positive, 1)
+    .action(async (o: { to: Target; bytes: number; chunk: number; seed: string; idleTimeoutMs: number; bytesPerS?: number; streams: number }) => {
+      const { to, bytesPerS, streams, ...rest } = o;
+      const outcomes = await Promise.all(
+        Array.from({ length: streams }, () => tcpSend({ ...to, ...rest, ...(bytesPerS && { bytesPerSecond: bytesPerS }) })),
+      );
+      for (const outcome of outcomes) {
+        if (outcome.exitCode === 2) process.stderr.write(`${outcome.error.message}\n`);
+        else process.stdout.write(`${JSON.stringify(outcome.report)}\n`);
+      }
+      process.exitCode = Math.max(...outcomes.map((x) => x.exitCode));
     });
 
   tool
@@ -225,6 +231,7 @@ export function registerToolCommands(program: Command): void {
     .option('--replies <n>', 'keep the first N replies whole', integer(0, 10_000), 0)
     .option('--timeout-ms <ms>', 'per request', positive, 10_000)
     .option('--duration-s <s>', 'start no request after this many seconds', seconds)
+    .option('--interval-ms <ms>', 'pause between an answer and the same worker\'s next request', integer(0, 3_600_000))
     .option('--request-id-prefix <p>', 'request i carries x-request-id: <p><i> (to find each one in access logs)')
     .action(
       async (o: {
@@ -241,6 +248,7 @@ export function registerToolCommands(program: Command): void {
         replies: number;
         timeoutMs: number;
         durationS?: number;
+        intervalMs?: number;
         requestIdPrefix?: string;
       }) => {
         const { header: headers, bodyBytes, body, ...rest } = o;

@@ -457,14 +457,51 @@ export class Lab {
     await this.save();
   }
 
-  /** Starts the node's agent in the node netns and waits until /healthz/ready answers 200. */
+  /** Starts the node's agent in the node netns and waits until it is ready. */
   async startAgent(node: string): Promise<void> {
     const n = this.node(node);
     const current = this.state.agents[node];
     if (current && isAlive(current)) {
       throw new LabError('EEXIST', `agent on ${node} is already running (pid ${current.pid}): stopAgent first`);
     }
+    const { rec, readyFile } = await this.spawnAgent(n, []);
+    this.state.agents[node] = rec;
+    await this.save();
+    await this.waitAgentReady(n, rec, readyFile);
+  }
+
+  /**
+   * What a DaemonSet rolling update with maxSurge 1 does on one node: starts a new agent beside the running one
+   * (both listen on every pod's ports, SO_REUSEPORT), waits until the new one is ready, then stops the old one,
+   * which hands over its queued connections and drains the open ones. `drainMs` is the new agent's --drain (the
+   * old one drains for what it was started with). Resolves with the timings.
+   */
+  async restartAgent(node: string, opts: { drainMs?: number } = {}): Promise<{ readyMs: number; stopMs: number }> {
+    const n = this.node(node);
+    const old = this.state.agents[node];
+    const started = performance.now();
+    const extra = opts.drainMs === undefined ? [] : ['--drain', `${Math.round(opts.drainMs)}ms`];
+    const { rec, readyFile } = await this.spawnAgent(n, extra);
+    try {
+      await this.waitAgentReady(n, rec, readyFile);
+    } catch (err) {
+      await terminate([{ ...rec, group: true }], 2_000);
+      throw err;
+    }
+    const readyMs = performance.now() - started;
+    if (old && isAlive(old)) {
+      // Stops the old one (its drain included), recorded as the node's agent until it is gone.
+      await this.stopAgent(node);
+    }
+    this.state.agents[node] = rec;
+    await this.save();
+    return { readyMs, stopMs: performance.now() - started - readyMs };
+  }
+
+  private async spawnAgent(n: LabNode, extra: string[]): Promise<{ rec: ProcRecord; readyFile: string }> {
     requireBuilt(this.state.repoRoot);
+    // Each process has a ready file of its own: during a restart two agents answer on the node's health port.
+    const readyFile = path.join(this.paths.stateDir, 'run', `agent-${n.name}-${Date.now()}-${process.pid}.ready`);
     const argv = [
       'ip', 'netns', 'exec', n.netns,
       this.state.execPath, mainScript(this.state.repoRoot), 'agent',
@@ -472,15 +509,14 @@ export class Lab {
       ...(this.cluster ? await this.cluster.agentArgs(n) : ['--dir', this.paths.clusterDir]),
       '--ca-dir', this.paths.caDir,
       '--probe-source', n.gatewayIp,
+      '--ready-file', readyFile,
       ...(this.state.options.logLevel ? ['--log-level', this.state.options.logLevel] : []),
       // `{node}` in an extra argument stands for the node's name (per-node token files and the like).
       ...this.state.options.agentArgs.map((a) => a.replaceAll('{node}', n.name)),
+      ...extra,
     ];
-    const { record } = spawnDetached(argv, { env: { ...process.env, [LAB_ENV]: this.name }, logFile: this.agentLogFile(node) });
-    const rec = await record;
-    this.state.agents[node] = rec;
-    await this.save();
-    await this.waitAgentReady(n, rec);
+    const { record } = spawnDetached(argv, { env: { ...process.env, [LAB_ENV]: this.name }, logFile: this.agentLogFile(n.name) });
+    return { rec: await record, readyFile };
   }
 
   agentLog(node: string): string {
@@ -627,9 +663,10 @@ export class Lab {
     return lines.slice(-LOG_TAIL_LINES).join('\n') || '(the log is empty)';
   }
 
-  private async waitAgentReady(n: LabNode, rec: ProcRecord): Promise<void> {
+  /** Waits for the process's ready file, then checks the node's health port answers ready. */
+  private async waitAgentReady(n: LabNode, rec: ProcRecord, readyFile: string): Promise<void> {
     const deadline = Date.now() + AGENT_READY_TIMEOUT_MS;
-    let last = 'no answer yet';
+    let last = 'no ready file yet';
     for (;;) {
       if (!isAlive(rec)) {
         throw new LabError(
@@ -637,13 +674,15 @@ export class Lab {
           `agent on ${n.name} exited before it was ready (log ${this.agentLogFile(n.name)}):\n${this.logTail(n.name)}`,
         );
       }
-      try {
-        const r = await this.httpGetFromNode(n.name, HEALTH_PORT, '/healthz/ready');
-        if (r.status === 200) return;
-        last = `HTTP ${r.status} ${r.body.trim().slice(0, 200)}`;
-      } catch (err) {
-        if ((err as { code?: string }).code === 'ENATIVE') throw err;
-        last = (err as Error).message;
+      if (existsSync(readyFile)) {
+        try {
+          const r = await this.httpGetFromNode(n.name, HEALTH_PORT, '/healthz/ready');
+          if (r.status === 200) return;
+          last = `ready file written, health port answers HTTP ${r.status} ${r.body.trim().slice(0, 200)}`;
+        } catch (err) {
+          if ((err as { code?: string }).code === 'ENATIVE') throw err;
+          last = `ready file written, health port: ${(err as Error).message}`;
+        }
       }
       if (Date.now() >= deadline) {
         throw new LabError(
@@ -652,7 +691,7 @@ export class Lab {
             `log ${this.agentLogFile(n.name)}:\n${this.logTail(n.name)}`,
         );
       }
-      await sleep(200);
+      await sleep(100);
     }
   }
 }

@@ -37,6 +37,8 @@ export interface HttpClientOptions {
   timeoutMs?: number;
   /** Start no request after this many seconds. */
   durationS?: number;
+  /** Pause between one request's answer and the next request of the same worker (an open loop at a bounded rate). */
+  intervalMs?: number;
   /** Request i carries x-request-id: <prefix><i>, so each request can be found in the mesh's access logs. */
   requestIdPrefix?: string;
 }
@@ -69,6 +71,8 @@ export interface HttpClientSummary {
   p50_ms: number | null;
   p99_ms: number | null;
   max_ms: number | null;
+  /** HTTP/2: requests sent a second time because the server refused their stream unprocessed (GOAWAY crossing them). */
+  refused_retried?: number;
   replies?: HttpReply[];
 }
 
@@ -123,6 +127,7 @@ export async function httpClient(opts: HttpClientOptions): Promise<HttpClientSum
       const i = next++;
       summary.sent++;
       record(i, await transport.send(requestFor(opts, url, i)));
+      if (opts.intervalMs) await new Promise((resolve) => setTimeout(resolve, opts.intervalMs));
     }
   };
   try {
@@ -134,6 +139,7 @@ export async function httpClient(opts: HttpClientOptions): Promise<HttpClientSum
   summary.p50_ms = percentile(latencies, 0.5);
   summary.p99_ms = percentile(latencies, 0.99);
   summary.max_ms = latencies.length ? round(latencies.at(-1)!) : null;
+  if (transport instanceof H2Transport) summary.refused_retried = transport.retried;
   if (keep > 0) summary.replies = replies.sort((a, b) => a.i - b.i);
   return summary;
 }
@@ -227,6 +233,9 @@ class H1Transport implements Transport {
   }
 }
 
+/** Outcomes of a stream the server never processed: safe to send again. */
+const REFUSED = new Set(['ERR_HTTP2_STREAM_ERROR NGHTTP2_REFUSED_STREAM', 'ERR_HTTP2_GOAWAY_SESSION']);
+
 class H2Transport implements Transport {
   private session: http2.ClientHttp2Session | undefined;
 
@@ -245,7 +254,22 @@ class H2Transport implements Transport {
     return this.session;
   }
 
-  send(r: Request): Promise<Outcome> {
+  /** Streams refused unprocessed and sent again (the count stays on the transport for the summary). */
+  retried = 0;
+
+  /**
+   * Sends, and sends again once on a new session when the server refused the stream unprocessed (REFUSED_STREAM, or
+   * a GOAWAY that crossed the request), as HTTP/2 clients such as gRPC's and Go's do (RFC 9113 section 8.7).
+   */
+  async send(r: Request): Promise<Outcome> {
+    const first = await this.attempt(r);
+    if (!('error' in first) || !REFUSED.has(first.error)) return first;
+    this.retried++;
+    const again = await this.attempt(r);
+    return 'error' in again ? again : { ...again, ms: again.ms + first.ms };
+  }
+
+  private attempt(r: Request): Promise<Outcome> {
     const started = performance.now();
     return new Promise((resolve) => {
       let settled = false;

@@ -16,6 +16,8 @@ export interface TcpSendOptions extends Target {
   seed?: string;
   /** Gives up when nothing moves for this long; defaults to 30 s. */
   idleTimeoutMs?: number;
+  /** Paces the sending to at most this many bytes per second (a long-lived stream); unpaced when absent. */
+  bytesPerSecond?: number;
 }
 
 export interface TcpSendReport {
@@ -54,6 +56,11 @@ export async function tcpSend(opts: TcpSendOptions): Promise<TcpSendOutcome> {
       hash.update(bytes);
       sent += bytes.length;
       if (!socket.write(bytes)) await waitFor(socket, 'drain', `sending (${sent} bytes written)`);
+      if (opts.bytesPerSecond) {
+        const due = started + (sent / opts.bytesPerSecond) * 1000;
+        const wait = due - performance.now();
+        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      }
     }
     socket.end();
     await waitFor(socket, 'end', 'waiting for the reply');

@@ -31,5 +31,8 @@ export function waitFor(socket: Socket, event: 'connect' | 'drain' | 'end', what
 /** The error's code ('ECONNREFUSED', 'ETIMEDOUT'...), or 'EUNKNOWN'. */
 export function codeOf(err: unknown): string {
   const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : 'EUNKNOWN';
+  if (typeof code !== 'string') return 'EUNKNOWN';
+  // An HTTP/2 stream error says which: NGHTTP2_REFUSED_STREAM (safe to retry) is not NGHTTP2_INTERNAL_ERROR.
+  const h2 = code === 'ERR_HTTP2_STREAM_ERROR' ? /NGHTTP2_[A-Z_]+/.exec(String((err as Error).message))?.[0] : undefined;
+  return h2 ? `${code} ${h2}` : code;
 }

@@ -2,7 +2,7 @@
 // real capture rules and real listeners. Also: pods already running when the agent starts, found through /proc.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -414,7 +414,7 @@ describe('trellis-cni and the agent CNI socket', () => {
       expect(res.code).toBe(0);
     });
 
-    it('refuses to start on a socket another agent serves, replaces a stale one, never deletes a plain file', async () => {
+    it('takes the socket over from an agent serving it (whose close then leaves it), replaces a stale one, never deletes a plain file', async () => {
       const inputs = {
         state: () => agent.store.current(),
         enrol: async () => undefined,
@@ -424,7 +424,29 @@ describe('trellis-cni and the agent CNI socket', () => {
         logger: agent.log.logger,
         metrics: agent.metrics,
       };
-      await expect(CniServer.start({ ...inputs, socketPath })).rejects.toMatchObject({ code: 'EADDRINUSE' });
+      // A hand-over: the next agent binds beside the path and renames its socket over it; the old one keeps its
+      // connections, and its close neither removes the new socket (libuv unlinks the path it bound) nor breaks it.
+      const handed = join(dir, 'handover.sock');
+      const old = await CniServer.start({ ...inputs, socketPath: handed });
+      const inode = () => statSync(handed).ino;
+      const before = inode();
+      const next = await CniServer.start({ ...inputs, socketPath: handed });
+      expect(inode()).not.toBe(before);
+      const after = inode();
+      await old.close();
+      expect(inode()).toBe(after);
+      expect(statSync(handed).mode & 0o777).toBe(0o600);
+      const answer = await new Promise<string>((res, rej) => {
+        const c = net.connect(handed, () => c.write('garbage\n'));
+        let b = '';
+        c.on('data', (d) => (b += d.toString()));
+        c.on('end', () => res(b));
+        c.on('error', rej);
+      });
+      expect(JSON.parse(answer)).toEqual({ ok: false, error: 'invalid request: not a JSON line' });
+      await next.close();
+      expect(existsSync(handed)).toBe(false);
+      expect(readdirSync(dir).filter((f) => f.startsWith('handover.sock'))).toEqual([]);
       const stale = join(dir, 'stale2.sock');
       run('python3', '-c', `import socket; s=socket.socket(socket.AF_UNIX); s.bind('${stale}')`);
       const second = await CniServer.start({ ...inputs, socketPath: stale });

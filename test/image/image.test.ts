@@ -154,7 +154,7 @@ spec:
     const up = await podman([
       'run', '--detach', '--name', ctr, ...RUN_FLAGS,
       '--volume', `${cfgDir}:/cfg:ro`,
-      IMAGE, 'agent', '--node', 'n1', '--dir', '/cfg', '--ca-dir', '/tmp/ca',
+      IMAGE, 'agent', '--node', 'n1', '--dir', '/cfg', '--ca-dir', '/tmp/ca', '--ready-file', '/tmp/ready',
     ]);
     expect(up.code, show(up)).toBe(0);
 
@@ -169,6 +169,12 @@ spec:
     }, 60_000);
     timings['agent start to ready'] = performance.now() - started;
     expect(ready.stdout).toMatch(/^200 /);
+    // The DaemonSet's readiness probe, as the kubelet runs it: `test -e` of the ready file inside the container.
+    const probed = await until('the ready file', async () => {
+      const r = await podman(['exec', ctr, 'test', '-e', '/tmp/ready']);
+      return r.code === 0 ? r : undefined;
+    }, 5_000);
+    expect(probed.code, show(probed)).toBe(0);
 
     const logs = await podman(['logs', ctr]);
     const lines = `${logs.stdout}${logs.stderr}`;

@@ -22,7 +22,7 @@ interface Container {
   args?: string[];
   env?: { name: string; valueFrom?: { fieldRef?: { fieldPath: string } } }[];
   ports?: { name?: string; containerPort: number }[];
-  readinessProbe?: { httpGet?: { path: string; port: number | string }; tcpSocket?: { port: number | string } };
+  readinessProbe?: { httpGet?: { path: string; port: number | string }; tcpSocket?: { port: number | string }; exec?: { command: string[] } };
   livenessProbe?: { httpGet?: { path: string; port: number | string } };
   securityContext?: { privileged?: boolean; capabilities?: { add?: string[]; drop?: string[] }; allowPrivilegeEscalation?: boolean };
   volumeMounts?: { name: string; mountPath: string; mountPropagation?: string; readOnly?: boolean }[];
@@ -41,10 +41,11 @@ interface PodSpec {
     hostPath?: { path: string; type?: string };
     configMap?: { name: string };
     projected?: { sources: { serviceAccountToken?: { audience: string; expirationSeconds: number; path: string } }[] };
+    emptyDir?: { medium?: string; sizeLimit?: string };
   }[];
 }
 interface Workload extends KubeObject {
-  spec: { updateStrategy?: { type: string }; selector: { matchLabels: Record<string, string> }; template: { metadata: { labels: Record<string, string> }; spec: PodSpec } };
+  spec: { updateStrategy?: { type: string; rollingUpdate?: { maxUnavailable?: number | string; maxSurge?: number | string } }; selector: { matchLabels: Record<string, string> }; template: { metadata: { labels: Record<string, string> }; spec: PodSpec } };
 }
 interface Rule {
   apiGroups?: string[];
@@ -179,19 +180,24 @@ describe('the agent DaemonSet', () => {
     expect(JSON.stringify(daemonSet)).not.toMatch(/"privileged":true/);
   });
 
-  it('is ready on :15021 /healthz/ready and exports metrics on :15020', () => {
-    expect(agent.readinessProbe?.httpGet).toEqual({ path: '/healthz/ready', port: 15021 });
+  it('is ready by its own ready file, live on :15021, exports metrics on :15020, and declares no port', () => {
+    // Two agents answer on the node's health port during a surge: readiness must be this pod's own.
+    const readyFile = flag(agent, 'ready-file');
+    expect(readyFile).toMatch(/^\/tmp\//);
+    expect(agent.readinessProbe?.exec?.command).toEqual(['test', '-e', readyFile]);
+    expect(agentPod.volumes?.find((v) => v.name === 'tmp')?.emptyDir, 'the ready file lives in a volume of the pod’s own').toBeDefined();
     expect(agent.livenessProbe?.httpGet).toEqual({ path: '/healthz/live', port: 15021 });
-    expect(agent.ports).toEqual(expect.arrayContaining([expect.objectContaining({ name: 'metrics', containerPort: 15020 })]));
     expect(flag(agent, 'metrics-addr')).toBe('0.0.0.0:15020');
     expect(flag(agent, 'health-addr')).toBe('0.0.0.0:15021');
+    // With hostNetwork a declared port is a hostPort, and the scheduler would keep the surge pod off the node.
+    for (const c of allContainers(agentPod)) expect(c.ports, c.name).toBeUndefined();
   });
 
-  it('gives the agent longer to stop than its drain, and rolls one node at a time', () => {
+  it('gives the agent longer to stop than its drain, and rolls one node at a time with the new agent beside the old', () => {
     const drainMs = parseDuration(flag(agent, 'drain') ?? '5s', '--drain');
     // The kubelet's grace period also covers closing listeners and flushing logs after the drain.
     expect((agentPod.terminationGracePeriodSeconds ?? 30) * 1000).toBeGreaterThan(drainMs + 10_000);
-    expect(daemonSet.spec.updateStrategy?.type).toBe('RollingUpdate');
+    expect(daemonSet.spec.updateStrategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } });
   });
 
   it('runs the kube source for its own node, with the probe source from the downward API', () => {
@@ -341,13 +347,19 @@ describe('consistency with the CLI, the image and monitoring', () => {
 
   it('the PodMonitor scrapes the agents’ metrics port', () => {
     const monitor = loadYaml(path.join(MANIFESTS, 'monitoring', 'podmonitor.yaml'))[0] as KubeObject & {
-      spec: { selector: { matchLabels: Record<string, string> }; namespaceSelector: { matchNames: string[] }; podMetricsEndpoints: { port: string; path: string }[] };
+      spec: { selector: { matchLabels: Record<string, string> }; namespaceSelector: { matchNames: string[] }; podMetricsEndpoints: { port?: string; path: string; relabelings?: unknown[] }[] };
     };
     expect(monitor.apiVersion).toBe('monitoring.coreos.com/v1');
     expect(monitor.spec.selector.matchLabels).toEqual(daemonSet.spec.selector.matchLabels);
     expect(monitor.spec.namespaceSelector.matchNames).toEqual([NAMESPACE]);
-    const port = agent.ports!.find((p) => p.name === monitor.spec.podMetricsEndpoints[0]!.port);
-    expect(port?.containerPort).toBe(15020);
-    expect(monitor.spec.podMetricsEndpoints[0]!.path).toBe('/metrics');
+    const endpoint = monitor.spec.podMetricsEndpoints[0]!;
+    expect(endpoint.port).toBeUndefined();
+    expect(endpoint.relabelings).toEqual(
+      expect.arrayContaining([
+        { sourceLabels: ['__meta_kubernetes_pod_container_name', '__meta_kubernetes_pod_container_init'], regex: 'agent;false', action: 'keep' },
+        { sourceLabels: ['__meta_kubernetes_pod_ip'], regex: '(.+)', targetLabel: '__address__', replacement: '${1}:15020', action: 'replace' },
+      ]),
+    );
+    expect(endpoint.path).toBe('/metrics');
   });
 });

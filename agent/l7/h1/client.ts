@@ -55,8 +55,13 @@ export class H1Client implements ParserEvents, BodyProducer {
     transport.once('close', () => this.broken('connection closed'));
   }
 
+  /**
+   * Whether the connection may carry another request. One inside an HBONE stream whose session got GOAWAY (the
+   * destination agent is handing over, or stopping) is let go by this side while idle, never reused: closing from
+   * the client side cannot cross a request.
+   */
   get alive(): boolean {
-    return !this.dead;
+    return !this.dead && !(this.transport as { session?: { closed?: boolean } }).session?.closed;
   }
 
   /** Sends one request; resolves with the response head (its body follows), rejects before one came. */

@@ -70,7 +70,7 @@ export class H1Pool implements ClientOwner {
   released(client: H1Client): void {
     this.busy.delete(client);
     const src = client.key.slice(0, client.key.indexOf('|'));
-    if (this.closed || this.forgotten.has(src)) return client.destroy();
+    if (this.closed || this.forgotten.has(src) || !client.alive) return client.destroy();
     let list = this.idle.get(client.key);
     if (!list) this.idle.set(client.key, (list = []));
     if (list.length >= (this.options.maxIdle ?? MAX_IDLE)) return client.destroy();
@@ -119,6 +119,8 @@ export class H1Pool implements ClientOwner {
       const c = list.pop()!;
       if (list.length === 0) this.idle.delete(key);
       if (c.alive) return c;
+      // Dead already, or riding on an HBONE session that got GOAWAY: let go of it from this side.
+      c.destroy();
     }
     return undefined;
   }
@@ -128,6 +130,8 @@ export class H1Pool implements ClientOwner {
     for (const [key, list] of this.idle) {
       // Oldest first: the list is in the order connections came back.
       while (list.length > 0 && list[0]!.idleSince < limit) list.shift()!.destroy();
+      // Those whose HBONE session got GOAWAY go within a sweep, not at their idle timeout.
+      for (let i = list.length - 1; i >= 0; i--) if (!list[i]!.alive) list.splice(i, 1)[0]!.destroy();
       if (list.length === 0) this.idle.delete(key);
     }
     if (this.idle.size === 0 && this.sweep) {

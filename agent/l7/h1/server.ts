@@ -55,6 +55,7 @@ function destroy(t: Duplex): void {
 export class H1Server<C> {
   readonly connections = new Set<H1Connection<C>>();
   private sweep: NodeJS.Timeout | undefined;
+  private draining = false;
 
   constructor(readonly inputs: H1ServerInputs<C>) {}
 
@@ -62,6 +63,7 @@ export class H1Server<C> {
   serve(transport: Duplex, ctx: C): H1Connection<C> {
     const conn = new H1Connection(this, transport, ctx);
     this.connections.add(conn);
+    if (this.draining) conn.drain();
     const { headerTimeoutMs, idleTimeoutMs } = this.inputs.limits;
     if (!this.sweep && (headerTimeoutMs > 0 || idleTimeoutMs > 0)) {
       this.sweep = setInterval(() => this.check(), SWEEP_MS);
@@ -70,8 +72,13 @@ export class H1Server<C> {
     return conn;
   }
 
-  /** Tells every connection to close once its request in flight is answered (`connection: close`). */
+  /**
+   * Tells every connection, and every one served from now on, to end after its next response, which says
+   * `connection: close`. An idle connection stays open for its client's next request: closing it now could cross
+   * a request the client is sending (a reset between requests); one that never sends is cut when the drain ends.
+   */
   drain(): void {
+    this.draining = true;
     for (const c of this.connections) c.drain();
   }
 
@@ -120,6 +127,8 @@ export class H1Connection<C> implements ParserEvents, BodyProducer {
   private phase = Phase.Idle;
   private since = Date.now();
   private closing = false;
+  /** Drain asked for: the next response with nothing queued behind it is the last. */
+  private retiring = false;
   private gone = false;
   private readonly onData = (chunk: Buffer) => this.read(chunk);
 
@@ -355,17 +364,17 @@ export class H1Connection<C> implements ParserEvents, BodyProducer {
     this.since = Date.now();
   }
 
-  /** Closes after the response in flight (`connection: close` on it); at once when idle. */
+  /**
+   * Ends the connection after its next response (`connection: close` on it): the one in flight, or the answer to
+   * the client's next request. Requests already pipelined behind it are answered first; the last one closes.
+   */
   drain(): void {
-    this.closing = true;
-    if (!this.current && !this.incoming) {
-      this.stopReading();
-      this.transport.end();
-    }
+    this.retiring = true;
   }
 
+  /** Whether the response being written now is the connection's last. */
   get draining(): boolean {
-    return this.closing;
+    return this.closing || (this.retiring && !this.queue?.length);
   }
 
   expire(now: number, headerTimeoutMs: number, idleTimeoutMs: number): void {

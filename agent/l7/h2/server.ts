@@ -6,6 +6,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Metrics } from '../../telemetry/metrics.js';
 import { prefixed } from '../../io/bytes-only.js';
+import { shutdownGracefully } from '../../io/goaway.js';
 import { Body, type BodyProducer } from '../body.js';
 import type { L7Request, Responder } from '../exchange.js';
 import { HOP_BY_HOP, ensureRequestId, isGrpc, withoutPseudo, type Headers } from '../headers.js';
@@ -35,6 +36,7 @@ export class H2Server<C> {
   /** The context of the connection being handed to the server (its 'session' event fires synchronously). */
   private handing: C | undefined;
   private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private draining = false;
 
   constructor(private readonly inputs: H2ServerInputs<C>) {
     const { limits } = inputs;
@@ -51,6 +53,7 @@ export class H2Server<C> {
       this.sessions.add(session);
       session.once('close', () => this.sessions.delete(session));
       session.on('error', (err) => this.inputs.logger.debug({ err: err.message }, 'downstream HTTP/2 session error'));
+      if (this.draining) shutdownGracefully(session);
     });
     this.server.on('stream', (stream, headers) => this.onStream(stream, headers));
   }
@@ -70,7 +73,8 @@ export class H2Server<C> {
 
   /** Asks every client to open no new stream (GOAWAY); streams in flight finish. */
   drain(): void {
-    for (const s of this.sessions) if (!s.closed) s.close();
+    this.draining = true;
+    for (const s of this.sessions) shutdownGracefully(s);
   }
 
   private onStream(stream: http2.ServerHttp2Stream, raw: http2.IncomingHttpHeaders): void {
