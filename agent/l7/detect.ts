@@ -1,19 +1,56 @@
-// Protocol selection for an outbound connection to a Service port: what the port declares (appProtocol, or
-// the port name's prefix, as Istio reads it), else a bounded sniff of the client's first bytes. A client that
-// sends nothing (a server-speaks-first protocol: SMTP, MySQL...) never waits longer than the detection
+// Protocol selection for a connection to a Service port: what the port declares (appProtocol, or the port name's
+// prefix, as Istio reads it), else a bounded sniff of the client's first bytes, which finds HTTP/1 wherever an app
+// could parse a request (any method), so identity headers a client forged never pass the agent unparsed. A client
+// that sends nothing (a server-speaks-first protocol: SMTP, MySQL...) never waits longer than the detection
 // timeout, and ports known to be server-first are never sniffed at all.
 import type { Readable } from 'node:stream';
 import type { ServicePortInfo } from '../model/services.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import { METHODS as PARSER_METHODS } from './h1/parser.js';
 
 export type AppProtocol = 'http1' | 'h2' | 'tcp';
 
 /** HTTP/2 connection preface (RFC 9113 section 3.4). */
 export const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
-const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
-/** Enough bytes to tell any method above, its space, and the preface apart. */
-const SNIFF_BYTES = H2_PREFACE.length;
+/**
+ * How far a sniff looks for the end of a request line: RFC 9112 section 3 asks recipients to support request
+ * lines of at least 8000 octets. Bytes that could still be a request line this far in are HTTP/1 (see classify).
+ */
+export const SNIFF_LIMIT = 8 * 1024;
+
+const SP = 0x20;
+const HTAB = 0x09;
+const CR = 0x0d;
+const LF = 0x0a;
+const DOT = 0x2e;
+const DIGIT_0 = 0x30;
+const DIGIT_9 = 0x39;
+
+/** RFC 9110 section 5.6.2: the bytes of a token, which is what a method is. */
+const TCHAR = new Uint8Array(256);
+for (const c of "!#$%&'*+-.^_`|~") TCHAR[c.charCodeAt(0)] = 1;
+for (let c = 0x30; c <= 0x39; c++) TCHAR[c] = 1;
+for (let c = 0x41; c <= 0x5a; c++) TCHAR[c] = TCHAR[c + 0x20] = 1;
+
+/** Between a request line's parts: SP, and HTAB as RFC 9112 section 3 lets a recipient read it (Tomcat does). */
+const isSeparator = (b: number) => b === SP || b === HTAB;
+/** A byte of a request-target as a sniff reads it: anything but SP and controls (the HTTP layer judges the rest). */
+const isTargetByte = (b: number) => b > SP && b !== 0x7f;
+
+/**
+ * Every method llhttp knows (h1/parser.ts names them by llhttp's ids: HTTP's, PRI and RTSP's). llhttp, the agent's
+ * parser and Node's (so an app's), takes only these without a version (HTTP/0.9's form, headers still read after
+ * it) or with an RTSP or ICE version.
+ */
+const LLHTTP_METHODS: ReadonlySet<string> = new Set(PARSER_METHODS);
+
+/** Protocol names a request line's version may carry: HTTP for any method, the others as llhttp takes them. */
+const VERSIONS: readonly { name: Buffer; anyMethod: boolean }[] = [
+  { name: Buffer.from('HTTP/', 'latin1'), anyMethod: true },
+  { name: Buffer.from('RTSP/', 'latin1'), anyMethod: false },
+  { name: Buffer.from('ICE/', 'latin1'), anyMethod: false },
+];
 
 /**
  * What the Service port says it carries, or undefined when it says nothing (then the connection is sniffed).
@@ -37,46 +74,83 @@ export function declaredProtocol(port: Pick<ServicePortInfo, 'name' | 'appProtoc
 }
 
 /**
- * Classifies the first bytes of a connection: 'more' while they could still be HTTP/1 or HTTP/2 and more bytes
- * are needed to say. HTTP/1 is a known method followed by a space; HTTP/2 is the full preface.
+ * Classifies the first bytes of a connection: 'more' while they could still become an HTTP/1 request line or the
+ * HTTP/2 preface, 'tcp' as soon as they cannot.
+ *
+ * An HTTP/1 request line is RFC 9112's: a method (any token: extension and lowercase methods too), SP, a
+ * request-target, SP, HTTP/DIGIT.DIGIT, CRLF; read as leniently as the parsers an app may run read it (llhttp in
+ * Node, Go's, Tomcat's): empty lines before it, several SP or HTAB between its parts, a bare LF, and for methods
+ * llhttp knows, no version at all (HTTP/0.9's form, headers still follow) or an RTSP/ICE one. A line is HTTP/1
+ * at the end of its version (CR or LF). The agent's own parser refuses (400) what it does not take itself, so whatever an app
+ * could read as HTTP is parsed by the agent first and reaches the app with the identity headers the agent set.
+ * Bytes that are still a possible request line at SNIFF_LIMIT are HTTP/1 too: a long target never makes a
+ * request opaque.
  */
 export function classify(head: Buffer): AppProtocol | 'more' {
-  const n = Math.min(head.length, SNIFF_BYTES);
+  const n = Math.min(head.length, SNIFF_LIMIT);
   if (n === 0) return 'more';
-  let preface = true;
-  for (let i = 0; i < n; i++) if (head[i] !== H2_PREFACE[i]) preface = false;
-  if (preface) return n === SNIFF_BYTES ? 'h2' : 'more';
-  let couldBeMethod = false;
-  for (const m of METHODS) {
-    const len = Math.min(n, m.length + 1);
-    let same = true;
-    for (let i = 0; i < len; i++) {
-      const want = i < m.length ? m.charCodeAt(i) : 0x20;
-      if (head[i] !== want) {
-        same = false;
-        break;
-      }
-    }
-    if (!same) continue;
-    if (n > m.length) return 'http1';
-    couldBeMethod = true;
+  const p = Math.min(n, H2_PREFACE.length);
+  if (head.compare(H2_PREFACE, 0, p, 0, p) === 0) return p === H2_PREFACE.length ? 'h2' : 'more';
+  const line = requestLine(head, n);
+  return line === 'more' && n === SNIFF_LIMIT ? 'http1' : line;
+}
+
+/** classify() for HTTP/1 on head[0, n): the request line's parts in order, each as far as the bytes go. */
+function requestLine(head: Buffer, n: number): AppProtocol | 'more' {
+  let i = 0;
+  while (i < n && (head[i] === CR || head[i] === LF)) i++;
+  const method = i;
+  while (i < n && TCHAR[head[i]!] === 1) i++;
+  if (i === n) return 'more';
+  if (i === method || !isSeparator(head[i]!)) return 'tcp';
+  const methodEnd = i;
+  while (i < n && isSeparator(head[i]!)) i++;
+  if (i === n) return 'more';
+  const target = i;
+  while (i < n && isTargetByte(head[i]!)) i++;
+  if (i === n) return 'more';
+  const known = () => LLHTTP_METHODS.has(head.toString('latin1', method, methodEnd));
+  // The line ends without a version (llhttp takes "CONNECT \r\n" even without a target).
+  if (head[i] === CR || head[i] === LF) return known() ? 'http1' : 'tcp';
+  if (i === target || !isSeparator(head[i]!)) return 'tcp';
+  while (i < n && isSeparator(head[i]!)) i++;
+  if (i === n) return 'more';
+  let name: Buffer | undefined;
+  for (const v of VERSIONS) {
+    const len = Math.min(v.name.length, n - i);
+    if (head.compare(v.name, 0, len, i, i + len) !== 0 || (!v.anyMethod && !known())) continue;
+    if (len < v.name.length) return 'more';
+    name = v.name;
+    break;
   }
-  return couldBeMethod ? 'more' : 'tcp';
+  if (name === undefined) return 'tcp';
+  i += name.length;
+  // DIGIT "." DIGIT, then the end of the line.
+  for (let k = 0; k < 4; k++, i++) {
+    if (i === n) return 'more';
+    const b = head[i]!;
+    if (!(k === 1 ? b === DOT : k === 3 ? b === CR || b === LF : b >= DIGIT_0 && b <= DIGIT_9)) return 'tcp';
+  }
+  return 'http1';
 }
 
 export interface SniffResult {
   protocol: AppProtocol;
-  /** True when the client sent nothing (or too little) within the timeout. */
+  /** True when the client sent nothing (tcp), or too little to tell (http1), within the timeout. */
   timedOut: boolean;
 }
 
 /**
  * Peeks at what `socket` sends until its first bytes say which protocol it speaks, the client ends or the
- * timeout passes. Nothing is consumed: every byte read is put back, so the next handler reads the stream from
- * its first byte (and an early FIN is not delivered before those bytes).
+ * timeout passes. Nothing is consumed: every byte read is put back at once, so the next handler reads the stream
+ * from its first byte (and an early FIN is not delivered before those bytes). At the timeout, a client that sent
+ * nothing is opaque TCP (a server-speaks-first protocol), but one that sent the start of what could still be a
+ * request line is HTTP/1: pausing in the middle of a request must not make it opaque.
  */
 export function sniff(socket: Readable, timeoutMs: number): Promise<SniffResult> {
   return new Promise((resolve) => {
+    /** Bytes looked at so far; they are in the socket's buffer. */
+    let seen = 0;
     let done = false;
     const finish = (protocol: AppProtocol, timedOut: boolean) => {
       if (done) return;
@@ -87,15 +161,28 @@ export function sniff(socket: Readable, timeoutMs: number): Promise<SniffResult>
       socket.off('close', onEnd);
       resolve({ protocol, timedOut });
     };
+    // Whether the client has ended (FIN) behind the bytes buffered: asking for one byte more than there is gives
+    // null until then, and all of them after (put back, so 'end' waits for the next reader).
+    const ended = () => {
+      const all = socket.read(socket.readableLength + 1) as Buffer | null;
+      if (all === null) return false;
+      socket.unshift(all);
+      return true;
+    };
     const onReadable = () => {
-      const buffered = socket.read() as Buffer | null;
-      if (buffered === null) return;
-      socket.unshift(buffered);
-      const verdict = classify(buffered);
-      if (verdict !== 'more') finish(verdict, false);
+      if (socket.readableLength > seen) {
+        const head = socket.read() as Buffer;
+        socket.unshift(head);
+        seen = head.length;
+        const verdict = classify(head);
+        if (verdict !== 'more') return finish(verdict, false);
+      }
+      // Nothing new (a stream announces bytes put back as readable again: reading them again would be a busy
+      // loop that starves the timeout), or the client ended before its bytes said anything.
+      if (seen > 0 && ended()) finish('tcp', false);
     };
     const onEnd = () => finish('tcp', false);
-    const timer = setTimeout(() => finish('tcp', true), timeoutMs);
+    const timer = setTimeout(() => finish(seen > 0 ? 'http1' : 'tcp', true), timeoutMs);
     socket.on('readable', onReadable);
     socket.once('end', onEnd);
     socket.once('close', onEnd);

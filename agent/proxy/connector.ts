@@ -29,9 +29,10 @@ export class Connector {
 
   /**
    * A byte stream from `src` to `dst`, connected (an HBONE stream answered 200, or a TCP handshake done).
-   * `protocol`: the source agent parsed HTTP and says which version the tunnel carries.
+   * `protocol`: the source agent parsed HTTP and says which version the tunnel carries, or found the bytes are not
+   * HTTP ('tcp').
    */
-  open(src: Workload, dst: Destination, protocol?: 'http1' | 'h2'): Promise<http2.ClientHttp2Stream | net.Socket> {
+  open(src: Workload, dst: Destination, protocol?: 'http1' | 'h2' | 'tcp'): Promise<http2.ClientHttp2Stream | net.Socket> {
     if (dst.workload && Connector.secured(dst)) {
       return this.inputs.pool.open({ src, dstIdentity: dst.workload.identity, ip: dst.ip, port: dst.port, service: dst.service, ...(protocol && { protocol }) });
     }

@@ -19,8 +19,11 @@ export interface HboneRequest {
   dstIdentity: string;
   ip: string;
   port: number;
-  /** Set when the stream carries HTTP the source agent parsed: the destination agent parses it too. */
-  protocol?: 'http1' | 'h2';
+  /**
+   * Set when the source agent parsed HTTP (the destination agent parses it too), or found the bytes are not HTTP
+   * ('tcp': the destination does not sniff them again).
+   */
+  protocol?: 'http1' | 'h2' | 'tcp';
   /** The Service called (its host), when the endpoint was reached through one. */
   service?: string | undefined;
 }

@@ -8,8 +8,8 @@ import { wrapError } from '../errors.js';
 import type { Svid } from '../identity/certs.js';
 import { peerIdentity, serverTlsOptions } from '../identity/tls.js';
 import { shutdownGracefully } from '../io/goaway.js';
-import { splice, whenConnected } from '../io/splice.js';
-import { declaredForEndpoint } from '../l7/detect.js';
+import { resetSide, splice, whenConnected } from '../io/splice.js';
+import { declaredForEndpoint, selectProtocol } from '../l7/detect.js';
 import type { InboundCall } from '../l7/inbound-http.js';
 import { decisionFields } from '../security/index.js';
 import { ConnectionRecord } from './connection.js';
@@ -94,17 +94,38 @@ export class HboneInbound {
     if (AGENT_PORTS.has(target.port)) return reject(403, `port ${target.port} belongs to the agent`);
 
     const remoteIp = tlsSocket?.remoteAddress;
-    const state = this.inputs.state();
+    let state = this.inputs.state();
     const srcWorkload = remoteIp ? state.workloadByIp(remoteIp) : undefined;
     const http = this.inputs.http;
     const hint = headers[PROTOCOL_HEADER];
     const calledHeader = headers[SERVICE_HEADER];
     const service = state.serviceCalled(target.ip, target.port, typeof calledHeader === 'string' ? calledHeader : undefined);
     const declared = http ? declaredForEndpoint(state.servicePortsByEndpoint(target.ip, target.port)) : 'tcp';
-    // The source agent's hint says what the tunnel carries (it parsed the HTTP itself): HTTP/1.1 for requests of
-    // HTTP/1.1 and HTTP/2 clients alike; without one (an opaque tunnel), what the port declares.
-    const hinted = hint === 'http1' || hint === 'h2' ? hint : undefined;
-    const protocol = declared === 'tcp' ? 'tcp' : (hinted ?? declared ?? 'tcp');
+    // The source agent's hint says what the tunnel carries: HTTP it parsed itself (HTTP/1.1 for requests of HTTP/1.1
+    // and HTTP/2 clients alike), or `tcp` when it found the bytes are not HTTP (declared so, or sniffed). Without a
+    // hint (a call to a pod IP, which the source carries as L4, or a source agent without L7), what the port
+    // declares; and a port that declares nothing is sniffed here, so that HTTP a client sends straight to a pod is
+    // parsed too and the app never gets identity headers the client forged.
+    const hinted = hint === 'http1' || hint === 'h2' || hint === 'tcp' ? hint : undefined;
+    let protocol: 'http1' | 'h2' | 'tcp' | undefined = declared === 'tcp' ? 'tcp' : (hinted ?? declared);
+    /** The CONNECT was answered 200 before the decision (to sniff the tunnel): a refusal then resets the stream. */
+    let answered = false;
+    if (protocol === undefined && http) {
+      stream.respond({ ':status': 200 });
+      answered = true;
+      const selection = await selectProtocol(stream, target.port, undefined, http, this.inputs.metrics);
+      if (stream.destroyed) return;
+      // The sniff waited for the client: decide under the policies of now.
+      state = this.inputs.state();
+      protocol = selection.protocol;
+    }
+    protocol ??= 'tcp';
+    const refuse = (status: number, reason: string) => {
+      if (!answered) return reject(status, reason);
+      this.inputs.metrics.connectionFailures.inc({ direction: 'inbound', reason: `hbone_${status}` });
+      this.inputs.logger.warn({ pod: pod.key, authority: headers[':authority'], reason }, 'HBONE tunnel refused after a sniff');
+      resetSide(stream);
+    };
     const authz = authorizeConnection(this.inputs, state, {
       principal,
       sourceIp: remoteIp,
@@ -114,7 +135,7 @@ export class HboneInbound {
       l7: protocol !== 'tcp',
     });
     if (http && protocol !== 'tcp') {
-      stream.respond({ ':status': 200 });
+      if (!answered) stream.respond({ ':status': 200 });
       const call: InboundCall = {
         pod,
         port: target.port,
@@ -130,18 +151,18 @@ export class HboneInbound {
       http.server.serve(stream, call);
       return;
     }
-    if (!authz.verdict.decision.allowed) return reject(403, authz.verdict.decision.reason);
+    if (!authz.verdict.decision.allowed) return refuse(403, authz.verdict.decision.reason);
     let app: net.Socket;
     try {
       app = await whenConnected(this.inputs.dialApp(pod, target.ip, target.port));
     } catch (err) {
-      return reject(503, wrapError(`connect to app ${formatAuthority(target.ip, target.port)}`, err).message);
+      return refuse(503, wrapError(`connect to app ${formatAuthority(target.ip, target.port)}`, err).message);
     }
     if (stream.destroyed) {
       app.destroy();
       return;
     }
-    stream.respond({ ':status': 200 });
+    if (!answered) stream.respond({ ':status': 200 });
     const record = new ConnectionRecord(
       {
         direction: 'inbound',

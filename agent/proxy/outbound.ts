@@ -44,6 +44,8 @@ export class Outbound {
     // Which protocol: only calls to a Service's ClusterIP are routed (GAMMA); calls to pod IPs stay L4.
     const service = this.inputs.l7 ? this.inputs.state().serviceByVip(dst.address) : undefined;
     const servicePort = service?.ports.find((p) => p.port === dst.port);
+    /** Set when this agent found the bytes are not HTTP: the destination agent is told, and does not sniff again. */
+    let opaque: 'tcp' | undefined;
     if (this.inputs.l7 && service && servicePort) {
       const selection = await this.inputs.l7.select(down, servicePort);
       if (down.destroyed) return;
@@ -53,6 +55,7 @@ export class Outbound {
         this.inputs.l7.serve(down, selection.protocol, src, service, dst.port);
         return;
       }
+      opaque = 'tcp';
     }
 
     const target = resolveOutbound(this.inputs.state(), dst, this.inputs.random);
@@ -61,7 +64,7 @@ export class Outbound {
     const where = `outbound ${src.key} -> ${formatAuthority(dst.address, dst.port)}`;
     let up: net.Socket | http2.ClientHttp2Stream;
     try {
-      up = await this.inputs.connector.open(src, { ip: target.ip, port: target.port, workload: target.workload, service: target.service?.host });
+      up = await this.inputs.connector.open(src, { ip: target.ip, port: target.port, workload: target.workload, service: target.service?.host }, opaque);
     } catch (err) {
       return this.refuse(down, src, target.kind === 'hbone' ? 'hbone_failed' : 'connect_failed', wrapError(where, err).message);
     }

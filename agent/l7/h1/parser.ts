@@ -38,7 +38,21 @@ export interface ParseError extends Error {
 }
 
 const { HTTPParser, methods } = createRequire(import.meta.url)('_http_common') as ParserModule;
-export const METHODS: readonly string[] = methods;
+
+/**
+ * Method names by llhttp's method id (llhttp_method_t), which is what the parser reports. Node exports its HTTP
+ * methods only (ids 0-33 in llhttp's order, then QUERY, whose id is 46); llhttp also parses PRI (34) and RTSP's
+ * methods (35-45) in requests, so a plain index into Node's list would name those wrongly (or not at all).
+ */
+export const METHODS: readonly string[] = llhttpMethods(methods);
+
+function llhttpMethods(http: readonly string[]): string[] {
+  if (http[33] !== 'SOURCE' || http[34] !== 'QUERY') {
+    throw new Error(`this Node's llhttp method list is not the one agent/l7/h1/parser.ts maps (${http.length} methods, ${http.slice(32).join(',')})`);
+  }
+  const rtsp = ['DESCRIBE', 'ANNOUNCE', 'SETUP', 'PLAY', 'PAUSE', 'TEARDOWN', 'GET_PARAMETER', 'SET_PARAMETER', 'REDIRECT', 'RECORD', 'FLUSH'];
+  return [...http.slice(0, 34), 'PRI', ...rtsp, ...http.slice(34)];
+}
 
 /** What a parsed message head carries. */
 export interface Head {
