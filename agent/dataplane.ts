@@ -96,6 +96,7 @@ export class DataPlane {
           clock,
           dialApp: (pod, port) => whenConnected(dial(pod, pod.ip ?? '127.0.0.1', port)),
           policies: () => state().policies,
+          track: (check, cut) => this.recheck.track(check, cut),
         })
       : undefined;
     this.outbound = new Outbound({

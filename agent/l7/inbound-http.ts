@@ -6,9 +6,10 @@
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
-import { splice } from '../io/splice.js';
+import { resetSide, splice } from '../io/splice.js';
 import type { ServiceInfo } from '../model/services.js';
 import { countDecision, decisionFields, evaluateConnection, evaluateRequest, type AuthzDecision, type ConnectionAuthz, type PolicySet } from '../security/index.js';
+import type { MeshState } from '../state/store.js';
 import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { L7Request, Responder } from './exchange.js';
@@ -50,6 +51,11 @@ export interface InboundHttpInputs {
   dialApp: (pod: Workload, port: number) => Promise<Duplex>;
   /** The policy set in force now: a policy change applies to the next request of an open connection. */
   policies: () => PolicySet;
+  /**
+   * Re-checks an upgraded connection (WebSocket) whenever the policies change, until the returned function is
+   * called: `cut` ends it when they now deny its request (proxy/recheck.ts).
+   */
+  track?: (check: (state: MeshState) => AuthzDecision, cut: (decision: AuthzDecision) => void) => () => void;
 }
 
 export class InboundHttp {
@@ -202,7 +208,25 @@ export class InboundHttp {
       app.write(Buffer.from(`${text}\r\n`, 'latin1'));
       if (head.length > 0) app.write(head);
       rec.status = 101;
+      // The upgrade request was authorized under the policies of its time; the bytes after it go on only while
+      // the policies still allow that request (a new DENY cuts the connection, as it does opaque TCP).
+      const untrack = this.inputs.track?.(
+        (state) => {
+          const pod = state.workloads.get(call.pod.key) ?? call.pod;
+          const verdict = evaluateConnection(state.policies, { ...call.connection.input, workload: pod });
+          if (!verdict.context) return verdict.decision;
+          return evaluateRequest(state.policies, verdict.context, { method: req.method, path: req.path, host: req.authority, headers: (name) => headerValue(req.headers, name) });
+        },
+        (decision) => {
+          countDecision(this.inputs.metrics, decision, 'request');
+          this.inputs.logger.warn({ pod: call.pod.key, peer: call.peer.ip, principal: call.peer.principal, path: req.path, reason: decision.reason }, 'upgraded connection cut: the policies now deny it');
+          Object.assign(rec.extra, decisionFields(decision));
+          resetSide(socket);
+          resetSide(app);
+        },
+      );
       const outcome = await splice(socket, app, { downToUp: () => undefined, upToDown: (n) => (rec.responseBytes += n) });
+      untrack?.();
       if (outcome.error) rec.error = outcome.error.message;
     } finally {
       rec.finish();

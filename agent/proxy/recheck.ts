@@ -1,8 +1,8 @@
 // Open opaque connections are authorized once, when they open; when the policy set changes, each is checked
 // again and one that the new policies deny is cut (as ztunnel does), so that a new DENY also ends the
 // connections it would have refused. HTTP requests are each checked under the policies of their time instead;
-// a connection upgraded from HTTP to opaque bytes (WebSocket) is not tracked here yet, so a new DENY does not
-// cut it (an open gap, stated in docs/security.md).
+// a connection upgraded from HTTP to opaque bytes (WebSocket) is tracked here with its upgrade request, checked
+// again as a request (l7/inbound-http.ts).
 import type { AuthzDecision } from '../security/index.js';
 import type { MeshState } from '../state/store.js';
 

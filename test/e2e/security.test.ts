@@ -647,6 +647,50 @@ describe('security on the inbound path (two-node lab)', () => {
     }
   });
 
+  // A WebSocket (any Upgrade) is checked again as the request that upgraded it whenever the policies change.
+  it('cuts an open WebSocket that a new DENY forbids, and no other', async () => {
+    const open = async (from: string) => {
+      const s = connectInNetns(lab.pod(from).netnsPath, { host: vip, port: 8080, timeoutMs: 3000 });
+      let got = '';
+      let cut: number | undefined;
+      s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+      for (const e of ['error', 'end', 'close']) s.on(e, () => (cut ??= performance.now()));
+      await new Promise<void>((resolve, reject) => {
+        s.once('connect', resolve);
+        s.once('error', reject);
+      });
+      s.write(`GET /ws/${id('cut')} HTTP/1.1\r\nHost: api\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+      await until(`the 101 for ${from}`, async () => got.includes('\r\n\r\n'), 3000);
+      expect(got, from).toMatch(/^HTTP\/1\.1 101 /);
+      // A masked text frame (mask key 0) and its echo: the connection still carries bytes both ways.
+      const alive = async () => {
+        if (cut !== undefined) return false;
+        const text = id('frame');
+        s.write(Buffer.concat([Buffer.from([0x81, 0x80 | text.length, 0, 0, 0, 0]), Buffer.from(text)]));
+        return until('the echo', async () => got.includes(text) || cut !== undefined, 2000).then(() => got.includes(text), () => false);
+      };
+      expect(await alive(), `${from}: the WebSocket echoes`).toBe(true);
+      return { alive, cut: () => cut, close: () => s.destroy() };
+    };
+    const web = await open(WEB);
+    const caller = await open(CALLER);
+    try {
+      const mark = logMark();
+      const started = performance.now();
+      await apply(authz('deny-web-ws', 'DENY', `  - from: [{source: {principals: ["cluster.local/ns/shop/sa/web"]}}]
+    to: [{operation: {paths: ["/ws/*"]}}]
+`));
+      await until('the WebSocket from web to be cut', async () => web.cut() !== undefined, SETTLE_MS);
+      console.log(`open WebSocket cut ${(web.cut()! - started).toFixed(0)} ms after the DENY was written`);
+      expect(web.cut()! - started).toBeLessThan(3000);
+      expect(await caller.alive(), 'the caller’s WebSocket, which the DENY does not match').toBe(true);
+      expect(lab.agentLog('node-b').slice(mark)).toMatch(new RegExp(`"principal":"${spiffe('shop', 'web')}".*upgraded connection cut: the policies now deny it`));
+    } finally {
+      web.close();
+      caller.close();
+    }
+  });
+
   // --- The audit trail.
 
   it('gives a request without x-request-id one, the same in the app and in the audit lines of both agents', async () => {
