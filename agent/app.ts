@@ -29,6 +29,8 @@ import type { Workers } from './workers/pool.js';
 
 /** How often memory left by a burst goes back (telemetry/memory.ts). */
 const MEMORY_TRIM_MS = 10_000;
+/** How often the mounted trust bundle is read again (the kubelet refreshes ConfigMap volumes in about a minute). */
+const BUNDLE_CHECK_MS = 10_000;
 
 function readTrustBundle(file: string): string {
   try {
@@ -76,6 +78,20 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     clock,
     logger: identityLogger,
   });
+
+  // 2a. Cluster mode: the bundle (a mounted ConfigMap the kubelet updates in place) is followed, so a CA rotation
+  //     (a new root added, later the old one removed) reaches every handshake without a restart.
+  const bundleCheck = config.identityService
+    ? setInterval(() => {
+        const caFile = config.identityService!.caFile;
+        try {
+          certs.setTrustBundle(readFileSync(caFile, 'utf8'));
+        } catch (err) {
+          identityLogger.warn({ err: (err as Error).message, file: caFile }, 'cannot read the trust bundle; the one in force stays');
+        }
+      }, BUNDLE_CHECK_MS)
+    : undefined;
+  bundleCheck?.unref();
 
   // 3. State: one store, one writer (the source).
   const store = new Store({ trustDomain: config.trustDomain, logger, onInvalid: (n) => metrics.configErrors.inc({ source: 'routes' }, n) });
@@ -254,6 +270,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
         readyFile?.close();
         clearInterval(resync);
         clearInterval(trim);
+        clearInterval(bundleCheck);
         drift.stop();
         // Pods starting from now on wait for the next agent (or fail per the opt-in file), never start uncaptured.
         await cni?.close();

@@ -87,8 +87,8 @@ interface Entry {
 
 export class WorkloadCerts implements CertSource {
   private readonly signer: CsrSigner;
-  private readonly bundlePem: string;
-  private readonly bundle: X509Certificate[];
+  private bundlePem: string;
+  private bundle: X509Certificate[];
   private readonly ttlMs: number;
   private readonly clock: Clock;
   private readonly logger: Logger;
@@ -100,14 +100,7 @@ export class WorkloadCerts implements CertSource {
   constructor(inputs: WorkloadCertsInputs) {
     this.signer = inputs.signer;
     this.bundlePem = inputs.trustBundle;
-    try {
-      this.bundle = pemCerts(inputs.trustBundle).map((pem) => new X509Certificate(pem));
-    } catch (err) {
-      throw new TrellisError('EBUNDLE', `the trust bundle holds an unreadable certificate (${reason(err)}); pass the PEM root certificate(s) of the identity service`, { cause: err });
-    }
-    if (this.bundle.length === 0) {
-      throw new TrellisError('EBUNDLE', 'the trust bundle holds no PEM certificate; pass the root certificate(s) of the identity service');
-    }
+    this.bundle = parseBundle(inputs.trustBundle);
     this.ttlMs = inputs.ttlMs;
     this.clock = inputs.clock;
     this.logger = inputs.logger;
@@ -149,6 +142,42 @@ export class WorkloadCerts implements CertSource {
 
   trustBundle(): string {
     return this.bundlePem;
+  }
+
+  /**
+   * Takes a new trust bundle (a CA rotation: a new root added beside the old, later the old removed): every SVID
+   * in force is handed to the rotation listeners again with it, so new handshakes both ways trust what it holds,
+   * without an agent restart; open connections keep theirs. Returns false (and changes nothing) when it is the same,
+   * or holds no readable certificate (logged); certificates that no longer chain to it are renewed at once.
+   */
+  setTrustBundle(pem: string): boolean {
+    if (pem === this.bundlePem || this.closed) return false;
+    let bundle: X509Certificate[];
+    try {
+      bundle = parseBundle(pem);
+    } catch (err) {
+      this.logger.error({ err: reason(err) }, 'new trust bundle refused; the one in force stays');
+      return false;
+    }
+    this.bundlePem = pem;
+    this.bundle = bundle;
+    this.logger.info({ roots: bundle.length }, 'trust bundle changed');
+    for (const [identity, entry] of this.entries) {
+      const svid = entry.svid;
+      if (!svid) continue;
+      const [leafPem, ...chainPems] = pemCerts(svid.certPem);
+      const chains = leafPem !== undefined && this.chainsToBundle(new X509Certificate(leafPem), chainPems.map((p) => new X509Certificate(p)));
+      if (!chains) {
+        // Issued by a root the bundle dropped: peers will refuse it, so get one from the signer now.
+        this.logger.warn({ identity }, 'SVID no longer chains to the trust bundle; renewing now');
+        this.schedule(identity, entry, 0);
+        continue;
+      }
+      const next = Object.freeze({ ...svid, caPem: pem });
+      entry.svid = next;
+      this.notify(identity, next);
+    }
+    return true;
   }
 
   forget(identity: string): void {
@@ -241,6 +270,10 @@ export class WorkloadCerts implements CertSource {
     this.schedule(identity, entry, delay);
     if (!previous) return;
     this.logger.info({ identity, notAfter: new Date(svid.notAfter).toISOString() }, 'SVID renewed');
+    this.notify(identity, svid);
+  }
+
+  private notify(identity: string, svid: Svid): void {
     for (const cb of this.listeners) {
       try {
         cb(svid);
@@ -277,4 +310,18 @@ export class WorkloadCerts implements CertSource {
       this.issue(identity, entry).catch(() => {});
     });
   }
+}
+
+/** The PEM root certificates of a trust bundle; TrellisError EBUNDLE when one is unreadable or there is none. */
+function parseBundle(pem: string): X509Certificate[] {
+  let bundle: X509Certificate[];
+  try {
+    bundle = pemCerts(pem).map((c) => new X509Certificate(c));
+  } catch (err) {
+    throw new TrellisError('EBUNDLE', `the trust bundle holds an unreadable certificate (${reason(err)}); pass the PEM root certificate(s) of the identity service`, { cause: err });
+  }
+  if (bundle.length === 0) {
+    throw new TrellisError('EBUNDLE', 'the trust bundle holds no PEM certificate; pass the root certificate(s) of the identity service');
+  }
+  return bundle;
 }

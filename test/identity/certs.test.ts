@@ -207,6 +207,45 @@ describe('WorkloadCerts', () => {
     }
   });
 
+  it('follows a CA rotation: a new root beside the old, then the old removed; never a restart', async () => {
+    const clock = new ManualClock();
+    const oldCa = LocalCa.generate({ trustDomain: TD, clock });
+    const newCa = LocalCa.generate({ trustDomain: TD, clock });
+    let issuing = oldCa;
+    const signer: CsrSigner = { sign: (csr, req) => issuing.sign(csr, req) };
+    const logs: LogLine[] = [];
+    const logger = pino({ level: 'debug' }, { write: (line: string) => void logs.push(JSON.parse(line) as LogLine) });
+    const certs = new WorkloadCerts({ signer, trustBundle: oldCa.rootCertPem, ttlMs: TTL, clock, logger, retryMs: RETRY });
+    const rotations: Svid[] = [];
+    certs.onRotate((svid) => rotations.push(svid));
+    const first = await certs.get(A);
+
+    // 1. Both roots: the same certificate, handed out again with the bundle that trusts both.
+    const both = `${oldCa.rootCertPem}${newCa.rootCertPem}`;
+    expect(certs.setTrustBundle(both)).toBe(true);
+    expect(certs.setTrustBundle(both), 'the same bundle again changes nothing').toBe(false);
+    expect(rotations).toHaveLength(1);
+    expect([rotations[0]!.certPem, rotations[0]!.caPem]).toEqual([first.certPem, both]);
+    expect(certs.trustBundle()).toBe(both);
+    expect((await certs.get(A)).caPem).toBe(both);
+
+    // 2. The signer moves to the new root; the old root leaves the bundle: the certificate it issued is renewed at once.
+    issuing = newCa;
+    expect(certs.setTrustBundle(newCa.rootCertPem)).toBe(true);
+    clock.advance(1);
+    await vi.waitFor(() => expect(rotations).toHaveLength(2));
+    const renewed = rotations[1]!;
+    expect(new X509Certificate(renewed.certPem).checkIssued(new X509Certificate(newCa.rootCertPem))).toBe(true);
+    expect(renewed.caPem).toBe(newCa.rootCertPem);
+    expect(certs.current(A)).toBe(renewed);
+
+    // 3. A bundle without a readable certificate is refused; the one in force stays.
+    expect(certs.setTrustBundle('not a certificate')).toBe(false);
+    expect(certs.trustBundle()).toBe(newCa.rootCertPem);
+    expect(logs.some((l) => l.msg === 'new trust bundle refused; the one in force stays')).toBe(true);
+    certs.close();
+  });
+
   it('issues an SVID in well under a second (native key generation and signing)', async () => {
     const ca = LocalCa.generate({ trustDomain: TD });
     const certs = new WorkloadCerts({ signer: ca, trustBundle: ca.rootCertPem, ttlMs: TTL, clock: systemClock, logger: pino({ level: 'silent' }) });
