@@ -378,12 +378,18 @@ export class H1Connection<C> implements ParserEvents, BodyProducer {
   }
 
   expire(now: number, headerTimeoutMs: number, idleTimeoutMs: number): void {
+    // Already refused or ending: the linger below ends it; a second refusal would count it twice.
+    if (this.closing) return;
     if (this.phase === Phase.Head && headerTimeoutMs > 0 && now - this.since > headerTimeoutMs && !this.current) {
       this.server.inputs.logger.debug({ ms: now - this.since }, 'request head too slow: connection closed');
       this.refuse(408, `no complete request head within ${headerTimeoutMs} ms`);
+      this.closing = true;
     } else if (this.phase === Phase.Idle && idleTimeoutMs > 0 && now - this.since > idleTimeoutMs) {
+      this.closing = true;
       this.stopReading();
       this.transport.end();
+      // A client that never closes its side does not keep the connection either.
+      setTimeout(destroy, LINGER_MS, this.transport).unref();
     }
   }
 
