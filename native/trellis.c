@@ -130,9 +130,8 @@ static bool arg_family(napi_env env, napi_value value, int *domain) {
   return true;
 }
 
-// Runs on the JS thread, which setns moves into the pod for the length of one socket() call.
-// A socket keeps the netns it was created in, so everything after socket() happens back home.
-static int socket_in_netns(const char *ns_path, int domain, uint32_t mark, failure *f) {
+// Moves the JS thread into the netns at ns_path; returns a descriptor of the thread's own netns, for leave_netns().
+static int enter_netns(const char *ns_path, failure *f) {
   int target = open(ns_path, O_RDONLY | O_CLOEXEC);
   if (target < 0) return fail(f, "open", ns_path);
   int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
@@ -147,16 +146,29 @@ static int socket_in_netns(const char *ns_path, int domain, uint32_t mark, failu
     close(target);
     return -1;
   }
-  int fd = socket(domain, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
-  int socket_errno = errno;
+  close(target);
+  return home;
+}
+
+// Back to the thread's own netns. Every later socket this thread opens would land in the pod otherwise: stopping
+// is the only safe move when that fails.
+static void leave_netns(int home, const char *ns_path) {
   if (setns(home, CLONE_NEWNET) != 0) {
-    // Every later socket this thread opens would land in the pod: stopping is the only safe move.
     fprintf(stderr, "trellis: cannot return to the agent's network namespace after entering %s: %s\n",
             ns_path, strerror(errno));
     abort();
   }
   close(home);
-  close(target);
+}
+
+// Runs on the JS thread, which setns moves into the pod for the length of one socket() call.
+// A socket keeps the netns it was created in, so everything after socket() happens back home.
+static int socket_in_netns(const char *ns_path, int domain, uint32_t mark, failure *f) {
+  int home = enter_netns(ns_path, f);
+  if (home < 0) return -1;
+  int fd = socket(domain, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  int socket_errno = errno;
+  leave_netns(home, ns_path);
   if (fd < 0) {
     errno = socket_errno;
     return fail(f, "socket", ns_path);
@@ -351,29 +363,11 @@ static napi_value js_set_mark(napi_env env, napi_callback_info info) {
 // Opens a file under /proc/sys/net while the JS thread is in the pod's netns: such a file belongs to the netns of
 // the thread that opened it, so the write after returning home still lands in the pod.
 static int open_in_netns(const char *ns_path, const char *file, failure *f) {
-  int target = open(ns_path, O_RDONLY | O_CLOEXEC);
-  if (target < 0) return fail(f, "open", ns_path);
-  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  if (home < 0) {
-    fail(f, "open", "/proc/thread-self/ns/net");
-    close(target);
-    return -1;
-  }
-  if (setns(target, CLONE_NEWNET) != 0) {
-    fail(f, "setns", ns_path);
-    close(home);
-    close(target);
-    return -1;
-  }
+  int home = enter_netns(ns_path, f);
+  if (home < 0) return -1;
   int fd = open(file, O_WRONLY | O_CLOEXEC);
   int open_errno = errno;
-  if (setns(home, CLONE_NEWNET) != 0) {
-    fprintf(stderr, "trellis: cannot return to the agent's network namespace after entering %s: %s\n",
-            ns_path, strerror(errno));
-    abort();
-  }
-  close(home);
-  close(target);
+  leave_netns(home, ns_path);
   if (fd < 0) {
     errno = open_errno;
     return fail(f, "open", file);

@@ -18,6 +18,7 @@ import { MESH_CLIENT, selectPaths, rotation, type PathDef, type ProxyKind, type 
 import { h2loadArgs, parseH2load } from './h2load.js';
 import { installCommand, installPrereqs, missingPrereqs } from './prereqs.js';
 import { measurePods } from './pods.js';
+import { RESTART_METRICS, measureRestarts } from './restart.js';
 import { ProcReader } from './procfs.js';
 import { parsePrometheus, sumOf } from '../load/promtext.js';
 import { benchJson, formatReport } from './report.js';
@@ -27,7 +28,7 @@ import { KUBE_SCALE_METRICS, measureKubeScale } from './scale-kube.js';
 import { describeTls, probeNodeDefaults, probeTls, type TlsCreds, type TlsParams } from './tls-probe.js';
 import { BODY_BYTES, HAPROXY_PORTS, MESH_SERVER, NODE_A, NODE_B, PLAIN_SERVER, benchManifests, extraObjects, handshakeManifests, pinned, resolveTargets } from './topology.js';
 
-export const MEASUREMENTS = ['memory', 'latency', 'max-rps', 'bulk', 'conn-rate', 'scale', 'scale-kube', 'scale-out', 'pods'] as const;
+export const MEASUREMENTS = ['memory', 'latency', 'max-rps', 'bulk', 'conn-rate', 'scale', 'scale-kube', 'scale-out', 'pods', 'restart'] as const;
 /** Left out of --quick unless named in --only: config scale through a real API server takes many minutes. */
 export const SLOW_MEASUREMENTS: readonly MeasurementId[] = ['scale-kube'];
 export type MeasurementId = (typeof MEASUREMENTS)[number];
@@ -221,10 +222,12 @@ class Bench {
     if (!this.opts.skip.includes('scale-out') && this.cpus >= 2) await this.scaleOut(runnable.filter((p) => p.protocol !== 'h2' && p.proxy !== 'none'));
     const mesh4 = runnable.find((p) => p.name === 'trellis-l4') ?? runnable.find((p) => p.proxy === 'agents');
     if (!this.opts.skip.includes('pods') && mesh4) await this.guard(mesh4, 'pods per node', () => this.pods(mesh4));
+    const mesh7 = runnable.find((p) => p.name === 'trellis-l7') ?? mesh4;
+    if (!this.opts.skip.includes('restart') && mesh7) await this.guard(mesh7, 'restarts under load', () => this.restarts(mesh7));
 
     this.machine.finished_at = new Date().toISOString();
     this.machine.duration_s = Math.round((Date.now() - started) / 1000);
-    const catalogue = [...metricCatalogue(this.plan.rates), ...KUBE_SCALE_METRICS];
+    const catalogue = [...metricCatalogue(this.plan.rates), ...KUBE_SCALE_METRICS, ...RESTART_METRICS];
     const input = { paths: this.paths, catalogue, results: this.results, header: this.header(), warnings: this.warnings };
     this.opts.out(formatReport(input));
     if (this.opts.json) {
@@ -620,6 +623,28 @@ class Bench {
         const lab = this.extraLabs.pop();
         await lab?.down().catch((err: Error) => this.opts.log(`trellis bench: ${err.message}`));
       }
+    }
+  }
+
+  /** restart_*: each agent replaced in turn under load, in a two-node lab of its own (restart.ts); 2 rounds with --quick, else 5. */
+  private async restarts(mesh: PathDef): Promise<void> {
+    const base = this.opts.name.slice(0, 7);
+    const name = `${base}${this.opts.name === `${base}r` ? 's' : 'r'}`;
+    const rounds = this.opts.quick ? 2 : 5;
+    this.opts.log(`restarts under load: each agent replaced ${rounds} times in turn ...`);
+    try {
+      await measureRestarts({
+        name,
+        rounds,
+        agentArgs: this.agentArgs(),
+        logLevel: this.opts.logLevel,
+        onLab: (lab) => this.extraLabs.push(lab),
+        add: (metric, value) => this.results.add(mesh.name, metric, value),
+        log: this.opts.log,
+      });
+    } finally {
+      const lab = this.extraLabs.pop();
+      await lab?.down().catch((err: Error) => this.opts.log(`trellis bench: ${err.message}`));
     }
   }
 
