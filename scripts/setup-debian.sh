@@ -16,6 +16,7 @@ pkgs=(
   runc          # OCI runtime of both: Debian 12's crun refuses hosts with cgroup v1 and v2 controllers mixed
   debootstrap   # the base images debian:bookworm-slim and node:*-bookworm-slim, made here without a registry
   time          # /usr/bin/time -v: scripts/build-k8s.mjs reports each step's peak memory with it
+  sslscan       # test/e2e/tls-scan.test.ts: the HBONE listener checked from outside with a real TLS scanner
 )
 # Go 1.26+ (with the Go module proxy) is a property of the machine, not a package here: scripts/build-k8s.mjs builds
 # the control plane of the cluster-mode tests with it and says so when it is missing.

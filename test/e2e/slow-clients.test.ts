@@ -12,7 +12,7 @@ import { Lab } from '../../lab/cluster/lab.js';
 import { requireRoot } from '../support/root.js';
 import { until } from '../support/until.js';
 
-const fixtures = path.join(import.meta.dirname, 'fixtures', 'slow.yaml');
+const fixtures = path.join(import.meta.dirname, 'fixtures', 'edges.yaml');
 const HEADER_TIMEOUT_MS = 2000;
 const IDLE_TIMEOUT_MS = 3000;
 /** The servers check their connections once a second, and a refused one lingers up to 2 s for the client's FIN. */
