@@ -76,6 +76,10 @@ export class HboneInbound {
   }
 
   private async onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): Promise<void> {
+    // First: a stream the peer reset in the same read as its HEADERS is already destroyed here, and its 'error'
+    // with no listener would take the agent down.
+    stream.on('error', () => undefined);
+    if (stream.destroyed) return;
     const pod = this.inputs.pod;
     const reject = (status: number, reason: string) => {
       this.inputs.metrics.connectionFailures.inc({ direction: 'inbound', reason: `hbone_${status}` });

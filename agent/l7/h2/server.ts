@@ -78,9 +78,12 @@ export class H2Server<C> {
   }
 
   private onStream(stream: http2.ServerHttp2Stream, raw: http2.IncomingHttpHeaders): void {
+    // First: a stream the client reset in the same read as its HEADERS is already destroyed here (its session
+    // gone from it), and its 'error' with no listener would take the agent down (rapid reset).
+    stream.on('error', () => undefined);
+    if (stream.destroyed) return;
     const ctx = this.contexts.get(stream.session as object);
     if (!ctx) return void stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
-    stream.on('error', () => undefined);
     const target = targetOf(raw[':method'], raw[':path'] ?? '/');
     if (!target.ok) {
       this.inputs.metrics.httpRejections.inc({ status: '400' });
