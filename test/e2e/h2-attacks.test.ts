@@ -5,7 +5,13 @@
 // bound.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import tls from 'node:tls';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { systemClock } from '../../agent/clock.js';
+import { LocalCa } from '../../agent/identity/ca.js';
+import { WorkloadCerts } from '../../agent/identity/certs.js';
+import { clientTlsOptions } from '../../agent/identity/tls.js';
 import { connectInNetns } from '../../agent/native/index.js';
 import { Lab } from '../../lab/cluster/lab.js';
 import { requireRoot } from '../support/root.js';
@@ -81,9 +87,19 @@ describe('HTTP/2 attacks on the edges (two-node lab)', () => {
   };
 
   /** Opens a connection from `from`, sends the preface and then `attack`'s frames, and watches what comes back. */
-  function attack(from: string, host: string, port: number, send: (write: (b: Buffer) => boolean) => Promise<void> | void, limitMs: number): Promise<Outcome> {
+  function attack(
+    from: string,
+    host: string,
+    port: number,
+    send: (write: (b: Buffer) => boolean) => Promise<void> | void,
+    limitMs: number,
+    secure?: tls.ConnectionOptions,
+  ): Promise<Outcome> {
     return new Promise((resolve) => {
-      const s = connectInNetns(lab.pod(from).netnsPath, { host, port, timeoutMs: 3000 });
+      const raw = connectInNetns(lab.pod(from).netnsPath, { host, port, timeoutMs: 3000 });
+      // HBONE: mutual TLS first, as a meshed peer's agent would open it.
+      const s = secure ? tls.connect({ ...secure, socket: raw, ALPNProtocols: ['h2'] }) : raw;
+      raw.on('error', () => undefined);
       const started = performance.now();
       const out: Outcome = { ms: 0, how: 'open', resets: 0, responses: 0 };
       let buf = Buffer.alloc(0);
@@ -120,7 +136,7 @@ describe('HTTP/2 attacks on the edges (two-node lab)', () => {
       s.on('error', () => finish('closed'));
       s.on('close', () => finish('closed'));
       s.on('end', () => finish('closed'));
-      s.once('connect', () => {
+      s.once(secure ? 'secureConnect' : 'connect', () => {
         s.write(Buffer.concat([PREFACE, frame(SETTINGS, 0, 0)]));
         void Promise.resolve(send((b) => (s.destroyed ? false : s.write(b)))).catch(() => undefined);
       });
@@ -190,6 +206,17 @@ describe('HTTP/2 attacks on the edges (two-node lab)', () => {
         results.push(`${what} on ${edge}: ${ended}; ${o.resets} resets, ${o.responses} responses`);
       }
     }
+    // The same rapid reset from a meshed peer on 15008: HBONE CONNECT streams over mutual TLS with a certificate of
+    // the mesh (the lab's CA), opened and reset over and over.
+    const ca = LocalCa.loadOrCreate(path.join(lab.stateDir, 'ca'), 'cluster.local');
+    const certs = new WorkloadCerts({ signer: ca, trustBundle: ca.rootCertPem, ttlMs: 3_600_000, clock: systemClock, logger: pino({ level: 'silent' }) });
+    const svid = await certs.get('spiffe://cluster.local/ns/mesh/sa/client');
+    certs.close();
+    const connect = Buffer.concat([Buffer.from([0x42]), hpackInt(7, 7, 0), Buffer.from('CONNECT'), Buffer.from([0x41]), hpackInt(`${webPod}:8080`.length, 7, 0), Buffer.from(`${webPod}:8080`)]);
+    const peer = await attack('plain/outsider', webPod, 15008, (write) => {
+      for (let id = 1; id < 20_000; id += 2) write(Buffer.concat([frame(HEADERS, END_HEADERS, id, connect), frame(RST_STREAM, 0, id, Buffer.from([0, 0, 0, 8]))]));
+    }, 10_000, clientTlsOptions(svid, 'spiffe://cluster.local/ns/mesh/sa/web'));
+    results.push(`rapid reset from a meshed peer on 15008: ${peer.how !== 'open' ? `${peer.how}${peer.goawayCode !== undefined ? ` (GOAWAY code ${peer.goawayCode})` : ''} after ${Math.round(peer.ms)} ms` : 'still served'}; ${peer.resets} resets, ${peer.responses} responses`);
     const summary = JSON.parse((await legit).stdout.trim().split('\n').at(-1)!) as { sent: number; ok: number; failed: number; p99_ms: number };
     for (const n of (await lab.status()).nodes) {
       expect(n.agent?.alive, `${results.join('\n')}\nthe agent on ${n.name} died; its log ends:\n${lab.agentLog(n.name).split('\n').slice(-15).join('\n')}`).toBe(true);
