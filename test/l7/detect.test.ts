@@ -5,6 +5,7 @@
 import http from 'node:http';
 import net from 'node:net';
 import fc from 'fast-check';
+import { fuzz } from '../support/fuzz.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { classify, H2_PREFACE, SNIFF_LIMIT, sniff, type SniffResult } from '../../agent/l7/detect.js';
 import { Parser } from '../../agent/l7/h1/parser.js';
@@ -133,7 +134,7 @@ describe('classify', () => {
         expect(classify(head)).toBe('http1');
         for (let k = 1; k < head.length; k++) expect(['more', 'http1']).toContain(classify(head.subarray(0, k)));
       }),
-      { numRuns: 500, seed: 9110 },
+      fuzz(500, 9110),
     );
   });
 
@@ -175,7 +176,7 @@ describe('classify', () => {
         accepted++;
         expect(classify(bytes(text)), JSON.stringify(text)).not.toBe('tcp');
       }),
-      { numRuns: 3000, seed: 9112 },
+      fuzz(3000, 9112),
     );
     // The property said something: a fair share of the candidates were requests.
     expect(accepted).toBeGreaterThan(100);

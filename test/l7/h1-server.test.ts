@@ -5,6 +5,7 @@
 import http from 'node:http';
 import net from 'node:net';
 import fc from 'fast-check';
+import { fuzz, fuzzTimeout } from '../support/fuzz.js';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { H1Server } from '../../agent/l7/h1/server.js';
@@ -112,6 +113,9 @@ describe('lean HTTP/1.1 server: never less strict than Node’s', () => {
     ['chunk size overflow', 'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFF1\r\nab\r\n0\r\n\r\n'],
     ['chunk size not hex', 'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n'],
     ['no Host in HTTP/1.1', 'GET / HTTP/1.1\r\nX-A: 1\r\n\r\n'],
+    // Found by `npm run fuzz`: RFC 9112 section 6.1 makes it faulty framing.
+    ['Transfer-Encoding in HTTP/1.0', 'GET / HTTP/1.0\r\nTransfer-Encoding:  chunked\r\n\r\n'],
+    ['an expectation other than 100-continue', 'GET / HTTP/1.1\r\nExpect: a\r\nHost: a\r\n\r\n'],
     ['unknown version', 'GET / HTTP/1.7\r\nHost: a\r\n\r\n'],
     ['NUL in the target', 'GET /a\0b HTTP/1.1\r\nHost: a\r\n\r\n'],
     ['control char in a value', 'GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x01b\r\n\r\n'],
@@ -166,7 +170,7 @@ describe('lean HTTP/1.1 server: never less strict than Node’s', () => {
         const [node, lean] = await Promise.all([exchange(nodePort, bytes), exchange(leanPort, bytes)]);
         if (refused(node) && !refused(lean)) throw new Error(`Node refused (${node.status}) what the lean path accepted (${lean.status}): ${JSON.stringify(text)}`);
       }),
-      { numRuns: Number(process.env.FUZZ_RUNS ?? 150), seed: 4242 },
+      fuzz(150, 4242),
     );
-  });
+  }, fuzzTimeout());
 });

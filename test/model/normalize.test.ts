@@ -1,7 +1,9 @@
 // Path normalization: the canonical form routing and authorization both see, each option, and the inputs that
 // must be refused rather than guessed at.
 import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import { normalizePath, normalizeTarget, type NormalizedTarget } from '../../agent/model/normalize.js';
+import { fuzz, fuzzTimeout } from '../support/fuzz.js';
 
 function path(t: string, opts?: Parameters<typeof normalizeTarget>[1]): string {
   const r = normalizeTarget(t, opts);
@@ -115,4 +117,35 @@ describe('normalizePath', () => {
     expect(refused(normalizePath('/a?b'))).toMatch(/\?/);
     expect(normalizePath('/a/../b')).toEqual({ ok: true, path: '/b', query: undefined });
   });
+});
+
+// Any target built from the pieces path tricks are made of: what is accepted is canonical (one leading "/", no
+// empty, "." or ".." segment, no "\\", only uppercase escapes of reserved bytes) and normalizing it again changes
+// nothing, so the router and the policy, which both see this one form, can never read it two ways.
+describe('normalizeTarget (property, seeded)', () => {
+  const piece = fc.constantFrom('/', '//', '.', '..', './', '../', 'a', 'admin', '%2e', '%2E%2e', '%2F', '%5C', '%41', '%61', '%3a', '%25', '%', '%4', '\\', ';', ';x', '..;', '~', '-', '_', '%7E', '%00', '#', '?', 'q=1', ' ');
+  const target = fc.array(piece, { minLength: 1, maxLength: 12 }).map((ps) => `/${ps.join('')}`);
+  it('accepts only canonical forms, and is idempotent', () => {
+    let accepted = 0;
+    fc.assert(
+      fc.property(target, (t) => {
+        const r = normalizeTarget(t);
+        if (!r.ok) return;
+        accepted++;
+        const p = r.path;
+        expect(p.startsWith('/'), t).toBe(true);
+        expect(p, t).not.toMatch(/\/\/|\/\.{1,2}(\/|$)|\\/);
+        // Unreserved characters are never left escaped; what is escaped is uppercase.
+        for (const m of p.matchAll(/%([0-9A-Fa-f]{2})/g)) {
+          expect(m[1], t).toBe(m[1]!.toUpperCase());
+          const c = parseInt(m[1]!, 16);
+          expect(/[A-Za-z0-9._~-]/.test(String.fromCharCode(c)), `${t} -> ${p}`).toBe(false);
+        }
+        const again = normalizeTarget(r.query === undefined ? p : `${p}?${r.query}`);
+        expect(again, t).toEqual(r);
+      }),
+      fuzz(5000, 3986),
+    );
+    expect(accepted, 'the property saw accepted targets').toBeGreaterThan(100);
+  }, fuzzTimeout());
 });

@@ -287,12 +287,16 @@ describe('kube source against a real API server', () => {
     try {
       await until('the loose schema in force', () => api().create(fault('probe', 'not-an-object')));
       await start();
-      expect(snaps[0]!.problems).toEqual([{ file: '/apis/traffic.trellis.dev/v1alpha1/faultinjections', object: `FaultInjection/${demo}/probe`, reason: expect.stringMatching(/field spec/) }]);
+      // Under a loaded suite the first snapshot has come without it (the kind then listed empty, and found again at
+      // the source's 30 s look for kinds it could not list); so: the first snapshot that reports a problem.
+      const p = await next((x) => x.problems.length > 0, 40_000, 0);
+      if (p !== snaps[0]) console.log(`the probe's problem came in snapshot ${snaps.indexOf(p)}; log: ${JSON.stringify(log.lines().filter((l) => /not served|list|watch/i.test(String(l.msg))).slice(0, 5))}`);
+      expect(p.problems).toEqual([{ file: '/apis/traffic.trellis.dev/v1alpha1/faultinjections', object: `FaultInjection/${demo}/probe`, reason: expect.stringMatching(/field spec/) }]);
       await api().create(fault('bad', ['nope']));
       await createPod(api(), pod('good', '10.244.1.40'));
       // The problem comes in the snapshot after the bad object arrived; the pod in that one or a later one (the
       // source paces its snapshots, so how the two changes group varies).
-      const s = await next((x) => x.problems.length > 0, 3000, 1);
+      const s = await next((x) => x.problems.length > 0, 3000, snaps.indexOf(p) + 1);
       expect(has('FaultInjection/demo/bad')(s)).toBe(false);
       expect(s.problems).toEqual([{ file: '/apis/traffic.trellis.dev/v1alpha1/faultinjections', object: `FaultInjection/${demo}/bad`, reason: expect.stringMatching(/field spec/) }]);
       const g = await next(has('Pod/demo/good'), 3000, snaps.indexOf(s));

@@ -227,6 +227,12 @@ export class H1Connection<C> implements ParserEvents, BodyProducer {
       this.refuse(400, 'missing Host header', reqId);
       return 0;
     }
+    // RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing (Node refuses it too; a
+    // backend that reads it by Content-Length or until close would see another request boundary than the agent).
+    if (h.versionMinor === 0 && headerPresent(h.raw, 'transfer-encoding')) {
+      this.refuse(400, 'Transfer-Encoding in an HTTP/1.0 request', reqId);
+      return 0;
+    }
     const target = targetOf(h.method, h.url);
     if (!target.ok) {
       this.refuse(400, target.reason, reqId);
@@ -234,8 +240,13 @@ export class H1Connection<C> implements ParserEvents, BodyProducer {
     }
     const headers = parsed.headers;
     const requestId = ensureRequestId(headers);
-    // 100-continue is answered here at once; the upstream gets the body directly.
+    // 100-continue is answered here at once; the upstream gets the body directly. Any other expectation cannot be
+    // met (RFC 9110 section 10.1.1): 417, as Node's server answers it.
     const expectContinue = parsed.expect !== undefined && parsed.expect.toLowerCase() === '100-continue';
+    if (parsed.expect !== undefined && !expectContinue) {
+      this.refuse(417, `unsupported expectation: ${parsed.expect.slice(0, 64)}`, requestId);
+      return 0;
+    }
     delete headers.expect;
     const contentLength = headers['content-length'];
     const chunked = parsed.chunked;
@@ -597,4 +608,10 @@ export function targetOf(method: string | undefined, target: string): { ok: true
   if (target === '*' && method === 'OPTIONS') return { ok: true, path: '*', query: '' };
   const n = normalizeTarget(target);
   return n.ok ? { ok: true, path: n.path, query: n.query ?? '' } : { ok: false, reason: n.reason };
+}
+
+/** Whether a raw [name, value, ...] list holds the header (name in lowercase). */
+function headerPresent(raw: readonly string[], name: string): boolean {
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name) return true;
+  return false;
 }
