@@ -41,6 +41,8 @@ export interface AgentConfig {
   readonly cni?: { readonly socketPath: string; readonly optinFile: string; readonly waitForPodMs: number };
   /** How often enrolled pods' rules and listeners are checked and repaired; 0 turns the check off. */
   readonly driftIntervalMs: number;
+  /** Open plaintext connections (15006) one source address may hold per agent thread; 0: no limit. */
+  readonly maxConnectionsPerSource: number;
   /**
    * HTTP handling both ways: outbound routes and per-request metrics, inbound per-request authorization and
    * metrics. Absent (--l7 off): every connection is opaque TCP, and policy rules with HTTP fields fail safe.
@@ -103,6 +105,7 @@ export interface AgentFlags {
   connectTimeout?: string;
   drain?: string;
   readyFile?: string;
+  maxConnectionsPerSource?: string;
   workers?: string;
   logLevel?: string;
   cniSocket?: string;
@@ -262,6 +265,7 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
     workers: flags.workers === undefined ? defaultWorkers() : integerFlag(flags.workers, '--workers', 1, MAX_WORKERS),
     ...(cni && { cni }),
     driftIntervalMs,
+    maxConnectionsPerSource: integerFlag(flags.maxConnectionsPerSource ?? '1024', '--max-connections-per-source', 0, 1_000_000),
     ...(l7 && { l7 }),
     audit,
     ...(identityService && { identityService }),

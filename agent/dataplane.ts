@@ -18,6 +18,7 @@ import { HbonePool } from './proxy/hbone-pool.js';
 import { Outbound } from './proxy/outbound.js';
 import { PodProxy } from './proxy/pod-proxy.js';
 import { PolicyRecheck } from './proxy/recheck.js';
+import { SourceLimit } from './proxy/source-limit.js';
 import type { MeshState, StateListener } from './state/store.js';
 import type { Workload } from './state/workload.js';
 import type { AccessLog } from './telemetry/audit.js';
@@ -44,10 +45,13 @@ export class DataPlane {
   private readonly inboundHttp: InboundHttp | undefined;
   private readonly outbound: Outbound;
   private readonly recheck = new PolicyRecheck();
+  /** Shared by every pod's plaintext listener on this thread: a source's connections count across pods. */
+  private readonly sourceLimit: SourceLimit | undefined;
   private readonly unsubscribe: () => void;
 
   constructor(private readonly inputs: DataPlaneInputs) {
     const { config, metrics, logger, accessLog, clock, state } = inputs;
+    this.sourceLimit = config.maxConnectionsPerSource > 0 ? new SourceLimit(config.maxConnectionsPerSource) : undefined;
     // Sockets to peers and apps are opened inside the pod's netns with the agent's mark.
     const dial = (pod: Workload, host: string, port: number): net.Socket => {
       if (!pod.netnsPath) throw new TrellisError('ENOTREADY', `pod ${pod.key} has no network namespace yet (it is being enrolled)`);
@@ -130,6 +134,7 @@ export class DataPlane {
       accessLog,
       drain: this.drain,
       recheck: this.recheck,
+      ...(this.sourceLimit && { sourceLimit: this.sourceLimit }),
       onAccept: () => accepted.inc(),
       ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),
       onClose: (podKey) => {

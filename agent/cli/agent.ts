@@ -69,6 +69,7 @@ export function registerAgentCommand(program: Command): void {
     .option('--cert-ttl <duration>', 'workload certificate lifetime, renewed at half-life', '24h')
     .option('--connect-timeout <duration>', 'limit for an upstream connect or HBONE handshake', '5s')
     .option('--drain <duration>', 'how long open connections may finish after SIGTERM', '5s')
+    .option('--max-connections-per-source <n>', 'open plaintext connections (port 15006, clients outside the mesh) one source address may hold, per agent thread; more are reset (0: no limit)', '1024')
     .option('--ready-file <path>', "kept while this process is ready, removed when it is not or stops (tells a new agent's readiness from the old one's during a hand-over)")
     .option('--workers <n>', `threads that carry traffic, each with listeners of its own in every pod (1 to ${MAX_WORKERS}; default: the CPUs the agent may use, at most ${MAX_WORKERS})`)
     .option('--cni-socket <path>', 'serve trellis-cni on this Unix socket (cluster mode): new meshed pods start only once captured')

@@ -23,6 +23,16 @@ export class PlaintextInbound {
   private async onConnection(down: net.Socket): Promise<void> {
     const pod = this.inputs.pod;
     down.on('error', () => undefined);
+    if (this.inputs.sourceLimit) {
+      const leave = this.inputs.sourceLimit.enter(down.remoteAddress);
+      if (!leave) {
+        // Counted, logged at debug only: a client flooding the port must not flood the log too.
+        this.inputs.metrics.connectionFailures.inc({ direction: 'inbound', reason: 'source_limit' });
+        this.inputs.logger.debug({ pod: pod.key, peer: down.remoteAddress, max: this.inputs.sourceLimit.max }, 'inbound plaintext connection refused: its source is at --max-connections-per-source');
+        return resetSide(down);
+      }
+      down.once('close', leave);
+    }
     let dst: { address: string; port: number };
     try {
       dst = originalDst(socketFd(down));

@@ -13,6 +13,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import type { ConnectionRecord } from './connection.js';
 import type { Drain } from './drain.js';
 import type { PolicyRecheck } from './recheck.js';
+import type { SourceLimit } from './source-limit.js';
 import type { AccessLog } from '../telemetry/audit.js';
 
 /** Connects to the app inside the pod's netns (with the agent's mark, so capture skips it). */
@@ -33,6 +34,8 @@ export interface InboundInputs {
   recheck?: PolicyRecheck;
   /** TLS key-exchange groups (--tls-groups); Node's default when absent. */
   tlsGroups?: string;
+  /** Open plaintext connections per source address (--max-connections-per-source); no limit when absent. */
+  sourceLimit?: SourceLimit;
 }
 
 export interface InboundHttpOptions {

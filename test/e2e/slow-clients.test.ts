@@ -9,6 +9,7 @@ import type net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectInNetns } from '../../agent/native/index.js';
 import { Lab } from '../../lab/cluster/lab.js';
+import { parsePrometheus, sumOf } from '../../lab/load/promtext.js';
 import { requireRoot } from '../support/root.js';
 import { until } from '../support/until.js';
 
@@ -19,6 +20,8 @@ const IDLE_TIMEOUT_MS = 3000;
 const SLACK_MS = 1500;
 const SLOW = 100;
 const IDLE = 25;
+/** Above what the slow test opens from one source (SLOW / 2 + IDLE). */
+const PER_SOURCE = 120;
 
 interface Watched {
   opened: number;
@@ -34,7 +37,11 @@ describe('slow and idle HTTP/1.1 clients (two-node lab)', () => {
 
   beforeAll(async () => {
     requireRoot('slow client tests');
-    lab = await Lab.up(fixtures, { name, agentArgs: ['--http-header-timeout', `${HEADER_TIMEOUT_MS}ms`, '--http-idle-timeout', `${IDLE_TIMEOUT_MS}ms`] });
+    // One thread per agent: --max-connections-per-source counts per thread.
+    lab = await Lab.up(fixtures, {
+      name,
+      agentArgs: ['--http-header-timeout', `${HEADER_TIMEOUT_MS}ms`, '--http-idle-timeout', `${IDLE_TIMEOUT_MS}ms`, '--max-connections-per-source', String(PER_SOURCE), '--workers', '1'],
+    });
   });
 
   afterAll(async () => {
@@ -115,5 +122,38 @@ describe('slow and idle HTTP/1.1 clients (two-node lab)', () => {
       clearInterval(drip);
       for (const w of [...slow, ...idle]) w.socket.destroy();
     }
+  });
+
+  it('resets plaintext connections from one source past --max-connections-per-source, and serves everyone else', async () => {
+    const web = lab.services.find((x) => x.name === 'web')!.clusterIP;
+    const webPod = lab.pod('mesh/web').ip;
+    const failures = async () => sumOf(parsePrometheus(await lab.metrics('node-b')), 'trellis_connection_failures_total', { reason: 'source_limit' });
+    const before = await failures();
+    const held: Watched[] = [];
+    let refusedAtConnect = 0;
+    try {
+      for (let i = 0; i < PER_SOURCE + 10; i++) {
+        // A reset may arrive before the client saw its handshake complete: that one fails to connect.
+        const w = await open('plain/outsider', webPod, 8080).catch(() => undefined);
+        if (w) held.push(w);
+        else refusedAtConnect++;
+      }
+      const reset = () => refusedAtConnect + held.filter((w) => w.closed !== undefined).length;
+      await until('the ten past the limit to be reset', async () => reset() >= 10, 2000);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(reset(), 'reset: exactly those past the limit').toBe(10);
+      expect(held.slice(0, PER_SOURCE).every((w) => w.closed === undefined), 'the first ones stay open').toBe(true);
+      expect((await failures()) - before).toBe(10);
+      // Another source (a meshed client, over HBONE) is served meanwhile.
+      const other = await lab.exec('mesh/client', ['trellis', 'tool', 'http-client', '--url', `http://${web}/other`, '--count', '20']);
+      expect(JSON.parse(other.stdout.trim().split('\n').at(-1)!)).toMatchObject({ ok: 20, failed: 0 });
+    } finally {
+      for (const w of held) w.socket.destroy();
+    }
+    // Once its connections are gone, the source is served again.
+    await until('the outsider to be served again', async () => {
+      const r = await lab.exec('plain/outsider', ['trellis', 'tool', 'http-client', '--url', `http://${webPod}:8080/again`, '--count', '5']);
+      return r.code === 0 && (JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { ok: number }).ok === 5;
+    }, 5000);
   });
 });
