@@ -110,8 +110,9 @@ export class HboneInbound {
     // hint (a call to a pod IP, which the source carries as L4, or a source agent without L7), what the port
     // declares; and a port that declares nothing is sniffed here, so that HTTP a client sends straight to a pod is
     // parsed too and the app never gets identity headers the client forged.
-    const hinted = hint === 'http1' || hint === 'h2' || hint === 'tcp' ? hint : undefined;
-    let protocol: 'http1' | 'h2' | 'tcp' | undefined = declared === 'tcp' ? 'tcp' : (hinted ?? declared);
+    // A port this agent knows to carry HTTP is parsed whatever the hint says (`tcp` only spares a second sniff).
+    const hinted = hint === 'http1' || hint === 'h2' ? hint : undefined;
+    let protocol: 'http1' | 'h2' | 'tcp' | undefined = declared === 'tcp' ? 'tcp' : (hinted ?? declared ?? (hint === 'tcp' ? 'tcp' : undefined));
     /** The CONNECT was answered 200 before the decision (to sniff the tunnel): a refusal then resets the stream. */
     let answered = false;
     if (protocol === undefined && http) {

@@ -4,6 +4,7 @@
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
+import { TrellisError } from '../errors.js';
 
 const CHECK_MS = 500;
 
@@ -14,7 +15,11 @@ export class ReadyFile {
   constructor(
     private readonly inputs: { path: string; notReadyReason: () => string | undefined; logger: Logger },
   ) {
-    mkdirSync(dirname(inputs.path), { recursive: true });
+    try {
+      mkdirSync(dirname(inputs.path), { recursive: true });
+    } catch (err) {
+      throw new TrellisError('ECONFIG', `--ready-file ${inputs.path}: cannot create its directory (${(err as Error).message})`, { cause: err });
+    }
     this.check();
     this.timer = setInterval(() => this.check(), CHECK_MS);
     this.timer.unref();

@@ -38,4 +38,10 @@ describe('ReadyFile', () => {
     f.close();
     expect(readFileSync(path, 'utf8')).toBe('999999\n');
   });
+
+  it('says which flag is wrong when its directory cannot be made', () => {
+    const file = join(dir, 'plain-file');
+    writeFileSync(file, 'x');
+    expect(() => new ReadyFile({ path: join(file, 'ready'), notReadyReason: () => undefined, logger })).toThrow(/--ready-file .*cannot create its directory/);
+  });
 });

@@ -229,7 +229,7 @@ export class H1Connection<C> implements ParserEvents, BodyProducer {
     }
     // RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing (Node refuses it too; a
     // backend that reads it by Content-Length or until close would see another request boundary than the agent).
-    if (h.versionMinor === 0 && headerPresent(h.raw, 'transfer-encoding')) {
+    if (h.versionMinor === 0 && parsed.chunked) {
       this.refuse(400, 'Transfer-Encoding in an HTTP/1.0 request', reqId);
       return 0;
     }
@@ -608,10 +608,4 @@ export function targetOf(method: string | undefined, target: string): { ok: true
   if (target === '*' && method === 'OPTIONS') return { ok: true, path: '*', query: '' };
   const n = normalizeTarget(target);
   return n.ok ? { ok: true, path: n.path, query: n.query ?? '' } : { ok: false, reason: n.reason };
-}
-
-/** Whether a raw [name, value, ...] list holds the header (name in lowercase). */
-function headerPresent(raw: readonly string[], name: string): boolean {
-  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name) return true;
-  return false;
 }
