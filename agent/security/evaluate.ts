@@ -174,9 +174,13 @@ function withAudit(d: AuthzDecision, audit: CompiledPolicy | undefined): AuthzDe
   return audit ? { ...d, audit: true, auditPolicy: audit.key } : d;
 }
 
-/** A candidate's first rule that matched at L4 (>= 0, index in spec.rules), else -2 - index of its first undecided rule. */
-function l4Outcome(c: Candidate): number {
-  for (let i = 0; i < c.l4.length; i++) if (c.l4[i] === Match.Yes) return c.rules[i]!.index;
+/**
+ * A candidate's first rule that matched at L4 (>= 0, index in spec.rules), else -2 - index of its first undecided rule.
+ * `wholeRule`: an ALLOW rule on opaque TCP that uses any HTTP field does not match at all, even when one of its
+ * operations without HTTP fields matches (Istio skips the whole rule; an operation must not widen what it allows).
+ */
+function l4Outcome(c: Candidate, wholeRule = false): number {
+  for (let i = 0; i < c.l4.length; i++) if (c.l4[i] === Match.Yes && !(wholeRule && c.rules[i]!.l7Fields !== '')) return c.rules[i]!.index;
   return -2 - c.rules[0]!.index;
 }
 
@@ -209,7 +213,7 @@ function decideConnection(c: Candidates, protocol: 'tcp' | 'http'): AuthzDecisio
   let skipped: CompiledRule | undefined;
   let skippedPolicy: string | undefined;
   for (const cand of c.allow) {
-    const r = l4Outcome(cand);
+    const r = l4Outcome(cand, l4Only);
     if (r >= 0) return denyPending ? pendingDecision(denyPending, audit) : withAudit(cand.policy.decisions[r]!, audit);
     if (l4Only) {
       skipped ??= cand.rules[0];
