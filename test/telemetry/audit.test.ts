@@ -61,6 +61,22 @@ describe('audit trail to a file', () => {
     expect(await counts(registry)).toEqual({ written: 10_000, dropped: {} });
   });
 
+  it('reuses its write buffers without a line overwritten: waves of lines of every length while earlier writes are out', async () => {
+    const file = path.join(dir, 'audit.log');
+    const { audit: a, registry } = audit({ file, flushDelayMs: 1 });
+    let seq = 0;
+    for (let wave = 0; wave < 40; wave++) {
+      // Each wave fills more than one 64 KiB buffer; the next starts while its writes are on the thread pool.
+      for (let i = 0; i < 400; i++, seq++) a.logger.info({ seq, pad: 'x'.repeat((seq * 37) % 500) }, 'request');
+      await new Promise((resolve) => setTimeout(resolve, wave % 3));
+    }
+    await a.flush();
+    const lines = linesOf(file);
+    expect(lines.map((l) => l['seq'])).toEqual(Array.from({ length: seq }, (_, i) => i));
+    for (const l of lines) expect(l['pad']).toBe('x'.repeat((Number(l['seq']) * 37) % 500));
+    expect(await counts(registry)).toEqual({ written: seq, dropped: {} });
+  });
+
   it('gathers the lines of flushDelayMs into one write; flush() and a full chunk do not wait for it', async () => {
     const file = path.join(dir, 'audit.log');
     const { audit: a, registry } = audit({ file, flushDelayMs: 200 });
