@@ -40,7 +40,7 @@ export class H2Sessions {
         resolve({
           status,
           headers: withoutHopByHop(withoutPseudo(h), true),
-          body: streamBody(stream, undefined),
+          body: streamBody(stream, undefined, 'response'),
           abort: () => void (stream.destroyed || stream.close(http2.constants.NGHTTP2_CANCEL)),
           reused,
         });
