@@ -11,13 +11,14 @@ import { forgePublicKey, nativeRsaSigner, type CsrSigner } from './ca.js';
 import { certIdentity } from './spiffe.js';
 
 /** Times are ms since the epoch. */
+/** Never changed in place (renewal and a new bundle make a new one): TLS contexts are cached per SVID object. */
 export interface Svid {
-  identity: string;
-  keyPem: string;
-  certPem: string;
-  caPem: string;
-  notBefore: number;
-  notAfter: number;
+  readonly identity: string;
+  readonly keyPem: string;
+  readonly certPem: string;
+  readonly caPem: string;
+  readonly notBefore: number;
+  readonly notAfter: number;
 }
 
 export interface CertSource {

@@ -2,13 +2,12 @@
 // destination IP), carrying many CONNECT streams; closed after it has been idle with no stream.
 import http2 from 'node:http2';
 import type net from 'node:net';
-import tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { Clock, TimerHandle } from '../clock.js';
 import { HBONE_PORT } from '../constants.js';
 import { TrellisError, wrapError } from '../errors.js';
 import type { CertSource } from '../identity/certs.js';
-import { clientTlsOptions } from '../identity/tls.js';
+import { connectAgent } from '../identity/tls.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { Workload } from '../state/workload.js';
 import { SESSION_WINDOW, STREAM_WINDOW, formatAuthority } from './hbone.js';
@@ -221,7 +220,7 @@ export class HbonePool {
     // Failures of the raw socket surface through the TLS socket and the session; an unheard 'error' here
     // would take the whole agent down.
     tcp.on('error', () => undefined);
-    const socket = tls.connect({ ...clientTlsOptions(svid, req.dstIdentity, this.inputs.tlsGroups), socket: tcp });
+    const socket = connectAgent(svid, req.dstIdentity, this.inputs.tlsGroups, tcp);
     const session = http2.connect(`https://${formatAuthority(req.ip, HBONE_PORT)}`, {
       createConnection: () => socket,
       settings: { initialWindowSize: STREAM_WINDOW, enablePush: false },

@@ -2,7 +2,7 @@
 // TLS checks validity against the real date.
 
 import { once } from 'node:events';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import tls from 'node:tls';
 import pino from 'pino';
@@ -11,7 +11,7 @@ import { systemClock } from '../../agent/clock.js';
 import { LocalCa } from '../../agent/identity/ca.js';
 import { WorkloadCerts, type Svid } from '../../agent/identity/certs.js';
 import { certIdentity } from '../../agent/identity/spiffe.js';
-import { clientTlsOptions, peerIdentity, serverTlsOptions } from '../../agent/identity/tls.js';
+import { clientTlsOptions, connectAgent, peerIdentity, serverTlsOptions } from '../../agent/identity/tls.js';
 
 const TD = 'cluster.local';
 const A = 'spiffe://cluster.local/ns/x/sa/a';
@@ -82,6 +82,21 @@ function dial(port: number, options: tls.ConnectionOptions): Promise<Outcome> {
   });
 }
 
+/**
+ * clientTlsOptions with a context of the connection's own (from the SVID's PEMs), so a test can change what the
+ * shared context fixes: the TLS versions, or the certificate presented.
+ */
+function ownContext(svid: Svid, expected: string): tls.ConnectionOptions {
+  const { secureContext: _shared, ...rest } = clientTlsOptions(svid, expected);
+  return { ...rest, key: svid.keyPem, cert: svid.certPem, ca: svid.caPem, minVersion: 'TLSv1.3' };
+}
+
+/** A client that trusts the bundle but presents no certificate. */
+function anonymous(svid: Svid, expected: string): tls.ConnectionOptions {
+  const { key: _key, cert: _cert, ...rest } = ownContext(svid, expected);
+  return rest;
+}
+
 let ca: LocalCa;
 let foreign: LocalCa;
 beforeAll(() => {
@@ -140,9 +155,8 @@ describe('agent-to-agent mTLS', () => {
   it('a client without a certificate, or limited to TLS 1.2, is refused', async () => {
     const [a, b] = await Promise.all([issue(ca, A), issue(ca, B)]);
     const server = await serve(serverTlsOptions(b));
-    const { key: _key, cert: _cert, ...anonymous } = clientTlsOptions(a, B);
-    expect((await dial(server.port, anonymous)).ok).toBe(false);
-    expect((await dial(server.port, { ...clientTlsOptions(a, B), minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' })).ok).toBe(false);
+    expect((await dial(server.port, anonymous(a, B))).ok).toBe(false);
+    expect((await dial(server.port, { ...ownContext(a, B), minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' })).ok).toBe(false);
     expect(server.accepted).toHaveLength(0);
     await expect.poll(() => server.refused.map((r) => r.code)).toEqual(['ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE', 'ERR_SSL_UNSUPPORTED_PROTOCOL']);
   });
@@ -155,8 +169,7 @@ describe('peerIdentity', () => {
   it('says why a client is refused: no certificate, or not authorized by the bundle', async () => {
     const [a, b] = await Promise.all([issue(ca, A), issue(ca, B)]);
     const server = await serve(lenient(b));
-    const { key: _key, cert: _cert, ...anonymous } = clientTlsOptions(a, B);
-    await dial(server.port, anonymous);
+    await dial(server.port, anonymous(a, B));
     await dial(server.port, clientTlsOptions({ ...(await issue(foreign, A)), caPem: ca.rootCertPem }, B));
     expect(server.accepted.map((x) => x.peer)).toEqual([
       { ok: false, reason: 'the client presented no certificate' },
@@ -181,6 +194,36 @@ describe('peerIdentity', () => {
     const server = await serve(serverTlsOptions(b));
     await dial(server.port, clientTlsOptions(a, B));
     expect(server.accepted[0]?.peer).toEqual({ ok: true, identity: new X509Certificate(a.certPem).subjectAltName!.slice('URI:'.length) });
+  });
+});
+
+describe('connectAgent', () => {
+  /** Dials with connectAgent (the agent's own client side); resolves with the server's "hello" or the error. */
+  function dialAgent(port: number, svid: Svid, expected: string): Promise<{ ok: boolean; err?: NodeJS.ErrnoException }> {
+    return new Promise((resolve) => {
+      const socket = connectAgent(svid, expected, undefined, net.connect(port, '127.0.0.1'));
+      let data = '';
+      socket.on('data', (d: Buffer) => (data += d.toString()));
+      socket.on('error', (err) => resolve({ ok: false, err }));
+      socket.on('close', () => resolve({ ok: data === 'hello' }));
+    });
+  }
+
+  it('checks the server identity from the leaf alone: the right peer answers, another identity or CA is refused', async () => {
+    const [a, b] = await Promise.all([issue(ca, A), issue(ca, B)]);
+    const right = await serve(serverTlsOptions(b));
+    expect(await dialAgent(right.port, a, B)).toEqual({ ok: true });
+    expect(await dialAgent(right.port, a, Z)).toMatchObject({ ok: false, err: { code: 'EIDENTITY', message: expect.stringContaining(`peer presented ${B}, expected ${Z}`) } });
+    const impostor = await serve(serverTlsOptions({ ...(await issue(foreign, Y)), caPem: ca.rootCertPem }));
+    expect(await dialAgent(impostor.port, a, Y)).toMatchObject({ ok: false, err: { code: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' } });
+    expect(right.accepted[0]?.peer).toEqual({ ok: true, identity: A });
+  });
+
+  it('one TLS context per SVID: shared by its connections, a new one for a renewed SVID or a new bundle', async () => {
+    const a = await issue(ca, A);
+    expect(clientTlsOptions(a, B).secureContext).toBe(clientTlsOptions(a, Y).secureContext);
+    expect(clientTlsOptions({ ...a }, B).secureContext).not.toBe(clientTlsOptions(a, B).secureContext);
+    expect(clientTlsOptions(a, B, 'X25519').secureContext).not.toBe(clientTlsOptions(a, B).secureContext);
   });
 });
 
