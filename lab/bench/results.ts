@@ -55,6 +55,7 @@ export function metricCatalogue(rates: readonly number[]): MetricDef[] {
     { name: 'gbps_1', unit: 'Gbit/s', better: 'higher' },
     { name: 'gbps_4', unit: 'Gbit/s', better: 'higher' },
     { name: 'conn_per_s', unit: 'conn/s', better: 'higher' },
+    { name: 'proxy_cpu_pct_conn', unit: '%', better: 'lower' },
     { name: 'rss_mb_idle', unit: 'MB', better: 'lower' },
     { name: 'rss_mb_load', unit: 'MB', better: 'lower' },
     { name: 'anon_mb_idle', unit: 'MB', better: 'lower' },

@@ -553,10 +553,15 @@ class Bench {
     if (h && !h.agentPids.every(running)) throw new LabError('EAGENT', `an agent of lab '${h.lab.name}' exited (logs in ${h.lab.stateDir}/logs)`);
     const url = h ? `http://${h.target}/` : this.url(p);
     const argv = ['conn-rate', '--url', url, '--duration-s', String(this.plan.connS), '--concurrency', String(this.plan.connections)];
+    const pids = h ? h.agentPids : this.proxyPids[p.proxy];
+    const cpuBefore = pids.length ? this.procs.cpuSeconds(pids) : 0;
+    const t0 = performance.now();
     const r = await this.tool(p, argv, this.plan.connS, h?.lab);
+    const cpuPct = pids.length ? (100 * (this.procs.cpuSeconds(pids) - cpuBefore)) / ((performance.now() - t0) / 1000) : undefined;
     if (Number(r.ok) > 0) this.results.add(p.name, 'conn_per_s', Number(r.conn_per_s));
+    if (cpuPct !== undefined) this.results.add(p.name, 'proxy_cpu_pct_conn', cpuPct);
     if (Number(r.errors) > 0) this.warnings.push(`${p.name} connection rate: ${r.errors} of ${r.connections} connections failed ${JSON.stringify(r.error_counts)}`);
-    this.opts.log(`  ${p.name}: ${r.conn_per_s} new connections/s`);
+    this.opts.log(`  ${p.name}: ${r.conn_per_s} new connections/s, each ${r.p50_ms} ms (p50) / ${r.p99_ms} ms (p99) from connect to response${cpuPct !== undefined ? `, proxies at ${cpuPct.toFixed(0)}% of a CPU` : ''}`);
   }
 
   /**
@@ -781,6 +786,7 @@ class Bench {
         `rss_*, anon_* and kb_per_idle_conn: both together; *_idle after ${IDLE_SETTLE_MS / 1000} s without traffic (memory runs first in each repeat, after the previous repeat's load); ` +
         'anon_*: RssAnon, their own memory without the executable and library pages every process running the same binary shares (node maps ~50 MB of its own)',
       'max_rps: closed loop; proxy_cpu_pct_max_rps: their CPU meanwhile (100% = the proxy CPU saturated; below, CPU 0 — load + server — is the limit)',
+      'proxy_cpu_pct_conn: the proxies\' CPU during conn_per_s (the tool\'s start included), the same way',
       'gbps_N: N parallel HTTP POSTs streaming chunked bodies; conn_per_s: connect, one request, close — with a full TLS handshake each:',
       `  haproxy with no-ssl-reuse, trellis in a second lab whose agents run with ${HANDSHAKE_AGENT_ARGS.join(' ')} (pooled, they would carry it as a stream)`,
     );
