@@ -207,13 +207,13 @@ describe('HTTP/2 to HTTP/1.1 downgrade smuggling (two-node lab)', () => {
       .filter((l) => l.startsWith('{'))
       .map((l) => JSON.parse(l) as { event?: string; path?: string; method?: string; headers?: Record<string, string>; raw?: string })
       .filter((e) => e.event !== undefined);
-    const describe = (o: Outcome) =>
+    const told = (o: Outcome) =>
       [o.status !== undefined && `status ${o.status}`, o.reset !== undefined && `RST_STREAM ${o.reset}`, o.goaway !== undefined && `GOAWAY ${o.goaway}`, o.closed && 'closed']
         .filter(Boolean)
         .join(', ') || 'no answer in 3 s';
     const report = [
-      ...results.map(({ c, id, o }) => `${id.padStart(2)} ${c.name}: ${describe(o)}`),
-      `control POST: ${describe(control)}; control GET: ${describe(controlGet)}`,
+      ...results.map(({ c, id, o }) => `${id.padStart(2)} ${c.name}: ${told(o)}`),
+      `control POST: ${told(control)}; control GET: ${told(controlGet)}`,
       `the app saw: ${seen.filter((e) => e.path !== '/warm').map((e) => `${e.event} ${e.method ?? ''} ${e.path ?? e.raw ?? ''}`).join(' | ')}`,
     ].join('\n');
     console.log(report);
