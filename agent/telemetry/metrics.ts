@@ -111,7 +111,12 @@ export class Metrics {
     this.httpRejections = new Counter({ name: 'trellis_http_rejections_total', help: 'Malformed or oversized HTTP requests answered by the agent and never forwarded, by status', labelNames: ['status'], registers });
     this.authzDecisions = new Counter({ name: 'trellis_authz_decisions_total', help: 'Authorization decisions on connections and requests, by outcome, deciding action, policy and reason code', labelNames: ['decision', 'action', 'policy', 'reason', 'level'], registers });
     this.workerConnections = new Counter({ name: 'trellis_worker_connections_total', help: 'Connections accepted on the pods\' listeners, by the agent thread that took them (0: the main thread)', labelNames: ['worker'], registers });
-    if (inputs.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'trellis_agent_' });
+    if (inputs.defaultMetrics !== false) {
+      collectDefaultMetrics({ register: this.registry, prefix: 'trellis_agent_' });
+      // prom-client's sums of the per-type gauges beside them, named like counters: `promtool check metrics` refuses
+      // a gauge ending in _total, and the per-type series already add up to them.
+      for (const n of ['active_handles_total', 'active_requests_total', 'active_resources_total']) this.registry.removeSingleMetric(`trellis_agent_nodejs_${n}`);
+    }
   }
 
   tcp(labels: TcpLabels): TcpCounters {
