@@ -1,5 +1,6 @@
 // Bench: the report, as a table for people (median [min–max] per path, then ratios against `direct`
 // and against the HAProxy path of the same layer) and as JSON for machines.
+import { formatTable } from '../../agent/cli/table.js';
 import type { PathDef } from './paths.js';
 import { ratio, type MetricDef, type ResultRow, type Results } from './results.js';
 
@@ -42,7 +43,7 @@ export function formatReport(input: ReportInput): string {
       }),
     ]);
   }
-  out.push(table(main, 2));
+  out.push(formatTable(main, 2));
   for (const p of input.paths) if (p.unavailable) out.push(`${p.name}: not available (${p.unavailable})`);
 
   const pairs = ratioPairs(input.paths);
@@ -54,7 +55,7 @@ export function formatReport(input: ReportInput): string {
       if (cells.every((c) => c === '-')) continue;
       rt.push([m.name, ...cells]);
     }
-    out.push(table(rt, 1));
+    out.push(formatTable(rt, 1));
   }
   if (input.warnings.length > 0) {
     out.push('', 'Warnings:');
@@ -84,12 +85,4 @@ export interface BenchJson {
 export function benchJson(input: Pick<ReportInput, 'paths' | 'catalogue' | 'results'>, machine: Record<string, unknown>): BenchJson {
   const runnable = input.paths.filter((p) => !p.unavailable).map((p) => p.name);
   return { results: input.results.rows(runnable, input.catalogue), machine };
-}
-
-/** Left-aligned columns, the first `textColumns` as text, the rest right-aligned numbers. */
-function table(rows: string[][], textColumns: number): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows
-    .map((r) => r.map((c, i) => (i < textColumns ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd())
-    .join('\n');
 }
