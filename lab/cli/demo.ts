@@ -1,10 +1,19 @@
 // `trellis demo` (npm run demo): a two-node lab mesh from examples/demo, traffic driven through it, and the
 // golden metrics read back from both agents until the duration ends or Ctrl-C: per route (request rate,
-// success rate, p50/p99 latency over the last round) and per TCP connection pair.
+// success rate, p50/p99 latency over the last round) and per TCP connection pair. A Prometheus runs in the lab
+// (unless --no-prometheus): the demo says where, and prints what it says of the server each round, as
+// `trellis stat` in another shell would.
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
+import { formatTable } from '../../agent/cli/table.js';
 import { Lab } from '../cluster/lab.js';
+import { findPrometheus } from '../cluster/prometheus.js';
+import { PromClient } from '../../viz/prom/client.js';
+import { netnsTransport } from '../../viz/prom/transport.js';
+import { ALL_RULES } from '../../viz/promql.js';
+import { stat } from '../../viz/stat.js';
+import { latency, percent, perSecond } from '../../viz/format.js';
 import { parsePrometheus, type Sample } from '../load/promtext.js';
 
 interface DemoFlags {
@@ -13,6 +22,7 @@ interface DemoFlags {
   name: string;
   keep?: boolean;
   logLevel: string;
+  prometheus: boolean;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -32,6 +42,8 @@ export function registerDemoCommand(program: Command): void {
     .option('--name <lab>', 'lab name (netns prefix trl-<name>-)', 'demo')
     .option('--keep', 'leave the lab running on exit (remove it with `trellis lab down --name demo`)')
     .option('--log-level <level>', 'agent log level', 'info')
+    .option('--prometheus', 'run a Prometheus in the lab, for `trellis stat|edges|routes` (the default)', true)
+    .option('--no-prometheus', 'run none')
     .action(async (flags: DemoFlags) => {
       const duration = flags.duration === undefined ? Infinity : Number(flags.duration);
       const interval = Number(flags.interval ?? 5);
@@ -44,7 +56,16 @@ async function runDemo(opts: DemoFlags & { durationS: number; intervalS: number 
   const manifests = path.join(repoRoot(), 'examples', 'demo');
   const say = (s: string) => process.stdout.write(`${s}\n`);
   say(`trellis demo: building lab "${opts.name}" from ${manifests} ...`);
-  const lab = await Lab.up(manifests, { name: opts.name, logLevel: opts.logLevel });
+  let prometheus = opts.prometheus;
+  if (prometheus) {
+    try {
+      findPrometheus();
+    } catch (err) {
+      say(`(no Prometheus in the lab: ${(err as Error).message})`);
+      prometheus = false;
+    }
+  }
+  const lab = await Lab.up(manifests, { name: opts.name, logLevel: opts.logLevel, prometheus });
   let stopping = false;
   const stop = async (code: number) => {
     if (stopping) return;
@@ -64,6 +85,11 @@ async function runDemo(opts: DemoFlags & { durationS: number; intervalS: number 
     const vip = (ns: string, name: string) => lab.services.find((s) => s.namespace === ns && s.name === name)!.clusterIP;
     const server = vip('demo', 'server');
     const sink = vip('demo', 'sink');
+    const prom = lab.prometheus;
+    if (prom) {
+      const flag = opts.name === 'demo' ? '' : ` --lab ${opts.name}`;
+      say(`  prometheus at ${prom.url} in netns ${prom.netns} (scrapes every ${prom.scrapeInterval}); in another shell: trellis stat${flag} -n demo, trellis edges${flag} -n demo, trellis routes${flag} svc/server -n demo`);
+    }
     const deadline = Date.now() + opts.durationS * 1000;
     let round = 0;
     let previous: Sample[] = [];
@@ -87,6 +113,7 @@ async function runDemo(opts: DemoFlags & { durationS: number; intervalS: number 
       say(routeTable(samples, previous, (now - previousAt) / 1000));
       say('');
       say(tcpTable(samples));
+      if (prom) say(`\n${await fromPrometheus(prom)}`);
       previous = samples;
       previousAt = now;
     }
@@ -96,6 +123,20 @@ async function runDemo(opts: DemoFlags & { durationS: number; intervalS: number 
     return;
   }
   await stop(0);
+}
+
+/** What the lab's Prometheus says of demo/server over the last minute: the first row of `trellis stat deploy/server -n demo`. */
+async function fromPrometheus(prom: NonNullable<Lab['prometheus']>): Promise<string> {
+  const client = new PromClient(netnsTransport(prom.url, prom.netnsPath, 'the lab is going down'));
+  try {
+    const rules = await client.recordingRules();
+    const [row] = await stat({ kind: 'workload', name: 'server', namespace: 'demo' }, { query: (e) => client.query(e), source: { window: '1m', rules: ALL_RULES.every((r) => rules.has(r)) } });
+    if (!row) return 'prometheus: no requests to demo/server in the last minute yet (it needs two scrapes)';
+    const secured = row.secured === null ? '-' : percent(row.secured);
+    return `prometheus (trellis stat deploy/server -n demo): ${percent(row.successRate)} success, ${perSecond(row.rps)} rps, p99 ${latency(row.latency.p99)}, ${secured} mTLS over the last minute`;
+  } catch (err) {
+    return `prometheus: ${(err as Error).message}`;
+  }
 }
 
 function summary(what: string, stdout: string): string {
@@ -126,9 +167,7 @@ export function tcpTable(samples: Sample[]): string {
     .sort((a, b) => a.key.join('|').localeCompare(b.key.join('|')))
     .map((r) => [...r.key, ...['opened', 'closed', 'rx_bytes', 'tx_bytes'].map((c) => String(r.v[c] ?? 0))]);
   if (!body.length) return '(no TCP metrics yet)';
-  const table = [header, ...body];
-  const widths = header.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
-  return table.map((r) => r.map((c, i) => (i >= 6 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ')).join('\n');
+  return formatTable([header, ...body], 6);
 }
 
 interface RouteRow {
@@ -185,9 +224,7 @@ export function routeTable(now: Sample[], before: Sample[], seconds: number): st
       quantileMs(r.buckets, 0.99),
     ]);
   if (!body.length) return '(no HTTP requests in this round)';
-  const table = [header, ...body];
-  const widths = header.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
-  return table.map((r) => r.map((c, i) => (i >= 5 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ')).join('\n');
+  return formatTable([header, ...body], 5);
 }
 
 /** A quantile from cumulative histogram buckets, interpolated inside the bucket as Prometheus does. */

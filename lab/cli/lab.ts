@@ -3,6 +3,7 @@
 import { spawn } from 'node:child_process';
 import os from 'node:os';
 import type { Command } from 'commander';
+import { formatTable } from '../../agent/cli/table.js';
 import { parseDuration } from '../../agent/config.js';
 import { LabError } from '../errors.js';
 import { Lab, requireRootUser, sweep, type LabStatus } from '../cluster/lab.js';
@@ -33,13 +34,16 @@ export function registerLabCommands(program: Command): void {
           'every object created through its API, the agents on --source kube (see `trellis lab kubectl`)',
       )
       .option('--gateway-channel <channel>', 'with --cluster: the Gateway API CRDs installed, standard|experimental (routes with rules[].name or retry need experimental)', 'standard')
+      .option('--prometheus', "run a Prometheus in the lab (a netns of its own) scraping every agent, with manifests/monitoring/'s recording rules: what `trellis stat|edges|routes` read")
+      .option('--scrape-interval <duration>', 'with --prometheus: how often it scrapes the agents and evaluates the rules', '2s')
       .addHelpText(
         'after',
         '\nExamples:\n  trellis lab up -f examples/demo/mesh.yaml\n  trellis lab up -f manifests/ --name b --nodes n1,n2,n3 --no-agents\n' +
           '  trellis lab up -f examples/demo/mesh.yaml --cluster\n' +
+          '  trellis lab up -f examples/demo/mesh.yaml --prometheus && trellis stat -n demo\n' +
           '\nEvery Pod needs spec.nodeName. Each container\'s command (and args) runs in the pod\'s netns; images are ignored.',
       ),
-  ).action(async (flags: LabFlags & { file: string[]; nodes?: string; agents: boolean; logLevel?: string; cluster?: boolean; gatewayChannel: string }) => {
+  ).action(async (flags: LabFlags & { file: string[]; nodes?: string; agents: boolean; logLevel?: string; cluster?: boolean; gatewayChannel: string; prometheus?: boolean; scrapeInterval: string }) => {
     if (flags.gatewayChannel !== 'standard' && flags.gatewayChannel !== 'experimental') {
       throw new LabError('EINVAL', `--gateway-channel ${flags.gatewayChannel}: use standard or experimental`);
     }
@@ -51,9 +55,15 @@ export function registerLabCommands(program: Command): void {
       ...(flags.logLevel !== undefined && { logLevel: flags.logLevel }),
       ...(flags.nodes !== undefined && { nodes: flags.nodes.split(',').map((s) => s.trim()).filter(Boolean) }),
       ...(flags.cluster && { cluster: { gatewayChannel: flags.gatewayChannel } }),
+      ...(flags.prometheus && { prometheus: { scrapeInterval: flags.scrapeInterval } }),
       progress: (step) => process.stderr.write(`lab ${flags.name}: ${step}\n`),
     });
     process.stdout.write(`${statusTable(await l.status())}\n`);
+    const prom = l.prometheus;
+    if (prom) {
+      const lab = flags.name === DEFAULT_LAB_NAME ? '' : ` --lab ${flags.name}`;
+      process.stderr.write(`prometheus: ${prom.url} in netns ${prom.netns}, scraping every ${prom.scrapeInterval}; read it with \`trellis stat${lab} -n NAMESPACE\`\n`);
+    }
     const down = flags.name === DEFAULT_LAB_NAME ? 'trellis lab down' : `trellis lab down --name ${flags.name}`;
     process.stderr.write(`lab ${l.name} is up (${((Date.now() - started) / 1000).toFixed(1)} s); remove it with \`${down}\`\n`);
   });
@@ -244,7 +254,5 @@ export function statusTable(s: LabStatus): string {
 }
 
 function table(header: string[], rows: string[][]): string {
-  if (rows.length === 0) return `${header[0]}: none`;
-  const widths = header.map((h, k) => Math.max(h.length, ...rows.map((r) => r[k]!.length)));
-  return [header, ...rows].map((r) => r.map((c, k) => (k === r.length - 1 ? c : c.padEnd(widths[k]!))).join('  ')).join('\n');
+  return rows.length === 0 ? `${header[0]}: none` : formatTable([header, ...rows]);
 }

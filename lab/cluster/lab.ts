@@ -43,6 +43,7 @@ import { run, type RunOptions } from './run.js';
 import { labPaths, readState, writeFileAtomic, writeState, STATE_VERSION, type LabPaths, type LabState, type PodState } from './state.js';
 import { createNetwork, deleteNetns, listNetns } from './topology.js';
 import { LabCluster, type ClusterOptions } from './cluster.js';
+import { findPrometheus, startPrometheus, writeEndpoints, type PrometheusOptions, type PrometheusRecord } from './prometheus.js';
 import type { ControlPlane } from '../controlplane/controlplane.js';
 import type { KubeClient } from '../controlplane/client.js';
 
@@ -69,6 +70,11 @@ export interface LabOptions {
    * (see cluster.ts). Off: local mode, the agents read the realized objects from files.
    */
   cluster?: boolean | ClusterOptions;
+  /**
+   * Run a Prometheus in the lab (prometheus.ts): a netns of its own on the fabric, scraping every agent, with the
+   * recording rules of manifests/monitoring/; `lab.prometheus` says where it answers.
+   */
+  prometheus?: boolean | PrometheusOptions;
 }
 
 export interface ExecResult {
@@ -135,6 +141,7 @@ export class Lab {
     const agents = opts.agents ?? true;
     const repoRoot = findRepoRoot();
     if (agents) requireBuilt(repoRoot);
+    if (opts.prometheus) findPrometheus();
     await requireAbsent(name, paths);
 
     const state: LabState = {
@@ -192,6 +199,24 @@ export class Lab {
         const failed = started.find((r) => r.status === 'rejected');
         if (failed) throw failed.reason;
       }
+      if (opts.prometheus) {
+        // After the agents (its first scrape finds them), before the pods (it sees their first requests).
+        progress('prometheus');
+        state.prometheus = await startPrometheus({
+          lab: name,
+          stateDir: paths.stateDir,
+          logsDir: paths.logsDir,
+          nodes: plan.nodes,
+          repoRoot,
+          options: opts.prometheus === true ? {} : opts.prometheus,
+        });
+        await lab.save();
+      }
+      await writeEndpoints(paths.stateDir, {
+        lab: name,
+        objectsDir: paths.clusterDir,
+        ...(state.prometheus && { prometheus: { url: state.prometheus.url, netns: netnsPath(state.prometheus.netns) } }),
+      });
       progress('pods');
       await lab.startPods(plan.pods);
       await lab.save();
@@ -361,6 +386,15 @@ export class Lab {
     }
   }
 
+
+  /**
+   * The lab's Prometheus (`up` with `prometheus`), undefined without one: its URL answers inside `netnsPath` (and in
+   * every netns of the lab), never in the host's; `prometheus.ts`'s prometheusGet and the viewer connect from there.
+   */
+  get prometheus(): (Pick<PrometheusRecord, 'url' | 'netns' | 'scrapeInterval'> & { netnsPath: string }) | undefined {
+    const p = this.state.prometheus;
+    return p && { url: p.url, netns: p.netns, netnsPath: netnsPath(p.netns), scrapeInterval: p.scrapeInterval };
+  }
 
   /** Cluster mode's handle (from the state when another process brought the lab up); undefined in local mode. */
   private get cluster(): LabCluster | undefined {
@@ -570,6 +604,7 @@ export class Lab {
     const targets: Target[] = [
       ...this.state.pods.flatMap((p) => p.processes.map((r) => ({ ...r, group: true }))),
       ...Object.values(this.state.agents).flatMap((r) => (r ? [{ ...r, group: true }] : [])),
+      ...(this.state.prometheus ? [{ ...this.state.prometheus.proc, group: true }] : []),
       ...this.spawned.map((s) => ({ ...s.record, group: true })),
     ];
     try {
@@ -723,6 +758,7 @@ export async function sweep(opts: { prefix?: string; stateRoot?: string } = {}):
     targets.push(
       ...state.pods.flatMap((p) => p.processes.map((r) => ({ ...r, group: true }))),
       ...Object.values(state.agents).flatMap((r) => (r ? [{ ...r, group: true }] : [])),
+      ...(state.prometheus ? [{ ...state.prometheus.proc, group: true }] : []),
     );
   }
   const namespaces = await listNetns(prefix);

@@ -22,6 +22,8 @@ export const POD_GATEWAY = '169.254.1.1';
 export const FIRST_SERVICE_IP = '10.96.0.10';
 /** The fabric bridge's own address: where a control plane for the lab (an API server in tests) listens. */
 export const CONTROL_PLANE_IP = '172.30.0.2';
+/** The lab's Prometheus (`lab up --prometheus`), in a netns of its own on the fabric. */
+export const PROMETHEUS_IP = '172.30.0.3';
 /** Nodes are numbered from 1; node i's fabric address is 172.30.0.(10+i). */
 export const MAX_NODES = 240;
 /** Pods on node i get 10.244.i.j with j from 2 (10.244.i.1 is the node's own address). */
@@ -51,6 +53,10 @@ export function labPrefix(name: string): string {
 
 export function fabricNetns(lab: string): string {
   return `${labPrefix(lab)}fabric`;
+}
+
+export function prometheusNetns(lab: string): string {
+  return `${labPrefix(lab)}prom`;
 }
 
 export function nodeNetns(lab: string, i: number): string {

@@ -7,6 +7,7 @@ import { LabError } from '../errors.js';
 import type { LabNode, LabPod, LabService } from './plan.js';
 import type { ProcRecord } from './procs.js';
 import type { ClusterRecord } from './cluster.js';
+import type { PrometheusRecord } from './prometheus.js';
 
 export const STATE_VERSION = 1;
 
@@ -30,6 +31,8 @@ export interface LabState {
   services: LabService[];
   /** By node name; null when the agent is stopped or agents are off. */
   agents: Record<string, ProcRecord | null>;
+  /** The lab's Prometheus (`up --prometheus`); absent without one. */
+  prometheus?: PrometheusRecord;
 }
 
 export interface LabPaths {

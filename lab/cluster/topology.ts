@@ -55,6 +55,20 @@ export function fabricScript(plan: LabPlan): string[] {
   ];
 }
 
+/**
+ * A netns of its own for a lab service (the Prometheus), joined to the fabric bridge with one address there: it
+ * reaches every node's fabric address, and is reached from any netns of the lab (or by connecting from inside it).
+ */
+export async function addFabricHost(lab: string, netns: string, ip: string, port: string): Promise<void> {
+  await addNetns(netns);
+  await ipBatch(fabricNetns(lab), [
+    `link add name ${port} type veth peer name eth0 netns ${netns}`,
+    `link set ${port} master ${FABRIC_BRIDGE}`,
+    `link set ${port} up`,
+  ], `join ${netns} to the fabric`);
+  await ipBatch(netns, ['link set lo up', `addr add ${ip}/${FABRIC_NET.split('/')[1]} dev eth0`, 'link set eth0 up'], `wire ${netns}`);
+}
+
 export function nodeScript(plan: LabPlan, node: LabNode, pods: PlannedPod[]): string[] {
   const fabricPrefix = FABRIC_NET.split('/')[1]!;
   return [

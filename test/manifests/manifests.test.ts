@@ -144,8 +144,9 @@ describe('manifests/ files', () => {
     const isBuiltIn = (apiVersion: string) => !apiVersion.includes('.') || /\.k8s\.io\//.test(apiVersion);
     const all = installObjects();
     const builtIn = all.filter(({ obj }) => isBuiltIn(obj.apiVersion));
-    // The one object of another API is the PodMonitor, checked in its own test below.
-    expect(all.filter(({ obj }) => !isBuiltIn(obj.apiVersion)).map(({ obj }) => obj.kind)).toEqual(['PodMonitor']);
+    // The objects of other APIs are the Prometheus Operator's, each checked in its own test (the PodMonitor below,
+    // the PrometheusRule in rules.test.ts).
+    expect(all.filter(({ obj }) => !isBuiltIn(obj.apiVersion)).map(({ obj }) => obj.kind)).toEqual(['PodMonitor', 'PrometheusRule']);
     for (const { file, obj } of builtIn) {
       const version = obj.apiVersion.split('/').at(-1)!;
       const model = `${version[0]!.toUpperCase()}${version.slice(1)}${obj.kind}`;

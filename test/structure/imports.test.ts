@@ -137,11 +137,32 @@ describe('agent/ layering', () => {
 });
 
 describe('lab/ (the harness)', () => {
-  it('may import agent/; the agent build cannot see lab/ (a composite project that includes agent/ only)', () => {
+  it('may import agent/ and viz/; the agent build cannot see lab/ (a composite project that includes agent/ only)', () => {
     const tsconfig = readFileSync(path.join(ROOT, 'tsconfig.json'), 'utf8');
     expect(tsconfig).toMatch(/"composite": true/);
     expect(tsconfig).toMatch(/"include": \["agent\/\*\*\/\*\.ts"\]/);
     const lab = readFileSync(path.join(ROOT, 'lab/tsconfig.json'), 'utf8');
-    expect(lab).toMatch(/"references": \[\{ "path": "\.\." \}\]/);
+    expect(lab).toMatch(/"references": \[\{ "path": "\.\." \}, \{ "path": "\.\.\/viz" \}\]/);
+  });
+});
+
+describe('viz/ (the mesh viewer)', () => {
+  it('imports agent/ and packages only, never lab/ (which imports it)', () => {
+    const outside = files(path.join(ROOT, 'viz')).flatMap((file) =>
+      imports(file)
+        .map((spec) => ({ file: path.relative(ROOT, file), rel: path.relative(ROOT, path.resolve(path.dirname(file), spec)) }))
+        .filter(({ rel }) => !rel.startsWith(`viz${path.sep}`) && !rel.startsWith(`agent${path.sep}`))
+        .map(({ file, rel }) => `${file}: ${rel}`),
+    );
+    expect(outside).toEqual([]);
+    const viz = readFileSync(path.join(ROOT, 'viz/tsconfig.json'), 'utf8');
+    expect(viz).toMatch(/"composite": true/);
+    expect(viz).toMatch(/"references": \[\{ "path": "\.\." \}\]/);
+  });
+
+  it('is found by agent/main.ts at run time, never imported', () => {
+    const main = readFileSync(path.join(ROOT, 'agent/main.ts'), 'utf8');
+    expect(main).toMatch(/new URL\('\.\.\/viz\/cli\/commands\.js', import\.meta\.url\)/);
+    expect(imports(path.join(ROOT, 'agent/main.ts')).filter((s) => s.includes('viz'))).toEqual([]);
   });
 });

@@ -1,0 +1,19 @@
+// The viewer's subcommands of `trellis` (stat, edges, routes), found by agent/main.ts at run time: the agent never
+// imports viz/, and a build without it (the image) says so instead.
+import type { Command } from 'commander';
+
+type Register = (program: Command) => void;
+
+const COMMANDS: Record<string, () => Promise<Register>> = {
+  stat: async () => (await import('./stat.js')).registerStatCommand,
+  edges: async () => (await import('./edges.js')).registerEdgesCommand,
+  routes: async () => (await import('./routes.js')).registerRoutesCommand,
+};
+
+export const VIZ_COMMANDS = Object.keys(COMMANDS);
+
+export async function registerVizCommand(name: string): Promise<Register> {
+  const load = COMMANDS[name];
+  if (!load) throw new Error(`no viewer command ${name}`);
+  return load();
+}
