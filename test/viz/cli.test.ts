@@ -138,4 +138,18 @@ describe('the viewer against --prometheus URL', () => {
         'viz/web-split  split  web-v2   25.00%  25.00%  100.00%  1.00            -            -            -\n',
     );
   });
+
+  it('documents every flag in docs/cli.md, and each command in the README', async () => {
+    const { readFileSync } = await import('node:fs');
+    const doc = readFileSync(new URL('../../docs/cli.md', import.meta.url), 'utf8');
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    for (const command of [['stat'], ['edges'], ['routes'], ['lab', 'up']]) {
+      const help = await trellis([...command, '--help']);
+      expect(help.code).toBe(0);
+      const flags = [...help.stdout.matchAll(/^\s+(?:-\w, )?(--[a-z0-9-]+)/gm)].map((m) => m[1]!).filter((f) => f !== '--help');
+      expect(flags.length).toBeGreaterThan(3);
+      expect(flags.filter((f) => !doc.includes(`\`${f}`)), `trellis ${command.join(' ')} flags missing from docs/cli.md`).toEqual([]);
+      expect(readme).toMatch(new RegExp(`^trellis ${command.join(' ')} `, 'm'));
+    }
+  });
 });
