@@ -44,13 +44,6 @@ export function parseWindow(text: string): string | undefined {
   return `${Number(m[1])}${m[2]}`;
 }
 
-/** The window in seconds (rates times this give counts). */
-export function windowSeconds(window: string): number {
-  const m = /^(\d+)(s|m|h|d)$/.exec(window);
-  if (!m) throw new Error(`not a window: ${window}`);
-  return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[m[2] as 's' | 'm' | 'h' | 'd'];
-}
-
 /** A double-quoted PromQL string. */
 export function quote(value: string): string {
   return `"${value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`;

@@ -42,7 +42,7 @@ export function registerDemoCommand(program: Command): void {
     .option('--name <lab>', 'lab name (netns prefix trl-<name>-)', 'demo')
     .option('--keep', 'leave the lab running on exit (remove it with `trellis lab down --name demo`)')
     .option('--log-level <level>', 'agent log level', 'info')
-    .option('--prometheus', 'run a Prometheus in the lab, for `trellis stat|edges|routes` (the default)', true)
+    .option('--prometheus', 'run a Prometheus in the lab, for `trellis stat|edges|routes`', true)
     .option('--no-prometheus', 'run none')
     .action(async (flags: DemoFlags) => {
       const duration = flags.duration === undefined ? Infinity : Number(flags.duration);

@@ -250,7 +250,8 @@ export function statusTable(s: LabStatus): string {
         .join(', '),
     ]),
   );
-  return [`lab ${s.name} (state ${s.stateDir})`, '', nodes, '', pods, '', services].join('\n');
+  const prom = s.prometheus && `prometheus ${s.prometheus.url} in netns ${s.prometheus.netns}, pid ${s.prometheus.pid} ${s.prometheus.alive ? 'running' : 'exited'}`;
+  return [`lab ${s.name} (state ${s.stateDir})`, '', nodes, '', pods, '', services, ...(prom ? ['', prom] : [])].join('\n');
 }
 
 function table(header: string[], rows: string[][]): string {

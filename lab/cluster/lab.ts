@@ -97,6 +97,8 @@ export interface LabStatus {
   nodes: (LabNode & { agent: { pid: number; alive: boolean } | null })[];
   pods: (LabPod & { mesh: string; processes: { container: string; pid: number; alive: boolean }[] })[];
   services: LabService[];
+  /** The lab's Prometheus, when it runs one. */
+  prometheus?: { url: string; netns: string; pid: number; alive: boolean };
 }
 
 const AGENT_READY_TIMEOUT_MS = 30_000;
@@ -593,6 +595,9 @@ export class Lab {
       }),
       pods,
       services: this.services,
+      ...(this.state.prometheus && {
+        prometheus: { url: this.state.prometheus.url, netns: this.state.prometheus.netns, pid: this.state.prometheus.proc.pid, alive: isAlive(this.state.prometheus.proc) },
+      }),
     };
   }
 
