@@ -9,6 +9,8 @@ export type VizErrorCode =
   /** No lab (or no single lab) to find a Prometheus in. */
   | 'ENOLAB'
   /** Prometheus answered, but nothing matches what was asked. */
-  | 'ENODATA';
+  | 'ENODATA'
+  /** `trellis check` found a failure (each is printed with its fix). */
+  | 'ECHECK';
 
 export class VizError extends TrellisError<VizErrorCode> {}

@@ -304,4 +304,22 @@ describe('trellis stat, edges and routes on the lab\'s Prometheus', () => {
     expect(gone.code).toBe(1);
     expect(gone.stderr).toMatch(/^trellis: lab 'nolab9' is not up/);
   });
+
+  // Last: it stops an agent.
+  it('check: every agent up and in sync; a stopped agent fails the check, with its fix', async () => {
+    const ok = await trellis(['check', '--lab', labName]);
+    expect(ok.code, `${ok.stdout}${ok.stderr}`).toBe(0);
+    expect(ok.stdout).toMatch(/^ok +agents +every agent Prometheus knows is up \(2: node node-a, node node-b\)$/m);
+    expect(ok.stdout).toMatch(/^ok +recording-rules /m);
+    expect(ok.stdout).toMatch(/^ok +objects +no object rejected in the last 5m$/m);
+    await lab.stopAgent('node-b');
+    await until('Prometheus to see the agent on node-b down', async () => {
+      const client = new PromClient(netnsTransport(lab.prometheus!.url, lab.prometheus!.netnsPath, 'the test lab'));
+      return (await client.query('up{node="node-b"}'))[0]?.value === 0;
+    }, 10_000);
+    const down = await trellis(['check', '--lab', labName]);
+    expect(down.code).toBe(1);
+    expect(down.stdout).toMatch(/^FAIL +agents +the agent on node node-b \(172\.30\.0\.12:15020\) did not answer its last scrape\n +-> see its pod: /m);
+    expect(down.stderr).toBe('trellis: 1 check failed: agents\n');
+  });
 });

@@ -1,4 +1,4 @@
-// The viewer's subcommands of `trellis` (stat, edges, routes), found by agent/main.ts at run time: the agent never
+// The viewer's subcommands of `trellis` (stat, edges, routes, check), found by agent/main.ts at run time: the agent never
 // imports viz/, and a build without it (the image) says so instead.
 import type { Command } from 'commander';
 
@@ -8,6 +8,7 @@ const COMMANDS: Record<string, () => Promise<Register>> = {
   stat: async () => (await import('./stat.js')).registerStatCommand,
   edges: async () => (await import('./edges.js')).registerEdgesCommand,
   routes: async () => (await import('./routes.js')).registerRoutesCommand,
+  check: async () => (await import('./check.js')).registerCheckCommand,
 };
 
 export const VIZ_COMMANDS = Object.keys(COMMANDS);

@@ -1,0 +1,99 @@
+// `trellis check`: each check's verdict from what Prometheus (or the node) says, each failure with its fix.
+// Canned answers here; the e2e test runs it against a lab's Prometheus, with an agent stopped.
+import { describe, expect, it } from 'vitest';
+import { failedChecks, formatChecks, meshChecks, nodeChecks, type NodeProbe } from '../../viz/check.js';
+import type { VectorSample } from '../../viz/prom/client.js';
+import { ALL_RULES } from '../../viz/promql.js';
+
+const v = (labels: Record<string, string>, value: number): VectorSample => ({ labels, value });
+const agents = [v({ instance: '172.30.0.11:15020', node: 'node-a' }, 0), v({ instance: '172.30.0.12:15020', node: 'node-b' }, 0)];
+
+function prometheus(over: Partial<Record<'known' | 'up' | 'age' | 'errors' | 'drift', VectorSample[]>> = {}) {
+  return async (expr: string): Promise<VectorSample[]> => {
+    if (expr.includes('last_over_time(trellis_config_age_seconds')) return over.known ?? agents;
+    if (expr === 'up') return over.up ?? agents.map((a) => v({ ...a.labels, job: 'trellis-agent' }, 1));
+    if (expr.startsWith('max by (instance, node) (trellis_config_age_seconds)')) return over.age ?? agents;
+    if (expr.includes('trellis_config_errors_total')) return over.errors ?? [];
+    if (expr.includes('trellis_capture_drift_repairs_total')) return over.drift ?? [];
+    throw new Error(`unexpected query ${expr}`);
+  };
+}
+const inputs = { window: '5m', loadedRules: new Set(ALL_RULES), where: 'http://prom:9090' };
+
+describe('trellis check (the mesh, from Prometheus)', () => {
+  it('passes a healthy mesh', async () => {
+    const r = await meshChecks(prometheus(), inputs);
+    expect(r.map((x) => [x.check, x.verdict])).toEqual([
+      ['prometheus', 'ok'],
+      ['recording-rules', 'ok'],
+      ['agents', 'ok'],
+      ['config', 'ok'],
+      ['objects', 'ok'],
+      ['capture', 'ok'],
+    ]);
+    expect(r[2]!.detail).toBe('every agent Prometheus knows is up (2: node node-a, node node-b)');
+    expect(failedChecks(r)).toBeUndefined();
+  });
+
+  it('fails an agent that stopped answering, and one out of sync with the API server; warns of rejects and drift', async () => {
+    const r = await meshChecks(
+      prometheus({
+        up: [v({ instance: '172.30.0.11:15020', node: 'node-a' }, 1), v({ instance: '172.30.0.12:15020', node: 'node-b' }, 0)],
+        age: [v({ instance: '172.30.0.11:15020', node: 'node-a' }, 420)],
+        errors: [v({ node: 'node-a' }, 2), v({ node: 'node-b' }, 0)],
+        drift: [v({ node: 'node-b', what: 'rules' }, 1)],
+      }),
+      { ...inputs, loadedRules: new Set() },
+    );
+    const by = Object.fromEntries(r.map((x) => [x.check, x]));
+    expect(by['recording-rules']).toMatchObject({ verdict: 'warn', detail: expect.stringMatching(/^6 of the 6 recording rules are not loaded/) });
+    expect(by.agents).toMatchObject({ verdict: 'fail', detail: 'the agent on node node-b (172.30.0.12:15020) did not answer its last scrape' });
+    expect(by.config).toMatchObject({ verdict: 'fail', detail: 'the agent on node node-a has not been in sync with the API server for 420 s' });
+    expect(by.objects).toMatchObject({ verdict: 'warn', detail: 'invalid objects rejected in the last 5m: 2 on node node-a (their last valid versions stay in force)' });
+    expect(by.capture).toMatchObject({ verdict: 'warn', detail: 'capture drifted and was repaired: 1 rules on node node-b in the last 5m' });
+    for (const x of r) if (x.verdict !== 'ok') expect(x.fix, x.check).toBeTruthy();
+    expect(failedChecks(r)?.message).toBe('2 checks failed: agents, config');
+  });
+
+  it('fails when Prometheus scrapes no agent at all, and stops there', async () => {
+    const r = await meshChecks(prometheus({ known: [] }), inputs);
+    expect(r.at(-1)).toMatchObject({ check: 'agents', verdict: 'fail', fix: expect.stringContaining('manifests/monitoring') });
+    expect(r).toHaveLength(3);
+  });
+});
+
+describe('trellis check --pre (this node)', () => {
+  const probe = (over: Partial<NodeProbe> & { paths?: string[]; refuse?: string[] } = {}): NodeProbe => ({
+    isRoot: over.isRoot ?? true,
+    exists: (p) => (over.paths ?? ['/proc/sys/net/ipv4/tcp_migrate_req', '/sys/fs/cgroup/cgroup.controllers', '/opt/cni/bin', '/etc/cni/net.d']).includes(p),
+    run: async (file, args) => (over.refuse?.includes(file) ? { code: 1, out: `${file}: refused` } : { code: 0, out: file === 'nft' && args[0] === '--version' ? 'nftables v1.0.6' : '' }),
+  });
+  const dirs = { cniBin: '/opt/cni/bin', cniConf: '/etc/cni/net.d' };
+
+  it('passes a node that has all it needs, trying nftables in a netns of its own', async () => {
+    const calls: string[][] = [];
+    const p = probe();
+    const r = await nodeChecks({ ...p, run: async (f, a) => (calls.push([f, ...a]), p.run(f, a)) }, dirs);
+    expect(r.every((x) => x.verdict === 'ok')).toBe(true);
+    expect(calls).toContainEqual(['unshare', '--net', '--', 'nft', 'add', 'table', 'inet', 'trellis_check']);
+  });
+
+  it('fails without nftables or the CNI directories, warns of an old kernel and cgroup v1', async () => {
+    const r = await nodeChecks(probe({ paths: ['/etc/cni/net.d'], refuse: ['unshare'] }), dirs);
+    expect(r.map((x) => [x.check, x.verdict])).toEqual([
+      ['nftables', 'fail'],
+      ['handover', 'warn'],
+      ['cgroup', 'warn'],
+      ['cni', 'fail'],
+      ['cni', 'ok'],
+    ]);
+    expect((await nodeChecks(probe({ refuse: ['nft'] }), dirs))[0]).toMatchObject({ verdict: 'fail', fix: expect.stringContaining('apt-get install nftables') });
+    expect((await nodeChecks(probe({ isRoot: false }), dirs))[0]).toMatchObject({ verdict: 'warn', detail: "nftables v1.0.6; the kernel's nf_tables not tried (needs root)" });
+  });
+
+  it('prints one line per check, the fix below', () => {
+    expect(formatChecks([{ check: 'cni', verdict: 'fail', detail: 'no CNI plugins directory /x', fix: 'give the right path' }, { check: 'cgroup', verdict: 'ok', detail: 'cgroup v2' }])).toBe(
+      'FAIL  cni              no CNI plugins directory /x\n                       -> give the right path\nok    cgroup           cgroup v2',
+    );
+  });
+});

@@ -1,0 +1,176 @@
+// `trellis check`: is the mesh healthy, and (--pre) can this node run the agent? Each check is one line, and each
+// failure says what to do, as `linkerd check` does. After install, everything is read from Prometheus (the agents
+// it scrapes, their config age, rejected objects, capture repairs); before, from this node (nftables in a network
+// namespace of its own, the kernel's connection hand-over, cgroup v2, the CNI directories).
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { VizError } from './errors.js';
+import { ALL_RULES } from './promql.js';
+import { finite, type Query } from './query.js';
+
+export type Verdict = 'ok' | 'warn' | 'fail';
+
+export interface CheckResult {
+  readonly check: string;
+  readonly verdict: Verdict;
+  readonly detail: string;
+  /** What to do, for warn and fail. */
+  readonly fix?: string;
+}
+
+/** An agent not in sync with its config source for longer than this fails (the kube source relists within 90 s). */
+export const CONFIG_AGE_LIMIT_S = 300;
+/** How far back an agent counts as known: one scraped in this window and not now is down. */
+const KNOWN_AGENTS_WINDOW = '10m';
+
+const agentName = (l: Readonly<Record<string, string>>) => (l.node ? `node ${l.node}` : (l.instance ?? 'an agent'));
+
+/** The mesh as Prometheus sees it, over `window` for the counters. `loadedRules`: the recording rules the server has. */
+export async function meshChecks(query: Query, inputs: { window: string; loadedRules: ReadonlySet<string>; where: string }): Promise<CheckResult[]> {
+  const out: CheckResult[] = [{ check: 'prometheus', verdict: 'ok', detail: `Prometheus answers at ${inputs.where}` }];
+  const missing = ALL_RULES.filter((r) => !inputs.loadedRules.has(r));
+  out.push(
+    missing.length === 0
+      ? { check: 'recording-rules', verdict: 'ok', detail: 'the recording rules of manifests/monitoring/ are loaded' }
+      : {
+          check: 'recording-rules',
+          verdict: 'warn',
+          detail: `${missing.length} of the ${ALL_RULES.length} recording rules are not loaded (${missing[0]}${missing.length > 1 ? ', ...' : ''}): stat, edges and routes read the raw counters`,
+          fix: 'load manifests/monitoring/prometheusrule.yaml (kubectl apply -k manifests/monitoring/, or its spec as a rules file)',
+        },
+  );
+
+  const known = await query(`max by (instance, node) (last_over_time(trellis_config_age_seconds[${KNOWN_AGENTS_WINDOW}]))`);
+  if (known.length === 0) {
+    out.push({
+      check: 'agents',
+      verdict: 'fail',
+      detail: `Prometheus holds no agent metrics from the last ${KNOWN_AGENTS_WINDOW}`,
+      fix: "make it scrape every node's :15020/metrics (kubectl apply -k manifests/monitoring/; its Prometheus must select the PodMonitor), and check the agents run: kubectl -n trellis-system get pods -o wide",
+    });
+    return out;
+  }
+  const up = new Map((await query('up')).map((s) => [s.labels.instance ?? '', s.value]));
+  const down = known.filter((s) => up.get(s.labels.instance ?? '') !== 1);
+  out.push(
+    down.length === 0
+      ? { check: 'agents', verdict: 'ok', detail: `every agent Prometheus knows is up (${known.length}: ${known.map((s) => agentName(s.labels)).sort().join(', ')})` }
+      : {
+          check: 'agents',
+          verdict: 'fail',
+          detail: `${down.map((s) => `the agent on ${agentName(s.labels)} (${s.labels.instance})`).join(', ')} did not answer its last scrape`,
+          fix: 'see its pod: kubectl -n trellis-system get pods -o wide, then kubectl -n trellis-system logs POD -c agent (in a lab: trellis lab status)',
+        },
+  );
+
+  const age = (await query('max by (instance, node) (trellis_config_age_seconds)')).filter((s) => finite(s.value) > CONFIG_AGE_LIMIT_S);
+  out.push(
+    age.length === 0
+      ? { check: 'config', verdict: 'ok', detail: `every agent is in sync with its config source (within ${CONFIG_AGE_LIMIT_S} s)` }
+      : {
+          check: 'config',
+          verdict: 'fail',
+          detail: age.map((s) => `the agent on ${agentName(s.labels)} has not been in sync with the API server for ${Math.round(s.value)} s`).join('; '),
+          fix: 'it serves its last known state meanwhile; check that its node reaches the API server and its RBAC (kubectl -n trellis-system logs POD -c agent | grep watch)',
+        },
+  );
+
+  const rejected = (await query(`sum by (node) (increase(trellis_config_errors_total[${inputs.window}]))`)).filter((s) => finite(s.value) >= 0.5);
+  out.push(
+    rejected.length === 0
+      ? { check: 'objects', verdict: 'ok', detail: `no object rejected in the last ${inputs.window}` }
+      : {
+          check: 'objects',
+          verdict: 'warn',
+          detail: `invalid objects rejected in the last ${inputs.window}: ${rejected.map((s) => `${Math.round(s.value)} on ${agentName(s.labels)}`).join(', ')} (their last valid versions stay in force)`,
+          fix: "the agent's log names each object and field (\"route rejected\", \"policy rejected\"); `trellis policy check --dir DIR` checks policies before they are applied",
+        },
+  );
+
+  const drift = (await query(`sum by (node, what) (increase(trellis_capture_drift_repairs_total[${inputs.window}]))`)).filter((s) => finite(s.value) >= 0.5);
+  out.push(
+    drift.length === 0
+      ? { check: 'capture', verdict: 'ok', detail: `no capture drift repaired in the last ${inputs.window}` }
+      : {
+          check: 'capture',
+          verdict: 'warn',
+          detail: `capture drifted and was repaired: ${drift.map((s) => `${Math.round(s.value)} ${s.labels.what ?? ''} on ${agentName(s.labels)}`).join(', ')} in the last ${inputs.window}`,
+          fix: "something changes the meshed pods' nftables (table inet trellis) or closes the agent's listeners: look for another CNI plugin or a tool that flushes rulesets",
+        },
+  );
+  return out;
+}
+
+/** What --pre looks at on this node; the real one, or a fake in tests. */
+export interface NodeProbe {
+  exists(path: string): boolean;
+  /** Exit code and output of a command; code -1 when it cannot start. */
+  run(file: string, args: string[]): Promise<{ code: number; out: string }>;
+  isRoot: boolean;
+}
+
+export const localNode: NodeProbe = {
+  exists: existsSync,
+  run: (file, args) =>
+    new Promise((resolve) =>
+      execFile(file, args, { timeout: 10_000 }, (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
+        resolve({ code, out: `${stdout}${stderr}`.trim() });
+      }),
+    ),
+  isRoot: process.getuid?.() === 0,
+};
+
+/** Whether this node can run the agent. Changes nothing: nftables is tried in a network namespace of its own. */
+export async function nodeChecks(probe: NodeProbe, dirs: { cniBin: string; cniConf: string }): Promise<CheckResult[]> {
+  const out: CheckResult[] = [];
+  const nft = await probe.run('nft', ['--version']);
+  if (nft.code !== 0) {
+    out.push({ check: 'nftables', verdict: 'fail', detail: 'nft does not run here', fix: 'install nftables (apt-get install nftables); the agent image carries its own nft, the kernel must have nf_tables' });
+  } else if (!probe.isRoot) {
+    out.push({ check: 'nftables', verdict: 'warn', detail: `${nft.out.split('\n')[0]}; the kernel's nf_tables not tried (needs root)`, fix: 'run trellis check --pre as root' });
+  } else {
+    // A throwaway netns (unshare): the host's own ruleset is never touched.
+    const t = await probe.run('unshare', ['--net', '--', 'nft', 'add', 'table', 'inet', 'trellis_check']);
+    out.push(
+      t.code === 0
+        ? { check: 'nftables', verdict: 'ok', detail: `${nft.out.split('\n')[0]}, and the kernel takes an inet table` }
+        : { check: 'nftables', verdict: 'fail', detail: `the kernel refuses an nftables table: ${t.out.split('\n')[0]}`, fix: 'load nf_tables (modprobe nf_tables) or use a kernel built with it' },
+    );
+  }
+  out.push(
+    probe.exists('/proc/sys/net/ipv4/tcp_migrate_req')
+      ? { check: 'handover', verdict: 'ok', detail: 'the kernel moves queued connections between listeners (tcp_migrate_req): agent restarts refuse nothing' }
+      : { check: 'handover', verdict: 'warn', detail: 'the kernel has no tcp_migrate_req (Linux before 5.14)', fix: 'connections queued to an agent being replaced may be refused; use Linux 5.14 or later' },
+  );
+  out.push(
+    probe.exists('/sys/fs/cgroup/cgroup.controllers')
+      ? { check: 'cgroup', verdict: 'ok', detail: 'cgroup v2' }
+      : { check: 'cgroup', verdict: 'warn', detail: 'cgroup v1 (or hybrid): nothing needs v2 today', fix: 'the eBPF capture mode, when it comes, will need cgroup v2 (systemd.unified_cgroup_hierarchy=1)' },
+  );
+  for (const [what, dir, flag] of [['CNI plugins', dirs.cniBin, '--cni-bin-dir'], ['CNI configuration', dirs.cniConf, '--cni-conf-dir']] as const) {
+    out.push(
+      probe.exists(dir)
+        ? { check: 'cni', verdict: 'ok', detail: `${what} directory ${dir}` }
+        : {
+            check: 'cni',
+            verdict: 'fail',
+            detail: `no ${what} directory ${dir}`,
+            fix: `the DaemonSet's install-cni chains trellis-cni there: give the right path (${flag}; in manifests/agent/daemonset.yaml the cni-bin and cni-conf volumes), or install a CNI first`,
+          },
+    );
+  }
+  return out;
+}
+
+/** `ok  text` / `WARN text` / `FAIL text`, each fix on the next line. */
+export function formatChecks(results: readonly CheckResult[]): string {
+  const mark: Record<Verdict, string> = { ok: 'ok  ', warn: 'WARN', fail: 'FAIL' };
+  return results.map((r) => `${mark[r.verdict]}  ${r.check.padEnd(15)}  ${r.detail}${r.fix ? `\n${' '.repeat(23)}-> ${r.fix}` : ''}`).join('\n');
+}
+
+/** The exit: non-zero when a check failed (warnings pass). */
+export function failedChecks(results: readonly CheckResult[]): VizError | undefined {
+  const failed = results.filter((r) => r.verdict === 'fail');
+  return failed.length ? new VizError('ECHECK', `${failed.length} check${failed.length > 1 ? 's' : ''} failed: ${failed.map((r) => r.check).join(', ')}`) : undefined;
+}
