@@ -1,5 +1,5 @@
 // Composition root: builds the agent's parts in order and wires them; `stop()` takes them down in reverse.
-import { readFileSync } from 'node:fs';
+import { closeSync, readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { AggregatorRegistry } from 'prom-client';
 import { systemClock, type Clock } from './clock.js';
@@ -10,13 +10,14 @@ import { queuedConnectionMigration } from './capture/migrate.js';
 import { NetnsFinder } from './capture/netns.js';
 import { OptinFile, optinFromObjects } from './capture/optin-file.js';
 import { nftApply } from './capture/nft.js';
+import { addSourceRouting, removeSourceRouting } from './capture/routing.js';
 import type { AgentConfig } from './config.js';
 import { DataPlane } from './dataplane.js';
 import { TrellisError } from './errors.js';
 import { LocalCa, type CsrSigner } from './identity/ca.js';
 import type { RemoteSigner } from './identity/remote.js';
 import { WorkloadCerts } from './identity/certs.js';
-import { releaseFreeMemory } from './native/index.js';
+import { releaseFreeMemory, tcpSocketInNetns } from './native/index.js';
 import { DirSource, type Snapshot } from './sources/dir.js';
 import { Store } from './state/store.js';
 import { describe as describePolicies } from './security/describe.js';
@@ -47,7 +48,8 @@ export interface Agent {
   stop(): Promise<void>;
 }
 
-export async function startAgent(config: AgentConfig, logger: Logger, clock: Clock = systemClock): Promise<Agent> {
+export async function startAgent(given: AgentConfig, logger: Logger, clock: Clock = systemClock): Promise<Agent> {
+  const config = withKernelSupport(given, logger);
   // 1. Telemetry first, so every later failure is counted. The audit trail (the access log) has a destination of
   //    its own that counts every line written or dropped.
   const metrics = new Metrics();
@@ -134,6 +136,8 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
     },
     tuneNetns: queuedConnectionMigration(captureLogger),
     applyRules: nftApply,
+    // Removed whatever the flag says (an agent started with it off cleans up after one that had it on).
+    sourceRouting: { add: config.preserveSourceIp ? addSourceRouting : async () => undefined, remove: removeSourceRouting },
     ...(netns && { findNetns: (ip: string) => netns.find(ip) }),
     metrics,
     logger: captureLogger,
@@ -298,4 +302,19 @@ export async function startAgent(config: AgentConfig, logger: Logger, clock: Clo
       return stopping;
     },
   };
+}
+
+/**
+ * The config as this kernel allows it: keeping callers' addresses needs IP_TRANSPARENT (CAP_NET_ADMIN); where a
+ * socket cannot have it, apps see the pod's own address, as with --preserve-source-ip off, and the log says why.
+ */
+function withKernelSupport(config: AgentConfig, logger: Logger): AgentConfig {
+  if (!config.preserveSourceIp) return config;
+  try {
+    closeSync(tcpSocketInNetns('/proc/self/ns/net', 4, 0, true));
+    return config;
+  } catch (err) {
+    logger.warn({ err: (err as Error).message }, 'cannot open a transparent socket (IP_TRANSPARENT needs CAP_NET_ADMIN): apps will see the pod\'s own address as the caller\'s (--preserve-source-ip off)');
+    return Object.freeze({ ...config, preserveSourceIp: false });
+  }
 }

@@ -27,6 +27,11 @@ export interface AgentConfig {
   readonly hboneIdleMs: number;
   /** Streams an HBONE session carries before a new one (a new TLS handshake) is opened; 0: no limit. */
   readonly hboneMaxStreamsPerSession: number;
+  /**
+   * Connections to apps leave from the caller's address (IP_TRANSPARENT in the pod netns, policy routing for the
+   * replies), so apps see who calls; off (or a kernel that refuses it): from the pod's own address.
+   */
+  readonly preserveSourceIp: boolean;
   /** TLS key exchange groups for HBONE, OpenSSL names colon-separated in order of preference; Node's default when absent. */
   readonly tlsGroups?: string;
   readonly drainMs: number;
@@ -113,6 +118,7 @@ export interface AgentFlags {
   cniWaitForPod?: string;
   driftInterval?: string;
   hboneMaxStreamsPerSession?: string;
+  preserveSourceIp?: string;
   tlsGroups?: string;
   l7?: string;
   protocolDetectTimeout?: string;
@@ -283,10 +289,16 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
     connectTimeoutMs: parseDuration(flags.connectTimeout ?? '5s', '--connect-timeout'),
     hboneIdleMs: 60_000,
     hboneMaxStreamsPerSession: parseCount(flags.hboneMaxStreamsPerSession ?? '0', '--hbone-max-streams-per-session'),
+    preserveSourceIp: onOff(flags.preserveSourceIp ?? 'on', '--preserve-source-ip'),
     ...(flags.tlsGroups !== undefined && { tlsGroups: parseTlsGroups(flags.tlsGroups) }),
     drainMs: parseDuration(flags.drain ?? '5s', '--drain'),
     ...(flags.readyFile !== undefined && { readyFile: flags.readyFile }),
     resyncMs: 5_000,
     logLevel: level,
   });
+}
+
+function onOff(value: string, flag: string): boolean {
+  if (value !== 'on' && value !== 'off') throw new TrellisError('ECONFIG', `${flag} ${value}: use on or off`);
+  return value === 'on';
 }

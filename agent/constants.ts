@@ -13,6 +13,15 @@ export const HEALTH_PORT = 15021;
 
 /** SO_MARK carried by every socket the agent opens inside a pod; capture rules skip it. */
 export const AGENT_MARK = 0x539;
+/**
+ * SO_MARK of the agent's connections to an app that leave from the caller's address (IP_TRANSPARENT); capture skips
+ * them too, and the pod's rules remember them on their conntrack entry (capture/rules.ts).
+ */
+export const TRANSPARENT_MARK = 0x53a;
+/** Packet mark of the app's replies on such a connection: policy routing hands them to the agent's socket. */
+export const TRANSPARENT_REPLY_MARK = 0x53b;
+/** Routing table (and rule priority) in each pod netns that delivers TRANSPARENT_REPLY_MARK packets locally. */
+export const TRANSPARENT_ROUTE_TABLE = 15053;
 
 /** Pod or Namespace annotation that opts into the mesh (`enabled`) or, on a Pod, out (`disabled`). */
 export const MESH_ANNOTATION = 'trellis.dev/mesh';

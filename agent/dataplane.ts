@@ -1,11 +1,11 @@
 // The data plane of one thread: the listeners it opens in each enrolled pod's netns (PodProxy), the outbound and
 // inbound paths (L4 and L7), the HBONE pool and the connector they share. The main thread runs one (app.ts) and so
 // does each worker thread (workers/worker.ts); the kernel spreads connections among their listeners (SO_REUSEPORT).
-import type net from 'node:net';
+import net from 'node:net';
 import type { Logger } from 'pino';
 import type { Clock } from './clock.js';
 import type { AgentConfig } from './config.js';
-import { AGENT_MARK } from './constants.js';
+import { AGENT_MARK, TRANSPARENT_MARK } from './constants.js';
 import { TrellisError } from './errors.js';
 import type { CertSource } from './identity/certs.js';
 import { whenConnected } from './io/splice.js';
@@ -58,7 +58,14 @@ export class DataPlane {
       // noDelay: HTTP/2 frames and HTTP heads go out at once (Nagle plus delayed ACKs costs up to 40 ms).
       return connectInNetns(pod.netnsPath, { host, port, mark: AGENT_MARK, timeoutMs: config.connectTimeoutMs }).setNoDelay(true);
     };
-    this.dial = dial;
+    // To an app: from the caller's address when it is kept (TRANSPARENT_MARK: the pod's rules route the replies back).
+    const dialApp = (pod: Workload, host: string, port: number, caller?: string): net.Socket => {
+      const source = config.preserveSourceIp ? transparentSource(caller, host) : undefined;
+      if (source === undefined) return dial(pod, host, port);
+      if (!pod.netnsPath) throw new TrellisError('ENOTREADY', `pod ${pod.key} has no network namespace yet (it is being enrolled)`);
+      return connectInNetns(pod.netnsPath, { host, port, mark: TRANSPARENT_MARK, timeoutMs: config.connectTimeoutMs, transparentSource: source }).setNoDelay(true);
+    };
+    this.dialApp = dialApp;
     this.pool = new HbonePool({
       certs: inputs.certs,
       dial,
@@ -98,7 +105,7 @@ export class DataPlane {
           logger: logger.child({ component: 'inbound-http' }),
           accessLog,
           clock,
-          dialApp: (pod, port) => whenConnected(dial(pod, pod.ip ?? '127.0.0.1', port)),
+          dialApp: (pod, port, caller) => whenConnected(dialApp(pod, pod.ip ?? '127.0.0.1', port, caller)),
           policies: () => state().policies,
           track: (check, cut) => this.recheck.track(check, cut),
         })
@@ -115,7 +122,7 @@ export class DataPlane {
     });
   }
 
-  private readonly dial: (pod: Workload, host: string, port: number) => net.Socket;
+  private readonly dialApp: (pod: Workload, host: string, port: number, caller?: string) => net.Socket;
 
   /** Opens this thread's listeners in the pod's netns. */
   openListeners(pod: Workload): Promise<PodProxy> {
@@ -128,7 +135,7 @@ export class DataPlane {
       certs,
       outbound: this.outbound,
       state,
-      dialApp: this.dial,
+      dialApp: this.dialApp,
       metrics,
       logger: logger.child({ component: 'inbound' }),
       accessLog,
@@ -161,4 +168,16 @@ export class DataPlane {
     this.inboundHttp?.close();
     this.pool.close();
   }
+}
+
+/**
+ * The address a connection to `app` may leave from to keep the caller's: the caller's own, in the app's family (an
+ * IPv4 caller mapped into IPv6 is unmapped); none when there is no caller, when the families differ, or when the
+ * caller is the app's own address (nothing to keep).
+ */
+export function transparentSource(caller: string | undefined, app: string): string | undefined {
+  if (caller === undefined) return undefined;
+  const ip = caller.startsWith('::ffff:') && net.isIPv4(caller.slice(7)) ? caller.slice(7) : caller;
+  if (ip === app || net.isIP(ip) === 0 || net.isIP(ip) !== net.isIP(app)) return undefined;
+  return ip;
 }

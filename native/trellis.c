@@ -185,19 +185,28 @@ static int set_int_option(int fd, int level, int name, int value) {
   return setsockopt(fd, level, name, &value, sizeof value);
 }
 
-// socketInNetns(nsPath, family, mark) -> fd
+// socketInNetns(nsPath, family, mark, transparent) -> fd
+// transparent: IP_TRANSPARENT / IPV6_TRANSPARENT, so the socket may be bound to an address the netns does not own
+// (the caller's, for a connection to the app that keeps the caller's source address).
 static napi_value js_socket_in_netns(napi_env env, napi_callback_info info) {
-  NAPI_ARGV(env, info, 3, "socketInNetns");
+  NAPI_ARGV(env, info, 4, "socketInNetns");
   char ns_path[PATH_MAX];
   int domain;
   uint32_t mark;
+  bool transparent;
   if (!arg_string(env, argv[0], "nsPath", ns_path, sizeof ns_path)) return NULL;
   if (!arg_family(env, argv[1], &domain)) return NULL;
   if (!arg_uint32(env, argv[2], "mark", &mark)) return NULL;
+  NAPI_CALL(env, napi_get_value_bool(env, argv[3], &transparent));
 
   failure f;
   int fd = socket_in_netns(ns_path, domain, mark, &f);
   if (fd < 0) return throw_failure(env, &f);
+  if (transparent && set_int_option(fd, domain == AF_INET ? SOL_IP : SOL_IPV6, domain == AF_INET ? IP_TRANSPARENT : IPV6_TRANSPARENT, 1) != 0) {
+    fail(&f, domain == AF_INET ? "setsockopt(IP_TRANSPARENT)" : "setsockopt(IPV6_TRANSPARENT)", ns_path);
+    close(fd);
+    return throw_failure(env, &f);
+  }
   napi_value result;
   NAPI_CALL(env, napi_create_int32(env, fd, &result));
   return result;

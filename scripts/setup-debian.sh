@@ -18,17 +18,27 @@ pkgs=(
   time          # /usr/bin/time -v: scripts/build-k8s.mjs reports each step's peak memory with it
   sslscan       # test/e2e/tls-scan.test.ts: the HBONE listener checked from outside with a real TLS scanner
   prometheus    # the lab's Prometheus (`trellis lab up --prometheus`, the demo) and promtool (rules and /metrics checked)
+  nginx-light redis-server redis-tools # test/e2e/source-ip.test.ts: real apps behind the mesh see the caller's address
 )
 # Go 1.26+ (with the Go module proxy) is a property of the machine, not a package here: scripts/build-k8s.mjs builds
 # the control plane of the cluster-mode tests with it and says so when it is missing.
 command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm) # any npm: Node 24 itself comes from the `node` devDependency
 had_prometheus=$(dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -c 'ok installed' || true)
+had_nginx=$(dpkg-query -W -f='${Status}' nginx-light 2>/dev/null | grep -c 'ok installed' || true)
+had_redis=$(dpkg-query -W -f='${Status}' redis-server 2>/dev/null | grep -c 'ok installed' || true)
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 # Debian's package starts a Prometheus of its own on :9090 of the host where systemd runs. Nothing of Trellis uses it
 # (the lab starts one in its own netns): when this script installed the package, that service is stopped and disabled.
 if [ "$had_prometheus" = 0 ] && [ -d /run/systemd/system ]; then
   systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi
+# The same for nginx and redis, which the tests start inside lab pods only.
+if [ "$had_nginx" = 0 ] && [ -d /run/systemd/system ]; then
+  systemctl disable --now nginx.service >/dev/null 2>&1 || true
+fi
+if [ "$had_redis" = 0 ] && [ -d /run/systemd/system ]; then
+  systemctl disable --now redis-server.service >/dev/null 2>&1 || true
 fi
 # Container defaults that keep the host's own network namespace untouched and work on this kind of host. Debian's
 # podman ships a CNI bridge config: a container or a buildah RUN on the default network would add a bridge,

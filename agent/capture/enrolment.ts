@@ -25,6 +25,11 @@ export interface EnrolmentInputs {
   /** Applies an nft ruleset inside a netns. */
   applyRules: (netnsPath: string, ruleset: string) => Promise<unknown>;
   /**
+   * Policy routing for connections to the app that keep the caller's address (capture/routing.ts): installed with
+   * the rules when given, always removed with them.
+   */
+  sourceRouting?: { add(netnsPath: string, ipv6: boolean): Promise<void>; remove(netnsPath: string): Promise<void> };
+  /**
    * Cluster mode: the netns of a running pod that has an IP but no netns path (pods that were running before the
    * agent, and pods whose annotation flips later). Without it such pods wait for a netns path.
    */
@@ -137,6 +142,7 @@ export class Enrolment {
     return this.run(async () => {
       const entry = this.enrolled.get(key);
       if (!entry || entry.pod.netnsPath !== netnsPath) return false;
+      await this.inputs.sourceRouting?.add(netnsPath, isIPv6(entry.pod.ip));
       await this.inputs.applyRules(netnsPath, captureRuleset({ probeSources: this.inputs.probeSources }));
       return true;
     });
@@ -299,6 +305,7 @@ export class Enrolment {
       this.inputs.tuneNetns?.(pod.netnsPath!);
       // Listeners first, then rules: a redirect must never point at a port nobody listens on.
       listeners = await this.inputs.openListeners(pod);
+      await this.inputs.sourceRouting?.add(pod.netnsPath!, isIPv6(pod.ip));
       await this.inputs.applyRules(pod.netnsPath!, captureRuleset({ probeSources: this.inputs.probeSources }));
       this.enrolled.set(pod.key, { pod, listeners });
       this.failures.delete(pod.key);
@@ -316,12 +323,17 @@ export class Enrolment {
     try {
       // Rules first: from here the pod talks directly again; then stop accepting on our listeners.
       await this.inputs.applyRules(pod.netnsPath!, removalRuleset());
+      await this.inputs.sourceRouting?.remove(pod.netnsPath!);
     } catch (err) {
       this.inputs.logger.warn({ pod: pod.key, err: (err as Error).message }, 'removing capture rules failed (netns gone?)');
     }
     entry.listeners.close();
     this.inputs.logger.info({ pod: pod.key }, 'pod unenrolled');
   }
+}
+
+function isIPv6(ip: string | undefined): boolean {
+  return ip !== undefined && ip.includes(':');
 }
 
 function withSandbox(w: Workload, ip: string, netnsPath: string): Workload {

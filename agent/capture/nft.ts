@@ -6,7 +6,11 @@ export interface NftResult {
   stdout: string;
 }
 
-export function runInNetns(netnsPath: string, argv: string[], input?: string, timeoutMs = 10_000): Promise<NftResult> {
+/**
+ * Runs argv inside the netns. `tolerated`: a failing exit still counts as success when every line it printed on
+ * stderr matches (an `ip -batch` whose only failures are "already there" or "already gone").
+ */
+export function runInNetns(netnsPath: string, argv: string[], input?: string, timeoutMs = 10_000, tolerated?: RegExp): Promise<NftResult> {
   return new Promise((resolve, reject) => {
     const child = spawn('nsenter', [`--net=${netnsPath}`, '--', ...argv], { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
     // A child that exits before reading its input makes the write fail with EPIPE; its exit code already says
@@ -25,6 +29,7 @@ export function runInNetns(netnsPath: string, argv: string[], input?: string, ti
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       if (code === 0) return resolve({ stdout });
+      if (tolerated && !signal && stderr.split('\n').every((l) => l.trim() === '' || tolerated.test(l))) return resolve({ stdout });
       const why = signal ? `killed by ${signal}` : `exit ${code}`;
       reject(new TrellisError('ECAPTURE', `${argv.join(' ')} in ${netnsPath} failed (${why}): ${stderr.trim()}`));
     });

@@ -1,6 +1,6 @@
 // Capture rules for one pod, installed inside its netns: outbound TCP -> 15001, inbound TCP -> 15006 (15008 untouched).
 // One nftables table of our own, replaced atomically, so enrol/unenrol add and remove exactly what is ours.
-import { AGENT_MARK, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../constants.js';
+import { AGENT_MARK, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, TRANSPARENT_MARK, TRANSPARENT_REPLY_MARK } from '../constants.js';
 
 export const CAPTURE_TABLE = 'trellis';
 
@@ -15,7 +15,7 @@ export interface CaptureSpec {
  * does not exist yet, so the same text enrols a new pod and repairs an enrolled one.
  */
 export function captureRuleset(spec: CaptureSpec): string {
-  const mark = `0x${(spec.mark ?? AGENT_MARK).toString(16)}`;
+  const mark = hex(spec.mark ?? AGENT_MARK);
   const probes = spec.probeSources.filter((ip) => ip.includes('.'));
   const probes6 = spec.probeSources.filter((ip) => ip.includes(':'));
   return [
@@ -27,6 +27,7 @@ export function captureRuleset(spec: CaptureSpec): string {
     '    type nat hook output priority -110; policy accept;',
     '    oifname "lo" return',
     `    meta mark ${mark} return`,
+    `    meta mark ${hex(TRANSPARENT_MARK)} return`,
     '    ip daddr 127.0.0.0/8 return',
     '    ip6 daddr ::1 return',
     `    meta l4proto tcp redirect to :${OUTBOUND_PORT}`,
@@ -40,9 +41,21 @@ export function captureRuleset(spec: CaptureSpec): string {
     `    tcp dport ${HBONE_PORT} return`,
     `    meta l4proto tcp redirect to :${INBOUND_PLAINTEXT_PORT}`,
     '  }',
+    // The caller's address kept (the agent's connection to the app leaves from it, IP_TRANSPARENT): the connection is
+    // remembered on its conntrack entry, and the app's replies on it, addressed to the caller, get a mark that policy
+    // routing (capture/routing.ts) delivers to the agent's socket in this netns instead of sending them out.
+    '  chain route_output {',
+    '    type route hook output priority mangle; policy accept;',
+    `    meta mark ${hex(TRANSPARENT_MARK)} ct mark set ${hex(TRANSPARENT_MARK)} return`,
+    `    ct mark ${hex(TRANSPARENT_MARK)} meta mark set ${hex(TRANSPARENT_REPLY_MARK)}`,
+    '  }',
     '}',
     '',
   ].join('\n');
+}
+
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
 }
 
 export function removalRuleset(): string {

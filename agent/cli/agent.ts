@@ -76,6 +76,7 @@ export function registerAgentCommand(program: Command): void {
     .option('--cni-optin-file <path>', 'with --cni-socket: the opt-in file trellis-cni reads while the agent is down (default /var/run/trellis/cni/optin)')
     .option('--cni-wait-for-pod <duration>', 'with --cni-socket: how long a CNI ADD waits for the pod to reach the agent (default 5s)')
     .option('--hbone-max-streams-per-session <n>', 'connections an HBONE session carries before the next gets a new session and TLS handshake (0: no limit; 1: a handshake per connection)', '0')
+    .option('--preserve-source-ip <on|off>', "connections to apps leave from the caller's address, so apps see who calls (IP_TRANSPARENT and policy routing in each pod's netns); off: from the pod's own address", 'on')
     .option('--tls-groups <list>', "TLS key exchange groups of HBONE connections, in order of preference, e.g. X25519 or X25519MLKEM768,X25519 (default: Node's)")
     .option('--drift-interval <duration>', "how often enrolled pods' capture rules and listeners are checked and repaired (0: never)", '30s')
     .option('--l7 <on|off>', 'parse HTTP/1.1, HTTP/2 and gRPC (outbound: routes, retries, per-request metrics; inbound: per-request authorization and metrics); off: everything is opaque TCP both ways, and policy rules with HTTP fields fail safe', 'on')

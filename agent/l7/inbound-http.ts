@@ -48,7 +48,8 @@ export interface InboundHttpInputs {
   accessLog: AccessLog;
   clock: Clock;
   /** Connects to the app port inside the pod's netns. */
-  dialApp: (pod: Workload, port: number) => Promise<Duplex>;
+  /** A connection to the app's port, from `caller`'s address when callers' addresses are kept. */
+  dialApp: (pod: Workload, port: number, caller?: string) => Promise<Duplex>;
   /** The policy set in force now: a policy change applies to the next request of an open connection. */
   policies: () => PolicySet;
   /**
@@ -64,7 +65,7 @@ export class InboundHttp {
   private readonly upstreams: Upstreams;
 
   constructor(private readonly inputs: InboundHttpInputs) {
-    this.upstreams = new Upstreams({ open: (pod, ep) => inputs.dialApp(pod, ep.port), maxHeaderBytes: inputs.limits.maxHeaderBytes });
+    this.upstreams = new Upstreams({ open: (pod, ep) => inputs.dialApp(pod, ep.port, ep.caller), maxHeaderBytes: inputs.limits.maxHeaderBytes });
     const onRejected = (call: InboundCall, status: number, reason: string, requestId?: string) => {
       rejectedLine(
         inputs.accessLog,
@@ -155,7 +156,7 @@ export class InboundHttp {
       try {
         const path = req.query ? `${req.path}?${req.query}` : req.path;
         const upstreamReq = { method: req.method, path, authority: req.authority, headers: req.headers, body: req.body };
-        up = await this.upstreams.send(appProtocol(call, req), call.pod, { ip: call.pod.ip ?? '127.0.0.1', port: call.port }, upstreamReq);
+        up = await this.upstreams.send(appProtocol(call, req), call.pod, { ip: call.pod.ip ?? '127.0.0.1', port: call.port, caller: call.peer.ip }, upstreamReq);
       } catch (err) {
         rec.error = `app: ${(err as Error).message}`;
         const refused = err instanceof UpstreamError && err.kind === 'connect';
@@ -190,7 +191,7 @@ export class InboundHttp {
       }
       let app: Duplex;
       try {
-        app = await this.inputs.dialApp(call.pod, call.port);
+        app = await this.inputs.dialApp(call.pod, call.port, call.peer.ip);
       } catch (err) {
         rec.status = 503;
         rec.error = `app: ${(err as Error).message}`;

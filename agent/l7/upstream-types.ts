@@ -10,6 +10,11 @@ export interface UpstreamEndpoint {
   readonly workload?: Workload | undefined;
   /** The backend Service it was picked from (its host): the tunnel tells the destination agent. */
   readonly service?: string | undefined;
+  /**
+   * Inbound: the caller's address, which the connection to the app leaves from when the agent keeps it; connections
+   * are pooled per caller, so an app never sees one caller's request arrive from another's address.
+   */
+  readonly caller?: string | undefined;
 }
 
 export interface UpstreamRequest {

@@ -22,7 +22,7 @@ export class NativeError extends TrellisError<string> {
 }
 
 interface Binding {
-  socketInNetns(nsPath: string, family: Family, mark: number): number;
+  socketInNetns(nsPath: string, family: Family, mark: number, transparent: boolean): number;
   listenInNetns(
     nsPath: string,
     family: Family,
@@ -137,11 +137,11 @@ function hostPort(host: string, port: number): string {
 }
 
 /** An unconnected, non-blocking TCP socket created inside the netns; the caller owns the fd. */
-export function tcpSocketInNetns(netnsPath: string, family: Family = 4, mark = 0): number {
+export function tcpSocketInNetns(netnsPath: string, family: Family = 4, mark = 0, transparent = false): number {
   checkNetns(netnsPath);
   if (family !== 4 && family !== 6) throw invalid(`family must be 4 or 6, got ${String(family)}`);
   checkMark(mark);
-  return call(`socket in ${netnsPath}`, (b) => b.socketInNetns(netnsPath, family, mark));
+  return call(`socket in ${netnsPath}`, (b) => b.socketInNetns(netnsPath, family, mark, transparent));
 }
 
 /** A listening TCP socket bound inside the netns; the caller owns the fd. */
@@ -248,11 +248,12 @@ export function listenInNetns(
  * with SO_MARK set. Behaves like net.connect: emits 'connect' or 'error' (ECONNREFUSED etc.). The socket is
  * half-open (allowHalfOpen): a FIN from the peer does not end our side, so the mesh can pass half-close on. Creation
  * errors (bad netns, a host name) are emitted as 'error' on next tick, not thrown. `timeoutMs` bounds the
- * connect only ('error' with code ETIMEDOUT).
+ * connect only ('error' with code ETIMEDOUT). `transparentSource`: the connection leaves from that address (IP_TRANSPARENT;
+ * replies reach the socket only where routing returns them to it, see capture/rules.ts).
  */
 export function connectInNetns(
   netnsPath: string,
-  opts: { host: string; port: number; mark?: number; family?: Family; timeoutMs?: number },
+  opts: { host: string; port: number; mark?: number; family?: Family; timeoutMs?: number; transparentSource?: string },
 ): net.Socket {
   let fd = -1;
   let socket: net.Socket;
@@ -262,7 +263,8 @@ export function connectInNetns(
     if (opts.timeoutMs !== undefined && !(opts.timeoutMs > 0)) {
       throw invalid(`timeoutMs must be positive, got ${opts.timeoutMs}`);
     }
-    fd = tcpSocketInNetns(netnsPath, family, opts.mark ?? 0);
+    if (opts.transparentSource !== undefined) familyOf(opts.transparentSource, family);
+    fd = tcpSocketInNetns(netnsPath, family, opts.mark ?? 0, opts.transparentSource !== undefined);
     // Half-open: a mesh passes FIN along in each direction on its own.
     socket = new net.Socket({ fd, allowHalfOpen: true });
   } catch (err) {
@@ -274,7 +276,8 @@ export function connectInNetns(
 
   // Node keeps the handle it wrapped around our fd, so libuv runs a non-blocking connect() on it.
   try {
-    socket.connect({ host: opts.host, port: opts.port });
+    // A transparent source: bound to an address the netns does not own (IP_TRANSPARENT), a port of the kernel's choosing.
+    socket.connect({ host: opts.host, port: opts.port, ...(opts.transparentSource !== undefined && { localAddress: opts.transparentSource }) });
   } catch (err) {
     process.nextTick(() => socket.destroy(err as Error));
     return socket;

@@ -159,7 +159,7 @@ export class HboneInbound {
     if (!authz.verdict.decision.allowed) return refuse(403, authz.verdict.decision.reason);
     let app: net.Socket;
     try {
-      app = await whenConnected(this.inputs.dialApp(pod, target.ip, target.port));
+      app = await whenConnected(this.inputs.dialApp(pod, target.ip, target.port, remoteIp));
     } catch (err) {
       return refuse(503, wrapError(`connect to app ${formatAuthority(target.ip, target.port)}`, err).message);
     }

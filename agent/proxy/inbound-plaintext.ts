@@ -80,7 +80,7 @@ export class PlaintextInbound {
     if (!authz.verdict.decision.allowed) return this.refuse(down, 'policy', authz.verdict.decision.reason);
     let app: net.Socket;
     try {
-      app = await whenConnected(this.inputs.dialApp(pod, dst.address, dst.port));
+      app = await whenConnected(this.inputs.dialApp(pod, dst.address, dst.port, down.remoteAddress));
     } catch (err) {
       return this.refuse(down, 'app_unreachable', wrapError(`connect to app ${formatAuthority(dst.address, dst.port)}`, err).message);
     }

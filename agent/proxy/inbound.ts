@@ -16,8 +16,11 @@ import type { PolicyRecheck } from './recheck.js';
 import type { SourceLimit } from './source-limit.js';
 import type { AccessLog } from '../telemetry/audit.js';
 
-/** Connects to the app inside the pod's netns (with the agent's mark, so capture skips it). */
-export type AppDialer = (pod: Workload, ip: string, port: number) => net.Socket;
+/**
+ * Connects to the app inside the pod's netns (with the agent's mark, so capture skips it), from `caller`'s address
+ * when the agent keeps callers' addresses (--preserve-source-ip).
+ */
+export type AppDialer = (pod: Workload, ip: string, port: number, caller?: string) => net.Socket;
 
 export interface InboundInputs {
   pod: Workload;

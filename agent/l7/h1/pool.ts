@@ -37,7 +37,7 @@ export class H1Pool implements ClientOwner {
 
   async send(src: Workload, ep: UpstreamEndpoint, req: UpstreamRequest): Promise<UpstreamResponse> {
     if (this.closed) throw new UpstreamError('connect', 'the agent is stopping');
-    const key = `${src.key}|${ep.ip}:${ep.port}|${ep.service ?? ''}`;
+    const key = `${src.key}|${ep.ip}:${ep.port}|${ep.service ?? ''}|${ep.caller ?? ''}`;
     let client = this.take(key);
     if (!client) {
       let transport: Duplex;

@@ -98,7 +98,7 @@ export class H2Sessions {
 
   private session(src: Workload, ep: UpstreamEndpoint): Promise<http2.ClientHttp2Session> {
     if (this.closed) return Promise.reject(new UpstreamError('connect', 'the agent is stopping'));
-    const key = `${src.key}|${ep.ip}:${ep.port}|${ep.service ?? ''}`;
+    const key = `${src.key}|${ep.ip}:${ep.port}|${ep.service ?? ''}|${ep.caller ?? ''}`;
     let s = this.sessions.get(key);
     if (!s) {
       s = this.connect(src, ep);
