@@ -1,4 +1,6 @@
-// Copies the non-TypeScript files the agent loads at run time (the identity .proto) next to the compiled code.
-import { cpSync } from 'node:fs';
+// Copies the non-TypeScript files loaded at run time next to the compiled code: the identity .proto, and the
+// dashboard's page when the checkout has the viewer (the image's build has agent/ only).
+import { cpSync, existsSync } from 'node:fs';
 
 for (const file of ['agent/identity/identity.proto']) cpSync(file, `dist/${file}`);
+if (existsSync('viz/dashboard/page')) cpSync('viz/dashboard/page', 'dist/viz/dashboard/page', { recursive: true });

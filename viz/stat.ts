@@ -74,7 +74,7 @@ export async function stat(req: StatRequest, ctx: QueryContext): Promise<StatRow
   const names = Object.keys(queries) as (keyof typeof queries)[];
   const answers = await Promise.all(names.map((n) => ctx.query(queries[n])));
   const results = Object.fromEntries(names.map((n, i) => [n, answers[i]!])) as Record<keyof typeof queries, readonly VectorSample[]>;
-  return assemble(req, results);
+  return assembleStat(req, results);
 }
 
 /** Row labels and matchers of a request (the view: destinations, or with --to the callers). */
@@ -123,7 +123,8 @@ interface Acc {
   quantiles: Partial<Record<'p50' | 'p95' | 'p99', number>>;
 }
 
-function assemble(req: StatRequest, r: Record<'requests' | 'p50' | 'p95' | 'p99' | 'opened' | 'received' | 'sent' | 'open', readonly VectorSample[]>): StatRow[] {
+/** Rows from the answers of statQueries (also per step of a range query: the dashboard's sparklines). */
+export function assembleStat(req: StatRequest, r: Record<'requests' | 'p50' | 'p95' | 'p99' | 'opened' | 'received' | 'sent' | 'open', readonly VectorSample[]>): StatRow[] {
   const { side } = plan(req);
   // Row key -> reporter -> what that reporter saw.
   const rows = new Map<string, Map<string, Acc>>();

@@ -41,7 +41,7 @@ export function withCommonFlags(cmd: Command, opts: { allNamespaces: boolean }):
     .option('--lab <name>', 'read the Prometheus of this lab (default: the only lab running one)');
 }
 
-function windowArg(text: string): string {
+export function windowArg(text: string): string {
   const w = parseWindow(text);
   if (!w) throw new InvalidArgumentError('write a number and a unit: 30s, 1m, 5m, 1h');
   return w;
@@ -54,7 +54,14 @@ function outputArg(text: string): string {
 
 /** Finds Prometheus, checks it answers, and settles where the rates come from (recording rules or raw). */
 export async function openSession(flags: CommonFlags, stateRoot?: string): Promise<Session> {
-  const located = locate({ prometheus: flags.prometheus, lab: flags.lab }, stateRoot);
+  return sessionOn(locate({ prometheus: flags.prometheus, lab: flags.lab }, stateRoot), flags);
+}
+
+/**
+ * A session on a Prometheus already found, evaluated now: what a command that refreshes (`top`, the dashboard)
+ * opens for every picture, so each is one consistent moment and a rule loaded meanwhile is used from then on.
+ */
+export async function sessionOn(located: Located, flags: Pick<CommonFlags, 'window' | 'output' | 'namespace' | 'allNamespaces'>): Promise<Session> {
   const client = new PromClient(located.transport);
   const loaded = await client.recordingRules();
   const source: Source = { window: flags.window, rules: ALL_RULES.every((r) => loaded.has(r)) };

@@ -11,7 +11,21 @@ export interface VectorSample {
   readonly value: number;
 }
 
+/** One series of a range query: its values at the evaluation times Prometheus had data for (Unix seconds). */
+export interface MatrixSeries {
+  readonly labels: Readonly<Record<string, string>>;
+  readonly points: readonly (readonly [at: number, value: number])[];
+}
+
+/** Evaluation times of a range query: from `start` to `end` every `step` seconds (Unix seconds). */
+export interface Range {
+  readonly start: number;
+  readonly end: number;
+  readonly step: number;
+}
+
 const Sample = z.object({ metric: z.record(z.string(), z.string()), value: z.tuple([z.number(), z.string()]) });
+const Series = z.object({ metric: z.record(z.string(), z.string()), values: z.array(z.tuple([z.number(), z.string()])) });
 const QueryAnswer = z.discriminatedUnion('status', [
   z.object({
     status: z.literal('success'),
@@ -47,6 +61,17 @@ export class PromClient {
       throw new VizError('EPROMETHEUS', `Prometheus at ${this.where} answered the query ${expr} with a ${body.data.resultType}, not a vector`);
     }
     return z.array(Sample).parse(body.data.result).map((s) => ({ labels: s.metric, value: parseValue(s.value[1]) }));
+  }
+
+  /** A range query (/api/v1/query_range): the sparklines and split charts of the dashboard. */
+  async queryRange(expr: string, range: Range): Promise<MatrixSeries[]> {
+    const params = new URLSearchParams({ query: expr, start: range.start.toFixed(3), end: range.end.toFixed(3), step: String(range.step) });
+    const body = await this.getJson(`/api/v1/query_range?${params}`, QueryAnswer, `query ${expr}`);
+    if (body.status === 'error') throw new VizError('EPROMETHEUS', `Prometheus at ${this.where} refused the range query ${expr}: ${body.errorType}: ${body.error}`);
+    if (body.data.resultType !== 'matrix') {
+      throw new VizError('EPROMETHEUS', `Prometheus at ${this.where} answered the range query ${expr} with a ${body.data.resultType}, not a matrix`);
+    }
+    return z.array(Series).parse(body.data.result).map((s) => ({ labels: s.metric, points: s.values.map(([t, v]) => [t, parseValue(v)] as const) }));
   }
 
   /** Names of the healthy recording rules the server has loaded. */
