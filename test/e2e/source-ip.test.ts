@@ -150,7 +150,7 @@ describe('apps see the caller’s address (two-node lab, nginx and redis)', () =
       const once = await lab.exec(pod, ['trellis', 'tool', 'http-client', '--url', `http://${vip}/${tag}`, '--count', '1']);
       expect(once.code, once.stderr).toBe(0);
     }
-    await until('nginx to log 8 requests', () => nginxPeers('meshed').length + nginxPeers('plaintext').length >= 8, 10_000);
+    await until('nginx to log 8 requests', async () => nginxPeers('meshed').length + nginxPeers('plaintext').length >= 8, 10_000);
     expect(nginxPeers('meshed')).toEqual(Array(4).fill(lab.pod('shop/web').ip));
     expect(nginxPeers('plaintext')).toEqual(Array(4).fill(lab.pod('plain/outsider').ip));
   });
