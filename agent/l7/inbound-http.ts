@@ -121,6 +121,7 @@ export class InboundHttp {
       { workload: call.peer.workload, principal: call.peer.principal, ip: call.peer.ip, port: call.peer.port },
       { workload: call.pod, principal: call.pod.identity, ip: call.pod.ip, port: call.port },
       call.security,
+      call,
     );
     rec.destinationService = call.service?.host;
     return rec;

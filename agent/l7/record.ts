@@ -20,6 +20,28 @@ export interface RecordPeer {
   port?: number | undefined;
 }
 
+/** The labels that chose a connection's last series, and that series: the next request with the same labels reuses it. */
+interface SeriesMemo {
+  srcWorkload: Workload | undefined;
+  srcPrincipal: string | undefined;
+  dstWorkload: Workload | undefined;
+  dstPrincipal: string | undefined;
+  service: string | undefined;
+  security: string;
+  grpc: boolean;
+  status: number;
+  grpcStatus: string;
+  route: CompiledRule | undefined;
+  series: RequestSeries;
+}
+
+/**
+ * Per connection (keyed by the object that stands for it): requests on one keep-alive connection nearly always
+ * land in the series of the one before, found by a dozen identity checks instead of a ~150-character key built,
+ * flattened and hashed per request (~2% of an agent's CPU at L7).
+ */
+const memos = new WeakMap<object, SeriesMemo>();
+
 export class RequestRecord {
   status = 0;
   grpcStatus = '';
@@ -44,6 +66,8 @@ export class RequestRecord {
     private readonly src: RecordPeer,
     dst: RecordPeer,
     private security: 'mutual_tls' | 'none',
+    /** The connection the request came on (any object that lives as long as it), for the series memo. */
+    private readonly connection?: object,
   ) {
     this.dst = dst;
   }
@@ -120,6 +144,43 @@ export class RequestRecord {
 
   /** The metrics series of this request's labels: one lookup by a key built from them, the labels object only for a new series. */
   private series(): RequestSeries {
+    const { src, dst, route } = this;
+    const memo = this.connection && memos.get(this.connection);
+    if (
+      memo &&
+      memo.status === this.status &&
+      memo.route === route &&
+      memo.dstWorkload === dst.workload &&
+      memo.srcWorkload === src.workload &&
+      memo.srcPrincipal === src.principal &&
+      memo.dstPrincipal === dst.principal &&
+      memo.service === this.destinationService &&
+      memo.security === this.security &&
+      memo.grpc === this.req.grpc &&
+      memo.grpcStatus === this.grpcStatus
+    ) {
+      return memo.series;
+    }
+    const series = this.seriesByKey();
+    if (this.connection) {
+      memos.set(this.connection, {
+        srcWorkload: src.workload,
+        srcPrincipal: src.principal,
+        dstWorkload: dst.workload,
+        dstPrincipal: dst.principal,
+        service: this.destinationService,
+        security: this.security,
+        grpc: this.req.grpc,
+        status: this.status,
+        grpcStatus: this.grpcStatus,
+        route,
+        series,
+      });
+    }
+    return series;
+  }
+
+  private seriesByKey(): RequestSeries {
     const { src, dst, route } = this;
     const routeKey = route?.route ?? '';
     const key =

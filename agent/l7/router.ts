@@ -99,7 +99,7 @@ export class Router {
   }
 
   private call(ctx: CallContext, req: L7Request, res: Responder): Call {
-    const rec = new RequestRecord(req, this.inputs, 'outbound', { workload: ctx.src, principal: ctx.src.identity, ip: ctx.srcIp, port: ctx.srcPort }, {}, 'none');
+    const rec = new RequestRecord(req, this.inputs, 'outbound', { workload: ctx.src, principal: ctx.src.identity, ip: ctx.srcIp, port: ctx.srcPort }, {}, 'none', ctx);
     rec.destinationService = ctx.service.host;
     return { ctx, req, res, rec, state: this.inputs.state(), attempt: NO_ATTEMPT };
   }

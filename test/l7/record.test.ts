@@ -93,3 +93,32 @@ describe('RequestRecord access line', () => {
     });
   }
 });
+
+describe('RequestRecord metrics on one connection', () => {
+  it('each request counts in the series of its own labels, the memo of the connection notwithstanding', async () => {
+    const metrics = new Metrics({ defaultMetrics: false });
+    const audit = createAuditLog({ registry: new Registry(), logger: captureLogger().logger, enabled: false });
+    const connection = {};
+    const client = workload('mesh', 'client');
+    const server = workload('mesh', 'server');
+    const split = { route: 'mesh/split', name: 'canary' } as CompiledRule;
+    // [status, route, endpoint workload]: repeats (the memo's hits) between changes of each label.
+    const sequence: [number, CompiledRule | undefined, Workload][] = [
+      [200, undefined, server], [200, undefined, server], [503, undefined, server], [200, undefined, server],
+      [200, split, server], [200, split, server], [200, split, client], [200, undefined, server],
+    ];
+    for (const [status, route, ep] of sequence) {
+      const rec = new RequestRecord(request(), { metrics, accessLog: audit.access }, 'outbound', { workload: client, principal: client.identity }, {}, 'none', connection);
+      rec.destinationService = 'server.mesh.svc.cluster.local';
+      rec.route = route;
+      rec.setEndpoint({ ip: '10.0.0.9', port: 8080, workload: ep });
+      rec.status = status;
+      rec.finish();
+    }
+    await audit.close();
+    const counted = (await metrics.registry.getSingleMetric('trellis_requests_total')!.get()).values.map(
+      (v) => `${v.labels['response_code']} ${v.labels['route_name'] || '-'} ${v.labels['destination_workload']} ${v.value}`,
+    );
+    expect(counted.sort()).toEqual(['200 - server 4', '200 split client 1', '200 split server 2', '503 - server 1']);
+  });
+});
