@@ -230,18 +230,22 @@ export interface Selection {
 /**
  * The one protocol selection, for both directions: a port declared HTTP is asked which version (HTTP/2 with prior
  * knowledge or HTTP/1.1); another declaration is taken as it is; an undeclared port is sniffed, unless it is an
- * opaque port or sniffing is off. Bytes looked at stay in the socket's buffer.
+ * opaque port or sniffing is off. `port`: several when the connection has more than one (outbound: the Service port
+ * and the pods' target ports, so a Service port 80 in front of MySQL's 3306 is opaque on both sides, as inbound sees
+ * only 3306). Bytes looked at stay in the socket's buffer.
  */
 export async function selectProtocol(
   socket: Readable,
-  port: number,
+  port: number | readonly number[],
   declared: AppProtocol | undefined,
   options: DetectOptions,
   metrics: Pick<Metrics, 'protocolDetectTimeouts' | 'protocolDetections'>,
 ): Promise<Selection> {
   if (declared === 'http1') return { protocol: await httpVersion(socket, options.detectTimeoutMs), sniffed: true };
   if (declared) return { protocol: declared, sniffed: false };
-  if (options.detectTimeoutMs === 0 || options.opaquePorts.has(port)) return { protocol: 'tcp', sniffed: false };
+  if (options.detectTimeoutMs === 0 || (typeof port === 'number' ? options.opaquePorts.has(port) : port.some((p) => options.opaquePorts.has(p)))) {
+    return { protocol: 'tcp', sniffed: false };
+  }
   const found = await sniff(socket, options.detectTimeoutMs);
   if (found.timedOut) metrics.protocolDetectTimeouts.inc();
   metrics.protocolDetections.inc({ protocol: found.protocol });

@@ -83,7 +83,7 @@ export class L7Proxy {
 
   /** Which protocol the connection speaks: the port's declaration, else a bounded sniff. */
   select(socket: net.Socket, port: ServicePortInfo): Promise<Selection> {
-    return selectProtocol(socket, port.port, declaredProtocol(port), this.inputs.options, this.inputs.metrics);
+    return selectProtocol(socket, portsOf(port), declaredProtocol(port), this.inputs.options, this.inputs.metrics);
   }
 
   /** Serves an HTTP connection from `src` to a Service port until the client closes it. */
@@ -113,4 +113,15 @@ export class L7Proxy {
     this.h1.close();
     this.upstreams.close();
   }
+}
+
+/** A Service port and its endpoints' target ports, distinct (computed once per port of a state snapshot). */
+const portLists = new WeakMap<ServicePortInfo, readonly number[]>();
+function portsOf(port: ServicePortInfo): readonly number[] {
+  let list = portLists.get(port);
+  if (!list) {
+    list = [...new Set([port.port, ...port.endpoints.map((e) => e.port)])];
+    portLists.set(port, list);
+  }
+  return list;
 }

@@ -7,7 +7,9 @@ import net from 'node:net';
 import fc from 'fast-check';
 import { fuzz } from '../support/fuzz.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { classify, H2_PREFACE, SNIFF_LIMIT, sniff, type SniffResult } from '../../agent/l7/detect.js';
+import { classify, H2_PREFACE, SNIFF_LIMIT, selectProtocol, sniff, type SniffResult } from '../../agent/l7/detect.js';
+import { PassThrough } from 'node:stream';
+import { Metrics } from '../../agent/telemetry/metrics.js';
 import { Parser } from '../../agent/l7/h1/parser.js';
 
 const line = (method: string, target = '/x', version = 'HTTP/1.1') => `${method} ${target} ${version}\r\n`;
@@ -300,5 +302,21 @@ describe('sniff (loopback sockets)', () => {
     });
     expect(r.result).toEqual({ protocol: 'http1', timedOut: true });
     expect(r.rest).toBe('PROPFIND /x HTTP/1.1\r\n\r\n');
+  });
+});
+
+describe('selectProtocol and --opaque-ports', () => {
+  const options = { detectTimeoutMs: 5_000, opaquePorts: new Set([3306]) };
+  it('an undeclared connection is opaque at once when any of its ports is (a Service port 80 in front of MySQL on 3306)', async () => {
+    const metrics = new Metrics({ defaultMetrics: false });
+    // Nothing is ever written: a sniff would wait out the 5 s timeout and then say it sniffed.
+    expect(await selectProtocol(new PassThrough(), [80, 3306], undefined, options, metrics)).toEqual({ protocol: 'tcp', sniffed: false });
+    expect(await selectProtocol(new PassThrough(), 3306, undefined, options, metrics)).toEqual({ protocol: 'tcp', sniffed: false });
+  });
+
+  it('a port not in the list is sniffed', async () => {
+    const socket = new PassThrough();
+    socket.write('GET / HTTP/1.1\r\n\r\n');
+    expect(await selectProtocol(socket, [80, 8080], undefined, options, new Metrics({ defaultMetrics: false }))).toEqual({ protocol: 'http1', sniffed: true });
   });
 });
