@@ -30,8 +30,6 @@ import type { Workers } from './workers/pool.js';
 
 /** How often memory left by a burst goes back (telemetry/memory.ts). */
 const MEMORY_TRIM_MS = 10_000;
-/** How often the mounted trust bundle is read again (the kubelet refreshes ConfigMap volumes in about a minute). */
-const BUNDLE_CHECK_MS = 10_000;
 
 function readTrustBundle(file: string): string {
   try {
@@ -81,8 +79,11 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
     logger: identityLogger,
   });
 
-  // 2a. Cluster mode: the bundle (a mounted ConfigMap the kubelet updates in place) is followed, so a CA rotation
-  //     (a new root added, later the old one removed) reaches every handshake without a restart.
+  metrics.reportCertificates(() => certs.report());
+
+  // 2a. Cluster mode: the bundle (a mounted ConfigMap the kubelet updates in place, within about a minute) is followed,
+  //     so a CA rotation (a new root added, the signing root switched, the old one removed) reaches every handshake
+  //     without a restart.
   const bundleCheck = config.identityService
     ? setInterval(() => {
         const caFile = config.identityService!.caFile;
@@ -91,7 +92,7 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         } catch (err) {
           identityLogger.warn({ err: (err as Error).message, file: caFile }, 'cannot read the trust bundle; the one in force stays');
         }
-      }, BUNDLE_CHECK_MS)
+      }, config.identityService.caPollMs)
     : undefined;
   bundleCheck?.unref();
 

@@ -17,6 +17,8 @@ export interface AgentConfig {
     readonly tokenFile: string;
     /** Trust bundle (the mounted trellis-ca-root ConfigMap), re-read on every request. */
     readonly caFile: string;
+    /** How often the trust bundle is read again, so a CA rotation reaches every handshake without a restart. */
+    readonly caPollMs: number;
   };
   readonly trustDomain: string;
   readonly probeSources: readonly string[];
@@ -102,6 +104,7 @@ export interface AgentFlags {
   identityService?: string;
   identityTokenFile?: string;
   identityCaFile?: string;
+  identityCaPoll?: string;
   trustDomain?: string;
   probeSource?: string[];
   metricsAddr?: string;
@@ -249,9 +252,11 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
       address: flags.identityService,
       tokenFile: flags.identityTokenFile ?? '/var/run/secrets/trellis/token',
       caFile: flags.identityCaFile ?? '/var/run/trellis/ca-root/root-cert.pem',
+      caPollMs: parseDuration(flags.identityCaPoll ?? '10s', '--identity-ca-poll'),
     });
-  } else if (flags.identityTokenFile || flags.identityCaFile) {
-    throw new TrellisError('ECONFIG', '--identity-token-file and --identity-ca-file go with --identity-service');
+    if (identityService.caPollMs < 100) throw new TrellisError('ECONFIG', `--identity-ca-poll ${flags.identityCaPoll}: at least 100ms`);
+  } else if (flags.identityTokenFile || flags.identityCaFile || flags.identityCaPoll) {
+    throw new TrellisError('ECONFIG', '--identity-token-file, --identity-ca-file and --identity-ca-poll go with --identity-service');
   }
   if (!flags.cniSocket && (flags.cniOptinFile || flags.cniWaitForPod)) {
     throw new TrellisError('ECONFIG', '--cni-optin-file and --cni-wait-for-pod go with --cni-socket');

@@ -62,6 +62,7 @@ export function registerAgentCommand(program: Command): void {
     .option('--identity-service <host:port>', 'get workload certificates from the identity service (cluster mode) instead of the local CA')
     .option('--identity-token-file <path>', 'with --identity-service: projected service-account token, audience trellis-identity (default /var/run/secrets/trellis/token)')
     .option('--identity-ca-file <path>', 'with --identity-service: the mesh root, the mounted trellis-ca-root ConfigMap (default /var/run/trellis/ca-root/root-cert.pem)')
+    .option('--identity-ca-poll <duration>', 'with --identity-service: how often the trust bundle file is read again, so a CA rotation needs no restart (default 10s)')
     .option('--trust-domain <td>', 'SPIFFE trust domain', 'cluster.local')
     .option('--probe-source <ip...>', "addresses the node's health probes come from; never captured")
     .option('--metrics-addr <ip:port>', 'Prometheus /metrics listener', '0.0.0.0:15020')

@@ -12,6 +12,7 @@ import { LocalCa } from '../identity/ca.js';
 import { KubeIdentityCluster } from '../identity-service/cluster.js';
 import { CA_CERT_FILE, CA_KEY_FILE, MAX_CERT_TTL_MS, startIdentityService, type ObjectRef } from '../identity-service/service.js';
 import { parseTrustDomainId } from '../identity/spiffe.js';
+import { registerCaRotationCommands } from './ca.js';
 import { createLogger } from '../telemetry/log.js';
 
 export const IDENTITY_PORT = 15012;
@@ -30,6 +31,7 @@ export interface IdentityFlags {
   audience?: string;
   agentServiceAccount?: string;
   certTtl?: string;
+  caPoll?: string;
   dnsName?: string[];
   kubeconfig?: string;
   logLevel?: string;
@@ -43,6 +45,8 @@ export interface IdentityConfig {
   readonly audience: string;
   readonly agentServiceAccount: string;
   readonly certTtlMs: number;
+  /** How often the CA Secret is read again. */
+  readonly caPollMs: number;
   readonly extraDnsNames: readonly string[];
   /** undefined: in-cluster config. */
   readonly kubeconfig: string | undefined;
@@ -81,6 +85,8 @@ export function identityConfig(flags: IdentityFlags): IdentityConfig {
   if (certTtlMs < 60_000 || certTtlMs > MAX_CERT_TTL_MS) {
     throw new TrellisError('ECONFIG', `--cert-ttl ${flags.certTtl}: must be between 1m and 48h; agents renew at half-life, so short is cheap`);
   }
+  const caPollMs = parseDuration(flags.caPoll ?? '10s', '--ca-poll');
+  if (caPollMs < 100) throw new TrellisError('ECONFIG', `--ca-poll ${flags.caPoll}: at least 100ms`);
   const audience = flags.audience ?? 'trellis-identity';
   if (!audience.trim()) throw new TrellisError('ECONFIG', '--audience must not be empty: it is the audience of the agents\' projected tokens');
   const agentServiceAccount = flags.agentServiceAccount ?? 'system:serviceaccount:trellis-system:trellis-agent';
@@ -102,6 +108,7 @@ export function identityConfig(flags: IdentityFlags): IdentityConfig {
     audience,
     agentServiceAccount,
     certTtlMs,
+    caPollMs,
     extraDnsNames: Object.freeze(extraDnsNames),
     kubeconfig: flags.kubeconfig,
     logLevel: level,
@@ -153,6 +160,7 @@ export function registerIdentityCommands(program: Command): void {
     .option('--audience <aud>', "audience of the agents' projected service-account tokens", 'trellis-identity')
     .option('--agent-service-account <user>', 'the only caller allowed', 'system:serviceaccount:trellis-system:trellis-agent')
     .option('--cert-ttl <duration>', 'longest (and default) certificate lifetime, at most 48h', '24h')
+    .option('--ca-poll <duration>', 'how often the CA Secret is read again (a CA rotation needs no restart)', '10s')
     .option('--dns-name <name...>', 'extra DNS names (or IP addresses) for the serving certificate')
     .option('--kubeconfig <file>', 'kubeconfig to use; in-cluster configuration when omitted')
     .option('--log-level <level>', 'trace|debug|info|warn|error', 'info')
@@ -167,6 +175,7 @@ export function registerIdentityCommands(program: Command): void {
         audience: config.audience,
         agentServiceAccount: config.agentServiceAccount,
         certTtlMs: config.certTtlMs,
+        caPollMs: config.caPollMs,
         extraDnsNames: config.extraDnsNames,
         cluster: new KubeIdentityCluster(kubeConfig(config.kubeconfig)),
         logger,
@@ -179,12 +188,11 @@ export function registerIdentityCommands(program: Command): void {
       process.once('SIGINT', () => shutdown('SIGINT'));
     });
 
-  program
-    .command('ca')
-    .description('the mesh CA')
-    .command('create')
+  const ca = program.command('ca').description('the mesh CA: create one, and rotate it (docs/install.md, "Rotating the CA")');
+  ca.command('create')
     .description('create a root key and certificate (ca.key.pem, ca.cert.pem) for the identity service')
     .option('--trust-domain <td>', 'SPIFFE trust domain', DEFAULT_TRUST_DOMAIN)
     .requiredOption('--out <dir>', 'directory to write into (created, mode 0700)')
     .action((flags: { trustDomain?: string; out: string }) => createCa(flags));
+  registerCaRotationCommands(ca);
 }

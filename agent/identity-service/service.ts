@@ -2,17 +2,15 @@
 // with their projected service-account token; the service checks both and signs a short-lived SVID.
 
 import crypto, { X509Certificate, type KeyObject } from 'node:crypto';
-import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import forge from 'node-forge';
 import type { Logger } from 'pino';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { TrellisError } from '../errors.js';
 import { Authorizer, Refusal, type Caller } from './authorize.js';
-import { forgePublicKey, LocalCa, nativeRsaSigner } from '../identity/ca.js';
+import { forgePublicKey, nativeRsaSigner } from '../identity/ca.js';
+import { caCreateCommands, caDigest as caDigestOf, loadCa, type LoadedCa, type ObjectRef } from './ca-source.js';
 import { generateKey } from '../identity/certs.js';
 import type { IdentityCluster } from './cluster.js';
 import {
@@ -22,18 +20,15 @@ import {
   type CreateCertificateResponse,
 } from '../identity/proto.js';
 
-export interface ObjectRef {
-  namespace: string;
-  name: string;
-}
-
 export interface IdentityServiceInputs {
   /** Where to serve gRPC over TLS; port 0 picks a free one (see IdentityService.port). */
   listen: { host: string; port: number };
-  /** Secret holding ca.key.pem and ca.cert.pem. */
+  /** Secret holding ca.key.pem and ca.cert.pem, and during a rotation trusted-roots.pem. */
   caSecret: ObjectRef;
-  /** ConfigMap the root certificate is published in, under root-cert.pem. */
+  /** ConfigMap the trust bundle is published in, under root-cert.pem. */
   bundleConfigMap: ObjectRef;
+  /** How often the CA Secret is read again (a rotation switches the CA or the bundle without a restart). Default 10 s. */
+  caPollMs?: number;
   trustDomain: string;
   /** Audience agent tokens must carry (default in the CLI: trellis-identity). */
   audience: string;
@@ -51,14 +46,17 @@ export interface IdentityServiceInputs {
 export interface IdentityService {
   /** The port actually bound. */
   readonly port: number;
+  /** The root it signs with now. */
   readonly rootCertPem: string;
+  /** What it publishes: the signing root first, then the other roots of the rotation in progress, if any. */
+  readonly bundlePem: string;
   /** Stops accepting, lets calls in flight finish for up to graceMs, then cuts the rest. */
   stop(graceMs?: number): Promise<void>;
 }
 
-export const CA_KEY_FILE = 'ca.key.pem';
-export const CA_CERT_FILE = 'ca.cert.pem';
+export { CA_CERT_FILE, CA_KEY_FILE, TRUSTED_ROOTS_FILE, caCreateCommands, type ObjectRef } from './ca-source.js';
 export const BUNDLE_KEY = 'root-cert.pem';
+const DEFAULT_CA_POLL_MS = 10_000;
 /** --cert-ttl may not exceed this: a stolen SVID stays useful for at most two days. */
 export const MAX_CERT_TTL_MS = 48 * 3_600_000;
 const MIN_CERT_TTL_MS = 60_000;
@@ -75,53 +73,18 @@ const DEFAULT_GRACE_MS = 5_000;
 const DNS_SAN = 2;
 const IP_SAN = 7;
 
-/** The two commands that create the CA Secret, as the refusal to start prints them. */
-export function caCreateCommands(secret: ObjectRef, trustDomain: string): string {
-  return (
-    `trellis ca create --trust-domain ${trustDomain} --out DIR\n` +
-    `  kubectl -n ${secret.namespace} create secret generic ${secret.name} --from-file=DIR/${CA_KEY_FILE} --from-file=DIR/${CA_CERT_FILE}`
-  );
-}
-
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-/**
- * The root CA from its Secret, checked as LocalCa.load checks files (key matches certificate, CA bit,
- * trust domain). LocalCa loads from a directory, so the pair passes through a private temporary one.
- */
-async function loadCa(inputs: IdentityServiceInputs, clock: Clock): Promise<{ ca: LocalCa; rootKey: KeyObject }> {
+/** The CA Secret's data; refuses to go on without it. */
+async function readCaSecret(inputs: IdentityServiceInputs): Promise<Record<string, string>> {
   const { caSecret, trustDomain, cluster } = inputs;
-  const ref = `${caSecret.namespace}/${caSecret.name}`;
-  const howTo = `create it with:\n  ${caCreateCommands(caSecret, trustDomain)}`;
   const data = await cluster.readSecret(caSecret.namespace, caSecret.name);
-  if (!data) throw new TrellisError('ECANOTFOUND', `the CA Secret ${ref} does not exist; ${howTo}`);
-  const keyPem = data[CA_KEY_FILE];
-  const certPem = data[CA_CERT_FILE];
-  if (!keyPem || !certPem) {
-    const missing = [CA_KEY_FILE, CA_CERT_FILE].filter((k) => !data[k]).join(' and ');
-    throw new TrellisError('ECANOTFOUND', `the CA Secret ${ref} has no ${missing}; ${howTo}`);
+  if (!data) {
+    throw new TrellisError('ECANOTFOUND', `the CA Secret ${caSecret.namespace}/${caSecret.name} does not exist; create it with:\n  ${caCreateCommands(caSecret, trustDomain)}`);
   }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trellis-ca-'));
-  let ca: LocalCa;
-  try {
-    fs.writeFileSync(path.join(dir, CA_KEY_FILE), keyPem, { mode: 0o600 });
-    fs.writeFileSync(path.join(dir, CA_CERT_FILE), certPem, { mode: 0o644 });
-    ca = LocalCa.load(dir, { clock });
-  } catch (err) {
-    const code = err instanceof TrellisError ? (err as TrellisError).code : 'ECABAD';
-    throw new TrellisError(code, `the CA Secret ${ref} is unusable: ${message(err).replaceAll(dir, `Secret ${ref}`)}`, { cause: err });
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-  if (ca.trustDomain !== trustDomain) {
-    throw new TrellisError(
-      'ECATRUSTDOMAIN',
-      `the CA in Secret ${ref} is for trust domain ${ca.trustDomain}, not ${trustDomain}; run with --trust-domain ${ca.trustDomain} or ${howTo}`,
-    );
-  }
-  return { ca, rootKey: crypto.createPrivateKey(keyPem) };
+  return data;
 }
 
 interface ServingPair {
@@ -232,31 +195,39 @@ export async function startIdentityService(inputs: IdentityServiceInputs): Promi
 
   const definition = identityServiceDefinition();
 
-  // 1. The root, from its Secret: without it there is nothing to sign with, so refuse to start.
-  const { ca, rootKey } = await loadCa(inputs, clock);
+  // 1. The CA, from its Secret: without it there is nothing to sign with, so refuse to start.
+  const caRef = `${inputs.caSecret.namespace}/${inputs.caSecret.name}`;
+  let current: LoadedCa = loadCa(await readCaSecret(inputs), inputs.caSecret, inputs.trustDomain, clock);
   const bundle = inputs.bundleConfigMap;
 
-  // 2. Publish the trust bundle, so agents (and anyone verifying SVIDs) can find the root.
-  const published = await inputs.cluster.publishConfigMap(bundle.namespace, bundle.name, { [BUNDLE_KEY]: ca.rootCertPem });
-  logger.info({ configMap: `${bundle.namespace}/${bundle.name}`, key: BUNDLE_KEY, result: published }, 'trust bundle published');
+  // 2. Publish the trust bundle, so agents (and anyone verifying SVIDs) can find the roots.
+  const publish = async () => {
+    const result = await inputs.cluster.publishConfigMap(bundle.namespace, bundle.name, { [BUNDLE_KEY]: current.bundle.pem });
+    if (result !== 'unchanged') {
+      logger.info({ configMap: `${bundle.namespace}/${bundle.name}`, key: BUNDLE_KEY, result, roots: current.bundle.roots.map((r) => r.fingerprint) }, 'trust bundle published');
+    }
+  };
+  await publish();
 
-  // 3. The serving certificate, renewed at half-life for as long as the service runs.
+  // 3. The serving certificate, from the signing root, renewed at half-life and at once when the CA changes.
   const dnsNames = [...new Set([...SERVICE_NAMES, ...(inputs.extraDnsNames ?? []), ...LOOPBACK_NAMES])];
-  const serving = await issueServingCert(rootKey, ca.rootCertPem, dnsNames, clock);
+  const serving = await issueServingCert(current.rootKey, current.ca.rootCertPem, dnsNames, clock);
   const creds = new RotatingServerCredentials(serving);
   let renewal: TimerHandle | undefined;
   let stopped = false;
   const scheduleRenewal = (delayMs: number) => {
+    renewal?.cancel();
     renewal = clock.after(delayMs, () => {
-      issueServingCert(rootKey, ca.rootCertPem, dnsNames, clock).then(
+      const from = current;
+      issueServingCert(from.rootKey, from.ca.rootCertPem, dnsNames, clock).then(
         (pair) => {
-          if (stopped) return;
+          if (stopped || from !== current) return;
           creds.rotate(pair);
           logger.info({ notAfter: new Date(pair.notAfter).toISOString() }, 'serving certificate renewed');
           scheduleRenewal((pair.notAfter - clock.now()) / 2);
         },
         (err: unknown) => {
-          if (stopped) return;
+          if (stopped || from !== current) return;
           logger.error({ err: message(err), retryInMs: SERVING_RETRY_MS }, 'serving certificate renewal failed');
           scheduleRenewal(SERVING_RETRY_MS);
         },
@@ -264,6 +235,45 @@ export async function startIdentityService(inputs: IdentityServiceInputs): Promi
     });
   };
   scheduleRenewal((serving.notAfter - clock.now()) / 2);
+
+  // 3a. The Secret is read again: a rotation adds a root to the bundle (trusted-roots.pem), switches the signing pair,
+  //     then removes the old root, with no restart. An unusable Secret changes nothing and is logged (once per reason);
+  //     the bundle is published again whenever it differs from ours (a replica or a person changed it).
+  let pollTimer: TimerHandle | undefined;
+  const lastProblem = new Map<unknown, string>();
+  const reload = async () => {
+    const data = await readCaSecret(inputs);
+    if (caDigestOf(data) === current.digest) return;
+    const next = loadCa(data, inputs.caSecret, inputs.trustDomain, clock);
+    const before = current;
+    current = next;
+    const signing = next.bundle.roots[0]!.fingerprint;
+    const fields = { secret: caRef, signingRoot: signing, roots: next.bundle.roots.map((r) => r.fingerprint) };
+    if (before.bundle.roots[0]!.fingerprint === signing) {
+      logger.info(fields, 'CA Secret changed: the trust bundle changes, the signing CA stays');
+    } else if (!before.bundle.roots.some((r) => r.fingerprint === signing)) {
+      logger.warn(fields, 'CA Secret changed: signing with a root the published bundle did not hold; agents refuse its certificates until they read the new bundle (add a root to trusted-roots.pem first, then switch)');
+    } else {
+      logger.info(fields, 'CA Secret changed: signing with a new CA; agents renew the certificates of the previous one when they read the bundle');
+    }
+    scheduleRenewal(0);
+  };
+  const poll = async () => {
+    for (const step of [reload, publish]) {
+      try {
+        await step();
+        lastProblem.delete(step);
+      } catch (err) {
+        const problem = message(err);
+        if (problem !== lastProblem.get(step)) {
+          logger.error({ secret: caRef, err: problem }, step === reload ? 'cannot use the CA Secret as it is now; the CA and bundle in force stay' : 'cannot publish the trust bundle; will try again');
+        }
+        lastProblem.set(step, problem);
+      }
+    }
+    if (!stopped) pollTimer = clock.after(inputs.caPollMs ?? DEFAULT_CA_POLL_MS, () => void poll());
+  };
+  pollTimer = clock.after(inputs.caPollMs ?? DEFAULT_CA_POLL_MS, () => void poll());
 
   // 4. The gRPC service.
   const authorizer = new Authorizer({
@@ -280,17 +290,18 @@ export async function startIdentityService(inputs: IdentityServiceInputs): Promi
     const ttlMs = grantedTtlMs(req.ttlSeconds, inputs.certTtlMs);
     if (!req.csrPem.trim()) throw new Refusal('EINVALID', `csr_pem is empty; send a PEM PKCS#10 request whose only URI SAN is ${req.identity}`);
     let certPem: string;
+    const from = current;
     try {
-      certPem = await ca.sign(req.csrPem, { identity: req.identity, ttlMs });
+      certPem = await from.ca.sign(req.csrPem, { identity: req.identity, ttlMs });
     } catch (err) {
       throw signRefusal(err);
     }
     const cert = new X509Certificate(certPem);
     logger.info(
-      { identity: req.identity, caller: who.username, node: who.node, serial: cert.serialNumber, notAfter: cert.validToDate.toISOString() },
+      { identity: req.identity, caller: who.username, node: who.node, serial: cert.serialNumber, notAfter: cert.validToDate.toISOString(), root: from.bundle.roots[0]!.fingerprint },
       'certificate issued',
     );
-    return { certPem, rootCertPem: ca.rootCertPem };
+    return { certPem, rootCertPem: from.bundle.pem };
   };
 
   const server = new grpc.Server({ 'grpc.max_receive_message_length': MAX_MESSAGE_BYTES });
@@ -328,20 +339,27 @@ export async function startIdentityService(inputs: IdentityServiceInputs): Promi
   } catch (err) {
     stopped = true;
     renewal?.cancel();
+    pollTimer?.cancel();
     server.forceShutdown();
     throw err;
   }
   logger.info(
-    { listen: `${host}:${port}`, trustDomain: ca.trustDomain, audience: inputs.audience, agentServiceAccount: inputs.agentServiceAccount, dnsNames },
+    { listen: `${host}:${port}`, trustDomain: current.ca.trustDomain, caSecret: caRef, signingRoot: current.bundle.roots[0]!.fingerprint, audience: inputs.audience, agentServiceAccount: inputs.agentServiceAccount, dnsNames },
     'identity service ready',
   );
 
   return {
     port,
-    rootCertPem: ca.rootCertPem,
+    get rootCertPem() {
+      return current.ca.rootCertPem;
+    },
+    get bundlePem() {
+      return current.bundle.pem;
+    },
     stop(graceMs = DEFAULT_GRACE_MS) {
       stopped = true;
       renewal?.cancel();
+      pollTimer?.cancel();
       return new Promise<void>((resolve) => {
         const force = clock.after(graceMs, () => {
           server.forceShutdown();

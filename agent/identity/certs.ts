@@ -71,7 +71,8 @@ export async function generateKey(): Promise<KeyObject> {
   return privateKey;
 }
 
-function pemCerts(pem: string): string[] {
+/** The PEM certificates in a text, in order (text around them, such as comments, is skipped). */
+export function pemCerts(pem: string): string[] {
   return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
 }
 
@@ -81,9 +82,19 @@ function reason(err: unknown): string {
 
 interface Entry {
   svid?: Svid;
+  /** SHA-256 fingerprint of the bundle root the SVID chains to; undefined when it chains to none. */
+  root?: string;
   inflight?: Promise<Svid>;
   timer?: TimerHandle;
   failures: number;
+}
+
+/** What an agent trusts and holds, by root (SHA-256 fingerprints, as `openssl x509 -fingerprint -sha256` prints them). */
+export interface CertificateReport {
+  /** The bundle's roots, in its order: the first is the one the identity service signs with. */
+  bundle: string[];
+  /** The root each SVID in force chains to ('none' when it chains to none in the bundle). */
+  svids: { identity: string; root: string; notAfter: number }[];
 }
 
 export class WorkloadCerts implements CertSource {
@@ -146,10 +157,13 @@ export class WorkloadCerts implements CertSource {
   }
 
   /**
-   * Takes a new trust bundle (a CA rotation: a new root added beside the old, later the old removed): every SVID
-   * in force is handed to the rotation listeners again with it, so new handshakes both ways trust what it holds,
-   * without an agent restart; open connections keep theirs. Returns false (and changes nothing) when it is the same,
-   * or holds no readable certificate (logged); certificates that no longer chain to it are renewed at once.
+   * Takes a new trust bundle (a CA rotation: a new root added beside the old, the signing root switched, later the
+   * old removed): every SVID in force is handed to the rotation listeners again with it, so new handshakes both ways
+   * trust exactly what it holds, without an agent restart; open connections keep theirs. Certificates that no longer
+   * chain to it are renewed at once, and so are those from another root than its first when the first changes: the
+   * identity service lists the root it signs with first, so a switch of its CA reaches every workload in seconds
+   * instead of at the next half-life. Returns false (and changes nothing) when it is the same, or holds no readable
+   * certificate (logged).
    */
   setTrustBundle(pem: string): boolean {
     if (pem === this.bundlePem || this.closed) return false;
@@ -160,25 +174,40 @@ export class WorkloadCerts implements CertSource {
       this.logger.error({ err: reason(err) }, 'new trust bundle refused; the one in force stays');
       return false;
     }
+    const signingBefore = this.bundle[0]!.fingerprint256;
     this.bundlePem = pem;
     this.bundle = bundle;
-    this.logger.info({ roots: bundle.length }, 'trust bundle changed');
+    const signing = bundle[0]!.fingerprint256;
+    this.logger.info({ roots: bundle.map((c) => c.fingerprint256) }, 'trust bundle changed');
     for (const [identity, entry] of this.entries) {
       const svid = entry.svid;
       if (!svid) continue;
-      const [leafPem, ...chainPems] = pemCerts(svid.certPem);
-      const chains = leafPem !== undefined && this.chainsToBundle(new X509Certificate(leafPem), chainPems.map((p) => new X509Certificate(p)));
-      if (!chains) {
-        // Issued by a root the bundle dropped: peers will refuse it, so get one from the signer now.
-        this.logger.warn({ identity }, 'SVID no longer chains to the trust bundle; renewing now');
-        this.schedule(identity, entry, 0);
-        continue;
-      }
+      entry.root = this.issuingRoot(svid)?.fingerprint256;
+      // Even an SVID about to be replaced takes the new bundle now: a root that left it is trusted no more, whether
+      // or not the renewal below succeeds.
       const next = Object.freeze({ ...svid, caPem: pem });
       entry.svid = next;
       this.notify(identity, next);
+      if (!entry.root) {
+        // Issued by a root the bundle dropped: peers will refuse it, so get one from the signer now.
+        this.logger.warn({ identity }, 'SVID no longer chains to the trust bundle; renewing now');
+        this.schedule(identity, entry, 0);
+      } else if (entry.root !== signing && signing !== signingBefore) {
+        this.logger.info({ identity, root: entry.root, signingRoot: signing }, 'SVID is from another root than the one the identity service now signs with; renewing now');
+        this.schedule(identity, entry, 0);
+      }
     }
     return true;
+  }
+
+  /** The bundle's roots and the root of every SVID in force, for the agent's metrics. */
+  report(): CertificateReport {
+    const now = this.clock.now();
+    const svids: CertificateReport['svids'] = [];
+    for (const [identity, entry] of this.entries) {
+      if (entry.svid && now < entry.svid.notAfter) svids.push({ identity, root: entry.root ?? 'none', notAfter: entry.svid.notAfter });
+    }
+    return { bundle: this.bundle.map((c) => c.fingerprint256), svids };
   }
 
   forget(identity: string): void {
@@ -250,15 +279,27 @@ export class WorkloadCerts implements CertSource {
   }
 
   private chainsToBundle(leaf: X509Certificate, chain: X509Certificate[]): boolean {
+    return this.chainRoot(leaf, chain) !== undefined;
+  }
+
+  /** The bundle root the certificate chains to (through the intermediates it carries), or undefined. */
+  private chainRoot(leaf: X509Certificate, chain: X509Certificate[]): X509Certificate | undefined {
     let cert = leaf;
     for (let depth = 0; depth < MAX_CHAIN_DEPTH; depth++) {
       const signedBy = (ca: X509Certificate) => cert.checkIssued(ca) && cert.verify(ca.publicKey);
-      if (this.bundle.some(signedBy)) return true;
+      const root = this.bundle.find(signedBy);
+      if (root) return root;
       const next = chain.find(signedBy);
-      if (!next) return false;
+      if (!next) return undefined;
       cert = next;
     }
-    return false;
+    return undefined;
+  }
+
+  private issuingRoot(svid: Svid): X509Certificate | undefined {
+    const [leafPem, ...chainPems] = pemCerts(svid.certPem);
+    if (leafPem === undefined) return undefined;
+    return this.chainRoot(new X509Certificate(leafPem), chainPems.map((p) => new X509Certificate(p)));
   }
 
   private install(identity: string, entry: Entry, svid: Svid): void {
@@ -266,11 +307,12 @@ export class WorkloadCerts implements CertSource {
     if (this.closed || this.entries.get(identity) !== entry) return;
     const previous = entry.svid;
     entry.svid = svid;
+    entry.root = this.issuingRoot(svid)?.fingerprint256;
     entry.failures = 0;
     const delay = Math.max(MIN_RENEW_MS, (svid.notAfter - this.clock.now()) / 2);
     this.schedule(identity, entry, delay);
     if (!previous) return;
-    this.logger.info({ identity, notAfter: new Date(svid.notAfter).toISOString() }, 'SVID renewed');
+    this.logger.info({ identity, root: entry.root, notAfter: new Date(svid.notAfter).toISOString() }, 'SVID renewed');
     this.notify(identity, svid);
   }
 

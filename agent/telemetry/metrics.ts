@@ -50,8 +50,16 @@ export interface TcpCounters {
   sent(n: number): void;
 }
 
+/** The trust bundle's roots and the root each workload certificate chains to (SHA-256 fingerprints). */
+export interface CertificatesByRoot {
+  bundle: readonly string[];
+  svids: readonly { root: string }[];
+}
+
 export class Metrics {
   readonly registry = new Registry();
+  /** Asked at each scrape; set by the composition root (telemetry knows nothing of identity). */
+  private certificates: (() => CertificatesByRoot) | undefined;
   private readonly opened: CounterVec;
   private readonly closedTotal: CounterVec;
   private readonly receivedBytes: CounterVec;
@@ -110,6 +118,30 @@ export class Metrics {
     this.endpointEjections = new Counter({ name: 'trellis_endpoint_ejections_total', help: 'Endpoints taken out of load balancing after consecutive failures', labelNames: ['destination_service'], registers });
     this.httpRejections = new Counter({ name: 'trellis_http_rejections_total', help: 'Malformed or oversized HTTP requests answered by the agent and never forwarded, by status', labelNames: ['status'], registers });
     this.authzDecisions = new Counter({ name: 'trellis_authz_decisions_total', help: 'Authorization decisions on connections and requests, by outcome, deciding action, policy and reason code', labelNames: ['decision', 'action', 'policy', 'reason', 'level'], registers });
+    const certificates = () => this.certificates?.();
+    new Gauge({
+      name: 'trellis_trust_bundle_roots',
+      help: 'The roots of the trust bundle this agent verifies peers with (1 per root, by SHA-256 fingerprint; position 0 is the root the identity service signs with)',
+      labelNames: ['root', 'position'],
+      registers,
+      collect() {
+        this.reset();
+        certificates()?.bundle.forEach((root, i) => this.set({ root, position: String(i) }, 1));
+      },
+    });
+    new Gauge({
+      name: 'trellis_workload_certificates',
+      help: 'Workload certificates (SVIDs) this agent holds, by the root they chain to ("none": a root no longer in the bundle)',
+      labelNames: ['root'],
+      registers,
+      collect() {
+        this.reset();
+        const report = certificates();
+        if (!report) return;
+        for (const root of report.bundle) this.set({ root }, 0);
+        for (const s of report.svids) this.inc({ root: s.root });
+      },
+    });
     this.workerConnections = new Counter({ name: 'trellis_worker_connections_total', help: 'Connections accepted on the pods\' listeners, by the agent thread that took them (0: the main thread)', labelNames: ['worker'], registers });
     if (inputs.defaultMetrics !== false) {
       collectDefaultMetrics({ register: this.registry, prefix: 'trellis_agent_' });
@@ -117,6 +149,11 @@ export class Metrics {
       // a gauge ending in _total, and the per-type series already add up to them.
       for (const n of ['active_handles_total', 'active_requests_total', 'active_resources_total']) this.registry.removeSingleMetric(`trellis_agent_nodejs_${n}`);
     }
+  }
+
+  /** Where the certificate gauges read from at each scrape. */
+  reportCertificates(fn: () => CertificatesByRoot): void {
+    this.certificates = fn;
   }
 
   tcp(labels: TcpLabels): TcpCounters {

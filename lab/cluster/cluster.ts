@@ -46,7 +46,17 @@ export interface ClusterOptions {
    * routes with rules' `name` or `retry` need in v1.2 (the demo's do).
    */
   gatewayChannel?: GatewayChannel;
+  /** Extra arguments for `trellis identity` (e.g. a short --cert-ttl or --ca-poll). */
+  identityArgs?: string[];
+  /**
+   * How often the `trellis-ca-root` ConfigMap is copied to the agents' bundle file, as the kubelet refreshes a mounted
+   * ConfigMap (it takes up to about a minute there); default 10 s. Runs in the process that brought the lab up.
+   */
+  bundleSyncMs?: number;
 }
+
+/** What the lab's kubelet does by default: a mounted ConfigMap follows its object within this long. */
+const BUNDLE_SYNC_MS = 10_000;
 
 /** What the lab's state keeps of its cluster mode. */
 export interface ClusterRecord {
@@ -77,6 +87,7 @@ export class LabCluster {
   readonly controlPlane: ControlPlane | undefined;
   private client: KubeClient | undefined;
   private leaseTimer: NodeJS.Timeout | undefined;
+  private bundleTimer: NodeJS.Timeout | undefined;
 
   private constructor(record: ClusterRecord, controlPlane?: ControlPlane) {
     this.record = record;
@@ -121,7 +132,25 @@ export class LabCluster {
       for (const n of plan.nodes) void renewLease(cluster.api, n.name).catch(() => {});
     }, inputs.options.leaseRenewMs ?? LEASE_RENEW_MS);
     cluster.leaseTimer.unref();
+    if (inputs.agents) {
+      let syncing = false;
+      cluster.bundleTimer = setInterval(() => {
+        if (syncing) return;
+        syncing = true;
+        void cluster.syncBundle().catch(() => {}).finally(() => (syncing = false));
+      }, inputs.options.bundleSyncMs ?? BUNDLE_SYNC_MS);
+      cluster.bundleTimer.unref();
+    }
     return cluster;
+  }
+
+  /** The agents' trust bundle file, as the kubelet keeps a mounted ConfigMap: rewritten (atomically) when the object changed. */
+  async syncBundle(): Promise<void> {
+    const cm = await this.api.get({ apiVersion: 'v1', kind: 'ConfigMap', namespace: TRELLIS_SYSTEM, name: 'trellis-ca-root' });
+    const root = (cm?.['data'] as Record<string, string> | undefined)?.['root-cert.pem'];
+    if (!root) return;
+    const file = path.join(this.record.dir, 'root-cert.pem');
+    if ((await fsp.readFile(file, 'utf8').catch(() => '')) !== root) await writeFileAtomic(file, root);
   }
 
   /** The admin's client (a keep-alive pool of connections made inside the fabric netns). */
@@ -186,6 +215,8 @@ export class LabCluster {
   async stop(): Promise<void> {
     if (this.leaseTimer) clearInterval(this.leaseTimer);
     this.leaseTimer = undefined;
+    if (this.bundleTimer) clearInterval(this.bundleTimer);
+    this.bundleTimer = undefined;
     this.client?.close();
     this.client = undefined;
     if (this.record.identity) await terminate([{ ...this.record.identity, group: true }]);
@@ -297,6 +328,7 @@ export class LabCluster {
       [
         'nsenter', `--net=${netnsPath(cp.netns)}`, '--', ...inputs.trellis, 'identity',
         '--listen', `${cp.ip}:${IDENTITY_PORT}`, '--dns-name', cp.ip, '--kubeconfig', kubeconfig, '--log-level', 'warn',
+        ...(inputs.options.identityArgs ?? []),
       ],
       { env: { ...process.env, [LAB_ENV]: inputs.lab }, logFile },
     );

@@ -257,13 +257,14 @@ function pod(namespace: string, name: string, node: string, serviceAccount: stri
   };
 }
 
-function caSecret(ca: { keyPem: string; certPem: string }, name = 'trellis-ca'): K8sObject {
+function caSecret(ca: { keyPem: string; certPem: string }, name = 'trellis-ca', trustedRoots?: string): K8sObject {
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
   return {
     apiVersion: 'v1',
     kind: 'Secret',
     metadata: { name, namespace: 'trellis-system' },
     type: 'Opaque',
-    data: { 'ca.key.pem': Buffer.from(ca.keyPem).toString('base64'), 'ca.cert.pem': Buffer.from(ca.certPem).toString('base64') },
+    data: { 'ca.key.pem': b64(ca.keyPem), 'ca.cert.pem': b64(ca.certPem), ...(trustedRoots !== undefined && { 'trusted-roots.pem': b64(trustedRoots) }) },
   };
 }
 
@@ -700,6 +701,52 @@ describe('identity service: what only an in-memory cluster can show', () => {
     }
   });
 
+  it('follows its CA Secret without a restart: a root added to the bundle, the signing CA switched, the old root removed', async () => {
+    const world = new StubWorld();
+    seed(world);
+    const { logger, lines } = captureLogger();
+    const service = await startIdentityService(inputs(world, logger, { caPollMs: 50 }));
+    const next = makeCa();
+    const published = async () => ((await world.get('ConfigMap', 'trellis-system', 'trellis-ca-root'))?.['data'] as Record<string, string>)['root-cert.pem'];
+    const issuer = async () => {
+      const res = await call(service, { token: TOKENS.agentA, identity: WEB });
+      if (!('ok' in res)) throw new Error(`refused: ${res.details}`);
+      return [rootCa, next].find((ca) => new X509Certificate(res.ok.certPem).checkIssued(new X509Certificate(ca.certPem)));
+    };
+    try {
+      expect(await published()).toBe(rootCa.certPem);
+
+      // 1. The new root beside the signing one: published after it; still signed by the old CA.
+      world.apply(caSecret(rootCa, 'trellis-ca', next.certPem));
+      await vi.waitFor(async () => expect(await published()).toBe(`${rootCa.certPem}${next.certPem}`));
+      expect(await issuer()).toBe(rootCa);
+      expect(service.bundlePem).toBe(`${rootCa.certPem}${next.certPem}`);
+
+      // 2. The switch: signs with the new CA, which comes first in the bundle; the old root stays. The serving
+      //    certificate is the new CA's too (`call` verifies it against service.rootCertPem, now the new root).
+      world.apply(caSecret(next, 'trellis-ca', rootCa.certPem));
+      await vi.waitFor(async () => expect(await published()).toBe(`${next.certPem}${rootCa.certPem}`));
+      expect(service.rootCertPem).toBe(next.certPem);
+      await vi.waitFor(async () => expect(await issuer()).toBe(next));
+      expect(lines()).toContainEqual(expect.objectContaining({ msg: 'CA Secret changed: signing with a new CA; agents renew the certificates of the previous one when they read the bundle' }));
+
+      // A broken edit changes nothing (logged once), and a bundle someone else overwrote is put back.
+      world.apply(caSecret(next, 'trellis-ca', makeCa('other.example').certPem));
+      await vi.waitFor(() => expect(lines()).toContainEqual(expect.objectContaining({ level: 50, msg: 'cannot use the CA Secret as it is now; the CA and bundle in force stay', err: expect.stringContaining('not cluster.local') })));
+      expect(lines().filter((l) => l['msg'] === 'cannot use the CA Secret as it is now; the CA and bundle in force stay')).toHaveLength(1);
+      expect(await issuer()).toBe(next);
+      await world.put({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'trellis-ca-root', namespace: 'trellis-system' }, data: { 'root-cert.pem': 'x' } });
+      await vi.waitFor(async () => expect(await published()).toBe(`${next.certPem}${rootCa.certPem}`));
+
+      // 3. The old root leaves.
+      world.apply(caSecret(next));
+      await vi.waitFor(async () => expect(await published()).toBe(next.certPem));
+      expect(await issuer()).toBe(next);
+    } finally {
+      await service.stop(1_000);
+    }
+  });
+
   it('serves a certificate for the service names, localhost and loopback, from the root', async () => {
     const world = new StubWorld();
     seed(world);
@@ -761,6 +808,7 @@ describe('trellis identity / trellis ca create: flags', () => {
       audience: 'trellis-identity',
       agentServiceAccount: 'system:serviceaccount:trellis-system:trellis-agent',
       certTtlMs: 24 * HOUR,
+      caPollMs: 10_000,
       extraDnsNames: [],
       kubeconfig: undefined,
       logLevel: 'info',
@@ -771,6 +819,7 @@ describe('trellis identity / trellis ca create: flags', () => {
   it.each([
     [{ certTtl: '49h' }, /--cert-ttl 49h: must be between 1m and 48h/],
     [{ certTtl: '30s' }, /--cert-ttl 30s/],
+    [{ caPoll: '10ms' }, /--ca-poll 10ms: at least 100ms/],
     [{ caSecret: 'trellis-ca' }, /--ca-secret: "trellis-ca" must be NAMESPACE\/NAME/],
     [{ bundleConfigmap: 'a/b/c' }, /--bundle-configmap/],
     [{ listen: 'localhost:15012' }, /--listen: "localhost:15012" must be IP:PORT/],

@@ -207,10 +207,12 @@ describe('WorkloadCerts', () => {
     }
   });
 
-  it('follows a CA rotation: a new root beside the old, then the old removed; never a restart', async () => {
+  it('follows a CA rotation: a new root beside the old, the signing root switched, the old removed; never a restart', async () => {
     const clock = new ManualClock();
     const oldCa = LocalCa.generate({ trustDomain: TD, clock });
     const newCa = LocalCa.generate({ trustDomain: TD, clock });
+    const fp = (pem: string) => new X509Certificate(pem).fingerprint256;
+    const from = (svid: Svid) => [oldCa, newCa].find((ca) => new X509Certificate(svid.certPem).checkIssued(new X509Certificate(ca.rootCertPem)));
     let issuing = oldCa;
     const signer: CsrSigner = { sign: (csr, req) => issuing.sign(csr, req) };
     const logs: LogLine[] = [];
@@ -219,30 +221,69 @@ describe('WorkloadCerts', () => {
     const rotations: Svid[] = [];
     certs.onRotate((svid) => rotations.push(svid));
     const first = await certs.get(A);
+    expect(certs.report()).toEqual({ bundle: [fp(oldCa.rootCertPem)], svids: [{ identity: A, root: fp(oldCa.rootCertPem), notAfter: first.notAfter }] });
 
-    // 1. Both roots: the same certificate, handed out again with the bundle that trusts both.
+    // 1. Both roots, the signing one (the old) first: the same certificate, handed out again with the bundle that trusts both.
     const both = `${oldCa.rootCertPem}${newCa.rootCertPem}`;
     expect(certs.setTrustBundle(both)).toBe(true);
     expect(certs.setTrustBundle(both), 'the same bundle again changes nothing').toBe(false);
+    clock.advance(1);
+    await Promise.resolve();
     expect(rotations).toHaveLength(1);
     expect([rotations[0]!.certPem, rotations[0]!.caPem]).toEqual([first.certPem, both]);
     expect(certs.trustBundle()).toBe(both);
     expect((await certs.get(A)).caPem).toBe(both);
+    expect(certs.report().bundle).toEqual([fp(oldCa.rootCertPem), fp(newCa.rootCertPem)]);
 
-    // 2. The signer moves to the new root; the old root leaves the bundle: the certificate it issued is renewed at once.
+    // 2. The identity service signs with the new CA and lists its root first: the certificate from the old root is
+    //    renewed at once (not at half-life), while both roots stay trusted.
     issuing = newCa;
+    const switched = `${newCa.rootCertPem}${oldCa.rootCertPem}`;
+    expect(certs.setTrustBundle(switched)).toBe(true);
+    clock.advance(1);
+    await vi.waitFor(() => expect(rotations).toHaveLength(3));
+    expect([rotations[1]!.certPem, rotations[1]!.caPem]).toEqual([first.certPem, switched]);
+    const renewed = rotations[2]!;
+    expect(from(renewed)).toBe(newCa);
+    expect(renewed.caPem).toBe(switched);
+    expect(certs.current(A)).toBe(renewed);
+    expect(certs.report().svids).toEqual([{ identity: A, root: fp(newCa.rootCertPem), notAfter: renewed.notAfter }]);
+    expect(logs.some((l) => l.msg.startsWith('SVID is from another root than the one the identity service now signs with'))).toBe(true);
+
+    // 3. The old root leaves the bundle: nothing chains to it any more, so nothing is renewed; the bundle is handed out.
     expect(certs.setTrustBundle(newCa.rootCertPem)).toBe(true);
     clock.advance(1);
-    await vi.waitFor(() => expect(rotations).toHaveLength(2));
-    const renewed = rotations[1]!;
-    expect(new X509Certificate(renewed.certPem).checkIssued(new X509Certificate(newCa.rootCertPem))).toBe(true);
-    expect(renewed.caPem).toBe(newCa.rootCertPem);
-    expect(certs.current(A)).toBe(renewed);
+    await Promise.resolve();
+    expect(rotations).toHaveLength(4);
+    expect([rotations[3]!.certPem, rotations[3]!.caPem]).toEqual([renewed.certPem, newCa.rootCertPem]);
 
-    // 3. A bundle without a readable certificate is refused; the one in force stays.
+    // 4. A bundle without a readable certificate is refused; the one in force stays.
     expect(certs.setTrustBundle('not a certificate')).toBe(false);
     expect(certs.trustBundle()).toBe(newCa.rootCertPem);
     expect(logs.some((l) => l.msg === 'new trust bundle refused; the one in force stays')).toBe(true);
+    certs.close();
+  });
+
+  it('a root dropped from the bundle is trusted no more at once, even while its certificates cannot be renewed', async () => {
+    const clock = new ManualClock();
+    const oldCa = LocalCa.generate({ trustDomain: TD, clock });
+    const newCa = LocalCa.generate({ trustDomain: TD, clock });
+    const signer = new FlakySigner(oldCa);
+    const logger = pino({ level: 'silent' });
+    const certs = new WorkloadCerts({ signer, trustBundle: `${oldCa.rootCertPem}${newCa.rootCertPem}`, ttlMs: TTL, clock, logger, retryMs: RETRY });
+    const rotations: Svid[] = [];
+    certs.onRotate((svid) => rotations.push(svid));
+    const first = await certs.get(A);
+    signer.failing = true;
+    expect(certs.setTrustBundle(newCa.rootCertPem)).toBe(true);
+    // The listeners verify peers against the new bundle from now on, with the certificate they have.
+    expect(rotations).toHaveLength(1);
+    expect([rotations[0]!.certPem, rotations[0]!.caPem]).toEqual([first.certPem, newCa.rootCertPem]);
+    expect(certs.report().svids).toEqual([{ identity: A, root: 'none', notAfter: first.notAfter }]);
+    clock.advance(1);
+    await vi.waitFor(() => expect(signer.calls).toBe(2));
+    // The renewal failed; the next try comes after the retry delay, and the old root stays out.
+    expect(certs.current(A)!.caPem).toBe(newCa.rootCertPem);
     certs.close();
   });
 
