@@ -19,6 +19,7 @@ pkgs=(
   sslscan       # test/e2e/tls-scan.test.ts: the HBONE listener checked from outside with a real TLS scanner
   prometheus    # the lab's Prometheus (`trellis lab up --prometheus`, the demo) and promtool (rules and /metrics checked)
   nginx-light redis-server redis-tools # test/e2e/source-ip.test.ts: real apps behind the mesh see the caller's address
+  chromium      # test/e2e/dashboard.test.ts: the dashboard page in a real browser (playwright-core drives /usr/bin/chromium)
 )
 # Go 1.26+ (with the Go module proxy) is a property of the machine, not a package here: scripts/build-k8s.mjs builds
 # the control plane of the cluster-mode tests with it and says so when it is missing.

@@ -113,6 +113,10 @@ export async function startDashboard(inputs: DashboardServerInputs): Promise<Das
       }
       return;
     }
+    if (url.pathname === '/favicon.ico') {
+      res.writeHead(204, HEADERS).end();
+      return;
+    }
     const asset = assets.get(url.pathname);
     if (!asset) {
       send(res, 404, 'text/plain; charset=utf-8', 'not found\n');

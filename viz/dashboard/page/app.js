@@ -123,11 +123,19 @@ function sparkline(target, times, values, color, range) {
       select: { show: false },
       scales: { x: { time: false }, y: range ? { range: () => range } : { range: (_u, _min, max) => [0, Math.max(max || 0, 1e-9) * 1.1] } },
       axes: [{ show: false }, { show: false }],
-      series: [{}, { stroke: color, width: 1.5, fill: `${color}22`, spanGaps: false }],
+      series: [{}, { stroke: color, width: 1.5, fill: `${color}22`, spanGaps: false, points: { show: true, size: 4, fill: color, filter: isolated } }],
     },
     [times, values],
     target,
   );
+}
+
+/** Points with no neighbour to draw a line to (a series that has just begun): drawn as dots, or they would not show. */
+function isolated(u, seriesIdx) {
+  const d = u.data[seriesIdx];
+  const out = [];
+  for (let i = 0; i < d.length; i++) if (d[i] != null && d[i - 1] == null && d[i + 1] == null) out.push(i);
+  return out;
 }
 
 function edgeClass(e) {
@@ -149,19 +157,23 @@ function renderGraph(graph) {
     defs.append(marker);
   }
   root.append(defs);
+  // Labels go on a layer above every path, each on a background of its own (sized once drawn).
+  const labels = [];
   for (const e of graph.edges) {
     const k = edgeClass(e);
     const g = svg('g', { class: `edge ${k}`, 'data-edge': e.id, 'data-mtls': String(e.mtls), 'data-source': e.source, 'data-destination': e.destination });
     const d = e.points.map((p, i) => `${i ? 'L' : 'M'}${p.x},${p.y}`).join(' ');
     g.append(svg('path', { d, 'marker-end': `url(#arrow-${k})` }));
-    const label = svg('text', { x: e.labelAt.x, y: e.labelAt.y });
-    label.textContent = e.label;
-    g.append(label);
     const title = svg('title');
     title.textContent = `${e.source} -> ${e.destination}: ${e.label}`;
     g.append(title);
     root.append(g);
+    const label = svg('text', { x: e.labelAt.x, y: e.labelAt.y, 'data-label-of': e.id });
+    label.textContent = e.label;
+    labels.push(label);
   }
+  const labelLayer = svg('g', { class: 'edge-labels' });
+  labelLayer.append(...labels);
   for (const n of graph.nodes) {
     const g = svg('g', { class: `node${n.local ? '' : ' remote'}${n.meshed ? '' : ' outside'}`, 'data-node': n.id, 'data-meshed': String(n.meshed) });
     g.append(svg('rect', { x: n.x - n.width / 2, y: n.y - n.height / 2, width: n.width, height: n.height, rx: 5 }));
@@ -173,7 +185,12 @@ function renderGraph(graph) {
     g.append(title);
     root.append(g);
   }
+  root.append(labelLayer);
   box.replaceChildren(root);
+  for (const label of labels) {
+    const b = label.getBBox();
+    label.before(svg('rect', { x: b.x - 3, y: b.y - 1, width: b.width + 6, height: b.height + 2, rx: 3, class: 'label-bg' }));
+  }
 }
 
 function renderRoutes(view) {
@@ -216,7 +233,7 @@ function splitChart(target, times, split) {
   const data = [times];
   split.forEach((b, i) => {
     const color = COLORS[i % COLORS.length];
-    series.push({ label: `${b.label} split`, stroke: color, width: 2, value: (_u, v) => (v === null ? '-' : `${v.toFixed(1)}%`) });
+    series.push({ label: `${b.label} split`, stroke: color, width: 2, points: { show: true, size: 5, fill: color, filter: isolated }, value: (_u, v) => (v === null ? '-' : `${v.toFixed(1)}%`) });
     data.push(b.values.map((v) => (v === null ? null : v * 100)));
     series.push({ label: `weight ${(b.weight * 100).toFixed(0)}%`, stroke: color, width: 1, dash: [5, 4], points: { show: false }, value: (_u, v) => (v === null ? '-' : `${v.toFixed(0)}%`) });
     data.push(times.map(() => b.weight * 100));

@@ -1,0 +1,200 @@
+// The dashboard in a real browser: the viewer's e2e topology (fixtures/viz.yaml) in a two-node lab with its own
+// Prometheus, a known amount of traffic (the api answers 80 % of its requests, the web Service is split 75/25 by an
+// HTTPRoute, an outsider calls in plaintext, the client calls a server outside the mesh), then the built
+// `trellis dashboard --lab` opened in Debian's Chromium (playwright-core, /usr/bin/chromium, headless, nothing
+// downloaded), and what the page shows held against what was sent and against `trellis stat`. A screenshot is left in
+// the test's temp directory (its path is printed). Needs root (the lab) and the chromium package (scripts/setup-debian.sh).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connectInNetns } from '../../agent/native/index.js';
+import { Lab } from '../../lab/cluster/lab.js';
+import { labEnvPids } from '../../lab/cluster/procs.js';
+import type { HttpClientSummary } from '../../lab/tools/http-client.js';
+import { PromClient } from '../../viz/prom/client.js';
+import { netnsTransport } from '../../viz/prom/transport.js';
+import type { StatRow } from '../../viz/stat.js';
+import { requireRoot } from '../support/root.js';
+import { trellis } from '../support/trellis-cli.js';
+import { until } from '../support/until.js';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+const CHROMIUM = '/usr/bin/chromium';
+const fixtures = path.join(import.meta.dirname, 'fixtures', 'viz.yaml');
+const labName = `ed${Math.random().toString(36).slice(2, 5)}`;
+const out = mkdtempSync(path.join(tmpdir(), 'trellis-dashboard-'));
+
+// The client asks the api for 3 answers of 200 and 1 of 500 in turn; the outsider's are all 200: 80 % in all.
+const API_MIX = JSON.stringify([{ path: '/' }, { path: '/' }, { path: '/' }, { path: '/fail', headers: { 'x-echo-status': '500' } }]);
+const MAIN = { api: 200, outsider: 50, web: 400, legacy: 20 };
+const WARM = { api: 4, outsider: 1, web: 4, legacy: 1 };
+
+let lab: Lab;
+let dashboard: ChildProcess | undefined;
+let url: string;
+let browser: Browser | undefined;
+let page: Page;
+const vip = (ns: string, name: string) => lab.services.find((s) => s.namespace === ns && s.name === name)!.clusterIP;
+
+async function http(pod: string, target: string, count: number, extra: string[] = []): Promise<HttpClientSummary> {
+  const r = await lab.exec(pod, ['trellis', 'tool', 'http-client', '--url', target, '--count', String(count), ...extra], { timeoutMs: 60_000 });
+  const line = r.stdout.trim().split('\n').at(-1) ?? '';
+  try {
+    return JSON.parse(line) as HttpClientSummary;
+  } catch {
+    throw new Error(`http-client in ${pod} printed no JSON (exit ${r.code}): ${r.stdout.slice(0, 300)} ${r.stderr.slice(0, 300)}`);
+  }
+}
+
+/** One round; the warm-up calls web until both versions have answered, so every series exists before the main round. */
+async function round(n: typeof MAIN): Promise<void> {
+  const web = async () => {
+    const names: Record<string, number> = {};
+    for (let i = 0; i < 20; i++) {
+      const r = await http('viz/client', `http://${vip('viz', 'web')}/`, n.web, ['--concurrency', '4']);
+      expect(r.ok).toBe(r.sent);
+      for (const [k, v] of Object.entries(r.names)) names[k] = (names[k] ?? 0) + v;
+      if (n === MAIN || (names['web-v1'] && names['web-v2'])) return;
+    }
+    throw new Error(`web answered only from ${JSON.stringify(names)} in 20 tries`);
+  };
+  const [api, outsider, , legacy] = await Promise.all([
+    http('viz/client', `http://${vip('viz', 'api')}/`, n.api, ['--requests', API_MIX]),
+    http('outside/outsider', `http://${vip('viz', 'api')}/`, n.outsider),
+    web(),
+    http('viz/client', `http://${vip('outside', 'legacy')}/`, n.legacy),
+  ]);
+  expect(api.statusCounts).toEqual({ 200: (n.api * 3) / 4, 500: n.api / 4 });
+  expect(outsider.ok).toBe(n.outsider);
+  expect(legacy.ok).toBe(n.legacy);
+}
+
+/**
+ * What the agents counted, once Prometheus has scraped it: the api's requests (node-b's agent) and the legacy server's
+ * (node-a's, the client's side). Both agents are scraped apart: a series one of them made in the warm-up and Prometheus
+ * had not yet seen before the main round would start with the main round in it, and show no rate.
+ */
+async function counted(): Promise<string> {
+  const prom = new PromClient(netnsTransport(lab.prometheus!.url, lab.prometheus!.netnsPath, 'the test lab'));
+  const one = async (expr: string) => (await prom.query(expr))[0]?.value ?? 0;
+  const [api, legacy, backends] = await Promise.all([
+    one('sum(trellis_requests_total{reporter="destination",destination_workload="api"})'),
+    one('sum(trellis_requests_total{reporter="source",destination_workload="legacy"})'),
+    one('count(count by (destination_service) (trellis_requests_total{reporter="source",route_name="web-split"}))'),
+  ]);
+  return `api ${api}, legacy ${legacy}, web backends ${backends}`;
+}
+
+/** `trellis dashboard` as a user starts it; resolves with the URL it prints. */
+function startDashboard(args: string[]): Promise<string> {
+  const child = spawn(path.join(ROOT, 'node_modules/.bin/node'), [path.join(ROOT, 'dist/agent/main.js'), 'dashboard', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  dashboard = child;
+  let text = '';
+  child.stderr!.on('data', (d: Buffer) => (text += d.toString()));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`trellis dashboard printed no URL in 15 s: ${text}`)), 15_000);
+    child.stdout!.on('data', (d: Buffer) => {
+      text += d.toString();
+      const m = /on (http:\/\/\S+\/) /.exec(text);
+      if (m) (clearTimeout(timer), resolve(m[1]!));
+    });
+    child.once('exit', (code) => (clearTimeout(timer), reject(new Error(`trellis dashboard exited ${code}: ${text}`))));
+  });
+}
+
+const cell = (row: string, col: string) => page.locator(`${row} [data-col="${col}"]`).textContent();
+const percentOf = (text: string | null) => Number(/^([\d.]+)%$/.exec(text ?? '')?.[1]) / 100;
+
+describe('the dashboard page in Chromium, on the lab\'s Prometheus', () => {
+  beforeAll(async () => {
+    requireRoot('the dashboard end-to-end test');
+    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: \`apt-get install --no-install-recommends chromium\` (scripts/setup-debian.sh)`);
+    lab = await Lab.up(fixtures, { name: labName, logLevel: 'warn', prometheus: { scrapeInterval: '1s' } });
+    const node = lab.node('node-b');
+    const listens = (pod: string) =>
+      until(`${pod} to listen`, () =>
+        new Promise<boolean>((resolve) => {
+          const s = connectInNetns(node.netnsPath, { host: lab.pod(pod).ip, port: 8080, timeoutMs: 1000 });
+          s.once('connect', () => (s.destroy(), resolve(true)));
+          s.once('error', () => resolve(false));
+        }), 20_000);
+    await Promise.all(['viz/api', 'viz/web-v1', 'viz/web-v2', 'outside/legacy'].map(listens));
+    await round(WARM);
+    const scraped = (n: { api: number; outsider: number; legacy: number }) => `api ${n.api + n.outsider}, legacy ${n.legacy}, web backends 2`;
+    await until('Prometheus to scrape the warm-up', async () => (await counted()) === scraped(WARM), 15_000);
+    await round(MAIN);
+    const total = { api: WARM.api + MAIN.api, outsider: WARM.outsider + MAIN.outsider, legacy: WARM.legacy + MAIN.legacy };
+    await until('Prometheus to scrape the main round', async () => (await counted()) === scraped(total), 15_000);
+
+    url = await startDashboard(['--lab', labName, '--listen', '127.0.0.1:0', '--refresh', '2s']);
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
+    page = await browser.newPage({ viewport: { width: 1400, height: 1100 } });
+  }, 120_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    if (dashboard && dashboard.exitCode === null) {
+      const exited = new Promise((resolve) => dashboard!.once('exit', resolve));
+      dashboard.kill('SIGINT');
+      await exited;
+    }
+    await lab?.down();
+    expect(labEnvPids((l) => l === labName)).toEqual([]);
+  });
+
+  it('shows the workloads, their success rate as sent and as `trellis stat` prints it, the edges and the split', async () => {
+    await page.goto(`${url}?namespace=viz`);
+    await page.locator('[data-workload="api"]').waitFor({ timeout: 15_000 });
+
+    // The workloads that were called, each with requests.
+    const names = await page.locator('#workloads tbody tr').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-workload')));
+    expect(names).toEqual(['api', 'web-v1', 'web-v2']);
+    for (const n of names) expect(Number(await cell(`[data-workload="${n}"]`, 'rps'))).toBeGreaterThan(0);
+    // 300 of the client's 200 x 3/4 and the outsider's 50: 80 %, exactly (every series was warm before).
+    expect(await cell('[data-workload="api"]', 'success')).toBe('80.00%');
+    expect(await cell('[data-workload="api"]', 'meshed')).toBe('yes');
+    expect(await cell('[data-workload="web-v1"]', 'success')).toBe('100.00%');
+    const stat = await trellis(['stat', '-n', 'viz', '--lab', labName, '-o', 'json']);
+    const api = (JSON.parse(stat.stdout) as { rows: StatRow[] }).rows.find((r) => r.name === 'api')!;
+    expect(api.successRate).toBeCloseTo(0.8, 6);
+    // Sparklines drawn by uPlot (a canvas each).
+    await expect.poll(() => page.locator('[data-workload="api"] [data-col="rps-spark"] canvas').count()).toBe(1);
+
+    // Edges: the client's calls over mTLS, the outsider's in plaintext, the legacy server outside the mesh.
+    const edge = (id: string) => page.locator(`[data-edge="${id}"]`);
+    expect(await edge('viz/client->viz/api').getAttribute('data-mtls')).toBe('true');
+    expect(await edge('viz/client->viz/web-v1').getAttribute('data-mtls')).toBe('true');
+    expect(await edge('viz/client->viz/web-v2').getAttribute('data-mtls')).toBe('true');
+    expect(await edge('outside/outsider->viz/api').getAttribute('data-mtls')).toBe('false');
+    expect(await page.locator('[data-node="outside/legacy"]').getAttribute('data-meshed')).toBe('false');
+    expect(await page.locator('[data-node="viz/client"] text').textContent()).toBe('client');
+    // Drawn left to right: the client before the api.
+    const box = async (id: string) => (await page.locator(`[data-node="${id}"] rect`).boundingBox())!;
+    expect((await box('viz/client')).x).toBeLessThan((await box('viz/api')).x);
+
+    // The route: 75/25 configured, and 400 requests split at random by weight (sd 2.2 points; 8 points is 3.6 sd).
+    const v1 = '[data-route-row="viz/web-split|split|web-v1"]';
+    const v2 = '[data-route-row="viz/web-split|split|web-v2"]';
+    expect([await cell(v1, 'weight'), await cell(v2, 'weight')]).toEqual(['75.00%', '25.00%']);
+    const [s1, s2] = [percentOf(await cell(v1, 'split')), percentOf(await cell(v2, 'split'))];
+    expect(Math.abs(s1 - 0.75), `web-v1 got ${s1}`).toBeLessThan(0.08);
+    expect(s1 + s2).toBeCloseTo(1, 3);
+    await expect.poll(() => page.locator('[data-service="web"] .split-chart canvas').count()).toBe(1);
+
+    const shot = path.join(out, 'dashboard.png');
+    await page.screenshot({ path: shot, fullPage: true });
+    console.log(`dashboard screenshot: ${shot}`);
+  });
+
+  it('refreshes by itself, and switches namespace from its list', async () => {
+    const at = await page.locator('body').getAttribute('data-at');
+    await expect.poll(() => page.locator('body').getAttribute('data-at'), { timeout: 10_000 }).not.toBe(at);
+    await page.locator('#namespace').selectOption('outside');
+    await page.locator('[data-workload="legacy"]').waitFor({ timeout: 10_000 });
+    expect(await cell('[data-workload="legacy"]', 'meshed')).toBe('no');
+    expect(page.url()).toMatch(/\?namespace=outside$/);
+  });
+});
