@@ -35,8 +35,11 @@ export interface InboundCall {
   readonly security: 'mutual_tls' | 'none';
   /** What the connection (an HBONE stream, or a plaintext connection) carries. */
   readonly protocol: 'http1' | 'h2';
-  /** 'h2' when the app port is declared HTTP/2 (h2c, gRPC): the app gets HTTP/2 whatever the connection carries. */
-  readonly appProtocol: 'h2' | undefined;
+  /**
+   * What the app port declares: 'h2' (h2c, gRPC): the app gets HTTP/2 whatever the connection carries; 'http1'
+   * (`http`): HTTP/1.1, but for gRPC; undefined: the client's own protocol.
+   */
+  readonly appProtocol: 'h2' | 'http1' | undefined;
   /** The connection's authorization check; each request is checked on top of it. */
   readonly connection: ConnectionAuthz;
 }
@@ -240,9 +243,16 @@ export class InboundHttp {
  * What the app gets: HTTP/2 when its port says so, when the connection carries HTTP/2, or when the source agent says
  * its client spoke HTTP/2 (only a verified agent is believed); HTTP/1.1 otherwise.
  */
+/**
+ * What the app is spoken to in: what its port declares (HTTP/2 for h2c and gRPC ports; HTTP/1.1, which every HTTP
+ * server speaks, for `http` ports, except gRPC, which needs HTTP/2); on an undeclared port, what the client spoke
+ * (over HBONE, the source agent says which: `req.appProtocol`).
+ */
 function appProtocol(call: InboundCall, req: L7Request): 'http1' | 'h2' {
-  if (call.appProtocol === 'h2' || call.protocol === 'h2') return 'h2';
-  return req.appProtocol === 'h2' && call.security === 'mutual_tls' ? 'h2' : 'http1';
+  if (call.appProtocol === 'h2') return 'h2';
+  const clientSpokeH2 = call.protocol === 'h2' || (req.appProtocol === 'h2' && call.security === 'mutual_tls');
+  if (call.appProtocol === 'http1') return clientSpokeH2 && req.grpc ? 'h2' : 'http1';
+  return clientSpokeH2 ? 'h2' : 'http1';
 }
 
 /** Envoy's XFCC form: By=<this workload>;URI=<the verified caller>. */

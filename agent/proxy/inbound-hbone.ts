@@ -148,7 +148,7 @@ export class HboneInbound {
         peer: { principal, ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload },
         security: 'mutual_tls',
         protocol,
-        appProtocol: declared === 'h2' ? 'h2' : undefined,
+        appProtocol: declared === 'h2' || declared === 'http1' ? declared : undefined,
         connection: authz,
       };
       const leave = this.inputs.drain.enter();

@@ -51,8 +51,9 @@ export class PlaintextInbound {
     }
     const http = this.inputs.http;
     let protocol: 'http1' | 'h2' | 'tcp' = 'tcp';
+    let declared: ReturnType<typeof declaredForEndpoint>;
     if (http) {
-      const declared = declaredForEndpoint(state.servicePortsByEndpoint(dst.address, dst.port));
+      declared = declaredForEndpoint(state.servicePortsByEndpoint(dst.address, dst.port));
       const selection = await selectProtocol(down, dst.port, declared, http, this.inputs.metrics);
       if (down.destroyed) return;
       // A sniff waited for the client: decide under the policies of now.
@@ -69,7 +70,7 @@ export class PlaintextInbound {
         peer: { ip: down.remoteAddress, port: down.remotePort, workload: srcWorkload },
         security: 'none',
         protocol,
-        appProtocol: undefined,
+        appProtocol: declared === 'h2' || declared === 'http1' ? declared : undefined,
         connection: authz,
       };
       const leave = this.inputs.drain.enter();

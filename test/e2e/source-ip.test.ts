@@ -1,6 +1,7 @@
-// Apps see who calls: nginx (HTTP, parsed by both agents) and redis (an opaque port) behind the mesh see the
-// caller's pod address, from a meshed caller (HBONE) and from a caller outside the mesh (plaintext), never the
-// server pod's own. Real nginx and redis-server from Debian; a two-node lab of its own; needs root.
+// Real apps behind the mesh. They see who calls: nginx (HTTP, parsed by both agents) and redis (an opaque port) see
+// the caller's pod address, from a meshed caller (HBONE) and from a caller outside the mesh (plaintext), never the
+// server pod's own. And nginx, which speaks HTTP/1.1 only, serves h2c clients on its port declared http. Real nginx
+// and redis-server from Debian; a two-node lab of its own; needs root.
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -153,6 +154,16 @@ describe('apps see the caller’s address (two-node lab, nginx and redis)', () =
     await until('nginx to log 8 requests', async () => nginxPeers('meshed').length + nginxPeers('plaintext').length >= 8, 10_000);
     expect(nginxPeers('meshed')).toEqual(Array(4).fill(lab.pod('shop/web').ip));
     expect(nginxPeers('plaintext')).toEqual(Array(4).fill(lab.pod('plain/outsider').ip));
+  });
+
+  it('an h2c client reaches nginx, which speaks HTTP/1.1 only, on a port declared http (the app gets HTTP/1.1)', async () => {
+    const vip = lab.services.find((s) => s.namespace === 'shop' && s.name === 'www')!.clusterIP;
+    for (const [pod, tag] of [['shop/web', 'h2c-meshed'], ['plain/outsider', 'h2c-plaintext']] as const) {
+      const r = await lab.exec(pod, ['trellis', 'tool', 'http-client', '--http2', '--url', `http://${vip}/${tag}`, '--count', '3', '--timeout-ms', '3000']);
+      const summary = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { ok: number; statusCounts: Record<string, number> };
+      expect(summary, `${pod}: ${r.stderr}`).toMatchObject({ ok: 3, statusCounts: { '200': 3 } });
+    }
+    await until('nginx to log the h2c requests', async () => nginxPeers('h2c-meshed').length + nginxPeers('h2c-plaintext').length >= 6, 10_000);
   });
 
   it('redis lists the meshed caller’s address for its connection (an opaque port, carried as TCP)', async () => {
