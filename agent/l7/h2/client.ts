@@ -11,12 +11,43 @@ import { streamBody } from './server.js';
 
 export class H2Sessions {
   private readonly sessions = new Map<string, Promise<http2.ClientHttp2Session>>();
+  /** The established session of each key, and each session's key (to retire one that refuses streams). */
+  private readonly current = new Map<string, http2.ClientHttp2Session>();
+  private readonly keys = new WeakMap<http2.ClientHttp2Session, string>();
   private closed = false;
 
   constructor(private readonly inputs: { open: Opener; maxHeaderListSize: number }) {}
 
-  /** Sends one request over the endpoint's session; resolves with the response head. */
+  /**
+   * Sends one request over the endpoint's session; resolves with the response head. A stream the app refuses
+   * unprocessed (REFUSED_STREAM, or ENHANCE_YOUR_CALM: a Node app's session past its memory limit, which one session
+   * carrying every connection of a pod reaches sooner than the pod's own connections would) is sent once more on a
+   * session of its own, when the request can be sent again (no body, or one held whole); the refusing session takes
+   * no new stream.
+   */
   async send(src: Workload, ep: UpstreamEndpoint, req: UpstreamRequest): Promise<UpstreamResponse> {
+    const body = req.body;
+    const replayable = Buffer.isBuffer(body) || (body.ended && body.received === 0);
+    try {
+      return await this.sendOnce(src, ep, req);
+    } catch (err) {
+      if (!(err instanceof RefusedStream) || !replayable) throw err;
+      this.retire(err.session);
+      return this.sendOnce(src, ep, req);
+    }
+  }
+
+  /** The session takes no new stream: the next request to its endpoint opens another; it closes with its last stream. */
+  private retire(session: http2.ClientHttp2Session): void {
+    const key = this.keys.get(session);
+    if (key !== undefined && this.current.get(key) === session) {
+      this.sessions.delete(key);
+      this.current.delete(key);
+      session.close();
+    }
+  }
+
+  private async sendOnce(src: Workload, ep: UpstreamEndpoint, req: UpstreamRequest): Promise<UpstreamResponse> {
     const session = await this.session(src, ep);
     const reused = (session.state.nextStreamID ?? 1) > 1;
     const body = req.body;
@@ -47,13 +78,18 @@ export class H2Sessions {
       });
       stream.once('error', (err) => {
         if (settled) return;
+        // A refusal also comes as an error before 'close'; 'close' says which (rstCode is set by then).
+        if (stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM || stream.rstCode === http2.constants.NGHTTP2_ENHANCE_YOUR_CALM) return;
         settled = true;
         reject(new UpstreamError('reset', err.message, reused));
       });
       stream.once('close', () => {
         if (settled) return;
         settled = true;
-        reject(new UpstreamError('reset', `stream closed before a response (code ${stream.rstCode})`, reused));
+        const code = stream.rstCode;
+        const message = `stream closed before a response (code ${code})`;
+        if (code === http2.constants.NGHTTP2_REFUSED_STREAM || code === http2.constants.NGHTTP2_ENHANCE_YOUR_CALM) reject(new RefusedStream(message, reused, session));
+        else reject(new UpstreamError('reset', message, reused));
       });
       if (empty) return;
       if (Buffer.isBuffer(body)) {
@@ -84,6 +120,7 @@ export class H2Sessions {
     this.closed = true;
     for (const s of this.sessions.values()) void s.then((x) => x.destroy(), () => undefined);
     this.sessions.clear();
+    this.current.clear();
   }
 
   /** Lets go of a source pod's sessions: they close once their streams have. */
@@ -92,6 +129,7 @@ export class H2Sessions {
       if (key.startsWith(`${srcKey}|`)) {
         void s.then((x) => x.close(), () => undefined);
         this.sessions.delete(key);
+        this.current.delete(key);
       }
     }
   }
@@ -104,10 +142,15 @@ export class H2Sessions {
       s = this.connect(src, ep);
       this.sessions.set(key, s);
       const forget = () => {
-        if (this.sessions.get(key) === s) this.sessions.delete(key);
+        if (this.sessions.get(key) === s) {
+          this.sessions.delete(key);
+          this.current.delete(key);
+        }
       };
       s.then(
         (session) => {
+          if (this.sessions.get(key) === s) this.current.set(key, session);
+          this.keys.set(session, key);
           session.once('close', forget);
           session.once('goaway', forget);
           session.on('error', () => undefined);
@@ -139,3 +182,13 @@ export class H2Sessions {
   }
 }
 
+/** The app refused the stream without processing it: the request may be sent again, on another session. */
+class RefusedStream extends UpstreamError {
+  constructor(
+    message: string,
+    reused: boolean,
+    readonly session: http2.ClientHttp2Session,
+  ) {
+    super('reset', message, reused);
+  }
+}
