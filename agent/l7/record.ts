@@ -7,6 +7,7 @@ import type { CompiledRule } from '../model/routes/index.js';
 import type { L7Request } from './exchange.js';
 import type { Headers } from './headers.js';
 import type { AccessLog } from '../telemetry/audit.js';
+import { members, peer, q } from '../telemetry/access-line.js';
 
 export interface RecordSinks {
   metrics: Metrics;
@@ -134,10 +135,7 @@ export class RequestRecord {
     if (this.retries) m += `,"retries":${this.retries}`;
     if (this.fault) m += ',"fault":true';
     m += `,"request_bytes":${requestBytes},"response_bytes":${this.responseBytes},"duration_ms":${durationMs}`;
-    for (const k in this.extra) {
-      const v = this.extra[k];
-      if (v !== undefined) m += `,${q(k)}:${JSON.stringify(v)}`;
-    }
+    m += members(this.extra);
     if (this.error !== undefined) m += `,"error":${q(this.error)}`;
     log.line(m, 'request');
   }
@@ -212,18 +210,6 @@ export class RequestRecord {
   }
 }
 
-/** A JSON string. */
-const q = JSON.stringify as (s: string) => string;
-
-/** The members of a peer object, undefined fields left out as JSON.stringify does. */
-function peer(ip: string | undefined, port: number | undefined, workload: string | undefined, principal: string | undefined): string {
-  let s = '';
-  if (ip !== undefined) s = `"ip":${q(ip)}`;
-  if (port !== undefined) s += `${s ? ',' : ''}"port":${port}`;
-  if (workload !== undefined) s += `${s ? ',' : ''}"workload":${q(workload)}`;
-  if (principal !== undefined) s += `${s ? ',' : ''}"principal":${q(principal)}`;
-  return s;
-}
 
 /** The audit line of a request refused before it was parsed whole (malformed, oversized): no request id yet. */
 export function rejectedLine(
