@@ -17,6 +17,7 @@ import type { HttpClientSummary } from '../../lab/tools/http-client.js';
 import { PromClient } from '../../viz/prom/client.js';
 import { netnsTransport } from '../../viz/prom/transport.js';
 import type { StatRow } from '../../viz/stat.js';
+import type { TopRow } from '../../viz/top.js';
 import { requireRoot } from '../support/root.js';
 import { trellis } from '../support/trellis-cli.js';
 import { until } from '../support/until.js';
@@ -108,7 +109,7 @@ function startDashboard(args: string[]): Promise<string> {
 const cell = (row: string, col: string) => page.locator(`${row} [data-col="${col}"]`).textContent();
 const percentOf = (text: string | null) => Number(/^([\d.]+)%$/.exec(text ?? '')?.[1]) / 100;
 
-describe('the dashboard page in Chromium, on the lab\'s Prometheus', () => {
+describe('the dashboard page in Chromium, and trellis top, on the lab\'s Prometheus', () => {
   beforeAll(async () => {
     requireRoot('the dashboard end-to-end test');
     if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: \`apt-get install --no-install-recommends chromium\` (scripts/setup-debian.sh)`);
@@ -128,6 +129,17 @@ describe('the dashboard page in Chromium, on the lab\'s Prometheus', () => {
     await round(MAIN);
     const total = { api: WARM.api + MAIN.api, outsider: WARM.outsider + MAIN.outsider, legacy: WARM.legacy + MAIN.legacy };
     await until('Prometheus to scrape the main round', async () => (await counted()) === scraped(total), 15_000);
+    // The recording rules the page reads are evaluated apart from the scrapes: wait for one evaluation after the
+    // scrape that saw it all (else a rate may hold part of the round).
+    await until('the recording rules to be evaluated after that scrape', async () => {
+      const prom = new PromClient(netnsTransport(lab.prometheus!.url, lab.prometheus!.netnsPath, 'the test lab'));
+      const when = async (expr: string) => (await prom.query(expr))[0]?.value ?? NaN;
+      const [scrape, rule] = await Promise.all([
+        when('max(timestamp(trellis_requests_total{reporter="destination",destination_workload="api"}))'),
+        when('min(timestamp(edge:trellis_requests:rate1m{reporter="destination",destination_workload="api"}))'),
+      ]);
+      return rule > scrape;
+    }, 10_000);
 
     url = await startDashboard(['--lab', labName, '--listen', '127.0.0.1:0', '--refresh', '2s']);
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
@@ -196,5 +208,45 @@ describe('the dashboard page in Chromium, on the lab\'s Prometheus', () => {
     await page.locator('[data-workload="legacy"]').waitFor({ timeout: 10_000 });
     expect(await cell('[data-workload="legacy"]', 'meshed')).toBe('no');
     expect(page.url()).toMatch(/\?namespace=outside$/);
+  });
+
+  it('top: a workload\'s busiest edges and routes both ways, as its own agent saw them, redrawn --iterations times', async () => {
+    const json = async (target: string) => {
+      const r = await trellis(['top', target, '--lab', labName, '--iterations', '1', '-o', 'json']);
+      expect(r.code, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout) as { rows: TopRow[] }).rows;
+    };
+    const row = (rows: TopRow[], peer: string) => {
+      const r = rows.find((x) => `${x.peer.namespace}/${x.peer.workload}` === peer);
+      expect(r, `${peer} in ${JSON.stringify(rows.map((x) => x.peer.workload))}`).toBeDefined();
+      return r!;
+    };
+    // What the client calls: the api (75 % of its own calls ok), web through the route, legacy in plaintext.
+    const client = await json('viz/client');
+    expect(client.every((r) => r.direction === 'outbound' && r.reporter === 'source')).toBe(true);
+    expect(row(client, 'viz/api')).toMatchObject({ route: null, secured: 1 });
+    expect(row(client, 'viz/api').successRate).toBeCloseTo(0.75, 6);
+    expect(row(client, 'viz/web-v1')).toMatchObject({ route: { name: 'viz/web-split', rule: 'split' }, service: 'viz/web-v1', successRate: 1 });
+    expect(row(client, 'viz/web-v2')).toMatchObject({ route: { name: 'viz/web-split', rule: 'split' } });
+    expect(row(client, 'outside/legacy')).toMatchObject({ secured: 0, successRate: 1 });
+    expect(client[0]!.rps).toBeGreaterThanOrEqual(client.at(-1)!.rps);
+    // Who calls the api: the client over mTLS, the outsider in plaintext, as the api's agent saw them.
+    const api = await json('viz/api');
+    expect(api.map((r) => [r.direction, r.peer.workload, r.reporter])).toEqual([
+      ['inbound', 'client', 'destination'],
+      ['inbound', 'outsider', 'destination'],
+    ]);
+    expect(row(api, 'outside/outsider')).toMatchObject({ successRate: 1, secured: 0 });
+
+    const table = await trellis(['top', 'viz/client', '--lab', labName, '--iterations', '2', '--interval', '1s']);
+    expect(table.code, table.stderr).toBe(0);
+    const pictures = table.stdout.split(/\n\n(?=trellis top )/);
+    expect(pictures).toHaveLength(2);
+    for (const p of pictures) {
+      expect(p).toMatch(/^trellis top viz\/client  \d\d:\d\d:\d\d  window 1m, every 1 s, Prometheus http:/);
+      expect(p).toMatch(/^FROM +TO +ROUTE +RPS +SUCCESS +LATENCY_P50 +LATENCY_P99 +CONN\/SEC +SECURED$/m);
+      expect(p).toMatch(/^client +web-v1 +viz\/web-split:split +[\d.]+ +100\.00% /m);
+      expect(p).toMatch(/^client +api +- +[\d.]+ +75\.00% /m);
+    }
   });
 });

@@ -1,0 +1,186 @@
+// `trellis top NS/WORKLOAD`: the workload's busiest edges and routes (viz/top.ts), one picture every --interval,
+// cleared and redrawn on a terminal, one after the other otherwise (`-o json`: one JSON line each). Request paths
+// need live tap, a later issue: until then the rows come from Prometheus, which holds no paths.
+import { InvalidArgumentError, type Command } from 'commander';
+import { parseDuration } from '../../agent/config.js';
+import { VizError } from '../errors.js';
+import { locate } from '../prom/locate.js';
+import { selector } from '../promql.js';
+import { top, topTable, type TopTarget } from '../top.js';
+import { explainEmpty, sessionOn, withCommonFlags, type CommonFlags, type Session } from './common.js';
+
+interface TopFlags extends CommonFlags {
+  interval: number;
+  iterations?: number;
+}
+
+/** Where the pictures go: a terminal is cleared before each one. */
+export interface Screen {
+  write(text: string): unknown;
+  readonly isTTY?: boolean;
+  readonly rows?: number;
+}
+
+const CLEAR = '\x1b[H\x1b[2J';
+const HIDE_CURSOR = '\x1b[?25l';
+const SHOW_CURSOR = '\x1b[?25h';
+const NAME = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
+export const PATHS_NOTE = 'rows are edges and route rules from Prometheus; request paths need live tap (`trellis tap`, a later issue)';
+
+function intervalArg(text: string): number {
+  let ms: number;
+  try {
+    ms = parseDuration(text, '--interval');
+  } catch {
+    throw new InvalidArgumentError('write a duration: 2s, 5s, 1m');
+  }
+  if (ms < 1000) throw new InvalidArgumentError('1s at least: every picture runs the queries again');
+  return ms;
+}
+
+function iterationsArg(text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('a whole number, 1 or more');
+  return n;
+}
+
+/** "viz/client" or "client" (with -n). */
+export function parseTarget(text: string, namespace: string): TopTarget {
+  const parts = text.split('/');
+  const [ns, wl] = parts.length === 2 ? [parts[0]!, parts[1]!] : parts.length === 1 ? [namespace, parts[0]!] : ['', ''];
+  if (!NAME.test(ns) || !NAME.test(wl)) throw new VizError('ECONFIG', `"${text}": name the workload as NAMESPACE/WORKLOAD, e.g. demo/server (or WORKLOAD with -n)`);
+  return { namespace: ns, workload: wl };
+}
+
+export function registerTopCommand(program: Command): void {
+  withCommonFlags(
+    program
+      .command('top <workload>')
+      .description("a workload's busiest edges and routes, both ways, refreshed live in the terminal (from Prometheus; request paths need tap, a later issue)")
+      .usage('NS/WORKLOAD [--window 1m] [--interval 2s] [--iterations N] [-o table|wide|json]')
+      .option('--interval <duration>', 'time between pictures', intervalArg, 2000)
+      .option('--iterations <n>', 'stop after N pictures (default: until Ctrl-C)', iterationsArg),
+    { allNamespaces: false },
+  )
+    .addHelpText(
+      'after',
+      '\nExamples:\n  trellis top demo/server                  who calls server and what server calls, every 2 s\n' +
+        '  trellis top client -n demo --iterations 1 -o wide\n' +
+        `\nA row is a caller of the workload (FROM it, TO the workload) or something it calls (per Service and route rule).\n` +
+        `Until \`trellis tap\` exists, ${PATHS_NOTE.replace(/^rows are/, 'the rows are')}.`,
+    )
+    .action(async (workload: string, flags: TopFlags) => {
+      const target = parseTarget(workload, flags.namespace);
+      const located = locate({ prometheus: flags.prometheus, lab: flags.lab });
+      const open = () => sessionOn(located, { ...flags, namespace: target.namespace, allNamespaces: false });
+      // The first picture must work: a wrong name or an unreachable Prometheus stops here with its one line.
+      const first = await open();
+      const rows = await top(target, first.ctx);
+      if (rows.length === 0) await refuseUnknown(target, first);
+      await runTop({
+        screen: process.stdout,
+        interval: flags.interval,
+        iterations: flags.iterations,
+        picture: async (i) => {
+          const s = i === 0 ? first : await open();
+          const r = i === 0 ? rows : await top(target, s.ctx);
+          return picture(target, s, r, flags);
+        },
+      });
+    });
+}
+
+/** One picture: a header line, then the rows or why there are none. */
+async function picture(t: TopTarget, s: Session, rows: Awaited<ReturnType<typeof top>>, flags: TopFlags): Promise<string> {
+  if (s.output === 'json') return `${JSON.stringify({ ...s.provenance, workload: `${t.namespace}/${t.workload}`, rows })}\n`;
+  const at = new Date(s.client.at * 1000).toTimeString().slice(0, 8);
+  const head = `trellis top ${t.namespace}/${t.workload}  ${at}  window ${s.window}, every ${flags.interval / 1000} s, Prometheus ${s.client.where}\n${PATHS_NOTE}\n\n`;
+  if (rows.length === 0) return `${head}no traffic to or from ${t.namespace}/${t.workload} in the last ${s.window}\n`;
+  return `${head}${topTable(t, rows, { wide: s.output === 'wide' })}\n`;
+}
+
+/** No row at all: a workload the metrics have never seen is an error (with the names they have); an idle one is not. */
+async function refuseUnknown(t: TopTarget, s: Session): Promise<void> {
+  const seen = new Set<string>();
+  for (const side of ['source', 'destination']) {
+    const by = `count by (${side}_workload) `;
+    const sel = selector({ [`${side}_workload_namespace`]: t.namespace });
+    for (const v of await s.client.query(`${by}(trellis_requests_total${sel}) or ${by}(trellis_tcp_connections_opened_total${sel})`)) {
+      const w = v.labels[`${side}_workload`];
+      if (w && w !== 'unknown') seen.add(w);
+    }
+  }
+  if (seen.has(t.workload)) return;
+  if (seen.size === 0) {
+    const why = await explainEmpty(s, `in namespace ${t.namespace}`);
+    if (why.error) throw new VizError('ENODATA', why.message);
+  }
+  const list = [...seen].sort();
+  throw new VizError(
+    'ENODATA',
+    `no mesh traffic recorded to or from ${t.namespace}/${t.workload} (workloads with some in ${t.namespace}: ${list.slice(0, 12).join(', ') || 'none'}${list.length > 12 ? ', ...' : ''}): check the name and the namespace`,
+  );
+}
+
+export interface TopLoop {
+  readonly screen: Screen;
+  readonly interval: number;
+  /** undefined: until SIGINT/SIGTERM. */
+  readonly iterations: number | undefined;
+  /** The i-th picture (from 0). A failure after the first is shown in place of the picture, and the loop goes on. */
+  readonly picture: (i: number) => Promise<string>;
+  readonly sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
+}
+
+/** Draws pictures until the count is reached or the process is told to stop; a terminal's cursor is given back. */
+export async function runTop(loop: TopLoop): Promise<void> {
+  const tty = loop.screen.isTTY === true;
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const sleep = loop.sleep ?? defaultSleep;
+  if (tty) loop.screen.write(HIDE_CURSOR);
+  try {
+    for (let i = 0; loop.iterations === undefined || i < loop.iterations; i++) {
+      const started = Date.now();
+      let text: string;
+      try {
+        text = await loop.picture(i);
+      } catch (err) {
+        if (i === 0) throw err;
+        text = `trellis top: ${(err as Error).message} (trying again in ${loop.interval / 1000} s)\n`;
+      }
+      if (stop.signal.aborted) break;
+      loop.screen.write(tty ? `${CLEAR}${fit(text, loop.screen.rows)}` : i > 0 && !text.startsWith('{') ? `\n${text}` : text);
+      if (loop.iterations !== undefined && i + 1 >= loop.iterations) break;
+      await sleep(Math.max(0, loop.interval - (Date.now() - started)), stop.signal);
+      if (stop.signal.aborted) break;
+    }
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    if (tty) loop.screen.write(SHOW_CURSOR);
+  }
+}
+
+/** Cut to the terminal's height, saying how many rows did not fit. */
+export function fit(text: string, rows: number | undefined): string {
+  const lines = text.replace(/\n$/, '').split('\n');
+  if (!rows || lines.length <= rows - 1) return `${lines.join('\n')}\n`;
+  const keep = Math.max(1, rows - 2);
+  return `${lines.slice(0, keep).join('\n')}\n(${lines.length - keep} more rows: a taller terminal shows them)\n`;
+}
+
+function defaultSleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+  });
+}
