@@ -8,6 +8,7 @@ import { wrapError } from '../errors.js';
 import type { Svid } from '../identity/certs.js';
 import { peerIdentity, serverTlsOptions } from '../identity/tls.js';
 import { shutdownGracefully } from '../io/goaway.js';
+import { limitPings } from '../io/ping-limit.js';
 import { resetSide, splice, whenConnected } from '../io/splice.js';
 import { declaredForEndpoint, selectProtocol } from '../l7/detect.js';
 import type { InboundCall } from '../l7/inbound-http.js';
@@ -46,6 +47,10 @@ export class HboneInbound {
       session.once('close', () => this.sessions.delete(session));
       session.setLocalWindowSize(SESSION_WINDOW);
       session.on('error', (err) => this.inputs.logger.debug({ err: err.message }, 'inbound HBONE session error'));
+      limitPings(session, () => {
+        this.inputs.metrics.connectionFailures.inc({ direction: 'inbound', reason: 'ping_flood' });
+        this.inputs.logger.warn({ pod: this.inputs.pod.key, peer: this.identities.get(session) }, 'HBONE session closed: PING flood');
+      });
       if (this.closing) shutdownGracefully(session);
     });
     this.server.on('stream', (stream, headers) => void this.onStream(stream, headers));

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../../telemetry/metrics.js';
 import { prefixed } from '../../io/bytes-only.js';
 import { shutdownGracefully } from '../../io/goaway.js';
+import { limitPings } from '../../io/ping-limit.js';
 import { Body, type BodyProducer } from '../body.js';
 import type { L7Request, Responder } from '../exchange.js';
 import { HOP_BY_HOP, ensureRequestId, isGrpc, withoutPseudo, type Headers } from '../headers.js';
@@ -53,6 +54,10 @@ export class H2Server<C> {
       this.sessions.add(session);
       session.once('close', () => this.sessions.delete(session));
       session.on('error', (err) => this.inputs.logger.debug({ err: err.message }, 'downstream HTTP/2 session error'));
+      limitPings(session, () => {
+        this.inputs.metrics.connectionFailures.inc({ direction: 'inbound', reason: 'ping_flood' });
+        this.inputs.logger.warn({}, 'HTTP/2 client closed: PING flood');
+      });
       if (this.draining) shutdownGracefully(session);
     });
     this.server.on('stream', (stream, headers) => this.onStream(stream, headers));
