@@ -142,10 +142,13 @@ export function assembleTop(r: Readonly<Record<QueryName, readonly VectorSample[
   return out.sort((x, y) => y.rps - x.rps || y.connectionsPerSecond - x.connectionsPerSecond || name(x).localeCompare(name(y)));
 }
 
-/** The table of one picture: FROM and TO name both ends (the workload itself on one side of every row). */
+/**
+ * The table of one picture: FROM and TO name both ends (the workload itself on one side of every row); SERVICE is the
+ * one called (two versions of a workload behind a split share its name, not their Services).
+ */
 export function topTable(t: TopTarget, rows: readonly TopRow[], opts: { wide: boolean }): string {
-  const text = ['FROM', 'TO', 'ROUTE'];
-  if (opts.wide) text.push('SERVICE', 'REPORTED_BY');
+  const text = ['FROM', 'TO', 'SERVICE', 'ROUTE'];
+  if (opts.wide) text.push('REPORTED_BY');
   const numbers = ['RPS', 'SUCCESS', 'LATENCY_P50', 'LATENCY_P99', 'CONN/SEC', 'SECURED'];
   const end = (ns: string, wl: string) => (ns === t.namespace ? wl : `${ns}/${wl}`);
   const self = t.workload;
@@ -154,8 +157,9 @@ export function topTable(t: TopTarget, rows: readonly TopRow[], opts: { wide: bo
     return [
       r.direction === 'inbound' ? peer : self,
       r.direction === 'inbound' ? self : peer,
+      r.service ? end(...(r.service.split('/') as [string, string])) : '-',
       r.route ? `${r.route.name}:${r.route.rule}` : '-',
-      ...(opts.wide ? [r.service ?? '-', r.reporter] : []),
+      ...(opts.wide ? [r.reporter] : []),
       perSecond(r.rps),
       percent(r.successRate),
       latency(r.latency.p50),

@@ -42,7 +42,7 @@ export function registerDemoCommand(program: Command): void {
     .option('--name <lab>', 'lab name (netns prefix trl-<name>-)', 'demo')
     .option('--keep', 'leave the lab running on exit (remove it with `trellis lab down --name demo`)')
     .option('--log-level <level>', 'agent log level', 'info')
-    .option('--prometheus', 'run a Prometheus in the lab, for `trellis stat|edges|routes`', true)
+    .option('--prometheus', 'run a Prometheus in the lab, for `trellis stat|edges|routes|top|dashboard`', true)
     .option('--no-prometheus', 'run none')
     .action(async (flags: DemoFlags) => {
       const duration = flags.duration === undefined ? Infinity : Number(flags.duration);
@@ -88,7 +88,7 @@ async function runDemo(opts: DemoFlags & { durationS: number; intervalS: number 
     const prom = lab.prometheus;
     if (prom) {
       const flag = opts.name === 'demo' ? '' : ` --lab ${opts.name}`;
-      say(`  prometheus at ${prom.url} in netns ${prom.netns} (scrapes every ${prom.scrapeInterval}); in another shell: trellis stat${flag} -n demo, trellis edges${flag} -n demo, trellis routes${flag} svc/server -n demo`);
+      say(`  prometheus at ${prom.url} in netns ${prom.netns} (scrapes every ${prom.scrapeInterval}); in another shell: trellis stat${flag} -n demo, trellis edges${flag} -n demo, trellis routes${flag} svc/server -n demo, trellis top${flag} demo/client, trellis dashboard${flag}`);
     }
     const deadline = Date.now() + opts.durationS * 1000;
     let round = 0;

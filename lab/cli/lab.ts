@@ -34,7 +34,7 @@ export function registerLabCommands(program: Command): void {
           'every object created through its API, the agents on --source kube (see `trellis lab kubectl`)',
       )
       .option('--gateway-channel <channel>', 'with --cluster: the Gateway API CRDs installed, standard|experimental (routes with rules[].name or retry need experimental)', 'standard')
-      .option('--prometheus', "run a Prometheus in the lab (a netns of its own) scraping every agent, with manifests/monitoring/'s recording rules: what `trellis stat|edges|routes` read")
+      .option('--prometheus', "run a Prometheus in the lab (a netns of its own) scraping every agent, with manifests/monitoring/'s recording rules: what `trellis stat|edges|routes|top|dashboard` read")
       .option('--scrape-interval <duration>', 'with --prometheus: how often it scrapes the agents and evaluates the rules', '2s')
       .addHelpText(
         'after',

@@ -244,9 +244,9 @@ describe('the dashboard page in Chromium, and trellis top, on the lab\'s Prometh
     expect(pictures).toHaveLength(2);
     for (const p of pictures) {
       expect(p).toMatch(/^trellis top viz\/client  \d\d:\d\d:\d\d  window 1m, every 1 s, Prometheus http:/);
-      expect(p).toMatch(/^FROM +TO +ROUTE +RPS +SUCCESS +LATENCY_P50 +LATENCY_P99 +CONN\/SEC +SECURED$/m);
-      expect(p).toMatch(/^client +web-v1 +viz\/web-split:split +[\d.]+ +100\.00% /m);
-      expect(p).toMatch(/^client +api +- +[\d.]+ +75\.00% /m);
+      expect(p).toMatch(/^FROM +TO +SERVICE +ROUTE +RPS +SUCCESS +LATENCY_P50 +LATENCY_P99 +CONN\/SEC +SECURED$/m);
+      expect(p).toMatch(/^client +web-v1 +web-v1 +viz\/web-split:split +[\d.]+ +100\.00% /m);
+      expect(p).toMatch(/^client +api +api +- +[\d.]+ +75\.00% /m);
     }
   });
 });

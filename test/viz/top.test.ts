@@ -70,12 +70,12 @@ describe('top rows', () => {
 
     expect(topTable(T, rows, { wide: false })).toBe(
       [
-        'FROM         TO     ROUTE             RPS  SUCCESS  LATENCY_P50  LATENCY_P99  CONN/SEC  SECURED',
-        'web          cart   -                8.00   75.00%            -       10.0ms      0.00     100%',
-        'cart         db-v1  shop/db-split:0  3.00  100.00%            -            -      0.00     100%',
-        'outside/bot  cart   -                1.00  100.00%            -            -      0.00       0%',
-        'cart         db-v2  shop/db-split:0  1.00  100.00%            -            -      0.00     100%',
-        'cart         cache  -                0.00        -            -            -      0.50     100%',
+        'FROM         TO     SERVICE  ROUTE             RPS  SUCCESS  LATENCY_P50  LATENCY_P99  CONN/SEC  SECURED',
+        'web          cart   -        -                8.00   75.00%            -       10.0ms      0.00     100%',
+        'cart         db-v1  db-v1    shop/db-split:0  3.00  100.00%            -            -      0.00     100%',
+        'outside/bot  cart   -        -                1.00  100.00%            -            -      0.00       0%',
+        'cart         db-v2  db-v2    shop/db-split:0  1.00  100.00%            -            -      0.00     100%',
+        'cart         cache  cache    -                0.00        -            -            -      0.50     100%',
       ].join('\n'),
     );
   });
@@ -159,7 +159,7 @@ describe('trellis top against --prometheus URL', () => {
     for (const p of pictures) {
       expect(p).toMatch(new RegExp(`^trellis top shop/cart  \\d\\d:\\d\\d:\\d\\d  window 1m, every 1 s, Prometheus ${url}\\n`));
       expect(p).toContain('request paths need live tap');
-      expect(p).toMatch(/^web +cart +- +4\.00 +100\.00% +- +- +0\.00 +100%$/m);
+      expect(p).toMatch(/^web +cart +- +- +4\.00 +100\.00% +- +- +0\.00 +100%$/m);
     }
     const json = await trellis(['top', 'cart', '-n', 'shop', '--prometheus', url, '--iterations', '1', '-o', 'json']);
     expect(JSON.parse(json.stdout)).toMatchObject({ workload: 'shop/cart', window: '1m', rows: [{ direction: 'inbound', peer: { workload: 'web' }, rps: 4 }] });
