@@ -17,39 +17,9 @@ import { connectInNetns } from '../../agent/native/index.js';
 import { Lab } from '../../lab/cluster/lab.js';
 import { requireRoot } from '../support/root.js';
 import { until } from '../support/until.js';
+import { ACK, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS, frame, hpackInt } from '../support/h2-wire.js';
 
 const fixtures = path.join(import.meta.dirname, 'fixtures', 'downgrade.yaml');
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
-const DATA = 0x0;
-const HEADERS = 0x1;
-const RST_STREAM = 0x3;
-const SETTINGS = 0x4;
-const GOAWAY = 0x7;
-const END_STREAM = 0x1;
-const END_HEADERS = 0x4;
-const ACK = 0x1;
-
-function frame(type: number, flags: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
-  const head = Buffer.alloc(9);
-  head.writeUIntBE(payload.length, 0, 3);
-  head[3] = type;
-  head[4] = flags;
-  head.writeUInt32BE(stream & 0x7fffffff, 5);
-  return Buffer.concat([head, payload]);
-}
-
-function hpackInt(value: number, prefixBits: number, first: number): Buffer {
-  const max = (1 << prefixBits) - 1;
-  if (value < max) return Buffer.from([first | value]);
-  const out = [first | max];
-  let v = value - max;
-  while (v >= 128) {
-    out.push((v % 128) + 128);
-    v = Math.floor(v / 128);
-  }
-  out.push(v);
-  return Buffer.from(out);
-}
 
 /** Literal fields without indexing, new names (RFC 7541 6.2.2): any bytes go on the wire as given. */
 function block(fields: readonly (readonly [string, string])[]): Buffer {
@@ -205,7 +175,7 @@ describe('HTTP/2 to HTTP/1.1 downgrade smuggling (two-node lab)', () => {
       .podLog('mesh/web')
       .split('\n')
       .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as { event?: string; path?: string; method?: string; headers?: Record<string, string>; raw?: string })
+      .map((l) => JSON.parse(l) as { event?: string; path?: string; method?: string; headers?: Record<string, string>; raw?: string; code?: string })
       .filter((e) => e.event !== undefined);
     const told = (o: Outcome) =>
       [o.status !== undefined && `status ${o.status}`, o.reset !== undefined && `RST_STREAM ${o.reset}`, o.goaway !== undefined && `GOAWAY ${o.goaway}`, o.closed && 'closed']
@@ -244,7 +214,12 @@ describe('HTTP/2 to HTTP/1.1 downgrade smuggling (two-node lab)', () => {
     // Nothing smuggled reached the app, and nothing it could not parse.
     expect(seen.filter((e) => e.path?.includes('smuggled') || e.method !== undefined && !['GET', 'POST'].includes(e.method)), report).toEqual([]);
     expect(seen.filter((e) => e.event === 'request' && !/^\/(warm|case-\d+|case-control(-get)?)$/.test(e.path ?? '')), report).toEqual([]);
-    expect(seen.filter((e) => e.event !== 'request'), report).toEqual([]);
+    // A request whose DATA turned malformed after its head went on is cancelled. The app's port declares http, so it
+    // is spoken to in HTTP/1.1, where a cancel is the connection closed mid-body: its parser reports that end, with
+    // nothing of the DATA in it. Anything else it could not parse would be a smuggled fragment.
+    const aborted = seen.filter((e) => e.event === 'client-error' && e.code === 'HPE_INVALID_EOF_STATE' && !e.raw);
+    expect(aborted.length, report).toBeLessThanOrEqual(CASES.filter((c) => c.dataAfterMs !== undefined).length);
+    expect(seen.filter((e) => e.event !== 'request' && !aborted.includes(e)), report).toEqual([]);
     expect(seen.filter((e) => e.path === '/case-control'), report).toHaveLength(1);
     expect(seen.filter((e) => e.path === '/case-control-get'), report).toHaveLength(1);
     expect(control.status, report).toBe(200);
