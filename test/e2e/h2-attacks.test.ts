@@ -16,44 +16,10 @@ import { connectInNetns } from '../../agent/native/index.js';
 import { Lab } from '../../lab/cluster/lab.js';
 import { requireRoot } from '../support/root.js';
 import { until } from '../support/until.js';
+import { CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, PREFACE, RST_STREAM, SETTINGS, frame, hpackInt, literal } from '../support/h2-wire.js';
 
 const fixtures = path.join(import.meta.dirname, 'fixtures', 'edges.yaml');
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
-const DATA = 0x0;
-const HEADERS = 0x1;
-const RST_STREAM = 0x3;
-const SETTINGS = 0x4;
-const PING = 0x6;
-const GOAWAY = 0x7;
-const CONTINUATION = 0x9;
-const END_STREAM = 0x1;
-const END_HEADERS = 0x4;
 
-function frame(type: number, flags: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
-  const head = Buffer.alloc(9);
-  head.writeUIntBE(payload.length, 0, 3);
-  head[3] = type;
-  head[4] = flags;
-  head.writeUInt32BE(stream & 0x7fffffff, 5);
-  return Buffer.concat([head, payload]);
-}
-
-/** HPACK integer with an N-bit prefix (RFC 7541 section 5.1). */
-function hpackInt(value: number, prefixBits: number, first: number): Buffer {
-  const max = (1 << prefixBits) - 1;
-  if (value < max) return Buffer.from([first | value]);
-  const out = [first | max];
-  let v = value - max;
-  while (v >= 128) {
-    out.push((v % 128) + 128);
-    v = Math.floor(v / 128);
-  }
-  out.push(v);
-  return Buffer.from(out);
-}
-
-const literal = (name: string, value: string, indexing: boolean) =>
-  Buffer.concat([Buffer.from([indexing ? 0x40 : 0x00]), hpackInt(name.length, 7, 0), Buffer.from(name), hpackInt(value.length, 7, 0), Buffer.from(value)]);
 /** GET / with :authority web: :method GET, :scheme http, :path / from the static table, :authority by name index 1. */
 const REQUEST = Buffer.concat([Buffer.from([0x82, 0x86, 0x84]), Buffer.from([0x41]), hpackInt(3, 7, 0), Buffer.from('web')]);
 

@@ -21,6 +21,7 @@ import { connectInNetns } from '../../agent/native/index.js';
 import { Lab } from '../../lab/cluster/lab.js';
 import { requireRoot } from '../support/root.js';
 import { until } from '../support/until.js';
+import { ACK, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, PREFACE, RST_STREAM, SETTINGS, frame } from '../support/h2-wire.js';
 
 const fixtures = path.join(import.meta.dirname, 'fixtures', 'zero-window.yaml');
 const STREAMS = 4;
@@ -28,26 +29,7 @@ const HOLD_MS = 6000;
 /** What an agent may grow by while the attackers hold their streams (unbounded: 128 MiB per stream and path). */
 const RSS_BOUND_KB = 64 * 1024;
 
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
-const DATA = 0x0;
-const HEADERS = 0x1;
-const RST_STREAM = 0x3;
-const SETTINGS = 0x4;
-const PING = 0x6;
-const GOAWAY = 0x7;
-const END_STREAM = 0x1;
-const ACK = 0x1;
-const END_HEADERS = 0x4;
 const SETTINGS_INITIAL_WINDOW_SIZE = 0x4;
-
-function frame(type: number, flags: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
-  const head = Buffer.alloc(9);
-  head.writeUIntBE(payload.length, 0, 3);
-  head[3] = type;
-  head[4] = flags;
-  head.writeUInt32BE(stream & 0x7fffffff, 5);
-  return Buffer.concat([head, payload]);
-}
 
 /** An HPACK literal without indexing, with the name from the static table (RFC 7541 6.2.2); short values only. */
 function literal(nameIndex: number, value: string): Buffer {
