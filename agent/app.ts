@@ -26,6 +26,7 @@ import { createAuditLog } from './telemetry/audit.js';
 import { MemoryReclaimer } from './telemetry/memory.js';
 import { ReadyFile } from './telemetry/ready-file.js';
 import { Metrics } from './telemetry/metrics.js';
+import { TapService } from './tap/service.js';
 import type { Workers } from './workers/pool.js';
 
 /** How often memory left by a burst goes back (telemetry/memory.ts). */
@@ -99,15 +100,24 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
   // 3. State: one store, one writer (the source).
   const store = new Store({ trustDomain: config.trustDomain, logger, onInvalid: (n) => metrics.configErrors.inc({ source: 'routes' }, n) });
 
+  // 3a. Tap: the hub every record of this thread reports to (idle until someone taps), and the streams of the taps.
+  const tap = new TapService({
+    node: config.node,
+    redact: new Set(config.tap.redactHeaders),
+    maxRps: config.tap.maxRps,
+    clock,
+    metrics,
+  });
+
   // 4. Data plane: listeners in every enrolled pod's netns, the outbound and inbound paths (L4 and L7), the HBONE
   //    pool. The main thread runs one; with --workers N, N-1 worker threads run one each, with listeners of their
   //    own on the same ports (SO_REUSEPORT), fed the same snapshots and certificates.
   const state = () => store.current();
-  const plane = new DataPlane({ config, certs, state, subscribe: (fn) => store.subscribe(fn), metrics, logger, accessLog, clock, worker: 0 });
+  const plane = new DataPlane({ config, certs, state, subscribe: (fn) => store.subscribe(fn), metrics, logger, accessLog, clock, worker: 0, tap: tap.hub });
   let workers: Workers | undefined;
   if (config.workers > 1) {
     const { Workers } = await import('./workers/pool.js');
-    workers = await Workers.start({ count: config.workers - 1, config, certs, audit: (line) => audit.write(line), logger: logger.child({ component: 'workers' }) });
+    workers = await Workers.start({ count: config.workers - 1, config, certs, audit: (line) => audit.write(line), tap, logger: logger.child({ component: 'workers' }) });
     logger.info({ workers: config.workers }, 'worker threads started');
   }
 
@@ -292,6 +302,8 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         const drained = active - left + (others?.drained ?? 0);
         const cut = left + (others?.cut ?? 0);
         logger.info({ drained, cut, drainMs: config.drainMs }, 'connections drained');
+        // Taps saw the drained requests; their streams end now, each with a last summary.
+        tap.stop();
         plane.close();
         certs.close();
         remote?.close();

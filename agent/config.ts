@@ -4,6 +4,7 @@ import os from 'node:os';
 import tls from 'node:tls';
 import { DEFAULT_TRUST_DOMAIN, HEALTH_PORT, METRICS_PORT } from './constants.js';
 import { TrellisError } from './errors.js';
+import { DEFAULT_REDACTED_HEADERS } from './tap/events.js';
 
 export interface AgentConfig {
   readonly node: string;
@@ -60,6 +61,15 @@ export interface AgentConfig {
   readonly logLevel: string;
   /** Threads that carry traffic: the main thread and workers-1 worker threads, each with listeners of its own. */
   readonly workers: number;
+  readonly tap: TapConfig;
+}
+
+/** The live tap (agent/tap/): what it hides, how fast one tap may go. */
+export interface TapConfig {
+  /** Lowercase header names whose values taps never see: the defaults plus --tap-redact-headers. */
+  readonly redactHeaders: readonly string[];
+  /** Observations per second one tap may carry at most. */
+  readonly maxRps: number;
 }
 
 export interface AuditConfig {
@@ -135,6 +145,8 @@ export interface AgentFlags {
   auditFile?: string;
   auditMaxBytes?: string;
   auditMaxFiles?: string;
+  tapRedactHeaders?: string;
+  tapMaxRps?: string;
 }
 
 function integerFlag(text: string, flag: string, min: number, max: number): number {
@@ -186,6 +198,17 @@ function auditConfig(flags: AgentFlags): AuditConfig {
     ...(flags.auditFile && { file: flags.auditFile }),
     maxBytes,
     maxFiles: integerFlag(flags.auditMaxFiles ?? '5', '--audit-max-files', 1, 1000),
+  });
+}
+
+function tapConfig(flags: AgentFlags): TapConfig {
+  const extra = (flags.tapRedactHeaders ?? '').split(',').map((h) => h.trim().toLowerCase()).filter(Boolean);
+  for (const h of extra) {
+    if (!/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(h)) throw new TrellisError('ECONFIG', `--tap-redact-headers: "${h}" is not a header name`);
+  }
+  return Object.freeze({
+    redactHeaders: Object.freeze([...new Set([...DEFAULT_REDACTED_HEADERS, ...extra])]),
+    maxRps: integerFlag(flags.tapMaxRps ?? '100', '--tap-max-rps', 1, 100_000),
   });
 }
 
@@ -300,6 +323,7 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
     ...(flags.readyFile !== undefined && { readyFile: flags.readyFile }),
     resyncMs: 5_000,
     logLevel: level,
+    tap: tapConfig(flags),
   });
 }
 

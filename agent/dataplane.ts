@@ -23,6 +23,7 @@ import type { MeshState, StateListener } from './state/store.js';
 import type { Workload } from './state/workload.js';
 import type { AccessLog } from './telemetry/audit.js';
 import type { Metrics } from './telemetry/metrics.js';
+import type { TapHub } from './tap/hub.js';
 
 export interface DataPlaneInputs {
   config: AgentConfig;
@@ -36,6 +37,8 @@ export interface DataPlaneInputs {
   clock: Clock;
   /** Which thread this is (0: the main thread), for the per-worker connection count. */
   worker: number;
+  /** This thread's tap hub: every record of this data plane reports to it (agent/tap/). */
+  tap?: TapHub | undefined;
 }
 
 export class DataPlane {
@@ -96,6 +99,7 @@ export class DataPlane {
           accessLog,
           clock,
           random: Math.random,
+          tap: inputs.tap,
         })
       : undefined;
     this.inboundHttp = config.l7
@@ -108,6 +112,7 @@ export class DataPlane {
           dialApp: (pod, port, caller) => whenConnected(dialApp(pod, pod.ip ?? '127.0.0.1', port, caller)),
           policies: () => state().policies,
           track: (check, cut) => this.recheck.track(check, cut),
+          tap: inputs.tap,
         })
       : undefined;
     this.outbound = new Outbound({
@@ -119,6 +124,7 @@ export class DataPlane {
       drain: this.drain,
       random: Math.random,
       ...(this.l7 && { l7: this.l7 }),
+      tap: inputs.tap,
     });
   }
 
@@ -141,6 +147,7 @@ export class DataPlane {
       accessLog,
       drain: this.drain,
       recheck: this.recheck,
+      tap: this.inputs.tap,
       ...(this.sourceLimit && { sourceLimit: this.sourceLimit }),
       onAccept: () => accepted.inc(),
       ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),

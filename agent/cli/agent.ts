@@ -91,6 +91,8 @@ export function registerAgentCommand(program: Command): void {
     .option('--audit-max-bytes <size>', 'with --audit-file: rotate when the file would pass this size (bytes, or Ki/Mi/Gi) (default 100Mi)')
     .option('--audit-max-files <n>', 'with --audit-file: rotated files kept, PATH.1 the newest (default 5)')
     .option('--no-audit', 'write no audit trail (the access lines); --log-level never turns it off')
+    .option('--tap-redact-headers <list>', 'comma-separated headers whose values taps never see, beside authorization, cookie, set-cookie, proxy-authorization, x-forwarded-client-cert (always redacted)')
+    .option('--tap-max-rps <n>', 'observations per second one tap may carry at most; more are dropped and counted in the stream (default 100)')
     .option('--log-level <level>', "trace|debug|info|warn|error: the agent's own log (the audit trail is written whatever the level)", 'info')
     .option('--cpu-profile <file>', 'diagnostics: record a V8 CPU profile from start to shutdown and write it to FILE (open it in Chrome DevTools)')
     .action(async (flags: AgentFlags & { cpuProfile?: string }) => {

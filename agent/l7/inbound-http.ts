@@ -20,6 +20,7 @@ import { RequestRecord, rejectedLine } from './record.js';
 import { local, relay } from './relay.js';
 import { UpstreamError, Upstreams } from './upstream.js';
 import type { AccessLog } from '../telemetry/audit.js';
+import type { TapHub } from '../tap/hub.js';
 
 /** Headers that carry identity to the app: only the agent sets them; a client's copy is dropped. */
 export const IDENTITY_HEADERS: readonly string[] = Object.freeze(['x-forwarded-client-cert', 'x-trellis-peer-identity']);
@@ -60,6 +61,8 @@ export interface InboundHttpInputs {
    * called: `cut` ends it when they now deny its request (proxy/recheck.ts).
    */
   track?: (check: (state: MeshState) => AuthzDecision, cut: (decision: AuthzDecision) => void) => () => void;
+  /** This thread's tap hub (agent/tap/). */
+  tap?: TapHub | undefined;
 }
 
 export class InboundHttp {
@@ -71,7 +74,7 @@ export class InboundHttp {
     this.upstreams = new Upstreams({ open: (pod, ep) => inputs.dialApp(pod, ep.port, ep.caller), maxHeaderBytes: inputs.limits.maxHeaderBytes });
     const onRejected = (call: InboundCall, status: number, reason: string, requestId?: string) => {
       rejectedLine(
-        inputs.accessLog,
+        inputs,
         'inbound',
         { workload: call.peer.workload, principal: call.peer.principal, ip: call.peer.ip, port: call.peer.port },
         { workload: call.pod, principal: call.pod.identity, ip: call.pod.ip, port: call.port, service: call.service?.host },

@@ -16,6 +16,7 @@ import { rejectedLine } from './record.js';
 import { Router } from './router.js';
 import { Upstreams, type TunnelOpener } from './upstream.js';
 import type { AccessLog } from '../telemetry/audit.js';
+import type { TapHub } from '../tap/hub.js';
 
 export interface L7Limits extends H1Limits {
   /** HTTP/2 streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). */
@@ -42,6 +43,8 @@ export interface L7Inputs {
   accessLog: AccessLog;
   clock: Clock;
   random: () => number;
+  /** This thread's tap hub (agent/tap/). */
+  tap?: TapHub | undefined;
 }
 
 export class L7Proxy {
@@ -62,10 +65,11 @@ export class L7Proxy {
       random: inputs.random,
       bodyCapBytes: options.bodyCapBytes,
       mirrorTimeoutMs: options.mirrorTimeoutMs,
+      tap: inputs.tap,
     });
     const onRejected = (ctx: CallContext, status: number, reason: string, requestId?: string) => {
       const src = { workload: ctx.src, principal: ctx.src.identity, ip: ctx.srcIp, port: ctx.srcPort };
-      rejectedLine(inputs.accessLog, 'outbound', src, { service: ctx.service.host }, 'none', status, reason, requestId);
+      rejectedLine(inputs, 'outbound', src, { service: ctx.service.host }, 'none', status, reason, requestId);
     };
     const authorityOf = (ctx: CallContext) => `${ctx.service.host}:${ctx.port}`;
     const onRequest = (ctx: CallContext, req: Parameters<Router['handle']>[1], res: Parameters<Router['handle']>[2]) => this.router.handle(ctx, req, res);

@@ -8,10 +8,14 @@ import type { L7Request } from './exchange.js';
 import type { Headers } from './headers.js';
 import type { AccessLog } from '../telemetry/audit.js';
 import { members, peer, q } from '../telemetry/access-line.js';
+import type { TappedRequest } from '../tap/events.js';
+import type { TapHub } from '../tap/hub.js';
 
 export interface RecordSinks {
   metrics: Metrics;
   accessLog: AccessLog;
+  /** This thread's tap hub: read once per request, `active` false while nobody taps. */
+  tap?: TapHub | undefined;
 }
 
 export interface RecordPeer {
@@ -43,7 +47,7 @@ interface SeriesMemo {
  */
 const memos = new WeakMap<object, SeriesMemo>();
 
-export class RequestRecord {
+export class RequestRecord implements TappedRequest {
   status = 0;
   grpcStatus = '';
   retries = 0;
@@ -58,15 +62,22 @@ export class RequestRecord {
   /** Extra fields for the log line (the authorization decision, for instance). */
   readonly extra: Record<string, unknown> = {};
   dst: RecordPeer;
+  /** The response head that came from upstream (relay.ts): a reference, for a tap; nothing is copied. */
+  responseHeaders: Headers | undefined;
+  /**
+   * Microseconds from the request head to the response head (relay.ts), -1 until then: a whole number, which V8 stores
+   * in the record as it is (a small integer), so measuring it allocates nothing.
+   */
+  firstByteUs = -1;
   private done = false;
 
   constructor(
-    private readonly req: L7Request,
+    readonly req: L7Request,
     private readonly sinks: RecordSinks,
-    private readonly direction: 'outbound' | 'inbound',
-    private readonly src: RecordPeer,
+    readonly direction: 'outbound' | 'inbound',
+    readonly src: RecordPeer,
     dst: RecordPeer,
-    private security: 'mutual_tls' | 'none',
+    public security: 'mutual_tls' | 'none',
     /** The connection the request came on (any object that lives as long as it), for the series memo. */
     private readonly connection?: object,
   ) {
@@ -93,6 +104,8 @@ export class RequestRecord {
     const seconds = (performance.now() - req.startedAt) / 1000;
     const requestBytes = this.requestBytes ?? req.body.received;
     this.series().observe(seconds, requestBytes, this.responseBytes);
+    // Tap: one check while nobody taps (agent/tap/hub.ts).
+    if (this.sinks.tap?.active) this.sinks.tap.request(this, seconds, requestBytes);
     const log = this.sinks.accessLog;
     const protocol = req.grpc ? 'grpc' : req.protocol;
     const durationMs = Math.round(seconds * 1e6) / 1000;
@@ -213,7 +226,7 @@ export class RequestRecord {
 
 /** The audit line of a request refused before it was parsed whole (malformed, oversized): no request id yet. */
 export function rejectedLine(
-  accessLog: AccessLog,
+  sinks: Pick<RecordSinks, 'accessLog' | 'tap'>,
   direction: 'outbound' | 'inbound',
   src: RecordPeer,
   dst: RecordPeer & { service?: string | undefined },
@@ -222,7 +235,8 @@ export function rejectedLine(
   reason: string,
   requestId?: string,
 ): void {
-  accessLog.info(
+  if (sinks.tap?.active) sinks.tap.rejected({ direction, src, dst, security, status, reason });
+  sinks.accessLog.info(
     {
       direction,
       request_id: requestId,

@@ -12,6 +12,9 @@ import type { UpstreamResponse } from './upstream-types.js';
 export function relay(req: L7Request, up: UpstreamResponse, res: Responder, rec: RequestRecord, clock: Clock, deadline: number | undefined): Promise<void> {
   const headers = up.headers;
   rec.status = up.status;
+  // For a tap: the head as it came (a reference) and the time to it, in whole microseconds (no allocation).
+  rec.responseHeaders = headers;
+  rec.firstByteUs = ((performance.now() - req.startedAt) * 1000) | 0;
   rec.grpcStatusFrom(headers);
   // A gRPC "trailers-only" answer carries grpc-status in its only HEADERS frame: it is passed on the same way.
   if (req.grpc && headers['grpc-status'] !== undefined) {

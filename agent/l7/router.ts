@@ -30,6 +30,7 @@ import { RequestRecord } from './record.js';
 import { local } from './relay.js';
 import type { Upstreams } from './upstream.js';
 import type { AccessLog } from '../telemetry/audit.js';
+import type { TapHub } from '../tap/hub.js';
 
 export interface RouterInputs {
   state: () => MeshState;
@@ -42,6 +43,8 @@ export interface RouterInputs {
   bodyCapBytes: number;
   /** Mirrored copies give up after this long. */
   mirrorTimeoutMs: number;
+  /** This thread's tap hub (agent/tap/). */
+  tap?: TapHub | undefined;
 }
 
 export class Router {

@@ -6,12 +6,16 @@ import type { Drain } from './drain.js';
 import type { SpliceHooks } from '../io/splice.js';
 import type { AccessLog } from '../telemetry/audit.js';
 import { members, peer, q } from '../telemetry/access-line.js';
+import type { TappedConnection } from '../tap/events.js';
+import type { TapHub } from '../tap/hub.js';
 
 /** What every connection record reports to. */
 export interface RecordSinks {
   metrics: Metrics;
   accessLog: AccessLog;
   drain: Drain;
+  /** This thread's tap hub: read at open and at close, `active` false while nobody taps. */
+  tap?: TapHub | undefined;
 }
 
 export interface ConnectionFields {
@@ -37,23 +41,27 @@ export function tcpLabels(f: ConnectionFields): TcpLabels {
   };
 }
 
-export class ConnectionRecord implements SpliceHooks {
+export class ConnectionRecord implements SpliceHooks, TappedConnection {
   private readonly counters: TcpCounters;
   private readonly started = performance.now();
-  private bytesIn = 0;
-  private bytesOut = 0;
+  /** Client to server, and server to client. */
+  bytesIn = 0;
+  bytesOut = 0;
   private done = false;
   private readonly accessLog: AccessLog;
   private readonly leave: () => void;
+  private readonly tap: TapHub | undefined;
 
   constructor(
-    private readonly fields: ConnectionFields,
+    readonly fields: ConnectionFields,
     sinks: RecordSinks,
   ) {
     this.counters = sinks.metrics.tcp(tcpLabels(fields));
     this.counters.opened();
     this.accessLog = sinks.accessLog;
     this.leave = sinks.drain.enter();
+    this.tap = sinks.tap;
+    if (this.tap?.active) this.tap.connection(this, 'open');
   }
 
   downToUp(n: number): void {
@@ -79,6 +87,7 @@ export class ConnectionRecord implements SpliceHooks {
     const f = this.fields;
     const durationMs = Math.round((performance.now() - this.started) * 1000) / 1000;
     const errorText = error ? `${(error as NodeJS.ErrnoException).code ?? 'ERROR'}: ${error.message}` : undefined;
+    if (this.tap?.active) this.tap.connection(this, 'close', durationMs, errorText);
     const log = this.accessLog;
     if (log.line) {
       // The same line, built member by member (telemetry/access-line.ts): a connection's line is a tenth of an

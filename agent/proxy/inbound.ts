@@ -15,6 +15,7 @@ import type { Drain } from './drain.js';
 import type { PolicyRecheck } from './recheck.js';
 import type { SourceLimit } from './source-limit.js';
 import type { AccessLog } from '../telemetry/audit.js';
+import type { TapHub } from '../tap/hub.js';
 
 /**
  * Connects to the app inside the pod's netns (with the agent's mark, so capture skips it), from `caller`'s address
@@ -39,6 +40,8 @@ export interface InboundInputs {
   tlsGroups?: string;
   /** Open plaintext connections per source address (--max-connections-per-source); no limit when absent. */
   sourceLimit?: SourceLimit;
+  /** This thread's tap hub (agent/tap/): denied connections are tapped here, the others by their record. */
+  tap?: TapHub | undefined;
 }
 
 export interface InboundHttpOptions {
@@ -75,6 +78,15 @@ export function authorizeConnection(inputs: InboundInputs, state: MeshState, f: 
   countDecision(inputs.metrics, verdict.decision, 'connection');
   // An HTTP connection denied at L4 is still served: each request is answered 403 (checked again per request).
   if (!verdict.decision.allowed && (!f.l7 || verdict.decision.code === 'denied_plaintext')) {
+    if (inputs.tap?.active) {
+      inputs.tap.deniedConnection({
+        direction: 'inbound',
+        src: { ip: f.sourceIp, port: f.sourcePort, principal: f.principal, workload: f.sourceIp === undefined ? undefined : state.workloadByIp(f.sourceIp) },
+        dst: { ip: f.ip, port: f.port, workload: pod, principal: pod.identity },
+        security: f.principal ? 'mutual_tls' : 'none',
+        authz: decisionFields(verdict.decision),
+      });
+    }
     inputs.accessLog.info(
       {
         direction: 'inbound',

@@ -17,6 +17,7 @@ import { formatAuthority } from './hbone.js';
 import { resolveOutbound } from './resolve.js';
 import { resetSide, splice } from '../io/splice.js';
 import type { AccessLog } from '../telemetry/audit.js';
+import type { TapHub } from '../tap/hub.js';
 
 export interface OutboundInputs {
   state: () => MeshState;
@@ -28,6 +29,8 @@ export interface OutboundInputs {
   random: () => number;
   /** Absent: every connection is carried at L4. */
   l7?: L7Proxy;
+  /** This thread's tap hub (agent/tap/). */
+  tap?: TapHub | undefined;
 }
 
 export class Outbound {

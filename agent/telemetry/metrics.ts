@@ -88,6 +88,9 @@ export class Metrics {
   readonly httpRejections: Counter<string>;
   readonly authzDecisions: Counter<string>;
   readonly workerConnections: Counter<string>;
+  readonly tapStreams: Gauge<string>;
+  readonly tapActiveThreads: Gauge<string>;
+  readonly tapDropped: Counter<string>;
 
   constructor(inputs: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -143,6 +146,9 @@ export class Metrics {
       },
     });
     this.workerConnections = new Counter({ name: 'trellis_worker_connections_total', help: 'Connections accepted on the pods\' listeners, by the agent thread that took them (0: the main thread)', labelNames: ['worker'], registers });
+    this.tapStreams = new Gauge({ name: 'trellis_tap_streams', help: 'Tap streams open on this agent (trellis tap)', registers });
+    this.tapActiveThreads = new Gauge({ name: 'trellis_tap_active_threads', help: 'Agent threads whose tap hub matches records (0: nobody taps, and requests pay one check for tap)', registers });
+    this.tapDropped = new Counter({ name: 'trellis_tap_dropped_total', help: 'Observations a tap matched and did not send (its rate bound, or a reader slower than the events)', registers });
     if (inputs.defaultMetrics !== false) {
       collectDefaultMetrics({ register: this.registry, prefix: 'trellis_agent_' });
       // prom-client's sums of the per-type gauges beside them, named like counters: `promtool check metrics` refuses

@@ -11,6 +11,7 @@ import { TrellisError } from '../errors.js';
 import type { CertSource } from '../identity/certs.js';
 import type { KubeObject } from '../model/objects.js';
 import type { Workload } from '../state/workload.js';
+import type { TapService } from '../tap/service.js';
 import type { FromWorker, ToWorker } from './messages.js';
 
 export interface WorkersInputs {
@@ -20,6 +21,8 @@ export interface WorkersInputs {
   certs: CertSource;
   /** Writes a whole access line made by a worker. */
   audit: (line: string) => void;
+  /** The agent's taps: the open ones are sent to every worker, what workers observe comes back to it. */
+  tap?: TapService | undefined;
   logger: Logger;
 }
 
@@ -40,6 +43,7 @@ export class Workers {
   private readonly replies = new Map<number, { resolve: (m: FromWorker) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   private nextId = 1;
   private readonly unsubscribe: () => void;
+  private unsubscribeTaps: (() => void) | undefined;
 
   private constructor(private readonly inputs: WorkersInputs) {
     this.unsubscribe = inputs.certs.onRotate((svid) => this.broadcast({ t: 'rotate', svid }));
@@ -53,6 +57,7 @@ export class Workers {
     }
     const w = new Workers(inputs);
     await Promise.all(Array.from({ length: inputs.count }, (_, i) => w.spawn(i + 1)));
+    w.unsubscribeTaps = inputs.tap?.subscribe((specs) => w.broadcast({ t: 'taps', specs }));
     return w;
   }
 
@@ -84,6 +89,7 @@ export class Workers {
   /** Stops every worker: listeners close, connections drain for at most drainMs; then the threads end. */
   async stop(drainMs: number): Promise<{ drained: number; cut: number }> {
     this.unsubscribe();
+    this.unsubscribeTaps?.();
     let drained = 0;
     let cut = 0;
     await Promise.all(
@@ -139,6 +145,9 @@ export class Workers {
     switch (m.t) {
       case 'audit':
         for (const line of m.lines) this.inputs.audit(line);
+        return;
+      case 'tap':
+        this.inputs.tap?.fromWorker(m.batch);
         return;
       case 'cert':
         this.inputs.certs.get(m.identity).then(

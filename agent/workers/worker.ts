@@ -12,6 +12,8 @@ import { accessLogTo } from '../telemetry/audit.js';
 import { Metrics } from '../telemetry/metrics.js';
 import type { FromWorker, ToWorker } from './messages.js';
 import { RemoteCerts } from './remote-certs.js';
+import { TapHub } from '../tap/hub.js';
+import type { TapBatch } from '../tap/service.js';
 
 /** Access lines are handed to the main thread at least this often (as its own audit trail gathers them). */
 const AUDIT_BATCH_MS = 20;
@@ -44,6 +46,34 @@ port.once('message', (init: ToWorker) => {
     },
     { enabled: config.audit.enabled, base: { node: config.node } },
   );
+  // Tap: this thread's hub matches its records against the taps the main thread says are open; what it admits and
+  // what its bound drops go to the main thread's streams in batches, as access lines do. Nothing is sent while
+  // nobody taps: the hub is idle then.
+  let tapEvents: TapBatch['events'] = [];
+  const tapDrops = new Map<number, number>();
+  let tapTimer: NodeJS.Timeout | undefined;
+  const flushTap = () => {
+    if (tapTimer) clearTimeout(tapTimer);
+    tapTimer = undefined;
+    if (tapEvents.length === 0 && tapDrops.size === 0) return;
+    post({ t: 'tap', batch: { events: tapEvents, dropped: [...tapDrops] } });
+    tapEvents = [];
+    tapDrops.clear();
+  };
+  const tap = new TapHub({
+    node: config.node,
+    redact: new Set(config.tap.redactHeaders),
+    now: () => systemClock.now(),
+    emit: (id, obs) => {
+      tapEvents.push([id, obs]);
+      tapTimer ??= setTimeout(flushTap, AUDIT_BATCH_MS);
+    },
+    onDrop: (id) => {
+      tapDrops.set(id, (tapDrops.get(id) ?? 0) + 1);
+      tapTimer ??= setTimeout(flushTap, AUDIT_BATCH_MS);
+    },
+    onActive: (active) => metrics.tapActiveThreads.set(active ? 1 : 0),
+  });
   const certs = new RemoteCerts(init.trustBundle, (id, identity) => post({ t: 'cert', id, identity }));
   const store = new Store({ trustDomain: config.trustDomain, logger });
   const plane = new DataPlane({
@@ -56,6 +86,7 @@ port.once('message', (init: ToWorker) => {
     accessLog: access,
     clock: systemClock,
     worker,
+    tap,
   });
   const proxies = new Map<string, PodProxy>();
 
@@ -84,6 +115,10 @@ port.once('message', (init: ToWorker) => {
       case 'rotate':
         certs.rotated(m.svid as Svid);
         return;
+      case 'taps':
+        tap.set(m.specs);
+        if (!tap.active) flushTap();
+        return;
       case 'metrics':
         void metrics.registry.getMetricsAsJSON().then((json) => post({ t: 'metrics', id: m.id, json }));
         return;
@@ -96,6 +131,7 @@ port.once('message', (init: ToWorker) => {
           const left = await plane.drain.wait(m.drainMs);
           plane.close();
           flushAudit();
+          flushTap();
           post({ t: 'stopped', drained: active - left, cut: left });
         })();
         return;
