@@ -26,6 +26,7 @@ import { createAuditLog } from './telemetry/audit.js';
 import { MemoryReclaimer } from './telemetry/memory.js';
 import { ReadyFile } from './telemetry/ready-file.js';
 import { Metrics } from './telemetry/metrics.js';
+import { TapServer } from './tap/server.js';
 import { TapService } from './tap/service.js';
 import type { Workers } from './workers/pool.js';
 
@@ -265,6 +266,17 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
   });
   await listen(metricsHttp, config.metrics.host, config.metrics.port);
   await listen(healthHttp, config.health.host, config.health.port);
+  // The tap API (agent/tap/server.ts): a Unix socket; grpc-js is loaded when someone connects. An agent that cannot
+  // serve it still carries traffic: it says so and goes on.
+  const tapLogger = logger.child({ component: 'tap' });
+  let tapServer: TapServer | undefined;
+  if (config.tap.socket) {
+    try {
+      tapServer = await TapServer.listen({ socketPath: config.tap.socket, service: tap, logger: tapLogger });
+    } catch (err) {
+      tapLogger.warn({ err: (err as Error).message }, 'tap API not served: `trellis tap` will not reach this agent');
+    }
+  }
   const readyFile = config.readyFile
     ? new ReadyFile({
         path: config.readyFile,
@@ -272,7 +284,7 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         logger,
       })
     : undefined;
-  logger.info({ pods: enrolment.pods(), metrics: config.metrics, health: config.health }, 'agent ready');
+  logger.info({ pods: enrolment.pods(), metrics: config.metrics, health: config.health, tap: tapServer ? config.tap.socket : 'off' }, 'agent ready');
 
   let stopping: Promise<void> | undefined;
   return {
@@ -304,6 +316,7 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         logger.info({ drained, cut, drainMs: config.drainMs }, 'connections drained');
         // Taps saw the drained requests; their streams end now, each with a last summary.
         tap.stop();
+        await tapServer?.close();
         plane.close();
         certs.close();
         remote?.close();

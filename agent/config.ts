@@ -64,13 +64,18 @@ export interface AgentConfig {
   readonly tap: TapConfig;
 }
 
-/** The live tap (agent/tap/): what it hides, how fast one tap may go. */
+/** The live tap (agent/tap/): where it is served, what it hides, how fast one tap may go. */
 export interface TapConfig {
+  /** The Unix socket of the tap API; absent with --tap-socket off. */
+  readonly socket?: string;
   /** Lowercase header names whose values taps never see: the defaults plus --tap-redact-headers. */
   readonly redactHeaders: readonly string[];
   /** Observations per second one tap may carry at most. */
   readonly maxRps: number;
 }
+
+/** Where the tap API listens unless told otherwise. */
+export const DEFAULT_TAP_SOCKET = '/run/trellis/tap.sock';
 
 export interface AuditConfig {
   /** False with --no-audit: no access line is written. */
@@ -145,6 +150,7 @@ export interface AgentFlags {
   auditFile?: string;
   auditMaxBytes?: string;
   auditMaxFiles?: string;
+  tapSocket?: string;
   tapRedactHeaders?: string;
   tapMaxRps?: string;
 }
@@ -202,11 +208,14 @@ function auditConfig(flags: AgentFlags): AuditConfig {
 }
 
 function tapConfig(flags: AgentFlags): TapConfig {
+  const socket = flags.tapSocket ?? DEFAULT_TAP_SOCKET;
+  if (socket !== 'off' && !socket.startsWith('/')) throw new TrellisError('ECONFIG', `--tap-socket ${socket}: an absolute path, or off`);
   const extra = (flags.tapRedactHeaders ?? '').split(',').map((h) => h.trim().toLowerCase()).filter(Boolean);
   for (const h of extra) {
     if (!/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(h)) throw new TrellisError('ECONFIG', `--tap-redact-headers: "${h}" is not a header name`);
   }
   return Object.freeze({
+    ...(socket !== 'off' && { socket }),
     redactHeaders: Object.freeze([...new Set([...DEFAULT_REDACTED_HEADERS, ...extra])]),
     maxRps: integerFlag(flags.tapMaxRps ?? '100', '--tap-max-rps', 1, 100_000),
   });

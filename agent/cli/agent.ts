@@ -1,7 +1,7 @@
 // `trellis agent`: runs the node agent until SIGTERM/SIGINT, then drains and exits.
 import type { Command } from 'commander';
 import { startAgent } from '../app.js';
-import { agentConfig, DEFAULT_OPAQUE_PORTS, MAX_WORKERS, type AgentFlags } from '../config.js';
+import { agentConfig, DEFAULT_OPAQUE_PORTS, DEFAULT_TAP_SOCKET, MAX_WORKERS, type AgentFlags } from '../config.js';
 import { createLogger } from '../telemetry/log.js';
 
 /**
@@ -91,6 +91,7 @@ export function registerAgentCommand(program: Command): void {
     .option('--audit-max-bytes <size>', 'with --audit-file: rotate when the file would pass this size (bytes, or Ki/Mi/Gi) (default 100Mi)')
     .option('--audit-max-files <n>', 'with --audit-file: rotated files kept, PATH.1 the newest (default 5)')
     .option('--no-audit', 'write no audit trail (the access lines); --log-level never turns it off')
+    .option('--tap-socket <path>', `serve the tap API (trellis tap) on this Unix socket, mode 0600; off: no tap (default ${DEFAULT_TAP_SOCKET})`)
     .option('--tap-redact-headers <list>', 'comma-separated headers whose values taps never see, beside authorization, cookie, set-cookie, proxy-authorization, x-forwarded-client-cert (always redacted)')
     .option('--tap-max-rps <n>', 'observations per second one tap may carry at most; more are dropped and counted in the stream (default 100)')
     .option('--log-level <level>', "trace|debug|info|warn|error: the agent's own log (the audit trail is written whatever the level)", 'info')
