@@ -3,7 +3,7 @@
 // Only the chosen subcommand's module is loaded (all of them for help), so a lab pod's `trellis tool ...`
 // starts in a fraction of the time the agent's whole module graph would take.
 // The harness commands (lab, demo, bench, tool) live in lab/ beside agent/, the mesh viewer (stat, edges, routes, check,
-// dashboard, top) in viz/; a build without them (the image) says so instead of failing on a missing module. agent/ never
+// dashboard, top, tap) in viz/; a build without them (the image) says so instead of failing on a missing module. agent/ never
 // imports either: they are found at run time.
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -19,7 +19,7 @@ const policy = async (): Promise<Register> => (await import('./cli/policy.js')).
 const HARNESS = new URL('../lab/cli/commands.js', import.meta.url);
 const HARNESS_COMMANDS = ['lab', 'demo', 'bench', 'tool'] as const;
 const VIZ = new URL('../viz/cli/commands.js', import.meta.url);
-const VIZ_COMMANDS = ['stat', 'edges', 'routes', 'check', 'dashboard', 'top'] as const;
+const VIZ_COMMANDS = ['stat', 'edges', 'routes', 'check', 'dashboard', 'top', 'tap'] as const;
 
 /** A command registered by a module found at run time; `what` says which part of the checkout it is. */
 function external(name: string, module: URL, exported: 'registerHarnessCommand' | 'registerVizCommand', what: string): () => Promise<Register> {

@@ -217,6 +217,8 @@ export class Lab {
       await writeEndpoints(paths.stateDir, {
         lab: name,
         objectsDir: paths.clusterDir,
+        // Every node's agent serves tap on a socket of its own under the lab's state: what `trellis tap` connects to.
+        ...(agents && { tap: plan.nodes.map((n) => ({ node: n.name, socket: tapSocket(paths.stateDir, n.name) })) }),
         ...(state.prometheus && { prometheus: { url: state.prometheus.url, netns: netnsPath(state.prometheus.netns) } }),
       });
       progress('pods');
@@ -546,6 +548,7 @@ export class Lab {
       '--ca-dir', this.paths.caDir,
       '--probe-source', n.gatewayIp,
       '--ready-file', readyFile,
+      '--tap-socket', tapSocket(this.paths.stateDir, n.name),
       ...(this.state.options.logLevel ? ['--log-level', this.state.options.logLevel] : []),
       // `{node}` in an extra argument stands for the node's name (per-node token files and the like).
       ...this.state.options.agentArgs.map((a) => a.replaceAll('{node}', n.name)),
@@ -864,6 +867,11 @@ function findRepoRoot(): string {
     if (existsSync(path.join(dir, 'package.json'))) return dir;
     if (path.dirname(dir) === dir) throw new LabError('ELAB', `no package.json above ${from}: cannot find the trellis checkout`);
   }
+}
+
+/** A node's agent's tap socket (agent/tap/server.ts), listed in endpoints.json for `trellis tap`. */
+function tapSocket(stateDir: string, node: string): string {
+  return path.join(stateDir, 'run', `tap-${node}.sock`);
 }
 
 function mainScript(repoRoot: string): string {

@@ -1,4 +1,4 @@
-// The viewer's subcommands of `trellis` (stat, edges, routes, check, dashboard, top), found by agent/main.ts at run time: the agent never
+// The viewer's subcommands of `trellis` (stat, edges, routes, check, dashboard, top, tap), found by agent/main.ts at run time: the agent never
 // imports viz/, and a build without it (the image) says so instead.
 import type { Command } from 'commander';
 
@@ -11,6 +11,7 @@ const COMMANDS: Record<string, () => Promise<Register>> = {
   check: async () => (await import('./check.js')).registerCheckCommand,
   dashboard: async () => (await import('./dashboard.js')).registerDashboardCommand,
   top: async () => (await import('./top.js')).registerTopCommand,
+  tap: async () => (await import('./tap.js')).registerTapCommand,
 };
 
 export const VIZ_COMMANDS = Object.keys(COMMANDS);
