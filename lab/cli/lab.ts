@@ -15,6 +15,14 @@ interface LabFlags {
   stateRoot: string;
 }
 
+/** --agent-args "FLAGS": the agents' extra flags, split at spaces as a shell would without quotes (the bench's way). */
+export function splitAgentArgs(text: string, agents = true): string[] {
+  if (!agents) throw new LabError('EINVAL', '--agent-args goes with agents: drop --no-agents, or --agent-args');
+  const args = text.split(/\s+/).filter(Boolean);
+  if (args.length > 0 && !args[0]!.startsWith('-')) throw new LabError('EINVAL', `--agent-args "${text}": give agent flags, e.g. "--workers 2 --log-level debug"`);
+  return args;
+}
+
 export function registerLabCommands(program: Command): void {
   const lab = program
     .command('lab')
@@ -28,6 +36,7 @@ export function registerLabCommands(program: Command): void {
       .option('--nodes <names>', 'comma-separated node names, in order (default: the Pods\' spec.nodeName values)')
       .option('--no-agents', 'build the network and pods only, no Trellis agents')
       .option('--log-level <level>', "agents' log level: trace|debug|info|warn|error")
+      .option('--agent-args <flags>', "extra flags for every agent, split at spaces, e.g. \"--workers 2 --tap-max-rps 500\" ({node} stands for the node's name)")
       .option(
         '--cluster',
         'cluster mode: a real control plane (etcd, kube-apiserver, kube-controller-manager; built from source on first use) in the lab, ' +
@@ -41,9 +50,10 @@ export function registerLabCommands(program: Command): void {
         '\nExamples:\n  trellis lab up -f examples/demo/mesh.yaml\n  trellis lab up -f manifests/ --name b --nodes n1,n2,n3 --no-agents\n' +
           '  trellis lab up -f examples/demo/mesh.yaml --cluster\n' +
           '  trellis lab up -f examples/demo/mesh.yaml --prometheus && trellis stat -n demo\n' +
+          '  trellis lab up -f examples/demo/mesh.yaml --agent-args "--workers 2 --tap-redact-headers x-api-key"\n' +
           '\nEvery Pod needs spec.nodeName. Each container\'s command (and args) runs in the pod\'s netns; images are ignored.',
       ),
-  ).action(async (flags: LabFlags & { file: string[]; nodes?: string; agents: boolean; logLevel?: string; cluster?: boolean; gatewayChannel: string; prometheus?: boolean; scrapeInterval: string }) => {
+  ).action(async (flags: LabFlags & { file: string[]; nodes?: string; agents: boolean; logLevel?: string; agentArgs?: string; cluster?: boolean; gatewayChannel: string; prometheus?: boolean; scrapeInterval: string }) => {
     if (flags.gatewayChannel !== 'standard' && flags.gatewayChannel !== 'experimental') {
       throw new LabError('EINVAL', `--gateway-channel ${flags.gatewayChannel}: use standard or experimental`);
     }
@@ -53,6 +63,7 @@ export function registerLabCommands(program: Command): void {
       stateRoot: flags.stateRoot,
       agents: flags.agents,
       ...(flags.logLevel !== undefined && { logLevel: flags.logLevel }),
+      ...(flags.agentArgs !== undefined && { agentArgs: splitAgentArgs(flags.agentArgs, flags.agents) }),
       ...(flags.nodes !== undefined && { nodes: flags.nodes.split(',').map((s) => s.trim()).filter(Boolean) }),
       ...(flags.cluster && { cluster: { gatewayChannel: flags.gatewayChannel } }),
       ...(flags.prometheus && { prometheus: { scrapeInterval: flags.scrapeInterval } }),
