@@ -301,6 +301,9 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         drift.stop();
         // Pods starting from now on wait for the next agent (or fail per the opt-in file), never start uncaptured.
         await cni?.close();
+        // In a hand-over, the next agent learns the pods we enrolled from CNI ADDs before our listeners close: it may
+        // not know their IP yet, and so not find them by itself (capture/cni-server.ts).
+        await cni?.handOver(enrolment.pods());
         statusWriter?.close();
         source.close();
         // Stop accepting; capture rules stay, so nothing bypasses the mesh while we are gone. Connections still

@@ -15,6 +15,8 @@ export type LabErrorCode =
   /** The control plane (etcd, kube-apiserver, kube-controller-manager) and the lab's calls to it. */
   | 'ECONTROLPLANE'
   | 'EKUBE'
+  /** The lab's kubelet: a CNI ADD the trellis-cni plugin failed. */
+  | 'ECNI'
   /** The bench and its helpers (HAProxy, taskset, the TLS probe, the scale objects). */
   | 'EHAPROXY'
   | 'ESCALE'

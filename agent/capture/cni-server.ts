@@ -66,6 +66,8 @@ export class CniServer {
   private unsubscribe: (() => void) | undefined;
   private socketId: string | undefined;
   private closed = false;
+  /** The ADDs this agent enrolled a pod for, by pod key, until their DEL: what a successor is told at a hand-over. */
+  private readonly added = new Map<string, CniRequest>();
 
   private constructor(private readonly inputs: CniServerInputs) {
     this.clock = inputs.clock ?? systemClock;
@@ -128,6 +130,29 @@ export class CniServer {
     }
   }
 
+  /**
+   * After close(), when another agent serves the socket now (a hand-over: it renamed its own over ours), tells it of
+   * every pod this agent enrolled from a CNI ADD and still holds, with the ADD as the plugin sent it. The state may
+   * not have such a pod's IP yet (the kubelet reports it after the pod starts), and without it the successor cannot
+   * find the pod's netns: once this agent's listeners close, the pod's connections would be refused until it does.
+   * Resolves when the successor has answered each (enrolled: its listeners are open beside ours), or after
+   * `timeoutMs`; what failed is logged, and the successor still finds those pods once their IP reaches it.
+   */
+  async handOver(stillEnrolled: readonly string[], timeoutMs = REQUEST_TIMEOUT_MS): Promise<{ handed: number; failed: number }> {
+    const path = this.inputs.socketPath;
+    const held = new Set(stillEnrolled);
+    const pods = [...this.added.values()].filter((r) => held.has(`${r.namespace}/${r.name}`));
+    if (pods.length === 0 || (await socketState(path).catch(() => 'none')) !== 'live') return { handed: 0, failed: 0 };
+    const started = this.clock.now();
+    const replies = await Promise.all(pods.map((req) => ask(path, { ...req, timeoutMs }, timeoutMs)));
+    const failed = replies.map((r, i) => ({ r, pod: `${pods[i]!.namespace}/${pods[i]!.name}` })).filter(({ r }) => !(r.ok && r.action === 'enrolled'));
+    for (const { r, pod } of failed) {
+      this.inputs.logger.warn({ pod, err: r.ok ? r.action : r.error }, 'the next agent did not take a pod enrolled through CNI; it finds it once the pod\'s IP reaches it');
+    }
+    this.inputs.logger.info({ handed: pods.length - failed.length, failed: failed.length, ms: this.clock.now() - started }, 'pods enrolled through CNI handed over to the next agent');
+    return { handed: pods.length - failed.length, failed: failed.length };
+  }
+
   private wake(): void {
     for (const w of [...this.waiters]) w();
   }
@@ -169,6 +194,9 @@ export class CniServer {
       reply = { ok: false, error: (err as Error).message };
     }
     const outcome = reply.ok ? reply.action : 'error';
+    const key = `${req.namespace}/${req.name}`;
+    if (req.cmd === 'ADD' && outcome === 'enrolled') this.added.set(key, req);
+    else if (req.cmd === 'DEL' && this.added.get(key)?.containerId === req.containerId) this.added.delete(key);
     this.inputs.metrics.cniRequests.inc({ command: req.cmd, outcome });
     const log = { cmd: req.cmd, pod: `${req.namespace}/${req.name}`, containerId: req.containerId, ms: this.clock.now() - started };
     if (reply.ok) this.inputs.logger.info({ ...log, action: reply.action }, 'CNI request');
@@ -274,6 +302,32 @@ export class CniServer {
       });
     }
   }
+}
+
+/** One request on the socket, as trellis-cni sends it; the reply, or an error reply when none came in time. */
+function ask(path: string, req: CniRequest, timeoutMs: number): Promise<CniReply> {
+  return new Promise((resolve) => {
+    const socket = net.connect(path);
+    let buf = '';
+    const done = (reply: CniReply): void => {
+      socket.destroy();
+      resolve(reply);
+    };
+    socket.setTimeout(timeoutMs, () => done({ ok: false, error: `no answer within ${timeoutMs} ms` }));
+    socket.on('error', (err) => done({ ok: false, error: err.message }));
+    socket.on('data', (d: Buffer) => {
+      buf += d.toString('utf8');
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      try {
+        done(JSON.parse(buf.slice(0, nl)) as CniReply);
+      } catch {
+        done({ ok: false, error: 'the reply is not JSON' });
+      }
+    });
+    socket.on('end', () => done({ ok: false, error: 'closed without an answer' }));
+    socket.write(`${JSON.stringify(req)}\n`);
+  });
 }
 
 /** A socket file left by a dead agent is removed; a live one (a second agent?) or a non-socket file is an error. */

@@ -59,6 +59,8 @@ export class Enrolment {
   private latest: MeshState | undefined;
   private running: Promise<void> | undefined;
   private readonly queue: (() => Promise<void>)[] = [];
+  /** reconcile() callers, told once a state at least as new as theirs has been applied. */
+  private waiting: { resolve: () => void; reject: (err: unknown) => void }[] = [];
   private firstPassDone = false;
   private closed = false;
   private readonly failures = new Map<string, string>();
@@ -74,7 +76,10 @@ export class Enrolment {
   /** Asks for the enrolment to match `state`; returns when this (or a later) state has been applied. */
   reconcile(state: MeshState): Promise<void> {
     this.latest = state;
-    return this.kick();
+    const applied = new Promise<void>((resolve, reject) => this.waiting.push({ resolve, reject }));
+    // A failed pass reaches the callers through `applied`.
+    this.kick().catch(() => undefined);
+    return applied;
   }
 
   /**
@@ -91,8 +96,11 @@ export class Enrolment {
       if (this.closed) throw new TrellisError('ECLOSED', `pod ${pod.key}: the agent is stopping and enrols no more pods`);
       const entry = this.enrolled.get(pod.key);
       this.deleted.delete(pod.key);
-      this.sandboxes.set(pod.key, { containerId: sandbox.containerId, ip, netnsPath });
-      if (entry && !changed(entry.pod, pod)) return;
+      // The netns it is enrolled in already, under another path (/run/netns and /var/run/netns; found through /proc
+      // before this ADD; an ADD handed over by the previous agent): the capture stays as it is, under the path it has.
+      const same = entry !== undefined && !changed(entry.pod, { ...pod, netnsPath: entry.pod.netnsPath }) && (await sameNetns(entry.pod.netnsPath, netnsPath));
+      this.sandboxes.set(pod.key, { containerId: sandbox.containerId, ip, netnsPath: same ? entry.pod.netnsPath! : netnsPath });
+      if (entry && (same || !changed(entry.pod, pod))) return;
       if (entry) await this.unenrol(entry);
       const err = await this.enrol(pod);
       this.inputs.metrics.enrolledPods.set(this.enrolled.size);
@@ -206,18 +214,35 @@ export class Enrolment {
     return this.running;
   }
 
+  /**
+   * One CNI enrolment, then the latest state, in turn: pods started one after another (a CNI ADD every few hundred
+   * milliseconds on a busy node) must not hold the state back, or an agent starting meanwhile never finishes its
+   * first pass and is never ready.
+   */
   private async loop(): Promise<void> {
     for (;;) {
       const op = this.queue.shift();
-      if (op) {
-        await op();
-        continue;
+      if (op) await op();
+      if (this.latest && !this.closed) {
+        const state = this.latest;
+        this.latest = undefined;
+        const waiting = this.waiting;
+        this.waiting = [];
+        try {
+          await this.apply(state);
+        } catch (err) {
+          for (const w of waiting) w.reject(err);
+          throw err;
+        }
+        this.firstPassDone = true;
+        for (const w of waiting) w.resolve();
+      } else if (!op) {
+        // Nothing left: whoever waits for a state is told (closed, or it was applied by an earlier pass).
+        const waiting = this.waiting;
+        this.waiting = [];
+        for (const w of waiting) w.resolve();
+        return;
       }
-      if (!this.latest || this.closed) return;
-      const state = this.latest;
-      this.latest = undefined;
-      await this.apply(state);
-      this.firstPassDone = true;
     }
   }
 
@@ -330,6 +355,13 @@ export class Enrolment {
     entry.listeners.close();
     this.inputs.logger.info({ pod: pod.key }, 'pod unenrolled');
   }
+}
+
+async function sameNetns(a: string | undefined, b: string): Promise<boolean> {
+  if (a === b) return true;
+  if (!a) return false;
+  const [x, y] = await Promise.all([netnsId(a), netnsId(b)]);
+  return x !== undefined && x === y;
 }
 
 function isIPv6(ip: string | undefined): boolean {

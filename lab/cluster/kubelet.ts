@@ -77,12 +77,18 @@ export interface RunningPod {
 
 /** Creates the pod (an image filled in where the manifest has none), then reports it running. Returns the created uid. */
 export async function createPod(client: KubeClient, p: RunningPod): Promise<string> {
-  const { status: _status, ...rest } = p.object as Pod & { status?: unknown };
+  const uid = await createPodObject(client, p.object);
+  await reportPodStatus(client, p);
+  return uid;
+}
+
+/** Creates the pod as the scheduler leaves it for the kubelet (Pending, spec.nodeName set). Returns its uid. */
+export async function createPodObject(client: KubeClient, object: Pod): Promise<string> {
+  const { status: _status, ...rest } = object as Pod & { status?: unknown };
   const spec = { ...rest.spec, containers: rest.spec.containers.map((c) => ({ ...c, image: (c as { image?: string }).image ?? NO_IMAGE })) };
   const meta = { ...rest.metadata };
   delete meta.uid;
   const created = await client.create({ ...rest, metadata: meta, spec } as unknown as ApiObject);
-  await reportPodStatus(client, p);
   return String(created.metadata.uid);
 }
 

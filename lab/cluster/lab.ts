@@ -16,7 +16,9 @@ import { LAB_EXTENSION_KINDS, loadManifests } from './manifests.js';
 import {
   DEFAULT_LAB_NAME,
   DEFAULT_STATE_ROOT,
+  FIRST_POD_HOST,
   LAB_ENV,
+  MAX_PODS_PER_NODE,
   NETNS_PREFIX,
   checkLabName,
   labMatchesPrefix,
@@ -24,7 +26,7 @@ import {
   labPrefix,
   netnsPath,
 } from './names.js';
-import { planLab, type LabNode, type LabPod, type LabService, type PlannedPod } from './plan.js';
+import { planLab, planPod, type LabNode, type LabPod, type LabService, type PlannedPod } from './plan.js';
 import {
   describeProc,
   isAlive,
@@ -41,8 +43,10 @@ import {
 import { inApplyOrder, objectFileName, readObject, setAnnotation, writeClusterObjects } from './realized.js';
 import { run, type RunOptions } from './run.js';
 import { labPaths, readState, writeFileAtomic, writeState, STATE_VERSION, type LabPaths, type LabState, type PodState } from './state.js';
-import { createNetwork, deleteNetns, listNetns } from './topology.js';
+import { addPodNetwork, createNetwork, deleteNetns, listNetns } from './topology.js';
 import { LabCluster, type ClusterOptions } from './cluster.js';
+import { cniAdd, cniPlugin, nodeCni } from './cni.js';
+import { createPodObject, ensure, reportPodStatus } from './kubelet.js';
 import { findPrometheus, startPrometheus, writeEndpoints, type PrometheusOptions, type PrometheusRecord } from './prometheus.js';
 import type { ControlPlane } from '../controlplane/controlplane.js';
 import type { KubeClient } from '../controlplane/client.js';
@@ -75,6 +79,19 @@ export interface LabOptions {
    * recording rules of manifests/monitoring/; `lab.prometheus` says where it answers.
    */
   prometheus?: boolean | PrometheusOptions;
+  /**
+   * Cluster mode: the agents serve the trellis-cni plugin (`--cni-socket`, `--cni-optin-file`, per node under the
+   * lab's state), and `addPod` starts pods as a kubelet does, through a real CNI ADD. The pods of the manifests are
+   * started as without it (their netns named in an annotation).
+   */
+  cni?: boolean;
+}
+
+/** What `addPod` did. */
+export interface AddedPod {
+  pod: LabPod;
+  /** The CNI ADD: its duration and the plugin's container id. */
+  cni: { ms: number; containerId: string };
 }
 
 export interface ExecResult {
@@ -143,6 +160,8 @@ export class Lab {
     const agents = opts.agents ?? true;
     const repoRoot = findRepoRoot();
     if (agents) requireBuilt(repoRoot);
+    if (opts.cni && !opts.cluster) throw new LabError('EINVAL', 'the CNI plugin needs cluster mode (the agents read pods from the API server): bring the lab up with cluster');
+    if (opts.cni) cniPlugin(repoRoot);
     if (opts.prometheus) findPrometheus();
     await requireAbsent(name, paths);
 
@@ -156,6 +175,7 @@ export class Lab {
         agents,
         agentArgs: opts.agentArgs ?? [],
         ...(opts.logLevel !== undefined && { logLevel: opts.logLevel }),
+        ...(opts.cni && { cni: true }),
       },
       nodes: plan.nodes,
       pods: plan.pods.map((p) => ({ ...publicPod(p), env: p.env, processes: [] })),
@@ -380,6 +400,53 @@ export class Lab {
     return true;
   }
 
+  /**
+   * Starts a pod while the lab runs, as the scheduler and a kubelet would (cluster mode with `cni`): the Pod through
+   * the API (spec.nodeName set, no netns annotation: the agent learns the sandbox from the CNI plugin), its sandbox
+   * (netns, veth and address on the node's next free host number), CNI ADD through the real trellis-cni chained
+   * after it, then its containers, then (`statusDelayMs` later, as a busy kubelet) its status (Running, its IP).
+   * Rejects with ECNI when the plugin fails: the containers are not started then. The pod is not added to the nodes'
+   * ClusterIP rules (a client, not a backend).
+   */
+  async addPod(object: Pod, opts: { statusDelayMs?: number } = {}): Promise<AddedPod> {
+    const cluster = this.requireCluster('addPod');
+    if (!this.state.options.cni) throw new LabError('EINVAL', `lab '${this.name}' was brought up without cni: addPod needs it`);
+    const m = await loadManifests([object as KubeObject]);
+    const src = m.pods[0]?.object;
+    if (!src || m.pods.length !== 1) throw new LabError('EINVAL', 'addPod takes one Pod');
+    const node = this.node(src.spec.nodeName ?? '');
+    const namespace = src.metadata.namespace ?? 'default';
+    if (this.state.pods.some((p) => p.namespace === namespace && p.name === src.metadata.name)) {
+      throw new LabError('EEXIST', `pod ${namespace}/${src.metadata.name} already exists in lab '${this.name}'`);
+    }
+    // The next free host number on the node, taken before anything is awaited: concurrent calls get their own.
+    const taken = new Set(this.state.pods.filter((p) => p.node === node.name).map((p) => Number(p.ip.split('.')[3])));
+    let j = FIRST_POD_HOST;
+    while (taken.has(j)) j++;
+    if (j - FIRST_POD_HOST >= MAX_PODS_PER_NODE) throw new LabError('ELAB', `node ${node.name} has no free pod address left`);
+    const planned = planPod(this.name, node, j, { ...src, metadata: { ...src.metadata, namespace } }, '', { netnsAnnotation: false });
+    const ps: PodState = { ...publicPod(planned), env: planned.env, processes: [] };
+    this.state.pods.push(ps);
+    (this.pods as LabPod[]).push(publicPod(planned));
+    await this.save();
+    // The scheduler's part: the Pod, bound to the node. Its uid is what the plugin passes on (K8S_POD_UID).
+    const api = cluster.api;
+    // Its service account, as an app's manifests would carry it (admission refuses a pod without it).
+    await ensure(api, { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: planned.serviceAccount, namespace } });
+    const uid = await createPodObject(api, planned.object);
+    await writeFileAtomic(path.join(this.clusterDir, objectFileName('Pod', planned.name, namespace)), stringify({ ...planned.object, metadata: { ...planned.object.metadata, uid } }));
+    // The kubelet's part: the sandbox, the CNI chain, the containers, the status.
+    await addPodNetwork(node, planned);
+    const cni = await cniAdd({ plugin: cniPlugin(this.state.repoRoot), cni: nodeCni(this.stateDir, node.name), nodeNetns: node.netns, pod: planned, uid });
+    await this.startPods([planned]);
+    await this.save();
+    // A kubelet reports the status (and with it the pod's IP) some time after the containers start: its status manager
+    // syncs in the background, a second or more when it is busy.
+    if (opts.statusDelayMs) await sleep(opts.statusDelayMs);
+    await reportPodStatus(api, { object: planned.object, ip: planned.ip, hostIp: node.fabricIp, ready: true });
+    return { pod: publicPod(planned), cni: { ms: cni.ms, containerId: cni.containerId } };
+  }
+
   /** What the pod's containers wrote (stdout and stderr), '' before they wrote anything. */
   podLog(ref: string): string {
     const pod = this.podState(ref);
@@ -545,6 +612,7 @@ export class Lab {
       this.state.execPath, mainScript(this.state.repoRoot), 'agent',
       '--node', n.name,
       ...(this.cluster ? await this.cluster.agentArgs(n) : ['--dir', this.paths.clusterDir]),
+      ...(this.state.options.cni ? ['--cni-socket', nodeCni(this.stateDir, n.name).socket, '--cni-optin-file', nodeCni(this.stateDir, n.name).optinFile] : []),
       '--ca-dir', this.paths.caDir,
       '--probe-source', n.gatewayIp,
       '--ready-file', readyFile,

@@ -181,53 +181,64 @@ function planPods(lab: string, m: LabManifests, nodes: Map<string, LabNode>, uid
       throw planError(`${where}: node ${node.name} already has ${MAX_PODS_PER_NODE} pods, the most a lab node holds`);
     }
     next.set(node.name, j + 1);
-    const netns = podNetns(lab, node.index, j);
-    const ip = podIp(node.index, j);
-    const namespace = src.metadata.namespace!;
-    const name = src.metadata.name;
-    const serviceAccount = src.spec.serviceAccountName ?? 'default';
-    const podEnv = { POD_NAME: name, POD_NAMESPACE: namespace, POD_IP: ip, NODE_NAME: node.name };
-    const containers = src.spec.containers.map((c) => ({
-      name: c.name,
-      argv: [...(c.command ?? []), ...(c.args ?? [])],
-      env: { ...containerEnv(c), ...podEnv },
-    }));
-    // Beyond the fields Trellis reads, the status carries what kubectl would show for a running pod.
-    const status = {
-      phase: 'Running',
-      hostIP: node.fabricIp,
-      podIP: ip,
-      podIPs: [{ ip }],
-      conditions: [{ type: 'Ready', status: 'True' }],
-    };
-    const object: Pod = {
-      ...src,
-      metadata: {
-        ...src.metadata,
-        namespace,
-        uid: uid(),
-        annotations: { ...src.metadata.annotations, [NETNS_ANNOTATION]: netnsPath(netns) },
-      },
-      spec: { ...src.spec, nodeName: node.name, serviceAccountName: serviceAccount },
-      status,
-    };
-    return {
-      namespace,
-      name,
-      node: node.name,
-      netns,
-      netnsPath: netnsPath(netns),
-      ip,
-      serviceAccount,
-      labels: { ...src.metadata.labels },
-      index: j,
-      nodeIndex: node.index,
-      hostInterface: podHostInterface(j),
-      containers: containers.filter((c) => c.argv.length > 0),
-      env: containers[0]!.env,
-      object,
-    };
+    return planPod(lab, node, j, src, uid(), { netnsAnnotation: true });
   });
+}
+
+/**
+ * One pod as host j of its node. With `netnsAnnotation`, the object names its netns (trellis.dev/netns) for the
+ * agents, as the lab does for the pods it starts itself; without, the agents learn it as from a kubelet: from the CNI
+ * plugin or by the pod's IP.
+ */
+export function planPod(lab: string, node: LabNode, j: number, src: Pod, uid: string, opts: { netnsAnnotation: boolean }): PlannedPod {
+  const netns = podNetns(lab, node.index, j);
+  const ip = podIp(node.index, j);
+  const namespace = src.metadata.namespace ?? 'default';
+  const name = src.metadata.name;
+  const serviceAccount = src.spec.serviceAccountName ?? 'default';
+  const podEnv = { POD_NAME: name, POD_NAMESPACE: namespace, POD_IP: ip, NODE_NAME: node.name };
+  const containers = src.spec.containers.map((c) => ({
+    name: c.name,
+    argv: [...(c.command ?? []), ...(c.args ?? [])],
+    env: { ...containerEnv(c), ...podEnv },
+  }));
+  // Beyond the fields Trellis reads, the status carries what kubectl would show for a running pod.
+  const status = {
+    phase: 'Running',
+    hostIP: node.fabricIp,
+    podIP: ip,
+    podIPs: [{ ip }],
+    conditions: [{ type: 'Ready', status: 'True' }],
+  };
+  const object: Pod = {
+    ...src,
+    metadata: {
+      ...src.metadata,
+      namespace,
+      uid,
+      ...((opts.netnsAnnotation || src.metadata.annotations) && {
+        annotations: { ...src.metadata.annotations, ...(opts.netnsAnnotation && { [NETNS_ANNOTATION]: netnsPath(netns) }) },
+      }),
+    },
+    spec: { ...src.spec, nodeName: node.name, serviceAccountName: serviceAccount },
+    status,
+  };
+  return {
+    namespace,
+    name,
+    node: node.name,
+    netns,
+    netnsPath: netnsPath(netns),
+    ip,
+    serviceAccount,
+    labels: { ...src.metadata.labels },
+    index: j,
+    nodeIndex: node.index,
+    hostInterface: podHostInterface(j),
+    containers: containers.filter((c) => c.argv.length > 0),
+    env: containers[0]!.env,
+    object,
+  };
 }
 
 function containerEnv(c: Pod['spec']['containers'][number]): Record<string, string> {

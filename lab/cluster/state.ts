@@ -25,7 +25,7 @@ export interface LabState {
   repoRoot: string;
   execPath: string;
   /** `cluster`: cluster mode's control plane and files (cluster.ts); absent in local mode. */
-  options: { agents: boolean; agentArgs: string[]; logLevel?: string; cluster?: ClusterRecord };
+  options: { agents: boolean; agentArgs: string[]; logLevel?: string; cluster?: ClusterRecord; cni?: boolean };
   nodes: LabNode[];
   pods: PodState[];
   services: LabService[];

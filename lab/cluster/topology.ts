@@ -102,6 +102,21 @@ export function podScript(pod: PlannedPod): string[] {
   ];
 }
 
+/**
+ * A pod's sandbox made while the lab runs, as a routed CNI plugin (Calico) makes it: its netns, a veth to the node, the
+ * node's /32 route and proxy ARP, the pod's address and default route.
+ */
+export async function addPodNetwork(node: LabNode, pod: PlannedPod): Promise<void> {
+  await addNetns(pod.netns);
+  await ipBatch(node.netns, [
+    `link add name ${pod.hostInterface} type veth peer name eth0 netns ${pod.netns}`,
+    `link set ${pod.hostInterface} up`,
+    `route add ${pod.ip}/32 dev ${pod.hostInterface} src ${node.gatewayIp}`,
+  ], `wire pod ${pod.namespace}/${pod.name} to node ${node.name}`);
+  await sysctl(node.netns, [`net.ipv4.conf.${pod.hostInterface}.proxy_arp=1`, `net.ipv4.neigh.${pod.hostInterface}.proxy_delay=0`]);
+  await ipBatch(pod.netns, podScript(pod), `wire pod ${pod.namespace}/${pod.name}`);
+}
+
 async function wireNode(plan: LabPlan, node: LabNode, deviceKind: string): Promise<void> {
   const pods = plan.pods.filter((p) => p.node === node.name);
   if (node.index !== plan.nodes[0]!.index) {

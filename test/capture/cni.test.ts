@@ -245,6 +245,56 @@ describe('trellis-cni and the agent CNI socket', () => {
     expect(agent.enrolment.pods()).toEqual([]);
   });
 
+  it('at a hand-over, tells the next agent of the pods it enrolled through CNI, so it holds them before the old listeners close', async () => {
+    const handed = podNet.addPod('handed', 8);
+    // The kubelet has not reported the pod's IP yet: no agent can find its netns but from the CNI ADD.
+    const objects = [...base, pod('mesh', 'client'), pod('plain', 'plain'), pod('mesh', 'handed')];
+    await agent.apply(objects);
+    const sock = join(dir, 'handover-pods.sock');
+    const serve = (a: CaptureAgent) =>
+      CniServer.start({
+        socketPath: sock,
+        state: () => a.store.current(),
+        subscribe: (fn) => a.store.subscribe(fn),
+        enrol: (w, sandbox) => a.enrolment.enrolNow(w, sandbox),
+        unenrol: (key, sandbox) => a.enrolment.unenrolNow(key, sandbox),
+        enrolled: () => a.enrolment.pods(),
+        waitForPodMs: WAIT_FOR_POD_MS,
+        logger: a.log.logger,
+        metrics: a.metrics,
+      });
+    const old = await serve(agent);
+    const next = new CaptureAgent();
+    let nextCni: CniServer | undefined;
+    try {
+      const add = await plugin('ADD', { ns: 'mesh', name: 'handed', netns: handed.path, containerId: 'sandbox-1' }, config({ socket: sock, ip: handed.ip }));
+      expect(add.code, add.stdout).toBe(0);
+      await next.apply(objects);
+      expect(next.enrolment.pods()).toEqual([]);
+      nextCni = await serve(next);
+      await old.close();
+      expect(await old.handOver(agent.enrolment.pods())).toEqual({ handed: 1, failed: 0 });
+      expect(next.enrolment.pods()).toEqual(['mesh/handed']);
+      // Its listeners beside the old agent's (SO_REUSEPORT), in the pod's netns as the ADD named it.
+      expect(listening(handed.ns)).toEqual([...AGENT_LISTENERS, ...AGENT_LISTENERS].sort());
+      expect(next.enrolment.enrolledPods()[0]).toMatchObject({ ip: handed.ip, netnsPath: handed.path });
+      // The DEL that comes later reaches the next agent, which knows the sandbox.
+      const del = await plugin('DEL', { ns: 'mesh', name: 'handed', netns: handed.path, containerId: 'sandbox-1' }, config({ socket: sock, ip: handed.ip }));
+      expect(del.code, del.stdout).toBe(0);
+      expect(next.enrolment.pods()).toEqual([]);
+      // Without a successor (a plain stop, the socket gone with us), there is no one to tell.
+      await nextCni.close();
+      nextCni = undefined;
+      expect(await old.handOver(['mesh/handed'])).toEqual({ handed: 0, failed: 0 });
+    } finally {
+      await nextCni?.close();
+      next.close();
+      await agent.enrolment.unenrolNow('mesh/handed', { containerId: 'sandbox-1' });
+      await agent.apply([...base, pod('mesh', 'client'), pod('plain', 'plain')]);
+      podNet.removePod(handed);
+    }
+  });
+
   describe('with the agent unreachable', () => {
     const objects: KubeObject[] = [
       namespace('mesh', true),

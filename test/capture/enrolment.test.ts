@@ -1,0 +1,95 @@
+// The enrolment's work loop in-process, with its side effects faked: CNI enrolments arriving one after another do
+// not hold the state back (an agent starting meanwhile finishes its first pass and gets ready), and an ADD that names
+// a pod's netns by another path than the one it is enrolled under leaves its capture alone.
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pino from 'pino';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Enrolment } from '../../agent/capture/enrolment.js';
+import { Store } from '../../agent/state/store.js';
+import { Metrics } from '../../agent/telemetry/metrics.js';
+import type { Workload } from '../../agent/state/workload.js';
+import { NODE, TD, namespace, pod } from './harness.js';
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'trl-t-enrol-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** A file standing for a netns: enrolment tells netns apart by dev:inode, as of the real ones. */
+function netnsFile(name: string): string {
+  const file = path.join(dir, name);
+  writeFileSync(file, '');
+  return file;
+}
+
+function setup(opts: { rulesMs?: number } = {}) {
+  const calls: string[] = [];
+  const enrolment = new Enrolment({
+    node: NODE,
+    probeSources: [],
+    openListeners: async (p) => {
+      calls.push(`open ${p.key} ${p.netnsPath}`);
+      return { close: () => void calls.push(`close ${p.key}`) };
+    },
+    applyRules: async (netns, ruleset) => {
+      await new Promise((resolve) => setTimeout(resolve, opts.rulesMs ?? 0));
+      calls.push(`${ruleset.includes('redirect') ? 'capture' : 'release'} ${netns}`);
+    },
+    metrics: new Metrics({ defaultMetrics: false }),
+    logger: pino({ level: 'silent' }),
+  });
+  const store = new Store({ trustDomain: TD, logger: pino({ level: 'silent' }) });
+  return { enrolment, store, calls };
+}
+
+const workload = (store: Store, key: string, ip: string, netnsPath: string): Workload => ({ ...store.current().workloads.get(key)!, ip, netnsPath });
+
+describe('Enrolment', () => {
+  it('applies a new state between CNI enrolments, however many keep coming', async () => {
+    const { enrolment, store } = setup({ rulesMs: 20 });
+    const pods = Array.from({ length: 40 }, (_, i) => pod('mesh', `p${i}`));
+    const state = store.replace([namespace('mesh', true), ...pods]);
+    // A CNI ADD every 10 ms, each taking 20 ms in the loop: the queue is never empty while they come.
+    let stop = false;
+    const adds: Promise<void>[] = [];
+    const feeder = (async () => {
+      for (let i = 0; i < 40 && !stop; i++) {
+        adds.push(enrolment.enrolNow(workload(store, `mesh/p${i}`, `10.0.0.${i + 2}`, netnsFile(`ns-${i}`)), { containerId: `c${i}` }));
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    })();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const started = performance.now();
+    await enrolment.reconcile(state);
+    const waited = performance.now() - started;
+    stop = true;
+    await feeder;
+    await Promise.all(adds);
+    // One enrolment ahead of it at most, not the whole stream (40 x 20 ms).
+    expect(waited).toBeLessThan(300);
+    expect(enrolment.notReadyReason()).toBeUndefined();
+    enrolment.close();
+  });
+
+  it('an ADD naming the netns a pod is enrolled in by another path keeps its capture in place', async () => {
+    const { enrolment, store, calls } = setup();
+    store.replace([namespace('mesh', true), pod('mesh', 'web')]);
+    const real = netnsFile('web');
+    const alias = path.join(dir, 'web-alias');
+    symlinkSync(real, alias);
+    await enrolment.enrolNow(workload(store, 'mesh/web', '10.0.0.9', real), { containerId: 'a' });
+    expect(calls).toEqual([`open mesh/web ${real}`, `capture ${real}`]);
+    // The same sandbox under another path (a hand-over, /run/netns against /var/run/netns): nothing torn down.
+    await enrolment.enrolNow(workload(store, 'mesh/web', '10.0.0.9', alias), { containerId: 'a' });
+    expect(calls).toHaveLength(2);
+    // ...nor by the next pass over the state, which now knows the sandbox.
+    await enrolment.reconcile(store.current());
+    expect(calls).toHaveLength(2);
+    expect(enrolment.enrolledPods().map((p) => p.netnsPath)).toEqual([real]);
+    // Another netns is another sandbox: the capture moves.
+    const other = netnsFile('web-2');
+    await enrolment.enrolNow(workload(store, 'mesh/web', '10.0.0.9', other), { containerId: 'b' });
+    expect(calls.slice(2)).toEqual([`release ${real}`, 'close mesh/web', `open mesh/web ${other}`, `capture ${other}`]);
+    enrolment.close();
+  });
+});
