@@ -143,7 +143,7 @@ describe('the viewer against --prometheus URL', () => {
     const { readFileSync } = await import('node:fs');
     const doc = readFileSync(new URL('../../docs/cli.md', import.meta.url), 'utf8');
     const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
-    for (const command of [['stat'], ['edges'], ['routes'], ['top'], ['check'], ['dashboard'], ['lab', 'up']]) {
+    for (const command of [['stat'], ['edges'], ['routes'], ['top'], ['check'], ['dashboard'], ['tap'], ['lab', 'up']]) {
       const help = await trellis([...command, '--help']);
       expect(help.code).toBe(0);
       const flags = [...help.stdout.matchAll(/^\s+(?:-\w, )?(--[a-z0-9-]+)/gm)].map((m) => m[1]!).filter((f) => f !== '--help');

@@ -151,14 +151,14 @@ beforeAll(async () => {
 afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
 
 describe('trellis top against --prometheus URL', () => {
-  it('draws --iterations pictures, each saying where its rows come from and that paths need tap', async () => {
+  it('draws --iterations pictures, each saying where its rows come from and that paths are tap\'s', async () => {
     const r = await trellis(['top', 'shop/cart', '--prometheus', url, '--iterations', '2', '--interval', '1s']);
     expect(r, r.stderr).toMatchObject({ code: 0, stderr: '' });
     const pictures = r.stdout.split(/\n\n(?=trellis top )/);
     expect(pictures).toHaveLength(2);
     for (const p of pictures) {
       expect(p).toMatch(new RegExp(`^trellis top shop/cart  \\d\\d:\\d\\d:\\d\\d  window 1m, every 1 s, Prometheus ${url}\\n`));
-      expect(p).toContain('request paths need live tap');
+      expect(p).toContain('for request paths, `trellis tap NS/WORKLOAD`');
       expect(p).toMatch(/^web +cart +- +- +4\.00 +100\.00% +- +- +0\.00 +100%$/m);
     }
     const json = await trellis(['top', 'cart', '-n', 'shop', '--prometheus', url, '--iterations', '1', '-o', 'json']);

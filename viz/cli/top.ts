@@ -1,6 +1,6 @@
 // `trellis top NS/WORKLOAD`: the workload's busiest edges and routes (viz/top.ts), one picture every --interval,
-// cleared and redrawn on a terminal, one after the other otherwise (`-o json`: one JSON line each). Request paths
-// need live tap, a later issue: until then the rows come from Prometheus, which holds no paths.
+// cleared and redrawn on a terminal, one after the other otherwise (`-o json`: one JSON line each). The rows come from
+// Prometheus, which holds no paths: request paths are `trellis tap`'s (viz/cli/tap.ts).
 import { InvalidArgumentError, type Command } from 'commander';
 import { parseDuration } from '../../agent/config.js';
 import { VizError } from '../errors.js';
@@ -25,7 +25,7 @@ const CLEAR = '\x1b[H\x1b[2J';
 const HIDE_CURSOR = '\x1b[?25l';
 const SHOW_CURSOR = '\x1b[?25h';
 const NAME = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
-export const PATHS_NOTE = 'rows are edges and route rules from Prometheus; request paths need live tap (`trellis tap`, a later issue)';
+export const PATHS_NOTE = 'rows are edges and route rules from Prometheus; for request paths, `trellis tap NS/WORKLOAD`';
 
 function intervalArg(text: string): number {
   let ms: number;
@@ -56,7 +56,7 @@ export function registerTopCommand(program: Command): void {
   withCommonFlags(
     program
       .command('top <workload>')
-      .description("a workload's busiest edges and routes, both ways, refreshed live in the terminal (from Prometheus; request paths need tap, a later issue)")
+      .description("a workload's busiest edges and routes, both ways, refreshed live in the terminal (from Prometheus; request paths: trellis tap)")
       .usage('NS/WORKLOAD [--window 1m] [--interval 2s] [--iterations N] [-o table|wide|json]')
       .option('--interval <duration>', 'time between pictures', intervalArg, 2000)
       .option('--iterations <n>', 'stop after N pictures (default: until Ctrl-C)', iterationsArg),
@@ -67,7 +67,7 @@ export function registerTopCommand(program: Command): void {
       '\nExamples:\n  trellis top demo/server                  who calls server and what server calls, every 2 s\n' +
         '  trellis top client -n demo --iterations 1 -o wide\n' +
         `\nA row is a caller of the workload (FROM it, TO the workload) or something it calls (per Service and route rule).\n` +
-        `Until \`trellis tap\` exists, ${PATHS_NOTE.replace(/^rows are/, 'the rows are')}.`,
+        `The ${PATHS_NOTE.replace(/^rows are/, 'rows are')}.`,
     )
     .action(async (workload: string, flags: TopFlags) => {
       const target = parseTarget(workload, flags.namespace);
