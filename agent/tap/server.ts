@@ -80,9 +80,12 @@ export class TapServer {
     return new TapServer(inputs, listener, own);
   }
 
-  /** Stops listening and ends the open streams (the service's stop() has said why by then). */
-  async close(): Promise<void> {
-    await new Promise<void>((resolve) => this.listener.close(() => resolve()));
+  /**
+   * Stops listening; the open streams (which the service's stop() has ended with their last summary by then) get up to
+   * `graceMs` to reach their readers, then their connections are cut: a reader never holds the agent's shutdown.
+   */
+  async close(graceMs = 1000): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
     try {
       // The path is still ours unless a successor took it over.
       if (fs.readlinkSync(this.inputs.socketPath) === path.basename(this.own)) fs.unlinkSync(this.inputs.socketPath);
@@ -90,7 +93,10 @@ export class TapServer {
       // Gone already, or not a link any more.
     }
     if (this.grpc) (await this.grpc.catch(() => undefined))?.close();
+    const deadline = Date.now() + graceMs;
+    while (this.sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     for (const s of this.sockets) s.destroy();
+    await closed;
   }
 
   private async accept(socket: net.Socket): Promise<void> {

@@ -3,6 +3,7 @@
 // response metadata, refusals with their reason, the hub idle again when the reader goes, and a successor agent
 // taking the socket path over without its predecessor removing it. In-process, no root needed.
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -125,6 +126,33 @@ describe('tap API on a Unix socket', () => {
     } finally {
       await srv.close();
     }
+  });
+
+  it('the agent stopping ends every stream with a last summary, and a reader cannot hold its shutdown', async () => {
+    const socket = path.join(dir, 'e.sock');
+    const a = agent(socket);
+    const srv = await a.listen();
+    const events: TapEvent[] = [];
+    const done = new Promise<Error | undefined>((resolve) => {
+      observe(socket, {}, { accepted: () => undefined, event: (e) => events.push(e), end: resolve });
+    });
+    await until('the tap to open', async () => a.tap.hub.active);
+    finishRequest(a.tap);
+    // As app.ts stops: the service first, then the server.
+    a.tap.stop();
+    const started = performance.now();
+    await srv.close();
+    expect(performance.now() - started).toBeLessThan(1500);
+    expect(await done).toBeUndefined();
+    expect(events.at(-1)!.summary).toEqual({ delivered: 1, end: 'agent stopping' });
+    // A raw connection that never speaks gRPC does not hold close() past its grace.
+    const srv2 = await agent(socket).listen();
+    const idle = net.connect(socket);
+    idle.on('error', () => undefined);
+    await new Promise((r) => idle.once('connect', r));
+    const t = performance.now();
+    await srv2.close(200);
+    expect(performance.now() - t).toBeLessThan(1000);
   });
 
   it('a successor takes the socket over; its predecessor leaving does not remove it', async () => {
