@@ -4,10 +4,11 @@
 ARG NODE_VERSION=24.21.0
 
 FROM node:${NODE_VERSION}-bookworm-slim AS build
-# The native build is one cc call per target (native/build.mjs, no node-gyp): gcc and libc6-dev only. libc6-dev
-# also carries libc.a, which the static trellis-cni links against.
+# The native build is one cc call per target (native/build.mjs, no node-gyp): gcc and libc6-dev (with libc.a, which
+# the static trellis-cni links against); for the BPF programs clang and bpftool (vmlinux.h from the build machine's
+# /sys/kernel/btf/vmlinux: CO-RE relocates the object for the kernel it runs on) and libbpf-dev, which the addon links.
 RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends gcc libc6-dev \
+ && apt-get install -y -qq --no-install-recommends gcc libc6-dev clang bpftool libbpf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./
@@ -41,8 +42,10 @@ RUN rm -rf native/build \
 # The runtime needs only the node binary, not npm, corepack or yarn from the Node image.
 FROM debian:bookworm-slim
 # nftables: the capture rules (nft -f inside each pod's netns); nsenter comes with util-linux, already in the base.
+# libbpf1 (and the libelf1 it brings; zlib1g is in the base): the addon's libbpf, linked dynamically because Debian's
+# libbpf.a and libelf.a are not position-independent and cannot go into a shared object.
 RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends nftables \
+ && apt-get install -y -qq --no-install-recommends nftables libbpf1 \
  && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log \
  && groupadd --gid 1000 trellis \
  && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin trellis

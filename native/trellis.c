@@ -1,5 +1,6 @@
 // Native boundary under capture/ and proxy/: opens sockets inside pod network namespaces and reads the
-// pre-NAT destination of captured connections, the two things Node's net module cannot do.
+// pre-NAT destination of captured connections, the two things Node's net module cannot do. The eBPF half (probes,
+// the inbound sk_lookup program) is bpf.c, in the same addon.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -8,6 +9,7 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#include <net/if.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <stdint.h>
@@ -19,7 +21,8 @@
 
 #include <node_api.h>
 
-#include "checks.h"
+#include "bpf.h"
+#include "common.h"
 
 // From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>, which clash with the libc headers.
 #ifndef SO_ORIGINAL_DST
@@ -28,96 +31,6 @@
 #ifndef IP6T_SO_ORIGINAL_DST
 #define IP6T_SO_ORIGINAL_DST 80
 #endif
-
-// A failed syscall, reported to JS as an Error with errno, code and syscall.
-typedef struct {
-  int err;
-  const char *syscall;
-  const char *what;  // the argument the message names: a netns path, host:port or fd
-} failure;
-
-static int fail(failure *f, const char *syscall, const char *what) {
-  f->err = errno;
-  f->syscall = syscall;
-  f->what = what;
-  return -1;
-}
-
-static const char *errno_name(int err) {
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
-  const char *name = strerrorname_np(err);
-  if (name != NULL) return name;
-#endif
-  switch (err) {
-    case EPERM: return "EPERM";
-    case ENOENT: return "ENOENT";
-    case EBADF: return "EBADF";
-    case EACCES: return "EACCES";
-    case EINVAL: return "EINVAL";
-    case EMFILE: return "EMFILE";
-    case ENFILE: return "ENFILE";
-    case ENOTSOCK: return "ENOTSOCK";
-    case ENOPROTOOPT: return "ENOPROTOOPT";
-    case EAFNOSUPPORT: return "EAFNOSUPPORT";
-    case EADDRINUSE: return "EADDRINUSE";
-    case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
-    case ENOTCONN: return "ENOTCONN";
-    case ECONNREFUSED: return "ECONNREFUSED";
-    case ENOMEM: return "ENOMEM";
-    case ENOBUFS: return "ENOBUFS";
-    case EIO: return "EIO";
-    default: return "EUNKNOWN";
-  }
-}
-
-static napi_value throw_failure(napi_env env, const failure *f) {
-  char message[PATH_MAX + 128];
-  snprintf(message, sizeof message, "%s %s: %s", f->syscall, f->what, strerror(f->err));
-  napi_value code, msg, error, err_no, syscall;
-  NAPI_CALL(env, napi_create_string_utf8(env, errno_name(f->err), NAPI_AUTO_LENGTH, &code));
-  NAPI_CALL(env, napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg));
-  NAPI_CALL(env, napi_create_error(env, code, msg, &error));
-  NAPI_CALL(env, napi_create_int32(env, f->err, &err_no));
-  NAPI_CALL(env, napi_create_string_utf8(env, f->syscall, NAPI_AUTO_LENGTH, &syscall));
-  NAPI_CALL(env, napi_set_named_property(env, error, "errno", err_no));
-  NAPI_CALL(env, napi_set_named_property(env, error, "syscall", syscall));
-  NAPI_CALL(env, napi_throw(env, error));
-  return NULL;
-}
-
-static bool arg_string(napi_env env, napi_value value, const char *name, char *buf, size_t size) {
-  napi_valuetype type;
-  NAPI_CALL_BOOL(env, napi_typeof(env, value, &type));
-  if (type != napi_string) {
-    char message[96];
-    snprintf(message, sizeof message, "%s must be a string", name);
-    napi_throw_type_error(env, "EINVAL", message);
-    return false;
-  }
-  size_t len = 0;
-  NAPI_CALL_BOOL(env, napi_get_value_string_utf8(env, value, NULL, 0, &len));
-  if (len == 0 || len >= size) {
-    char message[96];
-    snprintf(message, sizeof message, "%s must be 1 to %zu bytes long", name, size - 1);
-    napi_throw_range_error(env, "EINVAL", message);
-    return false;
-  }
-  NAPI_CALL_BOOL(env, napi_get_value_string_utf8(env, value, buf, size, &len));
-  return true;
-}
-
-static bool arg_uint32(napi_env env, napi_value value, const char *name, uint32_t *out) {
-  napi_valuetype type;
-  NAPI_CALL_BOOL(env, napi_typeof(env, value, &type));
-  if (type != napi_number) {
-    char message[96];
-    snprintf(message, sizeof message, "%s must be a number", name);
-    napi_throw_type_error(env, "EINVAL", message);
-    return false;
-  }
-  NAPI_CALL_BOOL(env, napi_get_value_uint32(env, value, out));
-  return true;
-}
 
 static bool arg_family(napi_env env, napi_value value, int *domain) {
   uint32_t family;
@@ -369,6 +282,24 @@ static napi_value js_set_mark(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// bindToDevice(fd, ifname): SO_BINDTODEVICE. The agent's connections to an app in eBPF capture mode are bound to lo,
+// so the kernel reports them to the pod's sk_lookup program as arriving on lo (capture/routing.ts says why).
+static napi_value js_bind_to_device(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 2, "bindToDevice");
+  uint32_t fd;
+  char ifname[IF_NAMESIZE];
+  if (!arg_uint32(env, argv[0], "fd", &fd)) return NULL;
+  if (!arg_string(env, argv[1], "ifname", ifname, sizeof ifname)) return NULL;
+  if (setsockopt((int)fd, SOL_SOCKET, SO_BINDTODEVICE, ifname, (socklen_t)strlen(ifname)) != 0) {
+    char where[32 + IF_NAMESIZE];
+    snprintf(where, sizeof where, "fd %u to %s", fd, ifname);
+    failure f;
+    fail(&f, "setsockopt(SO_BINDTODEVICE)", where);
+    return throw_failure(env, &f);
+  }
+  return NULL;
+}
+
 // Opens a file under /proc/sys/net while the JS thread is in the pod's netns: such a file belongs to the netns of
 // the thread that opened it, so the write after returning home still lands in the pod.
 static int open_in_netns(const char *ns_path, const char *file, failure *f) {
@@ -437,7 +368,8 @@ NAPI_MODULE_INIT() {
   NAPI_EXPORT_FUNCTION(env, exports, "listenInNetns", js_listen_in_netns);
   NAPI_EXPORT_FUNCTION(env, exports, "originalDst", js_original_dst);
   NAPI_EXPORT_FUNCTION(env, exports, "setMark", js_set_mark);
+  NAPI_EXPORT_FUNCTION(env, exports, "bindToDevice", js_bind_to_device);
   NAPI_EXPORT_FUNCTION(env, exports, "releaseFreeMemory", js_release_free_memory);
   NAPI_EXPORT_FUNCTION(env, exports, "setNetSysctlInNetns", js_set_net_sysctl_in_netns);
-  return exports;
+  return trellis_bpf_init(env, exports);
 }

@@ -1,100 +1,14 @@
-// The one typed boundary to the native addon (native/trellis.c): sockets inside pod network namespaces
-// for capture/ and proxy/, and the pre-NAT destination of captured connections. errno becomes NativeError here.
-import { closeSync, existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
+// The one typed boundary to the native addon (native/trellis.c, native/bpf.c): sockets inside pod network namespaces
+// for capture/ and proxy/, the pre-NAT destination of captured connections, and (bpf.ts, re-exported here) the
+// kernel's BPF features and the inbound sk_lookup program. errno becomes NativeError (BpfError) here.
+import { closeSync } from 'node:fs';
 import net from 'node:net';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { TrellisError } from '../errors.js';
+import { call, type Family } from './binding.js';
 
-export type Family = 4 | 6;
-
-/** A failed syscall in the addon; `code` is the errno name ('ENOENT', 'EPERM'...). */
-export class NativeError extends TrellisError<string> {
-  readonly errno: number;
-  readonly syscall: string;
-  constructor(code: string, errno: number, syscall: string, message: string, options?: { cause?: unknown }) {
-    super(code, message, options);
-    this.name = 'NativeError';
-    this.errno = errno;
-    this.syscall = syscall;
-  }
-}
-
-interface Binding {
-  socketInNetns(nsPath: string, family: Family, mark: number, transparent: boolean): number;
-  listenInNetns(
-    nsPath: string,
-    family: Family,
-    host: string,
-    port: number,
-    backlog: number,
-    mark: number,
-    transparent: boolean,
-    reusePort: boolean,
-  ): number;
-  originalDst(fd: number): { address: string; port: number; family: Family };
-  setMark(fd: number, mark: number): void;
-  releaseFreeMemory(): boolean;
-  setNetSysctlInNetns(nsPath: string, name: string, value: string): void;
-}
-
-// Loaded on first use, so importing this module never fails on a machine that only runs pure-JS parts.
-let binding: Binding | undefined;
-
-function native(): Binding {
-  if (binding) return binding;
-  const root = repoRoot(dirname(fileURLToPath(import.meta.url)));
-  const file = join(root, 'native', 'build', 'trellis.node');
-  if (!existsSync(file)) {
-    throw new TrellisError('ENATIVE', `native addon not built (${file} is missing): run \`npm run build\``);
-  }
-  try {
-    binding = createRequire(import.meta.url)(file) as Binding;
-  } catch (err) {
-    const reason = err instanceof Error ? err.message : String(err);
-    throw new TrellisError(
-      'ENATIVE',
-      `native addon ${file} does not load (${reason}): rebuild it with \`npm run build:native\``,
-      { cause: err },
-    );
-  }
-  return binding;
-}
-
-// The same walk works from agent/native (sources under vitest) and dist/agent/native (compiled).
-function repoRoot(from: string): string {
-  for (let dir = from; ; dir = dirname(dir)) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    if (dirname(dir) === dir) {
-      throw new TrellisError('ENATIVE', `no package.json above ${from}: cannot locate native/build/trellis.node`);
-    }
-  }
-}
-
-function hintFor(code: string, syscall: string): string | undefined {
-  if (code === 'EPERM' || code === 'EACCES') return 'run as root or grant CAP_NET_ADMIN and CAP_SYS_ADMIN';
-  if (code === 'ENOENT' && (syscall === 'open' || syscall === 'setns')) return "the pod's network namespace is gone";
-  // ENOPROTOOPT: conntrack is not loaded; ENOENT: conntrack has no entry for this connection.
-  if ((code === 'ENOPROTOOPT' || code === 'ENOENT') && syscall.startsWith('getsockopt(')) {
-    return 'the connection was not redirected by NAT (capture rules missing?)';
-  }
-  return undefined;
-}
-
-/** Runs one addon call, turning the addon's errno errors into NativeError with a hint. */
-function call<T>(op: string, fn: (b: Binding) => T): T {
-  const b = native();
-  try {
-    return fn(b);
-  } catch (err) {
-    const e = err as { code?: unknown; errno?: unknown; syscall?: unknown; message?: unknown };
-    if (typeof e.errno !== 'number' || typeof e.code !== 'string' || typeof e.syscall !== 'string') throw err;
-    const hint = hintFor(e.code, e.syscall);
-    const message = `${op}: ${String(e.message)}${hint ? ` (${hint})` : ''}`;
-    throw new NativeError(e.code, e.errno, e.syscall, message, { cause: err });
-  }
-}
+export { NativeError, type Family } from './binding.js';
+// The eBPF half of the boundary: kernel probes and the inbound sk_lookup program.
+export * from './bpf.js';
 
 function invalid(message: string): TrellisError {
   return new TrellisError('EINVAL', message);
@@ -175,6 +89,13 @@ export function setMark(fd: number, mark: number): void {
   call('set SO_MARK', (b) => b.setMark(fd, mark));
 }
 
+/** SO_BINDTODEVICE: the socket sends and receives through `ifname` only. */
+export function bindToDevice(fd: number, ifname: string): void {
+  checkFd(fd);
+  if (typeof ifname !== 'string' || ifname.length === 0 || ifname.length > 15) throw invalid(`interface name must be 1 to 15 characters, got "${ifname}"`);
+  call(`bind to ${ifname}`, (b) => b.bindToDevice(fd, ifname));
+}
+
 /**
  * Returns the C heap's free pages to the kernel (glibc malloc_trim): buffers a traffic burst freed otherwise
  * stay in the agent's RSS. True when some were returned; false elsewhere than glibc.
@@ -249,11 +170,12 @@ export function listenInNetns(
  * half-open (allowHalfOpen): a FIN from the peer does not end our side, so the mesh can pass half-close on. Creation
  * errors (bad netns, a host name) are emitted as 'error' on next tick, not thrown. `timeoutMs` bounds the
  * connect only ('error' with code ETIMEDOUT). `transparentSource`: the connection leaves from that address (IP_TRANSPARENT;
- * replies reach the socket only where routing returns them to it, see capture/rules.ts).
+ * replies reach the socket only where routing returns them to it, see capture/rules.ts). `device`: bound to that
+ * interface (SO_BINDTODEVICE; the agent binds its connections to apps to lo in eBPF capture mode, capture/routing.ts).
  */
 export function connectInNetns(
   netnsPath: string,
-  opts: { host: string; port: number; mark?: number; family?: Family; timeoutMs?: number; transparentSource?: string },
+  opts: { host: string; port: number; mark?: number; family?: Family; timeoutMs?: number; transparentSource?: string; device?: string },
 ): net.Socket {
   let fd = -1;
   let socket: net.Socket;
@@ -265,6 +187,7 @@ export function connectInNetns(
     }
     if (opts.transparentSource !== undefined) familyOf(opts.transparentSource, family);
     fd = tcpSocketInNetns(netnsPath, family, opts.mark ?? 0, opts.transparentSource !== undefined);
+    if (opts.device !== undefined) bindToDevice(fd, opts.device);
     // Half-open: a mesh passes FIN along in each direction on its own.
     socket = new net.Socket({ fd, allowHalfOpen: true });
   } catch (err) {

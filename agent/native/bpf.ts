@@ -1,0 +1,161 @@
+// The eBPF half of the native boundary (native/bpf.c), under capture/: what the kernel offers, and the inbound
+// sk_lookup program (native/bpf/sk_lookup.bpf.c) attached to one pod's network namespace. Re-exported by index.ts.
+// A failure becomes BpfError: the program, the attach point, the errno and what to do about it.
+import { TrellisError } from '../errors.js';
+import { native, NativeError } from './binding.js';
+
+/** 1: yes; 0: no; negative: -errno, the kernel would not say (-EPERM without CAP_BPF). */
+export type ProbeAnswer = number;
+
+export interface BpfProbe {
+  readonly progTypes: { readonly sk_lookup: ProbeAnswer; readonly cgroup_sock_addr: ProbeAnswer; readonly sock_ops: ProbeAnswer; readonly sk_skb: ProbeAnswer };
+  readonly mapTypes: { readonly sockmap: ProbeAnswer; readonly sockhash: ProbeAnswer };
+  /** The kernel's own BTF (/sys/kernel/btf/vmlinux), which CO-RE relocation needs. */
+  readonly btf: ProbeAnswer;
+  /** struct bpf_sk_lookup has ingress_ifindex (Linux 5.17+), which the program reads to leave loopback alone. */
+  readonly skLookupIfindex: ProbeAnswer;
+  /** Trellis's own sk_lookup program, loaded (CO-RE relocated, verified) and thrown away. */
+  readonly program:
+    | { readonly ok: true }
+    | { readonly ok: false; readonly errno: number; readonly code: string; readonly stage: string; readonly message: string; readonly log: string };
+}
+
+/** The inbound program's name, as `bpftool prog show` lists it. */
+export const SK_LOOKUP_PROGRAM = 'trellis_inbound';
+
+/** The verdicts the program counts, in the order of enum trellis_sk_lookup_verdict (native/bpf/sk_lookup.h). */
+export const SK_LOOKUP_VERDICTS = ['steered', 'local', 'exempt_port', 'probe_source', 'no_listener', 'refused'] as const;
+export type SkLookupVerdict = (typeof SK_LOOKUP_VERDICTS)[number];
+
+/** Most probe sources per address family the program exempts (TRELLIS_MAX_PROBE_SOURCES). */
+export const SK_LOOKUP_MAX_PROBE_SOURCES = 8;
+
+/** Opaque: the addon's handle of one loaded and attached program. */
+export type SkLookupHandle = { readonly __brand: 'SkLookupHandle' };
+
+/** A BPF step that failed: which program, where it was going, the stage, the errno, and libbpf's last words. */
+export class BpfError extends NativeError {
+  readonly program: string;
+  readonly attachPoint: string;
+  /** open | load | map | attach */
+  readonly stage: string;
+  /** libbpf's warnings for the failed call, the verifier's log among them (its end: the lines that say why). */
+  readonly log: string;
+  constructor(
+    init: { code: string; errno: number; syscall: string; program: string; attachPoint: string; stage: string; log: string; message: string },
+    options?: { cause?: unknown },
+  ) {
+    super(init.code, init.errno, init.syscall, init.message, options);
+    this.name = 'BpfError';
+    this.program = init.program;
+    this.attachPoint = init.attachPoint;
+    this.stage = init.stage;
+    this.log = init.log;
+  }
+}
+
+/** What to do about an errno at a stage; undefined when there is nothing better to say than the errno. */
+export function bpfHint(code: string, stage: string): string | undefined {
+  if (code === 'EPERM' || code === 'EACCES') {
+    return 'loading and attaching BPF programs needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN) and a seccomp profile that allows bpf(); or run with --capture nft';
+  }
+  if (stage === 'load' && (code === 'EINVAL' || code === 'ENOTSUPP' || code === 'EOPNOTSUPP')) {
+    return 'the kernel lacks the program type or a field the program reads (sk_lookup: Linux 5.9+; its ingress_ifindex: 5.17+); run with --capture nft';
+  }
+  if (stage === 'load' && (code === 'ESRCH' || code === 'ENOENT')) {
+    return 'CO-RE relocation needs the kernel\'s BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF); run with --capture nft';
+  }
+  if (stage === 'map' && (code === 'EOPNOTSUPP' || code === 'EINVAL' || code === 'EBADF')) return 'the fd is not a listening TCP socket';
+  if (stage === 'attach' && code === 'ENOENT') return "the pod's network namespace is gone";
+  if (stage === 'attach' && code === 'EINVAL') return 'the kernel cannot attach sk_lookup programs to a network namespace (Linux 5.9+)';
+  return undefined;
+}
+
+/** The last `n` non-empty lines of a libbpf log. */
+export function lastLines(log: string, n = 4): string[] {
+  return log
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .slice(-n);
+}
+
+function bpfCall<T>(program: string, attachPoint: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    const e = err as { code?: unknown; errno?: unknown; syscall?: unknown; stage?: unknown; log?: unknown; message?: unknown };
+    if (typeof e.errno !== 'number' || typeof e.code !== 'string' || typeof e.syscall !== 'string') throw err;
+    const stage = typeof e.stage === 'string' ? e.stage : 'load';
+    const log = typeof e.log === 'string' ? e.log : '';
+    const hint = bpfHint(e.code, stage);
+    const verifier = stage === 'load' && log ? `; libbpf: ${lastLines(log).join(' | ')}` : '';
+    const message = `BPF program ${program} at ${attachPoint}: ${String(e.message)}${hint ? ` (${hint})` : ''}${verifier}`;
+    throw new BpfError({ code: e.code, errno: e.errno, syscall: e.syscall, program, attachPoint, stage, log, message }, { cause: err });
+  }
+}
+
+/** Asks the kernel what it offers, by loading tiny programs and Trellis's own; changes nothing, attaches nothing. */
+export function probeBpf(): BpfProbe {
+  return native().bpfProbe();
+}
+
+/**
+ * One pod's inbound program: loaded for this pod (its probe sources and exempt ports are fixed at load), the pod's
+ * inbound listener in its map, linked to the pod's netns. Held by file descriptors of this process: closed, or when
+ * the process ends, it is detached and unloaded.
+ */
+export class SkLookupLink {
+  private handle: SkLookupHandle | undefined;
+
+  private constructor(
+    handle: SkLookupHandle,
+    readonly netnsPath: string,
+  ) {
+    this.handle = handle;
+  }
+
+  static attach(netnsPath: string, opts: { listenerFd: number; probeSources: readonly string[]; exemptPorts: readonly number[] }): SkLookupLink {
+    if (typeof netnsPath !== 'string' || netnsPath.length === 0) throw new TrellisError('EINVAL', 'netns path must be a non-empty string');
+    if (!Number.isInteger(opts.listenerFd) || opts.listenerFd < 0) throw new TrellisError('EINVAL', `listener fd must be a non-negative integer, got ${opts.listenerFd}`);
+    const handle = bpfCall(SK_LOOKUP_PROGRAM, `sk_lookup of netns ${netnsPath}`, () =>
+      native().skLookupAttach(netnsPath, opts.listenerFd, [...opts.probeSources], [...opts.exemptPorts]),
+    );
+    return new SkLookupLink(handle, netnsPath);
+  }
+
+  get closed(): boolean {
+    return this.handle === undefined;
+  }
+
+  /** The pod's listener was reopened: connections go to the new one. */
+  setListener(fd: number): void {
+    const h = this.open();
+    bpfCall(SK_LOOKUP_PROGRAM, `sk_lookup of netns ${this.netnsPath}`, () => native().skLookupSetListener(h, fd));
+  }
+
+  /** Lookups per verdict since attach. */
+  verdicts(): Record<SkLookupVerdict, number> {
+    const h = this.open();
+    const counts = bpfCall(SK_LOOKUP_PROGRAM, `sk_lookup of netns ${this.netnsPath}`, () => native().skLookupVerdicts(h));
+    return Object.fromEntries(SK_LOOKUP_VERDICTS.map((v, i) => [v, counts[i] ?? 0])) as Record<SkLookupVerdict, number>;
+  }
+
+  /** The kernel's ids of the program and the link, and the inode of the netns it is attached to (as bpftool shows them). */
+  ids(): { program: number; link: number; netnsInode: number } {
+    const h = this.open();
+    return bpfCall(SK_LOOKUP_PROGRAM, `sk_lookup of netns ${this.netnsPath}`, () => native().skLookupIds(h));
+  }
+
+  /** Detaches and unloads; idempotent. */
+  close(): void {
+    const h = this.handle;
+    this.handle = undefined;
+    if (h) native().skLookupClose(h);
+  }
+
+  private open(): SkLookupHandle {
+    if (!this.handle) throw new TrellisError('ECLOSED', `the sk_lookup program of ${this.netnsPath} is detached`);
+    return this.handle;
+  }
+}

@@ -1,0 +1,450 @@
+// The eBPF half of the addon, under capture/: probes what the kernel offers, and loads the inbound sk_lookup program
+// (native/bpf/sk_lookup.bpf.c, embedded here as a libbpf skeleton) and attaches it to a pod's network namespace.
+// Every program, map and link is held by a file descriptor of this process: nothing is pinned, so all of it goes
+// when the handle is closed or the agent exits. libbpf is linked dynamically (native/build.mjs says why).
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <linux/types.h>
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+
+#include "bpf.h"
+#include "common.h"
+#include "sk_lookup.h"
+#include "sk_lookup.skel.h"
+
+// libbpf's warnings (the verifier's log among them) are kept rather than printed on the agent's stderr: the tail of
+// what the last failed call said goes into its error. Per thread, as each Node thread has its own calls.
+#define LOG_KEEP 8192
+static __thread char libbpf_log[LOG_KEEP];
+static __thread size_t libbpf_log_len;
+
+static void log_reset(void) {
+  libbpf_log_len = 0;
+  libbpf_log[0] = '\0';
+}
+
+static void log_append(const char *text, size_t len) {
+  if (len >= LOG_KEEP) {
+    text += len - (LOG_KEEP - 1);
+    len = LOG_KEEP - 1;
+  }
+  if (libbpf_log_len + len >= LOG_KEEP) {
+    // The end says why (the verifier's last lines): the start goes.
+    size_t drop = libbpf_log_len + len - (LOG_KEEP - 1);
+    memmove(libbpf_log, libbpf_log + drop, libbpf_log_len - drop);
+    libbpf_log_len -= drop;
+  }
+  memcpy(libbpf_log + libbpf_log_len, text, len);
+  libbpf_log_len += len;
+  libbpf_log[libbpf_log_len] = '\0';
+}
+
+static int keep_libbpf_message(enum libbpf_print_level level, const char *fmt, va_list args) {
+  if (level == LIBBPF_DEBUG) return 0;
+  va_list copy;
+  va_copy(copy, args);
+  int n = vsnprintf(NULL, 0, fmt, copy);
+  va_end(copy);
+  if (n <= 0) return 0;
+  char *text = malloc((size_t)n + 1);
+  if (text == NULL) return 0;
+  vsnprintf(text, (size_t)n + 1, fmt, args);
+  log_append(text, (size_t)n);
+  free(text);
+  return 0;
+}
+
+// A failed BPF step: `stage` says which (open, load, map, attach), `what` the message's subject.
+static napi_value throw_bpf(napi_env env, int err, const char *syscall, const char *stage, const char *what) {
+  char message[PATH_MAX + 256];
+  snprintf(message, sizeof message, "%s: %s", what, strerror(err));
+  napi_value code, msg, error, err_no, js_syscall, js_stage, log;
+  NAPI_CALL(env, napi_create_string_utf8(env, errno_name(err), NAPI_AUTO_LENGTH, &code));
+  NAPI_CALL(env, napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg));
+  NAPI_CALL(env, napi_create_error(env, code, msg, &error));
+  NAPI_CALL(env, napi_create_int32(env, err, &err_no));
+  NAPI_CALL(env, napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &js_syscall));
+  NAPI_CALL(env, napi_create_string_utf8(env, stage, NAPI_AUTO_LENGTH, &js_stage));
+  NAPI_CALL(env, napi_create_string_utf8(env, libbpf_log, libbpf_log_len, &log));
+  NAPI_CALL(env, napi_set_named_property(env, error, "errno", err_no));
+  NAPI_CALL(env, napi_set_named_property(env, error, "syscall", js_syscall));
+  NAPI_CALL(env, napi_set_named_property(env, error, "stage", js_stage));
+  NAPI_CALL(env, napi_set_named_property(env, error, "log", log));
+  NAPI_CALL(env, napi_throw(env, error));
+  return NULL;
+}
+
+// libbpf returns -errno and sets errno, or NULL with errno set; either way a positive errno, never 0.
+static int last_errno(int ret) {
+  int err = ret < 0 ? -ret : errno;
+  return err > 0 ? err : EINVAL;
+}
+
+static bool set_number(napi_env env, napi_value obj, const char *name, double value) {
+  napi_value v;
+  NAPI_CALL_BOOL(env, napi_create_double(env, value, &v));
+  NAPI_CALL_BOOL(env, napi_set_named_property(env, obj, name, v));
+  return true;
+}
+
+static bool set_string(napi_env env, napi_value obj, const char *name, const char *value) {
+  napi_value v;
+  NAPI_CALL_BOOL(env, napi_create_string_utf8(env, value, NAPI_AUTO_LENGTH, &v));
+  NAPI_CALL_BOOL(env, napi_set_named_property(env, obj, name, v));
+  return true;
+}
+
+// 1 when struct bpf_sk_lookup of the running kernel has ingress_ifindex (Linux 5.17+), 0 when not, -errno when the
+// kernel's BTF cannot be read.
+static int sk_lookup_has_ifindex(void) {
+  struct btf *btf = btf__load_vmlinux_btf();
+  if (btf == NULL) return -last_errno(0);
+  int found = 0;
+  __s32 id = btf__find_by_name_kind(btf, "bpf_sk_lookup", BTF_KIND_STRUCT);
+  if (id > 0) {
+    const struct btf_type *t = btf__type_by_id(btf, (__u32)id);
+    const struct btf_member *m = btf_members(t);
+    for (__u16 i = 0; i < btf_vlen(t); i++, m++) {
+      const char *name = btf__name_by_offset(btf, m->name_off);
+      if (name != NULL && strcmp(name, "ingress_ifindex") == 0) found = 1;
+    }
+  }
+  btf__free(btf);
+  return found;
+}
+
+// bpfProbe() -> what this kernel offers, each answer 1 (yes), 0 (no) or -errno (could not tell, e.g. -EPERM), and
+// whether Trellis's own sk_lookup program loads (open, CO-RE relocation, verifier), with the reason if not.
+static napi_value js_bpf_probe(napi_env env, napi_callback_info info) {
+  (void)info;
+  log_reset();
+  napi_value result, prog_types, map_types, program;
+  NAPI_CALL(env, napi_create_object(env, &result));
+  NAPI_CALL(env, napi_create_object(env, &prog_types));
+  NAPI_CALL(env, napi_create_object(env, &map_types));
+  NAPI_CALL(env, napi_create_object(env, &program));
+  struct { const char *name; enum bpf_prog_type type; } progs[] = {
+    {"sk_lookup", BPF_PROG_TYPE_SK_LOOKUP},
+    {"cgroup_sock_addr", BPF_PROG_TYPE_CGROUP_SOCK_ADDR},
+    {"sock_ops", BPF_PROG_TYPE_SOCK_OPS},
+    {"sk_skb", BPF_PROG_TYPE_SK_SKB},
+  };
+  for (size_t i = 0; i < sizeof progs / sizeof progs[0]; i++) {
+    if (!set_number(env, prog_types, progs[i].name, libbpf_probe_bpf_prog_type(progs[i].type, NULL))) return NULL;
+  }
+  struct { const char *name; enum bpf_map_type type; } maps[] = {
+    {"sockmap", BPF_MAP_TYPE_SOCKMAP},
+    {"sockhash", BPF_MAP_TYPE_SOCKHASH},
+  };
+  for (size_t i = 0; i < sizeof maps / sizeof maps[0]; i++) {
+    if (!set_number(env, map_types, maps[i].name, libbpf_probe_bpf_map_type(maps[i].type, NULL))) return NULL;
+  }
+  NAPI_CALL(env, napi_set_named_property(env, result, "progTypes", prog_types));
+  NAPI_CALL(env, napi_set_named_property(env, result, "mapTypes", map_types));
+
+  struct btf *btf = btf__load_vmlinux_btf();
+  int btf_ok = btf != NULL ? 1 : -last_errno(0);
+  btf__free(btf);
+  if (!set_number(env, result, "btf", btf_ok)) return NULL;
+  if (!set_number(env, result, "skLookupIfindex", sk_lookup_has_ifindex())) return NULL;
+
+  // The real thing, loaded and thrown away: CO-RE relocations against this kernel's BTF and the verifier's verdict.
+  log_reset();
+  struct trellis_sk_lookup *skel = trellis_sk_lookup__open();
+  int err = 0;
+  const char *stage = "open";
+  if (skel == NULL) {
+    err = last_errno(0);
+  } else {
+    stage = "load";
+    int rc = trellis_sk_lookup__load(skel);
+    if (rc != 0) err = last_errno(rc);
+    trellis_sk_lookup__destroy(skel);
+  }
+  napi_value ok;
+  NAPI_CALL(env, napi_get_boolean(env, err == 0, &ok));
+  NAPI_CALL(env, napi_set_named_property(env, program, "ok", ok));
+  if (err != 0) {
+    if (!set_number(env, program, "errno", err)) return NULL;
+    if (!set_string(env, program, "code", errno_name(err))) return NULL;
+    if (!set_string(env, program, "stage", stage)) return NULL;
+    if (!set_string(env, program, "message", strerror(err))) return NULL;
+    if (!set_string(env, program, "log", libbpf_log)) return NULL;
+  }
+  NAPI_CALL(env, napi_set_named_property(env, result, "program", program));
+  log_reset();
+  return result;
+}
+
+// One pod's inbound program: its object (program and maps) and its link to the pod's netns.
+typedef struct {
+  struct trellis_sk_lookup *skel;
+  struct bpf_link *link;
+} sk_lookup_handle;
+
+static const napi_type_tag SK_LOOKUP_TAG = {0x7472656c6c697362ULL, 0x736b6c6f6f6b7570ULL};
+
+static void sk_lookup_release(sk_lookup_handle *h) {
+  bpf_link__destroy(h->link);
+  h->link = NULL;
+  trellis_sk_lookup__destroy(h->skel);
+  h->skel = NULL;
+}
+
+// A handle the JS side dropped without closing: released with it rather than kept for the life of the agent.
+static void sk_lookup_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  sk_lookup_release(data);
+  free(data);
+}
+
+static sk_lookup_handle *arg_handle(napi_env env, napi_value value) {
+  bool tagged = false;
+  napi_valuetype type;
+  NAPI_CALL(env, napi_typeof(env, value, &type));
+  if (type == napi_external) NAPI_CALL(env, napi_check_object_type_tag(env, value, &SK_LOOKUP_TAG, &tagged));
+  if (!tagged) {
+    napi_throw_type_error(env, "EINVAL", "not an sk_lookup handle");
+    return NULL;
+  }
+  void *data = NULL;
+  NAPI_CALL(env, napi_get_value_external(env, value, &data));
+  sk_lookup_handle *h = data;
+  if (h->skel == NULL) {
+    napi_throw_error(env, "ECLOSED", "the sk_lookup handle is closed");
+    return NULL;
+  }
+  return h;
+}
+
+static int put_listener(sk_lookup_handle *h, uint32_t fd) {
+  __u32 key = 0;
+  __u64 value = fd;
+  return bpf_map__update_elem(h->skel->maps.listener, &key, sizeof key, &value, sizeof value, BPF_ANY);
+}
+
+// Reads the JS array at argv into up to `max` strings of at most `size` bytes each.
+static bool arg_string_array(napi_env env, napi_value value, const char *name, char (*out)[INET6_ADDRSTRLEN], uint32_t max, uint32_t *count) {
+  bool is_array = false;
+  NAPI_CALL_BOOL(env, napi_is_array(env, value, &is_array));
+  if (!is_array) {
+    char message[96];
+    snprintf(message, sizeof message, "%s must be an array", name);
+    napi_throw_type_error(env, "EINVAL", message);
+    return false;
+  }
+  NAPI_CALL_BOOL(env, napi_get_array_length(env, value, count));
+  if (*count > max) {
+    char message[96];
+    snprintf(message, sizeof message, "%s: at most %u", name, max);
+    napi_throw_range_error(env, "EINVAL", message);
+    return false;
+  }
+  for (uint32_t i = 0; i < *count; i++) {
+    napi_value item;
+    NAPI_CALL_BOOL(env, napi_get_element(env, value, i, &item));
+    if (!arg_string(env, item, name, out[i], INET6_ADDRSTRLEN)) return false;
+  }
+  return true;
+}
+
+// skLookupAttach(nsPath, listenerFd, probeSources, exemptPorts) -> handle
+// Loads a fresh copy of the program (its settings are read-only data, fixed at load), puts the listener in its
+// map, and links it to the netns at nsPath. On failure nothing stays behind.
+static napi_value js_sk_lookup_attach(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 4, "skLookupAttach");
+  char ns_path[PATH_MAX];
+  uint32_t listener_fd, source_count, port_count;
+  char sources[2 * TRELLIS_MAX_PROBE_SOURCES][INET6_ADDRSTRLEN];
+  if (!arg_string(env, argv[0], "nsPath", ns_path, sizeof ns_path)) return NULL;
+  if (!arg_uint32(env, argv[1], "listenerFd", &listener_fd)) return NULL;
+  if (!arg_string_array(env, argv[2], "probeSources", sources, 2 * TRELLIS_MAX_PROBE_SOURCES, &source_count)) return NULL;
+  NAPI_CALL(env, napi_get_array_length(env, argv[3], &port_count));
+  if (port_count > TRELLIS_MAX_EXEMPT_PORTS) {
+    napi_throw_range_error(env, "EINVAL", "exemptPorts: too many");
+    return NULL;
+  }
+
+  struct trellis_sk_lookup_config settings;
+  memset(&settings, 0, sizeof settings);
+  for (uint32_t i = 0; i < source_count; i++) {
+    if (settings.probe4_count < TRELLIS_MAX_PROBE_SOURCES && inet_pton(AF_INET, sources[i], &settings.probe4[settings.probe4_count]) == 1) {
+      settings.probe4_count++;
+    } else if (settings.probe6_count < TRELLIS_MAX_PROBE_SOURCES && inet_pton(AF_INET6, sources[i], settings.probe6[settings.probe6_count]) == 1) {
+      settings.probe6_count++;
+    } else {
+      char message[INET6_ADDRSTRLEN + 96];
+      snprintf(message, sizeof message, "probeSources: %s is not an IP address, or more than %d of its family", sources[i], TRELLIS_MAX_PROBE_SOURCES);
+      napi_throw_range_error(env, "EINVAL", message);
+      return NULL;
+    }
+  }
+  for (uint32_t i = 0; i < port_count; i++) {
+    napi_value item;
+    uint32_t port;
+    NAPI_CALL(env, napi_get_element(env, argv[3], i, &item));
+    if (!arg_uint32(env, item, "exemptPorts[]", &port)) return NULL;
+    if (port == 0 || port > 65535) {
+      napi_throw_range_error(env, "EINVAL", "exemptPorts: ports are 1 to 65535");
+      return NULL;
+    }
+    settings.exempt_ports[settings.exempt_port_count++] = port;
+  }
+
+  sk_lookup_handle *h = calloc(1, sizeof *h);
+  if (h == NULL) return throw_bpf(env, ENOMEM, "calloc", "open", "sk_lookup handle");
+  log_reset();
+  char what[PATH_MAX + 64];
+  h->skel = trellis_sk_lookup__open();
+  if (h->skel == NULL) {
+    int err = last_errno(0);
+    free(h);
+    return throw_bpf(env, err, "bpf_object__open", "open", "open the embedded object");
+  }
+  h->skel->rodata->settings = settings;
+  int rc = trellis_sk_lookup__load(h->skel);
+  if (rc != 0) {
+    int err = last_errno(rc);
+    sk_lookup_release(h);
+    free(h);
+    return throw_bpf(env, err, "bpf(BPF_PROG_LOAD)", "load", "load");
+  }
+  rc = put_listener(h, listener_fd);
+  if (rc != 0) {
+    int err = last_errno(rc);
+    sk_lookup_release(h);
+    free(h);
+    snprintf(what, sizeof what, "put the listener (fd %u) in its sockmap", listener_fd);
+    return throw_bpf(env, err, "bpf(BPF_MAP_UPDATE_ELEM)", "map", what);
+  }
+  int ns_fd = open(ns_path, O_RDONLY | O_CLOEXEC);
+  if (ns_fd < 0) {
+    int err = errno;
+    sk_lookup_release(h);
+    free(h);
+    snprintf(what, sizeof what, "open %s", ns_path);
+    return throw_bpf(env, err, "open", "attach", what);
+  }
+  h->link = bpf_program__attach_netns(h->skel->progs.trellis_inbound, ns_fd);
+  int attach_errno = errno;
+  close(ns_fd);
+  if (h->link == NULL) {
+    sk_lookup_release(h);
+    free(h);
+    snprintf(what, sizeof what, "attach to the netns %s", ns_path);
+    return throw_bpf(env, attach_errno > 0 ? attach_errno : EINVAL, "bpf(BPF_LINK_CREATE)", "attach", what);
+  }
+  log_reset();
+
+  napi_value result;
+  napi_status status = napi_create_external(env, h, sk_lookup_finalize, NULL, &result);
+  if (status != napi_ok) {
+    sk_lookup_release(h);
+    free(h);
+    NAPI_CALL(env, status);
+  }
+  NAPI_CALL(env, napi_type_tag_object(env, result, &SK_LOOKUP_TAG));
+  return result;
+}
+
+// skLookupSetListener(handle, fd): the pod's listener was reopened; the program hands connections to the new one.
+static napi_value js_sk_lookup_set_listener(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 2, "skLookupSetListener");
+  sk_lookup_handle *h = arg_handle(env, argv[0]);
+  if (h == NULL) return NULL;
+  uint32_t fd;
+  if (!arg_uint32(env, argv[1], "listenerFd", &fd)) return NULL;
+  log_reset();
+  int rc = put_listener(h, fd);
+  if (rc != 0) {
+    char what[64];
+    snprintf(what, sizeof what, "put the listener (fd %u) in its sockmap", fd);
+    return throw_bpf(env, last_errno(rc), "bpf(BPF_MAP_UPDATE_ELEM)", "map", what);
+  }
+  return NULL;
+}
+
+// skLookupVerdicts(handle) -> number[TRELLIS_SKL_VERDICTS]: lookups per verdict since attach, summed over CPUs.
+static napi_value js_sk_lookup_verdicts(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "skLookupVerdicts");
+  sk_lookup_handle *h = arg_handle(env, argv[0]);
+  if (h == NULL) return NULL;
+  int cpus = libbpf_num_possible_cpus();
+  if (cpus <= 0) return throw_bpf(env, last_errno(cpus), "libbpf_num_possible_cpus", "map", "count the CPUs");
+  __u64 *values = calloc((size_t)cpus, sizeof *values);
+  if (values == NULL) return throw_bpf(env, ENOMEM, "calloc", "map", "read the verdict counters");
+  napi_value result;
+  napi_status status = napi_create_array_with_length(env, TRELLIS_SKL_VERDICTS, &result);
+  for (__u32 key = 0; status == napi_ok && key < TRELLIS_SKL_VERDICTS; key++) {
+    int rc = bpf_map__lookup_elem(h->skel->maps.verdicts, &key, sizeof key, values, (size_t)cpus * sizeof *values, 0);
+    if (rc != 0) {
+      free(values);
+      return throw_bpf(env, last_errno(rc), "bpf(BPF_MAP_LOOKUP_ELEM)", "map", "read the verdict counters");
+    }
+    double sum = 0;
+    for (int cpu = 0; cpu < cpus; cpu++) sum += (double)values[cpu];
+    napi_value n;
+    status = napi_create_double(env, sum, &n);
+    if (status == napi_ok) status = napi_set_element(env, result, key, n);
+  }
+  free(values);
+  NAPI_CALL(env, status);
+  return result;
+}
+
+// skLookupIds(handle) -> { program, link, netnsInode }: the kernel's ids, as bpftool shows them.
+static napi_value js_sk_lookup_ids(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "skLookupIds");
+  sk_lookup_handle *h = arg_handle(env, argv[0]);
+  if (h == NULL) return NULL;
+  struct bpf_prog_info prog;
+  struct bpf_link_info link;
+  __u32 prog_len = sizeof prog, link_len = sizeof link;
+  memset(&prog, 0, sizeof prog);
+  memset(&link, 0, sizeof link);
+  int rc = bpf_obj_get_info_by_fd(bpf_program__fd(h->skel->progs.trellis_inbound), &prog, &prog_len);
+  if (rc == 0) rc = bpf_obj_get_info_by_fd(bpf_link__fd(h->link), &link, &link_len);
+  if (rc != 0) return throw_bpf(env, last_errno(rc), "bpf(BPF_OBJ_GET_INFO_BY_FD)", "map", "read the program's ids");
+  napi_value result;
+  NAPI_CALL(env, napi_create_object(env, &result));
+  if (!set_number(env, result, "program", prog.id)) return NULL;
+  if (!set_number(env, result, "link", link.id)) return NULL;
+  if (!set_number(env, result, "netnsInode", link.netns.netns_ino)) return NULL;
+  return result;
+}
+
+// skLookupClose(handle): detaches and unloads; the pod's inbound connections go where they were going again.
+static napi_value js_sk_lookup_close(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "skLookupClose");
+  bool tagged = false;
+  napi_valuetype type;
+  NAPI_CALL(env, napi_typeof(env, argv[0], &type));
+  if (type == napi_external) NAPI_CALL(env, napi_check_object_type_tag(env, argv[0], &SK_LOOKUP_TAG, &tagged));
+  if (!tagged) {
+    napi_throw_type_error(env, "EINVAL", "not an sk_lookup handle");
+    return NULL;
+  }
+  void *data = NULL;
+  NAPI_CALL(env, napi_get_value_external(env, argv[0], &data));
+  sk_lookup_release(data);
+  return NULL;
+}
+
+napi_value trellis_bpf_init(napi_env env, napi_value exports) {
+  libbpf_set_print(keep_libbpf_message);
+  NAPI_EXPORT_FUNCTION(env, exports, "bpfProbe", js_bpf_probe);
+  NAPI_EXPORT_FUNCTION(env, exports, "skLookupAttach", js_sk_lookup_attach);
+  NAPI_EXPORT_FUNCTION(env, exports, "skLookupSetListener", js_sk_lookup_set_listener);
+  NAPI_EXPORT_FUNCTION(env, exports, "skLookupVerdicts", js_sk_lookup_verdicts);
+  NAPI_EXPORT_FUNCTION(env, exports, "skLookupIds", js_sk_lookup_ids);
+  NAPI_EXPORT_FUNCTION(env, exports, "skLookupClose", js_sk_lookup_close);
+  return exports;
+}

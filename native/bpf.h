@@ -1,0 +1,10 @@
+// The eBPF half of the addon (bpf.c): adds its functions to the module's exports.
+#ifndef TRELLIS_BPF_H
+#define TRELLIS_BPF_H
+
+#include <node_api.h>
+
+/** Adds bpfProbe, skLookupAttach, skLookupSetListener, skLookupVerdicts, skLookupIds and skLookupClose. */
+napi_value trellis_bpf_init(napi_env env, napi_value exports);
+
+#endif
