@@ -6,6 +6,8 @@ import { systemClock, type Clock } from './clock.js';
 import { CniServer } from './capture/cni-server.js';
 import { DriftChecker } from './capture/drift.js';
 import { Enrolment } from './capture/enrolment.js';
+import { probeKernel } from './capture/kernel.js';
+import { CAPTURE_MODES, chooseCapture } from './capture/mode.js';
 import { queuedConnectionMigration } from './capture/migrate.js';
 import { NetnsFinder } from './capture/netns.js';
 import { OptinFile, optinFromObjects } from './capture/optin-file.js';
@@ -49,10 +51,13 @@ export interface Agent {
 }
 
 export async function startAgent(given: AgentConfig, logger: Logger, clock: Clock = systemClock): Promise<Agent> {
-  const config = withKernelSupport(given, logger);
   // 1. Telemetry first, so every later failure is counted. The audit trail (the access log) has a destination of
   //    its own that counts every line written or dropped.
   const metrics = new Metrics();
+  // 1a. What the kernel allows: a transparent socket for callers' addresses, and the capture mode (--capture auto
+  //     becomes nft or ebpf here; ebpf refuses to start without what it needs). Everything below, worker threads
+  //     included, gets the config as this kernel allows it.
+  const config = await withCaptureMode(withKernelSupport(given, logger), logger, metrics);
   const audit = createAuditLog({ ...config.audit, registry: metrics.registry, logger: logger.child({ component: 'audit' }), base: logger.bindings() });
   const accessLog = audit.access;
 
@@ -331,6 +336,25 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
       return stopping;
     },
   };
+}
+
+/**
+ * --capture as this kernel allows it: what it offers is probed (by loading programs, never attaching one), logged and
+ * exported (trellis_kernel_feature, trellis_capture_mode), and auto becomes ebpf or nft. `ebpf` on a kernel that
+ * lacks something throws, naming it.
+ */
+async function withCaptureMode(config: AgentConfig, logger: Logger, metrics: Metrics): Promise<AgentConfig> {
+  const report = await probeKernel();
+  for (const f of report.features) metrics.kernelFeature.set({ feature: f.name }, f.ok ? 1 : 0);
+  const log = logger.child({ component: 'capture' });
+  log.debug({ features: report.features }, 'kernel probed');
+  const choice = chooseCapture(config.capture, report, { probeSources: config.probeSources });
+  for (const mode of CAPTURE_MODES) metrics.captureMode.set({ mode }, mode === choice.mode ? 1 : 0);
+  log.info(
+    { mode: choice.mode, reason: choice.reason, kernel: Object.fromEntries(report.features.map((f) => [f.name, f.ok])) },
+    choice.mode === 'ebpf' ? 'capture mode ebpf: inbound by sk_lookup (no NAT), outbound by nftables' : 'capture mode nft: nftables both ways',
+  );
+  return Object.freeze({ ...config, capture: choice.mode });
 }
 
 /**

@@ -6,8 +6,16 @@ import { DEFAULT_TRUST_DOMAIN, HEALTH_PORT, METRICS_PORT } from './constants.js'
 import { TrellisError } from './errors.js';
 import { DEFAULT_REDACTED_HEADERS } from './tap/events.js';
 
+/** --capture: how pods' traffic is captured; `auto` becomes the mode the kernel allows when the agent starts. */
+export type CaptureRequest = 'auto' | 'nft' | 'ebpf';
+
 export interface AgentConfig {
   readonly node: string;
+  /**
+   * nft: nftables NAT in each pod's netns both ways. ebpf: inbound handed to the agent's listener by an sk_lookup
+   * program (no NAT), outbound still by nftables. auto (until the agent has probed the kernel): ebpf where it can run.
+   */
+  readonly capture: CaptureRequest;
   readonly source: { readonly kind: 'dir'; readonly dir: string } | { readonly kind: 'kube'; readonly kubeconfig?: string };
   /** Local mode: directory of the in-process CA (ca.key.pem, ca.cert.pem); created if absent. */
   readonly caDir: string;
@@ -112,6 +120,7 @@ export const DEFAULT_OPAQUE_PORTS = '25,587,3306,4444,5432,6379,9300,11211';
 
 export interface AgentFlags {
   node?: string;
+  capture?: string;
   source?: string;
   dir?: string;
   kubeconfig?: string;
@@ -303,8 +312,11 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
   const l7 = l7Config(flags);
   const audit = auditConfig(flags);
   const driftIntervalMs = flags.driftInterval === '0' ? 0 : parseDuration(flags.driftInterval ?? '30s', '--drift-interval');
+  const capture = flags.capture ?? 'auto';
+  if (capture !== 'auto' && capture !== 'nft' && capture !== 'ebpf') throw new TrellisError('ECONFIG', `--capture ${capture}: use auto, nft or ebpf`);
   return Object.freeze({
     node: flags.node,
+    capture,
     workers: flags.workers === undefined ? defaultWorkers() : integerFlag(flags.workers, '--workers', 1, MAX_WORKERS),
     ...(cni && { cni }),
     driftIntervalMs,

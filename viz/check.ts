@@ -1,9 +1,12 @@
 // `trellis check`: is the mesh healthy, and (--pre) can this node run the agent? Each check is one line, and each
 // failure says what to do, as `linkerd check` does. After install, everything is read from Prometheus (the agents
 // it scrapes, their config age, rejected objects, capture repairs); before, from this node (nftables in a network
-// namespace of its own, the kernel's connection hand-over, cgroup v2, the CNI directories).
+// namespace of its own, the kernel's connection hand-over, cgroup v2, what the eBPF capture mode needs, the CNI
+// directories).
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { feature, probeKernel, type KernelFeatureName, type KernelReport } from '../agent/capture/kernel.js';
+import { chooseCapture, EBPF_NEEDS } from '../agent/capture/mode.js';
 import { VizError } from './errors.js';
 import { ALL_RULES } from './promql.js';
 import { finite, type Query } from './query.js';
@@ -107,6 +110,8 @@ export interface NodeProbe {
   /** Exit code and output of a command; code -1 when it cannot start. */
   run(file: string, args: string[]): Promise<{ code: number; out: string }>;
   isRoot: boolean;
+  /** What the kernel offers capture (agent/capture/kernel.ts: programs loaded, never attached). */
+  kernel(): Promise<KernelReport>;
 }
 
 export const localNode: NodeProbe = {
@@ -119,7 +124,47 @@ export const localNode: NodeProbe = {
       }),
     ),
   isRoot: process.getuid?.() === 0,
+  kernel: () => probeKernel(),
 };
+
+/** What to do when the eBPF mode lacks a feature. */
+const EBPF_FIX: Partial<Record<KernelFeatureName, string>> = {
+  btf: 'a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distributions since 2020)',
+  sk_lookup: 'Linux 5.17 or later',
+  sk_lookup_ifindex: 'Linux 5.17 or later',
+  sockmap: 'Linux 5.10 or later',
+  sk_lookup_program: 'the detail says why the verifier refused it; meanwhile the agent runs in nft mode',
+  nft_socket: 'load nft_socket (modprobe nft_socket), or a kernel built with CONFIG_NFT_SOCKET',
+};
+
+/** The eBPF capture mode's needs one line each, then what --capture auto would run on this node. */
+function ebpfChecks(report: KernelReport, isRoot: boolean): CheckResult[] {
+  if (!isRoot) {
+    return [{ check: 'ebpf', verdict: 'warn', detail: 'what the eBPF capture mode needs was not tried (loading BPF programs needs root)', fix: 'run trellis check --pre as root' }];
+  }
+  const out: CheckResult[] = [];
+  for (const name of [...EBPF_NEEDS, 'sockhash', 'cgroup_sock_addr'] as const) {
+    const f = feature(report, name);
+    const needed = EBPF_NEEDS.includes(name);
+    out.push(
+      f.ok
+        ? { check: 'ebpf', verdict: 'ok', detail: f.detail }
+        : { check: 'ebpf', verdict: 'warn', detail: f.detail, fix: needed ? (EBPF_FIX[name] ?? 'see the detail') : 'not needed yet (the outbound eBPF capture and the same-node path will need it)' },
+    );
+  }
+  const choice = chooseCapture('auto', report, { probeSources: [] });
+  out.push(
+    choice.mode === 'ebpf'
+      ? { check: 'capture', verdict: 'ok', detail: 'the agent (--capture auto) runs the eBPF mode here: inbound by sk_lookup without NAT, outbound by nftables' }
+      : {
+          check: 'capture',
+          verdict: 'warn',
+          detail: `the agent (--capture auto) runs the nft mode here: the eBPF mode lacks ${choice.missing.map((m) => m.name).join(', ')}`,
+          fix: 'nftables capture works everywhere; for the eBPF mode fix the lines above',
+        },
+  );
+  return out;
+}
 
 /** Whether this node can run the agent. Changes nothing: nftables is tried in a network namespace of its own. */
 export async function nodeChecks(probe: NodeProbe, dirs: { cniBin: string; cniConf: string }): Promise<CheckResult[]> {
@@ -143,11 +188,19 @@ export async function nodeChecks(probe: NodeProbe, dirs: { cniBin: string; cniCo
       ? { check: 'handover', verdict: 'ok', detail: 'the kernel moves queued connections between listeners (tcp_migrate_req): agent restarts refuse nothing' }
       : { check: 'handover', verdict: 'warn', detail: 'the kernel has no tcp_migrate_req (Linux before 5.14)', fix: 'connections queued to an agent being replaced may be refused; use Linux 5.14 or later' },
   );
+  const kernel = await probe.kernel();
+  const cgroup2 = feature(kernel, 'cgroup2');
   out.push(
-    probe.exists('/sys/fs/cgroup/cgroup.controllers')
-      ? { check: 'cgroup', verdict: 'ok', detail: 'cgroup v2' }
-      : { check: 'cgroup', verdict: 'warn', detail: 'cgroup v1 (or hybrid): nothing needs v2 today', fix: 'the eBPF capture mode, when it comes, will need cgroup v2 (systemd.unified_cgroup_hierarchy=1)' },
+    cgroup2.ok
+      ? { check: 'cgroup', verdict: 'ok', detail: cgroup2.detail }
+      : {
+          check: 'cgroup',
+          verdict: 'warn',
+          detail: `${cgroup2.detail}: nothing needs it today`,
+          fix: 'the outbound eBPF capture (connect hooks per cgroup), when it comes, will need cgroup v2 (systemd.unified_cgroup_hierarchy=1, or the hybrid layout\'s /sys/fs/cgroup/unified)',
+        },
   );
+  out.push(...ebpfChecks(kernel, probe.isRoot));
   for (const [what, dir, flag] of [['CNI plugins', dirs.cniBin, '--cni-bin-dir'], ['CNI configuration', dirs.cniConf, '--cni-conf-dir']] as const) {
     out.push(
       probe.exists(dir)

@@ -83,6 +83,7 @@ export function registerAgentCommand(program: Command): void {
     .option('--hbone-max-streams-per-session <n>', 'connections an HBONE session carries before the next gets a new session and TLS handshake (0: no limit; 1: a handshake per connection)', '0')
     .option('--preserve-source-ip <on|off>', "connections to apps leave from the caller's address, so apps see who calls (IP_TRANSPARENT and policy routing in each pod's netns); off: from the pod's own address", 'on')
     .option('--tls-groups <list>', "TLS key exchange groups of HBONE connections, in order of preference, e.g. X25519 or X25519MLKEM768,X25519 (default: Node's)")
+    .option('--capture <mode>', "how meshed pods' traffic is captured: nft (nftables NAT in each pod), ebpf (inbound by an sk_lookup program, no NAT; outbound by nftables; refuses to start when the kernel lacks what it needs), auto (ebpf where the kernel allows, else nft; the log and trellis_capture_mode say which and why)", 'auto')
     .option('--drift-interval <duration>', "how often enrolled pods' capture rules and listeners are checked and repaired (0: never)", '30s')
     .option('--l7 <on|off>', 'parse HTTP/1.1, HTTP/2 and gRPC (outbound: routes, retries, per-request metrics; inbound: per-request authorization and metrics); off: everything is opaque TCP both ways, and policy rules with HTTP fields fail safe', 'on')
     .option('--protocol-detect-timeout <duration>', 'how long a connection to an undeclared Service port waits for the client to speak before it is carried as opaque TCP (0: never sniff)', '100ms')

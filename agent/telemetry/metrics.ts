@@ -74,6 +74,8 @@ export class Metrics {
   readonly sourceWatchErrors: Counter<string>;
   readonly captureDriftRepairs: Counter<string>;
   readonly cniRequests: Counter<string>;
+  readonly captureMode: Gauge<string>;
+  readonly kernelFeature: Gauge<string>;
   private readonly requestsTotal: CounterVec;
   private readonly requestDuration: HistogramVec;
   private readonly requestBytes: HistogramVec;
@@ -107,6 +109,8 @@ export class Metrics {
     this.peerRefusals = new Counter({ name: 'trellis_peer_refusals_total', help: 'mTLS peers refused (foreign CA, wrong identity, no certificate)', labelNames: ['direction'], registers });
     this.captureDriftRepairs = new Counter({ name: 'trellis_capture_drift_repairs_total', help: 'Enrolled pods whose capture rules or listeners had drifted and were repaired', labelNames: ['what'], registers });
     this.cniRequests = new Counter({ name: 'trellis_cni_requests_total', help: 'Requests from the trellis-cni plugin, by command and outcome', labelNames: ['command', 'outcome'], registers });
+    this.captureMode = new Gauge({ name: 'trellis_capture_mode', help: 'The capture mode this agent runs (1) and the one it does not (0); the log says why', labelNames: ['mode'], registers });
+    this.kernelFeature = new Gauge({ name: 'trellis_kernel_feature', help: 'What the kernel offers capture, as probed at start (1: present, 0: missing or could not tell)', labelNames: ['feature'], registers });
     this.configAge = new Gauge({ name: 'trellis_config_age_seconds', help: 'Seconds since the config source last knew it was in sync with its origin', registers });
     this.sourceWatchErrors = new Counter({ name: 'trellis_source_watch_errors_total', help: 'List/watch failures of the kube source', labelNames: ['kind'], registers });
     this.requestsTotal = new CounterVec('trellis_requests_total', 'HTTP and gRPC requests, by outcome and route', REQUEST_LABELS, r);

@@ -1,6 +1,7 @@
 // `trellis check`: each check's verdict from what Prometheus (or the node) says, each failure with its fix.
 // Canned answers here; the e2e test runs it against a lab's Prometheus, with an agent stopped.
 import { describe, expect, it } from 'vitest';
+import { KERNEL_FEATURES, type KernelFeatureName, type KernelReport } from '../../agent/capture/kernel.js';
 import { failedChecks, formatChecks, meshChecks, nodeChecks, type NodeProbe } from '../../viz/check.js';
 import type { VectorSample } from '../../viz/prom/client.js';
 import { ALL_RULES } from '../../viz/promql.js';
@@ -63,11 +64,17 @@ describe('trellis check (the mesh, from Prometheus)', () => {
 });
 
 describe('trellis check --pre (this node)', () => {
-  const probe = (over: Partial<NodeProbe> & { paths?: string[]; refuse?: string[] } = {}): NodeProbe => ({
-    isRoot: over.isRoot ?? true,
-    exists: (p) => (over.paths ?? ['/proc/sys/net/ipv4/tcp_migrate_req', '/sys/fs/cgroup/cgroup.controllers', '/opt/cni/bin', '/etc/cni/net.d']).includes(p),
-    run: async (file, args) => (over.refuse?.includes(file) ? { code: 1, out: `${file}: refused` } : { code: 0, out: file === 'nft' && args[0] === '--version' ? 'nftables v1.0.6' : '' }),
+  /** A kernel with everything, but for the features named. */
+  const kernel = (lacking: KernelFeatureName[] = []): KernelReport => ({
+    features: KERNEL_FEATURES.map((name) => (lacking.includes(name) ? { name, ok: false, detail: `no ${name}` } : { name, ok: true, detail: `${name} here` })),
   });
+  const probe = (over: Partial<NodeProbe> & { paths?: string[]; refuse?: string[]; lacking?: KernelFeatureName[] } = {}): NodeProbe => ({
+    isRoot: over.isRoot ?? true,
+    exists: (p) => (over.paths ?? ['/proc/sys/net/ipv4/tcp_migrate_req', '/opt/cni/bin', '/etc/cni/net.d']).includes(p),
+    run: async (file, args) => (over.refuse?.includes(file) ? { code: 1, out: `${file}: refused` } : { code: 0, out: file === 'nft' && args[0] === '--version' ? 'nftables v1.0.6' : '' }),
+    kernel: async () => kernel(over.lacking),
+  });
+  const ebpfLines = (verdict: string) => [...Array(8)].map(() => ['ebpf', verdict]);
   const dirs = { cniBin: '/opt/cni/bin', cniConf: '/etc/cni/net.d' };
 
   it('passes a node that has all it needs, trying nftables in a netns of its own', async () => {
@@ -78,17 +85,36 @@ describe('trellis check --pre (this node)', () => {
     expect(calls).toContainEqual(['unshare', '--net', '--', 'nft', 'add', 'table', 'inet', 'trellis_check']);
   });
 
-  it('fails without nftables or the CNI directories, warns of an old kernel and cgroup v1', async () => {
-    const r = await nodeChecks(probe({ paths: ['/etc/cni/net.d'], refuse: ['unshare'] }), dirs);
+  it('fails without nftables or the CNI directories, warns of an old kernel and no cgroup v2', async () => {
+    const r = await nodeChecks(probe({ paths: ['/etc/cni/net.d'], refuse: ['unshare'], lacking: ['cgroup2'] }), dirs);
     expect(r.map((x) => [x.check, x.verdict])).toEqual([
       ['nftables', 'fail'],
       ['handover', 'warn'],
       ['cgroup', 'warn'],
+      ...ebpfLines('ok'),
+      ['capture', 'ok'],
       ['cni', 'fail'],
       ['cni', 'ok'],
     ]);
     expect((await nodeChecks(probe({ refuse: ['nft'] }), dirs))[0]).toMatchObject({ verdict: 'fail', fix: expect.stringContaining('apt-get install nftables') });
     expect((await nodeChecks(probe({ isRoot: false }), dirs))[0]).toMatchObject({ verdict: 'warn', detail: "nftables v1.0.6; the kernel's nf_tables not tried (needs root)" });
+  });
+
+  it('says what the eBPF capture mode lacks, what to do, and that --capture auto falls back to nft', async () => {
+    const r = await nodeChecks(probe({ lacking: ['sk_lookup_ifindex', 'nft_socket', 'sockhash'] }), dirs);
+    const ebpf = r.filter((x) => x.check === 'ebpf');
+    expect(ebpf.filter((x) => x.verdict === 'warn')).toEqual([
+      { check: 'ebpf', verdict: 'warn', detail: 'no sk_lookup_ifindex', fix: 'Linux 5.17 or later' },
+      { check: 'ebpf', verdict: 'warn', detail: 'no nft_socket', fix: expect.stringContaining('modprobe nft_socket') },
+      { check: 'ebpf', verdict: 'warn', detail: 'no sockhash', fix: expect.stringContaining('not needed yet') },
+    ]);
+    expect(r.find((x) => x.check === 'capture')).toMatchObject({ verdict: 'warn', detail: 'the agent (--capture auto) runs the nft mode here: the eBPF mode lacks sk_lookup_ifindex, nft_socket' });
+    // Missing eBPF features never fail the node: nftables capture works everywhere.
+    expect(failedChecks(r)).toBeUndefined();
+    // Without root nothing is loaded, and it says so once.
+    const user = await nodeChecks(probe({ isRoot: false }), dirs);
+    expect(user.filter((x) => x.check === 'ebpf')).toEqual([expect.objectContaining({ verdict: 'warn', fix: 'run trellis check --pre as root' })]);
+    expect(user.find((x) => x.check === 'capture')).toBeUndefined();
   });
 
   it('prints one line per check, the fix below', () => {

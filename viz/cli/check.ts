@@ -21,7 +21,7 @@ export function registerCheckCommand(program: Command): void {
     .command('check')
     .description("the mesh's health from Prometheus (agents up, config in sync, rejected objects, capture repairs), or with --pre whether this node can run the agent")
     .usage('[--pre] [--prometheus URL | --lab NAME] [--window 5m] [-o table|json]')
-    .option('--pre', 'before install, on a node: nftables, the kernel\'s connection hand-over, cgroup v2, the CNI directories')
+    .option('--pre', 'before install, on a node: nftables, the kernel\'s connection hand-over, cgroup v2, what the eBPF capture mode needs, the CNI directories')
     .option('--cni-bin-dir <dir>', 'with --pre: where CNI plugins live', '/opt/cni/bin')
     .option('--cni-conf-dir <dir>', 'with --pre: where CNI configuration lives', '/etc/cni/net.d')
     .option('--window <duration>', 'how far back rejected objects and capture repairs count', windowArg, '5m')
