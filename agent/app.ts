@@ -12,7 +12,8 @@ import { queuedConnectionMigration } from './capture/migrate.js';
 import { NetnsFinder } from './capture/netns.js';
 import { OptinFile, optinFromObjects } from './capture/optin-file.js';
 import { nftApply } from './capture/nft.js';
-import { addSourceRouting, removeSourceRouting } from './capture/routing.js';
+import { addLoopbackDelivery, addSourceRouting, removeSourceRouting } from './capture/routing.js';
+import { InboundSteering } from './capture/sk-lookup.js';
 import type { AgentConfig } from './config.js';
 import { DataPlane } from './dataplane.js';
 import { TrellisError } from './errors.js';
@@ -128,8 +129,11 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
   }
 
   // 5. Capture: enrol this node's meshed pods whenever the state changes. In a cluster, pods without a netns
-  //    annotation (running before the agent, or opted in later) are found by their IP through /proc.
+  //    annotation (running before the agent, or opted in later) are found by their IP through /proc. In eBPF mode
+  //    each pod's inbound is its sk_lookup program's, linked at enrolment and held by this process.
   const captureLogger = logger.child({ component: 'capture' });
+  const steering = config.capture === 'ebpf' ? new InboundSteering({ probeSources: config.probeSources, logger: captureLogger }) : undefined;
+  if (steering) metrics.reportSkLookup(() => steering.verdicts());
   const netns = config.source.kind === 'kube' ? new NetnsFinder({ clock, logger: captureLogger }) : undefined;
   const enrolment = new Enrolment({
     node: config.node,
@@ -149,12 +153,22 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
           own.close();
           workers?.closeListeners(pod.key);
         },
+        // One listener of the pod's SO_REUSEPORT group is enough: the kernel spreads connections over the group.
+        inboundListenerFd: () => own.inboundListenerFd(),
       };
     },
+    ...(steering && { steerInbound: (pod, fd) => steering.attach(pod, fd) }),
     tuneNetns: queuedConnectionMigration(captureLogger),
     applyRules: nftApply,
     // Removed whatever the flag says (an agent started with it off cleans up after one that had it on).
-    sourceRouting: { add: config.preserveSourceIp ? addSourceRouting : async () => undefined, remove: removeSourceRouting },
+    sourceRouting: {
+      add: async (netnsPath, podIp) => {
+        if (!config.preserveSourceIp) return;
+        await addSourceRouting(netnsPath, podIp.includes(':'));
+        if (steering) await addLoopbackDelivery(netnsPath, [podIp]);
+      },
+      remove: removeSourceRouting,
+    },
     ...(netns && { findNetns: (ip: string) => netns.find(ip) }),
     metrics,
     logger: captureLogger,
@@ -219,6 +233,7 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
   const drift = new DriftChecker({
     enrolment,
     probeSources: config.probeSources,
+    inbound: steering ? 'sk_lookup' : 'nft',
     intervalMs: config.driftIntervalMs,
     metrics,
     logger: captureLogger,
@@ -313,8 +328,11 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         source.close();
         // Stop accepting; capture rules stay, so nothing bypasses the mesh while we are gone. Connections still
         // queued on our listeners move to a successor's (tcp_migrate_req, capture/migrate.ts); HBONE peers get
-        // GOAWAY, HTTP clients are told to reconnect (to the successor, if one runs) at their next response.
+        // GOAWAY, HTTP clients are told to reconnect (to the successor, if one runs) at their next response. In eBPF
+        // mode our sk_lookup programs go too: a successor's hand connections to its listeners, and without one the
+        // pods' rules refuse them.
         enrolment.close();
+        steering?.close();
         plane.startDrain();
         healthHttp.close();
         const active = plane.drain.active();

@@ -22,6 +22,11 @@ export const TRANSPARENT_MARK = 0x53a;
 export const TRANSPARENT_REPLY_MARK = 0x53b;
 /** Routing table (and rule priority) in each pod netns that delivers TRANSPARENT_REPLY_MARK packets locally. */
 export const TRANSPARENT_ROUTE_TABLE = 15053;
+/**
+ * eBPF capture mode: routing table (and rule priority) in each pod netns where the pod's own address is local through
+ * lo, for the agent's connections to the app bound to lo (capture/routing.ts).
+ */
+export const LOOPBACK_ROUTE_TABLE = 15054;
 
 /** Pod or Namespace annotation that opts into the mesh (`enabled`) or, on a Pod, out (`disabled`). */
 export const MESH_ANNOTATION = 'trellis.dev/mesh';

@@ -62,11 +62,14 @@ export class DataPlane {
       return connectInNetns(pod.netnsPath, { host, port, mark: AGENT_MARK, timeoutMs: config.connectTimeoutMs }).setNoDelay(true);
     };
     // To an app: from the caller's address when it is kept (TRANSPARENT_MARK: the pod's rules route the replies back).
+    // In eBPF mode such a connection is bound to lo, so the pod's sk_lookup program sees it arrive there and leaves it
+    // alone (capture/routing.ts); from the pod's own address it needs nothing: the program knows that source.
+    const device = config.capture === 'ebpf' ? 'lo' : undefined;
     const dialApp = (pod: Workload, host: string, port: number, caller?: string): net.Socket => {
       const source = config.preserveSourceIp ? transparentSource(caller, host) : undefined;
       if (source === undefined) return dial(pod, host, port);
       if (!pod.netnsPath) throw new TrellisError('ENOTREADY', `pod ${pod.key} has no network namespace yet (it is being enrolled)`);
-      return connectInNetns(pod.netnsPath, { host, port, mark: TRANSPARENT_MARK, timeoutMs: config.connectTimeoutMs, transparentSource: source }).setNoDelay(true);
+      return connectInNetns(pod.netnsPath, { host, port, mark: TRANSPARENT_MARK, timeoutMs: config.connectTimeoutMs, transparentSource: source, ...(device && { device }) }).setNoDelay(true);
     };
     this.dialApp = dialApp;
     this.pool = new HbonePool({

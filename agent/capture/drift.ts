@@ -9,7 +9,7 @@ import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { runInNetns } from './nft.js';
 import { netnsId } from './netns.js';
-import { CAPTURE_TABLE, captureRuleset } from './rules.js';
+import { CAPTURE_TABLE, captureRuleset, type InboundCapture } from './rules.js';
 
 /** What the checker needs from the enrolment: who is enrolled, and repairs that run in its work loop. */
 export interface DriftTarget {
@@ -22,6 +22,8 @@ export interface DriftInputs {
   enrolment: DriftTarget;
   /** The same probe sources the enrolment installs with: they are part of the expected ruleset. */
   probeSources: readonly string[];
+  /** The capture mode's inbound, as the enrolment installs it (default nft). */
+  inbound?: InboundCapture;
   intervalMs: number;
   metrics: Metrics;
   logger: Logger;
@@ -135,7 +137,7 @@ export class DriftChecker {
    * nft versions. Undefined if no scratch netns can be made: then only the table's presence is checked.
    */
   private expectedListing(): Promise<string | undefined> {
-    this.expected ??= scratchListing(captureRuleset({ probeSources: this.inputs.probeSources })).then(
+    this.expected ??= scratchListing(captureRuleset({ probeSources: this.inputs.probeSources, inbound: this.inputs.inbound ?? 'nft' })).then(
       (text) => normalize(text),
       (err: Error) => {
         this.inputs.logger.error({ err: err.message }, 'cannot list the expected capture rules in a scratch netns; drift checks only that the table exists');

@@ -1,5 +1,6 @@
-// Keeps this node's meshed pods enrolled: capture rules plus the agent's listeners in each pod's netns.
-// Driven by state changes and CNI events; one work loop at a time, so a pod is never enrolled and unenrolled at once.
+// Keeps this node's meshed pods enrolled: capture rules plus the agent's listeners in each pod's netns, and in eBPF
+// mode the pod's sk_lookup program (sk-lookup.ts) for inbound. Driven by state changes and CNI events; one work loop
+// at a time, so a pod is never enrolled and unenrolled at once.
 import type { Logger } from 'pino';
 import { TrellisError } from '../errors.js';
 import type { MeshState } from '../state/store.js';
@@ -7,9 +8,12 @@ import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { netnsId } from './netns.js';
 import { captureRuleset, removalRuleset } from './rules.js';
+import type { Steered } from './sk-lookup.js';
 
 export interface Enrolled {
   close(): void;
+  /** The fd of the pod's inbound plaintext listener (15006) on the main thread: eBPF mode hands connections to it. */
+  inboundListenerFd?(): number;
 }
 
 export interface EnrolmentInputs {
@@ -25,10 +29,16 @@ export interface EnrolmentInputs {
   /** Applies an nft ruleset inside a netns. */
   applyRules: (netnsPath: string, ruleset: string) => Promise<unknown>;
   /**
+   * eBPF capture mode: links the pod's sk_lookup program, which hands its inbound connections to the listener whose
+   * fd is given, with no NAT; the pod's rules then carry a guard in place of the inbound redirect (rules.ts). Absent:
+   * inbound is nft's redirect.
+   */
+  steerInbound?: (pod: Workload, listenerFd: number) => Steered;
+  /**
    * Policy routing for connections to the app that keep the caller's address (capture/routing.ts): installed with
    * the rules when given, always removed with them.
    */
-  sourceRouting?: { add(netnsPath: string, ipv6: boolean): Promise<void>; remove(netnsPath: string): Promise<void> };
+  sourceRouting?: { add(netnsPath: string, podIp: string): Promise<void>; remove(netnsPath: string): Promise<void> };
   /**
    * Cluster mode: the netns of a running pod that has an IP but no netns path (pods that were running before the
    * agent, and pods whose annotation flips later). Without it such pods wait for a netns path.
@@ -47,6 +57,8 @@ export interface Sandbox {
 interface Entry {
   pod: Workload;
   listeners: Enrolled;
+  /** eBPF mode: the pod's sk_lookup program. */
+  steered?: Steered;
 }
 
 // Listeners of a pod whose reopen failed: the rules stay (traffic refused), the next drift pass tries again.
@@ -72,6 +84,11 @@ export class Enrolment {
   private readonly unfound = new Map<string, string>();
 
   constructor(private readonly inputs: EnrolmentInputs) {}
+
+  /** The pod's ruleset: inbound redirected by nft, or (eBPF mode) guarded while the sk_lookup program steers it. */
+  private ruleset(): string {
+    return captureRuleset({ probeSources: this.inputs.probeSources, inbound: this.inputs.steerInbound ? 'sk_lookup' : 'nft' });
+  }
 
   /** Asks for the enrolment to match `state`; returns when this (or a later) state has been applied. */
   reconcile(state: MeshState): Promise<void> {
@@ -150,15 +167,16 @@ export class Enrolment {
     return this.run(async () => {
       const entry = this.enrolled.get(key);
       if (!entry || entry.pod.netnsPath !== netnsPath) return false;
-      await this.inputs.sourceRouting?.add(netnsPath, isIPv6(entry.pod.ip));
-      await this.inputs.applyRules(netnsPath, captureRuleset({ probeSources: this.inputs.probeSources }));
+      await this.inputs.sourceRouting?.add(netnsPath, entry.pod.ip!);
+      await this.inputs.applyRules(netnsPath, this.ruleset());
       return true;
     });
   }
 
   /**
-   * Closes and reopens an enrolled pod's listeners (drift repair). The rules stay in place throughout: for the
-   * moment no listener is there, the pod's connections are refused, never sent around the mesh.
+   * Closes and reopens an enrolled pod's listeners (drift repair). The rules (and in eBPF mode the sk_lookup program,
+   * which is given the new listener) stay in place throughout: for the moment no listener is there, the pod's
+   * connections are refused, never sent around the mesh.
    */
   reopenListeners(key: string, netnsPath: string): Promise<boolean> {
     return this.run(async () => {
@@ -169,6 +187,7 @@ export class Enrolment {
       for (let attempt = 1; ; attempt++) {
         try {
           entry.listeners = await this.inputs.openListeners(entry.pod);
+          if (entry.steered) entry.steered.setListener(inboundFd(entry.listeners, entry.pod));
           return true;
         } catch (err) {
           // The closed listeners free their ports on the next turn of the event loop.
@@ -189,10 +208,14 @@ export class Enrolment {
     return undefined;
   }
 
-  /** Closes every pod's listeners. Capture rules stay: traffic is refused, never sent around the mesh. */
+  /**
+   * Closes every pod's listeners, then detaches their sk_lookup programs. Capture rules stay: traffic is refused, never
+   * sent around the mesh (in eBPF mode by the rules' guard once the program is gone).
+   */
   close(): void {
     this.closed = true;
     for (const e of this.enrolled.values()) e.listeners.close();
+    for (const e of this.enrolled.values()) e.steered?.close();
     this.enrolled.clear();
     this.inputs.metrics.enrolledPods.set(0);
   }
@@ -326,17 +349,21 @@ export class Enrolment {
   private async enrol(pod: Workload): Promise<Error | undefined> {
     const started = performance.now();
     let listeners: Enrolled | undefined;
+    let steered: Steered | undefined;
     try {
       this.inputs.tuneNetns?.(pod.netnsPath!);
-      // Listeners first, then rules: a redirect must never point at a port nobody listens on.
+      // Listeners first, then what sends connections to them: a redirect (or the sk_lookup program) must never point
+      // at a port nobody listens on.
       listeners = await this.inputs.openListeners(pod);
-      await this.inputs.sourceRouting?.add(pod.netnsPath!, isIPv6(pod.ip));
-      await this.inputs.applyRules(pod.netnsPath!, captureRuleset({ probeSources: this.inputs.probeSources }));
-      this.enrolled.set(pod.key, { pod, listeners });
+      if (this.inputs.steerInbound) steered = this.inputs.steerInbound(pod, inboundFd(listeners, pod));
+      await this.inputs.sourceRouting?.add(pod.netnsPath!, pod.ip!);
+      await this.inputs.applyRules(pod.netnsPath!, this.ruleset());
+      this.enrolled.set(pod.key, { pod, listeners, ...(steered && { steered }) });
       this.failures.delete(pod.key);
       this.inputs.logger.info({ pod: pod.key, ip: pod.ip, identity: pod.identity, ms: Math.round(performance.now() - started) }, 'pod enrolled');
       return undefined;
     } catch (err) {
+      steered?.close();
       listeners?.close();
       return err instanceof Error ? err : new Error(String(err));
     }
@@ -352,6 +379,8 @@ export class Enrolment {
     } catch (err) {
       this.inputs.logger.warn({ pod: pod.key, err: (err as Error).message }, 'removing capture rules failed (netns gone?)');
     }
+    // Then the sk_lookup program (eBPF mode): inbound goes to the app directly from here, as with the redirect gone.
+    entry.steered?.close();
     entry.listeners.close();
     this.inputs.logger.info({ pod: pod.key }, 'pod unenrolled');
   }
@@ -364,8 +393,10 @@ async function sameNetns(a: string | undefined, b: string): Promise<boolean> {
   return x !== undefined && x === y;
 }
 
-function isIPv6(ip: string | undefined): boolean {
-  return ip !== undefined && ip.includes(':');
+function inboundFd(listeners: Enrolled, pod: Workload): number {
+  const fd = listeners.inboundListenerFd?.();
+  if (fd === undefined) throw new TrellisError('ENOTREADY', `pod ${pod.key}: its listeners give no inbound listener for the sk_lookup program`);
+  return fd;
 }
 
 function withSandbox(w: Workload, ip: string, netnsPath: string): Workload {

@@ -2,7 +2,14 @@
 // bound to the caller's IP (IP_TRANSPARENT), so the app answers to an address that is not the pod's own: the capture
 // rules mark those replies (capture/rules.ts) and this rule hands marked packets to a table whose only route
 // delivers everything locally, to the agent's socket. Added at enrolment, removed with the capture rules.
-import { TRANSPARENT_REPLY_MARK, TRANSPARENT_ROUTE_TABLE } from '../constants.js';
+//
+// In eBPF capture mode the pod's sk_lookup program must tell those connections of the agent from a caller's own: both
+// come from the caller's address. The agent binds them to lo (SO_BINDTODEVICE), and a second rule sends lookups bound
+// to lo to a table where the pod's own address is local through lo; the kernel then reports the connection as arriving
+// on lo (its route's interface: the pod's eth0 otherwise), which the program leaves alone. The app's replies come back
+// through lo by the first rule, where the socket bound to lo takes them.
+import net from 'node:net';
+import { LOOPBACK_ROUTE_TABLE, TRANSPARENT_REPLY_MARK, TRANSPARENT_ROUTE_TABLE } from '../constants.js';
 import { runInNetns } from './nft.js';
 
 const FAMILIES = [
@@ -25,10 +32,30 @@ export async function addSourceRouting(netnsPath: string, ipv6: boolean): Promis
   }
 }
 
-/** Removes them (what is already gone is not an error). */
+/** eBPF mode: the pod's addresses local through lo in their own table, for lookups bound to lo (idempotent). */
+export async function addLoopbackDelivery(netnsPath: string, podIps: readonly string[]): Promise<void> {
+  for (const f of FAMILIES) {
+    const ips = podIps.filter((ip) => net.isIP(ip) === (f.flag === '-4' ? 4 : 6));
+    if (ips.length === 0) continue;
+    const batch = [
+      ...ips.map((ip) => `route replace local ${ip} dev lo table ${LOOPBACK_ROUTE_TABLE}`),
+      `rule add pref ${LOOPBACK_ROUTE_TABLE} oif lo lookup ${LOOPBACK_ROUTE_TABLE}`,
+      '',
+    ].join('\n');
+    await runInNetns(netnsPath, ['ip', f.flag, '-force', '-batch', '-'], batch, 10_000, ALREADY);
+  }
+}
+
+/** Removes both (what is already gone is not an error): an agent in either mode cleans up after one in the other. */
 export async function removeSourceRouting(netnsPath: string): Promise<void> {
   for (const f of FAMILIES) {
-    const batch = [`rule del pref ${TRANSPARENT_ROUTE_TABLE}`, `route flush table ${TRANSPARENT_ROUTE_TABLE}`, ''].join('\n');
+    const batch = [
+      `rule del pref ${TRANSPARENT_ROUTE_TABLE}`,
+      `route flush table ${TRANSPARENT_ROUTE_TABLE}`,
+      `rule del pref ${LOOPBACK_ROUTE_TABLE}`,
+      `route flush table ${LOOPBACK_ROUTE_TABLE}`,
+      '',
+    ].join('\n');
     await runInNetns(netnsPath, ['ip', f.flag, '-force', '-batch', '-'], batch, 10_000, ALREADY);
   }
 }

@@ -1,13 +1,20 @@
 // Capture rules for one pod, installed inside its netns: outbound TCP -> 15001, inbound TCP -> 15006 (15008 untouched).
-// One nftables table of our own, replaced atomically, so enrol/unenrol add and remove exactly what is ours.
+// One nftables table of our own, replaced atomically, so enrol/unenrol add and remove exactly what is ours. In eBPF
+// capture mode inbound is the pod's sk_lookup program's (capture/sk-lookup.ts), with no NAT: the table then carries a
+// guard in its place, and outbound stays here.
 import { AGENT_MARK, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, TRANSPARENT_MARK, TRANSPARENT_REPLY_MARK } from '../constants.js';
 
 export const CAPTURE_TABLE = 'trellis';
+
+/** Who captures inbound: nft (a redirect to 15006) or the pod's sk_lookup program (eBPF mode; a guard here). */
+export type InboundCapture = 'nft' | 'sk_lookup';
 
 export interface CaptureSpec {
   /** Sources exempt from inbound capture: the node's address kubelet probes come from. */
   probeSources: readonly string[];
   mark?: number;
+  /** Default nft. */
+  inbound?: InboundCapture;
 }
 
 /**
@@ -32,15 +39,7 @@ export function captureRuleset(spec: CaptureSpec): string {
     '    ip6 daddr ::1 return',
     `    meta l4proto tcp redirect to :${OUTBOUND_PORT}`,
     '  }',
-    // Inbound: HBONE goes straight to 15008; probes from the node reach the app untouched; the rest is plaintext.
-    '  chain prerouting {',
-    '    type nat hook prerouting priority -110; policy accept;',
-    '    iifname "lo" return',
-    ...probes.map((ip) => `    ip saddr ${ip} return`),
-    ...probes6.map((ip) => `    ip6 saddr ${ip} return`),
-    `    tcp dport ${HBONE_PORT} return`,
-    `    meta l4proto tcp redirect to :${INBOUND_PLAINTEXT_PORT}`,
-    '  }',
+    ...(spec.inbound === 'sk_lookup' ? inboundGuard(mark, probes, probes6) : inboundRedirect(probes, probes6)),
     // The caller's address kept (the agent's connection to the app leaves from it, IP_TRANSPARENT): the connection is
     // remembered on its conntrack entry, and the app's replies on it, addressed to the caller, get a mark that policy
     // routing (capture/routing.ts) delivers to the agent's socket in this netns instead of sending them out.
@@ -52,6 +51,39 @@ export function captureRuleset(spec: CaptureSpec): string {
     '}',
     '',
   ].join('\n');
+}
+
+/** Inbound: HBONE goes straight to 15008; probes from the node reach the app untouched; the rest is plaintext. */
+function inboundRedirect(probes: string[], probes6: string[]): string[] {
+  return [
+    '  chain prerouting {',
+    '    type nat hook prerouting priority -110; policy accept;',
+    '    iifname "lo" return',
+    ...probes.map((ip) => `    ip saddr ${ip} return`),
+    ...probes6.map((ip) => `    ip6 saddr ${ip} return`),
+    `    tcp dport ${HBONE_PORT} return`,
+    `    meta l4proto tcp redirect to :${INBOUND_PLAINTEXT_PORT}`,
+    '  }',
+  ];
+}
+
+/**
+ * eBPF mode: the sk_lookup program hands inbound connections to the agent's listener, which carries the agent's mark.
+ * Should the program be gone (the agent stopped: its links go with it), a new connection whose socket lookup finds
+ * anything but an agent socket is reset here, as a redirect to a closed 15006 is in nft mode: fail closed, never around
+ * the mesh. nft's socket lookup runs the same sk_lookup program, so while it is attached it finds the agent's listener.
+ */
+function inboundGuard(mark: string, probes: string[], probes6: string[]): string[] {
+  return [
+    '  chain input {',
+    '    type filter hook input priority -110; policy accept;',
+    '    iifname "lo" return',
+    ...probes.map((ip) => `    ip saddr ${ip} return`),
+    ...probes6.map((ip) => `    ip6 saddr ${ip} return`),
+    `    tcp dport ${HBONE_PORT} return`,
+    `    tcp flags & (syn | ack) == syn socket mark != ${mark} reject with tcp reset`,
+    '  }',
+  ];
 }
 
 function hex(n: number): string {

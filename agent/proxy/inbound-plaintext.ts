@@ -1,7 +1,8 @@
 // Inbound plaintext (15006, permissive mode): connections from clients outside the mesh, redirected by the
-// pod's capture rules. STRICT refuses them before any byte reaches the app; otherwise the protocol is selected
+// pod's capture rules (or, in eBPF mode, handed over by its sk_lookup program). STRICT refuses them before any byte reaches the app; otherwise the protocol is selected
 // (declared or sniffed) and the connection is served as HTTP or carried as opaque TCP.
 import net from 'node:net';
+import { INBOUND_PLAINTEXT_PORT } from '../constants.js';
 import { wrapError } from '../errors.js';
 import { resetSide, splice, whenConnected } from '../io/splice.js';
 import { declaredForEndpoint, selectProtocol } from '../l7/detect.js';
@@ -35,7 +36,7 @@ export class PlaintextInbound {
     }
     let dst: { address: string; port: number };
     try {
-      dst = originalDst(socketFd(down));
+      dst = destinationOf(down);
     } catch (err) {
       return this.refuse(down, 'no_original_dst', (err as Error).message);
     }
@@ -110,4 +111,17 @@ export class PlaintextInbound {
     this.inputs.logger.warn({ pod: this.inputs.pod.key, peer: down.remoteAddress, reason: message }, 'inbound plaintext connection refused');
     resetSide(down);
   }
+}
+
+/**
+ * Where the client meant to go. Handed over by the pod's sk_lookup program (eBPF mode), the accepted socket still has
+ * that address; redirected by nft, it has 15006 and conntrack remembers the original. The same listener can get both
+ * (an agent in either mode beside one in the other during a hand-over).
+ */
+function destinationOf(down: net.Socket): { address: string; port: number } {
+  const { localAddress, localPort } = down;
+  if (localAddress && localPort !== undefined && localPort !== INBOUND_PLAINTEXT_PORT) {
+    return { address: localAddress.startsWith('::ffff:') ? localAddress.slice(7) : localAddress, port: localPort };
+  }
+  return originalDst(socketFd(down));
 }

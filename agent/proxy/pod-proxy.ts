@@ -1,7 +1,7 @@
 // The agent's three listeners for one enrolled pod, opened inside the pod's netns: outbound capture (15001),
 // inbound plaintext (15006) and inbound HBONE (15008). Closing stops accepting; open connections drain.
 import net from 'node:net';
-import { HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../constants.js';
+import { AGENT_MARK, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../constants.js';
 import { TrellisError } from '../errors.js';
 import type { CertSource } from '../identity/certs.js';
 import { listenInNetns } from '../native/index.js';
@@ -24,6 +24,7 @@ export class PodProxy {
   private constructor(
     readonly pod: Workload,
     private readonly servers: net.Server[],
+    private readonly plain: net.Server,
     private readonly hbone: HboneInbound,
     private readonly unsubscribe: () => void,
   ) {}
@@ -43,7 +44,9 @@ export class PodProxy {
       // SO_REUSEPORT: every worker thread of the agent listens on the same ports; the kernel spreads connections.
       await listenInNetns(outbound, netns, { host: '127.0.0.1', port: OUTBOUND_PORT, reusePort: true });
       servers.push(outbound);
-      await listenInNetns(plain.server, netns, { host: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT, reusePort: true });
+      // The agent's mark on the inbound listener: in eBPF mode the pod's rules refuse new connections whose socket lookup
+      // finds anything else (capture/rules.ts); its accepted sockets inherit it, which no rule of the pod looks at.
+      await listenInNetns(plain.server, netns, { host: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT, reusePort: true, mark: AGENT_MARK });
       servers.push(plain.server);
       await listenInNetns(hbone.server, netns, { host: '0.0.0.0', port: HBONE_PORT, reusePort: true });
       servers.push(hbone.server);
@@ -55,10 +58,17 @@ export class PodProxy {
     const unsubscribe = inputs.certs.onRotate((next) => {
       if (next.identity === pod.identity) hbone.rotate(next);
     });
-    return new PodProxy(pod, servers, hbone, () => {
+    return new PodProxy(pod, servers, plain.server, hbone, () => {
       unsubscribe();
       inputs.onClose?.(pod.key);
     });
+  }
+
+  /** The inbound plaintext listener's fd: the pod's sk_lookup program hands connections to it (eBPF mode). */
+  inboundListenerFd(): number {
+    const fd = (this.plain as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) throw new TrellisError('ENOFD', `pod ${this.pod.key}: the inbound listener is closed`);
+    return fd;
   }
 
   /** Stops accepting and tells HBONE peers (GOAWAY) to open no new streams; open connections finish. */

@@ -76,6 +76,8 @@ export class Metrics {
   readonly cniRequests: Counter<string>;
   readonly captureMode: Gauge<string>;
   readonly kernelFeature: Gauge<string>;
+  /** Asked at each scrape: the inbound sk_lookup programs' verdicts, summed over pods (capture/sk-lookup.ts). */
+  private skLookupVerdicts: (() => Readonly<Record<string, number>>) | undefined;
   private readonly requestsTotal: CounterVec;
   private readonly requestDuration: HistogramVec;
   private readonly requestBytes: HistogramVec;
@@ -111,6 +113,19 @@ export class Metrics {
     this.cniRequests = new Counter({ name: 'trellis_cni_requests_total', help: 'Requests from the trellis-cni plugin, by command and outcome', labelNames: ['command', 'outcome'], registers });
     this.captureMode = new Gauge({ name: 'trellis_capture_mode', help: 'The capture mode this agent runs (1) and the one it does not (0); the log says why', labelNames: ['mode'], registers });
     this.kernelFeature = new Gauge({ name: 'trellis_kernel_feature', help: 'What the kernel offers capture, as probed at start (1: present, 0: missing or could not tell)', labelNames: ['feature'], registers });
+    const skLookup = () => this.skLookupVerdicts?.();
+    new Counter({
+      name: 'trellis_capture_sk_lookup_total',
+      help: 'Inbound TCP lookups seen by the pods\' sk_lookup programs (eBPF capture), by verdict: steered to the agent, or left alone (local, exempt_port, probe_source), or refused (no_listener, refused)',
+      labelNames: ['verdict'],
+      registers,
+      collect() {
+        const totals = skLookup();
+        if (!totals) return;
+        this.reset();
+        for (const [verdict, n] of Object.entries(totals)) this.inc({ verdict }, n);
+      },
+    });
     this.configAge = new Gauge({ name: 'trellis_config_age_seconds', help: 'Seconds since the config source last knew it was in sync with its origin', registers });
     this.sourceWatchErrors = new Counter({ name: 'trellis_source_watch_errors_total', help: 'List/watch failures of the kube source', labelNames: ['kind'], registers });
     this.requestsTotal = new CounterVec('trellis_requests_total', 'HTTP and gRPC requests, by outcome and route', REQUEST_LABELS, r);
@@ -159,6 +174,11 @@ export class Metrics {
       // a gauge ending in _total, and the per-type series already add up to them.
       for (const n of ['active_handles_total', 'active_requests_total', 'active_resources_total']) this.registry.removeSingleMetric(`trellis_agent_nodejs_${n}`);
     }
+  }
+
+  /** Where trellis_capture_sk_lookup_total reads from at each scrape. */
+  reportSkLookup(fn: () => Readonly<Record<string, number>>): void {
+    this.skLookupVerdicts = fn;
   }
 
   /** Where the certificate gauges read from at each scrape. */

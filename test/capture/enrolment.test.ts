@@ -1,12 +1,15 @@
 // The enrolment's work loop in-process, with its side effects faked: CNI enrolments arriving one after another do
-// not hold the state back (an agent starting meanwhile finishes its first pass and gets ready), and an ADD that names
-// a pod's netns by another path than the one it is enrolled under leaves its capture alone.
+// not hold the state back (an agent starting meanwhile finishes its first pass and gets ready), an ADD that names
+// a pod's netns by another path than the one it is enrolled under leaves its capture alone, and in eBPF mode the
+// pod's sk_lookup program comes and goes in its place in the order (and the steering adds up its verdicts).
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Enrolment } from '../../agent/capture/enrolment.js';
+import { InboundSteering, type LinkLike } from '../../agent/capture/sk-lookup.js';
+import type { SkLookupVerdict } from '../../agent/native/index.js';
 import { Store } from '../../agent/state/store.js';
 import { Metrics } from '../../agent/telemetry/metrics.js';
 import type { Workload } from '../../agent/state/workload.js';
@@ -91,5 +94,81 @@ describe('Enrolment', () => {
     await enrolment.enrolNow(workload(store, 'mesh/web', '10.0.0.9', other), { containerId: 'b' });
     expect(calls.slice(2)).toEqual([`release ${real}`, 'close mesh/web', `open mesh/web ${other}`, `capture ${other}`]);
     enrolment.close();
+  });
+
+  it('in eBPF mode links the sk_lookup program after the listeners and before the rules, and takes it away in order', async () => {
+    const calls: string[] = [];
+    let fds = 40;
+    let failRules = false;
+    const enrolment = new Enrolment({
+      node: NODE,
+      probeSources: [],
+      openListeners: async (p) => {
+        const fd = fds++;
+        calls.push(`open ${p.key} fd ${fd}`);
+        return { close: () => void calls.push(`close ${p.key} fd ${fd}`), inboundListenerFd: () => fd };
+      },
+      steerInbound: (p, fd) => {
+        calls.push(`steer ${p.key} to fd ${fd}`);
+        return { setListener: (next) => void calls.push(`steer ${p.key} to fd ${next}`), close: () => void calls.push(`unsteer ${p.key}`) };
+      },
+      applyRules: async (_netns, ruleset) => {
+        if (failRules && ruleset.includes('redirect')) throw new Error('nft refused');
+        calls.push(ruleset.includes('redirect') ? `rules ${ruleset.includes('redirect to :15006') ? 'nat' : 'guard'}` : 'release');
+      },
+      metrics: new Metrics({ defaultMetrics: false }),
+      logger: pino({ level: 'silent' }),
+    });
+    const store = new Store({ trustDomain: TD, logger: pino({ level: 'silent' }) });
+    store.replace([namespace('mesh', true), pod('mesh', 'web')]);
+    const netns = netnsFile('web-ebpf');
+    await enrolment.enrolNow(workload(store, 'mesh/web', '10.0.0.9', netns), { containerId: 'a' });
+    expect(calls).toEqual(['open mesh/web fd 40', 'steer mesh/web to fd 40', 'rules guard']);
+    // Drift repair of the listeners: the program is given the new one.
+    await enrolment.reopenListeners('mesh/web', netns);
+    expect(calls.slice(3)).toEqual(['close mesh/web fd 40', 'open mesh/web fd 41', 'steer mesh/web to fd 41']);
+    await enrolment.repairRules('mesh/web', netns);
+    expect(calls.slice(6)).toEqual(['rules guard']);
+    // Unenrol: rules first, then the program, then the listeners.
+    await enrolment.unenrolNow('mesh/web', { containerId: 'a' });
+    expect(calls.slice(7)).toEqual(['release', 'unsteer mesh/web', 'close mesh/web fd 41']);
+    // A failure after the program was linked leaves nothing linked.
+    failRules = true;
+    calls.length = 0;
+    await expect(enrolment.enrolNow(workload(store, 'mesh/web', '10.0.0.9', netns), { containerId: 'b' })).rejects.toThrow('nft refused');
+    expect(calls).toEqual(['open mesh/web fd 42', 'steer mesh/web to fd 42', 'unsteer mesh/web', 'close mesh/web fd 42']);
+    // Stopping: listeners first (queued connections move to a successor's), then the programs.
+    failRules = false;
+    calls.length = 0;
+    await enrolment.enrolNow(workload(store, 'mesh/web', '10.0.0.9', netns), { containerId: 'c' });
+    enrolment.close();
+    expect(calls.slice(3)).toEqual(['close mesh/web fd 43', 'unsteer mesh/web']);
+  });
+
+  it('the steering adds up its programs\' verdicts, those of detached ones included, and detaches all on close', () => {
+    const verdicts = (steered: number): Record<SkLookupVerdict, number> => ({ steered, local: 1, exempt_port: 0, probe_source: 0, no_listener: 0, refused: 0 });
+    const links: (LinkLike & { closed: boolean })[] = [];
+    const steering = new InboundSteering({
+      probeSources: ['10.0.0.1'],
+      logger: pino({ level: 'silent' }),
+      attach: (_path, opts) => {
+        expect(opts).toEqual({ listenerFd: 7, probeSources: ['10.0.0.1'], exemptPorts: [15008] });
+        const n = links.length + 1;
+        const link = { closed: false, setListener: () => undefined, verdicts: () => verdicts(n * 10), close: () => void (link.closed = true) };
+        links.push(link);
+        return link;
+      },
+    });
+    const p = (name: string) => ({ key: `mesh/${name}`, netnsPath: `/run/netns/${name}` }) as Workload;
+    const a = steering.attach(p('a'), 7);
+    steering.attach(p('b'), 7);
+    expect(steering.verdicts()).toMatchObject({ steered: 30, local: 2 });
+    a.close();
+    a.close();
+    expect(links[0]!.closed).toBe(true);
+    expect(steering.verdicts()).toMatchObject({ steered: 30, local: 2 });
+    steering.close();
+    expect(links.every((l) => l.closed)).toBe(true);
+    expect(steering.verdicts()).toMatchObject({ steered: 30, local: 2 });
   });
 });

@@ -4,6 +4,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import type net from 'node:net';
 import { systemClock } from '../../agent/clock.js';
 import { Enrolment } from '../../agent/capture/enrolment.js';
+import { InboundSteering } from '../../agent/capture/sk-lookup.js';
 import { nftApply } from '../../agent/capture/nft.js';
 import { AGENT_MARK } from '../../agent/constants.js';
 import { LocalCa } from '../../agent/identity/ca.js';
@@ -130,6 +131,8 @@ export class CaptureAgent {
   readonly log = captureLogger();
   readonly store: Store;
   readonly enrolment: Enrolment;
+  /** With `inbound: 'sk_lookup'`: the real pods' programs, as eBPF mode links them. */
+  readonly steering: InboundSteering | undefined;
   private readonly certs: WorkloadCerts;
   private readonly pool: HbonePool;
 
@@ -139,6 +142,8 @@ export class CaptureAgent {
       probeSources?: string[];
       /** Makes installing capture rules this much slower, so a test can tell "waited for capture" from "was fast". */
       rulesDelayMs?: number;
+      /** eBPF mode: inbound by each pod's sk_lookup program (loaded and linked for real). */
+      inbound?: 'nft' | 'sk_lookup';
     } = {},
   ) {
     const { logger } = this.log;
@@ -159,9 +164,12 @@ export class CaptureAgent {
       drain,
       random: Math.random,
     });
+    this.steering = opts.inbound === 'sk_lookup' ? new InboundSteering({ probeSources: opts.probeSources ?? [], logger }) : undefined;
+    const steering = this.steering;
     this.enrolment = new Enrolment({
       node: NODE,
       probeSources: opts.probeSources ?? [],
+      ...(steering && { steerInbound: (p: Workload, fd: number) => steering.attach(p, fd) }),
       openListeners: (p) =>
         PodProxy.open(p, {
           trustDomain: TD,
@@ -196,6 +204,7 @@ export class CaptureAgent {
 
   close(): void {
     this.enrolment.close();
+    this.steering?.close();
     this.pool.close();
     this.certs.close();
   }

@@ -11,6 +11,16 @@ describe('capture rules', () => {
     expect(r).toMatch(/ip saddr 10\.244\.1\.1 return/);
     expect(r).toMatch(/tcp dport 15008 return\n\s+meta l4proto tcp redirect to :15006/);
   });
+  it('in eBPF mode keeps outbound and, instead of the inbound redirect, resets new connections no agent socket takes', () => {
+    const e = captureRuleset({ probeSources: ['10.244.1.1'], inbound: 'sk_lookup' });
+    expect(e).toMatch(/redirect to :15001/);
+    expect(e).not.toMatch(/redirect to :15006/);
+    expect(e).not.toMatch(/hook prerouting/);
+    expect(e).toMatch(/chain input \{\n\s+type filter hook input priority -110; policy accept;\n\s+iifname "lo" return\n\s+ip saddr 10\.244\.1\.1 return\n\s+tcp dport 15008 return\n\s+tcp flags & \(syn \| ack\) == syn socket mark != 0x539 reject with tcp reset\n/);
+    // The same outbound and reply-routing chains as in nft mode.
+    const chains = (text: string) => text.split(/\n  chain /).filter((c) => !c.startsWith('prerouting') && !c.startsWith('input'));
+    expect(chains(e)).toEqual(chains(r));
+  });
   it('replaces only its own table, atomically', () => {
     expect(r.startsWith('table inet trellis {}\ndelete table inet trellis\n')).toBe(true);
     expect(removalRuleset()).toBe('table inet trellis {}\ndelete table inet trellis\n');

@@ -46,16 +46,17 @@ async function listening(lab: Lab, ref: string): Promise<string> {
 
 // The same tests with the agents in local mode (`--source dir`, in-process CA) and in cluster mode (`--source kube`
 // against a real control plane in the lab's fabric, with real service-account tokens and certificates from the
-// identity service; the lab plays the kubelet), see lab/cluster/cluster.ts.
-describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces (--source %s)', (mode) => {
-  const labName = `e${mode[0]}${Math.random().toString(36).slice(2, 5)}`;
+// identity service; the lab plays the kubelet), see lab/cluster/cluster.ts. Capture as the agents choose it (auto: the
+// eBPF mode where the kernel allows it), and in local mode once more with nftables both ways, the portable fallback.
+describe.each([['dir', 'auto'], ['dir', 'nft'], ['kube', 'auto']] as const)('two-node mesh in network namespaces (--source %s, --capture %s)', (mode, capture) => {
+  const labName = `e${mode[0]}${capture[0]}${Math.random().toString(36).slice(2, 5)}`;
   let lab: Lab;
   let sinkVip: string;
   let echoVip: string;
 
   beforeAll(async () => {
     requireRoot('end-to-end mesh tests');
-    lab = await Lab.up(fixtures, { name: labName, cluster: mode === 'kube' });
+    lab = await Lab.up(fixtures, { name: labName, cluster: mode === 'kube', agentArgs: ['--capture', capture] });
     sinkVip = lab.services.find((s) => s.name === 'sink')!.clusterIP;
     echoVip = lab.services.find((s) => s.name === 'echo')!.clusterIP;
   });
@@ -144,6 +145,15 @@ describe.each([['dir'], ['kube']] as const)('two-node mesh in network namespaces
       const line = JSON.parse(lines[0]!) as { src: { principal: string }; dst: { principal: string }; bytes_sent: number; security: string };
       expect(line).toMatchObject({ src: { principal: 'spiffe://cluster.local/ns/mesh/sa/client' }, dst: { principal: 'spiffe://cluster.local/ns/mesh/sa/sink' }, bytes_sent: Buffer.byteLength(reply), security: 'mutual_tls' });
     }
+  });
+
+  it('runs one capture mode, the one asked for, and captures inbound its way', async () => {
+    const m = await metrics(lab, 'node-b');
+    const running = (['nft', 'ebpf'] as const).filter((c) => sumOf(m, 'trellis_capture_mode', { mode: c }) === 1);
+    expect(running).toHaveLength(1);
+    if (capture === 'nft') expect(running).toEqual(['nft']);
+    // nft redirects inbound to 15006; the eBPF mode's sk_lookup program needs no rule for it.
+    expect((await captureRules(lab, 'mesh/echo')).includes('redirect to :15006')).toBe(running[0] === 'nft');
   });
 
   it('leaves pods outside the mesh untouched, and serves them in plaintext (permissive)', async () => {
