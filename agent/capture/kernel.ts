@@ -38,6 +38,8 @@ export interface KernelReport {
   readonly cgroup2?: Cgroup2Mount;
 }
 
+const NOT_PERMITTED = 'BPF needs CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN, and a seccomp profile that allows bpf()';
+
 export function feature(report: KernelReport, name: KernelFeatureName): KernelFeature {
   return report.features.find((f) => f.name === name) ?? { name, ok: false, detail: 'not probed' };
 }
@@ -68,13 +70,16 @@ export async function probeKernel(inputs: KernelProbeInputs = {}): Promise<Kerne
   const cgroup2 = cgroup2Mount(mountinfo);
   const nft = await (inputs.nftSocket ?? nftSocketWorks)().catch((err: Error) => ({ ok: false, detail: err.message }));
 
+  const program = bpf?.program;
+  // libbpf's probes answer "no" when the load is refused for want of privilege; Trellis's own program says which.
+  const denied = program !== undefined && !program.ok && (program.code === 'EPERM' || program.code === 'EACCES');
   const answer = (name: KernelFeatureName, a: ProbeAnswer | undefined, yes: string, no: string): KernelFeature => {
     if (a === undefined) return { name, ok: false, detail: `not probed: ${bpfError ?? 'no answer'}` };
     if (a === 1) return { name, ok: true, detail: yes };
+    if (a === 0 && denied) return { name, ok: false, detail: `could not tell: loading BPF programs is not permitted here (${program.code}: ${NOT_PERMITTED})` };
     if (a === 0) return { name, ok: false, detail: no };
-    return { name, ok: false, detail: `could not tell: ${errnoName(-a)}${-a === os.constants.errno.EPERM ? ' (probing BPF needs CAP_BPF or CAP_SYS_ADMIN: run as root)' : ''}` };
+    return { name, ok: false, detail: `could not tell: ${errnoName(-a)}${-a === os.constants.errno.EPERM ? ` (${NOT_PERMITTED})` : ''}` };
   };
-  const program = bpf?.program;
   const features: KernelFeature[] = [
     answer('btf', bpf?.btf, "the kernel's BTF (/sys/kernel/btf/vmlinux) for CO-RE", 'no kernel BTF (CONFIG_DEBUG_INFO_BTF): CO-RE programs cannot be relocated'),
     answer('sk_lookup', bpf?.progTypes.sk_lookup, 'sk_lookup programs (inbound capture without NAT)', 'no sk_lookup programs (Linux 5.9+)'),

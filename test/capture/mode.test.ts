@@ -55,11 +55,19 @@ describe('capture mode', () => {
     const byName = Object.fromEntries(r.features.map((f) => [f.name, f]));
     expect(byName.sk_lookup).toMatchObject({ ok: true });
     expect(byName.sk_lookup_ifindex).toMatchObject({ ok: false, detail: expect.stringContaining('Linux 5.17+') });
-    expect(byName.sockmap).toMatchObject({ ok: false, detail: 'could not tell: EPERM (probing BPF needs CAP_BPF or CAP_SYS_ADMIN: run as root)' });
+    expect(byName.sockmap).toMatchObject({ ok: false, detail: 'could not tell: EPERM (BPF needs CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN, and a seccomp profile that allows bpf())' });
     expect(byName.sk_lookup_program!.detail).toBe(
       "Trellis's sk_lookup program does not load (load: EINVAL Invalid argument); libbpf: libbpf: prog: BPF program load failed | 0: R1=ctx() | invalid bpf_context access off=68 size=4",
     );
     expect(byName.cgroup2).toMatchObject({ ok: false });
+    // Without the privilege libbpf's probes answer "no"; the program's EPERM says it is not the kernel (in a container
+    // without CAP_BPF, as the image test's is).
+    const unprivileged = await probeKernel({
+      bpf: () => ({ ...fullProbe, progTypes: { sk_lookup: 0, cgroup_sock_addr: 0, sock_ops: 0, sk_skb: 0 }, mapTypes: { sockmap: 0, sockhash: 0 }, program: { ok: false, errno: 1, code: 'EPERM', stage: 'load', message: 'Operation not permitted', log: '' } }),
+      mountinfo: () => '',
+      nftSocket: async () => ({ ok: false, detail: 'x' }),
+    });
+    expect(unprivileged.features.find((f) => f.name === 'sk_lookup')!.detail).toMatch(/^could not tell: loading BPF programs is not permitted here \(EPERM: BPF needs CAP_BPF/);
     // An addon that does not load at all: every BPF feature missing with the reason, nothing thrown.
     const none = await probeKernel({ bpf: () => { throw new Error('native addon not built'); }, mountinfo: () => '', nftSocket: async () => ({ ok: false, detail: 'x' }) });
     expect(none.features.find((f) => f.name === 'btf')).toMatchObject({ ok: false, detail: 'not probed: native addon not built' });
