@@ -13,10 +13,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectInNetns } from '../../agent/native/index.js';
 import { Lab } from '../../lab/cluster/lab.js';
 import { labEnvPids } from '../../lab/cluster/procs.js';
+import { parsePrometheus, sumOf } from '../../lab/load/promtext.js';
 import type { HttpClientSummary } from '../../lab/tools/http-client.js';
 import { PromClient } from '../../viz/prom/client.js';
 import { netnsTransport } from '../../viz/prom/transport.js';
 import type { StatRow } from '../../viz/stat.js';
+import type { PathRow } from '../../viz/tap/paths.js';
 import type { TopRow } from '../../viz/top.js';
 import { requireRoot } from '../support/root.js';
 import { trellis } from '../support/trellis-cli.js';
@@ -105,6 +107,9 @@ function startDashboard(args: string[]): Promise<string> {
     child.once('exit', (code) => (clearTimeout(timer), reject(new Error(`trellis dashboard exited ${code}: ${text}`))));
   });
 }
+
+/** Taps open on each node's agent (`trellis_tap_streams`). */
+const tapStreams = () => Promise.all(['node-a', 'node-b'].map(async (n) => sumOf(parsePrometheus(await lab.metrics(n)), 'trellis_tap_streams')));
 
 const cell = (row: string, col: string) => page.locator(`${row} [data-col="${col}"]`).textContent();
 const percentOf = (text: string | null) => Number(/^([\d.]+)%$/.exec(text ?? '')?.[1]) / 100;
@@ -248,5 +253,44 @@ describe('the dashboard page in Chromium, and trellis top, on the lab\'s Prometh
       expect(p).toMatch(/^client +web-v1 +web-v1 +viz\/web-split:split +[\d.]+ +100\.00% /m);
       expect(p).toMatch(/^client +api +api +- +[\d.]+ +75\.00% /m);
     }
+  });
+
+  it('top: the busiest paths, tapped from both agents over the interval, with the counts that were sent', async () => {
+    await until('the taps of the runs before to be closed', async () => (await tapStreams()).every((n) => n === 0), 10_000);
+    const running = trellis(['top', 'viz/client', '--lab', labName, '--iterations', '1', '--interval', '8s', '-o', 'json']);
+    await until('top to tap both agents', async () => (await tapStreams()).every((n) => n === 1), 10_000);
+    // 20 calls to the api (15 on /, 5 on /fail with a query: counted without it), 8 through the web route, 6 to the
+    // legacy server outside the mesh: 34 requests on the client's agent, under the bound's burst (100): none dropped.
+    const mix = JSON.stringify([{ path: '/' }, { path: '/' }, { path: '/' }, { path: '/fail?try=1', headers: { 'x-echo-status': '500' } }]);
+    const [api, web, legacy] = await Promise.all([
+      http('viz/client', `http://${vip('viz', 'api')}/`, 20, ['--requests', mix]),
+      http('viz/client', `http://${vip('viz', 'web')}/`, 8),
+      http('viz/client', `http://${vip('outside', 'legacy')}/`, 6),
+    ]);
+    expect([api.statusCounts, web.ok, legacy.ok]).toEqual([{ 200: 15, 500: 5 }, 8, 6]);
+    const r = await running;
+    expect(r.code, r.stderr).toBe(0);
+    const paths = (JSON.parse(r.stdout) as { paths: { rows: PathRow[]; agents: { node: string; maxRps: number }[]; failed: unknown[]; dropped: number; seconds: number } }).paths;
+    expect(paths.agents.map((a) => [a.node, a.maxRps]).sort()).toEqual([['node-a', 100], ['node-b', 100]]);
+    expect([paths.failed, paths.dropped]).toEqual([[], 0]);
+    const row = (peer: string, p: string) => paths.rows.filter((x) => `${x.peer.namespace}/${x.peer.workload}` === peer && x.path === p);
+    // Every row as the client's own agent saw it (the api's agent saw the same requests: not counted twice).
+    expect(paths.rows.every((x) => x.direction === 'outbound' && x.reporter === 'source' && x.method === 'GET')).toBe(true);
+    expect(row('viz/api', '/')).toMatchObject([{ count: 15, successRate: 1, route: null }]);
+    expect(row('viz/api', '/fail')).toMatchObject([{ count: 5, successRate: 0 }]);
+    expect(row('outside/legacy', '/')).toMatchObject([{ count: 6, successRate: 1 }]);
+    const split = [...row('viz/web-v1', '/'), ...row('viz/web-v2', '/')];
+    expect(split.every((x) => x.route?.name === 'viz/web-split' && x.route.rule === 'split' && x.successRate === 1)).toBe(true);
+    expect(split.reduce((n, x) => n + x.count, 0)).toBe(8);
+    expect(paths.rows.reduce((n, x) => n + x.count, 0)).toBe(34);
+    expect(paths.rows[0]).toMatchObject({ path: '/', count: 15 });
+    expect(paths.rows[0]!.latency.p50).toBeGreaterThan(0);
+    expect(paths.rows[0]!.rps).toBeCloseTo(15 / paths.seconds, 6);
+    await until('top\'s taps to close', async () => (await tapStreams()).every((n) => n === 0), 10_000);
+
+    // The table: the paths below the edges.
+    const table = await trellis(['top', 'viz/client', '--lab', labName, '--iterations', '1', '--interval', '1s']);
+    expect(table.code, table.stderr).toBe(0);
+    expect(table.stdout).toMatch(/^paths from tap over [\d.]+ s \(2 agents, at most 100\/s each, none dropped\)$/m);
   });
 });

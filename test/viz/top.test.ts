@@ -151,18 +151,23 @@ beforeAll(async () => {
 afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
 
 describe('trellis top against --prometheus URL', () => {
-  it('draws --iterations pictures, each saying where its rows come from and that paths are tap\'s', async () => {
+  it('draws --iterations pictures, each saying where its rows come from, and in one line why no path was tapped', async () => {
     const r = await trellis(['top', 'shop/cart', '--prometheus', url, '--iterations', '2', '--interval', '1s']);
     expect(r, r.stderr).toMatchObject({ code: 0, stderr: '' });
     const pictures = r.stdout.split(/\n\n(?=trellis top )/);
     expect(pictures).toHaveLength(2);
     for (const p of pictures) {
       expect(p).toMatch(new RegExp(`^trellis top shop/cart  \\d\\d:\\d\\d:\\d\\d  window 1m, every 1 s, Prometheus ${url}\\n`));
-      expect(p).toContain('for request paths, `trellis tap NS/WORKLOAD`');
+      expect(p).toMatch(/^paths: not tapped: tap reaches a lab's agents, or an agent on this node with --socket PATH/m);
       expect(p).toMatch(/^web +cart +- +- +4\.00 +100\.00% +- +- +0\.00 +100%$/m);
     }
     const json = await trellis(['top', 'cart', '-n', 'shop', '--prometheus', url, '--iterations', '1', '-o', 'json']);
-    expect(JSON.parse(json.stdout)).toMatchObject({ workload: 'shop/cart', window: '1m', rows: [{ direction: 'inbound', peer: { workload: 'web' }, rps: 4 }] });
+    expect(JSON.parse(json.stdout)).toMatchObject({ workload: 'shop/cart', window: '1m', rows: [{ direction: 'inbound', peer: { workload: 'web' }, rps: 4 }], paths: { error: expect.stringMatching(/--socket PATH/) } });
+    // An agent's socket that is not there: said in the picture, the Prometheus rows shown as ever.
+    const gone = await trellis(['top', 'shop/cart', '--prometheus', url, '--iterations', '1', '--socket', '/nonexistent/tap.sock']);
+    expect(gone.code, gone.stderr).toBe(0);
+    expect(gone.stdout).toMatch(/^web +cart +- +- +4\.00 /m);
+    expect(gone.stdout).toMatch(/^paths: no agent could be tapped \(\/nonexistent\/tap\.sock: cannot reach the tap socket \/nonexistent\/tap\.sock: .*\)$/m);
   });
 
   it('refuses a workload the metrics never saw, and a wrong name, in one line', async () => {

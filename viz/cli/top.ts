@@ -1,18 +1,26 @@
 // `trellis top NS/WORKLOAD`: the workload's busiest edges and routes (viz/top.ts), one picture every --interval,
 // cleared and redrawn on a terminal, one after the other otherwise (`-o json`: one JSON line each). The rows come from
-// Prometheus, which holds no paths: request paths are `trellis tap`'s (viz/cli/tap.ts).
+// Prometheus, which holds no paths; below them, the busiest paths come from tapping the workload's agents for the
+// interval (viz/tap/paths.ts), bounded by --max-rps. When no agent can be tapped, one line says why.
 import { InvalidArgumentError, type Command } from 'commander';
 import { parseDuration } from '../../agent/config.js';
 import { VizError } from '../errors.js';
-import { locate } from '../prom/locate.js';
+import { locate, type Located } from '../prom/locate.js';
 import { selector } from '../promql.js';
+import { locateAgents, type TapAgent } from '../tap/locate.js';
+import { pathsHeading, pathsTable, tapPaths, type PathsPicture } from '../tap/paths.js';
 import { top, topTable, type TopTarget } from '../top.js';
 import { explainEmpty, sessionOn, withCommonFlags, type CommonFlags, type Session } from './common.js';
 
 interface TopFlags extends CommonFlags {
   interval: number;
   iterations?: number;
+  maxRps: number;
+  socket?: string[];
 }
+
+/** The agents to tap for paths, or why there are none (said in one line on every picture). */
+export type TapReach = { readonly agents: readonly TapAgent[] } | { readonly problem: string };
 
 /** Where the pictures go: a terminal is cleared before each one. */
 export interface Screen {
@@ -25,7 +33,7 @@ const CLEAR = '\x1b[H\x1b[2J';
 const HIDE_CURSOR = '\x1b[?25l';
 const SHOW_CURSOR = '\x1b[?25h';
 const NAME = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
-export const PATHS_NOTE = 'rows are edges and route rules from Prometheus; for request paths, `trellis tap NS/WORKLOAD`';
+export const DEFAULT_TOP_MAX_RPS = 100;
 
 function intervalArg(text: string): number {
   let ms: number;
@@ -36,6 +44,23 @@ function intervalArg(text: string): number {
   }
   if (ms < 1000) throw new InvalidArgumentError('1s at least: every picture runs the queries again');
   return ms;
+}
+
+function maxRpsArg(text: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < 1 || n > 100_000) throw new InvalidArgumentError('a whole number from 1 to 100000');
+  return n;
+}
+
+/** --socket names the agents; else the lab whose Prometheus is read; a Prometheus of --prometheus has no agents we reach. */
+export function tapReach(flags: { socket?: string[] | undefined }, located: Pick<Located, 'lab'>, stateRoot?: string): TapReach {
+  try {
+    if (flags.socket?.length) return { agents: locateAgents({ socket: flags.socket }, stateRoot).agents };
+    if (located.lab !== undefined) return { agents: locateAgents({ lab: located.lab }, stateRoot).agents };
+  } catch (err) {
+    return { problem: (err as Error).message };
+  }
+  return { problem: "tap reaches a lab's agents, or an agent on this node with --socket PATH (a cluster's, through the API server, is a later slice)" };
 }
 
 function iterationsArg(text: string): number {
@@ -56,18 +81,22 @@ export function registerTopCommand(program: Command): void {
   withCommonFlags(
     program
       .command('top <workload>')
-      .description("a workload's busiest edges and routes, both ways, refreshed live in the terminal (from Prometheus; request paths: trellis tap)")
-      .usage('NS/WORKLOAD [--window 1m] [--interval 2s] [--iterations N] [-o table|wide|json]')
-      .option('--interval <duration>', 'time between pictures', intervalArg, 2000)
-      .option('--iterations <n>', 'stop after N pictures (default: until Ctrl-C)', iterationsArg),
+      .description("a workload's busiest edges and routes (from Prometheus) and paths (tapped from its agents), both ways, refreshed live in the terminal")
+      .usage('NS/WORKLOAD [--window 1m] [--interval 2s] [--iterations N] [--max-rps N] [--socket PATH] [-o table|wide|json]')
+      .option('--interval <duration>', 'time between pictures (and how long each tap for paths lasts)', intervalArg, 2000)
+      .option('--iterations <n>', 'stop after N pictures (default: until Ctrl-C)', iterationsArg)
+      .option('--max-rps <n>', 'requests per second each agent sends the tap for paths at most; more are dropped and counted', maxRpsArg, DEFAULT_TOP_MAX_RPS)
+      .option('--socket <path...>', "tap the agent serving this socket (`trellis agent --tap-socket`) for paths, instead of the lab's"),
     { allNamespaces: false },
   )
     .addHelpText(
       'after',
       '\nExamples:\n  trellis top demo/server                  who calls server and what server calls, every 2 s\n' +
         '  trellis top client -n demo --iterations 1 -o wide\n' +
-        `\nA row is a caller of the workload (FROM it, TO the workload) or something it calls (per Service and route rule).\n` +
-        `The ${PATHS_NOTE.replace(/^rows are/, 'rows are')}.`,
+        `\nA row is a caller of the workload (FROM it, TO the workload) or something it calls (per Service and route rule),\n` +
+        'from Prometheus over --window. Below, the busiest paths (method and path, per peer and route rule) from tapping\n' +
+        "the workload's agents for each --interval, at most --max-rps per agent (drops are counted); `trellis tap` shows\n" +
+        'each request.',
     )
     .action(async (workload: string, flags: TopFlags) => {
       const target = parseTarget(workload, flags.namespace);
@@ -77,26 +106,39 @@ export function registerTopCommand(program: Command): void {
       const first = await open();
       const rows = await top(target, first.ctx);
       if (rows.length === 0) await refuseUnknown(target, first);
+      const reach = tapReach(flags, located);
       await runTop({
         screen: process.stdout,
         interval: flags.interval,
         iterations: flags.iterations,
-        picture: async (i) => {
-          const s = i === 0 ? first : await open();
-          const r = i === 0 ? rows : await top(target, s.ctx);
-          return picture(target, s, r, flags);
+        picture: async (_i, signal) => {
+          // The tap runs for the interval; the Prometheus rows are read as it ends, so both are of the same moment.
+          const paths = 'agents' in reach ? await tapPaths({ agents: reach.agents, target, maxRps: flags.maxRps, durationMs: flags.interval, signal }) : reach.problem;
+          const s = await open();
+          return picture(target, s, await top(target, s.ctx), flags, paths);
         },
       });
     });
 }
 
-/** One picture: a header line, then the rows or why there are none. */
-async function picture(t: TopTarget, s: Session, rows: Awaited<ReturnType<typeof top>>, flags: TopFlags): Promise<string> {
-  if (s.output === 'json') return `${JSON.stringify({ ...s.provenance, workload: `${t.namespace}/${t.workload}`, rows })}\n`;
+/**
+ * One picture: a header line, the Prometheus rows or why there are none, then the paths the tap saw (or the one line
+ * saying why the agents could not be tapped).
+ */
+export function picture(t: TopTarget, s: Pick<Session, 'output' | 'provenance' | 'window'> & { client: { at: number; where: string } }, rows: Awaited<ReturnType<typeof top>>, flags: Pick<TopFlags, 'interval'>, paths: PathsPicture | string): string {
+  if (s.output === 'json') {
+    const p = typeof paths === 'string' ? { error: paths } : { seconds: paths.seconds, agents: paths.agents, failed: paths.failed, dropped: paths.dropped, rows: paths.rows };
+    return `${JSON.stringify({ ...s.provenance, workload: `${t.namespace}/${t.workload}`, rows, paths: p })}\n`;
+  }
+  const wide = s.output === 'wide';
   const at = new Date(s.client.at * 1000).toTimeString().slice(0, 8);
-  const head = `trellis top ${t.namespace}/${t.workload}  ${at}  window ${s.window}, every ${flags.interval / 1000} s, Prometheus ${s.client.where}\n${PATHS_NOTE}\n\n`;
-  if (rows.length === 0) return `${head}no traffic to or from ${t.namespace}/${t.workload} in the last ${s.window}\n`;
-  return `${head}${topTable(t, rows, { wide: s.output === 'wide' })}\n`;
+  const head = `trellis top ${t.namespace}/${t.workload}  ${at}  window ${s.window}, every ${flags.interval / 1000} s, Prometheus ${s.client.where}\n\n`;
+  const edges = rows.length === 0 ? `no traffic to or from ${t.namespace}/${t.workload} in the last ${s.window}\n` : `${topTable(t, rows, { wide })}\n`;
+  let tail: string;
+  if (typeof paths === 'string') tail = `paths: not tapped: ${paths}\n`;
+  else if (paths.agents.length === 0 || paths.rows.length === 0) tail = `${pathsHeading(paths)}${paths.agents.length ? `\nno request to or from ${t.namespace}/${t.workload} in the interval` : ''}\n`;
+  else tail = `${pathsHeading(paths)}\n${pathsTable(t, paths.rows, { wide })}\n`;
+  return `${head}${edges}\n${tail}`;
 }
 
 /** No row at all: a workload the metrics have never seen is an error (with the names they have); an idle one is not. */
@@ -127,8 +169,11 @@ export interface TopLoop {
   readonly interval: number;
   /** undefined: until SIGINT/SIGTERM. */
   readonly iterations: number | undefined;
-  /** The i-th picture (from 0). A failure after the first is shown in place of the picture, and the loop goes on. */
-  readonly picture: (i: number) => Promise<string>;
+  /**
+   * The i-th picture (from 0); `signal` aborts when the process is told to stop. A failure after the first is shown
+   * in place of the picture, and the loop goes on.
+   */
+  readonly picture: (i: number, signal: AbortSignal) => Promise<string>;
   readonly sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
 }
 
@@ -146,7 +191,7 @@ export async function runTop(loop: TopLoop): Promise<void> {
       const started = Date.now();
       let text: string;
       try {
-        text = await loop.picture(i);
+        text = await loop.picture(i, stop.signal);
       } catch (err) {
         if (i === 0) throw err;
         text = `trellis top: ${(err as Error).message} (trying again in ${loop.interval / 1000} s)\n`;

@@ -14,6 +14,8 @@ export interface TapRunInputs {
   output: TapOutput;
   /** Standard output (events) and standard error (what happens to the streams). */
   out: (text: string) => void;
+  /** Takes every event instead of printing it (`trellis top`'s paths, the dashboard's live view). */
+  onEvent?: (e: TapEvent, node: string) => void;
   err: (text: string) => void;
   /** Ends the run early (Ctrl-C). */
   signal?: AbortSignal;
@@ -62,7 +64,8 @@ export function runTap(inputs: TapRunInputs): Promise<TapRunResult> {
           event: (e) => {
             if (finished) return;
             result.dropped += e.dropped ?? 0;
-            if (inputs.output === 'json') inputs.out(`${JSON.stringify(e)}\n`);
+            if (inputs.onEvent) inputs.onEvent(e, agent.node);
+            else if (inputs.output === 'json') inputs.out(`${JSON.stringify(e)}\n`);
             else for (const line of formatEvent(e, inputs.output)) inputs.out(`${line}\n`);
             if (e.summary?.end) inputs.err(`${agent.node}: stream ended (${e.summary.end}): ${e.summary.delivered ?? 0} observations, ${e.summary.droppedTotal ?? 0} dropped\n`);
             if (completes(e) && ++result.observations >= limit && limit > 0) finish();
