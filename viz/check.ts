@@ -9,6 +9,7 @@ import { feature, probeKernel, type KernelFeatureName, type KernelReport } from 
 import { chooseCapture, EBPF_NEEDS } from '../agent/capture/mode.js';
 import { VizError } from './errors.js';
 import { ALL_RULES } from './promql.js';
+import type { VectorSample } from './prom/client.js';
 import { finite, type Query } from './query.js';
 
 export type Verdict = 'ok' | 'warn' | 'fail';
@@ -23,6 +24,9 @@ export interface CheckResult {
 
 /** An agent not in sync with its config source for longer than this fails (the kube source relists within 90 s). */
 export const CONFIG_AGE_LIMIT_S = 300;
+/** Below this share of its lifetime left a workload certificate warns (renewal is due at half), below the next it fails. */
+export const CERT_WARN_FRACTION = 0.4;
+export const CERT_FAIL_FRACTION = 0.2;
 /** How far back an agent counts as known: one scraped in this window and not now is down. */
 const KNOWN_AGENTS_WINDOW = '10m';
 
@@ -76,6 +80,26 @@ export async function meshChecks(query: Query, inputs: { window: string; loadedR
           detail: age.map((s) => `the agent on ${agentName(s.labels)} has not been in sync with the API server for ${Math.round(s.value)} s`).join('; '),
           fix: 'it serves its last known state meanwhile; check that its node reaches the API server and its RBAC (kubectl -n trellis-system logs POD -c agent | grep watch)',
         },
+  );
+
+  // Workload certificates are renewed at half their lifetime: less than that left means renewal is failing.
+  const expiry = 'trellis_workload_certificate_expiry_timestamp_seconds';
+  const lifetime = `(${expiry} - trellis_workload_certificate_not_before_timestamp_seconds)`;
+  const left = await query(`min by (instance, node) ((${expiry} - time()) / ${lifetime})`);
+  const soonest = new Map((await query(`min by (instance, node) (${expiry} - time())`)).map((s) => [s.labels.instance ?? '', s.value]));
+  const late = left.filter((s) => finite(s.value) < CERT_WARN_FRACTION);
+  const hours = (s: VectorSample) => `${((soonest.get(s.labels.instance ?? '') ?? 0) / 3600).toFixed(1)} h`;
+  out.push(
+    left.length === 0
+      ? { check: 'certificates', verdict: 'ok', detail: 'no agent holds a workload certificate (no meshed pod yet)' }
+      : late.length === 0
+        ? { check: 'certificates', verdict: 'ok', detail: `every workload certificate has more than ${CERT_WARN_FRACTION * 100}% of its lifetime left (the soonest expires in ${hours(left.reduce((a, b) => ((soonest.get(a.labels.instance ?? '') ?? 0) <= (soonest.get(b.labels.instance ?? '') ?? 0) ? a : b)))})` }
+        : {
+            check: 'certificates',
+            verdict: late.some((s) => finite(s.value) < CERT_FAIL_FRACTION) ? 'fail' : 'warn',
+            detail: late.map((s) => `the agent on ${agentName(s.labels)} holds a certificate with ${Math.max(0, Math.round(finite(s.value) * 100))}% of its lifetime left (expires in ${hours(s)}): renewal at half-life has not happened`).join('; '),
+            fix: "the agent cannot renew: its log says why (\"renewal failed\"); check that it reaches the identity service (trellis-system/trellis-identity:15012) and that its service-account token is mounted; the identity service's log names refused requests",
+          },
   );
 
   const rejected = (await query(`sum by (node) (increase(trellis_config_errors_total[${inputs.window}]))`)).filter((s) => finite(s.value) >= 0.5);

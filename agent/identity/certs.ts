@@ -94,7 +94,7 @@ export interface CertificateReport {
   /** The bundle's roots, in its order: the first is the one the identity service signs with. */
   bundle: string[];
   /** The root each SVID in force chains to ('none' when it chains to none in the bundle). */
-  svids: { identity: string; root: string; notAfter: number }[];
+  svids: { identity: string; root: string; notBefore: number; notAfter: number }[];
 }
 
 export class WorkloadCerts implements CertSource {
@@ -205,7 +205,7 @@ export class WorkloadCerts implements CertSource {
     const now = this.clock.now();
     const svids: CertificateReport['svids'] = [];
     for (const [identity, entry] of this.entries) {
-      if (entry.svid && now < entry.svid.notAfter) svids.push({ identity, root: entry.root ?? 'none', notAfter: entry.svid.notAfter });
+      if (entry.svid && now < entry.svid.notAfter) svids.push({ identity, root: entry.root ?? 'none', notBefore: entry.svid.notBefore, notAfter: entry.svid.notAfter });
     }
     return { bundle: this.bundle.map((c) => c.fingerprint256), svids };
   }

@@ -53,7 +53,8 @@ export interface TcpCounters {
 /** The trust bundle's roots and the root each workload certificate chains to (SHA-256 fingerprints). */
 export interface CertificatesByRoot {
   bundle: readonly string[];
-  svids: readonly { root: string }[];
+  /** Each SVID in force: its identity, its root, and its validity (Unix milliseconds). */
+  svids: readonly { identity: string; root: string; notBefore: number; notAfter: number }[];
 }
 
 export class Metrics {
@@ -164,6 +165,23 @@ export class Metrics {
         for (const s of report.svids) this.inc({ root: s.root });
       },
     });
+    // When each SVID in force was issued and expires: renewed at half-life, one with less than half its lifetime left
+    // has failed to renew (trellis check says so).
+    for (const [name, help, field] of [
+      ['trellis_workload_certificate_not_before_timestamp_seconds', 'When each workload certificate (SVID) this agent holds became valid, Unix seconds', 'notBefore'],
+      ['trellis_workload_certificate_expiry_timestamp_seconds', 'When each workload certificate (SVID) this agent holds expires, Unix seconds (renewed at half its lifetime)', 'notAfter'],
+    ] as const) {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['identity'],
+        registers,
+        collect() {
+          this.reset();
+          for (const s of certificates()?.svids ?? []) this.set({ identity: s.identity }, s[field] / 1000);
+        },
+      });
+    }
     this.workerConnections = new Counter({ name: 'trellis_worker_connections_total', help: 'Connections accepted on the pods\' listeners, by the agent thread that took them (0: the main thread)', labelNames: ['worker'], registers });
     this.tapStreams = new Gauge({ name: 'trellis_tap_streams', help: 'Tap streams open on this agent (trellis tap)', registers });
     this.tapActiveThreads = new Gauge({ name: 'trellis_tap_active_threads', help: 'Agent threads whose tap hub matches records (0: nobody taps, and requests pay one check for tap)', registers });

@@ -221,7 +221,7 @@ describe('WorkloadCerts', () => {
     const rotations: Svid[] = [];
     certs.onRotate((svid) => rotations.push(svid));
     const first = await certs.get(A);
-    expect(certs.report()).toEqual({ bundle: [fp(oldCa.rootCertPem)], svids: [{ identity: A, root: fp(oldCa.rootCertPem), notAfter: first.notAfter }] });
+    expect(certs.report()).toEqual({ bundle: [fp(oldCa.rootCertPem)], svids: [{ identity: A, root: fp(oldCa.rootCertPem), notBefore: first.notBefore, notAfter: first.notAfter }] });
 
     // 1. Both roots, the signing one (the old) first: the same certificate, handed out again with the bundle that trusts both.
     const both = `${oldCa.rootCertPem}${newCa.rootCertPem}`;
@@ -247,7 +247,7 @@ describe('WorkloadCerts', () => {
     expect(from(renewed)).toBe(newCa);
     expect(renewed.caPem).toBe(switched);
     expect(certs.current(A)).toBe(renewed);
-    expect(certs.report().svids).toEqual([{ identity: A, root: fp(newCa.rootCertPem), notAfter: renewed.notAfter }]);
+    expect(certs.report().svids).toEqual([{ identity: A, root: fp(newCa.rootCertPem), notBefore: renewed.notBefore, notAfter: renewed.notAfter }]);
     expect(logs.some((l) => l.msg.startsWith('SVID is from another root than the one the identity service now signs with'))).toBe(true);
 
     // 3. The old root leaves the bundle: nothing chains to it any more, so nothing is renewed; the bundle is handed out.
@@ -279,7 +279,7 @@ describe('WorkloadCerts', () => {
     // The listeners verify peers against the new bundle from now on, with the certificate they have.
     expect(rotations).toHaveLength(1);
     expect([rotations[0]!.certPem, rotations[0]!.caPem]).toEqual([first.certPem, newCa.rootCertPem]);
-    expect(certs.report().svids).toEqual([{ identity: A, root: 'none', notAfter: first.notAfter }]);
+    expect(certs.report().svids).toEqual([{ identity: A, root: 'none', notBefore: first.notBefore, notAfter: first.notAfter }]);
     clock.advance(1);
     await vi.waitFor(() => expect(signer.calls).toBe(2));
     // The renewal failed; the next try comes after the retry delay, and the old root stays out.

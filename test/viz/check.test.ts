@@ -9,8 +9,10 @@ import { ALL_RULES } from '../../viz/promql.js';
 const v = (labels: Record<string, string>, value: number): VectorSample => ({ labels, value });
 const agents = [v({ instance: '172.30.0.11:15020', node: 'node-a' }, 0), v({ instance: '172.30.0.12:15020', node: 'node-b' }, 0)];
 
-function prometheus(over: Partial<Record<'known' | 'up' | 'age' | 'errors' | 'drift', VectorSample[]>> = {}) {
+function prometheus(over: Partial<Record<'known' | 'up' | 'age' | 'errors' | 'drift' | 'certLeft' | 'certSoonest', VectorSample[]>> = {}) {
   return async (expr: string): Promise<VectorSample[]> => {
+    if (expr.startsWith('min by (instance, node) ((trellis_workload_certificate_expiry_timestamp_seconds - time()) /')) return over.certLeft ?? agents.map((a) => v(a.labels, 0.7));
+    if (expr === 'min by (instance, node) (trellis_workload_certificate_expiry_timestamp_seconds - time())') return over.certSoonest ?? agents.map((a) => v(a.labels, 16 * 3600));
     if (expr.includes('last_over_time(trellis_config_age_seconds')) return over.known ?? agents;
     if (expr === 'up') return over.up ?? agents.map((a) => v({ ...a.labels, job: 'trellis-agent' }, 1));
     if (expr.startsWith('max by (instance, node) (trellis_config_age_seconds)')) return over.age ?? agents;
@@ -29,6 +31,7 @@ describe('trellis check (the mesh, from Prometheus)', () => {
       ['recording-rules', 'ok'],
       ['agents', 'ok'],
       ['config', 'ok'],
+      ['certificates', 'ok'],
       ['objects', 'ok'],
       ['capture', 'ok'],
     ]);
@@ -54,6 +57,24 @@ describe('trellis check (the mesh, from Prometheus)', () => {
     expect(by.capture).toMatchObject({ verdict: 'warn', detail: 'capture drifted and was repaired: 1 rules on node node-b in the last 5m' });
     for (const x of r) if (x.verdict !== 'ok') expect(x.fix, x.check).toBeTruthy();
     expect(failedChecks(r)?.message).toBe('2 checks failed: agents, config');
+  });
+
+  it('certificates: warns of one past its renewal, fails one near its end, each with the agent and the time left', async () => {
+    const by = async (left: number[], soonestH: number[]) => {
+      const r = await meshChecks(
+        prometheus({
+          certLeft: agents.map((a, i) => v(a.labels, left[i]!)),
+          certSoonest: agents.map((a, i) => v(a.labels, soonestH[i]! * 3600)),
+        }),
+        inputs,
+      );
+      return r.find((x) => x.check === 'certificates')!;
+    };
+    expect(await by([0.7, 0.55], [16.8, 13.2])).toMatchObject({ verdict: 'ok', detail: 'every workload certificate has more than 40% of its lifetime left (the soonest expires in 13.2 h)' });
+    expect(await by([0.7, 0.3], [16.8, 7.2])).toMatchObject({ verdict: 'warn', detail: 'the agent on node node-b holds a certificate with 30% of its lifetime left (expires in 7.2 h): renewal at half-life has not happened', fix: expect.stringContaining('identity service') });
+    expect(await by([0.1, 0.3], [2.4, 7.2])).toMatchObject({ verdict: 'fail' });
+    const none = await meshChecks(prometheus({ certLeft: [], certSoonest: [] }), inputs);
+    expect(none.find((x) => x.check === 'certificates')).toMatchObject({ verdict: 'ok', detail: 'no agent holds a workload certificate (no meshed pod yet)' });
   });
 
   it('fails when Prometheus scrapes no agent at all, and stops there', async () => {
