@@ -2,8 +2,10 @@
 // Prometheus, a known amount of traffic (the api answers 80 % of its requests, the web Service is split 75/25 by an
 // HTTPRoute, an outsider calls in plaintext, the client calls a server outside the mesh), then the built
 // `trellis dashboard --lab` opened in Debian's Chromium (playwright-core, /usr/bin/chromium, headless, nothing
-// downloaded), and what the page shows held against what was sent and against `trellis stat`. A screenshot is left in
-// the test's temp directory (its path is printed). Needs root (the lab) and the chromium package (scripts/setup-debian.sh).
+// downloaded), and what the page shows held against what was sent and against `trellis stat`; its live tap panel while
+// known traffic flows, and `trellis top`'s paths tapped from the agents, both held against what was sent. Screenshots
+// are left in the test's temp directory (their paths are printed). Needs root (the lab) and the chromium package
+// (scripts/setup-debian.sh).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -213,6 +215,38 @@ describe('the dashboard page in Chromium, and trellis top, on the lab\'s Prometh
     await page.locator('[data-workload="legacy"]').waitFor({ timeout: 10_000 });
     expect(await cell('[data-workload="legacy"]', 'meshed')).toBe('no');
     expect(page.url()).toMatch(/\?namespace=outside$/);
+  });
+
+  it('live tap: a workload\'s requests stream into the page as they flow, both agents\' views; closing the panel closes the agents\' taps', async () => {
+    await page.locator('#namespace').selectOption('viz');
+    await page.locator('[data-workload="api"]').waitFor({ timeout: 10_000 });
+    await expect.poll(() => page.locator('#tap-workload option').evaluateAll((os) => os.map((o) => o.getAttribute('value')))).toContain('client');
+    await page.locator('#tap-workload').selectOption('client');
+    expect(await tapStreams()).toEqual([0, 0]);
+    await page.locator('#tap-toggle').click();
+    await until('the page\'s tap to be open on both agents', async () => (await tapStreams()).every((n) => n === 1), 10_000);
+    await expect.poll(() => page.locator('#tap-status').textContent()).toMatch(/^tapping viz\/client on node-a, node-b, at most 20\/s per agent, for 120 s$/);
+    // 8 calls in the api mix: 6 answered 200 on /, 2 asked for a 500 on /fail; each seen by the client's agent (out)
+    // and the api's (in). Under the page's bound (20/s, a burst of 20): none dropped.
+    const sent = await http('viz/client', `http://${vip('viz', 'api')}/`, 8, ['--requests', API_MIX]);
+    expect(sent.statusCounts).toEqual({ 200: 6, 500: 2 });
+    const rows = (sel: string) => page.locator(`#tap-rows tbody tr${sel}`).count();
+    await expect.poll(() => rows('[data-path="/fail"][data-status="500"]'), { timeout: 10_000 }).toBe(4);
+    await expect.poll(() => rows('[data-path="/"][data-status="200"]')).toBe(12);
+    expect(await rows('')).toBe(16);
+    for (const dir of ['out', 'in']) expect(await rows(`[data-direction="${dir}"][data-source="viz/client"][data-destination="viz/api"][data-method="GET"]`)).toBe(8);
+    const first = (row: string, col: string) => page.locator(`#tap-rows ${row} [data-col="${col}"]`).first().textContent();
+    expect(await first('[data-direction="out"][data-path="/fail"]', 'status')).toBe('500');
+    // Headers as tap gives them: the caller's identity that the api's agent hands the app, redacted.
+    expect(await first('[data-direction="in"][data-path="/"]', 'headers')).toContain('x-forwarded-client-cert: [REDACTED]');
+    const shot = path.join(out, 'dashboard-tap.png');
+    await page.locator('#tap-section').screenshot({ path: shot });
+    console.log(`live tap screenshot: ${shot}`);
+
+    await page.locator('#tap-toggle').click();
+    expect(await page.locator('#tap-status').textContent()).toBe('stopped');
+    await until('the agents\' taps to close with the panel', async () => (await tapStreams()).every((n) => n === 0), 10_000);
+    expect(await tapStreams()).toEqual([0, 0]);
   });
 
   it('top: a workload\'s busiest edges and routes both ways, as its own agent saw them, redrawn --iterations times', async () => {

@@ -1,13 +1,16 @@
 // `trellis dashboard`: serves the dashboard page on loopback (viz/dashboard/server.ts) until Ctrl-C. Prometheus is
 // found once, as every viewer command finds it; each time the page asks, a session evaluated at that moment computes
-// the view of the namespace it shows (viz/dashboard/view.ts).
+// the view of the namespace it shows (viz/dashboard/view.ts). The live view taps the lab's agents (or --socket's) from
+// here (viz/dashboard/live.ts).
 import net from 'node:net';
 import { InvalidArgumentError, type Command } from 'commander';
 import { parseDuration } from '../../agent/config.js';
 import { VizError } from '../errors.js';
+import { liveTapHandler } from '../dashboard/live.js';
 import { startDashboard } from '../dashboard/server.js';
 import { dashboardView } from '../dashboard/view.js';
 import { locate } from '../prom/locate.js';
+import { locateAgents } from '../tap/locate.js';
 import { stat } from '../stat.js';
 import { sessionOn, windowArg } from './common.js';
 
@@ -22,6 +25,26 @@ interface DashboardFlags {
   prometheus?: string;
   lab?: string;
   dir?: string;
+  socket?: string[];
+  tapMaxRps: number;
+  tapDuration: number;
+}
+
+function tapMaxRpsArg(text: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < 1 || n > 1000) throw new InvalidArgumentError('a whole number from 1 to 1000');
+  return n;
+}
+
+function tapDurationArg(text: string): number {
+  let ms: number;
+  try {
+    ms = parseDuration(text, '--tap-duration');
+  } catch {
+    throw new InvalidArgumentError('write a duration: 30s, 1m, 5m');
+  }
+  if (ms < 1000 || ms > 3600_000) throw new InvalidArgumentError('from 1s to 1h');
+  return ms;
 }
 
 function listenArg(text: string): { host: string; port: number } {
@@ -60,12 +83,16 @@ export function registerDashboardCommand(program: Command): void {
     .option('--prometheus <url>', "a Prometheus's base URL (a cluster's: it must scrape every node's :15020); default: the lab's")
     .option('--lab <name>', 'read the Prometheus of this lab (default: the only lab running one)')
     .option('--dir <path>', "the Services and routes, as YAML files in a directory (as `trellis routes --dir`); default: the lab's")
+    .option('--socket <path...>', "the live view taps the agent serving this socket (`trellis agent --tap-socket`) instead of the lab's")
+    .option('--tap-max-rps <n>', 'requests and connections per second each agent sends one live view at most (more are dropped and counted)', tapMaxRpsArg, 20)
+    .option('--tap-duration <duration>', 'how long a live view lasts before the page must start it again', tapDurationArg, 120_000)
     .option('--allow-remote', 'listen on a non-loopback --listen address (anyone who reaches it sees the mesh\'s metrics)')
     .addHelpText(
       'after',
       '\nExamples:\n  trellis dashboard                        the lab\'s Prometheus, on http://127.0.0.1:50750/\n' +
         '  trellis dashboard --prometheus http://127.0.0.1:9090 --dir ./objects -n shop\n' +
-        '\nThe page reads nothing but this command: it asks it for one namespace\'s view, and this command asks Prometheus.\n' +
+        '\nThe page reads nothing but this command: it asks it for one namespace\'s view, and this command asks Prometheus;\n' +
+        'its live view asks this command, which taps the agents (a lab\'s, or --socket\'s) and streams what they see.\n' +
         'The charts (uPlot) and the graph layout (dagre) come from the installed npm packages: no network is needed.',
     )
     .action(async (flags: DashboardFlags & { allowRemote?: boolean }) => {
@@ -94,6 +121,15 @@ export function registerDashboardCommand(program: Command): void {
           const ns = namespace ?? flags.namespace ?? (await busiest());
           return dashboardView({ session: await sessionOn(located, { ...base, namespace: ns }), objectsDir });
         },
+        liveTap: liveTapHandler({
+          maxRps: flags.tapMaxRps,
+          durationMs: flags.tapDuration,
+          agents: () => {
+            if (flags.socket?.length) return locateAgents({ socket: flags.socket }).agents;
+            if (located.lab !== undefined) return locateAgents({ lab: located.lab }).agents;
+            throw new VizError('ENOLAB', "the live view taps a lab's agents, or an agent on this node with --socket PATH (a cluster's, through the API server, is a later slice)");
+          },
+        }),
       });
       const from = located.lab !== undefined ? `lab '${located.lab}'` : flags.prometheus;
       process.stdout.write(`Trellis dashboard on ${server.url} (Prometheus of ${from}, window ${flags.window}, refreshed every ${flags.refresh / 1000} s); Ctrl-C to stop\n`);

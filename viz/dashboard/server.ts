@@ -1,7 +1,8 @@
 // The dashboard's HTTP server (`trellis dashboard`): the page (page/: HTML, JS, CSS), the chart library from the
 // installed uplot package (never copied into the repo, never from a CDN: the page works offline), and one JSON
-// endpoint, /api/view, that runs the viewer's queries on the server. The browser never reaches Prometheus: there is
-// no PromQL endpoint, only the views this file serves. Meant for loopback: requests naming another host are refused
+// endpoint, /api/view, that runs the viewer's queries on the server, and the live tap as server-sent events (/api/tap,
+// live.ts). The browser never reaches Prometheus nor an agent: there is no PromQL endpoint, only the views this file
+// serves. Meant for loopback: requests naming another host are refused
 // (a web page elsewhere cannot reach it through DNS rebinding).
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
@@ -19,6 +20,8 @@ export interface DashboardServerInputs {
   readonly view: (namespace: string | undefined) => Promise<DashboardView>;
   /** How often the page asks again. */
   readonly refreshMs: number;
+  /** Serves /api/tap (live.ts liveTapHandler); absent: the page's live view says tap is not available. */
+  readonly liveTap?: (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => void;
 }
 
 export interface DashboardServer {
@@ -111,6 +114,15 @@ export async function startDashboard(inputs: DashboardServerInputs): Promise<Das
         const status = e instanceof VizError ? (e.code === 'EPROMETHEUS' || e.code === 'ENOLAB' ? 502 : 422) : 500;
         send(res, status, 'application/json', JSON.stringify({ refreshMs: inputs.refreshMs, error: e.message, code: e.code ?? null }));
       }
+      return;
+    }
+    if (url.pathname === '/api/tap') {
+      // A HEAD would open taps for nothing.
+      if (req.method !== 'GET') {
+        res.setHeader('allow', 'GET');
+        send(res, 405, 'text/plain; charset=utf-8', 'GET only\n');
+      } else if (inputs.liveTap) inputs.liveTap(req, res, url);
+      else send(res, 404, 'application/json', JSON.stringify({ error: 'this dashboard serves no live tap' }));
       return;
     }
     if (url.pathname === '/favicon.ico') {

@@ -1,14 +1,19 @@
 // The Trellis dashboard page: asks the server for one namespace's view (/api/view, computed there by the viewer's
 // own queries) every few seconds and draws it: the workloads' rows with sparklines (uPlot), the edges at the
 // positions the server laid out (dagre), and the routes with their split over time against the weights (uPlot).
-// Every text comes from the server already printed as the CLI prints it; nothing here computes a number.
+// Every text comes from the server already printed as the CLI prints it; nothing here computes a number. The live
+// tap panel streams one workload's requests from the server's /api/tap (server-sent events), on demand, and closes
+// the stream when it is stopped (the server then closes the agents' taps).
 /* global uPlot */
 'use strict';
 
 const SVG = 'http://www.w3.org/2000/svg';
 const COLORS = ['#1570ef', '#12805c', '#b54708', '#c01048', '#6938ef', '#0e9384', '#667085'];
 const charts = [];
+const TAP_ROWS = 100;
 let timer;
+/** The open live view: { source: EventSource, workload, dropped }. */
+let tap;
 let current = new URLSearchParams(location.search).get('namespace') || '';
 
 function el(tag, attrs = {}, ...children) {
@@ -76,6 +81,7 @@ function render(view) {
   renderWorkloads(view);
   renderGraph(view.graph);
   renderRoutes(view);
+  renderTapChoices(view);
 }
 
 function renderWorkloads(view) {
@@ -251,8 +257,115 @@ function splitChart(target, times, split) {
   );
 }
 
+/** The workloads of the namespace a live view can watch: those called, and those that call (the graph's own boxes). */
+function renderTapChoices(view) {
+  const names = new Set(view.workloads.map((w) => w.name));
+  for (const n of view.graph.nodes) if (n.local) names.add(n.id.slice(n.id.indexOf('/') + 1));
+  const list = [...names].sort();
+  const select = document.getElementById('tap-workload');
+  if (select.dataset.list === `${view.namespace}:${list.join(',')}`) return;
+  const chosen = select.value;
+  select.dataset.list = `${view.namespace}:${list.join(',')}`;
+  select.replaceChildren(...list.map((n) => el('option', { value: n }, n)));
+  if (list.includes(chosen)) select.value = chosen;
+}
+
+function tapStatus(text, problem = false) {
+  const s = document.getElementById('tap-status');
+  s.textContent = text;
+  s.className = problem ? 'problem' : '';
+}
+
+function startTap() {
+  const workload = document.getElementById('tap-workload').value;
+  if (!workload) return tapStatus('no workload to watch in this namespace', true);
+  stopTap();
+  const table = document.getElementById('tap-rows');
+  table.querySelector('tbody').replaceChildren();
+  table.hidden = false;
+  const source = new EventSource(`/api/tap?namespace=${encodeURIComponent(current)}&workload=${encodeURIComponent(workload)}`);
+  tap = { source, workload: `${current}/${workload}`, dropped: 0, notes: [] };
+  const button = document.getElementById('tap-toggle');
+  button.textContent = 'Stop';
+  button.dataset.state = 'on';
+  tapStatus(`connecting to tap ${tap.workload}...`);
+  const mine = () => tap && tap.source === source;
+  const data = (e) => JSON.parse(e.data);
+  source.addEventListener('tapping', (e) => {
+    const d = data(e);
+    tap.heading = `tapping ${tap.workload} on ${d.agents.join(', ')}, at most ${d.maxRps}/s per agent, for ${d.durationMs / 1000} s`;
+    tapStatus(tap.heading);
+  });
+  source.addEventListener('row', (e) => addTapRow(data(e)));
+  source.addEventListener('drop', (e) => {
+    tap.dropped = data(e).dropped;
+    tapStatus(`${tap.heading}; ${tap.dropped} dropped past the bound`);
+  });
+  source.addEventListener('note', (e) => {
+    tap.notes.push(data(e).note);
+    tapStatus(`${tap.heading || ''}; ${tap.notes.join('; ')}`);
+  });
+  source.addEventListener('problem', (e) => stopTap(data(e).problem, true));
+  source.addEventListener('end', (e) => {
+    const d = data(e);
+    const failed = d.failed.map((f) => `${f.node}: ${f.error}`).join('; ');
+    stopTap(`ended: ${d.reason} (${d.observations} seen, ${d.dropped} dropped)${failed ? `; ${failed}` : ''}`, d.accepted.length === 0);
+  });
+  // The dashboard went away, or the connection broke: say so rather than let EventSource reconnect by itself.
+  source.onerror = () => {
+    if (mine()) stopTap('the connection to the dashboard closed', true);
+  };
+}
+
+/** Closes the live view (the server closes the agents' taps when the stream goes). */
+function stopTap(text = 'stopped', problem = false) {
+  if (!tap) return;
+  tap.source.close();
+  tap = undefined;
+  const button = document.getElementById('tap-toggle');
+  button.textContent = 'Watch live';
+  button.dataset.state = 'off';
+  tapStatus(text, problem);
+}
+
+function latencyText(ms) {
+  if (ms === null || ms === undefined) return '-';
+  return ms >= 100 ? `${ms.toFixed(0)}ms` : ms >= 1 ? `${ms.toFixed(2)}ms` : `${Math.round(ms * 1000)}µs`;
+}
+
+function addTapRow(r) {
+  const body = document.querySelector('#tap-rows tbody');
+  const cell = (col, text, cls = '') => el('td', { 'data-col': col, ...(cls && { class: cls }) }, text);
+  const t = new Date(r.time);
+  const time = `${t.toLocaleTimeString([], { hour12: false })}.${String(t.getMilliseconds()).padStart(3, '0')}`;
+  const status = r.kind === 'tcp' ? (r.error ? 'error' : '-') : String(r.status || '-');
+  const bad = r.status >= 500 || r.denied || (r.kind === 'http' && !r.status);
+  const title = [r.denied ? `denied by ${r.denied}` : '', r.error, r.route ? `route ${r.route}` : '', r.tls ? 'mTLS' : 'plaintext', r.authority].filter(Boolean).join(' · ');
+  const headers = r.headers.length
+    ? el('details', {}, el('summary', {}, `${r.headers.length}`), ...r.headers.map((h) => el('code', {}, `${h.name}: ${h.value}`)))
+    : '-';
+  const tr = el(
+    'tr',
+    { 'data-id': r.id, 'data-direction': r.direction, 'data-kind': r.kind, 'data-method': r.method, 'data-path': r.path, 'data-status': String(r.status), 'data-source': r.source, 'data-destination': r.destination, title },
+    cell('time', time, 'text'),
+    cell('proxy', r.direction, 'text'),
+    cell('source', r.source, 'text'),
+    cell('destination', r.destination, 'text'),
+    cell('method', r.method, 'text'),
+    cell('path', r.path, 'text'),
+    cell('status', status, bad ? 'low' : ''),
+    cell('latency', latencyText(r.latencyMs)),
+    cell('duration', latencyText(r.durationMs)),
+    el('td', { class: 'text', 'data-col': 'headers' }, headers),
+  );
+  body.prepend(tr);
+  while (body.children.length > TAP_ROWS) body.lastElementChild.remove();
+}
+
+document.getElementById('tap-toggle').addEventListener('click', () => (tap ? stopTap() : startTap()));
 document.getElementById('namespace').addEventListener('change', (e) => {
   current = e.target.value;
+  stopTap('stopped: another namespace');
   refresh();
 });
 refresh();
