@@ -4,7 +4,6 @@
 // nothing downloaded): the page lists the demo's workloads with requests, shows the client -> server edges as mTLS
 // and the outsider's as plaintext, and the route's observed split near 90/10. A screenshot is left in the test's temp
 // directory (its path is printed). Needs root (the lab) and the chromium package (scripts/setup-debian.sh).
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -15,6 +14,7 @@ import { labEnvPids } from '../../lab/cluster/procs.js';
 import type { HttpClientSummary } from '../../lab/tools/http-client.js';
 import { PromClient } from '../../viz/prom/client.js';
 import { netnsTransport } from '../../viz/prom/transport.js';
+import { startDashboard, type DashboardProcess } from '../support/dashboard.js';
 import { requireRoot } from '../support/root.js';
 import { until } from '../support/until.js';
 
@@ -26,7 +26,7 @@ const out = mkdtempSync(path.join(tmpdir(), 'trellis-dashboard-demo-'));
 const CALLS = 600;
 
 let lab: Lab;
-let dashboard: ChildProcess | undefined;
+let dashboard: DashboardProcess | undefined;
 let browser: Browser | undefined;
 let page: Page;
 let url: string;
@@ -34,23 +34,6 @@ let url: string;
 async function http(pod: string, target: string, count: number): Promise<HttpClientSummary> {
   const r = await lab.exec(pod, ['trellis', 'tool', 'http-client', '--url', target, '--count', String(count), '--concurrency', '4'], { timeoutMs: 60_000 });
   return JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '') as HttpClientSummary;
-}
-
-/** `trellis dashboard` as a user starts it; resolves with the URL it prints. */
-function startDashboard(args: string[]): Promise<string> {
-  const child = spawn(path.join(ROOT, 'node_modules/.bin/node'), [path.join(ROOT, 'dist/agent/main.js'), 'dashboard', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  dashboard = child;
-  let text = '';
-  child.stderr!.on('data', (d: Buffer) => (text += d.toString()));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`trellis dashboard printed no URL in 15 s: ${text}`)), 15_000);
-    child.stdout!.on('data', (d: Buffer) => {
-      text += d.toString();
-      const m = /on (http:\/\/\S+\/) /.exec(text);
-      if (m) (clearTimeout(timer), resolve(m[1]!));
-    });
-    child.once('exit', (code) => (clearTimeout(timer), reject(new Error(`trellis dashboard exited ${code}: ${text}`))));
-  });
 }
 
 const cell = (row: string, col: string) => page.locator(`${row} [data-col="${col}"]`).textContent();
@@ -80,18 +63,15 @@ describe('the dashboard on the demo lab, in Chromium', () => {
     expect(meshed.ok).toBe(CALLS);
     expect(plain.ok).toBe(100);
     await until('Prometheus to scrape the round', async () => (await count(clientSent)) >= before + CALLS, 20_000);
-    url = await startDashboard(['--lab', labName, '--listen', '127.0.0.1:0', '--refresh', '2s']);
+    dashboard = await startDashboard(['--lab', labName, '--listen', '127.0.0.1:0', '--refresh', '2s']);
+    url = dashboard.url;
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
     page = await browser.newPage({ viewport: { width: 1400, height: 1100 } });
   }, 120_000);
 
   afterAll(async () => {
     await browser?.close();
-    if (dashboard && dashboard.exitCode === null) {
-      const exited = new Promise((resolve) => dashboard!.once('exit', resolve));
-      dashboard.kill('SIGINT');
-      await exited;
-    }
+    await dashboard?.stop();
     await lab?.down();
     expect(labEnvPids((l) => l === labName)).toEqual([]);
   });
@@ -108,6 +88,9 @@ describe('the dashboard on the demo lab, in Chromium', () => {
     for (const n of servers) expect(await cell(`[data-workload="${n}"]`, 'success')).toBe('100.00%');
 
     // The edges from the client to the server's workloads are mTLS; the outsider's are plaintext.
+    // (Each part of the page fills in as its queries answer: wait for the edges and route rows to be drawn.)
+    await expect.poll(() => page.locator('[data-edge^="plain/outsider->demo/server"]').count(), { timeout: 15_000 }).toBeGreaterThan(0);
+    await expect.poll(() => page.locator('[data-route-row$="|server-v2"]').count(), { timeout: 15_000 }).toBeGreaterThan(0);
     const edges = await page.locator('[data-edge]').evaluateAll((els) => els.map((e) => [e.getAttribute('data-edge'), e.getAttribute('data-mtls')]));
     const fromClient = edges.filter(([id]) => id?.startsWith('demo/client->demo/server'));
     const fromOutsider = edges.filter(([id]) => id?.startsWith('plain/outsider->demo/server'));

@@ -6,7 +6,6 @@
 // known traffic flows, and `trellis top`'s paths tapped from the agents, both held against what was sent. Screenshots
 // are left in the test's temp directory (their paths are printed). Needs root (the lab) and the chromium package
 // (scripts/setup-debian.sh).
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -22,11 +21,11 @@ import { netnsTransport } from '../../viz/prom/transport.js';
 import type { StatRow } from '../../viz/stat.js';
 import type { PathRow } from '../../viz/tap/paths.js';
 import type { TopRow } from '../../viz/top.js';
+import { startDashboard, type DashboardProcess } from '../support/dashboard.js';
 import { requireRoot } from '../support/root.js';
 import { trellis } from '../support/trellis-cli.js';
 import { until } from '../support/until.js';
 
-const ROOT = path.resolve(import.meta.dirname, '../..');
 const CHROMIUM = '/usr/bin/chromium';
 const fixtures = path.join(import.meta.dirname, 'fixtures', 'viz.yaml');
 const labName = `ed${Math.random().toString(36).slice(2, 5)}`;
@@ -38,7 +37,7 @@ const MAIN = { api: 200, outsider: 50, web: 400, legacy: 20 };
 const WARM = { api: 4, outsider: 1, web: 4, legacy: 1 };
 
 let lab: Lab;
-let dashboard: ChildProcess | undefined;
+let dashboard: DashboardProcess | undefined;
 let url: string;
 let browser: Browser | undefined;
 let page: Page;
@@ -93,23 +92,6 @@ async function counted(): Promise<string> {
   return `api ${api}, legacy ${legacy}, web backends ${backends}`;
 }
 
-/** `trellis dashboard` as a user starts it; resolves with the URL it prints. */
-function startDashboard(args: string[]): Promise<string> {
-  const child = spawn(path.join(ROOT, 'node_modules/.bin/node'), [path.join(ROOT, 'dist/agent/main.js'), 'dashboard', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  dashboard = child;
-  let text = '';
-  child.stderr!.on('data', (d: Buffer) => (text += d.toString()));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`trellis dashboard printed no URL in 15 s: ${text}`)), 15_000);
-    child.stdout!.on('data', (d: Buffer) => {
-      text += d.toString();
-      const m = /on (http:\/\/\S+\/) /.exec(text);
-      if (m) (clearTimeout(timer), resolve(m[1]!));
-    });
-    child.once('exit', (code) => (clearTimeout(timer), reject(new Error(`trellis dashboard exited ${code}: ${text}`))));
-  });
-}
-
 /** Taps open on each node's agent (`trellis_tap_streams`). */
 const tapStreams = () => Promise.all(['node-a', 'node-b'].map(async (n) => sumOf(parsePrometheus(await lab.metrics(n)), 'trellis_tap_streams')));
 
@@ -148,18 +130,15 @@ describe('the dashboard page in Chromium, and trellis top, on the lab\'s Prometh
       return rule > scrape;
     }, 10_000);
 
-    url = await startDashboard(['--lab', labName, '--listen', '127.0.0.1:0', '--refresh', '2s']);
+    dashboard = await startDashboard(['--lab', labName, '--listen', '127.0.0.1:0', '--refresh', '2s']);
+    url = dashboard.url;
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
     page = await browser.newPage({ viewport: { width: 1400, height: 1100 } });
   }, 120_000);
 
   afterAll(async () => {
     await browser?.close();
-    if (dashboard && dashboard.exitCode === null) {
-      const exited = new Promise((resolve) => dashboard!.once('exit', resolve));
-      dashboard.kill('SIGINT');
-      await exited;
-    }
+    await dashboard?.stop();
     await lab?.down();
     expect(labEnvPids((l) => l === labName)).toEqual([]);
   });
