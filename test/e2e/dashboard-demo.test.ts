@@ -7,27 +7,25 @@
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Lab } from '../../lab/cluster/lab.js';
 import { labEnvPids } from '../../lab/cluster/procs.js';
 import type { HttpClientSummary } from '../../lab/tools/http-client.js';
 import { PromClient } from '../../viz/prom/client.js';
 import { netnsTransport } from '../../viz/prom/transport.js';
-import { startDashboard, type DashboardProcess } from '../support/dashboard.js';
+import { CHROMIUM, openDashboard, type DashboardInBrowser } from '../support/dashboard.js';
 import { requireRoot } from '../support/root.js';
 import { until } from '../support/until.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
-const CHROMIUM = '/usr/bin/chromium';
 const labName = `dd${Math.random().toString(36).slice(2, 5)}`;
 const out = mkdtempSync(path.join(tmpdir(), 'trellis-dashboard-demo-'));
 /** The client's requests through the route: a 90/10 split of 600 has a standard deviation of 1.2 points. */
 const CALLS = 600;
 
 let lab: Lab;
-let dashboard: DashboardProcess | undefined;
-let browser: Browser | undefined;
+let view: DashboardInBrowser | undefined;
 let page: Page;
 let url: string;
 
@@ -63,15 +61,13 @@ describe('the dashboard on the demo lab, in Chromium', () => {
     expect(meshed.ok).toBe(CALLS);
     expect(plain.ok).toBe(100);
     await until('Prometheus to scrape the round', async () => (await count(clientSent)) >= before + CALLS, 20_000);
-    dashboard = await startDashboard(['--lab', labName, '--listen', '127.0.0.1:0', '--refresh', '2s']);
-    url = dashboard.url;
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
-    page = await browser.newPage({ viewport: { width: 1400, height: 1100 } });
+    view = await openDashboard(['--lab', labName, '--listen', '127.0.0.1:0', '--refresh', '2s']);
+    url = view.dashboard.url;
+    page = view.page;
   }, 120_000);
 
   afterAll(async () => {
-    await browser?.close();
-    await dashboard?.stop();
+    await view?.close();
     await lab?.down();
     expect(labEnvPids((l) => l === labName)).toEqual([]);
   });

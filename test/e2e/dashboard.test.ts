@@ -9,7 +9,7 @@
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectInNetns } from '../../agent/native/index.js';
 import { Lab } from '../../lab/cluster/lab.js';
@@ -21,12 +21,11 @@ import { netnsTransport } from '../../viz/prom/transport.js';
 import type { StatRow } from '../../viz/stat.js';
 import type { PathRow } from '../../viz/tap/paths.js';
 import type { TopRow } from '../../viz/top.js';
-import { startDashboard, type DashboardProcess } from '../support/dashboard.js';
+import { CHROMIUM, openDashboard, type DashboardInBrowser } from '../support/dashboard.js';
 import { requireRoot } from '../support/root.js';
 import { trellis } from '../support/trellis-cli.js';
 import { until } from '../support/until.js';
 
-const CHROMIUM = '/usr/bin/chromium';
 const fixtures = path.join(import.meta.dirname, 'fixtures', 'viz.yaml');
 const labName = `ed${Math.random().toString(36).slice(2, 5)}`;
 const out = mkdtempSync(path.join(tmpdir(), 'trellis-dashboard-'));
@@ -37,9 +36,8 @@ const MAIN = { api: 200, outsider: 50, web: 400, legacy: 20 };
 const WARM = { api: 4, outsider: 1, web: 4, legacy: 1 };
 
 let lab: Lab;
-let dashboard: DashboardProcess | undefined;
+let view: DashboardInBrowser | undefined;
 let url: string;
-let browser: Browser | undefined;
 let page: Page;
 const vip = (ns: string, name: string) => lab.services.find((s) => s.namespace === ns && s.name === name)!.clusterIP;
 
@@ -130,15 +128,13 @@ describe('the dashboard page in Chromium, and trellis top, on the lab\'s Prometh
       return rule > scrape;
     }, 10_000);
 
-    dashboard = await startDashboard(['--lab', labName, '--listen', '127.0.0.1:0', '--refresh', '2s']);
-    url = dashboard.url;
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
-    page = await browser.newPage({ viewport: { width: 1400, height: 1100 } });
+    view = await openDashboard(['--lab', labName, '--listen', '127.0.0.1:0', '--refresh', '2s']);
+    url = view.dashboard.url;
+    page = view.page;
   }, 120_000);
 
   afterAll(async () => {
-    await browser?.close();
-    await dashboard?.stop();
+    await view?.close();
     await lab?.down();
     expect(labEnvPids((l) => l === labName)).toEqual([]);
   });
