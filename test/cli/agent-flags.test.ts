@@ -21,6 +21,14 @@ describe('agent audit flags', () => {
   });
 });
 
+describe('agent --preserve-source-ip', () => {
+  it('is on by default, off when told, and refuses anything but on or off', () => {
+    expect(agentConfig({ node: 'n', dir: '/nonexistent' }).preserveSourceIp).toBe(true);
+    expect(agentConfig({ node: 'n', dir: '/nonexistent', preserveSourceIp: 'off' }).preserveSourceIp).toBe(false);
+    expect(() => agentConfig({ node: 'n', dir: '/nonexistent', preserveSourceIp: 'yes' })).toThrow(/--preserve-source-ip yes: use on or off/);
+  });
+});
+
 describe('docs/cli.md', () => {
   it('documents every flag of `trellis agent` and `trellis identity`', async () => {
     const { readFileSync } = await import('node:fs');
