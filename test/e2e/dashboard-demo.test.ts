@@ -102,6 +102,8 @@ describe('the dashboard on the demo lab, in Chromium', () => {
     const v2 = rows.find((r) => r?.endsWith('|server-v2'));
     expect(v1 && v2, `route rows: ${rows.join(', ')}`).toBeTruthy();
     expect([await cell(`[data-route-row="${v1}"]`, 'weight'), await cell(`[data-route-row="${v2}"]`, 'weight')]).toEqual(['90.00%', '10.00%']);
+    // The observed split shows once the route's rates are recorded (a refresh or two after the rows are drawn).
+    await expect.poll(async () => percentOf(await cell(`[data-route-row="${v1}"]`, 'split')), { message: 'server-v1 split', timeout: 20_000 }).not.toBeNaN();
     const split = percentOf(await cell(`[data-route-row="${v1}"]`, 'split'));
     expect(Math.abs(split - 0.9), `server-v1 got ${split}`).toBeLessThan(0.06);
 
