@@ -8,6 +8,7 @@ import { HBONE_PORT } from '../constants.js';
 import { TrellisError, wrapError } from '../errors.js';
 import type { CertSource } from '../identity/certs.js';
 import { connectAgent } from '../identity/tls.js';
+import { endWithTransport } from '../io/h2-transport.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { Workload } from '../state/workload.js';
 import { SESSION_WINDOW, STREAM_WINDOW, formatAuthority } from './hbone.js';
@@ -225,6 +226,7 @@ export class HbonePool {
       createConnection: () => socket,
       settings: { initialWindowSize: STREAM_WINDOW, enablePush: false },
     });
+    endWithTransport(session, socket);
     const entry: Entry = { key, session, streams: 0, opened: 0 };
     await new Promise<void>((resolve, reject) => {
       const timer = this.inputs.clock.after(this.inputs.connectTimeoutMs, () => {

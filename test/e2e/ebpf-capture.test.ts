@@ -273,6 +273,9 @@ spec:
     const oldLinks = await linksOf('mesh/echo');
     await lab.restartAgent('node-b');
     const results = await loads;
+    // On a failure, the agents' warnings and errors around the hand-over say what happened.
+    const noted = (node: string) => lab.agentLog(node).split('\n').filter((l) => /"level":(4|5)\d/.test(l)).slice(-30).join('\n');
+    if (results.some((r) => !r.stdout.includes('"failed":0'))) console.log(`node-a:\n${noted('node-a')}\nnode-b:\n${noted('node-b')}`);
     for (const [i, r] of results.entries()) {
       expect(r.code, r.stderr).toBe(0);
       const summary = JSON.parse(r.stdout.trim()) as { ok: number; failed: number; errors: Record<string, number> };

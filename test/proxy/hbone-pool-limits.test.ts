@@ -45,7 +45,7 @@ describe('HBONE pool limits and groups', () => {
   });
   const pools: HbonePool[] = [];
 
-  const makePool = (opts: { maxStreamsPerSession?: number; tlsGroups?: string } = {}) => {
+  const makePool = (opts: { maxStreamsPerSession?: number; tlsGroups?: string; dial?: () => net.Socket } = {}) => {
     const pool = new HbonePool({
       certs,
       dial: () => net.connect({ host: '127.0.0.1', port: hbonePort, allowHalfOpen: true }),
@@ -122,6 +122,39 @@ describe('HBONE pool limits and groups', () => {
     expect(handshakes - before).toBe(2);
     await Promise.all(streams.map(closed));
   });
+
+  it('drops a session whose destination went away without GOAWAY (a FIN only), and opens the next stream on a new one', async () => {
+    // The agent's transports are half-open: without watching for the peer's FIN the session would stay pooled and the
+    // next CONNECT on it would wait unanswered for the connect timeout. The destination here is reached through a
+    // relay that ends the client's side as a killed agent's kernel would: a FIN, no HTTP/2 frame before it.
+    const fronts: net.Socket[] = [];
+    const relay = net.createServer((front) => {
+      fronts.push(front);
+      const back = net.connect({ host: '127.0.0.1', port: hbonePort });
+      for (const s of [front, back]) s.on('error', () => undefined);
+      front.pipe(back);
+      back.pipe(front);
+    });
+    const relayPort = await listenLocal(relay);
+    try {
+      const pool = makePool({ dial: () => net.connect({ host: '127.0.0.1', port: relayPort, allowHalfOpen: true }) });
+      const first = await open(pool);
+      first.on('error', () => undefined);
+      const session = first.session!;
+      const gone = new Promise((resolve) => session.once('close', resolve));
+      fronts[0]!.unpipe();
+      fronts[0]!.end();
+      await gone;
+      expect(pool.size()).toBe(0);
+      const next = await open(pool);
+      expect(next.session === session).toBe(false);
+      expect(fronts).toHaveLength(2);
+      await closed(next);
+    } finally {
+      for (const s of fronts) s.destroy();
+      relay.close();
+    }
+  }, 10_000);
 
   it('offers only the configured key exchange groups', async () => {
     for (const group of ['P-256', 'X25519']) {

@@ -3,6 +3,7 @@
 // and its trailers come back as a Body, as from HTTP/1.1.
 import http2 from 'node:http2';
 import type { Duplex } from 'node:stream';
+import { endWithTransport } from '../../io/h2-transport.js';
 import type { Workload } from '../../state/workload.js';
 import { withoutHopByHop, withoutPseudo, type Headers } from '../headers.js';
 import type { Opener } from '../h1/pool.js';
@@ -172,6 +173,7 @@ export class H2Sessions {
       createConnection: () => tunnel,
       settings: { enablePush: false, maxHeaderListSize: this.inputs.maxHeaderListSize },
     });
+    endWithTransport(session, tunnel);
     return new Promise((resolve, reject) => {
       session.once('connect', () => {
         session.off('error', reject);
