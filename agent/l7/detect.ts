@@ -182,7 +182,9 @@ export function sniff(socket: Readable, timeoutMs: number): Promise<SniffResult>
       if (seen > 0 && ended()) finish('tcp', false);
     };
     const onEnd = () => finish('tcp', false);
-    const timer = setTimeout(() => finish(seen > 0 ? 'http1' : 'tcp', true), timeoutMs);
+    // The timeout measures the client's silence, not the agent's own stalls: when it fires, what arrived meanwhile (a
+    // FIN behind a short opaque message, say) is read first, in this turn of the event loop, before the verdict.
+    const timer = setTimeout(() => setImmediate(() => finish(seen > 0 ? 'http1' : 'tcp', true)), timeoutMs);
     socket.on('readable', onReadable);
     socket.once('end', onEnd);
     socket.once('close', onEnd);

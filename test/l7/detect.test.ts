@@ -2,6 +2,7 @@
 // seeded properties (any token method makes a request line; whatever the agent's own HTTP/1.1 parser takes as a
 // request is never carried as opaque TCP); sniff() on real loopback sockets, byte by byte, past the bound, and at
 // the timeout.
+import { spawn } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
 import fc from 'fast-check';
@@ -291,6 +292,40 @@ describe('sniff (loopback sockets)', () => {
       expect(whole.rest).toBe('PROPFIND /x HTTP/1.1\r\n\r\n');
     } finally {
       lateMs = 0;
+    }
+  });
+
+  it('the same when the agent itself stalled past the timeout while the FIN arrived: the silence is the client’s to show', async () => {
+    // The client (another process) sends a short word, then its FIN 20 ms later; this process reads the word, then
+    // is busy past the timeout (as an agent starting up can be) while the FIN comes in, unread when the timer is due.
+    const stalled = net.createServer({ allowHalfOpen: true }, (socket) => {
+      // Busy in the event loop's check phase: when it turns again, due timers run before sockets are read.
+      setTimeout(
+        () =>
+          setImmediate(() => {
+            const busyUntil = performance.now() + TIMEOUT_MS + 150;
+            while (performance.now() < busyUntil);
+          }),
+        5,
+      );
+      void sniff(socket, TIMEOUT_MS).then((result) => {
+        socket.destroy();
+        done(result);
+      });
+    });
+    let done!: (r: SniffResult) => void;
+    const result = new Promise<SniffResult>((resolve) => (done = resolve));
+    await new Promise<void>((resolve) => stalled.listen(0, '127.0.0.1', resolve));
+    try {
+      const client = `const s = require('net').connect(${(stalled.address() as net.AddressInfo).port}, '127.0.0.1', () => { s.write('back'); setTimeout(() => s.end(), 20); }); s.on('error', () => {}); s.resume(); setTimeout(() => process.exit(0), 2000);`;
+      const child = spawn(process.execPath, ['-e', client], { stdio: 'ignore' });
+      try {
+        expect(await result).toEqual({ protocol: 'tcp', timedOut: false });
+      } finally {
+        child.kill();
+      }
+    } finally {
+      stalled.close();
     }
   });
 
