@@ -1,4 +1,4 @@
-// The layering of agent/ (README, "Where the code lives"): folders import one way, from the data path's upper
+// The layering of agent/ (docs/code.md): folders import one way, from the data path's upper
 // layers down to the config model; nothing in agent/ imports the lab harness (lab/), which imports agent/.
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
