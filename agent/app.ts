@@ -336,7 +336,9 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         plane.startDrain();
         healthHttp.close();
         const active = plane.drain.active();
-        const [left, others] = await Promise.all([plane.drain.wait(config.drainMs), workers?.stop(config.drainMs)]);
+        // Peer agents' sessions close as the GOAWAY reaches them (or a second after it, idle or not): waited on too,
+        // so none sends a stream to a process that is gone.
+        const [left, others] = await Promise.all([plane.drain.wait(config.drainMs), workers?.stop(config.drainMs), plane.sessions.wait(config.drainMs)]);
         const drained = active - left + (others?.drained ?? 0);
         const cut = left + (others?.cut ?? 0);
         logger.info({ drained, cut, drainMs: config.drainMs }, 'connections drained');

@@ -43,6 +43,8 @@ export interface DataPlaneInputs {
 
 export class DataPlane {
   readonly drain = new Drain();
+  /** The pods' inbound HBONE sessions, which shutdown waits on beside `drain` (InboundInputs.sessions). */
+  readonly sessions = new Drain();
   private readonly pool: HbonePool;
   private readonly l7: L7Proxy | undefined;
   private readonly inboundHttp: InboundHttp | undefined;
@@ -149,6 +151,7 @@ export class DataPlane {
       logger: logger.child({ component: 'inbound' }),
       accessLog,
       drain: this.drain,
+      sessions: this.sessions,
       recheck: this.recheck,
       tap: this.inputs.tap,
       ...(this.sourceLimit && { sourceLimit: this.sourceLimit }),

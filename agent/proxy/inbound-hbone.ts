@@ -44,7 +44,11 @@ export class HboneInbound {
     this.server.on('session', (session) => {
       if (!this.verify(session)) return;
       this.sessions.add(session);
-      session.once('close', () => this.sessions.delete(session));
+      const leave = this.inputs.sessions?.enter();
+      session.once('close', () => {
+        this.sessions.delete(session);
+        leave?.();
+      });
       session.setLocalWindowSize(SESSION_WINDOW);
       session.on('error', (err) => this.inputs.logger.debug({ err: err.message }, 'inbound HBONE session error'));
       limitPings(session, () => {

@@ -32,6 +32,12 @@ export interface InboundInputs {
   logger: Logger;
   accessLog: AccessLog;
   drain: Drain;
+  /**
+   * The pods' inbound HBONE sessions (HTTP/2 connections from peer agents, each of which may carry many of `drain`'s
+   * connections): shutdown waits on them too, bounded, so that every peer has had its GOAWAY and let go of the
+   * session before the process goes (a peer that learnt of it from the FIN alone may have sent a stream meanwhile).
+   */
+  sessions?: Drain;
   /** HTTP handling for app ports that speak it (per-request metrics, identity headers, authorization). */
   http?: InboundHttpOptions;
   /** Opaque connections are re-authorized here when policies change. */

@@ -128,7 +128,7 @@ port.once('message', (init: ToWorker) => {
           proxies.clear();
           plane.startDrain();
           const active = plane.drain.active();
-          const left = await plane.drain.wait(m.drainMs);
+          const [left] = await Promise.all([plane.drain.wait(m.drainMs), plane.sessions.wait(m.drainMs)]);
           plane.close();
           flushAudit();
           flushTap();
