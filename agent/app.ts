@@ -346,6 +346,8 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         tap.stop();
         await tapServer?.close();
         plane.close();
+        // The spans of the drained requests leave before the process does (bounded by one export's limit).
+        await plane.flushTraces();
         certs.close();
         remote?.close();
         metricsHttp.close();

@@ -70,6 +70,16 @@ export interface AgentConfig {
   /** Threads that carry traffic: the main thread and workers-1 worker threads, each with listeners of its own. */
   readonly workers: number;
   readonly tap: TapConfig;
+  /** Distributed tracing (agent/tracing/); absent without --tracing-endpoint. */
+  readonly tracing?: TracingConfig;
+}
+
+/** Where spans go, how, and the share of new traces sampled. */
+export interface TracingConfig {
+  readonly endpoint: string;
+  readonly protocol: 'grpc' | 'http/protobuf' | 'http/json';
+  /** 0 to 1: the share of requests that start a trace here and are sampled; a caller's decision is kept. */
+  readonly sampleRatio: number;
 }
 
 /** The live tap (agent/tap/): where it is served, what it hides, how fast one tap may go. */
@@ -162,6 +172,9 @@ export interface AgentFlags {
   tapSocket?: string;
   tapRedactHeaders?: string;
   tapMaxRps?: string;
+  tracingEndpoint?: string;
+  tracingProtocol?: string;
+  tracingSampleRatio?: string;
 }
 
 function integerFlag(text: string, flag: string, min: number, max: number): number {
@@ -228,6 +241,38 @@ function tapConfig(flags: AgentFlags): TapConfig {
     redactHeaders: Object.freeze([...new Set([...DEFAULT_REDACTED_HEADERS, ...extra])]),
     maxRps: integerFlag(flags.tapMaxRps ?? '100', '--tap-max-rps', 1, 100_000),
   });
+}
+
+function tracingConfig(flags: AgentFlags): TracingConfig | undefined {
+  if (flags.tracingEndpoint === undefined) {
+    if (flags.tracingProtocol !== undefined || flags.tracingSampleRatio !== undefined) {
+      throw new TrellisError('ECONFIG', '--tracing-protocol and --tracing-sample-ratio go with --tracing-endpoint (where the spans are sent)');
+    }
+    return undefined;
+  }
+  const protocol = flags.tracingProtocol ?? 'grpc';
+  if (protocol !== 'grpc' && protocol !== 'http/protobuf' && protocol !== 'http/json') {
+    throw new TrellisError('ECONFIG', `--tracing-protocol ${protocol}: use grpc (OTLP/gRPC, port 4317), http/protobuf or http/json (OTLP/HTTP, port 4318)`);
+  }
+  let url: URL | undefined;
+  try {
+    url = new URL(flags.tracingEndpoint);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || !url.hostname) {
+    const port = protocol === 'grpc' ? 4317 : 4318;
+    throw new TrellisError('ECONFIG', `--tracing-endpoint ${flags.tracingEndpoint}: an http:// or https:// URL of an OTLP collector, e.g. http://otel-collector.observability:${port}`);
+  }
+  if (protocol === 'grpc' && url.pathname !== '/' && url.pathname !== '') {
+    throw new TrellisError('ECONFIG', `--tracing-endpoint ${flags.tracingEndpoint}: OTLP/gRPC takes no path, give http://HOST:4317`);
+  }
+  const text = flags.tracingSampleRatio ?? '0.01';
+  const ratio = Number(text);
+  if (!/^\d*\.?\d+$/.test(text.trim()) || !(ratio >= 0 && ratio <= 1)) {
+    throw new TrellisError('ECONFIG', `--tracing-sample-ratio ${text}: a number from 0 to 1 (0.01 samples 1% of new traces)`);
+  }
+  return Object.freeze({ endpoint: url.href, protocol, sampleRatio: ratio });
 }
 
 const LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
@@ -311,6 +356,7 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
     : undefined;
   const l7 = l7Config(flags);
   const audit = auditConfig(flags);
+  const tracing = tracingConfig(flags);
   const driftIntervalMs = flags.driftInterval === '0' ? 0 : parseDuration(flags.driftInterval ?? '30s', '--drift-interval');
   const capture = flags.capture ?? 'auto';
   if (capture !== 'auto' && capture !== 'nft' && capture !== 'ebpf') throw new TrellisError('ECONFIG', `--capture ${capture}: use auto, nft or ebpf`);
@@ -345,6 +391,7 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
     resyncMs: 5_000,
     logLevel: level,
     tap: tapConfig(flags),
+    ...(tracing && { tracing }),
   });
 }
 

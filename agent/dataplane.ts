@@ -24,6 +24,8 @@ import type { Workload } from './state/workload.js';
 import type { AccessLog } from './telemetry/audit.js';
 import type { Metrics } from './telemetry/metrics.js';
 import type { TapHub } from './tap/hub.js';
+import { OtlpExporter } from './tracing/otlp.js';
+import { Tracer } from './tracing/tracer.js';
 
 export interface DataPlaneInputs {
   config: AgentConfig;
@@ -53,9 +55,19 @@ export class DataPlane {
   /** Shared by every pod's plaintext listener on this thread: a source's connections count across pods. */
   private readonly sourceLimit: SourceLimit | undefined;
   private readonly unsubscribe: () => void;
+  /** With --tracing-endpoint: this thread's spans' queue and exporter. */
+  private readonly exporter: OtlpExporter | undefined;
 
   constructor(private readonly inputs: DataPlaneInputs) {
     const { config, metrics, logger, accessLog, clock, state } = inputs;
+    // Tracing: this thread's tracer and its own OTLP exporter (a bounded queue), only when asked for; without them the
+    // L7 path checks for a tracer once per request and does nothing else.
+    let tracer: Tracer | undefined;
+    if (config.tracing) {
+      const { endpoint, protocol, sampleRatio } = config.tracing;
+      this.exporter = new OtlpExporter({ endpoint, protocol, metrics, logger: logger.child({ component: 'tracing' }) });
+      tracer = new Tracer({ sampleRatio, sink: this.exporter, node: config.node, random: Math.random });
+    }
     this.sourceLimit = config.maxConnectionsPerSource > 0 ? new SourceLimit(config.maxConnectionsPerSource) : undefined;
     // Sockets to peers and apps are opened inside the pod's netns with the agent's mark.
     const dial = (pod: Workload, host: string, port: number): net.Socket => {
@@ -105,6 +117,7 @@ export class DataPlane {
           clock,
           random: Math.random,
           tap: inputs.tap,
+          tracer,
         })
       : undefined;
     this.inboundHttp = config.l7
@@ -118,6 +131,7 @@ export class DataPlane {
           policies: () => state().policies,
           track: (check, cut) => this.recheck.track(check, cut),
           tap: inputs.tap,
+          tracer,
         })
       : undefined;
     this.outbound = new Outbound({
@@ -180,6 +194,11 @@ export class DataPlane {
     this.l7?.close();
     this.inboundHttp?.close();
     this.pool.close();
+  }
+
+  /** Exports the spans still queued (the agent stopping), within one export's limit. */
+  async flushTraces(): Promise<void> {
+    await this.exporter?.close();
   }
 }
 

@@ -99,6 +99,9 @@ export function registerAgentCommand(program: Command): void {
     .option('--tap-socket <path>', `serve the tap API (trellis tap) on this Unix socket, mode 0600; off: no tap (default ${DEFAULT_TAP_SOCKET})`)
     .option('--tap-redact-headers <list>', 'comma-separated headers whose values taps never see, beside authorization, cookie, set-cookie, proxy-authorization, x-forwarded-client-cert (always redacted)')
     .option('--tap-max-rps <n>', 'observations per second one tap may carry at most; more are dropped and counted in the stream (default 100)')
+    .option('--tracing-endpoint <url>', 'send a span per HTTP/gRPC request the agent carries to this OTLP collector, e.g. http://otel-collector:4317 (default: no tracing)')
+    .option('--tracing-protocol <p>', 'with --tracing-endpoint: grpc (OTLP/gRPC), http/protobuf or http/json (OTLP/HTTP, POST /v1/traces) (default grpc)')
+    .option('--tracing-sample-ratio <r>', "with --tracing-endpoint: share of new traces sampled, 0 to 1; a caller's sampled flag is kept (default 0.01)")
     .option('--log-level <level>', "trace|debug|info|warn|error: the agent's own log (the audit trail is written whatever the level)", 'info')
     .option('--cpu-profile <file>', 'diagnostics: record a V8 CPU profile from start to shutdown and write it to FILE (open it in Chrome DevTools)')
     .action(async (flags: AgentFlags & { cpuProfile?: string }) => {

@@ -21,6 +21,7 @@ import { local, relay } from './relay.js';
 import { UpstreamError, Upstreams } from './upstream.js';
 import type { AccessLog } from '../telemetry/audit.js';
 import type { TapHub } from '../tap/hub.js';
+import type { Tracer } from '../tracing/tracer.js';
 
 /** Headers that carry identity to the app: only the agent sets them; a client's copy is dropped. */
 export const IDENTITY_HEADERS: readonly string[] = Object.freeze(['x-forwarded-client-cert', 'x-trellis-peer-identity']);
@@ -63,6 +64,8 @@ export interface InboundHttpInputs {
   track?: (check: (state: MeshState) => AuthzDecision, cut: (decision: AuthzDecision) => void) => () => void;
   /** This thread's tap hub (agent/tap/). */
   tap?: TapHub | undefined;
+  /** This thread's tracer (agent/tracing/), with --tracing-endpoint only. */
+  tracer?: Tracer | undefined;
 }
 
 export class InboundHttp {
@@ -154,6 +157,8 @@ export class InboundHttp {
 
   private async handle(call: InboundCall, req: L7Request, res: Responder): Promise<void> {
     const rec = this.record(call, req);
+    // Tracing: the SERVER span, a child of the caller's; the app gets this span as its parent.
+    if (this.inputs.tracer) rec.span = this.inputs.tracer.start(req, 'server');
     try {
       // Identity headers first: a policy condition on them must see what the agent sets, never what a client forged.
       setIdentityHeaders(call, req.headers);

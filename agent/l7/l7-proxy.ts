@@ -17,6 +17,7 @@ import { Router } from './router.js';
 import { Upstreams, type TunnelOpener } from './upstream.js';
 import type { AccessLog } from '../telemetry/audit.js';
 import type { TapHub } from '../tap/hub.js';
+import type { Tracer } from '../tracing/tracer.js';
 
 export interface L7Limits extends H1Limits {
   /** HTTP/2 streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). */
@@ -45,6 +46,8 @@ export interface L7Inputs {
   random: () => number;
   /** This thread's tap hub (agent/tap/). */
   tap?: TapHub | undefined;
+  /** This thread's tracer (agent/tracing/), with --tracing-endpoint only. */
+  tracer?: Tracer | undefined;
 }
 
 export class L7Proxy {
@@ -66,6 +69,7 @@ export class L7Proxy {
       bodyCapBytes: options.bodyCapBytes,
       mirrorTimeoutMs: options.mirrorTimeoutMs,
       tap: inputs.tap,
+      tracer: inputs.tracer,
     });
     const onRejected = (ctx: CallContext, status: number, reason: string, requestId?: string) => {
       const src = { workload: ctx.src, principal: ctx.src.identity, ip: ctx.srcIp, port: ctx.srcPort };

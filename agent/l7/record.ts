@@ -10,12 +10,15 @@ import type { AccessLog } from '../telemetry/audit.js';
 import { members, peer, q } from '../telemetry/access-line.js';
 import type { TappedRequest } from '../tap/events.js';
 import type { TapHub } from '../tap/hub.js';
+import type { ActiveSpan, Tracer } from '../tracing/tracer.js';
 
 export interface RecordSinks {
   metrics: Metrics;
   accessLog: AccessLog;
   /** This thread's tap hub: read once per request, `active` false while nobody taps. */
   tap?: TapHub | undefined;
+  /** This thread's tracer: absent without --tracing-endpoint. */
+  tracer?: Tracer | undefined;
 }
 
 export interface RecordPeer {
@@ -69,6 +72,8 @@ export class RequestRecord implements TappedRequest {
    * in the record as it is (a small integer), so measuring it allocates nothing.
    */
   firstByteUs = -1;
+  /** The request's span, when it is traced and sampled (agent/tracing/). */
+  span: ActiveSpan | undefined;
   private done = false;
 
   constructor(
@@ -106,6 +111,8 @@ export class RequestRecord implements TappedRequest {
     this.series().observe(seconds, requestBytes, this.responseBytes);
     // Tap: one check while nobody taps (agent/tap/hub.ts).
     if (this.sinks.tap?.active) this.sinks.tap.request(this, seconds, requestBytes);
+    // Tracing: only a sampled request has a span.
+    if (this.span) this.endSpan(this.span);
     const log = this.sinks.accessLog;
     const protocol = req.grpc ? 'grpc' : req.protocol;
     const durationMs = Math.round(seconds * 1e6) / 1000;
@@ -151,6 +158,24 @@ export class RequestRecord implements TappedRequest {
     m += members(this.extra);
     if (this.error !== undefined) m += `,"error":${q(this.error)}`;
     log.line(m, 'request');
+  }
+
+  private endSpan(span: ActiveSpan): void {
+    const authz = (this.extra as { authz?: { decision?: string; policy?: string; reason?: string } }).authz;
+    this.sinks.tracer?.end(span, {
+      req: this.req,
+      status: this.status,
+      grpcStatus: this.grpcStatus,
+      error: this.error,
+      srcPrincipal: this.src.principal,
+      dstPrincipal: this.dst.principal,
+      srcIp: this.src.ip,
+      destinationService: this.destinationService,
+      route: this.route?.route,
+      rule: this.route?.name,
+      retries: this.retries,
+      authz,
+    });
   }
 
   /** The metrics series of this request's labels: one lookup by a key built from them, the labels object only for a new series. */

@@ -31,6 +31,7 @@ import { local } from './relay.js';
 import type { Upstreams } from './upstream.js';
 import type { AccessLog } from '../telemetry/audit.js';
 import type { TapHub } from '../tap/hub.js';
+import type { Tracer } from '../tracing/tracer.js';
 
 export interface RouterInputs {
   state: () => MeshState;
@@ -45,6 +46,8 @@ export interface RouterInputs {
   mirrorTimeoutMs: number;
   /** This thread's tap hub (agent/tap/). */
   tap?: TapHub | undefined;
+  /** This thread's tracer (agent/tracing/), with --tracing-endpoint only. */
+  tracer?: Tracer | undefined;
 }
 
 export class Router {
@@ -77,6 +80,8 @@ export class Router {
 
   async handle(ctx: CallContext, req: L7Request, res: Responder): Promise<void> {
     const call = this.call(ctx, req, res);
+    // Tracing: the CLIENT span, a child of the app's; the request goes on with this span as its parent's context.
+    if (this.inputs.tracer) call.rec.span = this.inputs.tracer.start(req, 'client');
     try {
       await this.stack(call);
     } catch (err) {

@@ -96,6 +96,8 @@ export class Metrics {
   readonly tapStreams: Gauge<string>;
   readonly tapActiveThreads: Gauge<string>;
   readonly tapDropped: Counter<string>;
+  readonly tracingSpansExported: Counter<string>;
+  readonly tracingSpansDropped: Counter<string>;
 
   constructor(inputs: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -186,6 +188,8 @@ export class Metrics {
     this.tapStreams = new Gauge({ name: 'trellis_tap_streams', help: 'Tap streams open on this agent (trellis tap)', registers });
     this.tapActiveThreads = new Gauge({ name: 'trellis_tap_active_threads', help: 'Agent threads whose tap hub matches records (0: nobody taps, and requests pay one check for tap)', registers });
     this.tapDropped = new Counter({ name: 'trellis_tap_dropped_total', help: 'Observations a tap matched and did not send (its rate bound, or a reader slower than the events)', registers });
+    this.tracingSpansExported = new Counter({ name: 'trellis_tracing_spans_exported_total', help: 'Spans the OTLP collector accepted (--tracing-endpoint)', registers });
+    this.tracingSpansDropped = new Counter({ name: 'trellis_tracing_spans_dropped_total', help: 'Sampled spans never exported, by reason: queue_full (the bounded queue of a thread was full), export_failed (the collector refused or did not answer)', labelNames: ['reason'], registers });
     if (inputs.defaultMetrics !== false) {
       collectDefaultMetrics({ register: this.registry, prefix: 'trellis_agent_' });
       // prom-client's sums of the per-type gauges beside them, named like counters: `promtool check metrics` refuses

@@ -130,6 +130,7 @@ port.once('message', (init: ToWorker) => {
           const active = plane.drain.active();
           const [left] = await Promise.all([plane.drain.wait(m.drainMs), plane.sessions.wait(m.drainMs)]);
           plane.close();
+          await plane.flushTraces();
           flushAudit();
           flushTap();
           post({ t: 'stopped', drained: active - left, cut: left });
