@@ -23,6 +23,7 @@ import { ProcReader } from './procfs.js';
 import { parsePrometheus, sumOf } from '../load/promtext.js';
 import { benchJson, formatReport } from './report.js';
 import { latencyMetricNames, metricCatalogue, Results } from './results.js';
+import { OTLP_SINK_PORT, OtlpSink } from './otlp-sink.js';
 import { ScaleBench, SCALE_NAMESPACE } from './scale.js';
 import { KUBE_SCALE_METRICS, measureKubeScale } from './scale-kube.js';
 import { describeTls, probeNodeDefaults, probeTls, type TlsCreds, type TlsParams } from './tls-probe.js';
@@ -50,6 +51,8 @@ export interface BenchOptions {
   agentArgs?: string[];
   /** Services in the config-scale batches (each with 5 endpoints); default 10 000. */
   scaleServices?: number;
+  /** The main lab's agents trace at this sample ratio, exporting OTLP/gRPC to an in-bench sink (otlp-sink.ts). */
+  tracing?: number;
   /** The report (stdout). */
   out: (text: string) => void;
   /** Progress and errors (stderr). */
@@ -145,6 +148,8 @@ export async function runBench(opts: BenchOptions): Promise<number> {
 
 class Bench {
   private lab: Lab | undefined;
+  /** With --tracing: where the main lab's agents export their spans. */
+  private sink: OtlpSink | undefined;
   /** The second lab, for conn_per_s on the mesh path (HANDSHAKE_AGENT_ARGS); up from its first use. */
   private handshake: Promise<{ lab: Lab; agentPids: number[]; target: string }> | undefined;
   private torn: Promise<void> | undefined;
@@ -243,6 +248,7 @@ class Bench {
   /** Idempotent: the labs (with every process they or we started in them) go. */
   teardown(): Promise<void> {
     this.torn ??= (async () => {
+      await this.sink?.close();
       const second = await this.handshake?.then((h) => h.lab, () => undefined);
       for (const lab of [this.lab, second, ...this.extraLabs]) {
         if (!lab) continue;
@@ -259,13 +265,18 @@ class Bench {
   }
 
   private async upLab(): Promise<Lab> {
+    const tracing = this.opts.tracing === undefined ? [] : ['--tracing-endpoint', `http://127.0.0.1:${OTLP_SINK_PORT}`, '--tracing-sample-ratio', String(this.opts.tracing)];
     this.lab = await Lab.up(benchManifests({ serverCpu: this.loadCpu }), {
       name: this.opts.name,
       logLevel: this.opts.logLevel,
-      agentArgs: this.agentArgs(),
+      agentArgs: [...this.agentArgs(), ...tracing],
       progress: (step) => this.opts.log(`  lab: ${step}`),
     });
     const lab = this.lab;
+    if (this.opts.tracing !== undefined) {
+      this.sink = new OtlpSink();
+      for (const node of [NODE_A, NODE_B]) await this.sink.listen(lab.node(node).netnsPath);
+    }
     for (const o of extraObjects()) {
       await fsp.writeFile(path.join(lab.clusterDir, objectFileName(o.kind, o.metadata.name, o.metadata.namespace)), stringify(o));
     }
@@ -753,6 +764,7 @@ class Bench {
       idle_connections: this.plan.idleConns,
       agent_log_level: this.opts.logLevel,
       agent_args: this.opts.agentArgs ?? [],
+      ...(this.opts.tracing !== undefined && { tracing_sample_ratio: this.opts.tracing }),
       agents_tls_group: this.opts.agentTlsDefault ? 'Node default' : `${COMMON_GROUP} (--tls-groups ${COMMON_GROUP}, as HAProxy)`,
       conn_rate_mesh: `a second lab, agents with ${HANDSHAKE_AGENT_ARGS.join(' ')}: a TLS handshake per connection`,
     });
@@ -778,6 +790,12 @@ class Bench {
       lines.push(`     (Node's own default key exchange is ${tls.node_default.group}; HAProxy's OpenSSL 3.0 lacks it, so the agents run with ${agents.group} here; --agent-tls-default keeps Node's)`);
     }
     if (this.opts.agentArgs?.length) lines.push(`agents run with extra flags: ${this.opts.agentArgs.join(' ')}`);
+    if (this.opts.tracing !== undefined) {
+      lines.push(
+        `tracing: the main lab's agents sample ${this.opts.tracing * 100}% of new traces (the load sends no context) and export OTLP/gRPC to a sink in the bench ` +
+          `that answers without decoding (${this.sink?.exports ?? 0} exports, ${this.sink?.bytes ?? 0} bytes received by the end); the other labs (max_rps_2cpu, conn_per_s) do not trace`,
+      );
+    }
     lines.push(
       `load: HTTP/1.1 GET (h2 paths: h2load, h2c, max req/s only), ${BODY_BYTES}-byte responses, ${this.plan.connections} keep-alive connections, open loop (latency from each request's due time), ` +
         `${this.plan.warmupS} s warm-up + ${this.plan.latencyS} s per latency run; before its first run each path gets ${this.plan.primeS} s of closed-loop load, not measured`,

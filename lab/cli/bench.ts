@@ -37,7 +37,14 @@ interface BenchFlags {
   agentTlsDefault?: boolean;
   agentArgs?: string;
   scaleServices?: number;
+  tracing?: number;
   logLevel: string;
+}
+
+function ratio(value: string): number {
+  const n = Number(value);
+  if (!/^\d*\.?\d+$/.test(value) || !(n >= 0 && n <= 1)) throw new InvalidArgumentError('expected a sample ratio from 0 to 1, e.g. 0.01');
+  return n;
 }
 
 function services(value: string): number {
@@ -63,6 +70,7 @@ export function registerBenchCommand(program: Command): void {
     .option('--agent-tls-default', "leave the agents' TLS key exchange at Node's default (which HAProxy cannot match)")
     .option('--agent-args <flags>', 'extra flags for every agent, e.g. "--drift-interval 0" (stated in the report)')
     .option('--scale-services <n>', 'Services in the config-scale batches (scale, scale-kube), 5 endpoints each', services, 10_000)
+    .option('--tracing <ratio>', "the agents trace at this sample ratio (0 to 1) and export OTLP/gRPC to a sink in the bench; compare with a run without it, e.g. --paths trellis-l7 --only latency,max-rps", ratio)
     .option('--name <lab>', 'lab name (netns prefix trl-<name>-)', 'bench')
     .option('--log-level <level>', 'agents\' log level (info logs one access line per connection, as in production)', 'info')
     .action(async (f: BenchFlags) => {
@@ -80,6 +88,7 @@ export function registerBenchCommand(program: Command): void {
         logLevel: f.logLevel,
         ...(f.agentArgs !== undefined && { agentArgs: f.agentArgs.split(/\s+/).filter(Boolean) }),
         ...(f.scaleServices !== undefined && { scaleServices: f.scaleServices }),
+        ...(f.tracing !== undefined && { tracing: f.tracing }),
         out: (text) => process.stdout.write(text),
         log: (line) => process.stderr.write(`${line}\n`),
       });
