@@ -29,6 +29,20 @@ describe('agent --preserve-source-ip', () => {
   });
 });
 
+describe('agent --tracing-*', () => {
+  const base = { node: 'n', dir: '/nonexistent' };
+  it('is off without an endpoint; gRPC at 1% by default; each flag checked with what to give', () => {
+    expect(agentConfig(base).tracing).toBeUndefined();
+    expect(agentConfig({ ...base, tracingEndpoint: 'http://otel:4317' }).tracing).toEqual({ endpoint: 'http://otel:4317/', protocol: 'grpc', sampleRatio: 0.01 });
+    expect(agentConfig({ ...base, tracingEndpoint: 'http://otel:4318/v1/traces', tracingProtocol: 'http/json', tracingSampleRatio: '1' }).tracing).toEqual({ endpoint: 'http://otel:4318/v1/traces', protocol: 'http/json', sampleRatio: 1 });
+    expect(() => agentConfig({ ...base, tracingSampleRatio: '0.5' })).toThrow(/go with --tracing-endpoint/);
+    expect(() => agentConfig({ ...base, tracingEndpoint: 'otel:4317' })).toThrow(/an http:\/\/ or https:\/\/ URL/);
+    expect(() => agentConfig({ ...base, tracingEndpoint: 'http://otel:4317/x' })).toThrow(/OTLP\/gRPC takes no path/);
+    expect(() => agentConfig({ ...base, tracingEndpoint: 'http://otel:4317', tracingProtocol: 'zipkin' })).toThrow(/use grpc .*http\/protobuf or http\/json/);
+    for (const bad of ['2', '-0.1', 'half', '1e-2']) expect(() => agentConfig({ ...base, tracingEndpoint: 'http://otel:4317', tracingSampleRatio: bad })).toThrow(/a number from 0 to 1/);
+  });
+});
+
 describe('docs/cli.md', () => {
   it('documents every flag of `trellis agent` and `trellis identity`', async () => {
     const { readFileSync } = await import('node:fs');
