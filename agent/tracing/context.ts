@@ -1,7 +1,9 @@
 // Trace context on the L7 path: W3C `traceparent`/`tracestate` and B3 (single `b3` header and the multi-header
 // `x-b3-*` form) read off a request's headers, and written back for the next hop. A value that does not parse is
 // ignored and never passed on: the headers the next hop gets are always the agent's own, well-formed ones.
-import type { Headers } from '../l7/headers.js';
+
+/** Header fields as the L7 path carries them (l7/headers.ts): lowercase names, repeated fields as arrays. */
+export type Headers = Record<string, string | string[]>;
 
 /** A caller's span, as its headers name it. `sampled` undefined: B3 left the decision to us. */
 export interface ParentContext {

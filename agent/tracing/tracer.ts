@@ -5,8 +5,20 @@
 // new trace is sampled at --tracing-sample-ratio. Only a sampled request costs a span; finished spans go to the
 // thread's OTLP exporter (otlp.ts).
 import { randomFillSync } from 'node:crypto';
-import type { L7Request } from '../l7/exchange.js';
-import { extract, inject, type B3Form } from './context.js';
+import { extract, inject, type B3Form, type Headers } from './context.js';
+
+/** What a span reads of a request (l7/exchange.ts's L7Request has it all; tracing sits below l7 and knows no more). */
+export interface TracedRequest {
+  readonly protocol: 'http1' | 'h2';
+  readonly appProtocol?: 'h2';
+  readonly grpc: boolean;
+  readonly method: string;
+  readonly authority: string;
+  readonly path: string;
+  readonly headers: Headers;
+  readonly requestId: string;
+  readonly startedAt: number;
+}
 
 export type SpanKind = 'client' | 'server';
 
@@ -24,7 +36,7 @@ export interface ActiveSpan {
 
 /** What a span says about its request when it ends (record.ts fills it from the request's record). */
 export interface SpanEnd {
-  readonly req: L7Request;
+  readonly req: TracedRequest;
   readonly status: number;
   readonly grpcStatus: string;
   readonly error: string | undefined;
@@ -116,7 +128,7 @@ export class Tracer {
    * context the next hop gets in their place: this span as its parent. Returns the span to end, or undefined when the
    * request is not sampled (its context is still passed on, so the hops after it decide the same).
    */
-  start(req: L7Request, kind: SpanKind): ActiveSpan | undefined {
+  start(req: TracedRequest, kind: SpanKind): ActiveSpan | undefined {
     const headers = req.headers;
     const { parent, b3, deny } = extract(headers);
     const sampled = parent?.sampled ?? (!deny && this.inputs.random() < this.inputs.sampleRatio);

@@ -16,7 +16,7 @@ const LAYERS: readonly (readonly string[])[] = [
   ['model'],
   ['identity', 'telemetry'],
   ['state'],
-  ['security', 'io', 'tap'],
+  ['security', 'io', 'tap', 'tracing'],
   ['l7'],
   ['proxy'],
   ['capture', 'sources'],
