@@ -113,7 +113,8 @@ describe('OtlpExporter', () => {
       expect(got.attributes).toEqual(sent.attributes);
       expect(got.resource).toEqual({ 'service.name': 'trellis-agent', 'k8s.node.name': 'node-a' });
       expect(got.startNs).toBe(BigInt(sent.startTime[0]) * 1_000_000_000n + BigInt(sent.startTime[1]));
-      expect((await metrics.tracingSpansExported.get()).values[0]!.value).toBe(10);
+      // Counted once the collector's answer is back, which may be a moment after it has the spans.
+      await until('10 spans counted as exported', async () => (await metrics.tracingSpansExported.get()).values[0]!.value === 10, 5000);
       await exporter.close();
       await receiver.close();
     });
