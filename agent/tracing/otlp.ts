@@ -1,6 +1,7 @@
 // OTLP export of finished spans, one exporter per agent thread: a bounded queue, batches sent one at a time over
 // gRPC (TraceService/Export, 4317) or HTTP (POST /v1/traces, 4318, protobuf or JSON). Encoding is OpenTelemetry's own
-// (@opentelemetry/otlp-transformer's serializers), loaded at the first export, so an agent without tracing never
+// (@opentelemetry/otlp-transformer's serializers), loaded when the exporter is made (the agent starting, before it
+// carries traffic: compiling those modules takes a few hundred ms of one thread), so an agent without tracing never
 // loads it. The request path only ever pushes onto the queue: a full queue drops the span and counts it, an export
 // that fails drops its batch and counts it; a slow or broken collector never holds a request.
 import http from 'node:http';
@@ -42,6 +43,8 @@ export class OtlpExporter implements SpanSink {
   private timer: NodeJS.Timeout | undefined;
   private serialize: Serialize | undefined;
   private send: Send | undefined;
+  /** The serializer and transport being loaded; a failure is the first export's error. */
+  private readonly loaded: Promise<void>;
   private lastWarning = 0;
   private closed = false;
   private readonly maxQueue: number;
@@ -58,6 +61,8 @@ export class OtlpExporter implements SpanSink {
     const queueFull = inputs.metrics.tracingSpansDropped.labels({ reason: 'queue_full' });
     const failed = inputs.metrics.tracingSpansDropped.labels({ reason: 'export_failed' });
     this.dropped = { queueFull: () => queueFull.inc(), failed: (n) => failed.inc(n) };
+    this.loaded = this.load();
+    this.loaded.catch(() => undefined);
   }
 
   push(span: FinishedSpan): void {
@@ -112,7 +117,7 @@ export class OtlpExporter implements SpanSink {
 
   private async export(batch: FinishedSpan[]): Promise<void> {
     try {
-      if (!this.send) await this.load();
+      await this.loaded;
       const body = this.serialize!(batch);
       if (!body) throw new Error('the spans could not be encoded');
       await this.send!(body);
