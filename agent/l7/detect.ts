@@ -147,19 +147,42 @@ export interface SniffResult {
  * nothing is opaque TCP (a server-speaks-first protocol), but one that sent the start of what could still be a
  * request line is HTTP/1: pausing in the middle of a request must not make it opaque.
  */
-export function sniff(socket: Readable, timeoutMs: number): Promise<SniffResult> {
+export async function sniff(socket: Readable, timeoutMs: number): Promise<SniffResult> {
+  const found = await peek(socket, timeoutMs, (head, final) => {
+    const verdict = head.length === 0 ? 'more' : classify(head);
+    if (verdict !== 'more') return verdict;
+    if (final === 'end') return 'tcp';
+    return final === 'timeout' ? (head.length > 0 ? 'http1' : 'tcp') : undefined;
+  });
+  return { protocol: found.value, timedOut: found.timedOut };
+}
+
+/**
+ * Why a peek must decide now: the client ended (FIN, or the socket closed) behind the bytes it sent, or the time is
+ * up; false while more bytes may come.
+ */
+export type PeekFinal = 'end' | 'timeout' | false;
+
+/**
+ * The one way the agent looks at a client's first bytes (protocol detection, egress names): `judge` is asked again
+ * each time new bytes arrive, with everything sent so far, and answers undefined while it needs more; it must answer
+ * once `final` is set. Nothing is consumed: every byte read is put back at once. A client that sends nothing holds
+ * nothing past `timeoutMs`; how many bytes are looked at is the judge's bound (the socket stops reading from the
+ * kernel past its buffer's high-water mark, so a judge that needs more than that decides at the timeout).
+ */
+export function peek<T>(socket: Readable, timeoutMs: number, judge: (head: Buffer, final: PeekFinal) => T | undefined): Promise<{ value: T; timedOut: boolean }> {
   return new Promise((resolve) => {
     /** Bytes looked at so far; they are in the socket's buffer. */
-    let seen = 0;
+    let head: Buffer = EMPTY;
     let done = false;
-    const finish = (protocol: AppProtocol, timedOut: boolean) => {
+    const finish = (value: T, timedOut: boolean) => {
       if (done) return;
       done = true;
       clearTimeout(timer);
       socket.off('readable', onReadable);
       socket.off('end', onEnd);
       socket.off('close', onEnd);
-      resolve({ protocol, timedOut });
+      resolve({ value, timedOut });
     };
     // Whether the client has ended (FIN) behind the bytes buffered: asking for one byte more than there is gives
     // null until then, and all of them after (put back, so 'end' waits for the next reader).
@@ -170,26 +193,29 @@ export function sniff(socket: Readable, timeoutMs: number): Promise<SniffResult>
       return true;
     };
     const onReadable = () => {
-      if (socket.readableLength > seen) {
-        const head = socket.read() as Buffer;
+      if (socket.readableLength > head.length) {
+        head = socket.read() as Buffer;
         socket.unshift(head);
-        seen = head.length;
-        const verdict = classify(head);
-        if (verdict !== 'more') return finish(verdict, false);
+        const verdict = judge(head, false);
+        if (verdict !== undefined) return finish(verdict, false);
       }
       // Nothing new (a stream announces bytes put back as readable again: reading them again would be a busy
       // loop that starves the timeout), or the client ended before its bytes said anything.
-      if (seen > 0 && ended()) finish('tcp', false);
+      if (head.length > 0 && ended()) finish(judge(head, 'end')!, false);
     };
-    const onEnd = () => finish('tcp', false);
+    const onEnd = () => finish(judge(head, 'end')!, false);
     // The timeout measures the client's silence, not the agent's own stalls: when it fires, what arrived meanwhile (a
     // FIN behind a short opaque message, say) is read first, in this turn of the event loop, before the verdict.
-    const timer = setTimeout(() => setImmediate(() => finish(seen > 0 ? 'http1' : 'tcp', true)), timeoutMs);
+    const timer = setTimeout(() => setImmediate(() => {
+      if (!done) finish(judge(head, 'timeout')!, true);
+    }), timeoutMs);
     socket.on('readable', onReadable);
     socket.once('end', onEnd);
     socket.once('close', onEnd);
   });
 }
+
+const EMPTY = Buffer.alloc(0);
 
 /**
  * On a port declared HTTP, which version: HTTP/2 with prior knowledge (the preface) or HTTP/1.1, as Istio
