@@ -90,6 +90,7 @@ export const EXTENSION_KINDS = {
   GRPCRoute: 'gateway.networking.k8s.io/v1',
   FaultInjection: 'traffic.trellis.dev/v1alpha1',
   RetryBudget: 'traffic.trellis.dev/v1alpha1',
+  EgressNetwork: 'traffic.trellis.dev/v1alpha1',
   AuthorizationPolicy: 'security.trellis.dev/v1alpha1',
   PeerAuthentication: 'security.trellis.dev/v1alpha1',
 } as const;

@@ -56,6 +56,7 @@ export const WATCHED_KINDS: readonly WatchedKind[] = [
   custom('GRPCRoute', 'grpcroutes'),
   custom('FaultInjection', 'faultinjections'),
   custom('RetryBudget', 'retrybudgets'),
+  custom('EgressNetwork', 'egressnetworks'),
   custom('AuthorizationPolicy', 'authorizationpolicies'),
   custom('PeerAuthentication', 'peerauthentications'),
 ];

@@ -10,6 +10,7 @@ import {
   type Service,
 } from '../model/objects.js';
 import { compilePolicies, pendingPolicies, type PolicySet } from '../model/policy/policy-set.js';
+import { compileEgressNetworks, EMPTY_EGRESS, type EgressTable } from '../model/egress.js';
 import { compileRetryBudgets, type RetryBudgetSpec } from '../model/retry-budget.js';
 import { compileRoutes, routeFor, type CompileResult, type CompiledRoutes } from '../model/routes/index.js';
 import { compileServices, type ServiceInfo, type ServicePortInfo } from '../model/services.js';
@@ -22,6 +23,10 @@ export interface TrafficConfig {
   readonly retryBudgets: ReadonlyMap<string, RetryBudgetSpec>;
   /** Invalid RetryBudget objects, one line each naming the object and field. */
   readonly budgetErrors: readonly string[];
+  /** EgressNetworks per client namespace (model/egress.ts). */
+  readonly egress: EgressTable;
+  /** Invalid EgressNetwork objects, same format; an invalid one is not in force (its addresses are not governed). */
+  readonly egressErrors: readonly string[];
 }
 
 /** One endpoint (IP and port): the first Service found there and every Service port it serves. */
@@ -89,7 +94,7 @@ export class MeshState {
     this.workloads = workloads;
     this.services = services;
     this.policies = policies ?? pendingPolicies();
-    this.traffic = traffic ?? { routes: compileRoutes([], services), retryBudgets: new Map(), budgetErrors: [] };
+    this.traffic = traffic ?? { routes: compileRoutes([], services), retryBudgets: new Map(), budgetErrors: [], egress: EMPTY_EGRESS, egressErrors: [] };
     const byIp = new Map<string, Workload>();
     for (const w of workloads.values()) if (w.ip) byIp.set(w.ip, w);
     const byVip = new Map<string, ServiceInfo>();
@@ -197,11 +202,12 @@ export class Store {
 
   // Route and budget problems are logged once when they appear, not on every snapshot that still has them.
   private reportTraffic(next: TrafficConfig, previous: TrafficConfig): void {
-    const seen = new Set([...previous.routes.errors, ...previous.routes.unresolved, ...previous.budgetErrors]);
-    const fresh = [...next.routes.errors, ...next.budgetErrors].filter((e) => !seen.has(e));
+    const seen = new Set([...previous.routes.errors, ...previous.routes.unresolved, ...previous.budgetErrors, ...previous.egressErrors]);
+    const fresh = [...next.routes.errors, ...next.budgetErrors, ...next.egressErrors].filter((e) => !seen.has(e));
     const unresolved = next.routes.unresolved.filter((e) => !seen.has(e));
     for (const e of next.routes.errors) if (!seen.has(e)) this.inputs.logger.warn({ reason: e }, 'route rejected; its last valid version stays in force');
     for (const e of next.budgetErrors) if (!seen.has(e)) this.inputs.logger.warn({ reason: e }, 'retry budget rejected');
+    for (const e of next.egressErrors) if (!seen.has(e)) this.inputs.logger.warn({ reason: e }, 'egress network rejected');
     for (const e of unresolved) this.inputs.logger.warn({ reason: e }, 'route reference does not resolve');
     if (fresh.length) this.inputs.onInvalid?.(fresh.length);
   }
@@ -242,6 +248,7 @@ export function compile(objects: readonly KubeObject[], trustDomain: string, ver
   const compiled = compileServices(services, slicesByService);
   const routes = compileRoutes(objects, compiled, { ...(previous && { previous: previous.traffic.routes }) });
   const budgets = compileRetryBudgets(objects, compiled);
+  const egress = compileEgressNetworks(objects, previous?.traffic.egress);
   const policies = compilePolicies(objects, { trustDomain, ...(previous && { previous: previous.policies }) });
-  return new MeshState(version, workloads, compiled, { routes, retryBudgets: budgets.budgets, budgetErrors: budgets.errors }, policies);
+  return new MeshState(version, workloads, compiled, { routes, retryBudgets: budgets.budgets, budgetErrors: budgets.errors, egress: egress.table, egressErrors: egress.errors }, policies);
 }

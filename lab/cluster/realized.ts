@@ -17,6 +17,7 @@ const PREFIX: Record<KubeObject['kind'], string> = {
   GRPCRoute: 'grpcroute',
   FaultInjection: 'fault',
   RetryBudget: 'retrybudget',
+  EgressNetwork: 'egressnetwork',
   AuthorizationPolicy: 'authz',
   PeerAuthentication: 'peerauthn',
 };

@@ -30,6 +30,7 @@ const RESOURCES: Record<string, Resource> = {
   'gateway.networking.k8s.io/v1/GRPCRoute': { plural: 'grpcroutes', namespaced: true },
   'traffic.trellis.dev/v1alpha1/FaultInjection': { plural: 'faultinjections', namespaced: true },
   'traffic.trellis.dev/v1alpha1/RetryBudget': { plural: 'retrybudgets', namespaced: true },
+  'traffic.trellis.dev/v1alpha1/EgressNetwork': { plural: 'egressnetworks', namespaced: true },
   'security.trellis.dev/v1alpha1/AuthorizationPolicy': { plural: 'authorizationpolicies', namespaced: true },
   'security.trellis.dev/v1alpha1/PeerAuthentication': { plural: 'peerauthentications', namespaced: true },
 };

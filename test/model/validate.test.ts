@@ -22,6 +22,7 @@ function repositoryDocuments(): unknown[] {
     'manifests/examples/faultinjection.yaml',
     'manifests/examples/peerauthentication.yaml',
     'manifests/examples/retrybudget.yaml',
+    'manifests/examples/egressnetwork.yaml',
     'manifests/identity/deployment.yaml',
     'manifests/identity/service.yaml',
     'manifests/namespace.yaml',

@@ -134,6 +134,7 @@ describe('lab in cluster mode (root)', () => {
       .sort();
     expect(established).toEqual([
       'authorizationpolicies.security.trellis.dev',
+      'egressnetworks.traffic.trellis.dev',
       'faultinjections.traffic.trellis.dev',
       'gatewayclasses.gateway.networking.k8s.io',
       'gateways.gateway.networking.k8s.io',
