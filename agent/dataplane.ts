@@ -4,7 +4,7 @@
 import net from 'node:net';
 import type { Logger } from 'pino';
 import type { Clock } from './clock.js';
-import type { AgentConfig } from './config.js';
+import { DEFAULT_OPAQUE_PORTS, type AgentConfig } from './config.js';
 import { AGENT_MARK, TRANSPARENT_MARK } from './constants.js';
 import { TrellisError } from './errors.js';
 import type { CertSource } from './identity/certs.js';
@@ -144,6 +144,8 @@ export class DataPlane {
       random: Math.random,
       ...(this.l7 && { l7: this.l7 }),
       tap: inputs.tap,
+      // Egress names are read within the sniff's bounds; with L7 off, within its defaults.
+      detect: config.l7 ?? { detectTimeoutMs: 100, opaquePorts: new Set(DEFAULT_OPAQUE_PORTS.split(',').map(Number)) },
     });
   }
 

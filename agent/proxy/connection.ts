@@ -8,6 +8,7 @@ import type { AccessLog } from '../telemetry/audit.js';
 import { members, peer, q } from '../telemetry/access-line.js';
 import type { TappedConnection } from '../tap/events.js';
 import type { TapHub } from '../tap/hub.js';
+import { EGRESS_WORKLOAD, egressMember, type EgressFacts } from './egress.js';
 
 /** What every connection record reports to. */
 export interface RecordSinks {
@@ -21,13 +22,31 @@ export interface RecordSinks {
 export interface ConnectionFields {
   direction: 'outbound' | 'inbound';
   src: { ip?: string; port?: number; workload?: Workload; principal?: string };
-  dst: { ip?: string; port?: number; workload?: Workload; principal?: string; service?: string };
+  /** `host`: the name the client gave an egress destination (TLS SNI, HTTP Host). */
+  dst: { ip?: string; port?: number; workload?: Workload; principal?: string; service?: string; host?: string };
   security: 'mutual_tls' | 'none';
+  /** Set for a destination outside the cluster (proxy/egress.ts). */
+  egress?: EgressFacts;
   /** The authorization decision, as the access (audit) line carries it. */
   authz?: Record<string, unknown>;
 }
 
 export function tcpLabels(f: ConnectionFields): TcpLabels {
+  const e = f.egress;
+  if (e) {
+    // Bounded: a declared host by its declared name, anything else `unknown` (the access line has the real name).
+    return {
+      reporter: 'source',
+      source_workload: f.src.workload?.name ?? 'unknown',
+      source_workload_namespace: f.src.workload?.namespace ?? 'unknown',
+      source_principal: f.src.principal ?? 'unknown',
+      destination_workload: EGRESS_WORKLOAD,
+      destination_workload_namespace: e.networkNamespace ?? 'unknown',
+      destination_principal: 'unknown',
+      destination_service: e.declared ?? 'unknown',
+      connection_security_policy: f.security,
+    };
+  }
   return {
     reporter: f.direction === 'outbound' ? 'source' : 'destination',
     source_workload: f.src.workload?.name ?? 'unknown',
@@ -94,7 +113,9 @@ export class ConnectionRecord implements SpliceHooks, TappedConnection {
       // agent's CPU when every connection is short.
       const d = peer(f.dst.ip, f.dst.port, f.dst.workload?.key, f.dst.principal);
       let m = `"direction":"${f.direction}","src":{${peer(f.src.ip, f.src.port, f.src.workload?.key, f.src.principal)}}`;
-      m += `,"dst":{${d}${f.dst.service === undefined ? '' : `${d ? ',' : ''}"service":${q(f.dst.service)}`}},"security":"${f.security}"`;
+      m += `,"dst":{${d}${f.dst.service === undefined ? '' : `${d ? ',' : ''}"service":${q(f.dst.service)}`}${f.dst.host === undefined ? '' : `,"host":${q(f.dst.host)}`}}`;
+      if (f.egress) m += `,"egress":{${members(egressMember(f.egress)).slice(1)}}`;
+      m += `,"security":"${f.security}"`;
       m += `,"bytes_received":${this.bytesIn},"bytes_sent":${this.bytesOut},"duration_ms":${durationMs}${members(f.authz)}`;
       if (errorText !== undefined) m += `,"error":${q(errorText)}`;
       log.line(m, 'connection');
@@ -104,7 +125,8 @@ export class ConnectionRecord implements SpliceHooks, TappedConnection {
       {
         direction: f.direction,
         src: { ip: f.src.ip, port: f.src.port, workload: f.src.workload?.key, principal: f.src.principal },
-        dst: { ip: f.dst.ip, port: f.dst.port, workload: f.dst.workload?.key, principal: f.dst.principal, service: f.dst.service },
+        dst: { ip: f.dst.ip, port: f.dst.port, workload: f.dst.workload?.key, principal: f.dst.principal, service: f.dst.service, host: f.dst.host },
+        ...(f.egress && { egress: egressMember(f.egress) }),
         security: f.security,
         bytes_received: this.bytesIn,
         bytes_sent: this.bytesOut,

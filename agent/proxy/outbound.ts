@@ -1,6 +1,8 @@
 // Outbound: a connection the app made, redirected to 15001 in its netns. Recover where it was going; a call to
 // a Service port that speaks HTTP (declared or sniffed) goes to the L7 proxy, which routes each request;
-// anything else is resolved to an endpoint and carried over HBONE to a meshed destination or as plain TCP.
+// anything else is resolved to an endpoint and carried over HBONE to a meshed destination or as plain TCP. A
+// destination that is neither a pod nor a Service is egress: named by what the client sent (TLS SNI, HTTP Host),
+// judged by its namespace's EgressNetworks, and carried as plain TCP from the pod's netns.
 import type http2 from 'node:http2';
 import type net from 'node:net';
 import type { Logger } from 'pino';
@@ -16,6 +18,10 @@ import type { Connector } from './connector.js';
 import { formatAuthority } from './hbone.js';
 import { resolveOutbound } from './resolve.js';
 import { resetSide, splice } from '../io/splice.js';
+import type { DetectOptions } from '../l7/detect.js';
+import { peekDestinationName, type DestinationName } from '../l7/destination-name.js';
+import { decideEgress } from '../model/egress.js';
+import { egressFields, refusedEgressLine } from './egress.js';
 import type { AccessLog } from '../telemetry/audit.js';
 import type { TapHub } from '../tap/hub.js';
 
@@ -31,6 +37,8 @@ export interface OutboundInputs {
   l7?: L7Proxy;
   /** This thread's tap hub (agent/tap/). */
   tap?: TapHub | undefined;
+  /** How long and on which ports an egress connection's first bytes are read for its name (the sniff's bounds). */
+  detect: DetectOptions;
 }
 
 export class Outbound {
@@ -63,6 +71,7 @@ export class Outbound {
 
     const target = resolveOutbound(this.inputs.state(), dst, this.inputs.random);
     if (target.kind === 'fail') return this.refuse(down, src, target.reason, target.message);
+    if (target.kind === 'passthrough' && !target.workload && !target.service) return this.egress(down, src, dst);
 
     const where = `outbound ${src.key} -> ${formatAuthority(dst.address, dst.port)}`;
     let up: net.Socket | http2.ClientHttp2Stream;
@@ -90,6 +99,36 @@ export class Outbound {
       },
       this.inputs,
     );
+    const outcome = await splice(down, up, record);
+    record.finish(outcome.error);
+  }
+
+  /**
+   * Egress: the name the client gave (read without consuming a byte, within the sniff's bounds), the verdict of the
+   * client namespace's EgressNetworks, then plain TCP from the pod's netns straight to the address it dialled.
+   */
+  private async egress(down: net.Socket, src: Workload, dst: { address: string; port: number }): Promise<void> {
+    const { detect } = this.inputs;
+    const named: DestinationName = detect.opaquePorts.has(dst.port) ? { protocol: 'tcp' } : await peekDestinationName(down, detect.detectTimeoutMs);
+    if (down.destroyed) return;
+    const verdict = decideEgress(this.inputs.state().traffic.egress, src.namespace, dst.address, named.name);
+    const fields = egressFields(down, src, dst, named, verdict);
+    if (!verdict.allowed) {
+      refusedEgressLine(this.inputs, fields, verdict);
+      resetSide(down);
+      return;
+    }
+    let up: net.Socket | http2.ClientHttp2Stream;
+    try {
+      up = await this.inputs.connector.open(src, { ip: dst.address, port: dst.port });
+    } catch (err) {
+      return this.refuse(down, src, 'connect_failed', wrapError(`egress ${src.key} -> ${formatAuthority(named.name ?? dst.address, dst.port)}`, err).message);
+    }
+    if (down.destroyed) {
+      resetSide(up);
+      return;
+    }
+    const record = new ConnectionRecord(fields, this.inputs);
     const outcome = await splice(down, up, record);
     record.finish(outcome.error);
   }

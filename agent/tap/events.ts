@@ -15,6 +15,8 @@ export interface TapPeerInfo {
   pod?: string;
   identity?: string;
   service?: string;
+  /** The name the client gave a destination outside the cluster (TLS SNI, HTTP Host). */
+  host?: string;
 }
 
 export interface TapHeader {
@@ -86,7 +88,7 @@ export interface TappedConnection {
   readonly fields: {
     readonly direction: 'outbound' | 'inbound';
     readonly src: TapPeer;
-    readonly dst: TapPeer & { readonly service?: string | undefined };
+    readonly dst: TapPeer & { readonly service?: string | undefined; readonly host?: string | undefined };
     readonly security: string;
     /** The audit line's decision members (`authz`), as on requests. */
     readonly authz?: Readonly<Record<string, unknown>> | undefined;
@@ -222,6 +224,7 @@ function connectionEvents(ctx: BuildContext, rec: TappedConnection, phase: 'open
     destination: peerInfo(f.dst, f.dst.service),
     security: f.security,
   };
+  if (f.dst.host !== undefined) event.destination!.host = f.dst.host;
   const authz = authzOf(f.authz);
   if (authz) event.authz = authz;
   if (phase === 'open') event.tcpOpen = {};

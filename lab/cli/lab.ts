@@ -45,6 +45,7 @@ export function registerLabCommands(program: Command): void {
       .option('--gateway-channel <channel>', 'with --cluster: the Gateway API CRDs installed, standard|experimental (routes with rules[].name or retry need experimental)', 'standard')
       .option('--prometheus', "run a Prometheus in the lab (a netns of its own) scraping every agent, with manifests/monitoring/'s recording rules: what `trellis stat|edges|routes|top|dashboard` read")
       .option('--scrape-interval <duration>', 'with --prometheus: how often it scrapes the agents and evaluates the rules', '2s')
+      .option('--internet', 'an internet for egress: a netns on the fabric owning 198.18.0.0/15 (never routed on the real internet), reached from every pod through its node; run servers there with `ip netns exec trl-NAME-inet ...`')
       .addHelpText(
         'after',
         '\nExamples:\n  trellis lab up -f examples/demo/mesh.yaml\n  trellis lab up -f manifests/ --name b --nodes n1,n2,n3 --no-agents\n' +
@@ -53,7 +54,7 @@ export function registerLabCommands(program: Command): void {
           '  trellis lab up -f examples/demo/mesh.yaml --agent-args "--workers 2 --tap-redact-headers x-api-key"\n' +
           '\nEvery Pod needs spec.nodeName. Each container\'s command (and args) runs in the pod\'s netns; images are ignored.',
       ),
-  ).action(async (flags: LabFlags & { file: string[]; nodes?: string; agents: boolean; logLevel?: string; agentArgs?: string; cluster?: boolean; gatewayChannel: string; prometheus?: boolean; scrapeInterval: string }) => {
+  ).action(async (flags: LabFlags & { file: string[]; nodes?: string; agents: boolean; logLevel?: string; agentArgs?: string; cluster?: boolean; gatewayChannel: string; prometheus?: boolean; scrapeInterval: string; internet?: boolean }) => {
     if (flags.gatewayChannel !== 'standard' && flags.gatewayChannel !== 'experimental') {
       throw new LabError('EINVAL', `--gateway-channel ${flags.gatewayChannel}: use standard or experimental`);
     }
@@ -67,6 +68,7 @@ export function registerLabCommands(program: Command): void {
       ...(flags.nodes !== undefined && { nodes: flags.nodes.split(',').map((s) => s.trim()).filter(Boolean) }),
       ...(flags.cluster && { cluster: { gatewayChannel: flags.gatewayChannel } }),
       ...(flags.prometheus && { prometheus: { scrapeInterval: flags.scrapeInterval } }),
+      ...(flags.internet && { internet: true }),
       progress: (step) => process.stderr.write(`lab ${flags.name}: ${step}\n`),
     });
     process.stdout.write(`${statusTable(await l.status())}\n`);
@@ -75,6 +77,7 @@ export function registerLabCommands(program: Command): void {
       const lab = flags.name === DEFAULT_LAB_NAME ? '' : ` --lab ${flags.name}`;
       process.stderr.write(`prometheus: ${prom.url} in netns ${prom.netns}, scraping every ${prom.scrapeInterval}; read it with \`trellis stat${lab} -n NAMESPACE\`\n`);
     }
+    if (l.internet) process.stderr.write(`internet: ${l.internet.network} in netns ${l.internet.netns}\n`);
     const down = flags.name === DEFAULT_LAB_NAME ? 'trellis lab down' : `trellis lab down --name ${flags.name}`;
     process.stderr.write(`lab ${l.name} is up (${((Date.now() - started) / 1000).toFixed(1)} s); remove it with \`${down}\`\n`);
   });

@@ -1,7 +1,7 @@
 // ClusterIP emulation (kube-proxy's job) for one node netns: one nft table, replaced in one transaction.
 // Traffic from the node's pods (prerouting) and from the node itself (output) is DNATed to a random ready endpoint.
 import type { LabNode, LabPlan } from './plan.js';
-import { FABRIC_NET, KUBE_TABLE, POD_NET, SERVICE_NET } from './names.js';
+import { FABRIC_NET, INTERNET_NET, KUBE_TABLE, POD_NET, SERVICE_NET } from './names.js';
 
 export function kubeProxyRuleset(plan: LabPlan, node: LabNode): string {
   const local = plan.pods.filter((p) => p.node === node.name);
@@ -41,11 +41,12 @@ export function kubeProxyRuleset(plan: LabPlan, node: LabNode): string {
     `    ct status dnat ip saddr . ip daddr @hairpin snat ip to ${node.gatewayIp}`,
     '  }',
     // A VIP left untranslated (no endpoint, unknown port) is refused at once, like kube-proxy does;
-    // anything outside the lab is unreachable, so no lab traffic ever heads for the host.
+    // anything outside the lab is unreachable, so no lab traffic ever heads for the host (the lab's internet is in the
+    // lab: routed to its netns when the lab has one, unroutable from the node otherwise).
     '  chain forward {',
     '    type filter hook forward priority filter; policy accept;',
     `    ip daddr ${SERVICE_NET} meta l4proto tcp reject with tcp reset`,
-    `    ip daddr != { ${POD_NET}, ${FABRIC_NET} } reject with icmp type net-unreachable`,
+    `    ip daddr != { ${POD_NET}, ${FABRIC_NET}, ${INTERNET_NET} } reject with icmp type net-unreachable`,
     '  }',
     '  chain local-out {',
     '    type filter hook output priority filter; policy accept;',

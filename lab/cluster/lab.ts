@@ -17,6 +17,7 @@ import {
   DEFAULT_LAB_NAME,
   DEFAULT_STATE_ROOT,
   FIRST_POD_HOST,
+  INTERNET_NET,
   LAB_ENV,
   MAX_PODS_PER_NODE,
   NETNS_PREFIX,
@@ -43,7 +44,7 @@ import {
 import { inApplyOrder, objectFileName, readObject, setAnnotation, writeClusterObjects } from './realized.js';
 import { run, type RunOptions } from './run.js';
 import { labPaths, readState, writeFileAtomic, writeState, STATE_VERSION, type LabPaths, type LabState, type PodState } from './state.js';
-import { addPodNetwork, createNetwork, deleteNetns, listNetns } from './topology.js';
+import { addInternet, addPodNetwork, createNetwork, deleteNetns, listNetns } from './topology.js';
 import { LabCluster, type ClusterOptions } from './cluster.js';
 import { cniAdd, cniPlugin, nodeCni } from './cni.js';
 import { createPodObject, ensure, reportPodStatus } from './kubelet.js';
@@ -79,6 +80,12 @@ export interface LabOptions {
    * recording rules of manifests/monitoring/; `lab.prometheus` says where it answers.
    */
   prometheus?: boolean | PrometheusOptions;
+  /**
+   * An internet for egress (topology.ts addInternet): a netns on the fabric owning 198.18.0.0/15 (a range never
+   * routed on the real internet), reached from every pod through its node; `lab.internet` says where, and
+   * `spawnInInternet` runs servers there.
+   */
+  internet?: boolean;
   /**
    * Cluster mode: the agents serve the trellis-cni plugin (`--cni-socket`, `--cni-optin-file`, per node under the
    * lab's state), and `addPod` starts pods as a kubelet does, through a real CNI ADD. The pods of the manifests are
@@ -189,6 +196,10 @@ export class Lab {
       await lab.save();
       progress(`network: ${plan.nodes.length} nodes, ${plan.pods.length} pods`);
       await createNetwork(plan);
+      if (opts.internet) {
+        state.internet = { netns: await addInternet(name, plan.nodes) };
+        await lab.save();
+      }
       await lab.writeShims();
       const { LocalCa } = await import('../../agent/identity/ca.js');
       if (opts.cluster) {
@@ -465,6 +476,27 @@ export class Lab {
   get prometheus(): (Pick<PrometheusRecord, 'url' | 'netns' | 'scrapeInterval'> & { netnsPath: string }) | undefined {
     const p = this.state.prometheus;
     return p && { url: p.url, netns: p.netns, netnsPath: netnsPath(p.netns), scrapeInterval: p.scrapeInterval };
+  }
+
+  /** The lab's internet (`up` with `internet`): its netns and the addresses it owns; undefined without one. */
+  get internet(): { netns: string; netnsPath: string; network: string } | undefined {
+    const i = this.state.internet;
+    return i && { netns: i.netns, netnsPath: netnsPath(i.netns), network: INTERNET_NET };
+  }
+
+  /**
+   * Starts a long-running argv in the lab's internet (a server on one of its addresses; stdio piped, the lab's
+   * `trellis` and `node` first on its PATH); down() ends it, and `sweep` finds it by its netns or the lab marker.
+   */
+  spawnInInternet(argv: string[]): ChildProcess {
+    const internet = this.internet;
+    if (!internet) throw new LabError('EINVAL', `lab '${this.name}' has no internet: bring it up with internet (--internet)`);
+    if (argv.length === 0) throw new LabError('EINVAL', 'no command given');
+    const env = { ...process.env, PATH: `${this.paths.binDir}:${process.env.PATH ?? ''}`, [LAB_ENV]: this.name };
+    const child = spawnChild('ip', ['netns', 'exec', internet.netns, ...argv], { env, detached: true, stdio: 'pipe' });
+    const record = child.pid === undefined ? undefined : recordOf(child.pid);
+    if (record) this.spawned.push({ child, record });
+    return child;
   }
 
   /** Cluster mode's handle (from the state when another process brought the lab up); undefined in local mode. */

@@ -24,6 +24,13 @@ export const FIRST_SERVICE_IP = '10.96.0.10';
 export const CONTROL_PLANE_IP = '172.30.0.2';
 /** The lab's Prometheus (`lab up --prometheus`), in a netns of its own on the fabric. */
 export const PROMETHEUS_IP = '172.30.0.3';
+/** The lab's internet (`lab up --internet`): a netns of its own on the fabric, owning every address of INTERNET_NET. */
+export const INTERNET_FABRIC_IP = '172.30.0.4';
+/**
+ * The internet's addresses: 198.18.0.0/15, set aside for benchmarks (RFC 2544) and never routed on the real internet,
+ * so nothing the lab sends there can leave this machine as if it were public.
+ */
+export const INTERNET_NET = '198.18.0.0/15';
 /** Nodes are numbered from 1; node i's fabric address is 172.30.0.(10+i). */
 export const MAX_NODES = 240;
 /** Pods on node i get 10.244.i.j with j from 2 (10.244.i.1 is the node's own address). */
@@ -57,6 +64,10 @@ export function fabricNetns(lab: string): string {
 
 export function prometheusNetns(lab: string): string {
   return `${labPrefix(lab)}prom`;
+}
+
+export function internetNetns(lab: string): string {
+  return `${labPrefix(lab)}inet`;
 }
 
 export function nodeNetns(lab: string, i: number): string {

@@ -33,6 +33,8 @@ export interface LabState {
   agents: Record<string, ProcRecord | null>;
   /** The lab's Prometheus (`up --prometheus`); absent without one. */
   prometheus?: PrometheusRecord;
+  /** The lab's internet (`up --internet`): its netns; absent without one. */
+  internet?: { netns: string };
 }
 
 export interface LabPaths {

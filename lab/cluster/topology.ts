@@ -7,12 +7,15 @@ import { kubeProxyRuleset } from './kubeproxy.js';
 import {
   CONTROL_PLANE_IP,
   FABRIC_NET,
+  INTERNET_FABRIC_IP,
+  INTERNET_NET,
   NETNS_DIR,
   NODE_DEVICE,
   POD_GATEWAY,
   SERVICE_NET,
   fabricNetns,
   fabricPort,
+  internetNetns,
 } from './names.js';
 import type { LabNode, LabPlan, PlannedPod } from './plan.js';
 import { must, run } from './run.js';
@@ -67,6 +70,19 @@ export async function addFabricHost(lab: string, netns: string, ip: string, port
     `link set ${port} up`,
   ], `join ${netns} to the fabric`);
   await ipBatch(netns, ['link set lo up', `addr add ${ip}/${FABRIC_NET.split('/')[1]} dev eth0`, 'link set eth0 up'], `wire ${netns}`);
+}
+
+/**
+ * The lab's internet: a netns joined to the fabric (INTERNET_FABRIC_IP) where every address of INTERNET_NET is local
+ * (a `local` route, so a server binds any of them), routed from every node, and routing the pods' addresses back
+ * through their nodes. A pod reaches it through its node as it would leave a real cluster; nothing is NATed.
+ */
+export async function addInternet(lab: string, nodes: readonly LabNode[]): Promise<string> {
+  const netns = internetNetns(lab);
+  await addFabricHost(lab, netns, INTERNET_FABRIC_IP, 'inet');
+  await ipBatch(netns, [`route add local ${INTERNET_NET} dev lo`, ...nodes.map((n) => `route add ${n.podCidr} via ${n.fabricIp} dev eth0`)], `route ${netns}`);
+  await mapLimit([...nodes], PARALLEL, (n) => ipBatch(n.netns, [`route add ${INTERNET_NET} via ${INTERNET_FABRIC_IP} dev eth0`], `route node ${n.name} to the internet`));
+  return netns;
 }
 
 export function nodeScript(plan: LabPlan, node: LabNode, pods: PlannedPod[]): string[] {

@@ -163,6 +163,7 @@ export class CaptureAgent {
       accessLog: logger.child({ log: 'access' }),
       drain,
       random: Math.random,
+      detect: { detectTimeoutMs: 100, opaquePorts: new Set() },
     });
     this.steering = opts.inbound === 'sk_lookup' ? new InboundSteering({ probeSources: opts.probeSources ?? [], logger }) : undefined;
     const steering = this.steering;

@@ -37,7 +37,10 @@ export function formatEvent(e: TapEvent, output: Exclude<TapOutput, 'json'>): st
   if (e.summary) return out;
   const wide = output === 'wide';
   let common = `id=${v(e.node)}:${e.id ?? 0} proxy=${e.reporter === 'source' ? 'out' : 'in'} src=${addr(e.source)} dst=${addr(e.destination)}`;
-  common += ` src_wl=${wl(e.source)} dst_wl=${wl(e.destination)} tls=${e.security === 'mutual_tls'}`;
+  common += ` src_wl=${wl(e.source)} dst_wl=${wl(e.destination)}`;
+  // Egress: the name the client gave (SNI, Host), as the access line's dst.host.
+  if (e.destination?.host) common += ` dst_host=${v(e.destination.host)}`;
+  common += ` tls=${e.security === 'mutual_tls'}`;
   if (wide) {
     common += ` src_id=${v(e.source?.identity ?? '-')} dst_id=${v(e.destination?.identity ?? '-')} svc=${v(e.destination?.service ?? '-')}`;
     if (e.route) common += ` route=${v(e.route)} rule=${v(e.rule ?? '')}`;
