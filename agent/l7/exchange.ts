@@ -4,6 +4,8 @@ import type { ServiceInfo } from '../model/services.js';
 import type { Workload } from '../state/workload.js';
 import type { Body } from './body.js';
 import type { Headers } from './headers.js';
+import type { Balancer } from './policy/balancer.js';
+import type { UpstreamEndpoint } from './upstream-types.js';
 
 export type HttpProtocol = 'http1' | 'h2';
 
@@ -12,10 +14,15 @@ export interface CallContext {
   readonly src: Workload;
   readonly srcIp: string | undefined;
   readonly srcPort: number | undefined;
-  /** The Service the client called by ClusterIP, and the Service port. */
+  /**
+   * The Service the client called by ClusterIP, and the Service port. For egress, a stand-in: its key is the routes'
+   * (model/routes egressRouteKey), its host the declared host's name, and it has no endpoints.
+   */
   readonly service: ServiceInfo;
   readonly port: number;
   readonly protocol: HttpProtocol;
+  /** Egress routed at L7: every try goes to the address the client dialled, the one endpoint of this balancer. */
+  readonly egress?: { readonly balancer: Balancer<UpstreamEndpoint> };
 }
 
 export interface L7Request {

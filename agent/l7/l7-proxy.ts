@@ -14,7 +14,8 @@ import { H1Server, type H1Limits } from './h1/server.js';
 import { H2Server } from './h2/server.js';
 import { rejectedLine } from './record.js';
 import { Router } from './router.js';
-import { Upstreams, type TunnelOpener } from './upstream.js';
+import { Balancer } from './policy/balancer.js';
+import { Upstreams, type TunnelOpener, type UpstreamEndpoint } from './upstream.js';
 import type { AccessLog } from '../telemetry/audit.js';
 import type { TapHub } from '../tap/hub.js';
 import type { Tracer } from '../tracing/tracer.js';
@@ -94,9 +95,20 @@ export class L7Proxy {
     return selectProtocol(socket, portsOf(port), declaredProtocol(port), this.inputs.options, this.inputs.metrics);
   }
 
-  /** Serves an HTTP connection from `src` to a Service port until the client closes it. */
-  serve(socket: net.Socket, protocol: 'http1' | 'h2', src: Workload, service: ServiceInfo, port: number): void {
-    const ctx: CallContext = { src, srcIp: socket.remoteAddress, srcPort: socket.remotePort, service, port, protocol };
+  /**
+   * Serves an HTTP connection from `src` to a Service port until the client closes it. `egress`: the connection goes
+   * outside the cluster, to this address, and `service` is the stand-in its routes are keyed by.
+   */
+  serve(socket: net.Socket, protocol: 'http1' | 'h2', src: Workload, service: ServiceInfo, port: number, egress?: UpstreamEndpoint): void {
+    const ctx: CallContext = {
+      src,
+      srcIp: socket.remoteAddress,
+      srcPort: socket.remotePort,
+      service,
+      port,
+      protocol,
+      ...(egress && { egress: { balancer: new Balancer([egress], { clock: this.inputs.clock, random: this.inputs.random, key: (e) => `${e.ip}:${e.port}` }) } }),
+    };
     if (protocol === 'h2') this.h2.serve(socket, ctx);
     else this.h1.serve(socket, ctx);
   }

@@ -21,6 +21,8 @@ import { resetSide, splice } from '../io/splice.js';
 import type { DetectOptions } from '../l7/detect.js';
 import { peekDestinationName, type DestinationName } from '../l7/destination-name.js';
 import { decideEgress } from '../model/egress.js';
+import { egressRouteKey } from '../model/routes/compile.js';
+import type { ServiceInfo } from '../model/services.js';
 import { egressFields, refusedEgressLine } from './egress.js';
 import type { AccessLog } from '../telemetry/audit.js';
 import type { TapHub } from '../tap/hub.js';
@@ -117,6 +119,22 @@ export class Outbound {
       refusedEgressLine(this.inputs, fields, verdict);
       resetSide(down);
       return;
+    }
+    // Plaintext HTTP to a declared host with routes attached (HTTPRoute parentRef to the EgressNetwork): served at L7
+    // for their timeouts, retries and request metrics, each try to the address the client dialled.
+    const l7 = this.inputs.l7;
+    if (l7 && named.protocol === 'http1' && verdict.host && verdict.network) {
+      const state = this.inputs.state();
+      const keys = [egressRouteKey(verdict.network.key, verdict.host.name), egressRouteKey(verdict.network.key, '*')];
+      const key = keys.find((k) => state.routesFor(k, dst.port, src.namespace));
+      if (key) {
+        const leave = this.inputs.drain.enter();
+        down.once('close', leave);
+        const host = verdict.host.name;
+        const standIn: ServiceInfo = { key, namespace: verdict.network.namespace, name: host, host, vips: [], ports: [] };
+        l7.serve(down, 'http1', src, standIn, dst.port, { ip: dst.address, port: dst.port, service: host });
+        return;
+      }
     }
     let up: net.Socket | http2.ClientHttp2Stream;
     try {

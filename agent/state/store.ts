@@ -246,9 +246,10 @@ export function compile(objects: readonly KubeObject[], trustDomain: string, ver
     workloads.set(w.key, w);
   }
   const compiled = compileServices(services, slicesByService);
-  const routes = compileRoutes(objects, compiled, { ...(previous && { previous: previous.traffic.routes }) });
-  const budgets = compileRetryBudgets(objects, compiled);
+  // EgressNetworks first: routes may attach to them.
   const egress = compileEgressNetworks(objects, previous?.traffic.egress);
+  const routes = compileRoutes(objects, compiled, { ...(previous && { previous: previous.traffic.routes }), egress: egress.table });
+  const budgets = compileRetryBudgets(objects, compiled);
   const policies = compilePolicies(objects, { trustDomain, ...(previous && { previous: previous.policies }) });
   return new MeshState(version, workloads, compiled, { routes, retryBudgets: budgets.budgets, budgetErrors: budgets.errors, egress: egress.table, egressErrors: egress.errors }, policies);
 }

@@ -12,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { KubeObject } from '../../agent/model/objects.js';
 import { Lab } from '../../lab/cluster/lab.js';
 import { parsePrometheus, sumOf } from '../../lab/load/promtext.js';
 import { requireRoot } from '../support/root.js';
@@ -118,7 +119,10 @@ describe('egress (one-node lab with an internet)', () => {
     expect(await metric('trellis_tcp_connections_opened_total', labels)).toBe(1);
     // The server's reply is what the app read (payload bytes, TLS records included: the agent sees TLS as bytes).
     expect(await metric('trellis_tcp_sent_bytes_total', labels)).toBeGreaterThan(`${API} api.example.com\n`.length);
-    const lines = await until('its access line', async () => accessLines(mark).filter((l) => l.dst.ip === API));
+    const lines = await until('its access line', async () => {
+      const l = accessLines(mark).filter((x) => x.dst.ip === API);
+      return l.length > 0 && l;
+    });
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatchObject({
       direction: 'outbound',
@@ -134,7 +138,10 @@ describe('egress (one-node lab with an internet)', () => {
     const before = accepted(EVIL);
     const r = await peer<{ error?: string }>('egress/client', ['tls', EVIL, 'evil.example.net']);
     expect(r.error).toBe('ECONNRESET');
-    const lines = await until('the refusal line', async () => accessLines(mark).filter((l) => l.dst.ip === EVIL));
+    const lines = await until('the refusal line', async () => {
+      const l = accessLines(mark).filter((x) => x.dst.ip === EVIL);
+      return l.length > 0 && l;
+    });
     expect(lines[0]).toMatchObject({
       dst: { ip: EVIL, port: 443, host: 'evil.example.net' },
       egress: { network: 'egress/internet', policy: 'Deny', named_by: 'sni' },
@@ -207,6 +214,52 @@ describe('egress (one-node lab with an internet)', () => {
     // No label value carries a name nobody declared.
     expect(await lab.metrics(NODE)).not.toMatch(/evil\.example\.net|www\.example\.org/);
   });
+
+  it('applies an HTTPRoute timeout to a declared egress host (parentRef to the EgressNetwork)', async () => {
+    await lab.apply([
+      {
+        apiVersion: 'gateway.networking.k8s.io/v1',
+        kind: 'HTTPRoute',
+        metadata: { name: 'plain', namespace: 'egress' },
+        spec: {
+          parentRefs: [{ group: 'traffic.trellis.dev', kind: 'EgressNetwork', name: 'internet', port: 80 }],
+          hostnames: ['plain.example.com'],
+          rules: [{ name: 'slow', matches: [{ path: { type: 'PathPrefix', value: '/slow' } }], timeouts: { request: '300ms' } }, { name: 'rest' }],
+        },
+      } as unknown as KubeObject,
+    ]);
+    const routed = { reporter: 'source', route_namespace: 'egress', route_name: 'plain', destination_service: 'plain.example.com' };
+    // In force once a request is counted under the route (the agents reload the objects on their own).
+    await until('the route in force', async () => {
+      const r = await peer<{ status?: number }>('egress/client', ['http', PLAIN, 'plain.example.com', '/hello']);
+      return r.status === 200 && (await metric('trellis_requests_total', { ...routed, route_rule: 'rest' })) > 0;
+    }, 20_000);
+    const mark = logMark();
+    // The server answers /slow after 3 s; the route's request timeout answers first.
+    const slow = await peer<{ status: number; body: string }>('egress/client', ['http', PLAIN, 'plain.example.com', '/slow?ms=3000']);
+    expect(slow.status).toBe(504);
+    expect(await peer('egress/client', ['http', PLAIN, 'plain.example.com', '/slow?ms=10'])).toEqual({ status: 200, body: `${PLAIN} plain.example.com /slow` });
+    await until('both counted', async () => (await metric('trellis_requests_total', { ...routed, route_rule: 'slow' })) === 2);
+    expect(await metric('trellis_requests_total', { ...routed, route_rule: 'slow', response_code: '504' })).toBe(1);
+    expect(await metric('trellis_requests_total', { ...routed, route_rule: 'slow', response_code: '200' })).toBe(1);
+    const requests = await until('both request lines', async () => {
+      const l = lab
+        .agentLog(NODE)
+        .slice(mark)
+        .split('\n')
+        .filter((x) => x.includes('"msg":"request"'))
+        .map((x) => JSON.parse(x) as { status: number; path: string; route?: string; rule?: string; authority?: string; dst?: { ip?: string } })
+        // Lines of the requests before the mark may still be on their way (access lines leave in batches).
+        .filter((r) => r.path === '/slow');
+      return l.length >= 2 && l;
+    });
+    expect(requests.map((r) => [r.status, r.route, r.rule, r.dst?.ip])).toEqual([
+      [504, 'egress/plain', 'slow', PLAIN],
+      [200, 'egress/plain', 'slow', PLAIN],
+    ]);
+    // Another host of the EgressNetwork has no route: still carried at L4 (and refused here, being undeclared).
+    expect(await peer('egress/client', ['http', PLAIN, 'other.example.com', '/slow?ms=10'])).toMatchObject({ error: expect.any(String) });
+  }, 60_000);
 
   it('shows egress in `trellis tap` as the access line does', async () => {
     const child = spawn(path.join(ROOT, 'node_modules/.bin/node'), [path.join(ROOT, 'dist/agent/main.js'), 'tap', 'egress/client', '--lab', labName, '--limit', '3', '--duration', '20s'], { stdio: ['ignore', 'pipe', 'pipe'] });

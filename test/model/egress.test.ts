@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { compileEgressNetworks, decideEgress, type EgressTable } from '../../agent/model/egress.js';
 import type { KubeObject } from '../../agent/model/objects.js';
+import { egressRouteKey } from '../../agent/model/routes/compile.js';
 import { validateObject } from '../../agent/model/validate.js';
 import { Store } from '../../agent/state/store.js';
 import { captureLogger } from '../support/logger.js';
@@ -122,5 +123,44 @@ describe('decideEgress', () => {
     const forged = decideEgress(allow, 'shop', '198.18.0.20', 'api.example.com');
     expect(forged).toMatchObject({ allowed: true, code: 'undeclared_allowed' });
     expect(forged.host).toBeUndefined();
+  });
+});
+
+describe('HTTPRoute attached to an EgressNetwork', () => {
+  const network = en('internet', { trafficPolicy: 'Deny', hosts: [{ name: 'api.example.com' }, { name: '*.cdn.example.com' }] });
+  const route = (name: string, parentRef: Record<string, unknown>, hostnames?: string[], namespace = 'shop'): KubeObject =>
+    ({
+      apiVersion: 'gateway.networking.k8s.io/v1',
+      kind: 'HTTPRoute',
+      metadata: { name, namespace },
+      spec: { parentRefs: [{ group: 'traffic.trellis.dev', kind: 'EgressNetwork', name: 'internet', ...parentRef }], ...(hostnames && { hostnames }), rules: [{ timeouts: { request: '1s' } }] },
+    }) as unknown as KubeObject;
+
+  it('is keyed by the declared host and port it names, or every declared host without hostnames', () => {
+    const store = new Store({ trustDomain: 'cluster.local', logger: captureLogger().logger });
+    const state = store.replace([network, route('api', { port: 80 }, ['api.example.com']), route('all', { port: 8080 })]);
+    expect(state.routesFor(egressRouteKey('shop/internet', 'api.example.com'), 80, 'shop')?.routes).toEqual(['shop/api']);
+    expect(state.routesFor(egressRouteKey('shop/internet', '*'), 8080, 'shop')?.routes).toEqual(['shop/all']);
+    expect(state.routesFor(egressRouteKey('shop/internet', 'api.example.com'), 8080, 'shop')).toBeUndefined();
+    const accepted = state.traffic.routes.statuses.find((s) => s.name === 'api')!.parents[0]!;
+    expect(accepted.conditions[0]).toMatchObject({ type: 'Accepted', status: 'True', message: 'applies to plaintext HTTP from namespace shop to api.example.com in EgressNetwork shop/internet, port 80' });
+  });
+
+  it('is refused, saying why, for an undeclared hostname, no port, another namespace or a missing EgressNetwork', () => {
+    const store = new Store({ trustDomain: 'cluster.local', logger: captureLogger().logger });
+    const other = en('internet', { trafficPolicy: 'Allow' }, 'other');
+    const state = store.replace([
+      network,
+      other,
+      route('undeclared', { port: 80 }, ['evil.example.net']),
+      route('noport', {}, ['api.example.com']),
+      route('elsewhere', { port: 80, namespace: 'other' }),
+      route('missing', { port: 80, name: 'nope' }),
+    ]);
+    const why = (name: string) => state.traffic.routes.statuses.find((s) => s.name === name)!.parents[0]!.conditions[0]!;
+    expect(why('undeclared')).toMatchObject({ status: 'False', reason: 'NoMatchingParent', message: 'spec.parentRefs[0]: evil.example.net is not declared in EgressNetwork shop/internet (spec.hosts: api.example.com, *.cdn.example.com)' });
+    expect(why('noport').message).toBe('spec.parentRefs[0]: a port is required for an EgressNetwork parent (the port the clients dial, e.g. 80)');
+    expect(why('elsewhere').message).toMatch(/EgressNetwork other\/internet is in another namespace; an EgressNetwork governs its own namespace's pods/);
+    expect(why('missing').message).toBe('spec.parentRefs[0]: EgressNetwork shop/nope not found');
   });
 });

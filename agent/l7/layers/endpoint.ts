@@ -50,7 +50,9 @@ export class Balancers {
 export function endpoint(balancers: Balancers): Layer {
   return (next) => (call) => {
     const backend = call.backend!;
-    const picked = balancers.pick(call.state, backend);
+    // Egress to where the client was going has its one endpoint; a route's backendRefs to Services are balanced.
+    const egress = call.ctx.egress && backend.service === call.ctx.service.key ? call.ctx.egress.balancer : undefined;
+    const picked = egress ? egress.pick() : balancers.pick(call.state, backend);
     if (!picked) {
       local(call.res, call.req, call.rec, 503, GRPC.UNAVAILABLE, `no ready endpoint for ${backend.service}:${backend.port}`);
       call.attempt = ANSWERED;

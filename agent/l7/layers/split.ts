@@ -31,7 +31,10 @@ export class Budgets {
 
 export function split(inputs: Pick<LayerInputs, 'random'>, budgets: Budgets): Layer {
   return (next) => (call) => {
-    const backend = call.matched ? pickBackend(call.matched, inputs.random) : selfBackend(call.ctx.service, call.ctx.port);
+    // Egress: a rule without backendRefs sends to where the client was going (as Linkerd's egress routes do).
+    const backend = call.matched && !(call.ctx.egress && call.matched.rule.backends.length === 0)
+      ? pickBackend(call.matched, inputs.random)
+      : selfBackend(call.ctx.service, call.ctx.port);
     if (backend.kind === 'Error') {
       local(call.res, call.req, call.rec, backend.status, backend.grpcStatus, backend.reason);
       return DONE;

@@ -1,6 +1,8 @@
-// Route compilation: HTTPRoute/GRPCRoute objects (GAMMA: parentRefs name Services) + the Services they name
-// -> a frozen RouteTable per Service port, for producer routes and per caller namespace for consumer routes,
-// and Gateway API status for each route. Pure: no I/O, no clock; the store calls it when it compiles a snapshot.
+// Route compilation: HTTPRoute/GRPCRoute objects (GAMMA: parentRefs name Services; or an EgressNetwork, for its
+// declared hosts) + the Services they name -> a frozen RouteTable per Service port, for producer routes and per caller
+// namespace for consumer routes, and Gateway API status for each route. Pure: no I/O, no clock; the store calls it
+// when it compiles a snapshot.
+import type { EgressTable } from '../egress.js';
 import type { KubeObject } from '../objects.js';
 import type { ServiceInfo } from '../services.js';
 import {
@@ -62,7 +64,20 @@ export interface CompileOptions {
    * sending to the Service it is attached to). 'allow' follows GEP-1294.
    */
   readonly crossNamespaceBackends?: 'deny' | 'allow';
+  /** The EgressNetworks routes may attach to (parentRef group traffic.trellis.dev, kind EgressNetwork). */
+  readonly egress?: EgressTable;
 }
+
+/**
+ * The route table's key for the routes of an EgressNetwork's declared host (`*` for a route without hostnames, which
+ * takes every declared host): looked up as a Service key is, never equal to one (a Service key has one slash).
+ */
+export function egressRouteKey(network: string, host: string): string {
+  return `EgressNetwork:${network}:${host}`;
+}
+
+const isEgressParent = (p: { group: string; kind: string }) => p.group === TRELLIS_TRAFFIC_GROUP && p.kind === 'EgressNetwork';
+const isHandledParent = (p: { group: string; kind: string }) => (p.group === '' && p.kind === 'Service') || isEgressParent(p);
 
 export interface CompileResult {
   readonly table: RouteTable;
@@ -134,7 +149,7 @@ interface FaultRecord {
 }
 
 interface Target {
-  readonly service: ServiceInfo;
+  readonly service: Pick<ServiceInfo, 'key'>;
   readonly port: number;
   readonly scope: 'producer' | 'consumer';
 }
@@ -221,10 +236,10 @@ export function compileRoutes(
     // An invalid route reports on the parentRefs it names now (those that could be read), else on its last valid ones.
     const refs = parsed.ok ? parsed.route.parentRefs : parsed.parentRefs.length > 0 ? parsed.parentRefs : (route?.parentRefs ?? []);
     const ignoredParents = refs
-      .filter((p) => !(p.group === '' && p.kind === 'Service'))
+      .filter((p) => !isHandledParent(p))
       .map((p) => ({
         parentRef: publicRef(p),
-        reason: `${p.path}: parent ${p.group || 'core'}/${p.kind} is not handled by Trellis (mesh routes attach to Services: group "", kind Service)`,
+        reason: `${p.path}: parent ${p.group || 'core'}/${p.kind} is not handled by Trellis (mesh routes attach to Services: group "", kind Service; or to an EgressNetwork: group ${TRELLIS_TRAFFIC_GROUP})`,
       }));
 
     let compiledRules: readonly CompiledRule[] = [];
@@ -234,7 +249,9 @@ export function compileRoutes(
       const resolved = resolveRoute(route, services, faults, opts);
       compiledRules = resolved.rules;
       unresolved = resolved.unresolved;
-      outcomes = route.parentRefs.filter((p) => p.group === '' && p.kind === 'Service').map((p) => resolveParent(route, p, services));
+      outcomes = route.parentRefs
+        .filter(isHandledParent)
+        .map((p) => (isEgressParent(p) ? resolveEgressParent(route, p, opts.egress) : resolveParent(route, p, services)));
       for (const u of unresolved) unresolvedLines.push(`${kind} ${ns}/${name}: ${u.message}`);
       for (const outcome of outcomes) {
         for (const t of outcome.targets) addToGroup(groups, route, compiledRules, t);
@@ -248,7 +265,7 @@ export function compileRoutes(
         const message = invalid.map((i) => `${i.path}: ${i.message}`).join('; ') +
           (fellBack ? '. The last valid version of this route stays in force until this is fixed.' : '');
         parents = refs
-          .filter((p) => p.group === '' && p.kind === 'Service')
+          .filter(isHandledParent)
           .map((p) => ({ parentRef: publicRef(p), controllerName, conditions: [condition('Accepted', false, reason, message, generation)] }));
       } else {
         const resolvedRefs = unresolved.length === 0
@@ -342,6 +359,33 @@ function resolveParent(route: ParsedRoute, ref: ParsedParentRef, services: Reado
       ? `applies to every caller of Service ${key} port ${portList}`
       : `applies to callers in namespace ${route.namespace} of Service ${key} port ${portList} (consumer route)`,
     targets: ports.map((p) => ({ service: svc, port: p.port, scope })),
+  };
+}
+
+/**
+ * An EgressNetwork parent: of the route's own namespace (an EgressNetwork governs its namespace's pods), with a port
+ * (egress has no Service ports to default to), and each of the route's hostnames a host the EgressNetwork declares
+ * (none: every declared host). Targets are table keys (egressRouteKey), as a Service key is.
+ */
+function resolveEgressParent(route: ParsedRoute, ref: ParsedParentRef, egress: EgressTable | undefined): ParentOutcome {
+  const ns = ref.namespace ?? route.namespace;
+  const key = `${ns}/${ref.name}`;
+  const refuse = (message: string): ParentOutcome => ({ parentRef: ref, accepted: false, reason: 'NoMatchingParent', message: `${ref.path}: ${message}`, targets: [] });
+  if (ns !== route.namespace) return refuse(`EgressNetwork ${key} is in another namespace; an EgressNetwork governs its own namespace's pods, so attach the route from namespace ${ns}`);
+  const network = egress?.byNamespace.get(ns)?.find((e) => e.name === ref.name);
+  if (!network || network.standIn) return refuse(network ? `EgressNetwork ${key} is invalid` : `EgressNetwork ${key} not found`);
+  if (ref.port === undefined) return refuse('a port is required for an EgressNetwork parent (the port the clients dial, e.g. 80)');
+  if (ref.sectionName !== undefined) return refuse('sectionName is not supported for an EgressNetwork parent');
+  const declared = new Set([...network.exact.keys(), ...network.wildcards.map((w) => w.name)]);
+  const unknown = route.hostnames.filter((h) => !declared.has(h));
+  if (unknown.length > 0) return refuse(`${unknown.join(', ')} ${unknown.length === 1 ? 'is' : 'are'} not declared in EgressNetwork ${key} (spec.hosts: ${[...declared].join(', ') || 'none'})`);
+  const hosts = route.hostnames.length > 0 ? route.hostnames : ['*'];
+  return {
+    parentRef: ref,
+    accepted: true,
+    reason: 'Accepted',
+    message: `applies to plaintext HTTP from namespace ${ns} to ${route.hostnames.length > 0 ? route.hostnames.join(', ') : 'every host declared'} in EgressNetwork ${key}, port ${ref.port}`,
+    targets: hosts.map((h) => ({ service: { key: egressRouteKey(key, h) }, port: ref.port!, scope: 'producer' as const })),
   };
 }
 

@@ -101,6 +101,8 @@ export interface ParsedRoute {
   /** creationTimestamp in ms; +Infinity when absent (objects from files), so such routes sort last by age. */
   readonly createdMs: number;
   readonly parentRefs: readonly ParsedParentRef[];
+  /** spec.hostnames: unused for Service parents (GEP-1294); for an EgressNetwork parent, the declared hosts it takes. */
+  readonly hostnames: readonly string[];
   readonly rules: readonly ParsedRule[];
 }
 
@@ -223,9 +225,12 @@ export function parseRoute(obj: RouteObjectLike): ParseResult {
   const namespace = obj.metadata.namespace ?? 'default';
   const spec = r.object(obj.spec, 'spec', ['parentRefs', 'hostnames', 'rules']) ?? {};
   const parentRefs = parseParentRefs(r, spec);
+  const hostnames: string[] = [];
   for (const [i, h] of r.array(spec, 'hostnames', 'spec', 16).entries()) {
-    // Validated so typos surface, but not used: GEP-1294 says mesh routes SHOULD NOT act on hostnames.
+    // Validated so typos surface; used only by EgressNetwork parents: GEP-1294 says mesh routes SHOULD NOT act on
+    // hostnames of Services.
     if (typeof h !== 'string' || h.length > 253 || !HOSTNAME.test(h)) r.fail(`spec.hostnames[${i}]`, 'must be a hostname (RFC 1123, optionally prefixed with "*.")');
+    else hostnames.push(h);
   }
   const rawRules = r.array(spec, 'rules', 'spec', 16);
   const rules: ParsedRule[] = [];
@@ -258,6 +263,7 @@ export function parseRoute(obj: RouteObjectLike): ParseResult {
       generation: typeof obj.metadata.generation === 'number' ? obj.metadata.generation : undefined,
       createdMs: creationMs(obj.metadata.creationTimestamp),
       parentRefs,
+      hostnames,
       rules,
     },
   };
