@@ -215,7 +215,7 @@ describe('egress (one-node lab with an internet)', () => {
     expect(await lab.metrics(NODE)).not.toMatch(/evil\.example\.net|www\.example\.org/);
   });
 
-  it('applies an HTTPRoute timeout to a declared egress host (parentRef to the EgressNetwork)', async () => {
+  it('applies an HTTPRoute timeout and retry to a declared egress host (parentRef to the EgressNetwork)', async () => {
     await lab.apply([
       {
         apiVersion: 'gateway.networking.k8s.io/v1',
@@ -224,7 +224,11 @@ describe('egress (one-node lab with an internet)', () => {
         spec: {
           parentRefs: [{ group: 'traffic.trellis.dev', kind: 'EgressNetwork', name: 'internet', port: 80 }],
           hostnames: ['plain.example.com'],
-          rules: [{ name: 'slow', matches: [{ path: { type: 'PathPrefix', value: '/slow' } }], timeouts: { request: '300ms' } }, { name: 'rest' }],
+          rules: [
+            { name: 'slow', matches: [{ path: { type: 'PathPrefix', value: '/slow' } }], timeouts: { request: '300ms' } },
+            { name: 'flaky', matches: [{ path: { type: 'PathPrefix', value: '/flaky' } }], retry: { codes: [503], attempts: 1 } },
+            { name: 'rest' },
+          ],
         },
       } as unknown as KubeObject,
     ]);
@@ -257,6 +261,9 @@ describe('egress (one-node lab with an internet)', () => {
       [504, 'egress/plain', 'slow', PLAIN],
       [200, 'egress/plain', 'slow', PLAIN],
     ]);
+    // A 503 is retried once, to the same address, and the client sees the retry's answer.
+    expect(await peer('egress/client', ['http', PLAIN, 'plain.example.com', '/flaky?key=a'])).toEqual({ status: 200, body: `${PLAIN} ok` });
+    await until('the retry counted', async () => (await metric('trellis_request_retries_total', { destination_service: 'plain.example.com' })) === 1);
     // Another host of the EgressNetwork has no route: still carried at L4 (and refused here, being undeclared).
     expect(await peer('egress/client', ['http', PLAIN, 'other.example.com', '/slow?ms=10'])).toMatchObject({ error: expect.any(String) });
   }, 60_000);

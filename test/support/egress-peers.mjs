@@ -2,6 +2,7 @@
 //   serve CERT KEY TLS_ADDR... -- HTTP_ADDR...   in the lab's internet: TLS servers on :443 (the certificate made by
 //       the test at run time) answering "<address> <sni>" and the certificate's own fingerprint is the client's to
 //       check; HTTP servers on :80 answering "<address> <host> <path>", /slow?ms=N after N ms. Every accepted
+//       /flaky?key=K answers 503 the first time it sees K, 200 after. Every accepted
 //       connection is printed as a JSON line ({"accepted": address}), so the test sees what reached the internet.
 //   tls ADDR SNI|-           in a pod: one TLS connection (no SNI for "-"), prints {reply, fingerprint} or {error}.
 //   raw ADDR PORT HEX|-      in a pod: writes the bytes (nothing for "-"), prints {reply} or {error} when the
@@ -34,8 +35,16 @@ if (mode === 'serve') {
     server.listen(443, addr, ready);
   }
   for (const addr of httpAddrs) {
+    const seen = new Set();
     const server = http.createServer((req, res) => {
       const url = new URL(req.url, 'http://x');
+      if (url.pathname === '/flaky') {
+        const key = url.searchParams.get('key');
+        const first = !seen.has(key);
+        seen.add(key);
+        res.statusCode = first ? 503 : 200;
+        return res.end(`${addr} ${first ? 'failed once' : 'ok'}\n`);
+      }
       const delay = url.pathname === '/slow' ? Number(url.searchParams.get('ms') ?? '0') : 0;
       setTimeout(() => res.end(`${addr} ${req.headers.host} ${url.pathname}\n`), delay);
     });
