@@ -300,7 +300,7 @@ function blockIntro(doc: string, line: number): string {
 }
 
 describe('YAML in the docs', () => {
-  const docs = ['docs/install.md', 'manifests/README.md', 'docs/security.md', 'docs/gateway-api.md'];
+  const docs = ['docs/install.md', 'manifests/README.md', 'docs/security.md', 'docs/gateway-api.md', 'docs/architecture.md'];
 
   it.each(docs)('%s: every yaml block parses, and Trellis and Gateway API objects in it are accepted by the API server', async (doc) => {
     const blocks = markdownYamlBlocks(path.join(ROOT, doc));
