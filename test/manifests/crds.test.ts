@@ -85,10 +85,11 @@ function withField(obj: KubeObject, dotted: string, value: unknown): KubeObject 
 describe('CRD definitions', () => {
   const versions = crdVersions();
 
-  it('define FaultInjection, RetryBudget, AuthorizationPolicy and PeerAuthentication in v1alpha1', () => {
+  it('define FaultInjection, RetryBudget, EgressNetwork, AuthorizationPolicy and PeerAuthentication in v1alpha1', () => {
     expect(versions.map((v) => `${v.apiVersion}/${v.kind}`).sort()).toEqual([
       'security.trellis.dev/v1alpha1/AuthorizationPolicy',
       'security.trellis.dev/v1alpha1/PeerAuthentication',
+      'traffic.trellis.dev/v1alpha1/EgressNetwork',
       'traffic.trellis.dev/v1alpha1/FaultInjection',
       'traffic.trellis.dev/v1alpha1/RetryBudget',
     ]);
@@ -123,8 +124,8 @@ describe('CRD definitions', () => {
     for (const col of columns) {
       if (col.jsonPath === '.metadata.creationTimestamp') continue;
       let node: Schema | undefined = v.schema;
-      // `.status.conditions[?(@.type=="Accepted")].status` walks into the items of conditions.
-      for (const step of col.jsonPath.replace(/\[\?\(.*?\)\]/g, '[]').split('.').filter(Boolean)) {
+      // `.status.conditions[?(@.type=="Accepted")].status` (and `.spec.networks[*].cidr`) walk into the items.
+      for (const step of col.jsonPath.replace(/\[\?\(.*?\)\]|\[\*\]/g, '[]').split('.').filter(Boolean)) {
         const name = step.replace(/\[\]$/, '');
         node = (node?.['properties'] as Record<string, Schema> | undefined)?.[name];
         if (step.endsWith('[]')) node = node?.['items'] as Schema | undefined;
@@ -211,6 +212,15 @@ describe('broken objects are refused', () => {
     ['RetryBudget: minRetriesPerSecond -1', withField(example('RetryBudget', 'ratings'), 'spec.minRetriesPerSecond', -1)],
     ['RetryBudget: minRetriesPerSecond 2.5', withField(example('RetryBudget', 'ratings'), 'spec.minRetriesPerSecond', 2.5)],
     ['RetryBudget: ttl without a unit', withField(example('RetryBudget', 'ratings'), 'spec.ttl', '10')],
+    // EgressNetwork
+    ['EgressNetwork: trafficPolicy in lower case', withField(example('EgressNetwork', 'internet'), 'spec.trafficPolicy', 'deny')],
+    ['EgressNetwork: trafficPolicy missing', withField(example('EgressNetwork', 'internet'), 'spec.trafficPolicy', undefined)],
+    ['EgressNetwork: a network without cidr', withField(example('EgressNetwork', 'internet'), 'spec.networks', [{ except: ['10.0.0.0/8'] }])],
+    ['EgressNetwork: a cidr that is a name', withField(example('EgressNetwork', 'internet'), 'spec.networks', [{ cidr: 'example.com/32' }])],
+    ['EgressNetwork: an empty networks list', withField(example('EgressNetwork', 'internet'), 'spec.networks', [])],
+    ['EgressNetwork: a host name in upper case', withField(example('EgressNetwork', 'internet'), 'spec.hosts', [{ name: 'API.example.com' }])],
+    ['EgressNetwork: a host with no addresses listed', withField(example('EgressNetwork', 'internet'), 'spec.hosts', [{ name: 'a.example.com', addresses: [] }])],
+    ['EgressNetwork: unknown field', withField(example('EgressNetwork', 'internet'), 'spec.hosts', [{ name: 'a.example.com', port: 443 }])],
     // AuthorizationPolicy
     ['AuthorizationPolicy: action PERMIT', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.action', 'PERMIT')],
     ['AuthorizationPolicy: action CUSTOM (not supported)', withField(example('AuthorizationPolicy', 'ratings-readers'), 'spec.action', 'CUSTOM')],
