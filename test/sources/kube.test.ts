@@ -121,10 +121,12 @@ describe('kube source against a real API server', () => {
 
   it('delivers every watched kind in the first snapshot, talking only list/watch, as the agent, with its RBAC', async () => {
     await seed();
+    await api().create({ apiVersion: 'traffic.trellis.dev/v1alpha1', kind: 'EgressNetwork', metadata: { name: 'internet', namespace: demo }, spec: { trafficPolicy: 'Deny', networks: [{ cidr: '198.18.0.0/15' }] } } as ApiObject);
     const mark = cluster.audit().length;
     await start();
     expect(snaps).toHaveLength(1);
     expect(keys(snaps[0]!)).toEqual([
+      'EgressNetwork/demo/internet',
       'EndpointSlice/demo/server-*',
       'FaultInjection/demo/slow',
       'Namespace//demo',
@@ -143,7 +145,7 @@ describe('kube source against a real API server', () => {
       new Set([
         '/namespaces', '/pods', '/services', 'discovery.k8s.io/endpointslices',
         'gateway.networking.k8s.io/httproutes', 'gateway.networking.k8s.io/grpcroutes',
-        'traffic.trellis.dev/faultinjections', 'traffic.trellis.dev/retrybudgets',
+        'traffic.trellis.dev/faultinjections', 'traffic.trellis.dev/retrybudgets', 'traffic.trellis.dev/egressnetworks',
         'security.trellis.dev/authorizationpolicies', 'security.trellis.dev/peerauthentications',
       ]),
     );
@@ -388,7 +390,7 @@ describe('kube source against a real API server', () => {
   it('watches each kind through one table entry and reaches the API server only through client-node', () => {
     expect(WATCHED_KINDS.map((k) => k.kind)).toEqual([
       'Namespace', 'Pod', 'Service', 'EndpointSlice',
-      'HTTPRoute', 'GRPCRoute', 'FaultInjection', 'RetryBudget', 'AuthorizationPolicy', 'PeerAuthentication',
+      'HTTPRoute', 'GRPCRoute', 'FaultInjection', 'RetryBudget', 'EgressNetwork', 'AuthorizationPolicy', 'PeerAuthentication',
     ]);
     const sources = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../agent/sources');
     const files = readdirSync(sources).filter((f) => /^kube.*\.ts$/.test(f));
