@@ -22,13 +22,13 @@ const run = promisify(execFile);
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const PEERS = path.join(ROOT, 'test/support/egress-peers.mjs');
 const fixtures = path.join(import.meta.dirname, 'fixtures', 'egress.yaml');
-const labName = `eg${Math.random().toString(36).slice(2, 5)}`;
 const NODE = 'node-a';
 const API = '198.18.0.10';
 const EVIL = '198.18.0.20';
 const PLAIN = '198.18.0.30';
 
 let lab: Lab;
+let labName: string;
 let certDir: string;
 let fingerprint: string;
 let servers: ChildProcess;
@@ -85,9 +85,13 @@ async function garbledHello(): Promise<string> {
   return b.toString('hex');
 }
 
-describe('egress (one-node lab with an internet)', () => {
+// Local mode (`--source dir`) and cluster mode (`--source kube`: the EgressNetwork and the route through a real API
+// server, Gateway API's experimental channel for the route's rule names and retry).
+describe.each(['dir', 'kube'] as const)('egress (one-node lab with an internet, --source %s)', (mode) => {
   beforeAll(async () => {
     requireRoot('the egress end-to-end tests');
+    labName = `eg${mode[0]}${Math.random().toString(36).slice(2, 5)}`;
+    serverOut = '';
     // A self-signed certificate for two names, made now and removed after: never committed.
     certDir = mkdtempSync(path.join(os.tmpdir(), 'trellis-egress-'));
     await run('openssl', [
@@ -96,12 +100,12 @@ describe('egress (one-node lab with an internet)', () => {
       '-keyout', path.join(certDir, 'key.pem'), '-out', path.join(certDir, 'cert.pem'),
     ]);
     fingerprint = new X509Certificate(readFileSync(path.join(certDir, 'cert.pem'))).fingerprint256;
-    lab = await Lab.up(fixtures, { name: labName, logLevel: 'info', internet: true });
+    lab = await Lab.up(fixtures, { name: labName, logLevel: 'info', internet: true, ...(mode === 'kube' && { cluster: { gatewayChannel: 'experimental' } }) });
     servers = lab.spawnInInternet([process.execPath, PEERS, 'serve', path.join(certDir, 'cert.pem'), path.join(certDir, 'key.pem'), API, EVIL, '--', PLAIN]);
     servers.stdout!.on('data', (d: Buffer) => (serverOut += d.toString()));
     servers.stderr!.on('data', (d: Buffer) => (serverOut += d.toString()));
     await until('the internet servers to listen', async () => serverOut.includes('"ready":true'), 15_000);
-  }, 180_000);
+  }, 600_000);
 
   afterAll(async () => {
     await lab?.down();
