@@ -85,6 +85,35 @@ export function desiredStatuses(state: MeshState): Map<string, DesiredStatus> {
     put({ shape: 'conditions', ref: { kind: p.kind, namespace: p.namespace, name: p.name }, accepted });
   }
   for (const d of retryBudgetStatuses(state)) put(d);
+  for (const d of egressNetworkStatuses(state)) put(d);
+  return out;
+}
+
+/**
+ * EgressNetwork outcomes: every object the table holds (valid, its last valid version, or its fail-closed stand-in)
+ * and one error line per problem ("EgressNetwork ns/name: field: message. What stays in force.").
+ */
+function egressNetworkStatuses(state: MeshState): DesiredStatus[] {
+  const lines = new Map<string, string[]>();
+  for (const e of state.traffic.egressErrors) {
+    const m = /^EgressNetwork ([^/\s]+\/[^:\s]+): ([\s\S]*)$/.exec(e);
+    if (!m) continue;
+    lines.set(m[1]!, [...(lines.get(m[1]!) ?? []), m[2]!]);
+  }
+  const out: DesiredStatus[] = [];
+  for (const list of state.traffic.egress.byNamespace.values()) {
+    for (const en of list) {
+      const problems = lines.get(en.key) ?? [];
+      const ok = problems.length === 0;
+      const accepted: ConditionValue = {
+        type: 'Accepted',
+        status: ok ? 'True' : 'False',
+        reason: ok ? 'Accepted' : 'Invalid',
+        message: clip(ok ? `valid; in force (${en.trafficPolicy})` : problems.join('; ')),
+      };
+      out.push({ shape: 'conditions', ref: { kind: 'EgressNetwork', namespace: en.namespace, name: en.name }, accepted, generationFromObject: true });
+    }
+  }
   return out;
 }
 

@@ -201,7 +201,7 @@ describe('status writer against a real API server', () => {
   const LOOKAHEAD = 'lookahead and lookbehind are not supported (RE2 syntax)';
   const STATUS_KINDS = [
     [GW, 'HTTPRoute'], [GW, 'GRPCRoute'],
-    ['traffic.trellis.dev/v1alpha1', 'FaultInjection'], ['traffic.trellis.dev/v1alpha1', 'RetryBudget'],
+    ['traffic.trellis.dev/v1alpha1', 'FaultInjection'], ['traffic.trellis.dev/v1alpha1', 'RetryBudget'], ['traffic.trellis.dev/v1alpha1', 'EgressNetwork'],
     ['security.trellis.dev/v1alpha1', 'AuthorizationPolicy'], ['security.trellis.dev/v1alpha1', 'PeerAuthentication'],
   ] as const;
 
@@ -342,13 +342,16 @@ describe('status writer against a real API server', () => {
     await create({ apiVersion: traffic, kind: 'FaultInjection', metadata: { name: 'slow', namespace: ns }, spec: { delay: { fixedDelay: '1s', percentage: { value: 10 } } } });
     await create({ apiVersion: traffic, kind: 'RetryBudget', metadata: { name: 'web', namespace: ns }, spec: { targetRef: { group: '', kind: 'Service', name: 'web' }, retryRatio: 0.2 } });
     await create({ apiVersion: traffic, kind: 'RetryBudget', metadata: { name: 'slow-window', namespace: ns }, spec: { targetRef: { group: '', kind: 'Service', name: 'web-v2' }, ttl: '2m' } });
+    // An EgressNetwork, and one whose prefix length the schema's pattern lets through but no address family has.
+    await create({ apiVersion: traffic, kind: 'EgressNetwork', metadata: { name: 'internet', namespace: ns }, spec: { trafficPolicy: 'Deny', hosts: [{ name: 'api.example.com' }] } });
+    await create({ apiVersion: traffic, kind: 'EgressNetwork', metadata: { name: 'wide', namespace: ns }, spec: { trafficPolicy: 'Allow', networks: [{ cidr: '198.18.0.0/40' }] } });
     await create({
       apiVersion: GW, kind: 'GRPCRoute', metadata: { name: 'g', namespace: ns },
       spec: { parentRefs: [{ group: '', kind: 'Service', name: 'web-v2' }], rules: [{ backendRefs: [{ name: 'web', port: 80 }] }] },
     });
     await startAgent();
     const cond = async (apiVersion: string, kind: string, name: string) => (await statusOf(kind, apiVersion, name)).conditions?.find((c) => c.type === 'Accepted');
-    const all: [string, string, string][] = [[sec, 'AuthorizationPolicy', 'typo'], [sec, 'PeerAuthentication', 'strict'], [sec, 'PeerAuthentication', 'typo'], [traffic, 'FaultInjection', 'slow'], [traffic, 'RetryBudget', 'web'], [traffic, 'RetryBudget', 'slow-window']];
+    const all: [string, string, string][] = [[sec, 'AuthorizationPolicy', 'typo'], [sec, 'PeerAuthentication', 'strict'], [sec, 'PeerAuthentication', 'typo'], [traffic, 'FaultInjection', 'slow'], [traffic, 'RetryBudget', 'web'], [traffic, 'RetryBudget', 'slow-window'], [traffic, 'EgressNetwork', 'internet'], [traffic, 'EgressNetwork', 'wide']];
     await until(async () => (await Promise.all(all.map(([v, k, n]) => cond(v, k, n)))).every(Boolean) && (await ourParents('g', 'GRPCRoute')).length === 1, 'every object written');
     const typo = (await cond(sec, 'AuthorizationPolicy', 'typo'))!;
     expect(typo).toMatchObject({ status: 'False', reason: 'Invalid', observedGeneration: 1 });
@@ -359,6 +362,12 @@ describe('status writer against a real API server', () => {
     expect(await cond(traffic, 'FaultInjection', 'slow')).toMatchObject({ status: 'True', observedGeneration: 1 });
     expect(await cond(traffic, 'RetryBudget', 'web')).toMatchObject({ status: 'True', reason: 'Accepted', observedGeneration: 1 });
     expect(await cond(traffic, 'RetryBudget', 'slow-window')).toMatchObject({ status: 'False', reason: 'Invalid', message: 'spec.ttl must be a duration from 1s to 60s such as "10s"', observedGeneration: 1 });
+    expect(await cond(traffic, 'EgressNetwork', 'internet')).toMatchObject({ status: 'True', reason: 'Accepted', message: 'valid; in force (Deny)', observedGeneration: 1 });
+    expect(await cond(traffic, 'EgressNetwork', 'wide')).toMatchObject({
+      status: 'False',
+      reason: 'Invalid',
+      message: 'spec.networks[0].cidr: "198.18.0.0/40": prefix length must be 0 to 32. Until it is fixed it stands as Allow with no host declared over 0.0.0.0/0, ::/0 (policy never fails open).',
+    });
     expect((await ourParents('g', 'GRPCRoute'))[0]!.conditions.map((c) => `${c.type}=${c.status}`)).toEqual(['Accepted=True', 'ResolvedRefs=True']);
     // The status writes changed no spec: generations stay at 1.
     expect((await get('AuthorizationPolicy', sec, 'typo'))!.metadata['generation']).toBe(1);
