@@ -138,6 +138,7 @@ describe('RBAC against the code, on a real API server', () => {
       { apiVersion: 'gateway.networking.k8s.io/v1', kind: 'GRPCRoute', spec: { parentRefs: [{ ...parentRefs[0], port: 80 }], rules: [{ backendRefs: [{ name: 'web', port: 80 }] }] } },
       { apiVersion: 'traffic.trellis.dev/v1alpha1', kind: 'FaultInjection', spec: { delay: { fixedDelay: '1s', percentage: { value: 10 } } } },
       { apiVersion: 'traffic.trellis.dev/v1alpha1', kind: 'RetryBudget', spec: { targetRef: { group: '', kind: 'Service', name: 'web' } } },
+      { apiVersion: 'traffic.trellis.dev/v1alpha1', kind: 'EgressNetwork', spec: { trafficPolicy: 'Deny' } },
       { apiVersion: 'security.trellis.dev/v1alpha1', kind: 'AuthorizationPolicy', spec: { action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin'] } }] }] } },
       { apiVersion: 'security.trellis.dev/v1alpha1', kind: 'PeerAuthentication', spec: { mtls: { mode: 'STRICT' } } },
     ];
