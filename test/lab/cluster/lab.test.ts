@@ -1,6 +1,6 @@
-// Root-only: a real lab (2 nodes, 3 pods, 1 Service, no agents) built from manifests: routed pod
-// traffic across nodes, ClusterIP emulation, node-to-pod probes, and that the host netns stays untouched
-// and nothing is left behind by `down` or, after a crash, by `sweep`.
+// Root-only: a real lab (2 nodes, 3 pods, 1 Service, no agents, an internet) built from manifests: routed pod
+// traffic across nodes, ClusterIP emulation, node-to-pod probes, pods reaching the internet, and that the host netns
+// stays untouched and nothing is left behind by `down` or, after a crash, by `sweep`.
 import { execFileSync, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -154,7 +154,7 @@ describe('lab (root)', () => {
     writeFileSync(file, manifest);
     const t0 = Date.now();
     // Local mode without agents; cluster mode has its own file (cluster-mode.test.ts).
-    lab = await Lab.up(file, { name, stateRoot, agents: false });
+    lab = await Lab.up(file, { name, stateRoot, agents: false, internet: true });
     timings.up = Date.now() - t0;
     pids = (await lab.status()).pods.flatMap((p) => p.processes.map((r) => r.pid));
   });
@@ -231,6 +231,22 @@ describe('lab (root)', () => {
       return x.code === 0 ? x : undefined;
     });
     expect(r.stdout.trim()).toBe(`server ${l.pod('shop/client').ip}`);
+  });
+
+  it('reaches its internet from every pod through its node, from the pod IP (no NAT)', async () => {
+    const l = lab!;
+    expect(l.internet).toEqual({ netns: `trl-${name}-inet`, netnsPath: `/var/run/netns/trl-${name}-inet`, network: '198.18.0.0/15' });
+    const server = l.spawnInInternet(['node', '-e', SERVER.replace('process.env.POD_NAME', "'internet'"), '8080']);
+    server.stdout!.resume();
+    for (const [pod, ip] of [['shop/client', '198.18.0.7'], ['shop/server', '198.18.255.254'], ['local', '198.19.3.4']] as const) {
+      const r = await until(`the internet answers ${pod} at ${ip}`, async () => {
+        const x = await l.exec(pod, ['node', '-e', CLIENT, ip, '8080']);
+        return x.code === 0 ? x : undefined;
+      });
+      expect(r.stdout.trim()).toBe(`internet ${l.pod(pod).ip}`);
+    }
+    // Outside 198.18.0.0/15 nothing answers: the nodes refuse it, nothing heads for the host.
+    expect((await l.exec('shop/client', ['node', '-e', CLIENT, '198.20.0.1', '8080'])).stdout).toMatch(/EHOSTUNREACH|ENETUNREACH/);
   });
 
   it('emulates the ClusterIP across nodes', async () => {
@@ -369,12 +385,13 @@ describe('lab (root)', () => {
   it('down removes everything it made', async () => {
     const l = lab!;
     const spawned = l.spawn('shop/client', ['sleep', '1000']);
+    const inInternet = l.spawnInInternet(['sleep', '1000']);
     const t0 = Date.now();
     await l.down();
     timings.down = Date.now() - t0;
     lab = undefined;
     expect(labNetns(name)).toEqual([]);
-    expect([...pids, spawned.pid!].filter(alive)).toEqual([]);
+    expect([...pids, spawned.pid!, inInternet.pid!].filter(alive)).toEqual([]);
     expect(markedPids(name)).toEqual([]);
     expect(existsSync(l.stateDir)).toBe(false);
     expect(hostSnapshot()).toEqual(before);
@@ -385,7 +402,8 @@ describe('lab (root)', () => {
   it('sweep removes the leftovers of a crashed lab', async () => {
     // A lab whose owner died: its pods run on, detached, and its state stays behind.
     const crashed = labName();
-    await Lab.up(path.join(stateRoot, 'shop.yaml'), { name: crashed, stateRoot, agents: false });
+    const crashedLab = await Lab.up(path.join(stateRoot, 'shop.yaml'), { name: crashed, stateRoot, agents: false, internet: true });
+    const internetServer = crashedLab.spawnInInternet(['sleep', '1000']);
     // And bare leftovers with no state at all: a netns and a process inside it.
     const bare = labName();
     execFileSync('ip', ['netns', 'add', `trl-${bare}-node-1`]);
@@ -402,11 +420,12 @@ describe('lab (root)', () => {
       ...(await sweep({ prefix: `trl-${bare}-`, stateRoot })),
     ];
     expect(removed).toContain(`netns trl-${crashed}-fabric`);
+    expect(removed).toContain(`netns trl-${crashed}-inet`);
     expect(removed).toContain(`netns trl-${bare}-node-1`);
     expect(removed).toContain(`state ${path.join(stateRoot, crashed)}`);
     expect(removed.some((r) => r.startsWith(`process ${stray.pid} `))).toBe(true);
     expect([...labNetns(crashed), ...labNetns(bare)]).toEqual([]);
-    expect([...crashedPids, stray.pid!].filter(alive)).toEqual([]);
+    expect([...crashedPids, stray.pid!, internetServer.pid!].filter(alive)).toEqual([]);
     expect(markedPids(crashed)).toEqual([]);
     expect(hostSnapshot()).toEqual(before);
     expect(await sweep({ prefix: `trl-${crashed}-`, stateRoot })).toEqual([]);
