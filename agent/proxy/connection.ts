@@ -113,7 +113,7 @@ export class ConnectionRecord implements SpliceHooks, TappedConnection {
       // agent's CPU when every connection is short.
       const d = peer(f.dst.ip, f.dst.port, f.dst.workload?.key, f.dst.principal);
       let m = `"direction":"${f.direction}","src":{${peer(f.src.ip, f.src.port, f.src.workload?.key, f.src.principal)}}`;
-      m += `,"dst":{${d}${f.dst.service === undefined ? '' : `${d ? ',' : ''}"service":${q(f.dst.service)}`}${f.dst.host === undefined ? '' : `,"host":${q(f.dst.host)}`}}`;
+      m += `,"dst":{${d}${f.dst.service === undefined ? '' : `${d ? ',' : ''}"service":${q(f.dst.service)}`}${f.dst.host === undefined ? '' : `${d || f.dst.service !== undefined ? ',' : ''}"host":${q(f.dst.host)}`}}`;
       if (f.egress) m += `,"egress":{${members(egressMember(f.egress)).slice(1)}}`;
       m += `,"security":"${f.security}"`;
       m += `,"bytes_received":${this.bytesIn},"bytes_sent":${this.bytesOut},"duration_ms":${durationMs}${members(f.authz)}`;
