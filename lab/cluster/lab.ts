@@ -129,6 +129,8 @@ const AGENT_READY_TIMEOUT_MS = 30_000;
 const AGENT_STOP_TIMEOUT_MS = 20_000;
 const HTTP_TIMEOUT_MS = 5_000;
 const LOG_TAIL_LINES = 20;
+/** How long a lab waits for its pods to listen on their declared ports before it goes on. */
+const POD_LISTEN_WAIT_MS = 30_000;
 
 export class Lab {
   readonly name: string;
@@ -784,6 +786,32 @@ export class Lab {
         ps.processes.push({ container: c.name, ...(await record) });
       }
     }
+    await this.waitPodsListening(pods);
+  }
+
+  /**
+   * Waits until every started pod listens on the TCP ports its containers declare, as a kubelet's readiness probe
+   * would, so that a caller's first connection does not race the app's start (on a busy machine a Node app takes a
+   * second or more). A port still closed after POD_LISTEN_WAIT_MS is said, and the lab goes on: an app may declare a
+   * port it opens later, or never.
+   */
+  private async waitPodsListening(pods: PlannedPod[]): Promise<void> {
+    const deadline = Date.now() + POD_LISTEN_WAIT_MS;
+    for (const p of pods) {
+      const ports = declaredTcpPorts(p);
+      const pid = this.state.pods.find((s) => s.namespace === p.namespace && s.name === p.name)?.processes[0]?.pid;
+      if (ports.length === 0 || pid === undefined) continue;
+      for (;;) {
+        const open = listeningPorts(pid);
+        const closed = ports.filter((port) => !open.has(port));
+        if (closed.length === 0) break;
+        if (Date.now() >= deadline || !existsSync(`/proc/${pid}`)) {
+          process.stderr.write(`lab '${this.name}': pod ${p.namespace}/${p.name} does not listen on ${closed.join(', ')} yet (log ${this.podLogFile(p)}); going on\n`);
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
   }
 
   private async writeShims(): Promise<void> {
@@ -982,4 +1010,32 @@ function requireBuilt(repoRoot: string): void {
   if (!existsSync(mainScript(repoRoot))) {
     throw new LabError('ENOTBUILT', `${mainScript(repoRoot)} is missing: run \`npm run build\` (or bring the lab up without agents)`);
   }
+}
+
+/** The TCP ports the pod's running containers declare (containerPort). */
+function declaredTcpPorts(pod: PlannedPod): number[] {
+  const running = new Set(pod.containers.map((c) => c.name));
+  return (pod.object.spec?.containers ?? [])
+    .filter((c) => running.has(c.name))
+    .flatMap((c) => c.ports ?? [])
+    .filter((p) => (p.protocol ?? 'TCP') === 'TCP' && typeof p.containerPort === 'number')
+    .map((p) => p.containerPort);
+}
+
+/** The TCP ports listened on in the netns of process `pid` (its /proc/PID/net/tcp and tcp6, state 0A). */
+function listeningPorts(pid: number): Set<number> {
+  const ports = new Set<number>();
+  for (const table of ['tcp', 'tcp6']) {
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${pid}/net/${table}`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[3] === '0A' && f[1]) ports.add(parseInt(f[1].slice(f[1].lastIndexOf(':') + 1), 16));
+    }
+  }
+  return ports;
 }
