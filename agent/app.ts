@@ -14,6 +14,7 @@ import { OptinFile, optinFromObjects } from './capture/optin-file.js';
 import { nftApply } from './capture/nft.js';
 import { addLoopbackDelivery, addSourceRouting, removeSourceRouting } from './capture/routing.js';
 import { InboundSteering } from './capture/sk-lookup.js';
+import { startTcpHealth, type TcpHealth } from './capture/tcp-health.js';
 import type { AgentConfig } from './config.js';
 import { DataPlane } from './dataplane.js';
 import { TrellisError } from './errors.js';
@@ -58,7 +59,9 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
   // 1a. What the kernel allows: a transparent socket for callers' addresses, and the capture mode (--capture auto
   //     becomes nft or ebpf here; ebpf refuses to start without what it needs). Everything below, worker threads
   //     included, gets the config as this kernel allows it.
-  const config = await withCaptureMode(withKernelSupport(given, logger), logger, metrics);
+  //     The sockops program that keeps RTT and retransmissions of the agent's sockets is attached here too, where the
+  //     kernel and the agent's cgroup allow it; the threads read its map by the fd the config carries.
+  const { config, tcpHealth } = await withCaptureMode(withKernelSupport(given, logger), logger, metrics);
   const audit = createAuditLog({ ...config.audit, registry: metrics.registry, logger: logger.child({ component: 'audit' }), base: logger.bindings() });
   const accessLog = audit.access;
 
@@ -234,6 +237,7 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
     enrolment,
     probeSources: config.probeSources,
     inbound: steering ? 'sk_lookup' : 'nft',
+    ...((steering || tcpHealth) && { bpf: () => repairBpfLinks(steering, tcpHealth) }),
     intervalMs: config.driftIntervalMs,
     metrics,
     logger: captureLogger,
@@ -333,6 +337,7 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         // pods' rules refuse them.
         enrolment.close();
         steering?.close();
+        tcpHealth?.close();
         plane.startDrain();
         healthHttp.close();
         const active = plane.drain.active();
@@ -365,7 +370,7 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
  * exported (trellis_kernel_feature, trellis_capture_mode), and auto becomes ebpf or nft. `ebpf` on a kernel that
  * lacks something throws, naming it.
  */
-async function withCaptureMode(config: AgentConfig, logger: Logger, metrics: Metrics): Promise<AgentConfig> {
+async function withCaptureMode(config: AgentConfig, logger: Logger, metrics: Metrics): Promise<{ config: AgentConfig; tcpHealth: TcpHealth | undefined }> {
   const report = await probeKernel();
   for (const f of report.features) metrics.kernelFeature.set({ feature: f.name }, f.ok ? 1 : 0);
   const log = logger.child({ component: 'capture' });
@@ -376,7 +381,22 @@ async function withCaptureMode(config: AgentConfig, logger: Logger, metrics: Met
     { mode: choice.mode, reason: choice.reason, kernel: Object.fromEntries(report.features.map((f) => [f.name, f.ok])) },
     choice.mode === 'ebpf' ? 'capture mode ebpf: inbound by sk_lookup (no NAT), outbound by nftables' : 'capture mode nft: nftables both ways',
   );
-  return Object.freeze({ ...config, capture: choice.mode });
+  const health = await startTcpHealth({ report, logger: log });
+  if (health.ok) {
+    log.info({ cgroup: health.health.cgroupPath }, 'tcp health: sockops program on the agent\'s cgroup (trellis_tcp_rtt_seconds, trellis_tcp_retransmits_total)');
+  } else {
+    log.warn({ reason: health.reason }, `tcp health off: ${health.reason}`);
+  }
+  const tcpHealth = health.ok ? health.health : undefined;
+  return { config: Object.freeze({ ...config, capture: choice.mode, ...(tcpHealth && { tcpHealthMapFd: tcpHealth.mapFd }) }), tcpHealth };
+}
+
+/** Drift of the BPF attachments: links detached from outside are made again; what was, by kind (for the repair count). */
+function repairBpfLinks(steering: InboundSteering | undefined, tcpHealth: TcpHealth | undefined): { what: 'sk_lookup' | 'sockops'; target: string }[] {
+  const repaired: { what: 'sk_lookup' | 'sockops'; target: string }[] = [];
+  for (const netns of steering?.repairDetached() ?? []) repaired.push({ what: 'sk_lookup', target: netns });
+  if (tcpHealth?.repairDetached()) repaired.push({ what: 'sockops', target: tcpHealth.cgroupPath });
+  return repaired;
 }
 
 /**

@@ -16,6 +16,11 @@ export interface AgentConfig {
    * program (no NAT), outbound still by nftables. auto (until the agent has probed the kernel): ebpf where it can run.
    */
   readonly capture: CaptureRequest;
+  /**
+   * Set by the agent at start when its sockops program runs (capture/tcp-health.ts): the fd of the map holding its
+   * sockets' RTT and retransmissions, which every thread reads for trellis_tcp_rtt_seconds and _retransmits_total.
+   */
+  readonly tcpHealthMapFd?: number;
   readonly source: { readonly kind: 'dir'; readonly dir: string } | { readonly kind: 'kube'; readonly kubeconfig?: string };
   /** Local mode: directory of the in-process CA (ca.key.pem, ca.cert.pem); created if absent. */
   readonly caDir: string;

@@ -16,6 +16,7 @@ import { Connector } from './proxy/connector.js';
 import { Drain } from './proxy/drain.js';
 import { HbonePool } from './proxy/hbone-pool.js';
 import { Outbound } from './proxy/outbound.js';
+import { TcpHealthReader } from './proxy/tcp-health.js';
 import { PodProxy } from './proxy/pod-proxy.js';
 import { PolicyRecheck } from './proxy/recheck.js';
 import { SourceLimit } from './proxy/source-limit.js';
@@ -98,6 +99,8 @@ export class DataPlane {
       ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),
     });
     const connector = new Connector({ pool: this.pool, dial });
+    // TCP health per edge: read from the sockops program's map (by its fd, the main thread's) when it runs.
+    this.tcpHealth = config.tcpHealthMapFd === undefined ? undefined : new TcpHealthReader({ mapFd: config.tcpHealthMapFd });
     this.unsubscribe = inputs.subscribe((next, previous) => void this.recheck.apply(next, previous));
     // L7: HTTP to Service ports is parsed and routed per request; its tunnels are the same HBONE/TCP paths.
     this.l7 = config.l7
@@ -146,9 +149,11 @@ export class DataPlane {
       tap: inputs.tap,
       // Egress names are read within the sniff's bounds; with L7 off, within its defaults.
       detect: config.l7 ?? { detectTimeoutMs: 100, opaquePorts: new Set(DEFAULT_OPAQUE_PORTS.split(',').map(Number)) },
+      tcpHealth: this.tcpHealth,
     });
   }
 
+  private readonly tcpHealth: TcpHealthReader | undefined;
   private readonly dialApp: (pod: Workload, host: string, port: number, caller?: string) => net.Socket;
 
   /** Opens this thread's listeners in the pod's netns. */
@@ -170,6 +175,7 @@ export class DataPlane {
       sessions: this.sessions,
       recheck: this.recheck,
       tap: this.inputs.tap,
+      tcpHealth: this.tcpHealth,
       ...(this.sourceLimit && { sourceLimit: this.sourceLimit }),
       onAccept: () => accepted.inc(),
       ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),

@@ -1,5 +1,7 @@
-// The eBPF half of the addon, under capture/: probes what the kernel offers, and loads the inbound sk_lookup program
-// (native/bpf/sk_lookup.bpf.c, embedded here as a libbpf skeleton) and attaches it to a pod's network namespace.
+// The eBPF half of the addon, under capture/: probes what the kernel offers, loads the inbound sk_lookup program
+// (native/bpf/sk_lookup.bpf.c, embedded here as a libbpf skeleton) and attaches it to a pod's network namespace, and
+// the sockops program that keeps RTT and retransmissions of the agent's own sockets (native/bpf/tcp_health.bpf.c),
+// attached to the agent's cgroup.
 // Every program, map and link is held by a file descriptor of this process: nothing is pinned, so all of it goes
 // when the handle is closed or the agent exits. libbpf is linked dynamically (native/build.mjs says why).
 #define _GNU_SOURCE
@@ -7,6 +9,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <linux/types.h>
@@ -18,6 +21,8 @@
 #include "common.h"
 #include "sk_lookup.h"
 #include "sk_lookup.skel.h"
+#include "tcp_health.h"
+#include "tcp_health.skel.h"
 
 // libbpf's warnings (the verifier's log among them) are kept rather than printed on the agent's stderr: the tail of
 // what the last failed call said goes into its error. Per thread, as each Node thread has its own calls.
@@ -372,6 +377,31 @@ static napi_value js_sk_lookup_set_listener(napi_env env, napi_callback_info inf
   return NULL;
 }
 
+// skLookupReattach(handle, nsPath): a new link for the same program and maps (the old one was detached from outside).
+static napi_value js_sk_lookup_reattach(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 2, "skLookupReattach");
+  sk_lookup_handle *h = arg_handle(env, argv[0]);
+  if (h == NULL) return NULL;
+  char ns_path[PATH_MAX], what[PATH_MAX + 64];
+  if (!arg_string(env, argv[1], "nsPath", ns_path, sizeof ns_path)) return NULL;
+  log_reset();
+  int ns_fd = open(ns_path, O_RDONLY | O_CLOEXEC);
+  if (ns_fd < 0) {
+    snprintf(what, sizeof what, "open %s", ns_path);
+    return throw_bpf(env, errno, "open", "attach", what);
+  }
+  struct bpf_link *link = bpf_program__attach_netns(h->skel->progs.trellis_inbound, ns_fd);
+  int attach_errno = errno;
+  close(ns_fd);
+  if (link == NULL) {
+    snprintf(what, sizeof what, "attach to the netns %s", ns_path);
+    return throw_bpf(env, attach_errno > 0 ? attach_errno : EINVAL, "bpf(BPF_LINK_CREATE)", "attach", what);
+  }
+  bpf_link__destroy(h->link);
+  h->link = link;
+  return NULL;
+}
+
 // skLookupVerdicts(handle) -> number[TRELLIS_SKL_VERDICTS]: lookups per verdict since attach, summed over CPUs.
 static napi_value js_sk_lookup_verdicts(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 1, "skLookupVerdicts");
@@ -438,13 +468,224 @@ static napi_value js_sk_lookup_close(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// One agent's TCP health program: its object (program and stats map) and its link to the agent's cgroup. The map
+// outlives a re-attached link, so threads that read it by its fd never see it change.
+typedef struct {
+  struct trellis_tcp_health *skel;
+  struct bpf_link *link;
+} tcp_health_handle;
+
+static const napi_type_tag TCP_HEALTH_TAG = {0x7472656c6c697362ULL, 0x7463706865616c74ULL};
+
+static void tcp_health_release(tcp_health_handle *h) {
+  bpf_link__destroy(h->link);
+  h->link = NULL;
+  trellis_tcp_health__destroy(h->skel);
+  h->skel = NULL;
+}
+
+static void tcp_health_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  tcp_health_release(data);
+  free(data);
+}
+
+static tcp_health_handle *arg_tcp_health(napi_env env, napi_value value, bool open) {
+  bool tagged = false;
+  napi_valuetype type;
+  NAPI_CALL(env, napi_typeof(env, value, &type));
+  if (type == napi_external) NAPI_CALL(env, napi_check_object_type_tag(env, value, &TCP_HEALTH_TAG, &tagged));
+  if (!tagged) {
+    napi_throw_type_error(env, "EINVAL", "not a TCP health handle");
+    return NULL;
+  }
+  void *data = NULL;
+  NAPI_CALL(env, napi_get_value_external(env, value, &data));
+  tcp_health_handle *h = data;
+  if (open && h->skel == NULL) {
+    napi_throw_error(env, "ECLOSED", "the TCP health handle is closed");
+    return NULL;
+  }
+  return h;
+}
+
+// Links the loaded program to the cgroup at `path` (a directory of a cgroup v2 mount).
+static napi_value tcp_health_link(napi_env env, tcp_health_handle *h, const char *path) {
+  char what[PATH_MAX + 64];
+  int cg_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (cg_fd < 0) {
+    snprintf(what, sizeof what, "open %s", path);
+    return throw_bpf(env, errno, "open", "attach", what);
+  }
+  struct bpf_link *link = bpf_program__attach_cgroup(h->skel->progs.trellis_tcp_health, cg_fd);
+  int attach_errno = errno;
+  close(cg_fd);
+  if (link == NULL) {
+    snprintf(what, sizeof what, "attach to the cgroup %s", path);
+    return throw_bpf(env, attach_errno > 0 ? attach_errno : EINVAL, "bpf(BPF_LINK_CREATE)", "attach", what);
+  }
+  bpf_link__destroy(h->link);
+  h->link = link;
+  return NULL;
+}
+
+// tcpHealthAttach(cgroupPath) -> handle: loads the sockops program and links it to the cgroup. On failure nothing
+// stays behind.
+static napi_value js_tcp_health_attach(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "tcpHealthAttach");
+  char path[PATH_MAX];
+  if (!arg_string(env, argv[0], "cgroupPath", path, sizeof path)) return NULL;
+  tcp_health_handle *h = calloc(1, sizeof *h);
+  if (h == NULL) return throw_bpf(env, ENOMEM, "calloc", "open", "TCP health handle");
+  log_reset();
+  h->skel = trellis_tcp_health__open();
+  if (h->skel == NULL) {
+    int err = last_errno(0);
+    free(h);
+    return throw_bpf(env, err, "bpf_object__open", "open", "open the embedded object");
+  }
+  int rc = trellis_tcp_health__load(h->skel);
+  if (rc != 0) {
+    int err = last_errno(rc);
+    tcp_health_release(h);
+    free(h);
+    return throw_bpf(env, err, "bpf(BPF_PROG_LOAD)", "load", "load");
+  }
+  tcp_health_link(env, h, path);
+  if (h->link == NULL) {
+    tcp_health_release(h);
+    free(h);
+    return NULL;
+  }
+  log_reset();
+  napi_value result;
+  napi_status status = napi_create_external(env, h, tcp_health_finalize, NULL, &result);
+  if (status != napi_ok) {
+    tcp_health_release(h);
+    free(h);
+    NAPI_CALL(env, status);
+  }
+  NAPI_CALL(env, napi_type_tag_object(env, result, &TCP_HEALTH_TAG));
+  return result;
+}
+
+// tcpHealthReattach(handle, cgroupPath): a new link for the same program and map (the old one was detached).
+static napi_value js_tcp_health_reattach(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 2, "tcpHealthReattach");
+  tcp_health_handle *h = arg_tcp_health(env, argv[0], true);
+  if (h == NULL) return NULL;
+  char path[PATH_MAX];
+  if (!arg_string(env, argv[1], "cgroupPath", path, sizeof path)) return NULL;
+  log_reset();
+  return tcp_health_link(env, h, path);
+}
+
+// tcpHealthIds(handle) -> { program, link, cgroupId, mapFd }: cgroupId 0 when the link was detached (bpftool link
+// detach) and the program runs no more.
+static napi_value js_tcp_health_ids(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "tcpHealthIds");
+  tcp_health_handle *h = arg_tcp_health(env, argv[0], true);
+  if (h == NULL) return NULL;
+  struct bpf_prog_info prog;
+  struct bpf_link_info link;
+  __u32 prog_len = sizeof prog, link_len = sizeof link;
+  memset(&prog, 0, sizeof prog);
+  memset(&link, 0, sizeof link);
+  int rc = bpf_obj_get_info_by_fd(bpf_program__fd(h->skel->progs.trellis_tcp_health), &prog, &prog_len);
+  if (rc == 0) rc = bpf_obj_get_info_by_fd(bpf_link__fd(h->link), &link, &link_len);
+  if (rc != 0) return throw_bpf(env, last_errno(rc), "bpf(BPF_OBJ_GET_INFO_BY_FD)", "map", "read the program's ids");
+  napi_value result;
+  NAPI_CALL(env, napi_create_object(env, &result));
+  if (!set_number(env, result, "program", prog.id)) return NULL;
+  if (!set_number(env, result, "link", link.id)) return NULL;
+  if (!set_number(env, result, "cgroupId", (double)link.cgroup.cgroup_id)) return NULL;
+  if (!set_number(env, result, "mapFd", bpf_map__fd(h->skel->maps.tcp_stats))) return NULL;
+  return result;
+}
+
+// tcpHealthClose(handle): detaches and unloads, the map with it.
+static napi_value js_tcp_health_close(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "tcpHealthClose");
+  tcp_health_handle *h = arg_tcp_health(env, argv[0], false);
+  if (h == NULL) return NULL;
+  tcp_health_release(h);
+  return NULL;
+}
+
+// tcpStatsRead(mapFd, cookie, remove) -> [srttUs, retrans, rttSamples] | null: one socket's entry, by the map's fd
+// (any thread of the agent may read it; the main thread holds the map). With `remove`, read and deleted in one call.
+static napi_value js_tcp_stats_read(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 3, "tcpStatsRead");
+  uint32_t map_fd;
+  double cookie_d;
+  bool remove = false;
+  if (!arg_uint32(env, argv[0], "mapFd", &map_fd)) return NULL;
+  NAPI_CALL(env, napi_get_value_double(env, argv[1], &cookie_d));
+  NAPI_CALL(env, napi_get_value_bool(env, argv[2], &remove));
+  __u64 cookie = (__u64)cookie_d;
+  struct trellis_tcp_stats stats;
+  int rc = remove ? bpf_map_lookup_and_delete_elem((int)map_fd, &cookie, &stats) : bpf_map_lookup_elem((int)map_fd, &cookie, &stats);
+  napi_value result;
+  if (rc != 0) {
+    int err = last_errno(rc);
+    if (err == ENOENT) {
+      NAPI_CALL(env, napi_get_null(env, &result));
+      return result;
+    }
+    return throw_bpf(env, err, remove ? "bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM)" : "bpf(BPF_MAP_LOOKUP_ELEM)", "map", "read a socket's TCP stats");
+  }
+  double values[3] = {stats.srtt_us, stats.retrans, stats.rtt_samples};
+  NAPI_CALL(env, napi_create_array_with_length(env, 3, &result));
+  for (uint32_t i = 0; i < 3; i++) {
+    napi_value n;
+    NAPI_CALL(env, napi_create_double(env, values[i], &n));
+    NAPI_CALL(env, napi_set_element(env, result, i, n));
+  }
+  return result;
+}
+
+// tcpStatsForget(mapFd, cookie): deletes a socket's entry (a shared socket, at its close); no entry is no error.
+static napi_value js_tcp_stats_forget(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 2, "tcpStatsForget");
+  uint32_t map_fd;
+  double cookie_d;
+  if (!arg_uint32(env, argv[0], "mapFd", &map_fd)) return NULL;
+  NAPI_CALL(env, napi_get_value_double(env, argv[1], &cookie_d));
+  __u64 cookie = (__u64)cookie_d;
+  int rc = bpf_map_delete_elem((int)map_fd, &cookie);
+  if (rc != 0 && last_errno(rc) != ENOENT) return throw_bpf(env, last_errno(rc), "bpf(BPF_MAP_DELETE_ELEM)", "map", "forget a socket's TCP stats");
+  return NULL;
+}
+
+// socketCookie(fd) -> number: the kernel's cookie of a socket (SO_COOKIE), the key the sockops program files it under.
+static napi_value js_socket_cookie(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "socketCookie");
+  uint32_t fd;
+  if (!arg_uint32(env, argv[0], "fd", &fd)) return NULL;
+  __u64 cookie = 0;
+  socklen_t len = sizeof cookie;
+  if (getsockopt((int)fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) != 0) return throw_bpf(env, errno, "getsockopt(SO_COOKIE)", "map", "read the socket's cookie");
+  napi_value result;
+  NAPI_CALL(env, napi_create_double(env, (double)cookie, &result));
+  return result;
+}
+
 napi_value trellis_bpf_init(napi_env env, napi_value exports) {
   libbpf_set_print(keep_libbpf_message);
   NAPI_EXPORT_FUNCTION(env, exports, "bpfProbe", js_bpf_probe);
   NAPI_EXPORT_FUNCTION(env, exports, "skLookupAttach", js_sk_lookup_attach);
   NAPI_EXPORT_FUNCTION(env, exports, "skLookupSetListener", js_sk_lookup_set_listener);
+  NAPI_EXPORT_FUNCTION(env, exports, "skLookupReattach", js_sk_lookup_reattach);
   NAPI_EXPORT_FUNCTION(env, exports, "skLookupVerdicts", js_sk_lookup_verdicts);
   NAPI_EXPORT_FUNCTION(env, exports, "skLookupIds", js_sk_lookup_ids);
   NAPI_EXPORT_FUNCTION(env, exports, "skLookupClose", js_sk_lookup_close);
+  NAPI_EXPORT_FUNCTION(env, exports, "tcpHealthAttach", js_tcp_health_attach);
+  NAPI_EXPORT_FUNCTION(env, exports, "tcpHealthReattach", js_tcp_health_reattach);
+  NAPI_EXPORT_FUNCTION(env, exports, "tcpHealthIds", js_tcp_health_ids);
+  NAPI_EXPORT_FUNCTION(env, exports, "tcpHealthClose", js_tcp_health_close);
+  NAPI_EXPORT_FUNCTION(env, exports, "tcpStatsRead", js_tcp_stats_read);
+  NAPI_EXPORT_FUNCTION(env, exports, "tcpStatsForget", js_tcp_stats_forget);
+  NAPI_EXPORT_FUNCTION(env, exports, "socketCookie", js_socket_cookie);
   return exports;
 }

@@ -4,7 +4,10 @@
 
 #include <node_api.h>
 
-/** Adds bpfProbe, skLookupAttach, skLookupSetListener, skLookupVerdicts, skLookupIds and skLookupClose. */
+/**
+ * Adds bpfProbe, skLookupAttach, skLookupSetListener, skLookupReattach, skLookupVerdicts, skLookupIds, skLookupClose, tcpHealthAttach,
+ * tcpHealthReattach, tcpHealthIds, tcpHealthClose, tcpStatsRead, tcpStatsForget and socketCookie.
+ */
 napi_value trellis_bpf_init(napi_env env, napi_value exports);
 
 #endif

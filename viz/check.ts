@@ -167,13 +167,22 @@ function ebpfChecks(report: KernelReport, isRoot: boolean): CheckResult[] {
     return [{ check: 'ebpf', verdict: 'warn', detail: 'what the eBPF capture mode needs was not tried (loading BPF programs needs root)', fix: 'run trellis check --pre as root' }];
   }
   const out: CheckResult[] = [];
-  for (const name of [...EBPF_NEEDS, 'sockhash', 'cgroup_sock_addr'] as const) {
+  for (const name of [...EBPF_NEEDS, 'sock_ops', 'sockhash', 'cgroup_sock_addr'] as const) {
     const f = feature(report, name);
     const needed = EBPF_NEEDS.includes(name);
     out.push(
       f.ok
         ? { check: 'ebpf', verdict: 'ok', detail: f.detail }
-        : { check: 'ebpf', verdict: 'warn', detail: f.detail, fix: needed ? (EBPF_FIX[name] ?? 'see the detail') : 'not needed yet (the outbound eBPF capture and the same-node path will need it)' },
+        : {
+            check: 'ebpf',
+            verdict: 'warn',
+            detail: f.detail,
+            fix: needed
+              ? (EBPF_FIX[name] ?? 'see the detail')
+              : name === 'sock_ops'
+                ? 'without it the agent exports no trellis_tcp_rtt_seconds or trellis_tcp_retransmits_total (TCP health per edge; it also needs cgroup v2)'
+                : 'not needed yet (the outbound eBPF capture and the same-node path will need it)',
+          },
     );
   }
   const choice = chooseCapture('auto', report, { probeSources: [] });

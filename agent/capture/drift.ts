@@ -1,5 +1,6 @@
 // Drift repair: every interval, checks that each enrolled pod still has exactly our nft table and our three
-// listeners inside its netns, and repairs what drifted (someone flushed the rules, a listener was killed).
+// listeners inside its netns, and that our BPF links are still attached, and repairs what drifted (someone flushed
+// the rules, a listener was killed, a link was detached with bpftool).
 import { spawn } from 'node:child_process';
 import { readdir, readlink } from 'node:fs/promises';
 import type { Logger } from 'pino';
@@ -22,6 +23,11 @@ export interface DriftInputs {
   enrolment: DriftTarget;
   /** The same probe sources the enrolment installs with: they are part of the expected ruleset. */
   probeSources: readonly string[];
+  /**
+   * The BPF links (each pod's sk_lookup, the sockops program): those detached from outside are attached again and
+   * returned, by kind. Throws when one cannot be; the next pass tries again.
+   */
+  bpf?: () => { what: 'sk_lookup' | 'sockops'; target: string }[];
   /** The capture mode's inbound, as the enrolment installs it (default nft). */
   inbound?: InboundCapture;
   intervalMs: number;
@@ -32,8 +38,8 @@ export interface DriftInputs {
 
 export interface DriftReport {
   checked: number;
-  repaired: { rules: string[]; listeners: string[] };
-  failed: { pod: string; what: 'rules' | 'listeners'; error: string }[];
+  repaired: { rules: string[]; listeners: string[]; bpf: string[] };
+  failed: { pod: string; what: 'rules' | 'listeners' | 'bpf'; error: string }[];
 }
 
 /** The agent's listeners in every enrolled pod: address as /proc/net/tcp shows it. */
@@ -84,7 +90,8 @@ export class DriftChecker {
   }
 
   private async pass(): Promise<DriftReport> {
-    const report: DriftReport = { checked: 0, repaired: { rules: [], listeners: [] }, failed: [] };
+    const report: DriftReport = { checked: 0, repaired: { rules: [], listeners: [], bpf: [] }, failed: [] };
+    this.checkBpf(report);
     const pods = this.inputs.enrolment.enrolledPods();
     if (pods.length === 0) return report;
     const expected = await this.expectedListing();
@@ -115,6 +122,22 @@ export class DriftChecker {
       const why = listing === undefined ? `table inet ${CAPTURE_TABLE} is missing` : `table inet ${CAPTURE_TABLE} was changed`;
       this.inputs.logger.warn({ pod: pod.key, why }, 'capture drift: reinstalling the capture rules');
       await this.repair(pod, 'rules', report, () => this.inputs.enrolment.repairRules(pod.key, netns));
+    }
+  }
+
+  /** BPF links are checked by their ids (a detached link has no netns or cgroup), in the agent itself: no process. */
+  private checkBpf(report: DriftReport): void {
+    if (!this.inputs.bpf) return;
+    try {
+      for (const { what, target } of this.inputs.bpf()) {
+        report.repaired.bpf.push(`${what} ${target}`);
+        this.inputs.metrics.captureDriftRepairs.inc({ what });
+        this.inputs.logger.info({ what, target }, 'capture drift repaired: BPF program attached again');
+      }
+    } catch (err) {
+      const error = (err as Error).message;
+      report.failed.push({ pod: '-', what: 'bpf', error });
+      this.inputs.logger.error({ what: 'bpf', err: error }, 'capture drift repair failed; retrying on the next pass');
     }
   }
 

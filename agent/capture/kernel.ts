@@ -14,6 +14,7 @@ export const KERNEL_FEATURES = [
   'sockmap',
   'sockhash',
   'cgroup_sock_addr',
+  'sock_ops',
   'cgroup2',
   'sk_lookup_program',
   'nft_socket',
@@ -87,6 +88,7 @@ export async function probeKernel(inputs: KernelProbeInputs = {}): Promise<Kerne
     answer('sockmap', bpf?.mapTypes.sockmap, 'sockmap (the listener the program hands connections to)', 'no sockmap maps (Linux 4.14+; listeners in them 5.10+)'),
     answer('sockhash', bpf?.mapTypes.sockhash, 'sockhash (for the same-node path)', 'no sockhash maps (Linux 4.18+)'),
     answer('cgroup_sock_addr', bpf?.progTypes.cgroup_sock_addr, 'cgroup sock_addr programs (connect4/connect6 hooks, for outbound capture)', 'no cgroup sock_addr programs (Linux 4.17+)'),
+    answer('sock_ops', bpf?.progTypes.sock_ops, 'sockops programs (RTT and retransmissions per edge)', 'no sockops programs (Linux 4.13+): no trellis_tcp_rtt_seconds or trellis_tcp_retransmits_total'),
     cgroup2
       ? { name: 'cgroup2', ok: true, detail: `cgroup v2 at ${cgroup2.path}${cgroup2.layout === 'hybrid' ? ' (hybrid layout: v1 controllers at /sys/fs/cgroup)' : ''}` }
       : { name: 'cgroup2', ok: false, detail: 'no cgroup v2 mount visible to this process (systemd.unified_cgroup_hierarchy, or mount cgroup2)' },

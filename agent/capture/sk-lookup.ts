@@ -17,8 +17,11 @@ export interface Steered {
 /** What the manager needs of a link (SkLookupLink; a fake in tests). */
 export interface LinkLike {
   readonly closed: boolean;
+  readonly netnsPath: string;
   setListener(fd: number): void;
   verdicts(): Record<SkLookupVerdict, number>;
+  ids(): { netnsInode: number };
+  reattach(): void;
   close(): void;
 }
 
@@ -53,6 +56,27 @@ export class InboundSteering {
     const out = { ...this.retired };
     for (const link of this.links) add(out, this.read(link));
     return out;
+  }
+
+  /**
+   * Drift: links detached from outside (bpftool link detach: no netns any more) are linked again; returns the netns
+   * of each. A pod whose netns is gone is left to unenrolment. Throws the first failure, after trying every link.
+   */
+  repairDetached(): string[] {
+    const repaired: string[] = [];
+    let failure: unknown;
+    for (const link of this.links) {
+      try {
+        if (link.closed || link.ids().netnsInode !== 0) continue;
+        this.inputs.logger.warn({ netns: link.netnsPath }, 'capture drift: the pod\'s sk_lookup program was detached; attaching it again');
+        link.reattach();
+        repaired.push(link.netnsPath);
+      } catch (err) {
+        failure ??= err;
+      }
+    }
+    if (failure !== undefined && repaired.length === 0) throw failure;
+    return repaired;
   }
 
   /** Detaches every pod's program (the agent is stopping). */

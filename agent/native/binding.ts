@@ -5,7 +5,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TrellisError } from '../errors.js';
-import type { BpfProbe, SkLookupHandle } from './bpf.js';
+import type { BpfProbe, SkLookupHandle, TcpHealthHandle } from './bpf.js';
 
 export type Family = 4 | 6;
 
@@ -41,9 +41,17 @@ export interface Binding {
   bpfProbe(): BpfProbe;
   skLookupAttach(nsPath: string, listenerFd: number, probeSources: string[], exemptPorts: number[]): SkLookupHandle;
   skLookupSetListener(handle: SkLookupHandle, listenerFd: number): void;
+  skLookupReattach(handle: SkLookupHandle, nsPath: string): void;
   skLookupVerdicts(handle: SkLookupHandle): number[];
   skLookupIds(handle: SkLookupHandle): { program: number; link: number; netnsInode: number };
   skLookupClose(handle: SkLookupHandle): void;
+  tcpHealthAttach(cgroupPath: string): TcpHealthHandle;
+  tcpHealthReattach(handle: TcpHealthHandle, cgroupPath: string): void;
+  tcpHealthIds(handle: TcpHealthHandle): { program: number; link: number; cgroupId: number; mapFd: number };
+  tcpHealthClose(handle: TcpHealthHandle): void;
+  tcpStatsRead(mapFd: number, cookie: number, remove: boolean): [number, number, number] | null;
+  tcpStatsForget(mapFd: number, cookie: number): void;
+  socketCookie(fd: number): number;
 }
 
 // Loaded on first use, so importing this module never fails on a machine that only runs pure-JS parts.

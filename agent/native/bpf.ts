@@ -1,5 +1,6 @@
-// The eBPF half of the native boundary (native/bpf.c), under capture/: what the kernel offers, and the inbound
-// sk_lookup program (native/bpf/sk_lookup.bpf.c) attached to one pod's network namespace. Re-exported by index.ts.
+// The eBPF half of the native boundary (native/bpf.c), under capture/: what the kernel offers, the inbound sk_lookup
+// program (native/bpf/sk_lookup.bpf.c) attached to one pod's network namespace, and the sockops program keeping the
+// RTT and retransmissions of the agent's own sockets (native/bpf/tcp_health.bpf.c). Re-exported by index.ts.
 // A failure becomes BpfError: the program, the attach point, the errno and what to do about it.
 import { TrellisError } from '../errors.js';
 import { native, NativeError } from './binding.js';
@@ -66,7 +67,7 @@ export function bpfHint(code: string, stage: string): string | undefined {
     return 'CO-RE relocation needs the kernel\'s BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF); run with --capture nft';
   }
   if (stage === 'map' && (code === 'EOPNOTSUPP' || code === 'EINVAL' || code === 'EBADF')) return 'the fd is not a listening TCP socket';
-  if (stage === 'attach' && code === 'ENOENT') return "the pod's network namespace is gone";
+  if (stage === 'attach' && code === 'ENOENT') return "the pod's network namespace (or the agent's cgroup) is gone";
   if (stage === 'attach' && code === 'EINVAL') return 'the kernel cannot attach sk_lookup programs to a network namespace (Linux 5.9+)';
   return undefined;
 }
@@ -134,6 +135,12 @@ export class SkLookupLink {
     bpfCall(SK_LOOKUP_PROGRAM, `sk_lookup of netns ${this.netnsPath}`, () => native().skLookupSetListener(h, fd));
   }
 
+  /** Links the same program and maps to the netns again (the link was detached from outside); the old link is released. */
+  reattach(): void {
+    const h = this.open();
+    bpfCall(SK_LOOKUP_PROGRAM, `sk_lookup of netns ${this.netnsPath}`, () => native().skLookupReattach(h, this.netnsPath));
+  }
+
   /** Lookups per verdict since attach. */
   verdicts(): Record<SkLookupVerdict, number> {
     const h = this.open();
@@ -141,7 +148,10 @@ export class SkLookupLink {
     return Object.fromEntries(SK_LOOKUP_VERDICTS.map((v, i) => [v, counts[i] ?? 0])) as Record<SkLookupVerdict, number>;
   }
 
-  /** The kernel's ids of the program and the link, and the inode of the netns it is attached to (as bpftool shows them). */
+  /**
+   * The kernel's ids of the program and the link, and the inode of the netns it is attached to (as bpftool shows them);
+   * netnsInode 0 when the link was detached from outside (bpftool link detach) and the program runs no more.
+   */
   ids(): { program: number; link: number; netnsInode: number } {
     const h = this.open();
     return bpfCall(SK_LOOKUP_PROGRAM, `sk_lookup of netns ${this.netnsPath}`, () => native().skLookupIds(h));
@@ -158,4 +168,89 @@ export class SkLookupLink {
     if (!this.handle) throw new TrellisError('ECLOSED', `the sk_lookup program of ${this.netnsPath} is detached`);
     return this.handle;
   }
+}
+
+/** The TCP health program's name, as `bpftool prog show` lists it. */
+export const TCP_HEALTH_PROGRAM = 'trellis_tcp_health';
+
+/** Opaque: the addon's handle of the loaded and attached TCP health program. */
+export type TcpHealthHandle = { readonly __brand: 'TcpHealthHandle' };
+
+/** One socket's figures, as the sockops program last saw them. */
+export interface TcpStats {
+  /** The kernel's smoothed RTT, microseconds. */
+  readonly srttUs: number;
+  /** Segments retransmitted since the connection was established. */
+  readonly retransmits: number;
+  /** RTT samples the kernel took (0: srttUs is the handshake's alone). */
+  readonly rttSamples: number;
+}
+
+/**
+ * The sockops program on the agent's cgroup (v2): for every TCP socket of the agent it keeps the smoothed RTT and the
+ * retransmissions in a map keyed by the socket's cookie. Held by file descriptors of this process (nothing pinned):
+ * closed, or when the process ends, it is detached and unloaded with its map.
+ */
+export class TcpHealthLink {
+  private handle: TcpHealthHandle | undefined;
+
+  private constructor(
+    handle: TcpHealthHandle,
+    readonly cgroupPath: string,
+  ) {
+    this.handle = handle;
+  }
+
+  static attach(cgroupPath: string): TcpHealthLink {
+    if (typeof cgroupPath !== 'string' || cgroupPath.length === 0) throw new TrellisError('EINVAL', 'cgroup path must be a non-empty string');
+    const handle = bpfCall(TCP_HEALTH_PROGRAM, `sockops of cgroup ${cgroupPath}`, () => native().tcpHealthAttach(cgroupPath));
+    return new TcpHealthLink(handle, cgroupPath);
+  }
+
+  get closed(): boolean {
+    return this.handle === undefined;
+  }
+
+  /** The kernel's ids; cgroupId 0 when the link was detached from outside (bpftool link detach). mapFd: the stats. */
+  ids(): { program: number; link: number; cgroupId: number; mapFd: number } {
+    const h = this.open();
+    return bpfCall(TCP_HEALTH_PROGRAM, `sockops of cgroup ${this.cgroupPath}`, () => native().tcpHealthIds(h));
+  }
+
+  /** Links the same program and map again (the link was detached); the old link is released. */
+  reattach(): void {
+    const h = this.open();
+    bpfCall(TCP_HEALTH_PROGRAM, `sockops of cgroup ${this.cgroupPath}`, () => native().tcpHealthReattach(h, this.cgroupPath));
+  }
+
+  /** Detaches and unloads, the map with it; idempotent. */
+  close(): void {
+    const h = this.handle;
+    this.handle = undefined;
+    if (h) native().tcpHealthClose(h);
+  }
+
+  private open(): TcpHealthHandle {
+    if (!this.handle) throw new TrellisError('ECLOSED', `the TCP health program of ${this.cgroupPath} is detached`);
+    return this.handle;
+  }
+}
+
+/**
+ * A socket's entry in the TCP health map, read by the map's fd (any thread of the agent may: the fd is the process's);
+ * with `remove`, read and deleted in one call. Undefined when the map holds none (a socket of before the program).
+ */
+export function readTcpStats(mapFd: number, cookie: number, remove: boolean): TcpStats | undefined {
+  const v = bpfCall(TCP_HEALTH_PROGRAM, 'its stats map', () => native().tcpStatsRead(mapFd, cookie, remove));
+  return v ? { srttUs: v[0], retransmits: v[1], rttSamples: v[2] } : undefined;
+}
+
+/** Deletes a socket's entry (a socket shared by many connections, when it closes). */
+export function forgetTcpStats(mapFd: number, cookie: number): void {
+  bpfCall(TCP_HEALTH_PROGRAM, 'its stats map', () => native().tcpStatsForget(mapFd, cookie));
+}
+
+/** The kernel's cookie of a socket (SO_COOKIE): the key the TCP health program files its figures under. */
+export function socketCookie(fd: number): number {
+  return bpfCall(TCP_HEALTH_PROGRAM, 'its stats map', () => native().socketCookie(fd));
 }

@@ -9,6 +9,7 @@ import { members, peer, q } from '../telemetry/access-line.js';
 import type { TappedConnection } from '../tap/events.js';
 import type { TapHub } from '../tap/hub.js';
 import { EGRESS_WORKLOAD, egressMember, type EgressFacts } from './egress.js';
+import type { PeerSocketHealth, TcpHealthReader } from './tcp-health.js';
 
 /** What every connection record reports to. */
 export interface RecordSinks {
@@ -17,6 +18,8 @@ export interface RecordSinks {
   drain: Drain;
   /** This thread's tap hub: read at open and at close, `active` false while nobody taps. */
   tap?: TapHub | undefined;
+  /** The sockops program's map, read for each connection's socket toward its peer; absent where it does not run. */
+  tcpHealth?: TcpHealthReader | undefined;
 }
 
 export interface ConnectionFields {
@@ -71,9 +74,14 @@ export class ConnectionRecord implements SpliceHooks, TappedConnection {
   private readonly leave: () => void;
   private readonly tap: TapHub | undefined;
 
+  /**
+   * `peer`: the connection's socket toward its peer (tcp-health.ts), read once at finish for its RTT and
+   * retransmissions.
+   */
   constructor(
     readonly fields: ConnectionFields,
     sinks: RecordSinks,
+    private readonly peer?: PeerSocketHealth,
   ) {
     this.counters = sinks.metrics.tcp(tcpLabels(fields));
     this.counters.opened();
@@ -103,6 +111,8 @@ export class ConnectionRecord implements SpliceHooks, TappedConnection {
     this.done = true;
     this.leave();
     this.counters.closed();
+    const health = this.peer?.finish();
+    if (health) this.counters.health(health.rttSeconds, health.retransmits);
     const f = this.fields;
     const durationMs = Math.round((performance.now() - this.started) * 1000) / 1000;
     const errorText = error ? `${(error as NodeJS.ErrnoException).code ?? 'ERROR'}: ${error.message}` : undefined;

@@ -186,6 +186,7 @@ export class HboneInbound {
         authz: decisionFields(authz.verdict.decision),
       },
       this.inputs,
+      this.inputs.tcpHealth?.session(stream.session),
     );
     const untrack = trackConnection(this.inputs, { principal, sourceIp: remoteIp, sourcePort: tlsSocket?.remotePort, ip: target.ip, port: target.port, l7: false }, [stream, app], record);
     const outcome = await splice(stream, app, record);

@@ -99,6 +99,7 @@ export class PlaintextInbound {
         authz: decisionFields(authz.verdict.decision),
       },
       this.inputs,
+      this.inputs.tcpHealth?.own(down),
     );
     const untrack = trackConnection(this.inputs, { ...facts, l7: false }, [down, app], record);
     const outcome = await splice(down, app, record);

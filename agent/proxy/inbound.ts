@@ -16,6 +16,7 @@ import type { PolicyRecheck } from './recheck.js';
 import type { SourceLimit } from './source-limit.js';
 import type { AccessLog } from '../telemetry/audit.js';
 import type { TapHub } from '../tap/hub.js';
+import type { TcpHealthReader } from './tcp-health.js';
 
 /**
  * Connects to the app inside the pod's netns (with the agent's mark, so capture skips it), from `caller`'s address
@@ -48,6 +49,8 @@ export interface InboundInputs {
   sourceLimit?: SourceLimit;
   /** This thread's tap hub (agent/tap/): denied connections are tapped here, the others by their record. */
   tap?: TapHub | undefined;
+  /** The sockops program's map (TCP health per edge); absent where it does not run. */
+  tcpHealth?: TcpHealthReader | undefined;
 }
 
 export interface InboundHttpOptions {

@@ -4,7 +4,7 @@
 // destination that is neither a pod nor a Service is egress: named by what the client sent (TLS SNI, HTTP Host),
 // judged by its namespace's EgressNetworks, and carried as plain TCP from the pod's netns.
 import type http2 from 'node:http2';
-import type net from 'node:net';
+import net from 'node:net';
 import type { Logger } from 'pino';
 import type { L7Proxy } from '../l7/l7-proxy.js';
 import { wrapError } from '../errors.js';
@@ -26,6 +26,7 @@ import type { ServiceInfo } from '../model/services.js';
 import { egressFields, refusedEgressLine } from './egress.js';
 import type { AccessLog } from '../telemetry/audit.js';
 import type { TapHub } from '../tap/hub.js';
+import type { TcpHealthReader } from './tcp-health.js';
 
 export interface OutboundInputs {
   state: () => MeshState;
@@ -41,6 +42,8 @@ export interface OutboundInputs {
   tap?: TapHub | undefined;
   /** How long and on which ports an egress connection's first bytes are read for its name (the sniff's bounds). */
   detect: DetectOptions;
+  /** The sockops program's map (TCP health per edge); absent where it does not run. */
+  tcpHealth?: TcpHealthReader | undefined;
 }
 
 export class Outbound {
@@ -100,6 +103,7 @@ export class Outbound {
         security: target.kind === 'hbone' ? 'mutual_tls' : 'none',
       },
       this.inputs,
+      up instanceof net.Socket ? this.inputs.tcpHealth?.own(up) : this.inputs.tcpHealth?.session(up.session),
     );
     const outcome = await splice(down, up, record);
     record.finish(outcome.error);

@@ -36,6 +36,8 @@ export interface RequestSeries {
 
 // Latency buckets in seconds, from 0.5 ms (a same-node hop) to a minute.
 const DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+// RTT buckets in seconds, from 50 us (two sockets on one node) to a second.
+const RTT_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
 const SIZE_BUCKETS = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
 /** Bound series kept for reuse; past this many the cache starts over (prom-client keeps the series itself). */
 const MAX_CACHED_SERIES = 10_000;
@@ -48,6 +50,8 @@ export interface TcpCounters {
   received(n: number): void;
   /** Bytes from the server toward the client (response direction). */
   sent(n: number): void;
+  /** The TCP health of the connection's socket toward its peer, as the sockops program saw it (once, at close). */
+  health(rttSeconds: number, retransmits: number): void;
 }
 
 /** The trust bundle's roots and the root each workload certificate chains to (SHA-256 fingerprints). */
@@ -65,6 +69,8 @@ export class Metrics {
   private readonly closedTotal: CounterVec;
   private readonly receivedBytes: CounterVec;
   private readonly sentBytes: CounterVec;
+  private readonly tcpRtt: HistogramVec;
+  private readonly tcpRetransmits: CounterVec;
   readonly connectionFailures: Counter<string>;
   readonly configErrors: Counter<string>;
   readonly enrolledPods: Gauge<string>;
@@ -106,6 +112,9 @@ export class Metrics {
     this.closedTotal = new CounterVec('trellis_tcp_connections_closed_total', 'TCP connections closed', TCP_LABELS, r);
     this.receivedBytes = new CounterVec('trellis_tcp_received_bytes_total', 'Bytes received in the request direction (client to server)', TCP_LABELS, r);
     this.sentBytes = new CounterVec('trellis_tcp_sent_bytes_total', 'Bytes sent in the response direction (server to client)', TCP_LABELS, r);
+    // TCP health (capture/tcp-health.ts): absent where the sockops program does not run (the agent's log says why).
+    this.tcpRtt = new HistogramVec('trellis_tcp_rtt_seconds', "Smoothed RTT of the connection's socket toward its peer (the other agent, or a client or server outside the mesh) when it closed", TCP_LABELS, RTT_BUCKETS, r);
+    this.tcpRetransmits = new CounterVec('trellis_tcp_retransmits_total', "TCP segments the agent retransmitted on the connection's socket toward its peer", TCP_LABELS, r);
     this.connectionFailures = new Counter({ name: 'trellis_connection_failures_total', help: 'Connections the agent could not proxy, by direction and reason', labelNames: ['direction', 'reason'], registers });
     this.configErrors = new Counter({ name: 'trellis_config_errors_total', help: 'Invalid objects or files rejected by a source', labelNames: ['source'], registers });
     this.enrolledPods = new Gauge({ name: 'trellis_enrolled_pods', help: 'Pods on this node whose traffic is captured', registers });
@@ -218,6 +227,11 @@ export class Metrics {
       closed: () => c.inc(),
       received: (n) => r.inc(n),
       sent: (n) => s.inc(n),
+      // Bound when first told: an agent without the sockops program never makes these series.
+      health: (rttSeconds, retransmits) => {
+        this.tcpRtt.labels(labels).observe(rttSeconds);
+        this.tcpRetransmits.labels(labels).inc(retransmits);
+      },
     };
   }
 

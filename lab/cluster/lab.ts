@@ -46,6 +46,7 @@ import { run, type RunOptions } from './run.js';
 import { labPaths, readState, writeFileAtomic, writeState, STATE_VERSION, type LabPaths, type LabState, type PodState } from './state.js';
 import { addInternet, addPodNetwork, createNetwork, deleteNetns, listNetns } from './topology.js';
 import { LabCluster, type ClusterOptions } from './cluster.js';
+import { agentCgroup, inCgroup, removeCgroups } from './cgroups.js';
 import { cniAdd, cniPlugin, nodeCni } from './cni.js';
 import { createPodObject, ensure, reportPodStatus } from './kubelet.js';
 import { findPrometheus, startPrometheus, writeEndpoints, type PrometheusOptions, type PrometheusRecord } from './prometheus.js';
@@ -656,7 +657,9 @@ export class Lab {
       ...this.state.options.agentArgs.map((a) => a.replaceAll('{node}', n.name)),
       ...extra,
     ];
-    const { record } = spawnDetached(argv, { env: { ...process.env, [LAB_ENV]: this.name }, logFile: this.agentLogFile(n.name) });
+    // In a cgroup of its own, where its sockops program sees its sockets only (cgroups.ts).
+    const cgroup = await agentCgroup(this.name, n.name);
+    const { record } = spawnDetached(cgroup ? inCgroup(cgroup, argv) : argv, { env: { ...process.env, [LAB_ENV]: this.name }, logFile: this.agentLogFile(n.name) });
     return { rec: await record, readyFile };
   }
 
@@ -732,6 +735,7 @@ export class Lab {
       const namespaces = await listNetns(prefix);
       await terminate(await foundTargets(namespaces, (lab) => lab === this.name));
       await deleteNetns(namespaces);
+      await removeCgroups(prefix);
     } catch (err) {
       problems.push((err as Error).message);
     }
@@ -904,6 +908,11 @@ export async function sweep(opts: { prefix?: string; stateRoot?: string } = {}):
   for (const pid of await terminate(targets)) removed.push(`process ${names.get(pid) ?? pid}`);
   try {
     for (const n of await deleteNetns(namespaces)) removed.push(`netns ${n}`);
+  } catch (err) {
+    problems.push((err as Error).message);
+  }
+  try {
+    for (const c of await removeCgroups(prefix)) removed.push(`cgroup ${c}`);
   } catch (err) {
     problems.push((err as Error).message);
   }

@@ -151,10 +151,18 @@ describe('Enrolment', () => {
     const steering = new InboundSteering({
       probeSources: ['10.0.0.1'],
       logger: pino({ level: 'silent' }),
-      attach: (_path, opts) => {
+      attach: (path, opts) => {
         expect(opts).toEqual({ listenerFd: 7, probeSources: ['10.0.0.1'], exemptPorts: [15008] });
         const n = links.length + 1;
-        const link = { closed: false, setListener: () => undefined, verdicts: () => verdicts(n * 10), close: () => void (link.closed = true) };
+        const link = {
+          closed: false,
+          netnsPath: path,
+          setListener: () => undefined,
+          verdicts: () => verdicts(n * 10),
+          ids: () => ({ netnsInode: 1 }),
+          reattach: () => undefined,
+          close: () => void (link.closed = true),
+        };
         links.push(link);
         return link;
       },
@@ -170,5 +178,39 @@ describe('Enrolment', () => {
     steering.close();
     expect(links.every((l) => l.closed)).toBe(true);
     expect(steering.verdicts()).toMatchObject({ steered: 30, local: 2 });
+  });
+
+  it('links detached from outside are attached again by the drift check, the others left alone', () => {
+    const made: { netnsPath: string; inode: number; reattached: number; closed: boolean }[] = [];
+    const steering = new InboundSteering({
+      probeSources: [],
+      logger: pino({ level: 'silent' }),
+      attach: (path) => {
+        const state = { netnsPath: path, inode: 4026532000 + made.length, reattached: 0, closed: false };
+        made.push(state);
+        return {
+          get closed() {
+            return state.closed;
+          },
+          netnsPath: path,
+          setListener: () => undefined,
+          verdicts: () => ({ steered: 0, local: 0, exempt_port: 0, probe_source: 0, no_listener: 0, refused: 0 }),
+          ids: () => ({ netnsInode: state.inode }),
+          reattach: () => {
+            state.reattached++;
+            state.inode = 4026532999;
+          },
+          close: () => void (state.closed = true),
+        };
+      },
+    });
+    const p = (name: string) => ({ key: `mesh/${name}`, netnsPath: `/run/netns/${name}` }) as Workload;
+    steering.attach(p('a'), 7);
+    steering.attach(p('b'), 7);
+    expect(steering.repairDetached()).toEqual([]);
+    made[1]!.inode = 0;
+    expect(steering.repairDetached()).toEqual(['/run/netns/b']);
+    expect(made.map((m) => m.reattached)).toEqual([0, 1]);
+    expect(steering.repairDetached()).toEqual([]);
   });
 });
