@@ -72,7 +72,7 @@ describe('TCP health per edge (sockops, two-node lab, --capture ebpf)', () => {
     await run('tc', ['-n', nodeB, 'qdisc', 'add', 'dev', slow, 'root', 'handle', '1:', 'htb', 'default', '1']);
     await run('tc', ['-n', nodeB, 'class', 'add', 'dev', slow, 'parent', '1:', 'classid', '1:1', 'htb', 'rate', '4mbit', 'ceil', '4mbit']);
     await run('tc', ['-n', nodeB, 'qdisc', 'add', 'dev', slow, 'parent', '1:1', 'pfifo', 'limit', '20']);
-    const loss = `table inet trellis_test_loss {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n    ip daddr ${lab.pod('mesh/lossy').ip} numgen random mod 100 < 5 drop\n  }\n}\n`;
+    const loss = `table inet trellis_test_loss {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n    ip daddr ${lab.pod('mesh/lossy').ip} numgen random mod 100 < 5 counter drop\n  }\n}\n`;
     await new Promise<void>((resolve, reject) => {
       const child = execFile('ip', ['netns', 'exec', nodeB, 'nft', '-f', '-'], (err) => (err ? reject(err) : resolve()));
       child.stdin!.end(loss);
@@ -127,7 +127,8 @@ describe('TCP health per edge (sockops, two-node lab, --capture ebpf)', () => {
     // clean edge loses nothing; on a loaded machine an ACK late by more than the probe timeout (10 ms at these RTTs)
     // still makes the kernel send a tail loss probe, which it counts as a retransmission, so a couple are allowed.
     const lossy = sumOf(await metrics('node-a'), 'trellis_tcp_retransmits_total', { reporter: 'source', ...edge('lossy') });
-    expect(lossy).toBeGreaterThanOrEqual(10);
+    const dropped = (await run('ip', ['netns', 'exec', lab.node('node-b').netns, 'nft', 'list', 'table', 'inet', 'trellis_test_loss'])).stdout;
+    expect(lossy, `${dropped}\n${(await lab.metrics('node-a')).split('\n').filter((l) => l.startsWith('trellis_tcp_retransmits_total')).join('\n')}`).toBeGreaterThanOrEqual(10);
     expect(await sum('trellis_tcp_retransmits_total', 'clean')).toBeLessThanOrEqual(2);
   });
 
