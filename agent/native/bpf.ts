@@ -67,7 +67,7 @@ export function bpfHint(code: string, stage: string): string | undefined {
     return 'CO-RE relocation needs the kernel\'s BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF); run with --capture nft';
   }
   if (stage === 'map' && (code === 'EOPNOTSUPP' || code === 'EINVAL' || code === 'EBADF')) return 'the fd is not a listening TCP socket';
-  if (stage === 'attach' && code === 'ENOENT') return "the pod's network namespace (or the agent's cgroup) is gone";
+  if (stage === 'attach' && code === 'ENOENT') return "the pod's network namespace is gone";
   if (stage === 'attach' && code === 'EINVAL') return 'the kernel cannot attach sk_lookup programs to a network namespace (Linux 5.9+)';
   return undefined;
 }

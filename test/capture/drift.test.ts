@@ -59,7 +59,7 @@ describe('capture drift repair', () => {
   it('leaves intact pods alone', async () => {
     const before = [table(a.ns), table(b.ns), listenerInodes(a.ns), listenerInodes(b.ns)];
     const report = await drift.check();
-    expect(report).toEqual({ checked: 2, repaired: { rules: [], listeners: [] }, failed: [] });
+    expect(report).toEqual({ checked: 2, repaired: { rules: [], listeners: [], bpf: [] }, failed: [] });
     expect([table(a.ns), table(b.ns), listenerInodes(a.ns), listenerInodes(b.ns)]).toEqual(before);
     expect(await repairs(agent, 'rules')).toBe(0);
     expect(await repairs(agent, 'listeners')).toBe(0);
@@ -69,7 +69,7 @@ describe('capture drift repair', () => {
     const intactB = table(b.ns);
     run('nsenter', `--net=${a.path}`, 'nft', 'delete', 'table', 'inet', 'trellis');
     const report = await drift.check();
-    expect(report.repaired).toEqual({ rules: ['mesh/a'], listeners: [] });
+    expect(report.repaired).toEqual({ rules: ['mesh/a'], listeners: [], bpf: [] });
     expect(table(a.ns)).toContain('redirect to :15001');
     expect(table(a.ns)).toContain('ip saddr 10.252.0.1 return');
     expect(table(b.ns)).toBe(intactB);
@@ -89,7 +89,7 @@ describe('capture drift repair', () => {
     expect(table(a.ns)).toContain('redirect to :15006');
     expect(await repairs(agent, 'rules')).toBe(3);
     // Repaired means identical again: the next pass finds nothing.
-    expect((await drift.check()).repaired).toEqual({ rules: [], listeners: [] });
+    expect((await drift.check()).repaired).toEqual({ rules: [], listeners: [], bpf: [] });
   });
 
   it('reopens a listener killed behind its back, without touching the other pod', async () => {
@@ -98,11 +98,11 @@ describe('capture drift repair', () => {
     run('nsenter', `--net=${a.path}`, 'ss', '-K', '-ltn', 'sport', '=', ':15006');
     expect(listening(a.ns)).not.toContain('0.0.0.0:15006');
     const report = await drift.check();
-    expect(report.repaired).toEqual({ rules: [], listeners: ['mesh/a'] });
+    expect(report.repaired).toEqual({ rules: [], listeners: ['mesh/a'], bpf: [] });
     expect(listening(a.ns)).toEqual(AGENT_LISTENERS);
     expect(listenerInodes(b.ns)).toEqual(intactB);
     expect(await repairs(agent, 'listeners')).toBe(1);
-    expect((await drift.check()).repaired).toEqual({ rules: [], listeners: [] });
+    expect((await drift.check()).repaired).toEqual({ rules: [], listeners: [], bpf: [] });
   });
 
   it('runs by itself every interval once started', async () => {
@@ -129,7 +129,7 @@ describe('capture drift repair', () => {
     podNet.removePod(b);
     const report = await drift.check();
     expect(report.checked).toBe(1);
-    expect(report.repaired).toEqual({ rules: [], listeners: [] });
+    expect(report.repaired).toEqual({ rules: [], listeners: [], bpf: [] });
     // Unenrolled between the look and the repair: the repair is a no-op, not a reinstall.
     expect(await agent.enrolment.repairRules('mesh/gone', '/nowhere')).toBe(false);
     expect(await agent.enrolment.reopenListeners('mesh/gone', '/nowhere')).toBe(false);

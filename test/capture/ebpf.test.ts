@@ -94,11 +94,11 @@ describe('eBPF capture mode: inbound by sk_lookup (in-process agent, real pod ne
   });
 
   it('drift repair knows the eBPF ruleset: intact is intact, a deleted table comes back with the guard', async () => {
-    expect((await drift.check()).repaired).toEqual({ rules: [], listeners: [] });
+    expect((await drift.check()).repaired).toEqual({ rules: [], listeners: [], bpf: [] });
     run('nsenter', `--net=${a.path}`, 'nft', 'delete', 'table', 'inet', 'trellis');
-    expect((await drift.check()).repaired).toEqual({ rules: ['mesh/a'], listeners: [] });
+    expect((await drift.check()).repaired).toEqual({ rules: ['mesh/a'], listeners: [], bpf: [] });
     expect(run('ip', 'netns', 'exec', a.ns, 'nft', 'list', 'table', 'inet', 'trellis')).toMatch(/socket mark != 0x0*539 reject/);
-    expect((await drift.check()).repaired).toEqual({ rules: [], listeners: [] });
+    expect((await drift.check()).repaired).toEqual({ rules: [], listeners: [], bpf: [] });
   });
 
   it('refuses while the listener is gone, and the program follows the reopened one', async () => {
@@ -107,7 +107,7 @@ describe('eBPF capture mode: inbound by sk_lookup (in-process agent, real pod ne
     // Killed in the kernel, the listener stays in the program's map, closed: the kernel refuses it for the lookup.
     const v = agent.steering!.verdicts();
     expect(v.no_listener + v.refused).toBeGreaterThanOrEqual(1);
-    expect((await drift.check()).repaired).toEqual({ rules: [], listeners: ['mesh/a'] });
+    expect((await drift.check()).repaired).toEqual({ rules: [], listeners: ['mesh/a'], bpf: [] });
     expect(listening(a.ns)).toEqual([...AGENT_LISTENERS, '0.0.0.0:7000'].sort());
     expect(await exchange(b, a.ip, 7000, 'back')).toBe('back\n');
   });
