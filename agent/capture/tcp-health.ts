@@ -64,7 +64,6 @@ export async function startTcpHealth(inputs: TcpHealthInputs): Promise<TcpHealth
     if (!(inputs.privateMounts ?? privateMountNamespace)()) {
       return { ok: false, reason: 'no cgroup v2 mount visible to the agent, and it shares its mount namespace: mount cgroup2 (e.g. at /sys/fs/cgroup) where it runs' };
     }
-    if (!emptyDir(PRIVATE_MOUNT) && !inputs.mountCgroup2) return { ok: false, reason: `no cgroup v2 mount visible, and ${PRIVATE_MOUNT} is not an empty directory to mount one on` };
     try {
       await (inputs.mountCgroup2 ?? mountCgroup2)(PRIVATE_MOUNT);
     } catch (err) {
@@ -144,7 +143,9 @@ function privateMountNamespace(): boolean {
   return own !== undefined && other !== undefined && own !== other;
 }
 
+/** Mounts cgroup2 at `at`, which must be an empty directory (nothing is ever mounted over something). */
 function mountCgroup2(at: string): Promise<void> {
+  if (!emptyDir(at)) return Promise.reject(new Error(`${at} is not an empty directory`));
   return new Promise((resolve, reject) => {
     execFile('mount', ['-t', 'cgroup2', 'cgroup2', at], { timeout: 5_000 }, (err, _stdout, stderr) => {
       if (err) reject(new Error(String(stderr).trim() || err.message));

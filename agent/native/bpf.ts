@@ -56,7 +56,7 @@ export class BpfError extends NativeError {
 }
 
 /** What to do about an errno at a stage; undefined when there is nothing better to say than the errno. */
-export function bpfHint(code: string, stage: string): string | undefined {
+export function bpfHint(code: string, stage: string, program: string = SK_LOOKUP_PROGRAM): string | undefined {
   if (code === 'EPERM' || code === 'EACCES') {
     return 'loading and attaching BPF programs needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN) and a seccomp profile that allows bpf(); or run with --capture nft';
   }
@@ -67,7 +67,7 @@ export function bpfHint(code: string, stage: string): string | undefined {
     return 'CO-RE relocation needs the kernel\'s BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF); run with --capture nft';
   }
   if (stage === 'map' && (code === 'EOPNOTSUPP' || code === 'EINVAL' || code === 'EBADF')) return 'the fd is not a listening TCP socket';
-  if (stage === 'attach' && code === 'ENOENT') return "the pod's network namespace is gone";
+  if (stage === 'attach' && code === 'ENOENT') return program === TCP_HEALTH_PROGRAM ? "the agent's cgroup is gone" : "the pod's network namespace is gone";
   if (stage === 'attach' && code === 'EINVAL') return 'the kernel cannot attach sk_lookup programs to a network namespace (Linux 5.9+)';
   return undefined;
 }
@@ -89,7 +89,7 @@ function bpfCall<T>(program: string, attachPoint: string, fn: () => T): T {
     if (typeof e.errno !== 'number' || typeof e.code !== 'string' || typeof e.syscall !== 'string') throw err;
     const stage = typeof e.stage === 'string' ? e.stage : 'load';
     const log = typeof e.log === 'string' ? e.log : '';
-    const hint = bpfHint(e.code, stage);
+    const hint = bpfHint(e.code, stage, program);
     const verifier = stage === 'load' && log ? `; libbpf: ${lastLines(log).join(' | ')}` : '';
     const message = `BPF program ${program} at ${attachPoint}: ${String(e.message)}${hint ? ` (${hint})` : ''}${verifier}`;
     throw new BpfError({ code: e.code, errno: e.errno, syscall: e.syscall, program, attachPoint, stage, log, message }, { cause: err });
