@@ -63,6 +63,9 @@ export function tcpLabels(f: ConnectionFields): TcpLabels {
   };
 }
 
+/** A connection moving bytes for longer than this has its peer socket's health read again (RTT, retransmissions). */
+export const HEALTH_PERIOD_MS = 60_000;
+
 export class ConnectionRecord implements SpliceHooks, TappedConnection {
   private readonly counters: TcpCounters;
   private readonly started = performance.now();
@@ -73,10 +76,12 @@ export class ConnectionRecord implements SpliceHooks, TappedConnection {
   private readonly accessLog: AccessLog;
   private readonly leave: () => void;
   private readonly tap: TapHub | undefined;
+  /** When the peer socket's health was last read (performance.now()). */
+  private healthAt: number;
 
   /**
-   * `peer`: the connection's socket toward its peer (tcp-health.ts), read once at finish for its RTT and
-   * retransmissions.
+   * `peer`: the connection's socket toward its peer (tcp-health.ts), read at finish for its RTT and retransmissions,
+   * and every HEALTH_PERIOD_MS while the connection moves bytes (told in batches: at most four times a second).
    */
   constructor(
     readonly fields: ConnectionFields,
@@ -85,6 +90,7 @@ export class ConnectionRecord implements SpliceHooks, TappedConnection {
   ) {
     this.counters = sinks.metrics.tcp(tcpLabels(fields));
     this.counters.opened();
+    this.healthAt = this.started;
     this.accessLog = sinks.accessLog;
     this.leave = sinks.drain.enter();
     this.tap = sinks.tap;
@@ -94,11 +100,25 @@ export class ConnectionRecord implements SpliceHooks, TappedConnection {
   downToUp(n: number): void {
     this.bytesIn += n;
     this.counters.received(n);
+    if (this.peer) this.healthDue();
   }
 
   upToDown(n: number): void {
     this.bytesOut += n;
     this.counters.sent(n);
+    if (this.peer) this.healthDue();
+  }
+
+  private healthDue(): void {
+    const now = performance.now();
+    if (now - this.healthAt < HEALTH_PERIOD_MS) return;
+    this.healthAt = now;
+    this.health(false);
+  }
+
+  private health(final: boolean): void {
+    const h = this.peer?.read(final);
+    if (h) this.counters.health(h.rttSeconds, h.retransmits);
   }
 
   /** Replaces the authorization decision the line carries (a connection cut by a later policy). */
@@ -111,8 +131,7 @@ export class ConnectionRecord implements SpliceHooks, TappedConnection {
     this.done = true;
     this.leave();
     this.counters.closed();
-    const health = this.peer?.finish();
-    if (health) this.counters.health(health.rttSeconds, health.retransmits);
+    this.health(true);
     const f = this.fields;
     const durationMs = Math.round((performance.now() - this.started) * 1000) / 1000;
     const errorText = error ? `${(error as NodeJS.ErrnoException).code ?? 'ERROR'}: ${error.message}` : undefined;

@@ -6,10 +6,13 @@ import type http2 from 'node:http2';
 import type net from 'node:net';
 import { forgetTcpStats, readTcpStats, socketCookie, socketFd, type TcpStats } from '../native/index.js';
 
-/** What a connection record reads once, when it finishes. */
+/** What a connection record reads when it finishes, and every minute while a long one moves bytes. */
 export interface PeerSocketHealth {
-  /** The RTT (seconds) and the retransmissions that are this connection's; undefined when the map has nothing. */
-  finish(): { rttSeconds: number; retransmits: number } | undefined;
+  /**
+   * The socket's RTT now (seconds) and the retransmissions since the previous reading that are this connection's;
+   * undefined when the map has nothing. `final`: the connection is over (its own socket's entry is taken).
+   */
+  read(final: boolean): { rttSeconds: number; retransmits: number } | undefined;
 }
 
 export interface TcpHealthReaderInputs {
@@ -38,7 +41,7 @@ export class TcpHealthReader {
     this.cookieOf = inputs.cookieOf ?? ((s) => socketCookie(socketFd(s)));
   }
 
-  /** A socket this connection alone uses: its cookie now (its fd is gone at close), its entry read and removed at the end. */
+  /** A socket this connection alone uses: its cookie now (its fd is gone at close), its entry taken at the end. */
   own(socket: net.Socket): PeerSocketHealth | undefined {
     let cookie: number;
     try {
@@ -46,12 +49,7 @@ export class TcpHealthReader {
     } catch {
       return undefined;
     }
-    return {
-      finish: () => {
-        const s = this.safeRead(cookie, true);
-        return s && { rttSeconds: s.srttUs / 1e6, retransmits: s.retransmits };
-      },
-    };
+    return this.reading({ cookie, retransmits: 0 }, true);
   }
 
   /** The HBONE session a stream rides on: its socket's RTT, and the retransmissions since the session's last reading. */
@@ -62,11 +60,14 @@ export class TcpHealthReader {
       shared = this.track(session);
       this.sessions.set(session, shared);
     }
-    if (!shared) return undefined;
-    const entry = shared;
+    return shared ? this.reading(shared, false) : undefined;
+  }
+
+  /** Readings of one entry, each with the retransmissions since the previous one; `owned`: taken at the final one. */
+  private reading(entry: Shared, owned: boolean): PeerSocketHealth {
     return {
-      finish: () => {
-        const s = this.safeRead(entry.cookie, false);
+      read: (final) => {
+        const s = this.safeRead(entry.cookie, owned && final);
         if (!s) return undefined;
         const retransmits = Math.max(0, s.retransmits - entry.retransmits);
         entry.retransmits = s.retransmits;

@@ -50,7 +50,7 @@ export interface TcpCounters {
   received(n: number): void;
   /** Bytes from the server toward the client (response direction). */
   sent(n: number): void;
-  /** The TCP health of the connection's socket toward its peer, as the sockops program saw it (once, at close). */
+  /** The health of the connection's socket toward its peer, as the sockops program saw it (at close, and each minute of a long one). */
   health(rttSeconds: number, retransmits: number): void;
 }
 
@@ -113,7 +113,7 @@ export class Metrics {
     this.receivedBytes = new CounterVec('trellis_tcp_received_bytes_total', 'Bytes received in the request direction (client to server)', TCP_LABELS, r);
     this.sentBytes = new CounterVec('trellis_tcp_sent_bytes_total', 'Bytes sent in the response direction (server to client)', TCP_LABELS, r);
     // TCP health (capture/tcp-health.ts): absent where the sockops program does not run (the agent's log says why).
-    this.tcpRtt = new HistogramVec('trellis_tcp_rtt_seconds', "Smoothed RTT of the connection's socket toward its peer (the other agent, or a client or server outside the mesh) when it closed", TCP_LABELS, RTT_BUCKETS, r);
+    this.tcpRtt = new HistogramVec('trellis_tcp_rtt_seconds', "Smoothed RTT of the connection's socket toward its peer (the other agent, or a client or server outside the mesh) when it closed, and each minute of a longer one moving bytes", TCP_LABELS, RTT_BUCKETS, r);
     this.tcpRetransmits = new CounterVec('trellis_tcp_retransmits_total', "TCP segments the agent retransmitted on the connection's socket toward its peer", TCP_LABELS, r);
     this.connectionFailures = new Counter({ name: 'trellis_connection_failures_total', help: 'Connections the agent could not proxy, by direction and reason', labelNames: ['direction', 'reason'], registers });
     this.configErrors = new Counter({ name: 'trellis_config_errors_total', help: 'Invalid objects or files rejected by a source', labelNames: ['source'], registers });

@@ -2,7 +2,9 @@
 // cgroup, on a cgroup2 mount it sees or one it mounts in a mount namespace of its own (never in a shared one); every
 // refusal says why. A link detached from outside is found and made again by the drift check.
 import pino from 'pino';
+import { Metrics } from '../../agent/telemetry/metrics.js';
 import { describe, expect, it } from 'vitest';
+import { DriftChecker, type DriftTarget } from '../../agent/capture/drift.js';
 import type { KernelReport } from '../../agent/capture/kernel.js';
 import { ownCgroup2Path, startTcpHealth, type TcpHealthLinkLike } from '../../agent/capture/tcp-health.js';
 
@@ -102,5 +104,30 @@ describe('TCP health: where the sockops program runs', () => {
     r.health.close();
     expect(link.closed).toBe(true);
     expect(r.health.repairDetached()).toBe(false);
+  });
+});
+
+describe('drift of the BPF links', () => {
+  const enrolment: DriftTarget = { enrolledPods: () => [], repairRules: async () => false, reopenListeners: async () => false };
+  const repairs = async (metrics: Metrics, what: string) => (await metrics.captureDriftRepairs.get()).values.find((v) => v.labels.what === what)?.value ?? 0;
+
+  it('counts each link attached again by its kind, and reports a link that cannot be for the next pass', async () => {
+    const metrics = new Metrics({ defaultMetrics: false });
+    let answer: () => { what: 'sk_lookup' | 'sockops'; target: string }[] = () => [
+      { what: 'sk_lookup', target: '/run/netns/a' },
+      { what: 'sockops', target: '/sys/fs/cgroup/x' },
+    ];
+    const drift = new DriftChecker({ enrolment, probeSources: [], intervalMs: 0, metrics, logger, bpf: () => answer() });
+    expect((await drift.check()).repaired.bpf).toEqual(['sk_lookup /run/netns/a', 'sockops /sys/fs/cgroup/x']);
+    expect(await repairs(metrics, 'sk_lookup')).toBe(1);
+    expect(await repairs(metrics, 'sockops')).toBe(1);
+    answer = () => [];
+    expect((await drift.check()).repaired.bpf).toEqual([]);
+    answer = () => {
+      throw new Error('BPF program trellis_inbound at sk_lookup of netns /run/netns/a: attach to the netns: No such file or directory');
+    };
+    const report = await drift.check();
+    expect(report.failed).toEqual([{ pod: '-', what: 'bpf', error: expect.stringContaining('trellis_inbound') }]);
+    expect(await repairs(metrics, 'sk_lookup')).toBe(1);
   });
 });

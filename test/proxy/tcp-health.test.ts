@@ -1,12 +1,12 @@
 // TCP health per connection, in process: the reader takes a socket's cookie when the connection starts and reads its
-// entry once when it ends (removed for a socket of its own, kept for an HBONE session's, whose retransmissions are
-// given out since the last reading), and the record turns it into trellis_tcp_rtt_seconds and
+// entry when it ends (taken for a socket of its own, kept for an HBONE session's) and each minute of a long one, every
+// reading with the retransmissions since the previous one, and the record turns it into trellis_tcp_rtt_seconds and
 // trellis_tcp_retransmits_total with the connection's TCP labels; nothing is read or made without the program.
 import { EventEmitter } from 'node:events';
 import type http2 from 'node:http2';
 import type net from 'node:net';
-import { describe, expect, it } from 'vitest';
-import { ConnectionRecord, type ConnectionFields } from '../../agent/proxy/connection.js';
+import { describe, expect, it, vi } from 'vitest';
+import { ConnectionRecord, HEALTH_PERIOD_MS, type ConnectionFields } from '../../agent/proxy/connection.js';
 import { Drain } from '../../agent/proxy/drain.js';
 import { TcpHealthReader } from '../../agent/proxy/tcp-health.js';
 import type { TcpStats } from '../../agent/native/index.js';
@@ -51,17 +51,26 @@ describe('TCP health reader', () => {
     const reader = new TcpHealthReader(map.inputs);
     const peer = reader.own(socket(41))!;
     expect(map.calls).toEqual([]);
-    expect(peer.finish()).toEqual({ rttSeconds: 0.0205, retransmits: 3 });
+    expect(peer.read(true)).toEqual({ rttSeconds: 0.0205, retransmits: 3 });
     expect(map.calls).toEqual(['take 41 fd 9']);
     expect(map.entries).toEqual({});
+  });
+
+  it('reads a long connection\'s own socket along the way (kept) and gives the last reading only what is new', () => {
+    const map = fakeMap({ 12: stats(300, 2) });
+    const peer = new TcpHealthReader(map.inputs).own(socket(12))!;
+    expect(peer.read(false)).toEqual({ rttSeconds: 0.0003, retransmits: 2 });
+    map.entries[12] = stats(400, 5);
+    expect(peer.read(true)).toEqual({ rttSeconds: 0.0004, retransmits: 3 });
+    expect(map.calls).toEqual(['read 12 fd 9', 'take 12 fd 9']);
   });
 
   it('says nothing for a socket without an fd or without an entry, and never throws', () => {
     const map = fakeMap({});
     const reader = new TcpHealthReader({ ...map.inputs, read: () => { throw new Error('EBADF'); } });
     expect(reader.own(socket())).toBeUndefined();
-    expect(reader.own(socket(5))!.finish()).toBeUndefined();
-    expect(new TcpHealthReader(map.inputs).own(socket(6))!.finish()).toBeUndefined();
+    expect(reader.own(socket(5))!.read(true)).toBeUndefined();
+    expect(new TcpHealthReader(map.inputs).own(socket(6))!.read(true)).toBeUndefined();
     expect(reader.session(undefined)).toBeUndefined();
     expect(reader.session(session())).toBeUndefined();
   });
@@ -73,10 +82,10 @@ describe('TCP health reader', () => {
     const first = reader.session(s)!;
     const second = reader.session(s)!;
     map.entries[7] = stats(1_200, 4);
-    expect(first.finish()).toEqual({ rttSeconds: 0.0012, retransmits: 4 });
+    expect(first.read(true)).toEqual({ rttSeconds: 0.0012, retransmits: 4 });
     map.entries[7] = stats(900, 5);
-    expect(second.finish()).toEqual({ rttSeconds: 0.0009, retransmits: 1 });
-    expect(reader.session(s)!.finish()).toEqual({ rttSeconds: 0.0009, retransmits: 0 });
+    expect(second.read(true)).toEqual({ rttSeconds: 0.0009, retransmits: 1 });
+    expect(reader.session(s)!.read(true)).toEqual({ rttSeconds: 0.0009, retransmits: 0 });
     // The session's entry is kept while it lives (read, not taken), and forgotten when it closes.
     expect(map.calls.filter((c) => c.startsWith('take'))).toEqual([]);
     (s as unknown as EventEmitter).emit('close');
@@ -97,7 +106,7 @@ describe('TCP health in the connection record', () => {
   it('observes the RTT and adds the retransmissions once, with the labels of the connection counts', async () => {
     const metrics = new Metrics({ defaultMetrics: false });
     let reads = 0;
-    const record = new ConnectionRecord(fields(), sinks(metrics), { finish: () => (reads++, { rttSeconds: 0.02, retransmits: 2 }) });
+    const record = new ConnectionRecord(fields(), sinks(metrics), { read: () => (reads++, { rttSeconds: 0.02, retransmits: 2 }) });
     record.finish();
     record.finish();
     expect(reads).toBe(1);
@@ -110,10 +119,33 @@ describe('TCP health in the connection record', () => {
     expect(text).toContain(`trellis_tcp_retransmits_total{${labels}} 2`);
   });
 
+  it('reads a connection moving bytes for longer than a minute along the way, then at its end', async () => {
+    const metrics = new Metrics({ defaultMetrics: false });
+    let now = 1_000;
+    const clock = vi.spyOn(performance, 'now').mockImplementation(() => now);
+    try {
+      const reads: boolean[] = [];
+      const record = new ConnectionRecord(fields(), sinks(metrics), { read: (final) => (reads.push(final), { rttSeconds: 0.001, retransmits: 1 }) });
+      now += 30_000;
+      record.downToUp(10);
+      expect(reads).toEqual([]);
+      now += HEALTH_PERIOD_MS;
+      record.upToDown(10);
+      record.downToUp(10);
+      expect(reads).toEqual([false]);
+      now += 5_000;
+      record.finish();
+      expect(reads).toEqual([false, true]);
+    } finally {
+      clock.mockRestore();
+    }
+    expect(await metrics.registry.metrics()).toMatch(/^trellis_tcp_retransmits_total\{[^}]*\} 2$/m);
+  });
+
   it('makes no TCP health series without the program, or when the map had nothing', async () => {
     const metrics = new Metrics({ defaultMetrics: false });
     new ConnectionRecord(fields(), sinks(metrics)).finish();
-    new ConnectionRecord(fields(), sinks(metrics), { finish: () => undefined }).finish();
+    new ConnectionRecord(fields(), sinks(metrics), { read: () => undefined }).finish();
     const text = await metrics.registry.metrics();
     expect(text).toContain('trellis_tcp_connections_closed_total{');
     expect(text).not.toMatch(/^trellis_tcp_rtt_seconds_count\{/m);
