@@ -3,12 +3,13 @@
 // stays untouched and nothing is left behind by `down` or, after a crash, by `sweep`.
 import { execFileSync, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Lab, sweep } from '../../../lab/cluster/lab.js';
+import { hostCgroup2 } from '../../../lab/cluster/cgroups.js';
 import type { ExtensionObject, KubeObject, Pod } from '../../../agent/model/objects.js';
 import { requireRoot } from '../../support/root.js';
 import { trellis } from '../../support/trellis-cli.js';
@@ -407,6 +408,10 @@ describe('lab (root)', () => {
     // And bare leftovers with no state at all: a netns and a process inside it.
     const bare = labName();
     execFileSync('ip', ['netns', 'add', `trl-${bare}-node-1`]);
+    // The cgroup its agent would have had (lab/cluster/cgroups.ts), where the host has cgroup v2.
+    const cgroupRoot = hostCgroup2();
+    const strayCgroup = cgroupRoot && path.join(cgroupRoot, `trl-${bare}-node-1`);
+    if (strayCgroup) mkdirSync(strayCgroup);
     const stray = spawn('ip', ['netns', 'exec', `trl-${bare}-node-1`, 'sleep', '1000'], { detached: true, stdio: 'ignore' });
     await until('stray process in its netns', async () => {
       const inside = execFileSync('ip', ['netns', 'pids', `trl-${bare}-node-1`], { encoding: 'utf8' });
@@ -424,6 +429,10 @@ describe('lab (root)', () => {
     expect(removed).toContain(`netns trl-${bare}-node-1`);
     expect(removed).toContain(`state ${path.join(stateRoot, crashed)}`);
     expect(removed.some((r) => r.startsWith(`process ${stray.pid} `))).toBe(true);
+    if (strayCgroup) {
+      expect(removed).toContain(`cgroup ${strayCgroup}`);
+      expect(existsSync(strayCgroup)).toBe(false);
+    }
     expect([...labNetns(crashed), ...labNetns(bare)]).toEqual([]);
     expect([...crashedPids, stray.pid!, internetServer.pid!].filter(alive)).toEqual([]);
     expect(markedPids(crashed)).toEqual([]);
