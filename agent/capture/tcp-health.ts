@@ -4,7 +4,7 @@
 // and cgroup v2 and the agent has a cgroup of its own: at the root cgroup it would see every socket of the machine.
 // Held by file descriptors of the agent (nothing pinned): gone with it however it stops.
 import { execFile } from 'node:child_process';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { TcpHealthLink } from '../native/index.js';
@@ -30,6 +30,8 @@ export interface TcpHealthInputs {
   privateMounts?: () => boolean;
   /** Mounts cgroup2 at the path, in this process's mount namespace. */
   mountCgroup2?: (at: string) => Promise<void>;
+  /** Whether a cgroup directory is the machine's root cgroup (which, unlike every other, has no cgroup.events). */
+  isRootCgroup?: (dir: string) => boolean;
 }
 
 export type TcpHealthStart = { readonly ok: true; readonly health: TcpHealth } | { readonly ok: false; readonly reason: string };
@@ -55,9 +57,6 @@ export async function startTcpHealth(inputs: TcpHealthInputs): Promise<TcpHealth
   if (!sockOps.ok) return { ok: false, reason: `sock_ops: ${sockOps.detail}` };
   const own = ownCgroup2Path((inputs.procCgroup ?? (() => readFileSync('/proc/self/cgroup', 'utf8')))());
   if (own === undefined) return { ok: false, reason: 'the agent is in no cgroup v2 (/proc/self/cgroup has no 0:: line)' };
-  if (own === '/') {
-    return { ok: false, reason: 'the agent runs in the root cgroup, where a sockops program would see every TCP socket of the machine; run it in a cgroup of its own (a container has one)' };
-  }
   const mountinfo = inputs.mountinfo ?? (() => readFileSync('/proc/self/mountinfo', 'utf8'));
   let mount = cgroup2Mount(safe(mountinfo));
   if (!mount) {
@@ -73,7 +72,11 @@ export async function startTcpHealth(inputs: TcpHealthInputs): Promise<TcpHealth
     if (!mount) return { ok: false, reason: `cgroup2 was mounted at ${PRIVATE_MOUNT} but does not show in /proc/self/mountinfo` };
     inputs.logger.info({ at: mount.path }, 'cgroup v2 mounted in the agent\'s own mount namespace, for its sockops program');
   }
-  const cgroupPath = path.join(mount.path, own);
+  // "/" in a container's cgroup namespace is the container's cgroup; the machine's root is told by its files.
+  const cgroupPath = path.resolve(mount.path, `.${own}`);
+  if ((inputs.isRootCgroup ?? ((dir) => !existsSync(path.join(dir, 'cgroup.events'))))(cgroupPath)) {
+    return { ok: false, reason: `the agent runs in the root cgroup (${cgroupPath}), where a sockops program would see every TCP socket of the machine; run it in a cgroup of its own (a container has one)` };
+  }
   try {
     const link = (inputs.attach ?? ((p) => TcpHealthLink.attach(p)))(cgroupPath);
     return { ok: true, health: new TcpHealth(link, cgroupPath, inputs.logger) };

@@ -42,6 +42,7 @@ describe('TCP health: where the sockops program runs', () => {
       logger,
       procCgroup: () => '0::/kubepods/pod1/agent\n',
       mountinfo: () => HYBRID,
+      isRootCgroup: (dir) => dir === '/sys/fs/cgroup/unified',
       attach: (p) => (attached.push(p), fakeLink()),
       mountCgroup2: () => Promise.reject(new Error('must not mount')),
     });
@@ -49,8 +50,15 @@ describe('TCP health: where the sockops program runs', () => {
     expect(attached).toEqual(['/sys/fs/cgroup/unified/kubepods/pod1/agent']);
   });
 
+  it('attaches in a container\'s cgroup namespace, where its own cgroup reads "/" but is not the machine\'s root', async () => {
+    const attached: string[] = [];
+    const r = await startTcpHealth({ report: report(true), logger, procCgroup: () => '0::/\n', mountinfo: () => UNIFIED, isRootCgroup: () => false, attach: (p) => (attached.push(p), fakeLink()) });
+    expect(r.ok).toBe(true);
+    expect(attached).toEqual(['/sys/fs/cgroup']);
+  });
+
   it('says why it does not run: no sockops, no cgroup v2, the root cgroup, no mount in a shared namespace, a failed attach', async () => {
-    const base = { logger, procCgroup: () => '0::/a\n', mountinfo: () => UNIFIED, attach: () => fakeLink() };
+    const base = { logger, procCgroup: () => '0::/a\n', mountinfo: () => UNIFIED, isRootCgroup: (dir: string) => dir === '/sys/fs/cgroup', attach: () => fakeLink() };
     const reason = async (over: Partial<Parameters<typeof startTcpHealth>[0]>) => {
       const r = await startTcpHealth({ ...base, report: report(true), ...over });
       expect(r.ok).toBe(false);
@@ -58,7 +66,7 @@ describe('TCP health: where the sockops program runs', () => {
     };
     expect(await reason({ report: report(false) })).toMatch(/^sock_ops: no sockops programs/);
     expect(await reason({ procCgroup: () => '4:memory:/x\n' })).toMatch(/no cgroup v2/);
-    expect(await reason({ procCgroup: () => '0::/\n' })).toMatch(/root cgroup, where a sockops program would see every TCP socket of the machine/);
+    expect(await reason({ procCgroup: () => '0::/\n' })).toMatch(/root cgroup \(\/sys\/fs\/cgroup\), where a sockops program would see every TCP socket of the machine/);
     let mounted = false;
     expect(await reason({ mountinfo: () => '', privateMounts: () => false, mountCgroup2: async () => void (mounted = true) })).toMatch(/shares its mount namespace/);
     expect(mounted).toBe(false);
@@ -85,6 +93,7 @@ describe('TCP health: where the sockops program runs', () => {
         mounts.push(at);
         mountinfo = UNIFIED;
       },
+      isRootCgroup: () => false,
       attach: (p) => (attached.push(p), fakeLink()),
     });
     expect(r.ok).toBe(true);
@@ -94,7 +103,7 @@ describe('TCP health: where the sockops program runs', () => {
 
   it('finds its link detached (no cgroup) and makes it again; an attached one is left alone', async () => {
     const link = fakeLink();
-    const r = await startTcpHealth({ report: report(true), logger, procCgroup: () => '0::/a\n', mountinfo: () => UNIFIED, attach: () => link });
+    const r = await startTcpHealth({ report: report(true), logger, procCgroup: () => '0::/a\n', mountinfo: () => UNIFIED, isRootCgroup: () => false, attach: () => link });
     if (!r.ok) throw new Error(r.reason);
     expect(r.health.repairDetached()).toBe(false);
     link.state.cgroupId = 0;
