@@ -229,8 +229,8 @@ export async function nodeChecks(probe: NodeProbe, dirs: { cniBin: string; cniCo
       : {
           check: 'cgroup',
           verdict: 'warn',
-          detail: `${cgroup2.detail}: nothing needs it today`,
-          fix: 'the outbound eBPF capture (connect hooks per cgroup), when it comes, will need cgroup v2 (systemd.unified_cgroup_hierarchy=1, or the hybrid layout\'s /sys/fs/cgroup/unified)',
+          detail: `${cgroup2.detail}: TCP health per edge (trellis_tcp_rtt_seconds, trellis_tcp_retransmits_total) needs it`,
+          fix: 'cgroup v2 (systemd.unified_cgroup_hierarchy=1, or the hybrid layout\'s /sys/fs/cgroup/unified); the outbound eBPF capture, when it comes, will need it too',
         },
   );
   out.push(...ebpfChecks(kernel, probe.isRoot));

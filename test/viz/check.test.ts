@@ -95,7 +95,7 @@ describe('trellis check --pre (this node)', () => {
     run: async (file, args) => (over.refuse?.includes(file) ? { code: 1, out: `${file}: refused` } : { code: 0, out: file === 'nft' && args[0] === '--version' ? 'nftables v1.0.6' : '' }),
     kernel: async () => kernel(over.lacking),
   });
-  const ebpfLines = (verdict: string) => [...Array(8)].map(() => ['ebpf', verdict]);
+  const ebpfLines = (verdict: string) => [...Array(9)].map(() => ['ebpf', verdict]);
   const dirs = { cniBin: '/opt/cni/bin', cniConf: '/etc/cni/net.d' };
 
   it('passes a node that has all it needs, trying nftables in a netns of its own', async () => {
@@ -136,6 +136,14 @@ describe('trellis check --pre (this node)', () => {
     const user = await nodeChecks(probe({ isRoot: false }), dirs);
     expect(user.filter((x) => x.check === 'ebpf')).toEqual([expect.objectContaining({ verdict: 'warn', fix: 'run trellis check --pre as root' })]);
     expect(user.find((x) => x.check === 'capture')).toBeUndefined();
+  });
+
+  it('says that without sockops or cgroup v2 the agent exports no TCP health, and never fails the node for it', async () => {
+    const r = await nodeChecks(probe({ lacking: ['sock_ops', 'cgroup2'] }), dirs);
+    expect(r.find((x) => x.check === 'ebpf' && x.detail === 'no sock_ops')).toMatchObject({ verdict: 'warn', fix: expect.stringContaining('no trellis_tcp_rtt_seconds or trellis_tcp_retransmits_total') });
+    expect(r.find((x) => x.check === 'cgroup')).toMatchObject({ verdict: 'warn', detail: expect.stringContaining('TCP health per edge') });
+    expect(r.find((x) => x.check === 'capture')).toMatchObject({ verdict: 'ok' });
+    expect(failedChecks(r)).toBeUndefined();
   });
 
   it('prints one line per check, the fix below', () => {
