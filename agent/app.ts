@@ -388,6 +388,7 @@ async function withCaptureMode(config: AgentConfig, logger: Logger, metrics: Met
     log.warn({ reason: health.reason }, `tcp health off: ${health.reason}`);
   }
   const tcpHealth = health.ok ? health.health : undefined;
+  metrics.tcpHealthEnabled.set(tcpHealth ? 1 : 0);
   return { config: Object.freeze({ ...config, capture: choice.mode, ...(tcpHealth && { tcpHealthMapFd: tcpHealth.mapFd }) }), tcpHealth };
 }
 

@@ -122,7 +122,21 @@ export async function meshChecks(query: Query, inputs: { window: string; loadedR
           check: 'capture',
           verdict: 'warn',
           detail: `capture drifted and was repaired: ${drift.map((s) => `${Math.round(s.value)} ${s.labels.what ?? ''} on ${agentName(s.labels)}`).join(', ')} in the last ${inputs.window}`,
-          fix: "something changes the meshed pods' nftables (table inet trellis) or closes the agent's listeners: look for another CNI plugin or a tool that flushes rulesets",
+          fix: "something changes the meshed pods' nftables (table inet trellis), closes the agent's listeners or detaches its BPF programs (sk_lookup, sockops): look for another CNI plugin, a tool that flushes rulesets, or bpftool link detach",
+        },
+  );
+
+  // TCP health per edge runs where the kernel and the agent's cgroup allow it; an agent without says so (agents of
+  // before it export nothing, and are not named).
+  const healthOff = (await query('max by (instance, node) (trellis_tcp_health_enabled)')).filter((s) => s.value === 0);
+  out.push(
+    healthOff.length === 0
+      ? { check: 'tcp-health', verdict: 'ok', detail: 'every agent records RTT and retransmissions per edge (trellis_tcp_rtt_seconds, trellis_tcp_retransmits_total)' }
+      : {
+          check: 'tcp-health',
+          verdict: 'warn',
+          detail: `no RTT or retransmissions per edge from ${healthOff.map((s) => `the agent on ${agentName(s.labels)}`).join(', ')}`,
+          fix: 'its log says why ("tcp health off": no sockops programs, no cgroup v2, or the agent in the root cgroup); trellis check --pre on the node shows the kernel\'s side',
         },
   );
   return out;

@@ -83,6 +83,7 @@ export class Metrics {
   readonly cniRequests: Counter<string>;
   readonly captureMode: Gauge<string>;
   readonly kernelFeature: Gauge<string>;
+  readonly tcpHealthEnabled: Gauge<string>;
   /** Asked at each scrape: the inbound sk_lookup programs' verdicts, summed over pods (capture/sk-lookup.ts). */
   private skLookupVerdicts: (() => Readonly<Record<string, number>>) | undefined;
   private readonly requestsTotal: CounterVec;
@@ -125,6 +126,7 @@ export class Metrics {
     this.cniRequests = new Counter({ name: 'trellis_cni_requests_total', help: 'Requests from the trellis-cni plugin, by command and outcome', labelNames: ['command', 'outcome'], registers });
     this.captureMode = new Gauge({ name: 'trellis_capture_mode', help: 'The capture mode this agent runs (1) and the one it does not (0); the log says why', labelNames: ['mode'], registers });
     this.kernelFeature = new Gauge({ name: 'trellis_kernel_feature', help: 'What the kernel offers capture, as probed at start (1: present, 0: missing or could not tell)', labelNames: ['feature'], registers });
+    this.tcpHealthEnabled = new Gauge({ name: 'trellis_tcp_health_enabled', help: 'Whether the agent\'s sockops program records RTT and retransmissions per edge (1), or cannot here (0: the log says why, "tcp health off")', registers });
     const skLookup = () => this.skLookupVerdicts?.();
     new Counter({
       name: 'trellis_capture_sk_lookup_total',

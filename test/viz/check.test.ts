@@ -9,7 +9,7 @@ import { ALL_RULES } from '../../viz/promql.js';
 const v = (labels: Record<string, string>, value: number): VectorSample => ({ labels, value });
 const agents = [v({ instance: '172.30.0.11:15020', node: 'node-a' }, 0), v({ instance: '172.30.0.12:15020', node: 'node-b' }, 0)];
 
-function prometheus(over: Partial<Record<'known' | 'up' | 'age' | 'errors' | 'drift' | 'certLeft' | 'certSoonest', VectorSample[]>> = {}) {
+function prometheus(over: Partial<Record<'known' | 'up' | 'age' | 'errors' | 'drift' | 'certLeft' | 'certSoonest' | 'tcpHealth', VectorSample[]>> = {}) {
   return async (expr: string): Promise<VectorSample[]> => {
     if (expr.startsWith('min by (instance, node) ((trellis_workload_certificate_expiry_timestamp_seconds - time()) /')) return over.certLeft ?? agents.map((a) => v(a.labels, 0.7));
     if (expr === 'min by (instance, node) (trellis_workload_certificate_expiry_timestamp_seconds - time())') return over.certSoonest ?? agents.map((a) => v(a.labels, 16 * 3600));
@@ -18,6 +18,7 @@ function prometheus(over: Partial<Record<'known' | 'up' | 'age' | 'errors' | 'dr
     if (expr.startsWith('max by (instance, node) (trellis_config_age_seconds)')) return over.age ?? agents;
     if (expr.includes('trellis_config_errors_total')) return over.errors ?? [];
     if (expr.includes('trellis_capture_drift_repairs_total')) return over.drift ?? [];
+    if (expr === 'max by (instance, node) (trellis_tcp_health_enabled)') return over.tcpHealth ?? agents.map((a) => v(a.labels, 1));
     throw new Error(`unexpected query ${expr}`);
   };
 }
@@ -34,6 +35,7 @@ describe('trellis check (the mesh, from Prometheus)', () => {
       ['certificates', 'ok'],
       ['objects', 'ok'],
       ['capture', 'ok'],
+      ['tcp-health', 'ok'],
     ]);
     expect(r[2]!.detail).toBe('every agent Prometheus knows is up (2: node node-a, node node-b)');
     expect(failedChecks(r)).toBeUndefined();
@@ -46,6 +48,7 @@ describe('trellis check (the mesh, from Prometheus)', () => {
         age: [v({ instance: '172.30.0.11:15020', node: 'node-a' }, 420)],
         errors: [v({ node: 'node-a' }, 2), v({ node: 'node-b' }, 0)],
         drift: [v({ node: 'node-b', what: 'rules' }, 1)],
+        tcpHealth: [v({ instance: '172.30.0.11:15020', node: 'node-a' }, 1), v({ instance: '172.30.0.12:15020', node: 'node-b' }, 0)],
       }),
       { ...inputs, loadedRules: new Set() },
     );
@@ -55,6 +58,7 @@ describe('trellis check (the mesh, from Prometheus)', () => {
     expect(by.config).toMatchObject({ verdict: 'fail', detail: 'the agent on node node-a has not been in sync with the API server for 420 s' });
     expect(by.objects).toMatchObject({ verdict: 'warn', detail: 'invalid objects rejected in the last 5m: 2 on node node-a (their last valid versions stay in force)' });
     expect(by.capture).toMatchObject({ verdict: 'warn', detail: 'capture drifted and was repaired: 1 rules on node node-b in the last 5m' });
+    expect(by['tcp-health']).toMatchObject({ verdict: 'warn', detail: 'no RTT or retransmissions per edge from the agent on node node-b', fix: expect.stringContaining('tcp health off') });
     for (const x of r) if (x.verdict !== 'ok') expect(x.fix, x.check).toBeTruthy();
     expect(failedChecks(r)?.message).toBe('2 checks failed: agents, config');
   });
