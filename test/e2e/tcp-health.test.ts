@@ -114,6 +114,7 @@ describe('TCP health per edge (sockops, two-node lab, --capture ebpf)', () => {
       expect(mine).toHaveLength(1);
       seenProgs.add(mine[0]!.prog_id);
       expect(sumOf(await metrics(node), 'trellis_kernel_feature', { feature: 'sock_ops' })).toBe(1);
+      expect(sumOf(await metrics(node), 'trellis_tcp_health_enabled', {})).toBe(1);
     }
   });
 
