@@ -16,11 +16,13 @@ import { addLoopbackDelivery, addSourceRouting, removeSourceRouting } from './ca
 import { InboundSteering } from './capture/sk-lookup.js';
 import { startTcpHealth, type TcpHealth } from './capture/tcp-health.js';
 import type { AgentConfig } from './config.js';
+import { AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT } from './constants.js';
 import { DataPlane } from './dataplane.js';
 import { TrellisError } from './errors.js';
 import { LocalCa, type CsrSigner } from './identity/ca.js';
 import type { RemoteSigner } from './identity/remote.js';
 import { WorkloadCerts } from './identity/certs.js';
+import { spiffeId } from './identity/spiffe.js';
 import { releaseFreeMemory, tcpSocketInNetns } from './native/index.js';
 import { DirSource, type Snapshot } from './sources/dir.js';
 import { Store } from './state/store.js';
@@ -30,7 +32,7 @@ import { createAuditLog } from './telemetry/audit.js';
 import { MemoryReclaimer } from './telemetry/memory.js';
 import { ReadyFile } from './telemetry/ready-file.js';
 import { Metrics } from './telemetry/metrics.js';
-import { TapServer } from './tap/server.js';
+import { authorizationOf, TapServer } from './tap/server.js';
 import { TapService } from './tap/service.js';
 import type { Workers } from './workers/pool.js';
 
@@ -301,6 +303,34 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
       tapLogger.warn({ err: (err as Error).message }, 'tap API not served: `trellis tap` will not reach this agent');
     }
   }
+  // In cluster mode, also on a TCP port over TLS, with the agent's own SVID (its service account's SPIFFE ID, signed as
+  // any workload's): callers present a Kubernetes token, and RBAC decides (tap/authorize.ts).
+  let tapPort: TapServer | undefined;
+  let tapPortRotation: (() => void) | undefined;
+  if (config.tap.addr && config.source.kind === 'kube') {
+    const { host, port } = config.tap.addr;
+    try {
+      const identity = spiffeId(config.trustDomain, AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT);
+      const svid = await certs.get(identity);
+      const { TapAuthorizer } = await import('./tap/authorize.js');
+      const { KubeTapReviewer } = await import('./tap/kube-review.js');
+      const authorizer = new TapAuthorizer({ reviewer: new KubeTapReviewer(config.source.kubeconfig), clock });
+      const served = await TapServer.listenTls({
+        host,
+        port,
+        certificate: svid,
+        service: tap,
+        logger: tapLogger,
+        authorize: (metadata, request) => authorizer.authorize(authorizationOf(metadata), request.match),
+      });
+      tapPort = served;
+      tapPortRotation = certs.onRotate((next) => {
+        if (next.identity === identity) served.setCertificate(next);
+      });
+    } catch (err) {
+      tapLogger.warn({ err: (err as Error).message, addr: `${host}:${port}` }, 'tap port not served: `trellis tap --kubeconfig` will not reach this agent');
+    }
+  }
   const readyFile = config.readyFile
     ? new ReadyFile({
         path: config.readyFile,
@@ -308,7 +338,7 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         logger,
       })
     : undefined;
-  logger.info({ pods: enrolment.pods(), metrics: config.metrics, health: config.health, tap: tapServer ? config.tap.socket : 'off' }, 'agent ready');
+  logger.info({ pods: enrolment.pods(), metrics: config.metrics, health: config.health, tap: tapServer ? config.tap.socket : 'off', tapPort: tapPort ? `${config.tap.addr!.host}:${tapPort.port}` : 'off' }, 'agent ready');
 
   let stopping: Promise<void> | undefined;
   return {
@@ -349,7 +379,8 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         logger.info({ drained, cut, drainMs: config.drainMs }, 'connections drained');
         // Taps saw the drained requests; their streams end now, each with a last summary.
         tap.stop();
-        await tapServer?.close();
+        tapPortRotation?.();
+        await Promise.all([tapServer?.close(), tapPort?.close()]);
         plane.close();
         // The spans of the drained requests leave before the process does (bounded by one export's limit).
         await plane.flushTraces();

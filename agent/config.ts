@@ -2,7 +2,7 @@
 import net from 'node:net';
 import os from 'node:os';
 import tls from 'node:tls';
-import { DEFAULT_TRUST_DOMAIN, HEALTH_PORT, METRICS_PORT } from './constants.js';
+import { DEFAULT_TRUST_DOMAIN, HEALTH_PORT, METRICS_PORT, TAP_PORT } from './constants.js';
 import { TrellisError } from './errors.js';
 import { DEFAULT_REDACTED_HEADERS } from './tap/events.js';
 
@@ -91,6 +91,11 @@ export interface TracingConfig {
 export interface TapConfig {
   /** The Unix socket of the tap API; absent with --tap-socket off. */
   readonly socket?: string;
+  /**
+   * Cluster mode (--source kube): the TCP address of the tap API over TLS, whose callers present a Kubernetes token and
+   * are authorized by RBAC; absent with --tap-addr off, and always with --source dir (no API server to ask).
+   */
+  readonly addr?: { readonly host: string; readonly port: number };
   /** Lowercase header names whose values taps never see: the defaults plus --tap-redact-headers. */
   readonly redactHeaders: readonly string[];
   /** Observations per second one tap may carry at most. */
@@ -175,6 +180,7 @@ export interface AgentFlags {
   auditMaxBytes?: string;
   auditMaxFiles?: string;
   tapSocket?: string;
+  tapAddr?: string;
   tapRedactHeaders?: string;
   tapMaxRps?: string;
   tracingEndpoint?: string;
@@ -234,15 +240,21 @@ function auditConfig(flags: AgentFlags): AuditConfig {
   });
 }
 
-function tapConfig(flags: AgentFlags): TapConfig {
+function tapConfig(flags: AgentFlags, source: 'dir' | 'kube'): TapConfig {
   const socket = flags.tapSocket ?? DEFAULT_TAP_SOCKET;
   if (socket !== 'off' && !socket.startsWith('/')) throw new TrellisError('ECONFIG', `--tap-socket ${socket}: an absolute path, or off`);
+  if (source === 'dir' && flags.tapAddr !== undefined && flags.tapAddr !== 'off') {
+    throw new TrellisError('ECONFIG', `--tap-addr ${flags.tapAddr}: the tap port authorizes callers through the API server (TokenReview, SubjectAccessReview), so it goes with --source kube; with --source dir tap over --tap-socket`);
+  }
+  const addrText = flags.tapAddr ?? (source === 'kube' ? `0.0.0.0:${TAP_PORT}` : 'off');
+  const addr = addrText === 'off' ? undefined : Object.freeze(parseAddr(addrText, '--tap-addr'));
   const extra = (flags.tapRedactHeaders ?? '').split(',').map((h) => h.trim().toLowerCase()).filter(Boolean);
   for (const h of extra) {
     if (!/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(h)) throw new TrellisError('ECONFIG', `--tap-redact-headers: "${h}" is not a header name`);
   }
   return Object.freeze({
     ...(socket !== 'off' && { socket }),
+    ...(addr && { addr }),
     redactHeaders: Object.freeze([...new Set([...DEFAULT_REDACTED_HEADERS, ...extra])]),
     maxRps: integerFlag(flags.tapMaxRps ?? '100', '--tap-max-rps', 1, 100_000),
   });
@@ -395,7 +407,7 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
     ...(flags.readyFile !== undefined && { readyFile: flags.readyFile }),
     resyncMs: 5_000,
     logLevel: level,
-    tap: tapConfig(flags),
+    tap: tapConfig(flags, source),
     ...(tracing && { tracing }),
   });
 }

@@ -10,6 +10,8 @@ export const HBONE_PORT = 15008;
 export const METRICS_PORT = 15020;
 /** Readiness (`/healthz/ready`), in the node's netns. */
 export const HEALTH_PORT = 15021;
+/** Cluster mode: the tap API over TLS, callers authorized by Kubernetes RBAC, in the node's netns. */
+export const TAP_PORT = 15022;
 
 /** SO_MARK carried by every socket the agent opens inside a pod; capture rules skip it. */
 export const AGENT_MARK = 0x539;
@@ -34,3 +36,10 @@ export const MESH_ANNOTATION = 'trellis.dev/mesh';
 export const NETNS_ANNOTATION = 'trellis.dev/netns';
 
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
+
+/**
+ * Where the agents run in a cluster (manifests/): their namespace and service account. The tap port serves the SVID of
+ * this identity, and `trellis tap` accepts no other.
+ */
+export const AGENT_NAMESPACE = 'trellis-system';
+export const AGENT_SERVICE_ACCOUNT = 'trellis-agent';

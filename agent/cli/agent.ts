@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { startAgent } from '../app.js';
 import { agentConfig, DEFAULT_OPAQUE_PORTS, DEFAULT_TAP_SOCKET, MAX_WORKERS, type AgentFlags } from '../config.js';
+import { TAP_PORT } from '../constants.js';
 import { createLogger } from '../telemetry/log.js';
 
 /**
@@ -97,6 +98,7 @@ export function registerAgentCommand(program: Command): void {
     .option('--audit-max-files <n>', 'with --audit-file: rotated files kept, PATH.1 the newest (default 5)')
     .option('--no-audit', 'write no audit trail (the access lines); --log-level never turns it off')
     .option('--tap-socket <path>', `serve the tap API (trellis tap) on this Unix socket, mode 0600; off: no tap (default ${DEFAULT_TAP_SOCKET})`)
+    .option('--tap-addr <ip:port>', `with --source kube: serve the tap API over TLS on this address too, callers authorized by Kubernetes RBAC (a bearer token, TokenReview, SubjectAccessReview for watch on tap.tap.trellis.dev); off: not (default 0.0.0.0:${TAP_PORT} with --source kube, off with --source dir)`)
     .option('--tap-redact-headers <list>', 'comma-separated headers whose values taps never see, beside authorization, cookie, set-cookie, proxy-authorization, x-forwarded-client-cert (always redacted)')
     .option('--tap-max-rps <n>', 'observations per second one tap may carry at most; more are dropped and counted in the stream (default 100)')
     .option('--tracing-endpoint <url>', 'send a span per HTTP/gRPC request the agent carries to this OTLP collector, e.g. http://otel-collector:4317 (default: no tracing)')

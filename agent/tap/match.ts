@@ -140,3 +140,41 @@ function httpMatcher(h: HttpMatch, where: string): Matcher {
   }
   throw new TrellisError('EINVAL', `${where}: set one of method, authority, path_prefix, route`);
 }
+
+/**
+ * The namespaces a tap is confined to: every record the tree can match has its source or its destination in one of
+ * them, so a caller allowed to tap each of them may open it. Undefined: the tree does not confine it (no tree, or a
+ * branch that names no namespace), and tapping it is tapping every namespace. Conservative: a `not`, an HTTP field, or
+ * a peer without a namespace confines nothing; `all` is confined by its narrowest member, `any` by the union of its
+ * members'. The tree is compiled (checked) first.
+ */
+export function tapNamespaces(match: Match | undefined): string[] | undefined {
+  if (match === undefined) return undefined;
+  const found = confine(match);
+  return found && [...found].sort();
+}
+
+function confine(m: Match): Set<string> | undefined {
+  if (m.source || m.destination) {
+    const ns = (m.source ?? m.destination)!.namespace;
+    return ns ? new Set([ns]) : undefined;
+  }
+  if (m.all) {
+    let narrowest: Set<string> | undefined;
+    for (const c of m.all.matches ?? []) {
+      const s = confine(c);
+      if (s && (!narrowest || s.size < narrowest.size)) narrowest = s;
+    }
+    return narrowest;
+  }
+  if (m.any) {
+    const union = new Set<string>();
+    for (const c of m.any.matches ?? []) {
+      const s = confine(c);
+      if (!s) return undefined;
+      for (const ns of s) union.add(ns);
+    }
+    return union.size ? union : undefined;
+  }
+  return undefined;
+}

@@ -1,48 +1,129 @@
-// The tap API of one agent: trellis.tap.v1.Tap/Observe over gRPC on a Unix socket (--tap-socket). The socket is a
-// plain listener until someone connects: grpc-js and the .proto are loaded then, so an agent nobody taps carries
-// neither. Who may tap is one function (`authorize`): in local mode whoever can open the socket (root; it is made
-// 0600), in cluster mode (a later slice) the caller's Kubernetes token checked by TokenReview and a
-// SubjectAccessReview for `watch` on `tap.tap.trellis.dev` in the tapped namespace, refused with the reason.
+// The tap API of one agent: trellis.tap.v1.Tap/Observe over gRPC, on a Unix socket (--tap-socket) and, in cluster
+// mode, on a TCP port over TLS (--tap-addr). Both are plain listeners until someone connects: grpc-js and the .proto
+// are loaded then, so an agent nobody taps carries neither. Who may tap is one function (`authorize`): on the socket
+// whoever can open it (root; it is made 0600), on the port the caller's Kubernetes token checked by TokenReview and a
+// SubjectAccessReview for `watch` on `tap.tap.trellis.dev` in the tapped namespaces (authorize.ts), refused with why.
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import tls from 'node:tls';
+import type { Duplex } from 'node:stream';
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { TrellisError } from '../errors.js';
+import type { TapRefusal } from './authorize.js';
 import type { TapEvent } from './events.js';
+import { compileMatch } from './match.js';
 import type { ObserveRequest } from './proto.js';
 import type { TapService } from './service.js';
+
+export type { TapRefusal } from './authorize.js';
 
 /** Response metadata of an accepted tap: the rate bound in force (the agent's cap may be lower than asked). */
 export const MAX_RPS_METADATA = 'trellis-tap-max-rps';
 
-/** Why a caller may not tap: a gRPC status (PERMISSION_DENIED, UNAUTHENTICATED) and what to do. */
-export interface TapRefusal {
-  status: grpc.status;
-  message: string;
-}
+/** A TLS handshake on the tap port must end within this long. */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
 
-export interface TapServerInputs {
-  socketPath: string;
+interface TapServerBase {
   service: TapService;
   logger: Logger;
-  /** What makes this process's socket name unique beside the path (default: the pid). */
-  instance?: string;
   /** Who may tap; undefined: anyone who can open the socket (local mode). */
   authorize?: (metadata: grpc.Metadata, request: ObserveRequest) => Promise<TapRefusal | undefined>;
 }
 
+export interface TapServerInputs extends TapServerBase {
+  socketPath: string;
+  /** What makes this process's socket name unique beside the path (default: the pid). */
+  instance?: string;
+}
+
+/** The serving certificate of the tap port: key and chain (PEM), as the agent's own SVID holds them. */
+export interface TapCertificate {
+  keyPem: string;
+  certPem: string;
+}
+
+export interface TapTlsInputs extends TapServerBase {
+  host: string;
+  port: number;
+  certificate: TapCertificate;
+  /** Refusals need an authorizer here: the port is reachable from the network. */
+  authorize: NonNullable<TapServerBase['authorize']>;
+}
+
+function refusalStatus(grpcjs: typeof grpc, code: TapRefusal['code'] | 'EINVAL'): grpc.status {
+  switch (code) {
+    case 'EINVAL':
+      return grpcjs.status.INVALID_ARGUMENT;
+    case 'EUNAUTHENTICATED':
+      return grpcjs.status.UNAUTHENTICATED;
+    case 'EPERMISSION':
+      return grpcjs.status.PERMISSION_DENIED;
+    case 'EUNAVAILABLE':
+      return grpcjs.status.UNAVAILABLE;
+    case 'EINTERNAL':
+      return grpcjs.status.INTERNAL;
+  }
+}
+
+/** The bearer token's metadata, as authorize.ts reads it. */
+export function authorizationOf(metadata: grpc.Metadata): string | undefined {
+  const v = metadata.get('authorization')[0];
+  return typeof v === 'string' ? v : undefined;
+}
+
 export class TapServer {
-  private grpc: Promise<{ inject: (socket: net.Socket) => void; close: () => void }> | undefined;
+  private grpc: Promise<{ inject: (socket: Duplex) => void; close: () => void }> | undefined;
   private readonly sockets = new Set<net.Socket>();
 
   private constructor(
-    private readonly inputs: TapServerInputs,
+    private readonly inputs: TapServerBase & { socketPath?: string },
     private readonly listener: net.Server,
-    /** The socket this process listens on; the socket path is a symbolic link to it. */
-    private readonly own: string,
+    /** The socket this process listens on, the socket path being a symbolic link to it; undefined on the TCP port. */
+    private readonly own: string | undefined,
   ) {
-    listener.on('connection', (socket) => void this.accept(socket));
+    if (listener instanceof tls.Server) {
+      // The raw connections are held for close(); gRPC gets them once the handshake is done.
+      listener.on('connection', (socket: net.Socket) => this.hold(socket));
+      listener.on('secureConnection', (socket: tls.TLSSocket) => void this.serve(socket));
+      listener.on('tlsClientError', (err) => this.inputs.logger.debug({ err: err.message }, 'tap: TLS handshake failed'));
+    } else {
+      listener.on('connection', (socket) => {
+        this.hold(socket);
+        void this.serve(socket);
+      });
+    }
+  }
+
+  /**
+   * Listens on host:port over TLS 1.3 with `certificate` (the agent's own SVID), SO_REUSEPORT so that an agent started
+   * beside its predecessor binds it too. Every call is authorized by `authorize`.
+   */
+  static async listenTls(inputs: TapTlsInputs): Promise<TapServer> {
+    const listener = tls.createServer({
+      key: inputs.certificate.keyPem,
+      cert: inputs.certificate.certPem,
+      minVersion: 'TLSv1.3',
+      ALPNProtocols: ['h2'],
+      handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
+    });
+    await new Promise<void>((resolve, reject) => {
+      listener.once('error', (err) => reject(new TrellisError('ELISTEN', `tap port ${inputs.host}:${inputs.port}: ${err.message} (pass --tap-addr IP:PORT, or --tap-addr off)`)));
+      listener.listen({ host: inputs.host, port: inputs.port, reusePort: true }, () => resolve());
+    });
+    return new TapServer(inputs, listener, undefined);
+  }
+
+  /** The port listened on (the TCP listener's; 0 for the socket). */
+  get port(): number {
+    const a = this.listener.address();
+    return typeof a === 'object' && a ? a.port : 0;
+  }
+
+  /** A renewed serving certificate, for the connections from now on. */
+  setCertificate(certificate: TapCertificate): void {
+    if (this.listener instanceof tls.Server) this.listener.setSecureContext({ key: certificate.keyPem, cert: certificate.certPem, minVersion: 'TLSv1.3' });
   }
 
   /**
@@ -88,7 +169,7 @@ export class TapServer {
     const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
     try {
       // The path is still ours unless a successor took it over.
-      if (fs.readlinkSync(this.inputs.socketPath) === path.basename(this.own)) fs.unlinkSync(this.inputs.socketPath);
+      if (this.own && fs.readlinkSync(this.inputs.socketPath!) === path.basename(this.own)) fs.unlinkSync(this.inputs.socketPath!);
     } catch {
       // Gone already, or not a link any more.
     }
@@ -99,9 +180,13 @@ export class TapServer {
     await closed;
   }
 
-  private async accept(socket: net.Socket): Promise<void> {
+  private hold(socket: net.Socket): void {
     this.sockets.add(socket);
     socket.once('close', () => this.sockets.delete(socket));
+    socket.on('error', () => undefined);
+  }
+
+  private async serve(socket: Duplex): Promise<void> {
     socket.on('error', () => undefined);
     try {
       this.grpc ??= this.start();
@@ -113,7 +198,7 @@ export class TapServer {
   }
 
   /** grpc-js and the .proto, loaded on the first connection. */
-  private async start(): Promise<{ inject: (socket: net.Socket) => void; close: () => void }> {
+  private async start(): Promise<{ inject: (socket: Duplex) => void; close: () => void }> {
     const grpcjs = await import('@grpc/grpc-js');
     const { tapServiceDefinition } = await import('./proto.js');
     const server = new grpcjs.Server();
@@ -132,8 +217,15 @@ export class TapServer {
       logger.warn({ reason: message }, 'tap refused');
       call.emit('error', { code: status, details: message });
     };
-    const refusal = await this.inputs.authorize?.(call.metadata, req);
-    if (refusal) return refuse(refusal.status, refusal.message);
+    let refusal: { code: TapRefusal['code'] | 'EINVAL'; message: string } | undefined;
+    try {
+      // A tree that is not one is refused as such before anyone is asked who may tap it.
+      compileMatch(req.match);
+      refusal = await this.inputs.authorize?.(call.metadata, req);
+    } catch (err) {
+      refusal = { code: err instanceof TrellisError && err.code === 'EINVAL' ? 'EINVAL' : 'EINTERNAL', message: (err as Error).message };
+    }
+    if (refusal) return refuse(refusalStatus(grpcjs, refusal.code), refusal.message);
     if (call.cancelled) return;
     let session;
     try {

@@ -9,7 +9,9 @@ import { describe, expect, it } from 'vitest';
 import { registerAgentCommand } from '../../agent/cli/agent.js';
 import { registerIdentityCommands } from '../../agent/cli/identity.js';
 import { parseDuration } from '../../agent/config.js';
+import { AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, TAP_PORT } from '../../agent/constants.js';
 import { BUNDLE_KEY } from '../../agent/identity-service/service.js';
+import { TAP_CLUSTER_ROLE, TAP_GROUP, TAP_RESOURCE, TAP_VERB } from '../../agent/tap/authorize.js';
 import { MANIFESTS, ROOT, filesUnder, findObject, installObjects, loadYaml, type KubeObject } from './load.js';
 
 const NAMESPACE = 'trellis-system';
@@ -285,6 +287,9 @@ describe('the identity service', () => {
   });
 });
 
+/** Roles Trellis ships for users to bind, not for its own service accounts. */
+const USER_ROLES = [`ClusterRole/${TAP_CLUSTER_ROLE}`];
+
 describe('RBAC', () => {
   const roles = installObjects()
     .map(({ obj }) => obj)
@@ -303,10 +308,11 @@ describe('RBAC', () => {
     }
   });
 
-  it('every binding names an existing role and service account', () => {
+  it('every binding names an existing role and service account; only the roles users bind are left unbound', () => {
     const objects = installObjects().map(({ obj }) => obj);
     const bindings = objects.filter((o) => o.kind === 'RoleBinding' || o.kind === 'ClusterRoleBinding') as (KubeObject & { roleRef: { kind: string; name: string }; subjects: { kind: string; name: string; namespace: string }[] })[];
-    expect(bindings.length).toBe(objects.filter((o) => o.kind === 'Role' || o.kind === 'ClusterRole').length);
+    const unbound = roles.filter((r) => !bindings.some((b) => b.roleRef.kind === r.kind && b.roleRef.name === r.metadata.name)).map((r) => `${r.kind}/${r.metadata.name}`);
+    expect(unbound).toEqual(USER_ROLES);
     for (const b of bindings) {
       const role = objects.find((o) => o.kind === b.roleRef.kind && o.metadata.name === b.roleRef.name && (o.kind === 'ClusterRole' || o.metadata.namespace === b.metadata.namespace));
       expect(role, `${b.kind} ${b.metadata.name}`).toBeDefined();
@@ -315,6 +321,25 @@ describe('RBAC', () => {
         expect(objects.find((o) => o.kind === 'ServiceAccount' && o.metadata.name === s.name && o.metadata.namespace === s.namespace), s.name).toBeDefined();
       }
     }
+  });
+});
+
+describe('tap', () => {
+  it('the ClusterRole users bind grants watch on tap.tap.trellis.dev and nothing else, as the agents ask', () => {
+    const role = findObject('ClusterRole', TAP_CLUSTER_ROLE) as KubeObject & { rules: Rule[] };
+    expect(role.rules).toEqual([{ apiGroups: [TAP_GROUP], resources: [TAP_RESOURCE], verbs: [TAP_VERB] }]);
+  });
+
+  it('the agent may review tokens and access (nothing more of either group), and serves the tap port', () => {
+    const role = findObject('ClusterRole', 'trellis-agent') as KubeObject & { rules: Rule[] };
+    const of = (group: string) => role.rules.filter((r) => r.apiGroups?.includes(group));
+    expect(of('authentication.k8s.io')).toEqual([{ apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] }]);
+    expect(of('authorization.k8s.io')).toEqual([{ apiGroups: ['authorization.k8s.io'], resources: ['subjectaccessreviews'], verbs: ['create'] }]);
+    expect(flag(agent, 'tap-addr')).toBe(`0.0.0.0:${TAP_PORT}`);
+    expect(flag(agent, 'source')).toBe('kube');
+    // The agents' namespace and service account are the identity the tap port's certificate carries.
+    expect(daemonSet.metadata.namespace).toBe(AGENT_NAMESPACE);
+    expect(agentPod.serviceAccountName).toBe(AGENT_SERVICE_ACCOUNT);
   });
 });
 

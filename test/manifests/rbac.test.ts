@@ -17,6 +17,8 @@ import { KubeIdentityCluster } from '../../agent/identity-service/cluster.js';
 import { RemoteSigner } from '../../agent/identity/remote.js';
 import { startIdentityService, type IdentityServiceInputs } from '../../agent/identity-service/service.js';
 import { KubeSource } from '../../agent/sources/kube.js';
+import { KubeTapReviewer } from '../../agent/tap/kube-review.js';
+import { TAP_CLUSTER_ROLE } from '../../agent/tap/authorize.js';
 import { StatusWriter } from '../../agent/sources/status-writer.js';
 import { Store } from '../../agent/state/store.js';
 import { createPod, ensure } from '../../lab/cluster/kubelet.js';
@@ -187,6 +189,12 @@ describe('RBAC against the code, on a real API server', () => {
       source.close();
     }
 
+    // 1b. The agent's tap port asking who a caller is and whether they may tap (TokenReview, SubjectAccessReview).
+    const reviewer = new KubeTapReviewer(agentKubeconfig);
+    const caller = await reviewer.authenticate((await api.createToken('shop', 'web')).token);
+    expect(caller).toMatchObject({ authenticated: true, user: { username: 'system:serviceaccount:shop:web' } });
+    if (caller.authenticated) expect(await reviewer.mayWatch(caller.user, 'shop')).toMatchObject({ allowed: false });
+
     // 2. The identity service, with its own token: starts (reads the CA, creates the bundle ConfigMap) and signs
     //    for an agent whose token names its node, and for one whose node comes from the token's bound pod.
     const kc = new KubeConfig();
@@ -280,9 +288,9 @@ describe('RBAC against the code, on a real API server', () => {
     expect({ unused, ungranted }).toEqual({ unused: [], ungranted: [] });
   });
 
-  it('every Role and ClusterRole in manifests/ is bound to one of the service accounts', () => {
+  it('every Role and ClusterRole in manifests/ is bound to one of the service accounts, but the one users bind for tap', () => {
     const bound = new Set(Object.values(users).flatMap((u) => grantsFor(objects, u)).map((g) => g.via.split(' via ')[0]));
     const roles = objects.filter((o: KubeObject) => o.kind === 'Role' || o.kind === 'ClusterRole').map((o) => `${o.kind}/${o.metadata.name}`);
-    expect(roles.filter((r) => !bound.has(r))).toEqual([]);
+    expect(roles.filter((r) => !bound.has(r))).toEqual([`ClusterRole/${TAP_CLUSTER_ROLE}`]);
   });
 });

@@ -1,7 +1,8 @@
 // The tap API over its Unix socket (agent/tap/server.ts) with the client `trellis tap` uses (viz/tap/): gRPC loaded
 // on the first connection only, events streamed as records finish, the rate bound the agent applies told in the
 // response metadata, refusals with their reason, the hub idle again when the reader goes, and a successor agent
-// taking the socket path over without its predecessor removing it. In-process, no root needed.
+// taking the socket path over without its predecessor removing it; the TCP port of cluster mode over TLS, with its
+// refusals and a client that sends its token only to the agent's certificate. In-process, no root needed.
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -12,11 +13,15 @@ import { Body } from '../../agent/l7/body.js';
 import { RequestRecord } from '../../agent/l7/record.js';
 import type { Workload } from '../../agent/state/workload.js';
 import { DEFAULT_REDACTED_HEADERS, type TapEvent } from '../../agent/tap/events.js';
-import { TapServer } from '../../agent/tap/server.js';
+import { LocalCa } from '../../agent/identity/ca.js';
+import { WorkloadCerts } from '../../agent/identity/certs.js';
+import { TapAuthorizer, type TapReviewer, type TapUser } from '../../agent/tap/authorize.js';
+import type { Match } from '../../agent/tap/match.js';
+import { authorizationOf, TapServer } from '../../agent/tap/server.js';
 import { TapService } from '../../agent/tap/service.js';
 import type { AccessLog } from '../../agent/telemetry/audit.js';
 import { Metrics } from '../../agent/telemetry/metrics.js';
-import { observe } from '../../viz/tap/client.js';
+import { observe, type TapRemote } from '../../viz/tap/client.js';
 import { captureLogger } from '../support/logger.js';
 import { until } from '../support/until.js';
 
@@ -177,5 +182,84 @@ describe('tap API on a Unix socket', () => {
       observe(path.join(dir, 'none.sock'), {}, { accepted: () => undefined, event: () => undefined, end: resolve });
     });
     expect(error?.message).toMatch(/cannot reach the tap socket .*none\.sock.*is the agent running/);
+  });
+});
+
+describe('tap API on the TCP port (cluster mode), over TLS with a bearer token', () => {
+  const TD = 'cluster.local';
+  const AGENT_ID = `spiffe://${TD}/ns/trellis-system/sa/trellis-agent`;
+  const ALICE: TapUser = { username: 'alice', groups: ['system:authenticated'], extra: {} };
+  // Alice may tap demo; any other token is invalid. The real API server: test/e2e/tap-cluster.test.ts.
+  const reviewer: TapReviewer = {
+    authenticate: async (token) => (token === 'alice-token' ? { authenticated: true, user: ALICE } : { authenticated: false, error: 'invalid bearer token' }),
+    mayWatch: async (_user, ns) => ({ allowed: ns === 'demo' }),
+  };
+
+  async function tlsAgent(identity = AGENT_ID) {
+    const ca = LocalCa.generate({ trustDomain: TD });
+    const certs = new WorkloadCerts({ signer: ca, trustBundle: ca.rootCertPem, ttlMs: 3_600_000, clock: systemClock, logger: captureLogger().logger });
+    const svid = await certs.get(identity);
+    const tap = new TapService({ node: 'node-a', redact: new Set(DEFAULT_REDACTED_HEADERS), maxRps: 100, clock: systemClock, metrics: new Metrics({ defaultMetrics: false }) });
+    const authorizer = new TapAuthorizer({ reviewer, clock: systemClock });
+    const srv = await TapServer.listenTls({
+      host: '127.0.0.1',
+      port: 0,
+      certificate: svid,
+      service: tap,
+      logger: captureLogger().logger,
+      authorize: (md, req) => authorizer.authorize(authorizationOf(md), req.match),
+    });
+    const remote = (token: string): TapRemote => ({ address: `127.0.0.1:${srv.port}`, caPem: ca.rootCertPem, identity: AGENT_ID, token });
+    return { tap, srv, remote, certs };
+  }
+
+  const demoServer: Match = { destination: { namespace: 'demo', workload: 'server' } };
+  const open = (remote: TapRemote, match: Match | undefined, events: TapEvent[] = [], limit = 0) =>
+    new Promise<Error | undefined>((resolve) => {
+      observe(remote.address, { limit, ...(match && { match }) }, { accepted: () => undefined, event: (e) => events.push(e), end: resolve }, remote);
+    });
+
+  it('streams to a caller RBAC allows, and refuses the others with the gRPC status and why', async () => {
+    const a = await tlsAgent();
+    try {
+      const events: TapEvent[] = [];
+      const done = open(a.remote('alice-token'), demoServer, events, 2);
+      await until('the tap to open', async () => a.tap.hub.active);
+      for (let i = 0; i < 3; i++) finishRequest(a.tap);
+      expect(await done).toBeUndefined();
+      expect(events.filter((e) => e.responseEnd)).toHaveLength(2);
+
+      expect((await open(a.remote(''), demoServer))?.message).toMatch(/^UNAUTHENTICATED: no bearer token/);
+      expect((await open(a.remote('garbage'), demoServer))?.message).toMatch(/^UNAUTHENTICATED: the token is not valid \(API server: invalid bearer token\)/);
+      expect((await open(a.remote('alice-token'), { destination: { namespace: 'prod' } }))?.message).toMatch(/^PERMISSION_DENIED: user alice may not watch tap.tap.trellis.dev in namespace prod/);
+      expect((await open(a.remote('alice-token'), undefined))?.message).toMatch(/^PERMISSION_DENIED: user alice may not watch tap.tap.trellis.dev in all namespaces/);
+      // A tree that is not one is refused as such, before anyone is asked.
+      expect((await open(a.remote(''), { http: { pathPrefix: 'x' } }))?.message).toMatch(/^INVALID_ARGUMENT/);
+      expect(a.tap.size).toBe(0);
+    } finally {
+      await a.srv.close();
+      a.certs.close();
+    }
+  });
+
+  it('the client sends no token to a port whose certificate is not the agent\'s, nor to one that is not TLS', async () => {
+    const a = await tlsAgent(`spiffe://${TD}/ns/demo/sa/server`);
+    try {
+      const error = await open(a.remote('alice-token'), demoServer);
+      expect(error?.message).toMatch(/cannot reach the agent's tap port .*not the agent's spiffe:\/\/cluster.local\/ns\/trellis-system\/sa\/trellis-agent/);
+      expect(a.tap.size).toBe(0);
+    } finally {
+      await a.srv.close();
+      a.certs.close();
+    }
+    const plain = net.createServer((s) => s.destroy());
+    await new Promise<void>((r) => plain.listen(0, '127.0.0.1', () => r()));
+    try {
+      const port = (plain.address() as net.AddressInfo).port;
+      const error = await open({ address: `127.0.0.1:${port}`, caPem: LocalCa.generate({ trustDomain: TD }).rootCertPem, identity: AGENT_ID, token: 't' }, demoServer);
+      expect(error?.message).toMatch(/cannot reach the agent's tap port/);
+    } finally {
+      plain.close();
+    }
   });
 });

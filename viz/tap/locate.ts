@@ -4,11 +4,15 @@
 import { LAB_STATE_ROOT } from '../endpoints.js';
 import { VizError } from '../errors.js';
 import { runningLabs } from '../prom/locate.js';
+import type { TapRemote } from './client.js';
 
 export interface TapAgent {
   /** The node's name, or the socket path for an agent named by --socket. */
   readonly node: string;
+  /** The agent's Unix socket; for an agent reached on its tap port, that port's address (for messages). */
   readonly socket: string;
+  /** The agent's tap port, in a cluster (cluster.ts). */
+  readonly remote?: TapRemote;
 }
 
 export function locateAgents(flags: { socket?: string[] | undefined; lab?: string | undefined }, stateRoot: string = LAB_STATE_ROOT): { agents: TapAgent[]; lab?: string } {

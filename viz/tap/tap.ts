@@ -4,7 +4,7 @@
 // agent ended its stream; then it says how many it saw and how many the agents dropped.
 import type { TapEvent } from '../../agent/tap/events.js';
 import type { ObserveRequest } from '../../agent/tap/proto.js';
-import { observe as observeAgent, type TapStream, type TapStreamHandlers } from './client.js';
+import { observe as observeAgent, type TapRemote, type TapStream, type TapStreamHandlers } from './client.js';
 import { formatEvent, type TapOutput } from './format.js';
 import type { TapAgent } from './locate.js';
 
@@ -20,7 +20,7 @@ export interface TapRunInputs {
   /** Ends the run early (Ctrl-C). */
   signal?: AbortSignal;
   /** How a stream is opened (a test may stand in for the agents). */
-  observe?: (socket: string, request: ObserveRequest, handlers: TapStreamHandlers) => TapStream;
+  observe?: (socket: string, request: ObserveRequest, handlers: TapStreamHandlers, remote?: TapRemote) => TapStream;
 }
 
 export interface TapRunResult {
@@ -77,7 +77,7 @@ export function runTap(inputs: TapRunInputs): Promise<TapRunResult> {
             }
             if (--open === 0) finish();
           },
-        }),
+        }, agent.remote),
       );
     }
     if (open === 0) finish();
