@@ -26,6 +26,8 @@ const RESOURCES: Record<string, Resource> = {
   'apiextensions.k8s.io/v1/CustomResourceDefinition': { plural: 'customresourcedefinitions', namespaced: false },
   'rbac.authorization.k8s.io/v1/ClusterRole': { plural: 'clusterroles', namespaced: false },
   'rbac.authorization.k8s.io/v1/ClusterRoleBinding': { plural: 'clusterrolebindings', namespaced: false },
+  'rbac.authorization.k8s.io/v1/Role': { plural: 'roles', namespaced: true },
+  'rbac.authorization.k8s.io/v1/RoleBinding': { plural: 'rolebindings', namespaced: true },
   'gateway.networking.k8s.io/v1/HTTPRoute': { plural: 'httproutes', namespaced: true },
   'gateway.networking.k8s.io/v1/GRPCRoute': { plural: 'grpcroutes', namespaced: true },
   'traffic.trellis.dev/v1alpha1/FaultInjection': { plural: 'faultinjections', namespaced: true },

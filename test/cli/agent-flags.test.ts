@@ -43,6 +43,17 @@ describe('agent --tracing-*', () => {
   });
 });
 
+describe('agent --tap-addr', () => {
+  it('serves the tap port by default in cluster mode only, and refuses it where no API server can authorize callers', () => {
+    expect(agentConfig({ node: 'n', source: 'kube' }).tap.addr).toEqual({ host: '0.0.0.0', port: 15022 });
+    expect(agentConfig({ node: 'n', source: 'kube', tapAddr: '10.0.0.5:4190' }).tap.addr).toEqual({ host: '10.0.0.5', port: 4190 });
+    expect(agentConfig({ node: 'n', source: 'kube', tapAddr: 'off' }).tap.addr).toBeUndefined();
+    expect(agentConfig({ node: 'n', dir: '/nonexistent' }).tap.addr).toBeUndefined();
+    expect(() => agentConfig({ node: 'n', dir: '/nonexistent', tapAddr: '0.0.0.0:15022' })).toThrow(/--tap-addr 0.0.0.0:15022: .* goes with --source kube/);
+    expect(() => agentConfig({ node: 'n', source: 'kube', tapAddr: 'node:15022' })).toThrow(/--tap-addr: "node:15022" must be IP:PORT/);
+  });
+});
+
 describe('docs/cli.md', () => {
   it('documents every flag of `trellis agent` and `trellis identity`', async () => {
     const { readFileSync } = await import('node:fs');

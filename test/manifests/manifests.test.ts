@@ -12,6 +12,7 @@ import { parseDuration } from '../../agent/config.js';
 import { AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, TAP_PORT } from '../../agent/constants.js';
 import { BUNDLE_KEY } from '../../agent/identity-service/service.js';
 import { TAP_CLUSTER_ROLE, TAP_GROUP, TAP_RESOURCE, TAP_VERB } from '../../agent/tap/authorize.js';
+import { BUNDLE_CONFIGMAP } from '../../viz/tap/cluster.js';
 import { MANIFESTS, ROOT, filesUnder, findObject, installObjects, loadYaml, type KubeObject } from './load.js';
 
 const NAMESPACE = 'trellis-system';
@@ -289,6 +290,7 @@ describe('the identity service', () => {
 
 /** Roles Trellis ships for users to bind, not for its own service accounts. */
 const USER_ROLES = [`ClusterRole/${TAP_CLUSTER_ROLE}`];
+const TAP_DISCOVERY = 'trellis-tap-discovery';
 
 describe('RBAC', () => {
   const roles = installObjects()
@@ -316,6 +318,11 @@ describe('RBAC', () => {
     for (const b of bindings) {
       const role = objects.find((o) => o.kind === b.roleRef.kind && o.metadata.name === b.roleRef.name && (o.kind === 'ClusterRole' || o.metadata.namespace === b.metadata.namespace));
       expect(role, `${b.kind} ${b.metadata.name}`).toBeDefined();
+      if (b.metadata.name === TAP_DISCOVERY) {
+        // What `trellis tap --kubeconfig` reads to find and check the agents, for anyone signed in.
+        expect(b.subjects).toEqual([{ apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: 'system:authenticated' }]);
+        continue;
+      }
       for (const s of b.subjects) {
         expect(s.kind).toBe('ServiceAccount');
         expect(objects.find((o) => o.kind === 'ServiceAccount' && o.metadata.name === s.name && o.metadata.namespace === s.namespace), s.name).toBeDefined();
@@ -328,6 +335,15 @@ describe('tap', () => {
   it('the ClusterRole users bind grants watch on tap.tap.trellis.dev and nothing else, as the agents ask', () => {
     const role = findObject('ClusterRole', TAP_CLUSTER_ROLE) as KubeObject & { rules: Rule[] };
     expect(role.rules).toEqual([{ apiGroups: [TAP_GROUP], resources: [TAP_RESOURCE], verbs: [TAP_VERB] }]);
+  });
+
+  it('anyone signed in may read the trust bundle and list the agent pods, which `trellis tap --kubeconfig` needs, and nothing more', () => {
+    const role = findObject('Role', TAP_DISCOVERY) as KubeObject & { rules: Rule[] };
+    expect(role.metadata.namespace).toBe(AGENT_NAMESPACE);
+    expect(role.rules).toEqual([
+      { apiGroups: [''], resources: ['configmaps'], resourceNames: [BUNDLE_CONFIGMAP], verbs: ['get'] },
+      { apiGroups: [''], resources: ['pods'], verbs: ['list'] },
+    ]);
   });
 
   it('the agent may review tokens and access (nothing more of either group), and serves the tap port', () => {

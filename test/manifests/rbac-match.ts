@@ -41,7 +41,7 @@ function subjectUser(s: { kind: string; name: string; namespace?: string }): str
   return undefined;
 }
 
-/** Everything `username` may do according to the objects (Groups are not modelled: the manifests bind no groups). */
+/** Everything `username` may do according to the objects (Groups are not modelled: the one group binding, tap discovery for system:authenticated, is checked in manifests.test.ts). */
 export function grantsFor(objects: readonly KubeObject[], username: string): Grant[] {
   const grants: Grant[] = [];
   for (const b of objects.filter((o): o is Binding => o.kind === 'RoleBinding' || o.kind === 'ClusterRoleBinding')) {

@@ -1,10 +1,12 @@
 // `trellis tap NS/WORKLOAD|NS/POD`: the live requests and connections of a workload, one line per event, from every
-// agent that carries its traffic (viz/tap/). Reads the agents' tap API, never Prometheus.
+// agent that carries its traffic (viz/tap/): a lab's (their sockets), or a cluster's (their tap ports, as the
+// kubeconfig's user). Reads the agents' tap API, never Prometheus.
 import { InvalidArgumentError, type Command } from 'commander';
 import { parseDuration } from '../../agent/config.js';
 import { VizError } from '../errors.js';
 import { TAP_OUTPUTS, type TapOutput } from '../tap/format.js';
-import { locateAgents } from '../tap/locate.js';
+import { clusterAgents } from '../tap/cluster.js';
+import { locateAgents, type TapAgent } from '../tap/locate.js';
 import { observeRequest, parseTapTarget } from '../tap/request.js';
 import { runTap } from '../tap/tap.js';
 
@@ -19,6 +21,8 @@ interface TapFlags {
   output: TapOutput;
   lab?: string;
   socket?: string[];
+  /** true: `--kubeconfig` without a path (the usual one). */
+  kubeconfig?: string | true;
 }
 
 function countArg(min: number): (text: string) => number {
@@ -50,7 +54,7 @@ export function registerTapCommand(program: Command): void {
   program
     .command('tap <target>')
     .description('the live requests and connections of a workload or pod, from every agent that carries them (both sides), one line per event')
-    .usage('NS/WORKLOAD|NS/POD [--to NS/WORKLOAD] [--method M] [--path PREFIX] [--max-rps N] [--duration D] [--limit N] [-o line|wide|json] [--lab NAME]')
+    .usage('NS/WORKLOAD|NS/POD [--to NS/WORKLOAD] [--method M] [--path PREFIX] [--max-rps N] [--duration D] [--limit N] [-o line|wide|json] [--lab NAME | --kubeconfig [PATH]]')
     .option('-n, --namespace <ns>', 'the namespace of a target (and --to) given without one')
     .option('--to <target>', 'only what the target calls on this workload or pod (NS/NAME)')
     .option('--method <method>', 'only HTTP requests of this method (opaque TCP connections have none)')
@@ -61,11 +65,13 @@ export function registerTapCommand(program: Command): void {
     .option('-o, --output <format>', 'line (like linkerd viz tap), wide (identities, Service, route, request id, headers), json (the events as the agents send them)', outputArg, 'line')
     .option('--lab <name>', "tap this lab's agents (default: the only lab running)")
     .option('--socket <path...>', "tap the agent serving this socket (`trellis agent --tap-socket`) instead of a lab's")
+    .option('--kubeconfig [path]', "tap a cluster's agents (every node's, on their tap port) as this kubeconfig's user, whom RBAC must let watch tap.tap.trellis.dev in the namespace (ClusterRole trellis-tap); without PATH: $KUBECONFIG or ~/.kube/config")
     .addHelpText(
       'after',
       '\nExamples:\n  trellis tap demo/server                          every request to and from server\n' +
         '  trellis tap demo/client --to demo/server --method GET --path /api --limit 20\n' +
         '  trellis tap demo/client -o json --duration 10s\n' +
+        '  trellis tap shop/web --kubeconfig                in a cluster, as the kubeconfig user (RBAC: ClusterRole trellis-tap)\n' +
         '\nLines: req (method, authority, path), rsp (status, time to first byte), end (status, gRPC status, duration, bytes,\n' +
         'the policy that denied it), tcp (an opaque connection: open, close with bytes both ways), drop (observations the\n' +
         'agent dropped past --max-rps). proxy=out is the caller\'s agent, proxy=in the callee\'s. Header values the agent\n' +
@@ -83,12 +89,23 @@ export function registerTapCommand(program: Command): void {
         durationMs: flags.duration ?? 0,
       };
       const request = observeRequest(ask);
-      const { agents, lab } = locateAgents({ socket: flags.socket, lab: flags.lab });
+      let agents: TapAgent[];
+      let where: string;
+      if (flags.kubeconfig !== undefined) {
+        if (flags.lab !== undefined || flags.socket?.length) throw new VizError('ECONFIG', '--kubeconfig taps a cluster\'s agents, --lab a lab\'s, --socket one agent: give one of them');
+        const found = await clusterAgents(flags.kubeconfig === true ? undefined : flags.kubeconfig);
+        agents = found.agents;
+        where = ` of cluster ${found.server} (every node: callers can run anywhere)`;
+      } else {
+        const located = locateAgents({ socket: flags.socket, lab: flags.lab });
+        agents = located.agents;
+        where = located.lab ? ` of lab ${located.lab}` : '';
+      }
       const abort = new AbortController();
       const stop = () => abort.abort();
       process.once('SIGINT', stop);
       process.once('SIGTERM', stop);
-      process.stderr.write(`tapping ${target}${ask.to ? ` -> ${flags.to}` : ''} on ${agents.length} agent${agents.length === 1 ? '' : 's'}${lab ? ` of lab ${lab}` : ''}: ${agents.map((a) => a.node).join(', ')}\n`);
+      process.stderr.write(`tapping ${target}${ask.to ? ` -> ${flags.to}` : ''} on ${agents.length} agent${agents.length === 1 ? '' : 's'}${where}: ${agents.map((a) => a.node).join(', ')}\n`);
       const result = await runTap({ agents, request, output: flags.output, out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t), signal: abort.signal });
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);

@@ -1,6 +1,6 @@
 // Which agents `trellis tap` reaches: the sockets --socket names (an agent on this node), or every node's agent of a
 // lab, as its endpoints.json lists them (viz/endpoints.ts); without --lab, the only lab running with agents.
-// Against a cluster (through each node's agent, authorized by RBAC) is a later slice.
+// Against a cluster (each node's agent on its tap port, authorized by RBAC): cluster.ts.
 import { LAB_STATE_ROOT } from '../endpoints.js';
 import { VizError } from '../errors.js';
 import { runningLabs } from '../prom/locate.js';
@@ -33,7 +33,7 @@ export function locateAgents(flags: { socket?: string[] | undefined; lab?: strin
   } else if (tapped.length > 1) {
     throw new VizError('ENOLAB', `several labs are up (${tapped.map((l) => l.name).join(', ')}): choose one with --lab NAME`);
   } else {
-    throw new VizError('ENOLAB', 'no lab with agents is up: bring one up (`trellis lab up -f FILE`, `npm run demo`), or name an agent\'s socket with --socket PATH');
+    throw new VizError('ENOLAB', 'no lab with agents is up: bring one up (`trellis lab up -f FILE`, `npm run demo`), name an agent\'s socket with --socket PATH, or tap a cluster with --kubeconfig');
   }
   return { agents: chosen!.endpoints!.tap!.map((t) => ({ node: t.node, socket: t.socket })), lab: chosen!.name };
 }
