@@ -304,33 +304,9 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
     }
   }
   // In cluster mode, also on a TCP port over TLS, with the agent's own SVID (its service account's SPIFFE ID, signed as
-  // any workload's): callers present a Kubernetes token, and RBAC decides (tap/authorize.ts).
-  let tapPort: TapServer | undefined;
-  let tapPortRotation: (() => void) | undefined;
-  if (config.tap.addr && config.source.kind === 'kube') {
-    const { host, port } = config.tap.addr;
-    try {
-      const identity = spiffeId(config.trustDomain, AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT);
-      const svid = await certs.get(identity);
-      const { TapAuthorizer } = await import('./tap/authorize.js');
-      const { KubeTapReviewer } = await import('./tap/kube-review.js');
-      const authorizer = new TapAuthorizer({ reviewer: new KubeTapReviewer(config.source.kubeconfig), clock });
-      const served = await TapServer.listenTls({
-        host,
-        port,
-        certificate: svid,
-        service: tap,
-        logger: tapLogger,
-        authorize: (metadata, request) => authorizer.authorize(authorizationOf(metadata), request.match),
-      });
-      tapPort = served;
-      tapPortRotation = certs.onRotate((next) => {
-        if (next.identity === identity) served.setCertificate(next);
-      });
-    } catch (err) {
-      tapLogger.warn({ err: (err as Error).message, addr: `${host}:${port}` }, 'tap port not served: `trellis tap --kubeconfig` will not reach this agent');
-    }
-  }
+  // any workload's): callers present a Kubernetes token, and RBAC decides (tap/authorize.ts). Started beside
+  // readiness, not before it: the certificate is one more signing request, and tap never holds the data path.
+  const tapPort = config.tap.addr && config.source.kind === 'kube' ? serveTapPort(config, certs, tap, tapLogger, clock) : undefined;
   const readyFile = config.readyFile
     ? new ReadyFile({
         path: config.readyFile,
@@ -338,7 +314,7 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         logger,
       })
     : undefined;
-  logger.info({ pods: enrolment.pods(), metrics: config.metrics, health: config.health, tap: tapServer ? config.tap.socket : 'off', tapPort: tapPort ? `${config.tap.addr!.host}:${tapPort.port}` : 'off' }, 'agent ready');
+  logger.info({ pods: enrolment.pods(), metrics: config.metrics, health: config.health, tap: tapServer ? config.tap.socket : 'off' }, 'agent ready');
 
   let stopping: Promise<void> | undefined;
   return {
@@ -379,8 +355,7 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         logger.info({ drained, cut, drainMs: config.drainMs }, 'connections drained');
         // Taps saw the drained requests; their streams end now, each with a last summary.
         tap.stop();
-        tapPortRotation?.();
-        await Promise.all([tapServer?.close(), tapPort?.close()]);
+        await Promise.all([tapServer?.close(), tapPort?.then((p) => p?.close())]);
         plane.close();
         // The spans of the drained requests leave before the process does (bounded by one export's limit).
         await plane.flushTraces();
@@ -394,6 +369,43 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
       return stopping;
     },
   };
+}
+
+/**
+ * The tap API on its TCP port (cluster mode); undefined, and said, when it cannot be served: the agent goes on without
+ * it. The certificate follows the SVID's renewals until the server closes.
+ */
+async function serveTapPort(config: AgentConfig, certs: WorkloadCerts, tap: TapService, logger: Logger, clock: Clock): Promise<{ close(): Promise<void> } | undefined> {
+  const { host, port } = config.tap.addr!;
+  try {
+    const identity = spiffeId(config.trustDomain, AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT);
+    const svid = await certs.get(identity);
+    const { TapAuthorizer } = await import('./tap/authorize.js');
+    const { KubeTapReviewer } = await import('./tap/kube-review.js');
+    const kubeconfig = config.source.kind === 'kube' ? config.source.kubeconfig : undefined;
+    const authorizer = new TapAuthorizer({ reviewer: new KubeTapReviewer(kubeconfig), clock });
+    const server = await TapServer.listenTls({
+      host,
+      port,
+      certificate: svid,
+      service: tap,
+      logger,
+      authorize: (metadata, request) => authorizer.authorize(authorizationOf(metadata), request.match),
+    });
+    const unsubscribe = certs.onRotate((next) => {
+      if (next.identity === identity) server.setCertificate(next);
+    });
+    logger.info({ addr: `${host}:${server.port}`, identity }, 'tap port serving (callers authorized by RBAC)');
+    return {
+      close: async () => {
+        unsubscribe();
+        await server.close();
+      },
+    };
+  } catch (err) {
+    logger.warn({ err: (err as Error).message, addr: `${host}:${port}` }, 'tap port not served: `trellis tap --kubeconfig` will not reach this agent');
+    return undefined;
+  }
 }
 
 /**

@@ -52,6 +52,11 @@ export function metricCatalogue(rates: readonly number[]): MetricDef[] {
     { name: 'max_rps', unit: 'req/s', better: 'higher' },
     { name: 'proxy_cpu_pct_max_rps', unit: '%', better: 'lower' },
     { name: 'max_rps_2cpu', unit: 'req/s', better: 'higher' },
+    // trellis-l7 with no tap and with a tap matching every request at the agents' bound, alternated in one run.
+    { name: 'cpu_us_per_req_tap_off', unit: 'us', better: 'lower' },
+    { name: 'cpu_us_per_req_tap_on', unit: 'us', better: 'lower' },
+    { name: 'max_rps_tap_off', unit: 'req/s', better: 'higher' },
+    { name: 'max_rps_tap_on', unit: 'req/s', better: 'higher' },
     { name: 'gbps_1', unit: 'Gbit/s', better: 'higher' },
     { name: 'gbps_4', unit: 'Gbit/s', better: 'higher' },
     { name: 'conn_per_s', unit: 'conn/s', better: 'higher' },

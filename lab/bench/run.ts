@@ -12,6 +12,7 @@ import { procStat } from '../cluster/procs.js';
 import { objectFileName } from '../cluster/realized.js';
 import { run } from '../cluster/run.js';
 import { connectInNetns } from '../../agent/native/index.js';
+import { observe as observeTap, type TapStream } from '../../viz/tap/client.js';
 import { ChildLines } from './child-lines.js';
 import { plainPodCreds, startHaproxies, type Layer } from './haproxy.js';
 import { MESH_CLIENT, selectPaths, rotation, type PathDef, type ProxyKind, type Targets } from './paths.js';
@@ -29,7 +30,7 @@ import { KUBE_SCALE_METRICS, measureKubeScale } from './scale-kube.js';
 import { describeTls, probeNodeDefaults, probeTls, type TlsCreds, type TlsParams } from './tls-probe.js';
 import { BODY_BYTES, HAPROXY_PORTS, MESH_SERVER, NODE_A, NODE_B, PLAIN_SERVER, benchManifests, extraObjects, handshakeManifests, pinned, resolveTargets } from './topology.js';
 
-export const MEASUREMENTS = ['memory', 'latency', 'max-rps', 'bulk', 'conn-rate', 'scale', 'scale-kube', 'scale-out', 'pods', 'restart'] as const;
+export const MEASUREMENTS = ['memory', 'latency', 'max-rps', 'tap', 'bulk', 'conn-rate', 'scale', 'scale-kube', 'scale-out', 'pods', 'restart'] as const;
 /** Left out of --quick unless named in --only: config scale through a real API server takes many minutes. */
 export const SLOW_MEASUREMENTS: readonly MeasurementId[] = ['scale-kube'];
 export type MeasurementId = (typeof MEASUREMENTS)[number];
@@ -341,11 +342,13 @@ class Bench {
       for (const p of h2) await this.guard(p, 'max req/s', () => this.maxRpsH2(p, false));
     }
     if (!skip.has('memory')) for (const p of order) if (p.proxy !== 'none') await this.guard(p, 'memory', () => this.memory(lab, p));
-    if (first && !(skip.has('latency') && skip.has('max-rps'))) for (const p of order) await this.guard(p, 'priming', () => this.prime(p));
+    if (first && !(skip.has('latency') && skip.has('max-rps') && skip.has('tap'))) for (const p of order) await this.guard(p, 'priming', () => this.prime(p));
     if (!skip.has('latency')) {
       for (const rate of this.plan.rates) for (const p of order) await this.guard(p, `latency at ${rate} req/s`, () => this.latency(p, rate));
     }
     if (!skip.has('max-rps')) for (const p of order) await this.guard(p, 'max req/s', () => this.maxRps(p));
+    const l7 = order.find((p) => p.name === 'trellis-l7');
+    if (!skip.has('tap') && l7) await this.guard(l7, 'tap off/on', () => this.tapCost(l7));
     if (!skip.has('bulk')) for (const streams of [1, 4]) for (const p of order) await this.guard(p, `bulk ${streams}`, () => this.bulk(p, streams));
     if (!skip.has('conn-rate')) for (const p of order) await this.guard(p, 'connection rate', () => this.connRate(p));
   }
@@ -517,6 +520,90 @@ class Bench {
     }
     if (Number(r.errors) > 0) this.warnings.push(`${p.name} max req/s: ${r.errors} requests failed ${JSON.stringify(r.error_counts)}`);
     this.opts.log(`  ${p.name}: max ${r.achieved_rps} req/s (closed loop, ${this.plan.connections} connections)`);
+  }
+
+  /**
+   * What a live tap costs the data path: the trellis-l7 path's CPU per request at the lowest latency rate (below any
+   * machine's max, so every request is answered and counted) and its max req/s, with no tap and with one tap on each agent matching every request of the bench (both sides), at the
+   * agents' rate bound (--tap-max-rps: the rest dropped and counted, as a tap at full request rate is), alternated
+   * off, on, off, on so both see the same machine.
+   */
+  private async tapCost(p: PathDef): Promise<void> {
+    const pids = this.proxyPids[p.proxy];
+    const rate = Math.min(...this.plan.rates);
+    for (const tapped of [false, true, false, true]) {
+      const taps = tapped ? await this.openTaps() : undefined;
+      const suffix = tapped ? 'tap_on' : 'tap_off';
+      const noise = this.watchProxyCpu(p, `${p.name} ${suffix}`);
+      try {
+        const cpuBefore = this.procs.cpuSeconds(pids);
+        const r = await this.tool(
+          p,
+          ['http-bench', '--url', this.url(p), '--rate', String(rate), '--duration-s', String(this.plan.latencyS), '--warmup-s', String(this.plan.warmupS), '--connections', String(this.plan.connections)],
+          this.plan.latencyS + this.plan.warmupS,
+        );
+        const cpu = this.procs.cpuSeconds(pids) - cpuBefore;
+        if (Number(r.completed_total) > 0) this.results.add(p.name, `cpu_us_per_req_${suffix}`, (cpu * 1e6) / Number(r.completed_total));
+        if (Number(r.errors) > 0) this.warnings.push(`${p.name} ${suffix} at ${rate} req/s: ${r.errors} of ${r.sent} requests failed ${JSON.stringify(r.error_counts)}`);
+        const warmupS = 1;
+        const m = await this.tool(
+          p,
+          ['http-bench', '--url', this.url(p), '--rate', '0', '--duration-s', String(this.plan.maxRpsS), '--warmup-s', String(warmupS), '--connections', String(this.plan.connections)],
+          this.plan.maxRpsS + warmupS,
+        );
+        if (Number(m.ok) > 0) this.results.add(p.name, `max_rps_${suffix}`, Number(m.achieved_rps));
+        if (Number(m.errors) > 0) this.warnings.push(`${p.name} ${suffix} max req/s: ${m.errors} requests failed ${JSON.stringify(m.error_counts)}`);
+        const seen = taps ? `, tap: ${taps.delivered()} observations sent, ${taps.dropped()} dropped` : '';
+        noise();
+        this.opts.log(`  ${p.name} ${suffix}: proxy CPU ${((cpu * 1e6) / Number(r.completed_total)).toFixed(1)} us/req at ${rate} req/s, max ${m.achieved_rps} req/s${seen}`);
+      } finally {
+        await taps?.close();
+      }
+    }
+  }
+
+  /** A tap on each agent's socket matching every request from the bench's mesh namespace, at the agent's bound. */
+  private async openTaps(): Promise<{ delivered: () => number; dropped: () => number; close: () => Promise<void> }> {
+    let delivered = 0;
+    let dropped = 0;
+    const streams: TapStream[] = [];
+    const ended: Promise<Error | undefined>[] = [];
+    // Each resolves when its agent accepted the tap (undefined), or refused it, or could not be reached.
+    const accepted: Promise<Error | undefined>[] = [];
+    for (const node of [NODE_A, NODE_B]) {
+      let answer!: (err: Error | undefined) => void;
+      accepted.push(new Promise((r) => (answer = r)));
+      ended.push(
+        new Promise((resolve) => {
+          streams.push(
+            observeTap(this.lab!.tapSocket(node), { maxRps: 0, match: { source: { namespace: MESH_CLIENT.split('/')[0]! } } }, {
+              accepted: () => answer(undefined),
+              event: (e) => {
+                dropped += e.dropped ?? 0;
+                if (e.responseEnd) delivered++;
+              },
+              end: (err) => {
+                answer(err ?? new Error(`the agent of ${node} ended the tap at once`));
+                resolve(err);
+              },
+            }),
+          );
+        }),
+      );
+    }
+    const failed = (await Promise.all(accepted)).find((e) => e !== undefined);
+    if (failed) {
+      for (const s of streams) s.cancel();
+      throw new LabError('EAGENT', `cannot tap the agents: ${failed.message}`);
+    }
+    return {
+      delivered: () => delivered,
+      dropped: () => dropped,
+      close: async () => {
+        for (const s of streams) s.cancel();
+        await Promise.all(ended);
+      },
+    };
   }
 
   /** h2c closed loop with h2load: one stream on each of the connections, as many at once as the HTTP/1.1 runs. */

@@ -317,6 +317,11 @@ export class Lab {
     return run('ip', ['netns', 'exec', n.netns, ...argv], runOptions(env, opts));
   }
 
+  /** The node's agent's tap socket (`trellis tap --socket`). */
+  tapSocket(node: string): string {
+    return tapSocket(this.paths.stateDir, this.node(node).name);
+  }
+
   /** GET http://<node fabric IP>:port/path, connecting from inside the node's netns. */
   async httpGetFromNode(node: string, port: number, urlPath: string): Promise<{ status: number; body: string }> {
     const n = this.node(node);

@@ -116,6 +116,15 @@ describe('tap in cluster mode: RBAC decides (real kube-apiserver, two-node lab)'
       roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'trellis-tap' },
       subjects: [{ kind: 'ServiceAccount', name: 'viewer', namespace: USERS_NS }],
     });
+    // The port opens once the agent's own certificate is issued, beside its readiness.
+    for (const n of NODES) {
+      await until(`the tap port of ${n}`, () =>
+        new Promise<boolean>((resolve) => {
+          const s = connectInNetns(lab.node(n).netnsPath, { host: lab.node(n).fabricIp, port: TAP_PORT, timeoutMs: 1000 });
+          s.once('connect', () => (s.destroy(), resolve(true)));
+          s.once('error', () => resolve(false));
+        }), 20_000);
+    }
     // The host has no route into the lab: a forwarder per node to the agent's port, inside the node's netns.
     for (const n of NODES) forwards.set(n, await ApiForward.start(lab.node(n).netnsPath, { host: lab.node(n).fabricIp, port: TAP_PORT }));
   }, 240_000);
