@@ -58,27 +58,27 @@ export function runTap(inputs: TapRunInputs): Promise<TapRunResult> {
     // The agents end their streams at the duration; this only covers one that cannot.
     if (inputs.request.durationMs) timer = setTimeout(finish, inputs.request.durationMs + 5000);
     for (const agent of inputs.agents) {
-      streams.push(
-        observe(agent.socket, inputs.request, {
-          accepted: (maxRps) => result.accepted.push({ node: agent.node, maxRps }),
-          event: (e) => {
-            if (finished) return;
-            result.dropped += e.dropped ?? 0;
-            if (inputs.onEvent) inputs.onEvent(e, agent.node);
-            else if (inputs.output === 'json') inputs.out(`${JSON.stringify(e)}\n`);
-            else for (const line of formatEvent(e, inputs.output)) inputs.out(`${line}\n`);
-            if (e.summary?.end) inputs.err(`${agent.node}: stream ended (${e.summary.end}): ${e.summary.delivered ?? 0} observations, ${e.summary.droppedTotal ?? 0} dropped\n`);
-            if (completes(e) && ++result.observations >= limit && limit > 0) finish();
-          },
-          end: (error) => {
-            if (error) {
-              result.failed.push({ node: agent.node, error: error.message });
-              inputs.err(`${agent.node}: ${error.message}\n`);
-            }
-            if (--open === 0) finish();
-          },
-        }, agent.remote),
-      );
+      const handlers: TapStreamHandlers = {
+        accepted: (maxRps) => result.accepted.push({ node: agent.node, maxRps }),
+        event: (e) => {
+          if (finished) return;
+          result.dropped += e.dropped ?? 0;
+          if (inputs.onEvent) inputs.onEvent(e, agent.node);
+          else if (inputs.output === 'json') inputs.out(`${JSON.stringify(e)}\n`);
+          else for (const line of formatEvent(e, inputs.output)) inputs.out(`${line}\n`);
+          if (e.summary?.end) inputs.err(`${agent.node}: stream ended (${e.summary.end}): ${e.summary.delivered ?? 0} observations, ${e.summary.droppedTotal ?? 0} dropped\n`);
+          if (completes(e) && ++result.observations >= limit && limit > 0) finish();
+        },
+        end: (error) => {
+          if (error) {
+            result.failed.push({ node: agent.node, error: error.message });
+            inputs.err(`${agent.node}: ${error.message}\n`);
+          }
+          if (--open === 0) finish();
+        },
+      };
+      // An agent of a cluster is reached on its tap port (`remote`), a lab's or a node's on its socket.
+      streams.push(observe(agent.socket, inputs.request, handlers, agent.remote));
     }
     if (open === 0) finish();
   });
