@@ -355,7 +355,9 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         logger.info({ drained, cut, drainMs: config.drainMs }, 'connections drained');
         // Taps saw the drained requests; their streams end now, each with a last summary.
         tap.stop();
-        await Promise.all([tapServer?.close(), tapPort?.then((p) => p?.close())]);
+        // A tap port still waiting for its certificate closes when it has it; stopping waits a second for it at most.
+        const portClosed = tapPort?.then((p) => p?.close());
+        await Promise.all([tapServer?.close(), portClosed && Promise.race([portClosed, new Promise((r) => setTimeout(r, 1000).unref())])]);
         plane.close();
         // The spans of the drained requests leave before the process does (bounded by one export's limit).
         await plane.flushTraces();

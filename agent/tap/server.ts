@@ -17,8 +17,6 @@ import { compileMatch } from './match.js';
 import type { ObserveRequest } from './proto.js';
 import type { TapService } from './service.js';
 
-export type { TapRefusal } from './authorize.js';
-
 /** Response metadata of an accepted tap: the rate bound in force (the agent's cap may be lower than asked). */
 export const MAX_RPS_METADATA = 'trellis-tap-max-rps';
 
