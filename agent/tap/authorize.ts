@@ -2,10 +2,12 @@
 // server (TokenReview), then a SubjectAccessReview for `watch` on `tap` in group tap.trellis.dev in every namespace
 // the tap is confined to (match.ts tapNamespaces), so RBAC governs tap as Linkerd's. Decisions are cached briefly and
 // in bounded number: a reader reconnecting, or `trellis tap` opening one stream per agent, costs the API server one
-// review, and a flood of garbage tokens cannot grow the agent's memory. Refusals say why and what to do.
+// review, and a flood of garbage tokens can neither grow the agent's memory nor load the API server (reviews are
+// bounded per second). Refusals say why and what to do.
 import { createHash } from 'node:crypto';
 import type { Clock } from '../clock.js';
 import { TrellisError } from '../errors.js';
+import { RateBound } from './limiter.js';
 import { tapNamespaces, type Match } from './match.js';
 
 /** The resource RBAC governs tap by: `watch` on tap.tap.trellis.dev (manifests/rbac/tap.yaml). */
@@ -62,10 +64,16 @@ export interface TapAuthorizerInputs {
   ttlMs?: number;
   /** Answers kept at most, per kind (default 512); the oldest go first. */
   maxEntries?: number;
+  /**
+   * Reviews asked of the API server per second at most (default 20, as much burst): anyone who reaches the port can
+   * make the agent ask one per token it has not seen, so a flood of made-up tokens is refused here, not there.
+   */
+  reviewsPerSecond?: number;
 }
 
 export const DEFAULT_DECISION_TTL_MS = 10_000;
 export const DEFAULT_MAX_DECISIONS = 512;
+export const DEFAULT_REVIEWS_PER_SECOND = 20;
 
 /** A bounded map whose entries expire: insertion order is age order, so the oldest is the first key. */
 class DecisionCache<T> {
@@ -114,6 +122,7 @@ function where(namespace: string | undefined): string {
 export class TapAuthorizer {
   private readonly tokens: DecisionCache<TokenVerdict>;
   private readonly access: DecisionCache<AccessVerdict>;
+  private readonly reviews: RateBound;
 
   constructor(private readonly inputs: TapAuthorizerInputs) {
     const ttl = inputs.ttlMs ?? DEFAULT_DECISION_TTL_MS;
@@ -121,6 +130,7 @@ export class TapAuthorizer {
     const now = () => inputs.clock.now();
     this.tokens = new DecisionCache(ttl, max, now);
     this.access = new DecisionCache(ttl, max, now);
+    this.reviews = new RateBound(inputs.reviewsPerSecond ?? DEFAULT_REVIEWS_PER_SECOND, now);
   }
 
   /** Answers held now (tokens, access decisions): what the bound caps. */
@@ -163,6 +173,7 @@ export class TapAuthorizer {
     const key = createHash('sha256').update(token).digest('base64url');
     const held = this.tokens.get(key);
     if (held) return held;
+    this.spend();
     const verdict = await this.inputs.reviewer.authenticate(token);
     this.tokens.set(key, verdict);
     return verdict;
@@ -172,9 +183,15 @@ export class TapAuthorizer {
     const key = JSON.stringify([user.username, user.uid ?? '', [...user.groups].sort(), user.extra, namespace ?? null]);
     const held = this.access.get(key);
     if (held) return held;
+    this.spend();
     const verdict = await this.inputs.reviewer.mayWatch(user, namespace);
     this.access.set(key, verdict);
     return verdict;
+  }
+
+  /** One review's worth of the API server's time, or a refusal to retry later. */
+  private spend(): void {
+    if (!this.reviews.take()) throw new TapApiError('EUNAVAILABLE', `this agent asks the API server at most ${this.inputs.reviewsPerSecond ?? DEFAULT_REVIEWS_PER_SECOND} reviews a second, and more callers are waiting`);
   }
 
   private denied(username: string, namespace: string | undefined, reason: string | undefined): TapRefusal {

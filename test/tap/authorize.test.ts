@@ -124,3 +124,21 @@ describe('the tap authorizer', () => {
     expect(reviewer.tokens).toEqual(['alice', 'alice']);
   });
 });
+
+describe('the tap authorizer under a flood', () => {
+  it('asks the API server at most reviewsPerSecond reviews a second; the others are told to retry, and nothing of theirs is cached', async () => {
+    const reviewer = new Reviewer(new Set(['shop']));
+    const c = clock();
+    const authz = new TapAuthorizer({ reviewer, clock: c, reviewsPerSecond: 5 });
+    const answers = [];
+    for (let i = 0; i < 12; i++) answers.push(await authz.authorize(`Bearer made-up-${i}`, both('shop', 'web')));
+    expect(reviewer.tokens).toHaveLength(5);
+    expect(answers.slice(0, 5).every((a) => a?.code === 'EUNAUTHENTICATED')).toBe(true);
+    expect(answers.slice(5).every((a) => a?.code === 'EUNAVAILABLE' && /at most 5 reviews a second.*; retry$/.test(a.message))).toBe(true);
+    // A caller whose answers are cached is not held back; a second later the bound has room again.
+    c.t += 1_000;
+    expect(await authz.authorize('Bearer alice', both('shop', 'web'))).toBeUndefined();
+    expect(reviewer.tokens.at(-1)).toBe('alice');
+    expect(reviewer.asked).toEqual(['shop']);
+  });
+});
