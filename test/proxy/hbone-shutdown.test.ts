@@ -10,27 +10,18 @@ import { Drain } from '../../agent/proxy/drain.js';
 import { HbonePool } from '../../agent/proxy/hbone-pool.js';
 import { HboneInbound } from '../../agent/proxy/inbound-hbone.js';
 import { compile } from '../../agent/state/store.js';
-import type { Workload } from '../../agent/state/workload.js';
 import { Metrics } from '../../agent/telemetry/metrics.js';
 import { captureLogger } from '../support/logger.js';
+import { TEST_TRUST_DOMAIN, listenLocal, loopbackWorkload } from '../support/loopback.js';
 
-const TD = 'cluster.local';
+const TD = TEST_TRUST_DOMAIN;
 
-function workload(name: string): Workload {
-  return Object.freeze({
-    key: `demo/${name}`, uid: undefined, namespace: 'demo', pod: name, name, serviceAccount: name,
-    identity: `spiffe://${TD}/ns/demo/sa/${name}`, ip: '127.0.0.1', node: 'n', netnsPath: undefined, labels: {}, meshed: true,
-  });
-}
 
-function listenLocal(server: net.Server): Promise<number> {
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)));
-}
 
 describe('HBONE sessions at shutdown', () => {
   const { logger } = captureLogger();
-  const client = workload('client');
-  const server = workload('server');
+  const client = loopbackWorkload('demo', 'client');
+  const server = loopbackWorkload('demo', 'server');
   let certs: WorkloadCerts;
   let appPort = 0;
   const app = net.createServer({ allowHalfOpen: true }, (s) => {

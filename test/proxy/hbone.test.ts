@@ -12,27 +12,18 @@ import { ConnectionRecord } from '../../agent/proxy/connection.js';
 import { Drain } from '../../agent/proxy/drain.js';
 import { splice } from '../../agent/io/splice.js';
 import { compile, type MeshState } from '../../agent/state/store.js';
-import type { Workload } from '../../agent/state/workload.js';
 import { Metrics } from '../../agent/telemetry/metrics.js';
 import { captureLogger } from '../support/logger.js';
+import { TEST_TRUST_DOMAIN, listenLocal, loopbackWorkload } from '../support/loopback.js';
 
-const TD = 'cluster.local';
+const TD = TEST_TRUST_DOMAIN;
 
-function workload(ns: string, name: string, sa: string, ip: string): Workload {
-  return Object.freeze({
-    key: `${ns}/${name}`, uid: undefined, namespace: ns, pod: name, name, serviceAccount: sa,
-    identity: `spiffe://${TD}/ns/${ns}/sa/${sa}`, ip, node: 'n', netnsPath: undefined, labels: {}, meshed: true,
-  });
-}
 
-function listenLocal(server: net.Server): Promise<number> {
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)));
-}
 
 describe('HBONE over mTLS', () => {
   const { logger, lines } = captureLogger();
-  const client = workload('demo', 'client', 'client', '127.0.0.1');
-  const server = workload('demo', 'server', 'server', '127.0.0.1');
+  const client = loopbackWorkload('demo', 'client', 'client', '127.0.0.1');
+  const server = loopbackWorkload('demo', 'server', 'server', '127.0.0.1');
   const state: MeshState = compile([], TD, 1);
   let ca: LocalCa;
   let certs: WorkloadCerts;
