@@ -7,6 +7,21 @@ import { listenInNetns } from '../../agent/native/index.js';
 
 export const OTLP_SINK_PORT = 4317;
 
+const pass = (b: Buffer) => b;
+
+/** OTLP/gRPC's TraceService with its messages left as bytes (the sink counts them; a test receiver decodes them). */
+export const TRACE_SERVICE_RAW: grpc.ServiceDefinition = {
+  Export: {
+    path: '/opentelemetry.proto.collector.trace.v1.TraceService/Export',
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: pass,
+    requestDeserialize: pass,
+    responseSerialize: pass,
+    responseDeserialize: pass,
+  },
+};
+
 export class OtlpSink {
   exports = 0;
   bytes = 0;
@@ -16,19 +31,8 @@ export class OtlpSink {
   private readonly sockets = new Set<net.Socket>();
 
   constructor() {
-    const pass = (b: Buffer) => b;
     this.grpcServer.addService(
-      {
-        Export: {
-          path: '/opentelemetry.proto.collector.trace.v1.TraceService/Export',
-          requestStream: false,
-          responseStream: false,
-          requestSerialize: pass,
-          requestDeserialize: pass,
-          responseSerialize: pass,
-          responseDeserialize: pass,
-        },
-      },
+      TRACE_SERVICE_RAW,
       {
         Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
           this.exports++;

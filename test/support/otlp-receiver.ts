@@ -7,6 +7,7 @@ import http from 'node:http';
 import net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { listenInNetns } from '../../agent/native/index.js';
+import { TRACE_SERVICE_RAW } from '../../lab/bench/otlp-sink.js';
 
 const require = createRequire(import.meta.url);
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -122,19 +123,8 @@ export class OtlpReceiver {
   private readonly accepted = new Set<net.Socket>();
 
   constructor() {
-    const pass = (b: Buffer) => b;
     this.grpcServer.addService(
-      {
-        Export: {
-          path: '/opentelemetry.proto.collector.trace.v1.TraceService/Export',
-          requestStream: false,
-          responseStream: false,
-          requestSerialize: pass,
-          requestDeserialize: pass,
-          responseSerialize: pass,
-          responseDeserialize: pass,
-        },
-      },
+      TRACE_SERVICE_RAW,
       {
         Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
           this.spans.push(...decodeProtobuf(call.request, 'grpc'));
