@@ -44,3 +44,12 @@ export function wrapError(where: string, err: unknown): TrellisError {
   const msg = typeof e?.message === 'string' ? e.message : String(err);
   return new TrellisError(code, `${where}: ${msg}`, { cause: err });
 }
+
+/** An error's message with those of its causes, outermost first (at most four): what a client library wrapped. */
+export function causeChain(err: unknown): string {
+  const parts: string[] = [];
+  for (let e = err as { message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; e = e.cause as typeof e, depth++) {
+    if (typeof e.message === 'string' && e.message) parts.push(e.message);
+  }
+  return parts.join(': ') || String(err);
+}

@@ -12,7 +12,7 @@ import {
   type V1ConfigMap,
   type V1Pod,
 } from '@kubernetes/client-node';
-import { TrellisError } from '../errors.js';
+import { TrellisError, causeChain } from '../errors.js';
 
 /** The outcome of a TokenReview; `extra` holds status.user.extra (bound pod and node of projected tokens). */
 export interface TokenReview {
@@ -78,14 +78,6 @@ function bodyMessage(err: ApiException<unknown>): string {
   }
   const msg = (body as { message?: unknown } | undefined)?.message;
   return typeof msg === 'string' ? msg : `HTTP ${err.code}`;
-}
-
-function causeChain(err: unknown): string {
-  const parts: string[] = [];
-  for (let e = err as { message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; e = e.cause as typeof e, depth++) {
-    if (typeof e.message === 'string' && e.message) parts.push(e.message);
-  }
-  return parts.join(': ') || String(err);
 }
 
 /** Turns a client-node failure into a TrellisError saying what was asked and what to check. */

@@ -9,17 +9,10 @@ import {
   type ConfigurationOptions,
   type ObservableMiddleware,
 } from '@kubernetes/client-node';
+import { causeChain } from '../errors.js';
 import { TAP_GROUP, TAP_RESOURCE, TAP_VERB, TapApiError, type AccessVerdict, type TapReviewer, type TapUser, type TokenVerdict } from './authorize.js';
 
 const DEFAULT_TIMEOUT_MS = 5_000;
-
-function causeChain(err: unknown): string {
-  const parts: string[] = [];
-  for (let e = err as { message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; e = e.cause as typeof e, depth++) {
-    if (typeof e.message === 'string' && e.message) parts.push(e.message);
-  }
-  return parts.join(': ') || String(err);
-}
 
 /** A failed review as the caller and the operator can act on it. */
 function apiFailure(what: string, rbac: string, err: unknown): TapApiError {
