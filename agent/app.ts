@@ -426,7 +426,7 @@ async function withCaptureMode(config: AgentConfig, logger: Logger, metrics: Met
     { mode: choice.mode, reason: choice.reason, kernel: Object.fromEntries(report.features.map((f) => [f.name, f.ok])) },
     choice.mode === 'ebpf' ? 'capture mode ebpf: inbound by sk_lookup (no NAT), outbound by nftables' : 'capture mode nft: nftables both ways',
   );
-  const health = await startTcpHealth({ report, logger: log });
+  const health = config.tcpHealth ? await startTcpHealth({ report, logger: log }) : { ok: false as const, reason: 'turned off (--tcp-health off)' };
   if (health.ok) {
     log.info({ cgroup: health.health.cgroupPath }, 'tcp health: sockops program on the agent\'s cgroup (trellis_tcp_rtt_seconds, trellis_tcp_retransmits_total)');
   } else {

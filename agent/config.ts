@@ -48,6 +48,8 @@ export interface AgentConfig {
    * replies), so apps see who calls; off (or a kernel that refuses it): from the pod's own address.
    */
   readonly preserveSourceIp: boolean;
+  /** TCP health per edge (the sockops program, capture/tcp-health.ts) where the kernel and the agent's cgroup allow it. */
+  readonly tcpHealth: boolean;
   /** TLS key exchange groups for HBONE, OpenSSL names colon-separated in order of preference; Node's default when absent. */
   readonly tlsGroups?: string;
   readonly drainMs: number;
@@ -166,6 +168,7 @@ export interface AgentFlags {
   driftInterval?: string;
   hboneMaxStreamsPerSession?: string;
   preserveSourceIp?: string;
+  tcpHealth?: string;
   tlsGroups?: string;
   l7?: string;
   protocolDetectTimeout?: string;
@@ -402,6 +405,7 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
     hboneIdleMs: 60_000,
     hboneMaxStreamsPerSession: parseCount(flags.hboneMaxStreamsPerSession ?? '0', '--hbone-max-streams-per-session'),
     preserveSourceIp: onOff(flags.preserveSourceIp ?? 'on', '--preserve-source-ip'),
+    tcpHealth: onOff(flags.tcpHealth ?? 'on', '--tcp-health'),
     ...(flags.tlsGroups !== undefined && { tlsGroups: parseTlsGroups(flags.tlsGroups) }),
     drainMs: parseDuration(flags.drain ?? '5s', '--drain'),
     ...(flags.readyFile !== undefined && { readyFile: flags.readyFile }),

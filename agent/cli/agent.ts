@@ -82,6 +82,7 @@ export function registerAgentCommand(program: Command): void {
     .option('--cni-optin-file <path>', 'with --cni-socket: the opt-in file trellis-cni reads while the agent is down (default /var/run/trellis/cni/optin)')
     .option('--cni-wait-for-pod <duration>', 'with --cni-socket: how long a CNI ADD waits for the pod to reach the agent (default 5s)')
     .option('--hbone-max-streams-per-session <n>', 'connections an HBONE session carries before the next gets a new session and TLS handshake (0: no limit; 1: a handshake per connection)', '0')
+    .option('--tcp-health <on|off>', 'RTT and retransmissions per edge from a sockops program on the agent\'s cgroup (trellis_tcp_rtt_seconds, trellis_tcp_retransmits_total) where the kernel allows it; off: no program, no figures', 'on')
     .option('--preserve-source-ip <on|off>', "connections to apps leave from the caller's address, so apps see who calls (IP_TRANSPARENT and policy routing in each pod's netns); off: from the pod's own address", 'on')
     .option('--tls-groups <list>', "TLS key exchange groups of HBONE connections, in order of preference, e.g. X25519 or X25519MLKEM768,X25519 (default: Node's)")
     .option('--capture <mode>', "how meshed pods' traffic is captured: nft (nftables NAT in each pod), ebpf (inbound by an sk_lookup program, no NAT; outbound by nftables; refuses to start when the kernel lacks what it needs), auto (ebpf where the kernel allows, else nft; the log and trellis_capture_mode say which and why)", 'auto')

@@ -29,6 +29,14 @@ describe('agent --preserve-source-ip', () => {
   });
 });
 
+describe('agent --tcp-health', () => {
+  it('is on by default, off when told, and refuses anything but on or off', () => {
+    expect(agentConfig({ node: 'n', dir: '/nonexistent' }).tcpHealth).toBe(true);
+    expect(agentConfig({ node: 'n', dir: '/nonexistent', tcpHealth: 'off' }).tcpHealth).toBe(false);
+    expect(() => agentConfig({ node: 'n', dir: '/nonexistent', tcpHealth: 'maybe' })).toThrow(/--tcp-health maybe: use on or off/);
+  });
+});
+
 describe('agent --tracing-*', () => {
   const base = { node: 'n', dir: '/nonexistent' };
   it('is off without an endpoint; gRPC at 1% by default; each flag checked with what to give', () => {
