@@ -129,14 +129,16 @@ describe('TCP health per edge (sockops, two-node lab, --capture ebpf)', () => {
       await until(`both agents to record the connection to ${dst}`, async () => (await sum('trellis_tcp_rtt_seconds_count', dst)) >= 2, 20_000);
     }
     // The sender's view (node-a's socket toward node-b): its segments wait in the slow edge's queue, 128 KB at
-    // 20 Mbit/s, up to some 80 ms; generous bounds for a loaded machine.
+    // 20 Mbit/s, up to some 80 ms. The figure is the socket's smoothed RTT when it closes, after the queue has drained
+    // for the transfer's last ACKs: on a loaded machine it was seen as low as 4.3 ms, so the bound is two segments'
+    // time on that link (about 1 ms each), well above the clean edge's (a few hundred microseconds here).
     const sourceMean = async (dst: string) => {
       const m = await metrics('node-a');
       const labels = { reporter: 'source', ...edge(dst) };
       return sumOf(m, 'trellis_tcp_rtt_seconds_sum', labels) / sumOf(m, 'trellis_tcp_rtt_seconds_count', labels);
     };
     const slow = await sourceMean('slow');
-    expect(slow).toBeGreaterThanOrEqual(0.005);
+    expect(slow).toBeGreaterThanOrEqual(0.002);
     expect(slow).toBeLessThan(0.5);
     expect(await sourceMean('clean')).toBeLessThan(slow);
     // The sender is node-a's agent (HBONE toward the pod behind the lossy edge): a tenth of at least 64 packets lost,
