@@ -82,7 +82,8 @@ describe('control plane runner (root)', () => {
     const mem = cp.memoryMb();
     process.stderr.write(`control plane ${lab}: up in ${cp.timings.total} ms; RSS etcd ${mem.etcd} MB, kube-apiserver ${mem['kube-apiserver']} MB, kube-controller-manager ${mem['kube-controller-manager']} MB\n`);
     await ControlPlane.stopRecorded(rec);
-    expect(pids.filter((p) => existsSync(`/proc/${p}`))).toEqual([]);
+    // Gone: no /proc entry, or a zombie (dead, its exit status not yet collected by the parent that spawned it).
+    expect(pids.filter((p) => existsSync(`/proc/${p}`) && procStat(p)?.state !== 'Z')).toEqual([]);
     expect(existsSync(`/var/run/netns/${rec.netns}`)).toBe(false);
     expect(markedPids(lab)).toEqual([]);
   });
