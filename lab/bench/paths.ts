@@ -34,6 +34,10 @@ export interface PathDef {
   target(t: Targets): string;
   /** The HAProxy path doing the same job, for the second ratio. */
   haproxyPeer?: string;
+  /** Another path this one is compared with in the ratios (beside direct and the HAProxy peer). */
+  peer?: string;
+  /** Measured only by this measurement, in labs of its own (the main loops leave the path out). */
+  only?: 'capture';
   /** Why the path cannot run yet: reported as not available and left out of the JSON. */
   unavailable?: string;
 }
@@ -102,6 +106,25 @@ export const PATHS: readonly PathDef[] = Object.freeze([
     client: MESH_CLIENT,
     target: (t) => `${t.meshH2Vip}:80`,
     haproxyPeer: 'haproxy-h2',
+  },
+  {
+    name: 'trellis-l4-nft',
+    description: 'the mesh, opaque TCP, agents with --capture nft (measurement `capture`: cross-node and same-node, in a lab of its own)',
+    layer: 'l4',
+    proxy: 'agents',
+    client: MESH_CLIENT,
+    target: (t) => `${t.meshVip}:80`,
+    only: 'capture',
+  },
+  {
+    name: 'trellis-l4-ebpf',
+    description: 'the mesh, opaque TCP, agents with --capture ebpf (measurement `capture`), compared with trellis-l4-nft',
+    layer: 'l4',
+    proxy: 'agents',
+    client: MESH_CLIENT,
+    target: (t) => `${t.meshVip}:80`,
+    peer: 'trellis-l4-nft',
+    only: 'capture',
   },
 ] satisfies PathDef[]);
 

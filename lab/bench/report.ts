@@ -72,6 +72,7 @@ export function ratioPairs(paths: readonly PathDef[]): [string, string][] {
     if (!runnable.has(p.name) || p.name === 'direct') continue;
     if (runnable.has('direct')) pairs.push([p.name, 'direct']);
     if (p.haproxyPeer && runnable.has(p.haproxyPeer)) pairs.push([p.name, p.haproxyPeer]);
+    if (p.peer && runnable.has(p.peer)) pairs.push([p.name, p.peer]);
   }
   return pairs;
 }

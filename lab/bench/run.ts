@@ -20,6 +20,7 @@ import { h2loadArgs, parseH2load } from './h2load.js';
 import { installCommand, installPrereqs, missingPrereqs } from './prereqs.js';
 import { measurePods } from './pods.js';
 import { RESTART_METRICS, measureRestarts } from './restart.js';
+import { CAPTURE_METRICS, measureCapture } from './capture.js';
 import { ProcReader } from './procfs.js';
 import { parsePrometheus, sumOf } from '../load/promtext.js';
 import { benchJson, formatReport } from './report.js';
@@ -30,7 +31,7 @@ import { KUBE_SCALE_METRICS, measureKubeScale } from './scale-kube.js';
 import { describeTls, probeNodeDefaults, probeTls, type TlsCreds, type TlsParams } from './tls-probe.js';
 import { BODY_BYTES, HAPROXY_PORTS, MESH_SERVER, NODE_A, NODE_B, PLAIN_SERVER, benchManifests, extraObjects, handshakeManifests, pinned, resolveTargets } from './topology.js';
 
-export const MEASUREMENTS = ['memory', 'latency', 'max-rps', 'tap', 'bulk', 'conn-rate', 'scale', 'scale-kube', 'scale-out', 'pods', 'restart'] as const;
+export const MEASUREMENTS = ['memory', 'latency', 'max-rps', 'tap', 'bulk', 'conn-rate', 'scale', 'scale-kube', 'scale-out', 'pods', 'restart', 'capture'] as const;
 /** Left out of --quick unless named in --only: config scale through a real API server takes many minutes. */
 export const SLOW_MEASUREMENTS: readonly MeasurementId[] = ['scale-kube'];
 export type MeasurementId = (typeof MEASUREMENTS)[number];
@@ -163,7 +164,8 @@ class Bench {
   /** CPU of load generators and servers, and of the proxies; undefined on a 1-CPU machine (unpinned). */
   private readonly loadCpu: number | undefined;
   private readonly proxyCpu: number | undefined;
-  private readonly paths: PathDef[];
+  /** The selected paths; a capture path the node cannot run is swapped for a copy that says why. */
+  private paths: PathDef[];
   private proxyPids: Record<ProxyKind, number[]> = { none: [], 'haproxy-l4': [], 'haproxy-l7': [], 'haproxy-h2': [], agents: [] };
   private agentPids: Record<string, number> = {};
   private targets: Targets | undefined;
@@ -196,7 +198,7 @@ class Bench {
 
     const creds = await plainPodCreds(lab);
     const tls: TlsSeen = await this.probeAgents(lab, creds.client);
-    const runnable = this.paths.filter((p) => !p.unavailable);
+    const runnable = this.paths.filter((p) => !p.unavailable && !p.only);
     if (runnable.some((p) => p.proxy.startsWith('haproxy-'))) {
       // HAProxy's OpenSSL 3.0 has no post-quantum hybrid groups; with --agent-tls-default the agents may use one.
       const group = /MLKEM/i.test(tls.agents.group) ? COMMON_GROUP : tls.agents.group;
@@ -230,10 +232,12 @@ class Bench {
     if (!this.opts.skip.includes('pods') && mesh4) await this.guard(mesh4, 'pods per node', () => this.pods(mesh4));
     const mesh7 = runnable.find((p) => p.name === 'trellis-l7') ?? mesh4;
     if (!this.opts.skip.includes('restart') && mesh7) await this.guard(mesh7, 'restarts under load', () => this.restarts(mesh7));
+    const capture = this.paths.filter((p) => p.only === 'capture' && !p.unavailable);
+    if (!this.opts.skip.includes('capture') && capture.length > 0) await this.guard(capture[0]!, 'capture modes', () => this.captureModes());
 
     this.machine.finished_at = new Date().toISOString();
     this.machine.duration_s = Math.round((Date.now() - started) / 1000);
-    const catalogue = [...metricCatalogue(this.plan.rates), ...KUBE_SCALE_METRICS, ...RESTART_METRICS];
+    const catalogue = [...metricCatalogue(this.plan.rates), ...KUBE_SCALE_METRICS, ...RESTART_METRICS, ...CAPTURE_METRICS];
     const input = { paths: this.paths, catalogue, results: this.results, header: this.header(), warnings: this.warnings };
     this.opts.out(formatReport(input));
     if (this.opts.json) {
@@ -751,6 +755,34 @@ class Bench {
     }
   }
 
+  /** trellis-l4-nft and trellis-l4-ebpf (and direct's same-node rows), in labs of their own (capture.ts). */
+  private async captureModes(): Promise<void> {
+    const base = this.opts.name.slice(0, 7);
+    try {
+      await measureCapture({
+        name: base,
+        avoid: this.opts.name,
+        repeats: this.plan.repeats,
+        agentArgs: this.agentArgs(),
+        logLevel: this.opts.logLevel,
+        loadCpu: this.loadCpu,
+        proxyCpu: this.proxyCpu,
+        plan: this.plan,
+        procs: this.procs,
+        pin,
+        onLab: (lab) => this.extraLabs.push(lab),
+        add: (p, metric, value) => this.results.add(p, metric, value),
+        unavailable: (name, reason) => {
+          this.paths = this.paths.map((p) => (p.name === name ? { ...p, unavailable: reason } : p));
+        },
+        warn: (line) => this.warnings.push(line),
+        log: this.opts.log,
+      });
+    } finally {
+      for (const lab of this.extraLabs.splice(0)) await lab.down().catch((err: Error) => this.opts.log(`trellis bench: ${err.message}`));
+    }
+  }
+
   /** The second lab, built on first use: the mesh half of the topology, agents with HANDSHAKE_AGENT_ARGS, pinned like the first. */
   private handshakeLab(): Promise<{ lab: Lab; agentPids: number[]; target: string }> {
     this.handshake ??= (async () => {
@@ -792,7 +824,7 @@ class Bench {
       agentsAlive: () => Object.values(this.agentPids).every(running),
       log: this.opts.log,
     });
-    const mesh = this.paths.find((p) => p.proxy === 'agents' && !p.unavailable)!;
+    const mesh = this.paths.find((p) => p.proxy === 'agents' && !p.unavailable && !p.only)!;
     await this.guard(mesh, 'config scale', async () => {
       // Both agents parse the batch; on one shared CPU each would take twice as long. Node B's agent moves to
       // the load CPU (idle now), so node A's agent, whose apply is timed, has the proxy CPU to itself.
@@ -895,6 +927,13 @@ class Bench {
       'gbps_N: N parallel HTTP POSTs streaming chunked bodies; conn_per_s: connect, one request, close — with a full TLS handshake each:',
       `  haproxy with no-ssl-reuse, trellis in a second lab whose agents run with ${HANDSHAKE_AGENT_ARGS.join(' ')} (pooled, they would carry it as a stream)`,
     );
+    if (this.paths.some((p) => p.only === 'capture')) {
+      lines.push(
+        'trellis-l4-nft, trellis-l4-ebpf: a lab per capture mode (agents --capture nft|ebpf, pinned as above), client on node A, one server on node B (cross-node: ' +
+          'p99_ms_1k, cpu_us_per_req_1k, gbps_1) and one on node A (*_same_node); conn_per_s_pooled: new connections on pooled HBONE sessions (no handshake), ' +
+          "cpu_us_per_conn_pooled both agents' CPU per connection; direct's *_same_node: the same pair on node A without a mesh",
+      );
+    }
     const scale = m.scale as { services: number; endpoints: number; files: number } | undefined;
     if (scale) {
       lines.push(

@@ -37,8 +37,11 @@ describe('metric names', () => {
 
 describe('paths', () => {
   it('lists the seven paths, all available, each mesh path with its HAProxy peer', () => {
-    expect(PATHS.map((p) => p.name)).toEqual(['direct', 'haproxy-l4', 'haproxy-l7', 'trellis-l4', 'trellis-l7', 'haproxy-h2', 'trellis-l7-h2']);
+    expect(PATHS.map((p) => p.name)).toEqual(['direct', 'haproxy-l4', 'haproxy-l7', 'trellis-l4', 'trellis-l7', 'haproxy-h2', 'trellis-l7-h2', 'trellis-l4-nft', 'trellis-l4-ebpf']);
     expect(PATHS.filter((p) => p.unavailable)).toEqual([]);
+    // The capture modes are measured by `capture` in labs of their own, eBPF against nft.
+    expect(PATHS.filter((p) => p.only === 'capture').map((p) => p.name)).toEqual(['trellis-l4-nft', 'trellis-l4-ebpf']);
+    expect(ratioPairs(PATHS)).toContainEqual(['trellis-l4-ebpf', 'trellis-l4-nft']);
     expect(PATHS.find((p) => p.name === 'trellis-l4')?.haproxyPeer).toBe('haproxy-l4');
     expect(PATHS.find((p) => p.name === 'trellis-l7')?.haproxyPeer).toBe('haproxy-l7');
     expect(PATHS.find((p) => p.name === 'trellis-l7-h2')?.haproxyPeer).toBe('haproxy-h2');
@@ -47,7 +50,7 @@ describe('paths', () => {
 
   it('selects by name and refuses unknown ones', () => {
     expect(selectPaths(['trellis-l4', 'direct']).map((p) => p.name)).toEqual(['direct', 'trellis-l4']);
-    expect(selectPaths(undefined)).toHaveLength(7);
+    expect(selectPaths(undefined)).toHaveLength(9);
     expect(() => selectPaths(['envoy'])).toThrow(/unknown path envoy/);
   });
 
@@ -61,7 +64,7 @@ describe('paths', () => {
 
 describe('report', () => {
   // A path can be unavailable (the report says why and leaves it out of the JSON): trellis-l7 plays that part here.
-  const paths = PATHS.filter((p) => p.protocol !== 'h2').map((p) => (p.name === 'trellis-l7' ? { ...p, unavailable: 'not measured in this run' } : p));
+  const paths = PATHS.filter((p) => p.protocol !== 'h2' && !p.only).map((p) => (p.name === 'trellis-l7' ? { ...p, unavailable: 'not measured in this run' } : p));
   const catalogue = metricCatalogue([1000]);
   const results = new Results();
   for (const [path, p50] of [['direct', [0.2, 0.25, 0.3]], ['haproxy-l4', [0.5, 0.4, 0.6]], ['trellis-l4', [0.8, 0.9, 1.0]]] as const) {
