@@ -23,7 +23,9 @@ import { until } from '../support/until.js';
 
 const run = promisify(execFile);
 const fixtures = path.join(import.meta.dirname, 'fixtures', 'l7.yaml');
-const labName = `e7${Math.random().toString(36).slice(2, 5)}`;
+const labBase = `e7${Math.random().toString(36).slice(2, 5)}`;
+/** The lab of the capture mode running now (each mode's block runs in turn, with a lab of its own). */
+let labName = labBase;
 const NS = 'mesh';
 const CLIENT = 'mesh/client';
 const CALLER = 'consumer/caller';
@@ -135,11 +137,12 @@ function values(v: string | string[] | undefined): string[] {
   return (Array.isArray(v) ? v : [v]).flatMap((x) => x.split(/,\s*/));
 }
 
-describe('L7 on the outbound path (two-node lab)', () => {
+describe.each(['auto', 'nft'] as const)('L7 on the outbound path (two-node lab, --capture %s)', (capture) => {
   beforeAll(async () => {
     requireRoot('end-to-end L7 tests');
     // Agents at --log-level warn: the audit trail is written all the same (the access-line test below reads it).
-    lab = await Lab.up(fixtures, { name: labName, logLevel: 'warn' });
+    labName = `${labBase}${capture[0]}`;
+    lab = await Lab.up(fixtures, { name: labName, logLevel: 'warn', agentArgs: ['--capture', capture] });
     // Backends are up when their port accepts; probed from node-b, which bypasses the mesh and counts no request.
     const node = lab.node('node-b');
     const ports: Record<string, number> = { 'echo-v1': 8080, 'echo-v2': 8080, 'echo-mirror': 8080, flaky: 8080, broken: 8080, 'grpc-v1': 7070, 'grpc-v2': 7070, banner: 2525 };

@@ -25,7 +25,9 @@ import { until } from '../support/until.js';
 
 const run = promisify(execFile);
 const fixtures = path.join(import.meta.dirname, 'fixtures', 'security.yaml');
-const labName = `es${Math.random().toString(36).slice(2, 5)}`;
+const labBase = `es${Math.random().toString(36).slice(2, 5)}`;
+/** The lab of the capture mode running now (each mode's block runs in turn, with a lab of its own). */
+let labName = labBase;
 const WEB = 'shop/web';
 const OTHER = 'shop/other';
 const CALLER = 'elsewhere/caller';
@@ -276,10 +278,11 @@ spec:
   mtls: {mode: ${mode}}
 `;
 
-describe('security on the inbound path (two-node lab)', () => {
+describe.each(['auto', 'nft'] as const)('security on the inbound path (two-node lab, --capture %s)', (capture) => {
   beforeAll(async () => {
     requireRoot('end-to-end security tests');
-    lab = await Lab.up(fixtures, { name: labName });
+    labName = `${labBase}${capture[0]}`;
+    lab = await Lab.up(fixtures, { name: labName, agentArgs: ['--capture', capture] });
     vip = lab.services.find((s) => s.namespace === 'shop' && s.name === 'api')!.clusterIP;
     podIp = lab.pod(API).ip;
     // The backends are up when their ports accept; probed from node-b, which bypasses the mesh.
