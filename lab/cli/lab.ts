@@ -190,11 +190,13 @@ export function registerLabCommands(program: Command): void {
     lab
       .command('restart-agent <node>')
       .description("replace a node's agent as a DaemonSet rolling update does (maxSurge 1): the new one starts beside the old, and once it is ready the old one hands over and drains")
-      .option('--drain <duration>', "the new agent's --drain (the old one drains for what it was started with)"),
-  ).action(async (node: string, flags: LabFlags & { drain?: string }) => {
+      .option('--drain <duration>', "the new agent's --drain (the old one drains for what it was started with)")
+      .option('--agent-args <flags>', 'extra flags for the new agent only, after the lab\'s own, e.g. "--capture nft" (a hand-over to another capture mode)'),
+  ).action(async (node: string, flags: LabFlags & { drain?: string; agentArgs?: string }) => {
     const l = await Lab.attach(flags.name, flags.stateRoot);
     const drainMs = flags.drain === undefined ? undefined : parseDuration(flags.drain, '--drain');
-    const t = await l.restartAgent(node, drainMs === undefined ? {} : { drainMs });
+    const agentArgs = flags.agentArgs === undefined ? undefined : splitAgentArgs(flags.agentArgs);
+    const t = await l.restartAgent(node, { ...(drainMs !== undefined && { drainMs }), ...(agentArgs && { agentArgs }) });
     process.stdout.write(`agent on ${node} replaced: the new one ready after ${Math.round(t.readyMs)} ms, the old one gone ${Math.round(t.stopMs)} ms later\n`);
   });
 

@@ -619,13 +619,14 @@ export class Lab {
    * What a DaemonSet rolling update with maxSurge 1 does on one node: starts a new agent beside the running one
    * (both listen on every pod's ports, SO_REUSEPORT), waits until the new one is ready, then stops the old one,
    * which hands over its queued connections and drains the open ones. `drainMs` is the new agent's --drain (the
-   * old one drains for what it was started with). Resolves with the timings.
+   * old one drains for what it was started with). `agentArgs`: flags for the new agent only, after the lab's own (the
+   * last value of a flag wins: `--capture nft` hands over to the other capture mode). Resolves with the timings.
    */
-  async restartAgent(node: string, opts: { drainMs?: number } = {}): Promise<{ readyMs: number; stopMs: number }> {
+  async restartAgent(node: string, opts: { drainMs?: number; agentArgs?: readonly string[] } = {}): Promise<{ readyMs: number; stopMs: number }> {
     const n = this.node(node);
     const old = this.state.agents[node];
     const started = performance.now();
-    const extra = opts.drainMs === undefined ? [] : ['--drain', `${Math.round(opts.drainMs)}ms`];
+    const extra = [...(opts.drainMs === undefined ? [] : ['--drain', `${Math.round(opts.drainMs)}ms`]), ...(opts.agentArgs ?? [])];
     const { rec, readyFile } = await this.spawnAgent(n, extra);
     try {
       await this.waitAgentReady(n, rec, readyFile);
