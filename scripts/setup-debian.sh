@@ -11,6 +11,7 @@ pkgs=(
   tcpdump       # wire checks in the end-to-end tests
   gcc libc6-dev # the native addon (native/build.mjs calls cc; no node-gyp, no dependency builds anything)
   clang         # the BPF programs (native/bpf/*.bpf.c: clang -target bpf, CO-RE against vmlinux.h)
+  llvm          # llvm-objdump -S native/build/*.bpf.o: a verifier error's instruction read against its C line
   bpftool       # vmlinux.h from the kernel's BTF, and the libbpf skeletons the addon embeds its BPF objects with
   libbpf-dev    # libbpf for the addon, linked dynamically (libbpf.so.1, with libelf1 and zlib1g it depends on): Debian's libbpf.a and libelf.a are not position-independent, so they cannot go into the addon
   ca-certificates

@@ -660,8 +660,7 @@ export class Lab {
       '--tap-socket', tapSocket(this.paths.stateDir, n.name),
       ...(this.state.options.logLevel ? ['--log-level', this.state.options.logLevel] : []),
       // `{node}` in an extra argument stands for the node's name (per-node token files and the like).
-      ...this.state.options.agentArgs.map((a) => a.replaceAll('{node}', n.name)),
-      ...extra,
+      ...[...this.state.options.agentArgs, ...extra].map((a) => a.replaceAll('{node}', n.name)),
     ];
     // In a cgroup of its own, where its sockops program sees its sockets only (cgroups.ts).
     const cgroup = await agentCgroup(this.name, n.name);
