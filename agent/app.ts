@@ -7,7 +7,10 @@ import { CniServer } from './capture/cni-server.js';
 import { DriftChecker } from './capture/drift.js';
 import { Enrolment } from './capture/enrolment.js';
 import { probeKernel } from './capture/kernel.js';
-import { CAPTURE_MODES, chooseCapture } from './capture/mode.js';
+import { CAPTURE_MODES, chooseCapture, type CaptureChoice } from './capture/mode.js';
+import { cgroup2View } from './capture/cgroup.js';
+import { startOutboundCapture, type OutboundCapture } from './capture/connect.js';
+import type { BpfLinkKind } from './capture/drift.js';
 import { queuedConnectionMigration } from './capture/migrate.js';
 import { NetnsFinder } from './capture/netns.js';
 import { OptinFile, optinFromObjects } from './capture/optin-file.js';
@@ -61,9 +64,10 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
   // 1a. What the kernel allows: a transparent socket for callers' addresses, and the capture mode (--capture auto
   //     becomes nft or ebpf here; ebpf refuses to start without what it needs). Everything below, worker threads
   //     included, gets the config as this kernel allows it.
-  //     The sockops program that keeps RTT and retransmissions of the agent's sockets is attached here too, where the
-  //     kernel and the agent's cgroup allow it; the threads read its map by the fd the config carries.
-  const { config, tcpHealth } = await withCaptureMode(withKernelSupport(given, logger), logger, metrics);
+  //     In eBPF mode the outbound programs are attached to the cgroup root here (one set for every pod). The sockops
+  //     program that keeps RTT and retransmissions of the agent's sockets is attached here too, where the kernel and
+  //     the agent's cgroup allow it; the threads read both programs' maps by the fds the config carries.
+  const { config, tcpHealth, outbound } = await withCaptureMode(withKernelSupport(given, logger), logger, metrics);
   const audit = createAuditLog({ ...config.audit, registry: metrics.registry, logger: logger.child({ component: 'audit' }), base: logger.bindings() });
   const accessLog = audit.access;
 
@@ -135,10 +139,12 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
 
   // 5. Capture: enrol this node's meshed pods whenever the state changes. In a cluster, pods without a netns
   //    annotation (running before the agent, or opted in later) are found by their IP through /proc. In eBPF mode
-  //    each pod's inbound is its sk_lookup program's, linked at enrolment and held by this process.
+  //    each pod's inbound is its sk_lookup program's, linked at enrolment and held by this process, and its netns is
+  //    registered with the outbound programs.
   const captureLogger = logger.child({ component: 'capture' });
   const steering = config.capture === 'ebpf' ? new InboundSteering({ probeSources: config.probeSources, logger: captureLogger }) : undefined;
   if (steering) metrics.reportSkLookup(() => steering.verdicts());
+  if (outbound) metrics.reportConnect(() => outbound.verdicts());
   const netns = config.source.kind === 'kube' ? new NetnsFinder({ clock, logger: captureLogger }) : undefined;
   const enrolment = new Enrolment({
     node: config.node,
@@ -163,6 +169,7 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
       };
     },
     ...(steering && { steerInbound: (pod, fd) => steering.attach(pod, fd) }),
+    ...(outbound && { steerOutbound: (pod) => outbound.register(pod) }),
     tuneNetns: queuedConnectionMigration(captureLogger),
     applyRules: nftApply,
     // Removed whatever the flag says (an agent started with it off cleans up after one that had it on).
@@ -239,7 +246,8 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
     enrolment,
     probeSources: config.probeSources,
     inbound: steering ? 'sk_lookup' : 'nft',
-    ...((steering || tcpHealth) && { bpf: () => repairBpfLinks(steering, tcpHealth) }),
+    outbound: outbound ? 'connect' : 'nft',
+    ...((steering || tcpHealth || outbound) && { bpf: () => repairBpfLinks(steering, tcpHealth, outbound) }),
     intervalMs: config.driftIntervalMs,
     metrics,
     logger: captureLogger,
@@ -339,10 +347,11 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         // Stop accepting; capture rules stay, so nothing bypasses the mesh while we are gone. Connections still
         // queued on our listeners move to a successor's (tcp_migrate_req, capture/migrate.ts); HBONE peers get
         // GOAWAY, HTTP clients are told to reconnect (to the successor, if one runs) at their next response. In eBPF
-        // mode our sk_lookup programs go too: a successor's hand connections to its listeners, and without one the
-        // pods' rules refuse them.
+        // mode our sk_lookup and outbound programs go too: a successor's hand connections to its listeners, and
+        // without one the pods' rules refuse them.
         enrolment.close();
         steering?.close();
+        outbound?.close();
         tcpHealth?.close();
         plane.startDrain();
         healthHttp.close();
@@ -413,18 +422,46 @@ async function serveTapPort(config: AgentConfig, certs: WorkloadCerts, tap: TapS
 /**
  * --capture as this kernel allows it: what it offers is probed (by loading programs, never attaching one), logged and
  * exported (trellis_kernel_feature, trellis_capture_mode), and auto becomes ebpf or nft. `ebpf` on a kernel that
- * lacks something throws, naming it.
+ * lacks something throws, naming it. In eBPF mode the outbound programs are attached to the cgroup root; where that
+ * fails, auto falls back to nft with the reason and ebpf refuses to start.
  */
-async function withCaptureMode(config: AgentConfig, logger: Logger, metrics: Metrics): Promise<{ config: AgentConfig; tcpHealth: TcpHealth | undefined }> {
+async function withCaptureMode(
+  config: AgentConfig,
+  logger: Logger,
+  metrics: Metrics,
+): Promise<{ config: AgentConfig; tcpHealth: TcpHealth | undefined; outbound: OutboundCapture | undefined }> {
+  const log = logger.child({ component: 'capture' });
+  // The cgroup2 mount first (one of its own where the agent sees none and may mount it), so the probe finds it.
+  const cgroup = config.capture !== 'nft' || config.tcpHealth ? await cgroup2View({ logger: log }) : undefined;
   const report = await probeKernel();
   for (const f of report.features) metrics.kernelFeature.set({ feature: f.name }, f.ok ? 1 : 0);
-  const log = logger.child({ component: 'capture' });
   log.debug({ features: report.features }, 'kernel probed');
-  const choice = chooseCapture(config.capture, report, { probeSources: config.probeSources });
+  let choice: CaptureChoice = chooseCapture(config.capture, report, { probeSources: config.probeSources });
+  let outbound: OutboundCapture | undefined;
+  if (choice.mode === 'ebpf') {
+    const root = config.cgroupRoot ?? (cgroup?.ok ? cgroup.mount.path : undefined);
+    try {
+      if (!root) throw new TrellisError('ECAPTURE', `no cgroup v2 mount to attach the outbound programs to (${cgroup && !cgroup.ok ? cgroup.reason : 'none found'}); pass --cgroup-root`);
+      outbound = startOutboundCapture({ cgroupRoot: root, logger: log });
+    } catch (err) {
+      const why = (err as Error).message;
+      if (config.capture === 'ebpf') {
+        throw new TrellisError('ECAPTURE', `--capture ebpf: the outbound programs cannot be attached (${why}); run with --capture auto to fall back to nftables, or --capture nft`, { cause: err });
+      }
+      choice = { mode: 'nft', reason: `--capture auto: nftables, because the outbound programs cannot be attached: ${why}`, missing: choice.missing };
+    }
+  }
   for (const mode of CAPTURE_MODES) metrics.captureMode.set({ mode }, mode === choice.mode ? 1 : 0);
   log.info(
-    { mode: choice.mode, reason: choice.reason, kernel: Object.fromEntries(report.features.map((f) => [f.name, f.ok])) },
-    choice.mode === 'ebpf' ? 'capture mode ebpf: inbound by sk_lookup (no NAT), outbound by nftables' : 'capture mode nft: nftables both ways',
+    {
+      mode: choice.mode,
+      reason: choice.reason,
+      kernel: Object.fromEntries(report.features.map((f) => [f.name, f.ok])),
+      ...(outbound && { cgroupRoot: outbound.cgroupPath, sharedMaps: outbound.shared }),
+    },
+    choice.mode === 'ebpf'
+      ? 'capture mode ebpf: inbound by sk_lookup, outbound by cgroup connect4/6 programs (no NAT)'
+      : 'capture mode nft: nftables both ways',
   );
   const health = config.tcpHealth ? await startTcpHealth({ report, logger: log }) : { ok: false as const, reason: 'turned off (--tcp-health off)' };
   if (health.ok) {
@@ -434,14 +471,48 @@ async function withCaptureMode(config: AgentConfig, logger: Logger, metrics: Met
   }
   const tcpHealth = health.ok ? health.health : undefined;
   metrics.tcpHealthEnabled.set(tcpHealth ? 1 : 0);
-  return { config: Object.freeze({ ...config, capture: choice.mode, ...(tcpHealth && { tcpHealthMapFd: tcpHealth.mapFd }) }), tcpHealth };
+  return {
+    config: Object.freeze({
+      ...config,
+      capture: choice.mode,
+      ...(tcpHealth && { tcpHealthMapFd: tcpHealth.mapFd }),
+      ...(outbound && { outboundMapFd: outbound.mapFd }),
+    }),
+    tcpHealth,
+    outbound,
+  };
 }
 
+/** The outbound programs' names, as drift repairs count them. */
+const OUTBOUND_KINDS: Readonly<Record<string, BpfLinkKind>> = {
+  trellis_conn4: 'connect4',
+  trellis_conn6: 'connect6',
+  trellis_peer4: 'getpeername4',
+  trellis_peer6: 'getpeername6',
+  trellis_outops: 'outbound_sockops',
+};
+
 /** Drift of the BPF attachments: links detached from outside are made again; what was, by kind (for the repair count). */
-function repairBpfLinks(steering: InboundSteering | undefined, tcpHealth: TcpHealth | undefined): { what: 'sk_lookup' | 'sockops'; target: string }[] {
-  const repaired: { what: 'sk_lookup' | 'sockops'; target: string }[] = [];
-  for (const netns of steering?.repairDetached() ?? []) repaired.push({ what: 'sk_lookup', target: netns });
-  if (tcpHealth?.repairDetached()) repaired.push({ what: 'sockops', target: tcpHealth.cgroupPath });
+function repairBpfLinks(steering: InboundSteering | undefined, tcpHealth: TcpHealth | undefined, outbound: OutboundCapture | undefined): { what: BpfLinkKind; target: string }[] {
+  const repaired: { what: BpfLinkKind; target: string }[] = [];
+  let failure: unknown;
+  const attempt = (fn: () => void) => {
+    try {
+      fn();
+    } catch (err) {
+      failure ??= err;
+    }
+  };
+  attempt(() => {
+    for (const netns of steering?.repairDetached() ?? []) repaired.push({ what: 'sk_lookup', target: netns });
+  });
+  attempt(() => {
+    if (tcpHealth?.repairDetached()) repaired.push({ what: 'sockops', target: tcpHealth.cgroupPath });
+  });
+  attempt(() => {
+    for (const name of outbound?.repairDetached() ?? []) repaired.push({ what: OUTBOUND_KINDS[name] ?? 'connect4', target: outbound!.cgroupPath });
+  });
+  if (failure !== undefined && repaired.length === 0) throw failure;
   return repaired;
 }
 

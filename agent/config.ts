@@ -13,9 +13,20 @@ export interface AgentConfig {
   readonly node: string;
   /**
    * nft: nftables NAT in each pod's netns both ways. ebpf: inbound handed to the agent's listener by an sk_lookup
-   * program (no NAT), outbound still by nftables. auto (until the agent has probed the kernel): ebpf where it can run.
+   * program, outbound by cgroup connect4/6 programs on the cgroup root, both without NAT. auto (until the agent has
+   * probed the kernel): ebpf where it can run.
    */
   readonly capture: CaptureRequest;
+  /**
+   * --cgroup-root: the cgroup (v2) the outbound programs attach to in eBPF mode, above every pod's processes. Absent:
+   * the root of the cgroup2 mount the agent sees.
+   */
+  readonly cgroupRoot?: string;
+  /**
+   * Set by the agent at start in eBPF mode (capture/connect.ts): the fd of the map of original destinations by
+   * accepted port, which every thread reads for the connections on its outbound listeners.
+   */
+  readonly outboundMapFd?: number;
   /**
    * Set by the agent at start when its sockops program runs (capture/tcp-health.ts): the fd of the map holding its
    * sockets' RTT and retransmissions, which every thread reads for trellis_tcp_rtt_seconds and _retransmits_total.
@@ -169,6 +180,7 @@ export interface AgentFlags {
   hboneMaxStreamsPerSession?: string;
   preserveSourceIp?: string;
   tcpHealth?: string;
+  cgroupRoot?: string;
   tlsGroups?: string;
   l7?: string;
   protocolDetectTimeout?: string;
@@ -380,9 +392,13 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
   const driftIntervalMs = flags.driftInterval === '0' ? 0 : parseDuration(flags.driftInterval ?? '30s', '--drift-interval');
   const capture = flags.capture ?? 'auto';
   if (capture !== 'auto' && capture !== 'nft' && capture !== 'ebpf') throw new TrellisError('ECONFIG', `--capture ${capture}: use auto, nft or ebpf`);
+  if (flags.cgroupRoot !== undefined && !flags.cgroupRoot.startsWith('/')) {
+    throw new TrellisError('ECONFIG', `--cgroup-root ${flags.cgroupRoot}: give an absolute path, a directory of a cgroup v2 mount (e.g. /sys/fs/cgroup)`);
+  }
   return Object.freeze({
     node: flags.node,
     capture,
+    ...(flags.cgroupRoot !== undefined && { cgroupRoot: flags.cgroupRoot }),
     workers: flags.workers === undefined ? defaultWorkers() : integerFlag(flags.workers, '--workers', 1, MAX_WORKERS),
     ...(cni && { cni }),
     driftIntervalMs,

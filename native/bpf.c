@@ -23,6 +23,12 @@
 #include "sk_lookup.skel.h"
 #include "tcp_health.h"
 #include "tcp_health.skel.h"
+#include "outbound.h"
+#include "outbound.skel.h"
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
 
 // libbpf's warnings (the verifier's log among them) are kept rather than printed on the agent's stderr: the tail of
 // what the last failed call said goes into its error. Per thread, as each Node thread has its own calls.
@@ -184,6 +190,46 @@ static napi_value js_bpf_probe(napi_env env, napi_callback_info info) {
     if (!set_string(env, program, "log", libbpf_log)) return NULL;
   }
   NAPI_CALL(env, napi_set_named_property(env, result, "program", program));
+
+  // The outbound programs, loaded and thrown away: connect4/6 and getpeername4/6 hooks (Linux 5.8+), the netns cookie
+  // helper (5.7+), sockops.
+  napi_value outbound;
+  NAPI_CALL(env, napi_create_object(env, &outbound));
+  log_reset();
+  struct trellis_outbound *out = trellis_outbound__open();
+  err = 0;
+  stage = "open";
+  if (out == NULL) {
+    err = last_errno(0);
+  } else {
+    stage = "load";
+    int rc = trellis_outbound__load(out);
+    if (rc != 0) err = last_errno(rc);
+    trellis_outbound__destroy(out);
+  }
+  NAPI_CALL(env, napi_get_boolean(env, err == 0, &ok));
+  NAPI_CALL(env, napi_set_named_property(env, outbound, "ok", ok));
+  if (err != 0) {
+    if (!set_number(env, outbound, "errno", err)) return NULL;
+    if (!set_string(env, outbound, "code", errno_name(err))) return NULL;
+    if (!set_string(env, outbound, "stage", stage)) return NULL;
+    if (!set_string(env, outbound, "message", strerror(err))) return NULL;
+    if (!set_string(env, outbound, "log", libbpf_log)) return NULL;
+  }
+  NAPI_CALL(env, napi_set_named_property(env, result, "outboundProgram", outbound));
+
+  // SO_NETNS_COOKIE (Linux 5.14+): how the agent learns a pod's netns cookie.
+  int probe_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int netns_cookie = -EINVAL;
+  if (probe_fd < 0) {
+    netns_cookie = -errno;
+  } else {
+    __u64 cookie = 0;
+    socklen_t len = sizeof cookie;
+    netns_cookie = getsockopt(probe_fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) == 0 ? 1 : (errno == ENOPROTOOPT ? 0 : -errno);
+    close(probe_fd);
+  }
+  if (!set_number(env, result, "netnsCookie", netns_cookie)) return NULL;
   log_reset();
   return result;
 }
@@ -671,6 +717,386 @@ static napi_value js_socket_cookie(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// The outbound programs on a cgroup root (native/bpf/outbound.bpf.c): their object, one link per attach point, and
+// whether the maps of original destinations are a predecessor's (a hand-over).
+#define OUT_LINKS 5
+typedef struct {
+  struct trellis_outbound *skel;
+  struct bpf_link *links[OUT_LINKS];
+  bool shared;
+} outbound_handle;
+
+static const napi_type_tag OUTBOUND_TAG = {0x7472656c6c697362ULL, 0x6f7574626f756e64ULL};
+
+static struct bpf_program *outbound_program(outbound_handle *h, int i) {
+  struct bpf_program *progs[OUT_LINKS] = {h->skel->progs.trellis_conn4, h->skel->progs.trellis_conn6, h->skel->progs.trellis_peer4,
+                                          h->skel->progs.trellis_peer6, h->skel->progs.trellis_outops};
+  return progs[i];
+}
+
+static void outbound_release(outbound_handle *h) {
+  for (int i = 0; i < OUT_LINKS; i++) {
+    bpf_link__destroy(h->links[i]);
+    h->links[i] = NULL;
+  }
+  trellis_outbound__destroy(h->skel);
+  h->skel = NULL;
+}
+
+static void outbound_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  outbound_release(data);
+  free(data);
+}
+
+static outbound_handle *arg_outbound(napi_env env, napi_value value, bool open) {
+  bool tagged = false;
+  napi_valuetype type;
+  NAPI_CALL(env, napi_typeof(env, value, &type));
+  if (type == napi_external) NAPI_CALL(env, napi_check_object_type_tag(env, value, &OUTBOUND_TAG, &tagged));
+  if (!tagged) {
+    napi_throw_type_error(env, "EINVAL", "not an outbound handle");
+    return NULL;
+  }
+  void *data = NULL;
+  NAPI_CALL(env, napi_get_value_external(env, value, &data));
+  outbound_handle *h = data;
+  if (open && h->skel == NULL) {
+    napi_throw_error(env, "ECLOSED", "the outbound handle is closed");
+    return NULL;
+  }
+  return h;
+}
+
+// A running agent's connect4 program on the cgroup, loaded by an agent in the same netns (its owner_netns): its maps
+// of original destinations are reused, so a connection redirected by either agent's program is found by either
+// agent's listener. Programs of other netns (another lab's node) are left alone. Returns true when reused.
+static bool outbound_share_predecessor(struct trellis_outbound *skel, int cg_fd, __u64 owner) {
+  __u32 ids[64], count = 64, flags = 0;
+  if (bpf_prog_query(cg_fd, BPF_CGROUP_INET4_CONNECT, 0, &flags, ids, &count) != 0) return false;
+  for (__u32 i = 0; i < count && i < 64; i++) {
+    int prog_fd = bpf_prog_get_fd_by_id(ids[i]);
+    if (prog_fd < 0) continue;
+    __u32 map_ids[16];
+    struct bpf_prog_info info;
+    __u32 len = sizeof info;
+    memset(&info, 0, sizeof info);
+    info.nr_map_ids = 16;
+    info.map_ids = (__u64)(unsigned long)map_ids;
+    int rc = bpf_obj_get_info_by_fd(prog_fd, &info, &len);
+    close(prog_fd);
+    if (rc != 0 || strcmp(info.name, "trellis_conn4") != 0) continue;
+    int by_socket = -1, by_port = -1;
+    bool same_owner = false;
+    for (__u32 m = 0; m < info.nr_map_ids && m < 16; m++) {
+      int map_fd = bpf_map_get_fd_by_id(map_ids[m]);
+      if (map_fd < 0) continue;
+      struct bpf_map_info mi;
+      __u32 mlen = sizeof mi;
+      memset(&mi, 0, sizeof mi);
+      bool keep = false;
+      if (bpf_obj_get_info_by_fd(map_fd, &mi, &mlen) == 0) {
+        if (strcmp(mi.name, "by_socket") == 0 && by_socket < 0) {
+          by_socket = map_fd;
+          keep = true;
+        } else if (strcmp(mi.name, "by_port") == 0 && by_port < 0) {
+          by_port = map_fd;
+          keep = true;
+        } else if (strstr(mi.name, ".rodata") != NULL && mi.value_size >= sizeof(struct trellis_out_config)) {
+          char *value = calloc(1, mi.value_size);
+          __u32 zero = 0;
+          if (value != NULL && bpf_map_lookup_elem(map_fd, &zero, value) == 0) {
+            struct trellis_out_config theirs;
+            memcpy(&theirs, value, sizeof theirs);
+            same_owner = theirs.owner_netns == owner;
+          }
+          free(value);
+        }
+      }
+      if (!keep) close(map_fd);
+    }
+    bool reused = same_owner && by_socket >= 0 && by_port >= 0 && bpf_map__reuse_fd(skel->maps.by_socket, by_socket) == 0 &&
+                  bpf_map__reuse_fd(skel->maps.by_port, by_port) == 0;
+    // reuse_fd dups the fds it keeps.
+    if (by_socket >= 0) close(by_socket);
+    if (by_port >= 0) close(by_port);
+    if (reused) return true;
+  }
+  return false;
+}
+
+// Links every outbound program not linked yet (or detached) to the cgroup at `path`.
+static napi_value outbound_link(napi_env env, outbound_handle *h, const char *path, bool only_detached) {
+  char what[PATH_MAX + 64];
+  int cg_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (cg_fd < 0) {
+    snprintf(what, sizeof what, "open %s", path);
+    return throw_bpf(env, errno, "open", "attach", what);
+  }
+  for (int i = 0; i < OUT_LINKS; i++) {
+    if (only_detached && h->links[i] != NULL) {
+      struct bpf_link_info link;
+      __u32 len = sizeof link;
+      memset(&link, 0, sizeof link);
+      if (bpf_obj_get_info_by_fd(bpf_link__fd(h->links[i]), &link, &len) == 0 && link.cgroup.cgroup_id != 0) continue;
+    }
+    struct bpf_program *prog = outbound_program(h, i);
+    struct bpf_link *link = bpf_program__attach_cgroup(prog, cg_fd);
+    int attach_errno = errno;
+    if (link == NULL) {
+      close(cg_fd);
+      snprintf(what, sizeof what, "attach %s to the cgroup %s", bpf_program__name(prog), path);
+      return throw_bpf(env, attach_errno > 0 ? attach_errno : EINVAL, "bpf(BPF_LINK_CREATE)", "attach", what);
+    }
+    bpf_link__destroy(h->links[i]);
+    h->links[i] = link;
+  }
+  close(cg_fd);
+  return NULL;
+}
+
+// outboundAttach(cgroupPath, ownerNetns, agentMark, transparentMark, port) -> handle: loads the outbound programs
+// (sharing a same-netns predecessor's maps of original destinations) and links them to the cgroup. On failure nothing
+// stays behind.
+static napi_value js_outbound_attach(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 5, "outboundAttach");
+  char path[PATH_MAX], what[PATH_MAX + 64];
+  double owner;
+  uint32_t agent_mark, transparent_mark, port;
+  if (!arg_string(env, argv[0], "cgroupPath", path, sizeof path)) return NULL;
+  NAPI_CALL(env, napi_get_value_double(env, argv[1], &owner));
+  if (!arg_uint32(env, argv[2], "agentMark", &agent_mark)) return NULL;
+  if (!arg_uint32(env, argv[3], "transparentMark", &transparent_mark)) return NULL;
+  if (!arg_uint32(env, argv[4], "port", &port)) return NULL;
+  outbound_handle *h = calloc(1, sizeof *h);
+  if (h == NULL) return throw_bpf(env, ENOMEM, "calloc", "open", "outbound handle");
+  log_reset();
+  h->skel = trellis_outbound__open();
+  if (h->skel == NULL) {
+    int err = last_errno(0);
+    free(h);
+    return throw_bpf(env, err, "bpf_object__open", "open", "open the embedded object");
+  }
+  h->skel->rodata->settings.owner_netns = (__u64)owner;
+  h->skel->rodata->settings.agent_mark = agent_mark;
+  h->skel->rodata->settings.transparent_mark = transparent_mark;
+  h->skel->rodata->settings.port = port;
+  int cg_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (cg_fd < 0) {
+    int err = errno;
+    outbound_release(h);
+    free(h);
+    snprintf(what, sizeof what, "open %s", path);
+    return throw_bpf(env, err, "open", "attach", what);
+  }
+  h->shared = outbound_share_predecessor(h->skel, cg_fd, (__u64)owner);
+  close(cg_fd);
+  int rc = trellis_outbound__load(h->skel);
+  if (rc != 0) {
+    int err = last_errno(rc);
+    outbound_release(h);
+    free(h);
+    return throw_bpf(env, err, "bpf(BPF_PROG_LOAD)", "load", "load");
+  }
+  outbound_link(env, h, path, false);
+  if (h->links[OUT_LINKS - 1] == NULL) {
+    outbound_release(h);
+    free(h);
+    return NULL;
+  }
+  log_reset();
+  napi_value result;
+  napi_status status = napi_create_external(env, h, outbound_finalize, NULL, &result);
+  if (status != napi_ok) {
+    outbound_release(h);
+    free(h);
+    NAPI_CALL(env, status);
+  }
+  NAPI_CALL(env, napi_type_tag_object(env, result, &OUTBOUND_TAG));
+  return result;
+}
+
+// outboundReattach(handle, cgroupPath): new links for the programs whose link was detached from outside.
+static napi_value js_outbound_reattach(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 2, "outboundReattach");
+  outbound_handle *h = arg_outbound(env, argv[0], true);
+  if (h == NULL) return NULL;
+  char path[PATH_MAX];
+  if (!arg_string(env, argv[1], "cgroupPath", path, sizeof path)) return NULL;
+  log_reset();
+  return outbound_link(env, h, path, true);
+}
+
+// outboundIds(handle) -> { shared, mapFd, links: [{ program, name, link, cgroupId }] }: cgroupId 0 for a link detached
+// from outside. mapFd: original destinations by accepted port, which every thread of the agent reads.
+static napi_value js_outbound_ids(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "outboundIds");
+  outbound_handle *h = arg_outbound(env, argv[0], true);
+  if (h == NULL) return NULL;
+  napi_value result, links, shared;
+  NAPI_CALL(env, napi_create_object(env, &result));
+  NAPI_CALL(env, napi_create_array_with_length(env, OUT_LINKS, &links));
+  for (int i = 0; i < OUT_LINKS; i++) {
+    struct bpf_prog_info prog;
+    struct bpf_link_info link;
+    __u32 prog_len = sizeof prog, link_len = sizeof link;
+    memset(&prog, 0, sizeof prog);
+    memset(&link, 0, sizeof link);
+    int rc = bpf_obj_get_info_by_fd(bpf_program__fd(outbound_program(h, i)), &prog, &prog_len);
+    if (rc == 0) rc = bpf_obj_get_info_by_fd(bpf_link__fd(h->links[i]), &link, &link_len);
+    if (rc != 0) return throw_bpf(env, last_errno(rc), "bpf(BPF_OBJ_GET_INFO_BY_FD)", "map", "read the programs' ids");
+    napi_value entry;
+    NAPI_CALL(env, napi_create_object(env, &entry));
+    if (!set_number(env, entry, "program", prog.id)) return NULL;
+    if (!set_string(env, entry, "name", bpf_program__name(outbound_program(h, i)))) return NULL;
+    if (!set_number(env, entry, "link", link.id)) return NULL;
+    if (!set_number(env, entry, "cgroupId", (double)link.cgroup.cgroup_id)) return NULL;
+    NAPI_CALL(env, napi_set_element(env, links, (uint32_t)i, entry));
+  }
+  NAPI_CALL(env, napi_set_named_property(env, result, "links", links));
+  NAPI_CALL(env, napi_get_boolean(env, h->shared, &shared));
+  NAPI_CALL(env, napi_set_named_property(env, result, "shared", shared));
+  if (!set_number(env, result, "mapFd", bpf_map__fd(h->skel->maps.by_port))) return NULL;
+  return result;
+}
+
+// outboundSetPod(handle, netnsCookie, ips): the pod whose netns has this cookie is meshed; its own addresses are
+// reached directly.
+static napi_value js_outbound_set_pod(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 3, "outboundSetPod");
+  outbound_handle *h = arg_outbound(env, argv[0], true);
+  if (h == NULL) return NULL;
+  double cookie_d;
+  NAPI_CALL(env, napi_get_value_double(env, argv[1], &cookie_d));
+  char ips[2 * TRELLIS_OUT_POD_IPS][INET6_ADDRSTRLEN];
+  uint32_t count;
+  if (!arg_string_array(env, argv[2], "ips", ips, 2 * TRELLIS_OUT_POD_IPS, &count)) return NULL;
+  struct trellis_out_pod pod;
+  memset(&pod, 0, sizeof pod);
+  for (uint32_t i = 0; i < count; i++) {
+    if (pod.ip4_count < TRELLIS_OUT_POD_IPS && inet_pton(AF_INET, ips[i], &pod.ip4[pod.ip4_count]) == 1) {
+      pod.ip4_count++;
+    } else if (pod.ip6_count < TRELLIS_OUT_POD_IPS && inet_pton(AF_INET6, ips[i], pod.ip6[pod.ip6_count]) == 1) {
+      pod.ip6_count++;
+    } else {
+      char message[INET6_ADDRSTRLEN + 96];
+      snprintf(message, sizeof message, "ips: %s is not an IP address, or more than %d of its family", ips[i], TRELLIS_OUT_POD_IPS);
+      napi_throw_range_error(env, "EINVAL", message);
+      return NULL;
+    }
+  }
+  __u64 cookie = (__u64)cookie_d;
+  log_reset();
+  int rc = bpf_map__update_elem(h->skel->maps.pods, &cookie, sizeof cookie, &pod, sizeof pod, BPF_ANY);
+  if (rc != 0) return throw_bpf(env, last_errno(rc), "bpf(BPF_MAP_UPDATE_ELEM)", "map", "register the pod's netns");
+  return NULL;
+}
+
+// outboundDeletePod(handle, netnsCookie): the pod is no longer meshed; no entry is no error.
+static napi_value js_outbound_delete_pod(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 2, "outboundDeletePod");
+  outbound_handle *h = arg_outbound(env, argv[0], true);
+  if (h == NULL) return NULL;
+  double cookie_d;
+  NAPI_CALL(env, napi_get_value_double(env, argv[1], &cookie_d));
+  __u64 cookie = (__u64)cookie_d;
+  int rc = bpf_map__delete_elem(h->skel->maps.pods, &cookie, sizeof cookie, 0);
+  if (rc != 0 && last_errno(rc) != ENOENT) return throw_bpf(env, last_errno(rc), "bpf(BPF_MAP_DELETE_ELEM)", "map", "forget the pod's netns");
+  return NULL;
+}
+
+// outboundVerdicts(handle) -> number[TRELLIS_OUT_VERDICTS]: connects per verdict since attach, summed over CPUs.
+static napi_value js_outbound_verdicts(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "outboundVerdicts");
+  outbound_handle *h = arg_outbound(env, argv[0], true);
+  if (h == NULL) return NULL;
+  int cpus = libbpf_num_possible_cpus();
+  if (cpus <= 0) return throw_bpf(env, last_errno(cpus), "libbpf_num_possible_cpus", "map", "count the CPUs");
+  __u64 *values = calloc((size_t)cpus, sizeof *values);
+  if (values == NULL) return throw_bpf(env, ENOMEM, "calloc", "map", "read the verdict counters");
+  napi_value result;
+  napi_status status = napi_create_array_with_length(env, TRELLIS_OUT_VERDICTS, &result);
+  for (__u32 key = 0; status == napi_ok && key < TRELLIS_OUT_VERDICTS; key++) {
+    int rc = bpf_map__lookup_elem(h->skel->maps.out_verdicts, &key, sizeof key, values, (size_t)cpus * sizeof *values, 0);
+    if (rc != 0) {
+      free(values);
+      return throw_bpf(env, last_errno(rc), "bpf(BPF_MAP_LOOKUP_ELEM)", "map", "read the verdict counters");
+    }
+    double sum = 0;
+    for (int cpu = 0; cpu < cpus; cpu++) sum += (double)values[cpu];
+    napi_value n;
+    status = napi_create_double(env, sum, &n);
+    if (status == napi_ok) status = napi_set_element(env, result, key, n);
+  }
+  free(values);
+  NAPI_CALL(env, status);
+  return result;
+}
+
+// outboundClose(handle): detaches and unloads; maps shared with another agent live on with it.
+static napi_value js_outbound_close(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "outboundClose");
+  outbound_handle *h = arg_outbound(env, argv[0], false);
+  if (h == NULL) return NULL;
+  outbound_release(h);
+  return NULL;
+}
+
+// outboundOriginalDst(mapFd, fd) -> { address, port, family } | null: where the connection accepted on a pod's
+// outbound listener (fd) was going, by the pod's netns cookie and the client's port; read and deleted in one call.
+static napi_value js_outbound_original_dst(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 2, "outboundOriginalDst");
+  uint32_t map_fd, fd;
+  if (!arg_uint32(env, argv[0], "mapFd", &map_fd)) return NULL;
+  if (!arg_uint32(env, argv[1], "fd", &fd)) return NULL;
+  struct trellis_out_key key;
+  memset(&key, 0, sizeof key);
+  socklen_t len = sizeof key.netns;
+  if (getsockopt((int)fd, SOL_SOCKET, SO_NETNS_COOKIE, &key.netns, &len) != 0) return throw_bpf(env, errno, "getsockopt(SO_NETNS_COOKIE)", "map", "read the socket's netns cookie");
+  struct sockaddr_storage peer;
+  socklen_t peer_len = sizeof peer;
+  if (getpeername((int)fd, (struct sockaddr *)&peer, &peer_len) != 0) return throw_bpf(env, errno, "getpeername", "map", "read the client's port");
+  if (peer.ss_family == AF_INET) {
+    key.port = ntohs(((struct sockaddr_in *)&peer)->sin_port);
+  } else if (peer.ss_family == AF_INET6) {
+    key.port = ntohs(((struct sockaddr_in6 *)&peer)->sin6_port);
+  } else {
+    return throw_bpf(env, EAFNOSUPPORT, "getpeername", "map", "read the client's port");
+  }
+  struct trellis_out_original o;
+  napi_value result;
+  if (bpf_map_lookup_and_delete_elem((int)map_fd, &key, &o) != 0) {
+    int err = errno;
+    if (err == ENOENT) {
+      NAPI_CALL(env, napi_get_null(env, &result));
+      return result;
+    }
+    return throw_bpf(env, err, "bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM)", "map", "read the original destination");
+  }
+  char address[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, &o.ip4, address, sizeof address);
+  NAPI_CALL(env, napi_create_object(env, &result));
+  if (!set_string(env, result, "address", address)) return NULL;
+  if (!set_number(env, result, "port", ntohs(o.port))) return NULL;
+  if (!set_number(env, result, "family", 4)) return NULL;
+  return result;
+}
+
+// socketNetnsCookie(fd) -> number: the cookie of the network namespace the socket lives in (SO_NETNS_COOKIE, Linux
+// 5.14+), the key the outbound programs know a pod by.
+static napi_value js_socket_netns_cookie(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "socketNetnsCookie");
+  uint32_t fd;
+  if (!arg_uint32(env, argv[0], "fd", &fd)) return NULL;
+  __u64 cookie = 0;
+  socklen_t len = sizeof cookie;
+  if (getsockopt((int)fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) != 0) return throw_bpf(env, errno, "getsockopt(SO_NETNS_COOKIE)", "map", "read the netns cookie");
+  napi_value result;
+  NAPI_CALL(env, napi_create_double(env, (double)cookie, &result));
+  return result;
+}
+
 napi_value trellis_bpf_init(napi_env env, napi_value exports) {
   libbpf_set_print(keep_libbpf_message);
   NAPI_EXPORT_FUNCTION(env, exports, "bpfProbe", js_bpf_probe);
@@ -687,5 +1113,14 @@ napi_value trellis_bpf_init(napi_env env, napi_value exports) {
   NAPI_EXPORT_FUNCTION(env, exports, "tcpStatsRead", js_tcp_stats_read);
   NAPI_EXPORT_FUNCTION(env, exports, "tcpStatsForget", js_tcp_stats_forget);
   NAPI_EXPORT_FUNCTION(env, exports, "socketCookie", js_socket_cookie);
+  NAPI_EXPORT_FUNCTION(env, exports, "outboundAttach", js_outbound_attach);
+  NAPI_EXPORT_FUNCTION(env, exports, "outboundReattach", js_outbound_reattach);
+  NAPI_EXPORT_FUNCTION(env, exports, "outboundIds", js_outbound_ids);
+  NAPI_EXPORT_FUNCTION(env, exports, "outboundSetPod", js_outbound_set_pod);
+  NAPI_EXPORT_FUNCTION(env, exports, "outboundDeletePod", js_outbound_delete_pod);
+  NAPI_EXPORT_FUNCTION(env, exports, "outboundVerdicts", js_outbound_verdicts);
+  NAPI_EXPORT_FUNCTION(env, exports, "outboundClose", js_outbound_close);
+  NAPI_EXPORT_FUNCTION(env, exports, "outboundOriginalDst", js_outbound_original_dst);
+  NAPI_EXPORT_FUNCTION(env, exports, "socketNetnsCookie", js_socket_netns_cookie);
   return exports;
 }

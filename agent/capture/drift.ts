@@ -10,7 +10,10 @@ import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { runInNetns } from './nft.js';
 import { netnsId } from './netns.js';
-import { CAPTURE_TABLE, captureRuleset, type InboundCapture } from './rules.js';
+import { CAPTURE_TABLE, captureRuleset, type InboundCapture, type OutboundCapture } from './rules.js';
+
+/** BPF links drift repairs, as trellis_capture_drift_repairs_total{what} counts them. */
+export type BpfLinkKind = 'sk_lookup' | 'sockops' | 'connect4' | 'connect6' | 'getpeername4' | 'getpeername6' | 'outbound_sockops';
 
 /** What the checker needs from the enrolment: who is enrolled, and repairs that run in its work loop. */
 export interface DriftTarget {
@@ -27,9 +30,11 @@ export interface DriftInputs {
    * The BPF links (each pod's sk_lookup, the sockops program): those detached from outside are attached again and
    * returned, by kind. Throws when one cannot be; the next pass tries again.
    */
-  bpf?: () => { what: 'sk_lookup' | 'sockops'; target: string }[];
+  bpf?: () => { what: BpfLinkKind; target: string }[];
   /** The capture mode's inbound, as the enrolment installs it (default nft). */
   inbound?: InboundCapture;
+  /** The capture mode's outbound, as the enrolment installs it (default nft). */
+  outbound?: OutboundCapture;
   intervalMs: number;
   metrics: Metrics;
   logger: Logger;
@@ -160,7 +165,9 @@ export class DriftChecker {
    * nft versions. Undefined if no scratch netns can be made: then only the table's presence is checked.
    */
   private expectedListing(): Promise<string | undefined> {
-    this.expected ??= scratchListing(captureRuleset({ probeSources: this.inputs.probeSources, inbound: this.inputs.inbound ?? 'nft' })).then(
+    this.expected ??= scratchListing(
+      captureRuleset({ probeSources: this.inputs.probeSources, inbound: this.inputs.inbound ?? 'nft', outbound: this.inputs.outbound ?? 'nft' }),
+    ).then(
       (text) => normalize(text),
       (err: Error) => {
         this.inputs.logger.error({ err: err.message }, 'cannot list the expected capture rules in a scratch netns; drift checks only that the table exists');

@@ -1,5 +1,6 @@
 // Keeps this node's meshed pods enrolled: capture rules plus the agent's listeners in each pod's netns, and in eBPF
-// mode the pod's sk_lookup program (sk-lookup.ts) for inbound. Driven by state changes and CNI events; one work loop
+// mode the pod's sk_lookup program (sk-lookup.ts) for inbound and its netns registered with the outbound programs
+// (connect.ts). Driven by state changes and CNI events; one work loop
 // at a time, so a pod is never enrolled and unenrolled at once.
 import type { Logger } from 'pino';
 import { TrellisError } from '../errors.js';
@@ -8,6 +9,7 @@ import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { netnsId } from './netns.js';
 import { captureRuleset, removalRuleset } from './rules.js';
+import type { Registered } from './connect.js';
 import type { Steered } from './sk-lookup.js';
 
 export interface Enrolled {
@@ -35,6 +37,12 @@ export interface EnrolmentInputs {
    */
   steerInbound?: (pod: Workload, listenerFd: number) => Steered;
   /**
+   * eBPF capture mode: registers the pod's netns with the outbound connect4/6 programs, which send its connects to
+   * its outbound listener with no NAT; the pod's rules then carry an outbound guard in place of the redirect.
+   * Absent: outbound is nft's redirect.
+   */
+  steerOutbound?: (pod: Workload) => Registered;
+  /**
    * Policy routing for connections to the app that keep the caller's address (capture/routing.ts): installed with
    * the rules when given, always removed with them.
    */
@@ -59,6 +67,8 @@ interface Entry {
   listeners: Enrolled;
   /** eBPF mode: the pod's sk_lookup program. */
   steered?: Steered;
+  /** eBPF mode: the pod's netns registered with the outbound programs. */
+  registered?: Registered;
 }
 
 // Listeners of a pod whose reopen failed: the rules stay (traffic refused), the next drift pass tries again.
@@ -87,7 +97,11 @@ export class Enrolment {
 
   /** The pod's ruleset: inbound redirected by nft, or (eBPF mode) guarded while the sk_lookup program steers it. */
   private ruleset(): string {
-    return captureRuleset({ probeSources: this.inputs.probeSources, inbound: this.inputs.steerInbound ? 'sk_lookup' : 'nft' });
+    return captureRuleset({
+      probeSources: this.inputs.probeSources,
+      inbound: this.inputs.steerInbound ? 'sk_lookup' : 'nft',
+      outbound: this.inputs.steerOutbound ? 'connect' : 'nft',
+    });
   }
 
   /** Asks for the enrolment to match `state`; returns when this (or a later) state has been applied. */
@@ -210,7 +224,9 @@ export class Enrolment {
 
   /**
    * Closes every pod's listeners, then detaches their sk_lookup programs. Capture rules stay: traffic is refused, never
-   * sent around the mesh (in eBPF mode by the rules' guard once the program is gone).
+   * sent around the mesh (in eBPF mode by the rules' guards once the programs are gone). The pods stay registered with
+   * the outbound programs, which go as a whole when the agent closes them: until then a successor's listener (a
+   * hand-over) takes their connects, or none does and they are refused.
    */
   close(): void {
     this.closed = true;
@@ -350,19 +366,22 @@ export class Enrolment {
     const started = performance.now();
     let listeners: Enrolled | undefined;
     let steered: Steered | undefined;
+    let registered: Registered | undefined;
     try {
       this.inputs.tuneNetns?.(pod.netnsPath!);
       // Listeners first, then what sends connections to them: a redirect (or the sk_lookup program) must never point
       // at a port nobody listens on.
       listeners = await this.inputs.openListeners(pod);
       if (this.inputs.steerInbound) steered = this.inputs.steerInbound(pod, inboundFd(listeners, pod));
+      if (this.inputs.steerOutbound) registered = this.inputs.steerOutbound(pod);
       await this.inputs.sourceRouting?.add(pod.netnsPath!, pod.ip!);
       await this.inputs.applyRules(pod.netnsPath!, this.ruleset());
-      this.enrolled.set(pod.key, { pod, listeners, ...(steered && { steered }) });
+      this.enrolled.set(pod.key, { pod, listeners, ...(steered && { steered }), ...(registered && { registered }) });
       this.failures.delete(pod.key);
       this.inputs.logger.info({ pod: pod.key, ip: pod.ip, identity: pod.identity, ms: Math.round(performance.now() - started) }, 'pod enrolled');
       return undefined;
     } catch (err) {
+      registered?.close();
       steered?.close();
       listeners?.close();
       return err instanceof Error ? err : new Error(String(err));
@@ -379,7 +398,8 @@ export class Enrolment {
     } catch (err) {
       this.inputs.logger.warn({ pod: pod.key, err: (err as Error).message }, 'removing capture rules failed (netns gone?)');
     }
-    // Then the sk_lookup program (eBPF mode): inbound goes to the app directly from here, as with the redirect gone.
+    // Then the BPF side (eBPF mode): the pod's connects and inbound go directly from here, as with the redirects gone.
+    entry.registered?.close();
     entry.steered?.close();
     entry.listeners.close();
     this.inputs.logger.info({ pod: pod.key }, 'pod unenrolled');

@@ -1,11 +1,12 @@
 // What this kernel offers capture, found by trying rather than by version numbers: libbpf's probes load tiny programs
-// and maps, Trellis's own sk_lookup program is loaded (CO-RE relocated, verified) and thrown away, nft's socket
+// and maps, Trellis's own sk_lookup and outbound programs are loaded (CO-RE relocated, verified) and thrown away,
+// SO_NETNS_COOKIE is asked of a socket, nft's socket
 // expression is tried in a network namespace of its own. Nothing is attached. Read by the agent at start (mode.ts
 // chooses from it) and by `trellis check --pre`.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import { probeBpf, type BpfProbe, type ProbeAnswer, lastLines } from '../native/index.js';
+import { probeBpf, type BpfProbe, type ProbeAnswer, type ProgramProbe, lastLines } from '../native/index.js';
 
 export const KERNEL_FEATURES = [
   'btf',
@@ -17,6 +18,8 @@ export const KERNEL_FEATURES = [
   'sock_ops',
   'cgroup2',
   'sk_lookup_program',
+  'connect_program',
+  'netns_cookie',
   'nft_socket',
 ] as const;
 export type KernelFeatureName = (typeof KERNEL_FEATURES)[number];
@@ -101,9 +104,17 @@ export async function probeKernel(inputs: KernelProbeInputs = {}): Promise<Kerne
             ok: false,
             detail: `Trellis's sk_lookup program does not load (${program.stage}: ${program.code} ${program.message})${program.log ? `; libbpf: ${lastLines(program.log).join(' | ')}` : ''}`,
           },
+    programFeature('connect_program', bpf?.outboundProgram, bpfError, "Trellis's outbound programs load (cgroup connect4/6, getpeername4/6, sockops; CO-RE relocated, verified)", "Trellis's outbound programs"),
+    answer('netns_cookie', bpf?.netnsCookie, "SO_NETNS_COOKIE (the agent knows each pod's netns by its cookie)", 'no SO_NETNS_COOKIE (Linux 5.14+)'),
     { name: 'nft_socket', ...nft },
   ];
   return { features, ...(cgroup2 && { cgroup2 }) };
+}
+
+function programFeature(name: KernelFeatureName, p: ProgramProbe | undefined, bpfError: string | undefined, yes: string, what: string): KernelFeature {
+  if (p === undefined) return { name, ok: false, detail: `not probed: ${bpfError ?? 'no answer'}` };
+  if (p.ok) return { name, ok: true, detail: yes };
+  return { name, ok: false, detail: `${what} do not load (${p.stage}: ${p.code} ${p.message})${p.log ? `; libbpf: ${lastLines(p.log).join(' | ')}` : ''}` };
 }
 
 /** Where cgroup v2 is mounted, from /proc/self/mountinfo (the first cgroup2 mount; /sys/fs/cgroup first). */

@@ -1,7 +1,8 @@
 // Capture rules for one pod, installed inside its netns: outbound TCP -> 15001, inbound TCP -> 15006 (15008 untouched).
 // One nftables table of our own, replaced atomically, so enrol/unenrol add and remove exactly what is ours. In eBPF
-// capture mode inbound is the pod's sk_lookup program's (capture/sk-lookup.ts), with no NAT: the table then carries a
-// guard in its place, and outbound stays here.
+// capture mode inbound is the pod's sk_lookup program's (capture/sk-lookup.ts) and outbound the cgroup connect4/6
+// programs' (capture/connect.ts), with no NAT: the table then carries only guards, filters that refuse what would
+// otherwise go around the mesh once those programs are gone (the agent stopped).
 import { AGENT_MARK, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, TRANSPARENT_MARK, TRANSPARENT_REPLY_MARK } from '../constants.js';
 
 export const CAPTURE_TABLE = 'trellis';
@@ -9,12 +10,17 @@ export const CAPTURE_TABLE = 'trellis';
 /** Who captures inbound: nft (a redirect to 15006) or the pod's sk_lookup program (eBPF mode; a guard here). */
 export type InboundCapture = 'nft' | 'sk_lookup';
 
+/** Who captures outbound: nft (a redirect to 15001) or the cgroup connect4/6 programs (eBPF mode; a guard here). */
+export type OutboundCapture = 'nft' | 'connect';
+
 export interface CaptureSpec {
   /** Sources exempt from inbound capture: the node's address kubelet probes come from. */
   probeSources: readonly string[];
   mark?: number;
   /** Default nft. */
   inbound?: InboundCapture;
+  /** Default nft. */
+  outbound?: OutboundCapture;
 }
 
 /**
@@ -29,16 +35,7 @@ export function captureRuleset(spec: CaptureSpec): string {
     `table inet ${CAPTURE_TABLE} {}`,
     `delete table inet ${CAPTURE_TABLE}`,
     `table inet ${CAPTURE_TABLE} {`,
-    // Outbound: everything the app sends, except loopback and the agent's own (marked) sockets.
-    '  chain output {',
-    '    type nat hook output priority -110; policy accept;',
-    '    oifname "lo" return',
-    `    meta mark ${mark} return`,
-    `    meta mark ${hex(TRANSPARENT_MARK)} return`,
-    '    ip daddr 127.0.0.0/8 return',
-    '    ip6 daddr ::1 return',
-    `    meta l4proto tcp redirect to :${OUTBOUND_PORT}`,
-    '  }',
+    ...(spec.outbound === 'connect' ? outboundGuard(mark) : outboundRedirect(mark)),
     ...(spec.inbound === 'sk_lookup' ? inboundGuard(mark, probes, probes6) : inboundRedirect(probes, probes6)),
     // The caller's address kept (the agent's connection to the app leaves from it, IP_TRANSPARENT): the connection is
     // remembered on its conntrack entry, and the app's replies on it, addressed to the caller, get a mark that policy
@@ -51,6 +48,39 @@ export function captureRuleset(spec: CaptureSpec): string {
     '}',
     '',
   ].join('\n');
+}
+
+/** Outbound: everything the app sends, except loopback and the agent's own (marked) sockets. */
+function outboundRedirect(mark: string): string[] {
+  return [
+    '  chain output {',
+    '    type nat hook output priority -110; policy accept;',
+    '    oifname "lo" return',
+    `    meta mark ${mark} return`,
+    `    meta mark ${hex(TRANSPARENT_MARK)} return`,
+    '    ip daddr 127.0.0.0/8 return',
+    '    ip6 daddr ::1 return',
+    `    meta l4proto tcp redirect to :${OUTBOUND_PORT}`,
+    '  }',
+  ];
+}
+
+/**
+ * eBPF mode: the connect4/6 programs send the app's connects to the agent's listener on loopback, so a new TCP
+ * connection leaving the pod by another interface, from a socket without the agent's marks, is one the programs did
+ * not see: they are gone (the agent stopped: its links go with it). It is reset here, as a redirect to a closed 15001
+ * is refused in nft mode: fail closed, never around the mesh. A filter, no NAT.
+ */
+function outboundGuard(mark: string): string[] {
+  return [
+    '  chain output {',
+    '    type filter hook output priority -110; policy accept;',
+    '    oifname "lo" return',
+    `    meta mark ${mark} return`,
+    `    meta mark ${hex(TRANSPARENT_MARK)} return`,
+    '    tcp flags & (syn | ack) == syn reject with tcp reset',
+    '  }',
+  ];
 }
 
 /** Inbound: HBONE goes straight to 15008; probes from the node reach the app untouched; the rest is plaintext. */

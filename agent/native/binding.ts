@@ -5,7 +5,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TrellisError } from '../errors.js';
-import type { BpfProbe, SkLookupHandle, TcpHealthHandle } from './bpf.js';
+import type { BpfProbe, OutboundHandle, OutboundLinkIds, SkLookupHandle, TcpHealthHandle } from './bpf.js';
 
 export type Family = 4 | 6;
 
@@ -52,6 +52,15 @@ export interface Binding {
   tcpStatsRead(mapFd: number, cookie: number, remove: boolean): [number, number, number] | null;
   tcpStatsForget(mapFd: number, cookie: number): void;
   socketCookie(fd: number): number;
+  outboundAttach(cgroupPath: string, ownerNetns: number, agentMark: number, transparentMark: number, port: number): OutboundHandle;
+  outboundReattach(handle: OutboundHandle, cgroupPath: string): void;
+  outboundIds(handle: OutboundHandle): { links: OutboundLinkIds[]; shared: boolean; mapFd: number };
+  outboundSetPod(handle: OutboundHandle, netnsCookie: number, ips: string[]): void;
+  outboundDeletePod(handle: OutboundHandle, netnsCookie: number): void;
+  outboundVerdicts(handle: OutboundHandle): number[];
+  outboundClose(handle: OutboundHandle): void;
+  outboundOriginalDst(mapFd: number, fd: number): { address: string; port: number; family: 4 } | null;
+  socketNetnsCookie(fd: number): number;
 }
 
 // Loaded on first use, so importing this module never fails on a machine that only runs pure-JS parts.

@@ -16,10 +16,16 @@ export interface BpfProbe {
   /** struct bpf_sk_lookup has ingress_ifindex (Linux 5.17+), which the program reads to leave loopback alone. */
   readonly skLookupIfindex: ProbeAnswer;
   /** Trellis's own sk_lookup program, loaded (CO-RE relocated, verified) and thrown away. */
-  readonly program:
-    | { readonly ok: true }
-    | { readonly ok: false; readonly errno: number; readonly code: string; readonly stage: string; readonly message: string; readonly log: string };
+  readonly program: ProgramProbe;
+  /** Trellis's outbound programs (connect4/6, getpeername4/6, sockops), loaded and thrown away. */
+  readonly outboundProgram: ProgramProbe;
+  /** SO_NETNS_COOKIE (Linux 5.14+): how the agent learns a pod's netns cookie. */
+  readonly netnsCookie: ProbeAnswer;
 }
+
+export type ProgramProbe =
+  | { readonly ok: true }
+  | { readonly ok: false; readonly errno: number; readonly code: string; readonly stage: string; readonly message: string; readonly log: string };
 
 /** The inbound program's name, as `bpftool prog show` lists it. */
 export const SK_LOOKUP_PROGRAM = 'trellis_inbound';
@@ -67,7 +73,13 @@ export function bpfHint(code: string, stage: string, program: string = SK_LOOKUP
     return 'CO-RE relocation needs the kernel\'s BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF); run with --capture nft';
   }
   if (stage === 'map' && (code === 'EOPNOTSUPP' || code === 'EINVAL' || code === 'EBADF')) return 'the fd is not a listening TCP socket';
-  if (stage === 'attach' && code === 'ENOENT') return program === TCP_HEALTH_PROGRAM ? "the agent's cgroup is gone" : "the pod's network namespace is gone";
+  if (stage === 'attach' && code === 'ENOENT') {
+    if (program === OUTBOUND_PROGRAMS) return 'the cgroup root is not there: pass --cgroup-root with a directory of a cgroup v2 mount';
+    return program === TCP_HEALTH_PROGRAM ? "the agent's cgroup is gone" : "the pod's network namespace is gone";
+  }
+  if (program === OUTBOUND_PROGRAMS && stage === 'attach' && (code === 'EBADF' || code === 'ENOTDIR' || code === 'EINVAL')) {
+    return 'the cgroup root must be a directory of a cgroup v2 mount (not v1): pass --cgroup-root, e.g. /sys/fs/cgroup or /sys/fs/cgroup/unified';
+  }
   if (stage === 'attach' && code === 'EINVAL') return 'the kernel cannot attach sk_lookup programs to a network namespace (Linux 5.9+)';
   return undefined;
 }
@@ -253,4 +265,116 @@ export function forgetTcpStats(mapFd: number, cookie: number): void {
 /** The kernel's cookie of a socket (SO_COOKIE): the key the TCP health program files its figures under. */
 export function socketCookie(fd: number): number {
   return bpfCall(TCP_HEALTH_PROGRAM, 'its stats map', () => native().socketCookie(fd));
+}
+
+/** The outbound programs, as one name in errors; `bpftool prog show` lists each (OUTBOUND_PROGRAM_NAMES). */
+export const OUTBOUND_PROGRAMS = 'trellis_outbound';
+/** The outbound programs' names as the kernel lists them, in the order of their links. */
+export const OUTBOUND_PROGRAM_NAMES = ['trellis_conn4', 'trellis_conn6', 'trellis_peer4', 'trellis_peer6', 'trellis_outops'] as const;
+
+/** The verdicts connect4/connect6 count, in the order of enum trellis_out_verdict (native/bpf/outbound.h). */
+export const OUTBOUND_VERDICTS = ['redirected', 'agent', 'local', 'ipv6_refused', 'no_record'] as const;
+export type OutboundVerdict = (typeof OUTBOUND_VERDICTS)[number];
+
+/** Own addresses per family of a pod the programs hold (TRELLIS_OUT_POD_IPS). */
+export const OUTBOUND_MAX_POD_IPS = 2;
+
+/** Opaque: the addon's handle of the loaded and attached outbound programs. */
+export type OutboundHandle = { readonly __brand: 'OutboundHandle' };
+
+export interface OutboundLinkIds {
+  readonly program: number;
+  readonly name: string;
+  readonly link: number;
+  /** 0 when the link was detached from outside (bpftool link detach). */
+  readonly cgroupId: number;
+}
+
+/**
+ * The outbound programs on a cgroup root (native/bpf/outbound.bpf.c): connect4/connect6 send meshed pods' TCP connects
+ * to the agent's outbound listener and record where each was going, getpeername4/6 give the app that address back,
+ * and a sockops program files each record under the pod's netns and the client's port for the agent. Held by file
+ * descriptors of this process (nothing pinned): closed, or when the process ends, detached and unloaded.
+ */
+export class OutboundLink {
+  private handle: OutboundHandle | undefined;
+
+  private constructor(
+    handle: OutboundHandle,
+    readonly cgroupPath: string,
+  ) {
+    this.handle = handle;
+  }
+
+  /**
+   * Loads and links the programs. `ownerNetns` is the agent's own netns cookie: a running agent's programs with the
+   * same owner (the predecessor in a hand-over) lend their maps of original destinations.
+   */
+  static attach(cgroupPath: string, opts: { ownerNetns: number; agentMark: number; transparentMark: number; port: number }): OutboundLink {
+    if (typeof cgroupPath !== 'string' || cgroupPath.length === 0) throw new TrellisError('EINVAL', 'cgroup path must be a non-empty string');
+    const handle = bpfCall(OUTBOUND_PROGRAMS, `cgroup ${cgroupPath}`, () =>
+      native().outboundAttach(cgroupPath, opts.ownerNetns, opts.agentMark, opts.transparentMark, opts.port),
+    );
+    return new OutboundLink(handle, cgroupPath);
+  }
+
+  get closed(): boolean {
+    return this.handle === undefined;
+  }
+
+  /** The kernel's ids of each program and link; whether the maps are a predecessor's; the fd of the by-port map. */
+  ids(): { links: OutboundLinkIds[]; shared: boolean; mapFd: number } {
+    const h = this.open();
+    return bpfCall(OUTBOUND_PROGRAMS, `cgroup ${this.cgroupPath}`, () => native().outboundIds(h));
+  }
+
+  /** Links again the programs whose link was detached from outside. */
+  reattach(): void {
+    const h = this.open();
+    bpfCall(OUTBOUND_PROGRAMS, `cgroup ${this.cgroupPath}`, () => native().outboundReattach(h, this.cgroupPath));
+  }
+
+  /** A pod to capture: its netns cookie and its own addresses (reached directly). */
+  setPod(netnsCookie: number, ips: readonly string[]): void {
+    const h = this.open();
+    bpfCall(OUTBOUND_PROGRAMS, `cgroup ${this.cgroupPath}`, () => native().outboundSetPod(h, netnsCookie, [...ips]));
+  }
+
+  deletePod(netnsCookie: number): void {
+    const h = this.open();
+    bpfCall(OUTBOUND_PROGRAMS, `cgroup ${this.cgroupPath}`, () => native().outboundDeletePod(h, netnsCookie));
+  }
+
+  /** Connects per verdict since attach. */
+  verdicts(): Record<OutboundVerdict, number> {
+    const h = this.open();
+    const counts = bpfCall(OUTBOUND_PROGRAMS, `cgroup ${this.cgroupPath}`, () => native().outboundVerdicts(h));
+    return Object.fromEntries(OUTBOUND_VERDICTS.map((v, i) => [v, counts[i] ?? 0])) as Record<OutboundVerdict, number>;
+  }
+
+  /** Detaches and unloads; idempotent. Maps shared with another agent live on with it. */
+  close(): void {
+    const h = this.handle;
+    this.handle = undefined;
+    if (h) native().outboundClose(h);
+  }
+
+  private open(): OutboundHandle {
+    if (!this.handle) throw new TrellisError('ECLOSED', `the outbound programs of ${this.cgroupPath} are detached`);
+    return this.handle;
+  }
+}
+
+/**
+ * Where a connection accepted on a pod's outbound listener was going, as the outbound programs recorded it (by the
+ * pod's netns cookie and the client's port); read and deleted in one call, by the map's fd (any thread may).
+ * Undefined when there is no record.
+ */
+export function outboundOriginalDst(mapFd: number, fd: number): { address: string; port: number; family: 4 } | undefined {
+  return bpfCall(OUTBOUND_PROGRAMS, 'its map of original destinations', () => native().outboundOriginalDst(mapFd, fd)) ?? undefined;
+}
+
+/** The cookie of the network namespace a socket lives in (SO_NETNS_COOKIE). */
+export function socketNetnsCookie(fd: number): number {
+  return bpfCall(OUTBOUND_PROGRAMS, 'SO_NETNS_COOKIE', () => native().socketNetnsCookie(fd));
 }

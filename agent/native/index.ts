@@ -5,6 +5,7 @@ import { closeSync } from 'node:fs';
 import net from 'node:net';
 import { TrellisError } from '../errors.js';
 import { call, type Family } from './binding.js';
+import { socketNetnsCookie } from './bpf.js';
 
 export { NativeError, type Family } from './binding.js';
 // The eBPF half of the boundary: kernel probes and the inbound sk_lookup program.
@@ -48,6 +49,16 @@ function familyOf(host: string, family: Family | undefined): Family {
 
 function hostPort(host: string, port: number): string {
   return net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** The cookie of the netns at the path (SO_NETNS_COOKIE on a socket opened there): how the outbound programs know a pod. */
+export function netnsCookie(netnsPath: string): number {
+  const fd = tcpSocketInNetns(netnsPath);
+  try {
+    return socketNetnsCookie(fd);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** An unconnected, non-blocking TCP socket created inside the netns; the caller owns the fd. */

@@ -44,6 +44,11 @@ export interface OutboundInputs {
   detect: DetectOptions;
   /** The sockops program's map (TCP health per edge); absent where it does not run. */
   tcpHealth?: TcpHealthReader | undefined;
+  /**
+   * Where a captured connection was going, from its accepted socket's fd: the outbound programs' record in eBPF mode;
+   * absent: SO_ORIGINAL_DST (nft's NAT).
+   */
+  originalDst?: ((fd: number) => { address: string; port: number }) | undefined;
 }
 
 export class Outbound {
@@ -53,7 +58,7 @@ export class Outbound {
     down.on('error', () => undefined);
     let dst: { address: string; port: number };
     try {
-      dst = originalDst(socketFd(down));
+      dst = (this.inputs.originalDst ?? originalDst)(socketFd(down));
     } catch (err) {
       return this.refuse(down, src, 'no_original_dst', (err as Error).message);
     }

@@ -86,6 +86,8 @@ export class Metrics {
   readonly tcpHealthEnabled: Gauge<string>;
   /** Asked at each scrape: the inbound sk_lookup programs' verdicts, summed over pods (capture/sk-lookup.ts). */
   private skLookupVerdicts: (() => Readonly<Record<string, number>>) | undefined;
+  /** Asked at each scrape: the outbound connect4/connect6 programs' verdicts (capture/connect.ts). */
+  private connectVerdicts: (() => Readonly<Record<string, number>>) | undefined;
   private readonly requestsTotal: CounterVec;
   private readonly requestDuration: HistogramVec;
   private readonly requestBytes: HistogramVec;
@@ -135,6 +137,19 @@ export class Metrics {
       registers,
       collect() {
         const totals = skLookup();
+        if (!totals) return;
+        this.reset();
+        for (const [verdict, n] of Object.entries(totals)) this.inc({ verdict }, n);
+      },
+    });
+    const connect = () => this.connectVerdicts?.();
+    new Counter({
+      name: 'trellis_capture_connect_total',
+      help: 'TCP connects from meshed pods seen by the outbound connect4/connect6 programs (eBPF capture), by verdict: redirected to the agent, or left alone (agent, local), or refused (ipv6_refused, no_record)',
+      labelNames: ['verdict'],
+      registers,
+      collect() {
+        const totals = connect();
         if (!totals) return;
         this.reset();
         for (const [verdict, n] of Object.entries(totals)) this.inc({ verdict }, n);
@@ -212,6 +227,11 @@ export class Metrics {
   /** Where trellis_capture_sk_lookup_total reads from at each scrape. */
   reportSkLookup(fn: () => Readonly<Record<string, number>>): void {
     this.skLookupVerdicts = fn;
+  }
+
+  /** Where trellis_capture_connect_total reads from at each scrape. */
+  reportConnect(fn: () => Readonly<Record<string, number>>): void {
+    this.connectVerdicts = fn;
   }
 
   /** Where the certificate gauges read from at each scrape. */

@@ -145,6 +145,55 @@ describe('Enrolment', () => {
     expect(calls.slice(3)).toEqual(['close mesh/web fd 43', 'unsteer mesh/web']);
   });
 
+  it('in eBPF mode registers the pod with the outbound programs after its listeners and before its rules (guards only, no NAT), and releases it in order', async () => {
+    const calls: string[] = [];
+    let failRules = false;
+    const enrolment = new Enrolment({
+      node: NODE,
+      probeSources: [],
+      openListeners: async (p) => {
+        calls.push(`open ${p.key}`);
+        return { close: () => void calls.push(`close ${p.key}`), inboundListenerFd: () => 40 };
+      },
+      steerInbound: (p) => {
+        calls.push(`steer ${p.key}`);
+        return { setListener: () => undefined, close: () => void calls.push(`unsteer ${p.key}`) };
+      },
+      steerOutbound: (p) => {
+        calls.push(`register ${p.key} ${p.ip} ${p.netnsPath}`);
+        return { close: () => void calls.push(`unregister ${p.key}`) };
+      },
+      applyRules: async (_netns, ruleset) => {
+        if (ruleset.includes('chain output')) {
+          if (failRules) throw new Error('nft refused');
+          calls.push(/type nat|redirect/.test(ruleset) ? 'rules nat' : 'rules guards');
+        } else {
+          calls.push('release');
+        }
+      },
+      metrics: new Metrics({ defaultMetrics: false }),
+      logger: pino({ level: 'silent' }),
+    });
+    const store = new Store({ trustDomain: TD, logger: pino({ level: 'silent' }) });
+    store.replace([namespace('mesh', true), pod('mesh', 'web')]);
+    const netns = netnsFile('web-connect');
+    await enrolment.enrolNow(workload(store, 'mesh/web', '10.0.0.9', netns), { containerId: 'a' });
+    expect(calls).toEqual(['open mesh/web', 'steer mesh/web', `register mesh/web 10.0.0.9 ${netns}`, 'rules guards']);
+    await enrolment.unenrolNow('mesh/web', { containerId: 'a' });
+    expect(calls.slice(4)).toEqual(['release', 'unregister mesh/web', 'unsteer mesh/web', 'close mesh/web']);
+    // A failure after the registration leaves nothing registered.
+    failRules = true;
+    calls.length = 0;
+    await expect(enrolment.enrolNow(workload(store, 'mesh/web', '10.0.0.9', netns), { containerId: 'b' })).rejects.toThrow('nft refused');
+    expect(calls).toEqual(['open mesh/web', 'steer mesh/web', `register mesh/web 10.0.0.9 ${netns}`, 'unregister mesh/web', 'unsteer mesh/web', 'close mesh/web']);
+    // Stopping: the pod stays registered (the programs go as a whole with the agent; a successor takes its connects).
+    failRules = false;
+    calls.length = 0;
+    await enrolment.enrolNow(workload(store, 'mesh/web', '10.0.0.9', netns), { containerId: 'c' });
+    enrolment.close();
+    expect(calls.slice(4)).toEqual(['close mesh/web', 'unsteer mesh/web']);
+  });
+
   it('the steering adds up its programs\' verdicts, those of detached ones included, and detaches all on close', () => {
     const verdicts = (steered: number): Record<SkLookupVerdict, number> => ({ steered, local: 1, exempt_port: 0, probe_source: 0, no_listener: 0, refused: 0 });
     const links: (LinkLike & { closed: boolean })[] = [];

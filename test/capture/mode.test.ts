@@ -17,13 +17,24 @@ const fullProbe: BpfProbe = {
   btf: 1,
   skLookupIfindex: 1,
   program: { ok: true },
+  outboundProgram: { ok: true },
+  netnsCookie: 1,
 };
 
 describe('capture mode', () => {
   it('auto runs ebpf where the kernel has what it needs, nft otherwise, saying what is missing', () => {
     expect(chooseCapture('auto', report(), { probeSources: [] })).toMatchObject({ mode: 'ebpf', missing: [] });
     // Features the eBPF mode does not use yet do not hold it back.
-    expect(chooseCapture('auto', report(['cgroup2', 'cgroup_sock_addr', 'sockhash']), { probeSources: [] }).mode).toBe('ebpf');
+    expect(chooseCapture('auto', report(['sockhash']), { probeSources: [] }).mode).toBe('ebpf');
+    // Outbound without NAT needs cgroup v2, the sock_addr hooks, sockops and the netns cookie.
+    for (const name of ['cgroup2', 'cgroup_sock_addr', 'sock_ops', 'connect_program', 'netns_cookie'] as const) {
+      const without = chooseCapture('auto', report([name]), { probeSources: [] });
+      expect(without.mode).toBe('nft');
+      expect(without.reason).toBe(`--capture auto: nftables, because the eBPF mode lacks ${name}: no ${name} here`);
+    }
+    expect(chooseCapture('auto', report(), { probeSources: [] }).reason).toBe(
+      '--capture auto: the kernel has what the eBPF mode needs (inbound by sk_lookup, outbound by cgroup connect4/6 programs, both without NAT)',
+    );
     const old = chooseCapture('auto', report(['sk_lookup_ifindex', 'sk_lookup_program']), { probeSources: [] });
     expect(old.mode).toBe('nft');
     expect(old.reason).toBe('--capture auto: nftables, because the eBPF mode lacks sk_lookup_ifindex: no sk_lookup_ifindex here; sk_lookup_program: no sk_lookup_program here');
@@ -36,7 +47,7 @@ describe('capture mode', () => {
         expect.objectContaining({ code: 'ECAPTURE', message: expect.stringMatching(new RegExp(`^--capture ebpf: this node cannot run it \\(${name}: no ${name} here\\); run with --capture auto`)) }),
       );
     }
-    expect(chooseCapture('ebpf', report(['cgroup2']), { probeSources: [] }).mode).toBe('ebpf');
+    expect(chooseCapture('ebpf', report(['sockhash']), { probeSources: [] }).mode).toBe('ebpf');
     expect(chooseCapture('nft', report(EBPF_NEEDS.slice()), { probeSources: [] })).toMatchObject({ mode: 'nft', reason: '--capture nft' });
   });
 
@@ -71,6 +82,19 @@ describe('capture mode', () => {
     // An addon that does not load at all: every BPF feature missing with the reason, nothing thrown.
     const none = await probeKernel({ bpf: () => { throw new Error('native addon not built'); }, mountinfo: () => '', nftSocket: async () => ({ ok: false, detail: 'x' }) });
     expect(none.features.find((f) => f.name === 'btf')).toMatchObject({ ok: false, detail: 'not probed: native addon not built' });
+  });
+
+  it('reads the outbound programs\' load and SO_NETNS_COOKIE from the probe', async () => {
+    const r = await probeKernel({
+      bpf: () => ({ ...fullProbe, netnsCookie: 0, outboundProgram: { ok: false, errno: 22, code: 'EINVAL', stage: 'load', message: 'Invalid argument', log: 'unknown func bpf_get_netns_cookie#122\n' } }),
+      mountinfo: () => '',
+      nftSocket: async () => ({ ok: true, detail: 'nft socket' }),
+    });
+    const byName = Object.fromEntries(r.features.map((f) => [f.name, f]));
+    expect(byName.connect_program!.detail).toBe("Trellis's outbound programs do not load (load: EINVAL Invalid argument); libbpf: unknown func bpf_get_netns_cookie#122");
+    expect(byName.netns_cookie).toMatchObject({ ok: false, detail: 'no SO_NETNS_COOKIE (Linux 5.14+)' });
+    const ok = await probeKernel({ bpf: () => fullProbe, mountinfo: () => '', nftSocket: async () => ({ ok: true, detail: 'nft socket' }) });
+    expect(ok.features.filter((f) => f.name === 'connect_program' || f.name === 'netns_cookie').map((f) => f.ok)).toEqual([true, true]);
   });
 
   it('finds cgroup v2 in the unified, the hybrid and other layouts', () => {

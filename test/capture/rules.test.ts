@@ -21,6 +21,17 @@ describe('capture rules', () => {
     const chains = (text: string) => text.split(/\n  chain /).filter((c) => !c.startsWith('prerouting') && !c.startsWith('input'));
     expect(chains(e)).toEqual(chains(r));
   });
+  it('in eBPF mode with outbound by connect4/6: no NAT at all, an outbound guard resets new TCP leaving the pod not to loopback and not from the agent', () => {
+    const e = captureRuleset({ probeSources: ['10.244.1.1'], inbound: 'sk_lookup', outbound: 'connect' });
+    expect(e).not.toMatch(/redirect/);
+    expect(e).not.toMatch(/type nat/);
+    expect(e).toMatch(
+      /chain output \{\n\s+type filter hook output priority -110; policy accept;\n\s+oifname "lo" return\n\s+meta mark 0x539 return\n\s+meta mark 0x53a return\n\s+tcp flags & \(syn \| ack\) == syn reject with tcp reset\n\s+\}/,
+    );
+    // The inbound guard and reply routing as with outbound by nft.
+    const rest = (text: string) => text.split(/\n  chain /).filter((c) => !c.startsWith('output'));
+    expect(rest(e)).toEqual(rest(captureRuleset({ probeSources: ['10.244.1.1'], inbound: 'sk_lookup' })));
+  });
   it('replaces only its own table, atomically', () => {
     expect(r.startsWith('table inet trellis {}\ndelete table inet trellis\n')).toBe(true);
     expect(removalRuleset()).toBe('table inet trellis {}\ndelete table inet trellis\n');
