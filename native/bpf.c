@@ -769,57 +769,96 @@ static outbound_handle *arg_outbound(napi_env env, napi_value value, bool open) 
   return h;
 }
 
-// A running agent's connect4 program on the cgroup, loaded by an agent in the same netns (its owner_netns): its maps
-// of original destinations are reused, so a connection redirected by either agent's program is found by either
-// agent's listener. Programs of other netns (another lab's node) are left alone. Returns true when reused.
-static bool outbound_share_predecessor(struct trellis_outbound *skel, int cg_fd, __u64 owner) {
-  __u32 ids[64], count = 64, flags = 0;
-  if (bpf_prog_query(cg_fd, BPF_CGROUP_INET4_CONNECT, 0, &flags, ids, &count) != 0) return false;
-  for (__u32 i = 0; i < count && i < 64; i++) {
+// The ids of the programs of `type` attached to the cgroup named `name`, each with its maps' ids (up to 16).
+typedef struct {
+  __u32 prog;
+  __u32 maps[16];
+  __u32 map_count;
+} attached_prog;
+
+static __u32 attached_named(int cg_fd, enum bpf_attach_type type, const char *name, attached_prog *out, __u32 max) {
+  __u32 ids[64], count = 64, flags = 0, found = 0;
+  if (bpf_prog_query(cg_fd, type, 0, &flags, ids, &count) != 0) return 0;
+  for (__u32 i = 0; i < count && i < 64 && found < max; i++) {
     int prog_fd = bpf_prog_get_fd_by_id(ids[i]);
     if (prog_fd < 0) continue;
-    __u32 map_ids[16];
     struct bpf_prog_info info;
     __u32 len = sizeof info;
     memset(&info, 0, sizeof info);
+    memset(&out[found], 0, sizeof out[found]);
     info.nr_map_ids = 16;
-    info.map_ids = (__u64)(unsigned long)map_ids;
+    info.map_ids = (__u64)(unsigned long)out[found].maps;
     int rc = bpf_obj_get_info_by_fd(prog_fd, &info, &len);
     close(prog_fd);
-    if (rc != 0 || strcmp(info.name, "trellis_conn4") != 0) continue;
-    int by_socket = -1, by_port = -1;
-    bool same_owner = false;
-    for (__u32 m = 0; m < info.nr_map_ids && m < 16; m++) {
-      int map_fd = bpf_map_get_fd_by_id(map_ids[m]);
-      if (map_fd < 0) continue;
-      struct bpf_map_info mi;
-      __u32 mlen = sizeof mi;
-      memset(&mi, 0, sizeof mi);
-      bool keep = false;
-      if (bpf_obj_get_info_by_fd(map_fd, &mi, &mlen) == 0) {
-        if (strcmp(mi.name, "by_socket") == 0 && by_socket < 0) {
-          by_socket = map_fd;
-          keep = true;
-        } else if (strcmp(mi.name, "by_port") == 0 && by_port < 0) {
-          by_port = map_fd;
-          keep = true;
-        } else if (strstr(mi.name, ".rodata") != NULL && mi.value_size >= sizeof(struct trellis_out_config)) {
-          char *value = calloc(1, mi.value_size);
-          __u32 zero = 0;
-          if (value != NULL && bpf_map_lookup_elem(map_fd, &zero, value) == 0) {
-            struct trellis_out_config theirs;
-            memcpy(&theirs, value, sizeof theirs);
-            same_owner = theirs.owner_netns == owner;
-          }
-          free(value);
-        }
-      }
-      if (!keep) close(map_fd);
+    if (rc != 0 || strcmp(info.name, name) != 0) continue;
+    out[found].prog = ids[i];
+    out[found].map_count = info.nr_map_ids < 16 ? info.nr_map_ids : 16;
+    found++;
+  }
+  return found;
+}
+
+// A map of `p` by name: its fd (the caller closes it) and id, or -1.
+static int map_named(const attached_prog *p, const char *name, __u32 *id) {
+  for (__u32 m = 0; m < p->map_count; m++) {
+    int fd = bpf_map_get_fd_by_id(p->maps[m]);
+    if (fd < 0) continue;
+    struct bpf_map_info mi;
+    __u32 len = sizeof mi;
+    memset(&mi, 0, sizeof mi);
+    if (bpf_obj_get_info_by_fd(fd, &mi, &len) == 0 && strstr(mi.name, name) != NULL) {
+      if (id != NULL) *id = mi.id;
+      return fd;
     }
-    bool reused = same_owner && by_socket >= 0 && by_port >= 0 && bpf_map__reuse_fd(skel->maps.by_socket, by_socket) == 0 &&
-                  bpf_map__reuse_fd(skel->maps.by_port, by_port) == 0;
+    close(fd);
+  }
+  return -1;
+}
+
+// Whether the connect4 program's settings (its .rodata) name `owner` as the netns of the agent that loaded it.
+static bool owned_by(const attached_prog *p, __u64 owner) {
+  int fd = map_named(p, ".rodata", NULL);
+  if (fd < 0) return false;
+  bool same = false;
+  struct bpf_map_info mi;
+  __u32 len = sizeof mi;
+  memset(&mi, 0, sizeof mi);
+  if (bpf_obj_get_info_by_fd(fd, &mi, &len) == 0 && mi.value_size >= sizeof(struct trellis_out_config)) {
+    char *value = calloc(1, mi.value_size);
+    __u32 zero = 0;
+    if (value != NULL && bpf_map_lookup_elem(fd, &zero, value) == 0) {
+      struct trellis_out_config theirs;
+      memcpy(&theirs, value, sizeof theirs);
+      same = theirs.owner_netns == owner;
+    }
+    free(value);
+  }
+  close(fd);
+  return same;
+}
+
+// A running agent's programs on the cgroup, loaded by an agent in the same netns (its owner_netns): their maps of
+// original destinations are reused, so a connection redirected by either agent's program is found by either agent's
+// listener. Its connect4 program holds by_socket (and its settings); its sockops program, the one sharing that
+// by_socket, holds by_port. Programs of other netns (another lab's node) are left alone. Returns true when reused.
+static bool outbound_share_predecessor(struct trellis_outbound *skel, int cg_fd, __u64 owner) {
+  attached_prog conns[16], opses[16];
+  __u32 n_conn = attached_named(cg_fd, BPF_CGROUP_INET4_CONNECT, "trellis_conn4", conns, 16);
+  __u32 n_ops = n_conn > 0 ? attached_named(cg_fd, BPF_CGROUP_SOCK_OPS, "trellis_outops", opses, 16) : 0;
+  for (__u32 i = 0; i < n_conn; i++) {
+    if (!owned_by(&conns[i], owner)) continue;
+    __u32 socket_id = 0;
+    int by_socket = map_named(&conns[i], "by_socket", &socket_id);
+    if (by_socket < 0) continue;
+    int by_port = -1;
+    for (__u32 j = 0; j < n_ops && by_port < 0; j++) {
+      bool pairs = false;
+      for (__u32 m = 0; m < opses[j].map_count; m++) pairs = pairs || opses[j].maps[m] == socket_id;
+      if (pairs) by_port = map_named(&opses[j], "by_port", NULL);
+    }
+    bool reused = by_port >= 0 && bpf_map__reuse_fd(skel->maps.by_socket, by_socket) == 0 && bpf_map__reuse_fd(skel->maps.by_port, by_port) == 0;
     // reuse_fd dups the fds it keeps.
-    if (by_socket >= 0) close(by_socket);
+    close(by_socket);
     if (by_port >= 0) close(by_port);
     if (reused) return true;
   }

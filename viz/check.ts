@@ -6,7 +6,7 @@
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { feature, probeKernel, type KernelFeatureName, type KernelReport } from '../agent/capture/kernel.js';
-import { chooseCapture, EBPF_NEEDS } from '../agent/capture/mode.js';
+import { chooseCapture, EBPF_DOES, EBPF_NEEDS } from '../agent/capture/mode.js';
 import { VizError } from './errors.js';
 import { ALL_RULES } from './promql.js';
 import type { VectorSample } from './prom/client.js';
@@ -173,6 +173,11 @@ const EBPF_FIX: Partial<Record<KernelFeatureName, string>> = {
   sockmap: 'Linux 5.10 or later',
   sk_lookup_program: 'the detail says why the verifier refused it; meanwhile the agent runs in nft mode',
   nft_socket: 'load nft_socket (modprobe nft_socket), or a kernel built with CONFIG_NFT_SOCKET',
+  cgroup2: 'mount cgroup2 (systemd.unified_cgroup_hierarchy=1, or the hybrid layout\'s /sys/fs/cgroup/unified); the outbound programs attach to its root',
+  cgroup_sock_addr: 'Linux 5.8 or later (connect4/6 and getpeername4/6 hooks)',
+  sock_ops: 'Linux 5.8 or later; without it the agent also exports no trellis_tcp_rtt_seconds or trellis_tcp_retransmits_total (TCP health per edge)',
+  connect_program: 'the detail says why the verifier refused it; meanwhile the agent runs in nft mode',
+  netns_cookie: 'Linux 5.14 or later (SO_NETNS_COOKIE)',
 };
 
 /** The eBPF capture mode's needs one line each, then what --capture auto would run on this node. */
@@ -181,7 +186,7 @@ function ebpfChecks(report: KernelReport, isRoot: boolean): CheckResult[] {
     return [{ check: 'ebpf', verdict: 'warn', detail: 'what the eBPF capture mode needs was not tried (loading BPF programs needs root)', fix: 'run trellis check --pre as root' }];
   }
   const out: CheckResult[] = [];
-  for (const name of [...EBPF_NEEDS, 'sock_ops', 'sockhash', 'cgroup_sock_addr'] as const) {
+  for (const name of [...EBPF_NEEDS, 'sockhash'] as const) {
     const f = feature(report, name);
     const needed = EBPF_NEEDS.includes(name);
     out.push(
@@ -191,18 +196,14 @@ function ebpfChecks(report: KernelReport, isRoot: boolean): CheckResult[] {
             check: 'ebpf',
             verdict: 'warn',
             detail: f.detail,
-            fix: needed
-              ? (EBPF_FIX[name] ?? 'see the detail')
-              : name === 'sock_ops'
-                ? 'without it the agent exports no trellis_tcp_rtt_seconds or trellis_tcp_retransmits_total (TCP health per edge; it also needs cgroup v2)'
-                : 'not needed yet (the outbound eBPF capture and the same-node path will need it)',
+            fix: needed ? (EBPF_FIX[name] ?? 'see the detail') : 'not needed yet (the same-node path will need it)',
           },
     );
   }
   const choice = chooseCapture('auto', report, { probeSources: [] });
   out.push(
     choice.mode === 'ebpf'
-      ? { check: 'capture', verdict: 'ok', detail: 'the agent (--capture auto) runs the eBPF mode here: inbound by sk_lookup without NAT, outbound by nftables' }
+      ? { check: 'capture', verdict: 'ok', detail: `the agent (--capture auto) runs the eBPF mode here: ${EBPF_DOES}` }
       : {
           check: 'capture',
           verdict: 'warn',

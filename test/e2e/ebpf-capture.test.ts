@@ -1,16 +1,19 @@
-// The eBPF capture mode end to end (issue 18, first slice), as a user runs it: a two-node lab whose agents run with
+// The eBPF capture mode end to end (issue 18), as a user runs it: a two-node lab whose agents run with
 // `--capture ebpf`. Inbound is each meshed pod's sk_lookup program, linked to its netns by its node's agent, handing
-// connections to the agent's 15006 listener with no NAT (outbound stays nftables in this slice). Checked: the mode is
-// said and exported; one program per meshed pod and no nft inbound redirect; plaintext from outside and HBONE reach
-// the apps with the metrics of nft mode and the caller's address; probes pass; policy is enforced; the pod fails
-// closed with its agent stopped; a hand-over refuses nothing; unenrolment takes the program away; and after `lab down`
-// nothing BPF of the lab is left in the kernel. Needs root.
+// connections to the agent's 15006 listener with no NAT; outbound is one set of cgroup connect4/6, getpeername4/6 and
+// sockops programs per agent on the cgroup root, sending meshed pods' connects to the agent's 15001 listener with no
+// NAT. Checked: the mode is said and exported; one program per meshed pod, the outbound programs on the cgroup root,
+// no nft NAT at all; plaintext from outside and HBONE reach the apps with the metrics of nft mode and the caller's
+// address; a meshed app sees the address it dialled as its peer; probes pass; policy is enforced; a pod fails closed
+// both ways with its agent stopped; hand-overs refuse nothing, inbound or outbound; unenrolment takes the program
+// away; and after `lab down` nothing BPF of the lab is left in the kernel. Needs root.
 import { execFile } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { parseAllDocuments } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cgroup2Mount } from '../../agent/capture/kernel.js';
 import type { KubeObject } from '../../agent/model/objects.js';
 import { connectInNetns } from '../../agent/native/index.js';
 import { Lab } from '../../lab/cluster/lab.js';
@@ -39,6 +42,16 @@ async function skLookupLinks(): Promise<BpfLink[]> {
   return (JSON.parse(stdout) as BpfLink[]).filter((l) => l.type === 'netns' && l.attach_type === 'sk_lookup');
 }
 
+/** The outbound programs and the attach types bpftool names them by. */
+const OUTBOUND = { trellis_conn4: 'cgroup_inet4_connect', trellis_conn6: 'cgroup_inet6_connect', trellis_peer4: 'cgroup_inet4_getpeername', trellis_peer6: 'cgroup_inet6_getpeername', trellis_outops: 'cgroup_sock_ops' } as const;
+
+/** The programs attached to the root of the host's cgroup2 mount, as bpftool lists them. */
+async function rootCgroupPrograms(): Promise<{ id: number; attach_type: string; name: string }[]> {
+  const root = cgroup2Mount(readFileSync('/proc/self/mountinfo', 'utf8'))!.path;
+  const { stdout } = await run('bpftool', ['-j', 'cgroup', 'show', root]);
+  return JSON.parse(stdout || '[]') as { id: number; attach_type: string; name: string }[];
+}
+
 async function exists(kind: 'link' | 'prog', id: number): Promise<boolean> {
   return run('bpftool', ['-j', kind, 'show', 'id', String(id)]).then(
     () => true,
@@ -51,7 +64,7 @@ async function progName(id: number): Promise<string | undefined> {
   return (JSON.parse(stdout) as { name?: string }).name;
 }
 
-describe('eBPF capture mode: inbound by sk_lookup (two-node lab, --capture ebpf)', () => {
+describe('eBPF capture mode: inbound by sk_lookup, outbound by connect4/6 (two-node lab, --capture ebpf)', () => {
   let lab: Lab;
   let echoVip: string;
   let sinkVip: string;
@@ -106,25 +119,43 @@ describe('eBPF capture mode: inbound by sk_lookup (two-node lab, --capture ebpf)
       const m = await metrics(node);
       expect(sumOf(m, 'trellis_capture_mode', { mode: 'ebpf' })).toBe(1);
       expect(sumOf(m, 'trellis_capture_mode', { mode: 'nft' })).toBe(0);
-      for (const feature of ['btf', 'sk_lookup', 'sk_lookup_ifindex', 'sockmap', 'sk_lookup_program', 'nft_socket']) {
+      for (const feature of ['btf', 'sk_lookup', 'sk_lookup_ifindex', 'sockmap', 'sk_lookup_program', 'nft_socket', 'cgroup2', 'cgroup_sock_addr', 'sock_ops', 'connect_program', 'netns_cookie']) {
         expect(sumOf(m, 'trellis_kernel_feature', { feature }), feature).toBe(1);
       }
       const line = lab.agentLog(node).split('\n').find((l) => l.includes('"msg":"capture mode ebpf'));
       expect(line).toBeDefined();
-      expect(JSON.parse(line!)).toMatchObject({ mode: 'ebpf', reason: expect.stringContaining('--capture ebpf'), kernel: { sk_lookup: true, sockmap: true } });
+      expect(JSON.parse(line!)).toMatchObject({
+        mode: 'ebpf',
+        reason: expect.stringContaining('--capture ebpf: inbound by sk_lookup, outbound by cgroup connect4/6 programs'),
+        kernel: { sk_lookup: true, sockmap: true, cgroup_sock_addr: true, connect_program: true },
+        cgroupRoot: expect.any(String),
+      });
     }
   });
 
-  it('links one sk_lookup program per meshed pod and none elsewhere, and installs no nft inbound redirect', async () => {
+  it('links one sk_lookup program per meshed pod and none elsewhere, the outbound programs on the cgroup root, and installs no nft NAT', async () => {
     for (const ref of MESHED) {
       const links = await linksOf(ref);
       expect(links, ref).toHaveLength(1);
       expect(await progName(links[0]!.prog_id)).toBe('trellis_inbound');
       const r = await rules(ref);
-      expect(r).toContain('redirect to :15001');
+      // Guards only: no redirect, no nat chain at all.
+      expect(r).not.toContain('redirect');
+      expect(r).not.toContain('type nat');
       expect(r).not.toContain(':15006');
       expect(r).not.toContain('hook prerouting');
       expect(r).toMatch(/socket mark != 0x00000539 reject with tcp reset|socket mark != 0x539 reject with tcp reset/);
+      expect(r).toMatch(/chain output \{\s+type filter hook output priority -110; policy accept;[^}]*tcp flags syn \/ syn,ack reject with tcp reset/);
+    }
+    // One set per agent on the root cgroup (both nodes' agents share this host's cgroup tree).
+    const attached = await rootCgroupPrograms();
+    for (const [name, type] of Object.entries(OUTBOUND)) {
+      const ours = attached.filter((p) => p.name === name);
+      expect(ours.length, name).toBeGreaterThanOrEqual(2);
+      for (const p of ours) {
+        expect(p.attach_type).toBe(type);
+        seen.progs.add(p.id);
+      }
     }
     expect(await linksOf('plain/outsider')).toEqual([]);
     expect(await rules('plain/outsider')).not.toContain('trellis');
@@ -182,6 +213,38 @@ describe('eBPF capture mode: inbound by sk_lookup (two-node lab, --capture ebpf)
     expect(await delta('b', 'trellis_tcp_sent_bytes_total', dst)).toBe(reply);
     // 15008 is left to the agent's HBONE listener: the program does not steer it.
     expect(sumOf(await metrics('node-b'), 'trellis_capture_sk_lookup_total', { verdict: 'exempt_port' })).toBeGreaterThan(0);
+  });
+
+  it('captures a meshed app\'s outbound without NAT: the original destination right, and getpeername gives the address it dialled', async () => {
+    const echo = lab.pod('mesh/echo');
+    const redirected = async () => sumOf(await metrics('node-a'), 'trellis_capture_connect_total', { verdict: 'redirected' });
+    const opened = async () => sumOf(await metrics('node-a'), 'trellis_tcp_connections_opened_total', { reporter: 'source', source_workload: 'client', destination_workload: 'echo' });
+    const before = { redirected: await redirected(), opened: await opened() };
+    // The app asks whom it is connected to (Node's remoteAddress is getpeername), while the kernel's own view (ss) of
+    // its socket is the agent's listener on loopback: redirected by connect4, no NAT.
+    for (const [host, port] of [[echoVip, 70], [echo.ip, 7000]] as const) {
+      const script = `const s = require('net').connect(${port}, '${host}'); let got = '';
+        s.on('connect', () => { console.log(JSON.stringify({ peer: s.remoteAddress + ':' + s.remotePort, local: s.localPort })); s.write('dialled\\n'); });
+        s.on('data', (d) => { got += d; if (got.includes('dialled')) setTimeout(() => s.end(), 500); });
+        s.on('end', () => { console.log(JSON.stringify({ got })); process.exit(0); });
+        s.on('error', (e) => { console.error(e.message); process.exit(2); });`;
+      const held = lab.exec('mesh/client', ['node', '-e', script]);
+      let kernel: string[] = [];
+      await until('the client\'s socket to show in its netns', async () => {
+        const { stdout } = await run('nsenter', [`--net=${lab.pod('mesh/client').netnsPath}`, 'ss', '-tnH', 'state', 'established']);
+        kernel = stdout.split('\n').filter(Boolean);
+        return kernel.some((l) => l.includes('127.0.0.1:15001'));
+      });
+      const r = await held;
+      expect(r.code, r.stderr).toBe(0);
+      const [first, last] = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { peer?: string; local?: number; got?: string });
+      expect(first!.peer).toBe(`${host}:${port}`);
+      expect(last!.got).toBe('dialled\n');
+      // The kernel's view of the app's socket: connected to the agent's listener on loopback, from the same port.
+      expect(kernel.some((l) => l.includes(`127.0.0.1:${first!.local}`) && l.includes('127.0.0.1:15001'))).toBe(true);
+    }
+    expect((await redirected()) - before.redirected).toBeGreaterThanOrEqual(2);
+    await until('both connections to be recorded by node-a', async () => (await opened()) - before.opened >= 2);
   });
 
   it("lets the node's health probes reach the app directly", async () => {
@@ -252,6 +315,26 @@ spec:
     expect(again.stdout).toContain('back');
   });
 
+  it('fails closed outbound while the client\'s agent is stopped (its outbound programs gone), and recovers', async () => {
+    const echo = lab.pod('mesh/echo');
+    const before = (await rootCgroupPrograms()).filter((p) => p.name === 'trellis_conn4').length;
+    await lab.stopAgent('node-a');
+    try {
+      expect((await rootCgroupPrograms()).filter((p) => p.name === 'trellis_conn4').length).toBe(before - 1);
+      // The pod's outbound guard resets what leaves the pod without the programs: refused, never around the mesh.
+      for (const to of [`${echoVip}:70`, `${echo.ip}:7000`]) {
+        const r = await connect('mesh/client', to, 'must-not-pass');
+        expect(r.code, `${to}: ${r.stdout} ${r.stderr}`).toBe(3);
+        expect(r.stdout).not.toContain('must-not-pass');
+      }
+    } finally {
+      await lab.startAgent('node-a');
+    }
+    const again = await connect('mesh/client', `${echoVip}:70`, 'back');
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toContain('back');
+  });
+
   it('hands over to a new agent without a refused connection, and the old one leaves no program behind', async () => {
     // New connections one after another (plaintext from outside and HBONE from the client) while node-b's agent is
     // replaced: the new one links its programs beside the old one's, which detaches when it stops.
@@ -286,6 +369,27 @@ spec:
     expect(newLinks).toHaveLength(1);
     expect(newLinks[0]!.id).not.toBe(oldLinks[0]!.id);
     expect(await exists('link', oldLinks[0]!.id)).toBe(false);
+
+    // Outbound: the client's own agent is replaced while it dials. Both agents' outbound programs are on the cgroup
+    // root for a while and either one's listener may take a connection: the new agent shares the old one's maps.
+    const conn4 = async () => (await rootCgroupPrograms()).filter((p) => p.name === 'trellis_conn4').map((p) => p.id);
+    const beforeRestart = await conn4();
+    const outbound = lab.exec('mesh/client', ['node', '-e', loop(8000)], { timeoutMs: 30_000 });
+    await new Promise((r) => setTimeout(r, 1000));
+    await lab.restartAgent('node-a');
+    const r = await outbound;
+    if (!r.stdout.includes('"failed":0')) console.log(`node-a:\n${noted('node-a')}`);
+    expect(r.code, r.stderr).toBe(0);
+    const summary = JSON.parse(r.stdout.trim()) as { ok: number; failed: number };
+    expect(summary, `outbound: ${JSON.stringify(summary)}`).toMatchObject({ failed: 0 });
+    expect(summary.ok).toBeGreaterThan(20);
+    const started = lab.agentLog('node-a').split('\n').filter((l) => l.includes('"msg":"capture mode ebpf'));
+    expect(JSON.parse(started.at(-1)!)).toMatchObject({ sharedMaps: true });
+    // The old agent's programs went with it; the new one's replaced them.
+    const afterRestart = await conn4();
+    expect(afterRestart).toHaveLength(beforeRestart.length);
+    expect(afterRestart.filter((id) => !beforeRestart.includes(id))).toHaveLength(1);
+    for (const id of afterRestart) seen.progs.add(id);
   });
 
   it('unenrols a pod (its program detached, its app reached directly) and enrols it again', async () => {

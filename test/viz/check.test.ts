@@ -142,11 +142,12 @@ describe('trellis check --pre (this node)', () => {
     expect(user.find((x) => x.check === 'capture')).toBeUndefined();
   });
 
-  it('says that without sockops or cgroup v2 the agent exports no TCP health, and never fails the node for it', async () => {
+  it('says that without sockops or cgroup v2 the agent exports no TCP health and captures with nft, and never fails the node for it', async () => {
     const r = await nodeChecks(probe({ lacking: ['sock_ops', 'cgroup2'] }), dirs);
     expect(r.find((x) => x.check === 'ebpf' && x.detail === 'no sock_ops')).toMatchObject({ verdict: 'warn', fix: expect.stringContaining('no trellis_tcp_rtt_seconds or trellis_tcp_retransmits_total') });
     expect(r.find((x) => x.check === 'cgroup')).toMatchObject({ verdict: 'warn', detail: expect.stringContaining('TCP health per edge') });
-    expect(r.find((x) => x.check === 'capture')).toMatchObject({ verdict: 'ok' });
+    // The outbound programs need both.
+    expect(r.find((x) => x.check === 'capture')).toMatchObject({ verdict: 'warn', detail: 'the agent (--capture auto) runs the nft mode here: the eBPF mode lacks cgroup2, sock_ops' });
     expect(failedChecks(r)).toBeUndefined();
   });
 
