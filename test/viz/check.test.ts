@@ -99,7 +99,7 @@ describe('trellis check --pre (this node)', () => {
     run: async (file, args) => (over.refuse?.includes(file) ? { code: 1, out: `${file}: refused` } : { code: 0, out: file === 'nft' && args[0] === '--version' ? 'nftables v1.0.6' : '' }),
     kernel: async () => kernel(over.lacking),
   });
-  const ebpfLines = (verdict: string) => [...Array(9)].map(() => ['ebpf', verdict]);
+  const ebpfLines = (verdict: string) => [...Array(12)].map(() => ['ebpf', verdict]);
   const dirs = { cniBin: '/opt/cni/bin', cniConf: '/etc/cni/net.d' };
 
   it('passes a node that has all it needs, trying nftables in a netns of its own', async () => {
@@ -116,8 +116,11 @@ describe('trellis check --pre (this node)', () => {
       ['nftables', 'fail'],
       ['handover', 'warn'],
       ['cgroup', 'warn'],
-      ...ebpfLines('ok'),
-      ['capture', 'ok'],
+      // The outbound programs attach under cgroup v2: without it the eBPF mode is not run.
+      ...ebpfLines('ok').slice(0, 6),
+      ['ebpf', 'warn'],
+      ...ebpfLines('ok').slice(7),
+      ['capture', 'warn'],
       ['cni', 'fail'],
       ['cni', 'ok'],
     ]);
