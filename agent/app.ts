@@ -1,5 +1,6 @@
 // Composition root: builds the agent's parts in order and wires them; `stop()` takes them down in reverse.
-import { closeSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import { AggregatorRegistry } from 'prom-client';
 import { systemClock, type Clock } from './clock.js';
@@ -442,6 +443,14 @@ async function withCaptureMode(
     const root = config.cgroupRoot ?? (cgroup?.ok ? cgroup.mount.path : undefined);
     try {
       if (!root) throw new TrellisError('ECAPTURE', `no cgroup v2 mount to attach the outbound programs to (${cgroup && !cgroup.ok ? cgroup.reason : 'none found'}); pass --cgroup-root`);
+      // In a container's cgroup namespace the mount's root is the container's own cgroup (the machine's root, unlike
+      // every other cgroup, has no cgroup.events): programs there would never see the pods.
+      if (config.cgroupRoot === undefined && existsSync(path.join(root, 'cgroup.events'))) {
+        throw new TrellisError(
+          'ECAPTURE',
+          `the cgroup2 mount the agent sees (${root}) is rooted at its own cgroup (a container's cgroup namespace), where the outbound programs would not see the pods' sockets: mount the host's cgroup2 into the agent and pass it as --cgroup-root`,
+        );
+      }
       outbound = startOutboundCapture({ cgroupRoot: root, logger: log });
     } catch (err) {
       const why = (err as Error).message;

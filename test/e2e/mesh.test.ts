@@ -147,13 +147,42 @@ describe.each([['dir', 'auto'], ['dir', 'nft'], ['kube', 'auto']] as const)('two
     }
   });
 
-  it('runs one capture mode, the one asked for, and captures inbound its way', async () => {
+  it('runs one capture mode, the one asked for, and captures both ways its way', async () => {
     const m = await metrics(lab, 'node-b');
     const running = (['nft', 'ebpf'] as const).filter((c) => sumOf(m, 'trellis_capture_mode', { mode: c }) === 1);
     expect(running).toHaveLength(1);
     if (capture === 'nft') expect(running).toEqual(['nft']);
-    // nft redirects inbound to 15006; the eBPF mode's sk_lookup program needs no rule for it.
-    expect((await captureRules(lab, 'mesh/echo')).includes('redirect to :15006')).toBe(running[0] === 'nft');
+    const ebpf = running[0] === 'ebpf';
+    // nft redirects inbound to 15006 and outbound to 15001; the eBPF mode's programs need no NAT at all: its table
+    // holds guards only.
+    for (const ref of ['mesh/echo', 'mesh/client']) {
+      const rules = await captureRules(lab, ref);
+      expect(rules.includes('redirect to :15006'), ref).toBe(!ebpf);
+      expect(rules.includes('redirect to :15001'), ref).toBe(!ebpf);
+      expect(/redirect|type nat/.test(rules), ref).toBe(!ebpf);
+    }
+    // The outbound programs on the cgroup root, one set per agent (both of this lab's, on one host), as bpftool shows.
+    const root = (await run('findmnt', ['-n', '-t', 'cgroup2', '-o', 'TARGET'])).stdout.split('\n').find((l) => l.trim())!.trim();
+    const attached = JSON.parse((await run('bpftool', ['-j', 'cgroup', 'show', root])).stdout.trim() || '[]') as { name: string; attach_type: string }[];
+    const outbound = { trellis_conn4: 'cgroup_inet4_connect', trellis_peer4: 'cgroup_inet4_getpeername', trellis_outops: 'cgroup_sock_ops' };
+    for (const [name, type] of Object.entries(outbound)) {
+      const ours = attached.filter((p) => p.name === name && p.attach_type === type);
+      if (ebpf) expect(ours.length, name).toBeGreaterThanOrEqual(2);
+    }
+    // A meshed client's connection still goes through the mesh: counted by its own agent (the source) and, in eBPF
+    // mode, redirected by the connect4 program.
+    const a = await metrics(lab, 'node-a');
+    const opened = sumOf(a, 'trellis_tcp_connections_opened_total', { reporter: 'source', source_workload: 'client', destination_workload: 'echo' });
+    const redirected = sumOf(a, 'trellis_capture_connect_total', { verdict: 'redirected' });
+    const echoVip = lab.services.find((svc) => svc.name === 'echo')!.clusterIP;
+    const r = await lab.exec('mesh/client', ['trellis', 'tool', 'tcp-connect', '--to', `${echoVip}:70`, '--send', 'via-mesh']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('via-mesh');
+    await until('node-a to record the connection', async () =>
+      sumOf(await metrics(lab, 'node-a'), 'trellis_tcp_connections_opened_total', { reporter: 'source', source_workload: 'client', destination_workload: 'echo' }) > opened);
+    const after = sumOf(await metrics(lab, 'node-a'), 'trellis_capture_connect_total', { verdict: 'redirected' });
+    if (ebpf) expect(after).toBeGreaterThan(redirected);
+    else expect(after).toBe(0);
   });
 
   it('leaves pods outside the mesh untouched, and serves them in plaintext (permissive)', async () => {
