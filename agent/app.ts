@@ -348,11 +348,10 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         // Stop accepting; capture rules stay, so nothing bypasses the mesh while we are gone. Connections still
         // queued on our listeners move to a successor's (tcp_migrate_req, capture/migrate.ts); HBONE peers get
         // GOAWAY, HTTP clients are told to reconnect (to the successor, if one runs) at their next response. In eBPF
-        // mode our sk_lookup and outbound programs go too: a successor's hand connections to its listeners, and
-        // without one the pods' rules refuse them.
+        // mode our sk_lookup programs go too (and the outbound programs once the threads have drained): a
+        // successor's hand connections to its listeners, and without one the pods' rules refuse them.
         enrolment.close();
         steering?.close();
-        outbound?.close();
         tcpHealth?.close();
         plane.startDrain();
         healthHttp.close();
@@ -360,6 +359,10 @@ export async function startAgent(given: AgentConfig, logger: Logger, clock: Cloc
         // Peer agents' sessions close as the GOAWAY reaches them (or a second after it, idle or not): waited on too,
         // so none sends a stream to a process that is gone.
         const [left, others] = await Promise.all([plane.drain.wait(config.drainMs), workers?.stop(config.drainMs), plane.sessions.wait(config.drainMs)]);
+        // The outbound programs go once every thread has stopped accepting (worker threads close their listeners a
+        // moment after this one): each accepted connection reads its original destination from their map. Until then
+        // a pod's new connects still reach 15001, a successor's listener or none (refused).
+        outbound?.close();
         const drained = active - left + (others?.drained ?? 0);
         const cut = left + (others?.cut ?? 0);
         logger.info({ drained, cut, drainMs: config.drainMs }, 'connections drained');

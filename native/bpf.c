@@ -1,7 +1,7 @@
 // The eBPF half of the addon, under capture/: probes what the kernel offers, loads the inbound sk_lookup program
 // (native/bpf/sk_lookup.bpf.c, embedded here as a libbpf skeleton) and attaches it to a pod's network namespace, and
 // the sockops program that keeps RTT and retransmissions of the agent's own sockets (native/bpf/tcp_health.bpf.c),
-// attached to the agent's cgroup.
+// attached to the agent's cgroup, and the outbound programs (native/bpf/outbound.bpf.c) on the cgroup root.
 // Every program, map and link is held by a file descriptor of this process: nothing is pinned, so all of it goes
 // when the handle is closed or the agent exits. libbpf is linked dynamically (native/build.mjs says why).
 #define _GNU_SOURCE

@@ -1,6 +1,7 @@
 // The eBPF half of the native boundary (native/bpf.c), under capture/: what the kernel offers, the inbound sk_lookup
-// program (native/bpf/sk_lookup.bpf.c) attached to one pod's network namespace, and the sockops program keeping the
-// RTT and retransmissions of the agent's own sockets (native/bpf/tcp_health.bpf.c). Re-exported by index.ts.
+// program (native/bpf/sk_lookup.bpf.c) attached to one pod's network namespace, the sockops program keeping the RTT
+// and retransmissions of the agent's own sockets (native/bpf/tcp_health.bpf.c), and the outbound programs on the
+// cgroup root (native/bpf/outbound.bpf.c) with the original destinations they record. Re-exported by index.ts.
 // A failure becomes BpfError: the program, the attach point, the errno and what to do about it.
 import { TrellisError } from '../errors.js';
 import { native, NativeError } from './binding.js';

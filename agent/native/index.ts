@@ -1,6 +1,7 @@
 // The one typed boundary to the native addon (native/trellis.c, native/bpf.c): sockets inside pod network namespaces
 // for capture/ and proxy/, the pre-NAT destination of captured connections, and (bpf.ts, re-exported here) the
-// kernel's BPF features and the inbound sk_lookup program. errno becomes NativeError (BpfError) here.
+// kernel's BPF features, the inbound sk_lookup program and the outbound programs. errno becomes NativeError (BpfError)
+// here.
 import { closeSync } from 'node:fs';
 import net from 'node:net';
 import { TrellisError } from '../errors.js';

@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OutboundCapture, startOutboundCapture, type OutboundLinkLike } from '../../agent/capture/connect.js';
 import { cgroup2Mount } from '../../agent/capture/kernel.js';
 import { AGENT_MARK, OUTBOUND_PORT, TRANSPARENT_MARK } from '../../agent/constants.js';
-import { listenInNetns, OutboundLink, outboundOriginalDst, socketFd, type OutboundVerdict } from '../../agent/native/index.js';
+import { connectInNetns, listenInNetns, OutboundLink, outboundOriginalDst, socketFd, type OutboundVerdict } from '../../agent/native/index.js';
 import type { Workload } from '../../agent/state/workload.js';
 import { requireRoot } from '../support/root.js';
 import { PodNet, runAsync, type TestPod } from './harness.js';
@@ -222,6 +222,33 @@ describe('outbound programs on a cgroup (root, real kernel, a cgroup and pod net
     capture.register({ key: 'mesh/a', ip: pod.ip, netnsPath: pod.path } as unknown as Workload);
   });
 
+  it('leaves the agent\'s own sockets (its marks) alone, and redirects the same connect without a mark', async () => {
+    const capture = captures[0]!;
+    // This test process joins the test cgroup for the moment (its own sockets are in the host's netns, which is not
+    // registered: only what it opens in the pod's netns meets the programs).
+    const home = path.join(path.dirname(cgroup), (readFileSync('/proc/self/cgroup', 'utf8').match(/^0::(.*)$/m)?.[1] ?? '/').trim());
+    writeFileSync(path.join(cgroup, 'cgroup.procs'), String(process.pid));
+    const dial = (mark: number) =>
+      new Promise<string>((resolve) => {
+        const s = connectInNetns(pod.path, { host: podNet.hubIp, port: 85, mark, timeoutMs: 2000 });
+        let got = '';
+        s.on('data', (d: Buffer) => (got += d.toString()));
+        s.on('end', () => resolve(got));
+        s.on('error', (e: Error & { code?: string }) => resolve(e.code ?? e.message));
+      });
+    const before = capture.verdicts();
+    try {
+      expect(await dial(AGENT_MARK)).toBe('ECONNREFUSED');
+      expect(await dial(TRANSPARENT_MARK)).toBe('ECONNREFUSED');
+      expect(await dial(0)).toBe('agent\n');
+    } finally {
+      writeFileSync(path.join(home, 'cgroup.procs'), String(process.pid));
+    }
+    const after = capture.verdicts();
+    expect(after.agent - before.agent).toBe(2);
+    expect(after.redirected - before.redirected).toBe(1);
+  });
+
   it('a successor of the same owner shares the maps: a connection the first program redirected is read by the successor', async () => {
     const first = captures[0]!;
     const next = start();
@@ -232,7 +259,7 @@ describe('outbound programs on a cgroup (root, real kernel, a cgroup and pod net
     expect(await client([`${podNet.hubIp}:81`])).toEqual([{ to: `${podNet.hubIp}:81`, peer: `${podNet.hubIp}:81`, got: 'agent\n' }]);
     expect(accepted.slice(before)).toEqual([{ first: { address: podNet.hubIp, port: 81, family: 4 }, second: undefined }]);
     // The first program (attached first) redirected it; the successor's saw loopback and left it.
-    expect(first.verdicts().redirected).toBe(2);
+    expect(first.verdicts().redirected).toBe(3);
     expect(next.verdicts()).toMatchObject({ redirected: 0, local: 1 });
     // The first one goes: the successor alone redirects, into the maps it shares.
     first.close();
