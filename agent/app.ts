@@ -442,8 +442,10 @@ async function withCaptureMode(
   log.debug({ features: report.features }, 'kernel probed');
   let choice: CaptureChoice = chooseCapture(config.capture, report, { probeSources: config.probeSources });
   let outbound: OutboundCapture | undefined;
+  // Where eBPF-mode agents attach their outbound programs: this agent's, or (in nft mode) a predecessor's or
+  // successor's of the other mode, whose records this agent reads during a hand-over.
+  const root = config.cgroupRoot ?? (cgroup?.ok ? cgroup.mount.path : undefined);
   if (choice.mode === 'ebpf') {
-    const root = config.cgroupRoot ?? (cgroup?.ok ? cgroup.mount.path : undefined);
     try {
       if (!root) throw new TrellisError('ECAPTURE', `no cgroup v2 mount to attach the outbound programs to (${cgroup && !cgroup.ok ? cgroup.reason : 'none found'}); pass --cgroup-root`);
       // In a container's cgroup namespace the mount's root is the container's own cgroup (the machine's root, unlike
@@ -487,6 +489,7 @@ async function withCaptureMode(
     config: Object.freeze({
       ...config,
       capture: choice.mode,
+      ...(root !== undefined && { cgroupRoot: root }),
       ...(tcpHealth && { tcpHealthMapFd: tcpHealth.mapFd }),
       ...(outbound && { outboundMapFd: outbound.mapFd }),
     }),

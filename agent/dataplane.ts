@@ -11,11 +11,12 @@ import type { CertSource } from './identity/certs.js';
 import { whenConnected } from './io/splice.js';
 import { InboundHttp } from './l7/inbound-http.js';
 import { L7Proxy } from './l7/l7-proxy.js';
-import { connectInNetns, outboundOriginalDst } from './native/index.js';
+import { connectInNetns } from './native/index.js';
 import { Connector } from './proxy/connector.js';
 import { Drain } from './proxy/drain.js';
 import { HbonePool } from './proxy/hbone-pool.js';
 import { Outbound } from './proxy/outbound.js';
+import { originalDstReader } from './proxy/original-dst.js';
 import { TcpHealthReader } from './proxy/tcp-health.js';
 import { PodProxy } from './proxy/pod-proxy.js';
 import { PolicyRecheck } from './proxy/recheck.js';
@@ -150,7 +151,9 @@ export class DataPlane {
       // Egress names are read within the sniff's bounds; with L7 off, within its defaults.
       detect: config.l7 ?? { detectTimeoutMs: 100, opaquePorts: new Set(DEFAULT_OPAQUE_PORTS.split(',').map(Number)) },
       tcpHealth: this.tcpHealth,
-      ...(config.outboundMapFd !== undefined && { originalDst: recordedDst(config.outboundMapFd) }),
+      // eBPF mode: the outbound programs' record (by their map's fd, the main thread's); nft mode: NAT's. Each falls
+      // back on the other during a hand-over between agents of different modes.
+      originalDst: originalDstReader({ mapFd: config.outboundMapFd, cgroupRoot: config.cgroupRoot }),
     });
   }
 
@@ -221,16 +224,4 @@ export function transparentSource(caller: string | undefined, app: string): stri
   const ip = caller.startsWith('::ffff:') && net.isIPv4(caller.slice(7)) ? caller.slice(7) : caller;
   if (ip === app || net.isIP(ip) === 0 || net.isIP(ip) !== net.isIP(app)) return undefined;
   return ip;
-}
-
-/**
- * eBPF mode: the original destination as the outbound programs recorded it (capture/connect.ts), read by the map's fd
- * (the main thread's; every thread may) and deleted as it is read.
- */
-function recordedDst(mapFd: number): (fd: number) => { address: string; port: number } {
-  return (fd) => {
-    const dst = outboundOriginalDst(mapFd, fd);
-    if (!dst) throw new TrellisError('ENOENT', 'no original destination recorded for this connection (it reached the outbound listener without the outbound programs)');
-    return dst;
-  };
 }

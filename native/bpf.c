@@ -865,6 +865,48 @@ static bool outbound_share_predecessor(struct trellis_outbound *skel, int cg_fd,
   return false;
 }
 
+// The by_port map of a running eBPF-mode agent in the same netns (`owner`), found on the cgroup as
+// outbound_share_predecessor finds it: its fd (the caller owns it), or -1 when there is none.
+static int outbound_find_by_port(int cg_fd, __u64 owner) {
+  attached_prog conns[16], opses[16];
+  __u32 n_conn = attached_named(cg_fd, BPF_CGROUP_INET4_CONNECT, "trellis_conn4", conns, 16);
+  __u32 n_ops = n_conn > 0 ? attached_named(cg_fd, BPF_CGROUP_SOCK_OPS, "trellis_outops", opses, 16) : 0;
+  for (__u32 i = 0; i < n_conn; i++) {
+    if (!owned_by(&conns[i], owner)) continue;
+    __u32 socket_id = 0;
+    int by_socket = map_named(&conns[i], "by_socket", &socket_id);
+    if (by_socket < 0) continue;
+    close(by_socket);
+    for (__u32 j = 0; j < n_ops; j++) {
+      for (__u32 m = 0; m < opses[j].map_count; m++) {
+        if (opses[j].maps[m] == socket_id) return map_named(&opses[j], "by_port", NULL);
+      }
+    }
+  }
+  return -1;
+}
+
+// outboundFindMap(cgroupPath, ownerNetns) -> fd | -1: the map of original destinations by accepted port of an
+// eBPF-mode agent in this netns (an nft-mode agent reads it during a hand-over between modes, when connections that
+// agent's programs redirected land on its listeners). The fd is the caller's.
+static napi_value js_outbound_find_map(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 2, "outboundFindMap");
+  char path[PATH_MAX], what[PATH_MAX + 64];
+  double owner;
+  if (!arg_string(env, argv[0], "cgroupPath", path, sizeof path)) return NULL;
+  NAPI_CALL(env, napi_get_value_double(env, argv[1], &owner));
+  int cg_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (cg_fd < 0) {
+    snprintf(what, sizeof what, "open %s", path);
+    return throw_bpf(env, errno, "open", "map", what);
+  }
+  int fd = outbound_find_by_port(cg_fd, (__u64)owner);
+  close(cg_fd);
+  napi_value result;
+  NAPI_CALL(env, napi_create_int32(env, fd, &result));
+  return result;
+}
+
 // Links every outbound program not linked yet (or detached) to the cgroup at `path`.
 static napi_value outbound_link(napi_env env, outbound_handle *h, const char *path, bool only_detached) {
   char what[PATH_MAX + 64];
@@ -1160,6 +1202,7 @@ napi_value trellis_bpf_init(napi_env env, napi_value exports) {
   NAPI_EXPORT_FUNCTION(env, exports, "outboundVerdicts", js_outbound_verdicts);
   NAPI_EXPORT_FUNCTION(env, exports, "outboundClose", js_outbound_close);
   NAPI_EXPORT_FUNCTION(env, exports, "outboundOriginalDst", js_outbound_original_dst);
+  NAPI_EXPORT_FUNCTION(env, exports, "outboundFindMap", js_outbound_find_map);
   NAPI_EXPORT_FUNCTION(env, exports, "socketNetnsCookie", js_socket_netns_cookie);
   return exports;
 }

@@ -8,7 +8,7 @@
  * Adds bpfProbe, skLookupAttach, skLookupSetListener, skLookupReattach, skLookupVerdicts, skLookupIds, skLookupClose, tcpHealthAttach,
  * tcpHealthReattach, tcpHealthIds, tcpHealthClose, tcpStatsRead, tcpStatsForget, socketCookie, outboundAttach,
  * outboundReattach, outboundIds, outboundSetPod, outboundDeletePod, outboundVerdicts, outboundClose,
- * outboundOriginalDst and socketNetnsCookie.
+ * outboundOriginalDst, outboundFindMap and socketNetnsCookie.
  */
 napi_value trellis_bpf_init(napi_env env, napi_value exports);
 

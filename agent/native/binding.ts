@@ -61,6 +61,7 @@ export interface Binding {
   outboundClose(handle: OutboundHandle): void;
   outboundOriginalDst(mapFd: number, fd: number): { address: string; port: number; family: 4 } | null;
   socketNetnsCookie(fd: number): number;
+  outboundFindMap(cgroupPath: string, ownerNetns: number): number;
 }
 
 // Loaded on first use, so importing this module never fails on a machine that only runs pure-JS parts.

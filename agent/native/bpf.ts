@@ -375,6 +375,15 @@ export function outboundOriginalDst(mapFd: number, fd: number): { address: strin
   return bpfCall(OUTBOUND_PROGRAMS, 'its map of original destinations', () => native().outboundOriginalDst(mapFd, fd)) ?? undefined;
 }
 
+/**
+ * The fd of the map of original destinations by accepted port of an eBPF-mode agent in this netns (`ownerNetns`), on
+ * the cgroup at `cgroupPath`; undefined when none runs. The fd is the caller's to keep or close.
+ */
+export function findOutboundMap(cgroupPath: string, ownerNetns: number): number | undefined {
+  const fd = bpfCall(OUTBOUND_PROGRAMS, `cgroup ${cgroupPath}`, () => native().outboundFindMap(cgroupPath, ownerNetns));
+  return fd >= 0 ? fd : undefined;
+}
+
 /** The cookie of the network namespace a socket lives in (SO_NETNS_COOKIE). */
 export function socketNetnsCookie(fd: number): number {
   return bpfCall(OUTBOUND_PROGRAMS, 'SO_NETNS_COOKIE', () => native().socketNetnsCookie(fd));
