@@ -2,7 +2,9 @@
 // mode needs) does it: each node's agent is replaced by one of the other mode (`restartAgent` with `--capture`), while
 // new connections flow from a meshed client (outbound capture on node-a, HBONE, inbound on node-b) and from a
 // plaintext caller outside the mesh (inbound capture on node-b). No connection may fail across the switches, and
-// each pod ends with the capture of the mode now running: the nft redirect, or the sk_lookup program and no NAT.
+// each pod ends with the capture of the mode now running: the nft redirects, or the sk_lookup program, the outbound
+// programs and no NAT. While agents of both modes run, each reads the other's original destinations (NAT's, or the
+// outbound programs' record).
 // Needs root.
 import { execFile } from 'node:child_process';
 import { statSync } from 'node:fs';
@@ -99,12 +101,14 @@ describe('hand-over between capture modes (two-node lab, ebpf -> nft -> ebpf)', 
     await switchTo('nft');
     await until('the sk_lookup program of the old agent to go', async () => (await skLookups('mesh/echo')) === 0, 5000);
     expect(await rules('mesh/echo')).toContain('redirect to :15006');
-    expect(await rules('mesh/client')).toContain('table inet trellis');
+    expect(await rules('mesh/client')).toContain('redirect to :15001');
   });
 
   it('hands back to eBPF agents without a failed connection, and the pods end without the inbound redirect', async () => {
     await switchTo('ebpf');
     expect(await skLookups('mesh/echo')).toBe(1);
     expect(await rules('mesh/echo')).not.toContain('redirect to :15006');
+    // Outbound by the connect4/6 programs: no NAT left in the client's table.
+    expect(await rules('mesh/client')).not.toContain('redirect');
   });
 });
