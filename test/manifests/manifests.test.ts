@@ -222,8 +222,12 @@ describe('the agent DaemonSet', () => {
       'trellis-run': { path: '/var/run/trellis', type: 'DirectoryOrCreate' },
       'cni-bin': { path: '/opt/cni/bin', type: 'DirectoryOrCreate' },
       'cni-conf': { path: '/etc/cni/net.d', type: 'DirectoryOrCreate' },
+      // The host's cgroup2 hierarchy, whose root the eBPF capture mode's outbound programs attach to (read only).
+      'host-cgroup': { path: '/sys/fs/cgroup', type: 'Directory' },
     });
     const mounts = Object.fromEntries((agent.volumeMounts ?? []).map((m) => [m.name, m]));
+    expect(mounts['host-cgroup']).toMatchObject({ mountPath: '/host/sys/fs/cgroup', readOnly: true });
+    expect(flag(agent, 'cgroup-root')).toBe('/host/sys/fs/cgroup');
     expect(mounts['netns']).toMatchObject({ mountPath: '/var/run/netns', mountPropagation: 'HostToContainer' });
     expect(mounts['trellis-run']).toMatchObject({ mountPath: '/var/run/trellis' });
     // The agent itself never writes the CNI directories; the installer containers do.
