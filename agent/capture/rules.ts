@@ -67,15 +67,19 @@ function outboundRedirect(mark: string): string[] {
 
 /**
  * eBPF mode: the connect4/6 programs send the app's connects to the agent's listener on loopback, so a new TCP
- * connection leaving the pod by another interface, from a socket without the agent's marks, is one the programs did
- * not see: they are gone (the agent stopped: its links go with it). It is reset here, as a redirect to a closed 15001
- * is refused in nft mode: fail closed, never around the mesh. A filter, no NAT.
+ * connection leaving the pod for anywhere else, from a socket without the agent's marks, is one the programs did not
+ * see: they are gone (the agent stopped: its links go with it). It is reset here, as a redirect to a closed 15001 is
+ * refused in nft mode: fail closed, never around the mesh. A filter, no NAT; at the filter priority, after any NAT, so
+ * a SYN sent again for a connection an nft-mode agent's redirect took (a hand-over between modes) is seen going to
+ * loopback, where conntrack still sends it.
  */
 function outboundGuard(mark: string): string[] {
   return [
     '  chain output {',
-    '    type filter hook output priority -110; policy accept;',
+    '    type filter hook output priority filter; policy accept;',
     '    oifname "lo" return',
+    '    ip daddr 127.0.0.0/8 return',
+    '    ip6 daddr ::1 return',
     `    meta mark ${mark} return`,
     `    meta mark ${hex(TRANSPARENT_MARK)} return`,
     '    tcp flags & (syn | ack) == syn reject with tcp reset',

@@ -26,7 +26,7 @@ describe('capture rules', () => {
     expect(e).not.toMatch(/redirect/);
     expect(e).not.toMatch(/type nat/);
     expect(e).toMatch(
-      /chain output \{\n\s+type filter hook output priority -110; policy accept;\n\s+oifname "lo" return\n\s+meta mark 0x539 return\n\s+meta mark 0x53a return\n\s+tcp flags & \(syn \| ack\) == syn reject with tcp reset\n\s+\}/,
+      /chain output \{\n\s+type filter hook output priority filter; policy accept;\n\s+oifname "lo" return\n\s+ip daddr 127\.0\.0\.0\/8 return\n\s+ip6 daddr ::1 return\n\s+meta mark 0x539 return\n\s+meta mark 0x53a return\n\s+tcp flags & \(syn \| ack\) == syn reject with tcp reset\n\s+\}/,
     );
     // The inbound guard and reply routing as with outbound by nft.
     const rest = (text: string) => text.split(/\n  chain /).filter((c) => !c.startsWith('output'));

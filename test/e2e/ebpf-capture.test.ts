@@ -145,7 +145,7 @@ describe('eBPF capture mode: inbound by sk_lookup, outbound by connect4/6 (two-n
       expect(r).not.toContain(':15006');
       expect(r).not.toContain('hook prerouting');
       expect(r).toMatch(/socket mark != 0x00000539 reject with tcp reset|socket mark != 0x539 reject with tcp reset/);
-      expect(r).toMatch(/chain output \{\s+type filter hook output priority -110; policy accept;[^}]*tcp flags syn \/ syn,ack reject with tcp reset/);
+      expect(r).toMatch(/chain output \{\s+type filter hook output priority filter; policy accept;[^}]*tcp flags syn \/ syn,ack reject with tcp reset/);
     }
     // One set per agent on the root cgroup (both nodes' agents share this host's cgroup tree).
     const attached = await rootCgroupPrograms();
