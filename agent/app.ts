@@ -498,15 +498,6 @@ async function withCaptureMode(
   };
 }
 
-/** The outbound programs' names, as drift repairs count them. */
-const OUTBOUND_KINDS: Readonly<Record<string, BpfLinkKind>> = {
-  trellis_conn4: 'connect4',
-  trellis_conn6: 'connect6',
-  trellis_peer4: 'getpeername4',
-  trellis_peer6: 'getpeername6',
-  trellis_outops: 'outbound_sockops',
-};
-
 /** Drift of the BPF attachments: links detached from outside are made again; what was, by kind (for the repair count). */
 function repairBpfLinks(steering: InboundSteering | undefined, tcpHealth: TcpHealth | undefined, outbound: OutboundCapture | undefined): { what: BpfLinkKind; target: string }[] {
   const repaired: { what: BpfLinkKind; target: string }[] = [];
@@ -525,7 +516,7 @@ function repairBpfLinks(steering: InboundSteering | undefined, tcpHealth: TcpHea
     if (tcpHealth?.repairDetached()) repaired.push({ what: 'sockops', target: tcpHealth.cgroupPath });
   });
   attempt(() => {
-    for (const name of outbound?.repairDetached() ?? []) repaired.push({ what: OUTBOUND_KINDS[name] ?? 'connect4', target: outbound!.cgroupPath });
+    for (const what of outbound?.repairDetached() ?? []) repaired.push({ what, target: outbound!.cgroupPath });
   });
   if (failure !== undefined && repaired.length === 0) throw failure;
   return repaired;

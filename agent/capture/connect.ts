@@ -9,6 +9,17 @@ import { AGENT_MARK, OUTBOUND_PORT, TRANSPARENT_MARK } from '../constants.js';
 import type { Workload } from '../state/workload.js';
 import { netnsCookie, OUTBOUND_VERDICTS, OutboundLink, type OutboundVerdict } from '../native/index.js';
 
+/** The outbound programs as drift repairs count them (trellis_capture_drift_repairs_total{what}). */
+export type OutboundLinkKind = 'connect4' | 'connect6' | 'getpeername4' | 'getpeername6' | 'outbound_sockops';
+
+const OUTBOUND_KINDS: Readonly<Record<string, OutboundLinkKind>> = {
+  trellis_conn4: 'connect4',
+  trellis_conn6: 'connect6',
+  trellis_peer4: 'getpeername4',
+  trellis_peer6: 'getpeername6',
+  trellis_outops: 'outbound_sockops',
+};
+
 /** What the capture needs of the programs (OutboundLink; a fake in tests). */
 export interface OutboundLinkLike {
   readonly closed: boolean;
@@ -85,15 +96,15 @@ export class OutboundCapture {
 
   /**
    * Drift: programs whose link was detached from outside (bpftool link detach: no cgroup any more) are linked again;
-   * returns their names. Throws when they cannot be.
+   * returns them as trellis_capture_drift_repairs_total{what} counts them. Throws when they cannot be.
    */
-  repairDetached(): string[] {
+  repairDetached(): OutboundLinkKind[] {
     if (this.inputs.link.closed) return [];
     const detached = this.inputs.link.ids().links.filter((l) => l.cgroupId === 0).map((l) => l.name);
     if (detached.length === 0) return [];
     this.inputs.logger.warn({ cgroup: this.inputs.cgroupPath, programs: detached }, 'capture drift: outbound programs were detached from the cgroup root; attaching them again');
     this.inputs.link.reattach();
-    return detached;
+    return detached.map((name) => OUTBOUND_KINDS[name] ?? 'connect4');
   }
 
   /** Detaches the programs (the agent is stopping): a pod's new connections are then refused by its guard. */

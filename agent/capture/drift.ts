@@ -9,11 +9,12 @@ import { HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../constants.
 import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { runInNetns } from './nft.js';
+import type { OutboundLinkKind } from './connect.js';
 import { netnsId } from './netns.js';
 import { CAPTURE_TABLE, captureRuleset, type InboundCapture, type OutboundCapture } from './rules.js';
 
 /** BPF links drift repairs, as trellis_capture_drift_repairs_total{what} counts them. */
-export type BpfLinkKind = 'sk_lookup' | 'sockops' | 'connect4' | 'connect6' | 'getpeername4' | 'getpeername6' | 'outbound_sockops';
+export type BpfLinkKind = 'sk_lookup' | 'sockops' | OutboundLinkKind;
 
 /** What the checker needs from the enrolment: who is enrolled, and repairs that run in its work loop. */
 export interface DriftTarget {

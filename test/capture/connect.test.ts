@@ -14,6 +14,8 @@ import path from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OutboundCapture, startOutboundCapture, type OutboundLinkLike } from '../../agent/capture/connect.js';
+import { DriftChecker, type DriftTarget } from '../../agent/capture/drift.js';
+import { Metrics } from '../../agent/telemetry/metrics.js';
 import { cgroup2Mount } from '../../agent/capture/kernel.js';
 import { AGENT_MARK, OUTBOUND_PORT, TRANSPARENT_MARK } from '../../agent/constants.js';
 import { connectInNetns, listenInNetns, OutboundLink, outboundOriginalDst, socketFd, type OutboundVerdict } from '../../agent/native/index.js';
@@ -103,12 +105,25 @@ describe('outbound capture (connect4/6 programs on the cgroup root)', () => {
     expect(capture.repairDetached()).toEqual([]);
     expect(link.reattached).toBe(0);
     link.detached.add('trellis_conn4').add('trellis_outops');
-    expect(capture.repairDetached()).toEqual(['trellis_conn4', 'trellis_outops']);
+    expect(capture.repairDetached()).toEqual(['connect4', 'outbound_sockops']);
     expect(link.reattached).toBe(1);
     expect(capture.repairDetached()).toEqual([]);
     link.detached.add('trellis_peer4');
     link.failReattach = true;
     expect(() => capture.repairDetached()).toThrow('EBADF');
+  });
+
+  it('a detached outbound link repaired by the drift check is counted in trellis_capture_drift_repairs_total{what}', async () => {
+    const link = new FakeLink();
+    const capture = startOutboundCapture({ cgroupRoot: '/cg', logger, ownNetns: () => 1, attach: () => link });
+    const metrics = new Metrics({ defaultMetrics: false });
+    const enrolment: DriftTarget = { enrolledPods: () => [], repairRules: async () => false, reopenListeners: async () => false };
+    const drift = new DriftChecker({ enrolment, probeSources: [], intervalMs: 0, metrics, logger, bpf: () => capture.repairDetached().map((what) => ({ what, target: capture.cgroupPath })) });
+    link.detached.add('trellis_peer4').add('trellis_conn6');
+    expect((await drift.check()).repaired.bpf).toEqual(['connect6 /cg', 'getpeername4 /cg']);
+    const counted = Object.fromEntries((await metrics.captureDriftRepairs.get()).values.map((v) => [v.labels.what, v.value]));
+    expect(counted).toEqual({ connect6: 1, getpeername4: 1 });
+    expect((await drift.check()).repaired.bpf).toEqual([]);
   });
 
   it('reads zero verdicts rather than failing a scrape when the map cannot be read', () => {
@@ -278,7 +293,7 @@ describe('outbound programs on a cgroup (root, real kernel, a cgroup and pod net
     execFileSync('bpftool', ['link', 'detach', 'id', String(link.link)]);
     expect(cgroupPrograms().map((p) => p.name)).not.toContain('trellis_conn4');
     expect(await client([`${podNet.hubIp}:83`])).toEqual([{ to: `${podNet.hubIp}:83`, error: 'ECONNREFUSED' }]);
-    expect(capture.repairDetached()).toEqual(['trellis_conn4']);
+    expect(capture.repairDetached()).toEqual(['connect4']);
     expect(capture.repairDetached()).toEqual([]);
     expect(cgroupPrograms().map((p) => p.name)).toContain('trellis_conn4');
     expect(await client([`${podNet.hubIp}:84`])).toEqual([{ to: `${podNet.hubIp}:84`, peer: `${podNet.hubIp}:84`, got: 'agent\n' }]);
