@@ -62,6 +62,8 @@ export class CniServer {
   private readonly server: net.Server;
   private readonly clock: Clock;
   private readonly sockets = new Set<net.Socket>();
+  /** Connections whose request is in: at close, answered (by a successor, in a hand-over) rather than dropped. */
+  private readonly inFlight = new Set<net.Socket>();
   private readonly waiters = new Set<() => void>();
   private unsubscribe: (() => void) | undefined;
   private socketId: string | undefined;
@@ -111,8 +113,10 @@ export class CniServer {
   }
 
   /**
-   * Stops accepting and drops connections in flight (their plugins then decide from the opt-in file, as with an agent
-   * that is down); the socket file is removed if it is still ours.
+   * Stops accepting. A request in flight is passed to the agent that serves the socket now, if one took it over (a
+   * hand-over: the plugin gets that agent's answer), else dropped, as are connections that sent no request yet (their
+   * plugins then decide from the opt-in file, as with an agent that is down). The socket file is removed if it is
+   * still ours.
    */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -120,7 +124,7 @@ export class CniServer {
     this.unsubscribe?.();
     this.wake();
     const done = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    for (const s of this.sockets) s.destroy();
+    for (const s of this.sockets) if (!this.inFlight.has(s)) s.destroy();
     await done;
     try {
       const st = statSync(this.inputs.socketPath);
@@ -153,6 +157,20 @@ export class CniServer {
     return { handed: pods.length - failed.length, failed: failed.length };
   }
 
+  /** `req` asked again of the agent that took the socket over, within what is left of the plugin's wait. */
+  private async passOn(req: CniRequest, started: number): Promise<CniReply | undefined> {
+    const path = this.inputs.socketPath;
+    try {
+      const st = statSync(path);
+      if (`${st.dev}:${st.ino}` === this.socketId || (await socketState(path)) !== 'live') return undefined;
+    } catch {
+      return undefined;
+    }
+    const left = (req.timeoutMs ?? REQUEST_TIMEOUT_MS) - REPLY_MARGIN_MS - (this.clock.now() - started);
+    if (left <= 0) return undefined;
+    return ask(path, { ...req, timeoutMs: left }, left);
+  }
+
   private wake(): void {
     for (const w of [...this.waiters]) w();
   }
@@ -171,14 +189,19 @@ export class CniServer {
       // The request is in: from here the plugin waits as long as its own timeout allows.
       socket.setTimeout(0);
       const line = nl < 0 ? undefined : buf.slice(0, nl);
+      this.inFlight.add(socket);
       void this.answer(line).then((reply) => {
-        if (!socket.destroyed) socket.end(`${JSON.stringify(reply)}\n`);
+        this.inFlight.delete(socket);
+        if (socket.destroyed) return;
+        if (reply) socket.end(`${JSON.stringify(reply)}\n`);
+        else socket.destroy();
       });
     };
     socket.on('data', onData);
   }
 
-  private async answer(line: string | undefined): Promise<CniReply> {
+  /** The reply to the plugin; undefined: the agent is stopping with nobody to pass the request to (dropped). */
+  private async answer(line: string | undefined): Promise<CniReply | undefined> {
     const started = this.clock.now();
     const parsed = line === undefined ? invalid(`request longer than ${MAX_LINE} bytes`) : parseRequest(line);
     if ('error' in parsed) {
@@ -192,6 +215,13 @@ export class CniServer {
       reply = await this.handle(req);
     } catch (err) {
       reply = { ok: false, error: (err as Error).message };
+    }
+    if (this.closed && !reply.ok) {
+      // Stopping before an answer: the successor's, when one serves the socket now; else the plugin's own fallback.
+      const passed = await this.passOn(req, started);
+      if (!passed) return undefined;
+      this.inputs.logger.info({ cmd: req.cmd, pod: `${req.namespace}/${req.name}`, ok: passed.ok }, 'CNI request in flight at a hand-over passed to the next agent');
+      return passed;
     }
     const outcome = reply.ok ? reply.action : 'error';
     const key = `${req.namespace}/${req.name}`;

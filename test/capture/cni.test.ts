@@ -509,6 +509,48 @@ describe('trellis-cni and the agent CNI socket', () => {
       expect(existsSync(file)).toBe(true);
     });
 
+    it('passes a request in flight at a hand-over to the agent that took the socket over, and drops it with nobody there', async () => {
+      const late = { key: 'mesh/late', namespace: 'mesh', name: 'late', uid: '', meshed: true };
+      const enrolled: string[] = [];
+      // The old agent has not seen the pod yet (its informer lags behind the kubelet); the next one has.
+      const inputs = (who: 'old' | 'next', socketPath: string) =>
+        ({
+          socketPath,
+          state: () => ({ workloads: new Map(who === 'next' ? [[late.key, late]] : []) }),
+          enrol: async (w: { key: string }) => void enrolled.push(`${who} ${w.key}`),
+          unenrol: async () => undefined,
+          enrolled: () => [],
+          waitForPodMs: 8000,
+          logger: agent.log.logger,
+          metrics: agent.metrics,
+        }) as unknown as Parameters<typeof CniServer.start>[0];
+      const add = (path: string) =>
+        new Promise<string>((res, rej) => {
+          const req = { cmd: 'ADD', containerId: 'c-late', netns: plain.path, ifname: 'eth0', namespace: 'mesh', name: 'late', uid: '', ips: [plain.ip], timeoutMs: 9000 };
+          const c = net.connect(path, () => c.write(`${JSON.stringify(req)}\n`));
+          let b = '';
+          c.on('data', (d) => (b += d.toString()));
+          c.on('close', () => res(b));
+          c.on('error', rej);
+        });
+      const handed = join(dir, 'inflight.sock');
+      const old = await CniServer.start(inputs('old', handed));
+      const waiting = add(handed);
+      await new Promise((r) => setTimeout(r, 300));
+      const next = await CniServer.start(inputs('next', handed));
+      await old.close();
+      expect(JSON.parse(await waiting)).toEqual({ ok: true, action: 'enrolled' });
+      expect(enrolled).toEqual(['next mesh/late']);
+      // With no agent beside it, a stopping agent drops the request: the plugin then goes by the opt-in file.
+      const alone = join(dir, 'alone.sock');
+      const last = await CniServer.start(inputs('old', alone));
+      const dropped = add(alone);
+      await new Promise((r) => setTimeout(r, 300));
+      await last.close();
+      expect(await dropped).toBe('');
+      await next.close();
+    });
+
     it('counts requests by command and outcome', async () => {
       const text = await agent.metrics.registry.getSingleMetricAsString('trellis_cni_requests_total');
       expect(text).toMatch(/command="ADD",outcome="enrolled"\} [1-9]/);
