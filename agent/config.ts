@@ -61,6 +61,11 @@ export interface AgentConfig {
   readonly preserveSourceIp: boolean;
   /** TCP health per edge (the sockops program, capture/tcp-health.ts) where the kernel and the agent's cgroup allow it. */
   readonly tcpHealth: boolean;
+  /**
+   * A meshed pod of this node is reached in process, without HBONE or TLS (proxy/same-node.ts); off: over HBONE to the
+   * agent itself, as a pod of another node is.
+   */
+  readonly sameNode: boolean;
   /** TLS key exchange groups for HBONE, OpenSSL names colon-separated in order of preference; Node's default when absent. */
   readonly tlsGroups?: string;
   readonly drainMs: number;
@@ -181,6 +186,7 @@ export interface AgentFlags {
   preserveSourceIp?: string;
   tcpHealth?: string;
   cgroupRoot?: string;
+  sameNode?: string;
   tlsGroups?: string;
   l7?: string;
   protocolDetectTimeout?: string;
@@ -422,6 +428,7 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
     hboneMaxStreamsPerSession: parseCount(flags.hboneMaxStreamsPerSession ?? '0', '--hbone-max-streams-per-session'),
     preserveSourceIp: onOff(flags.preserveSourceIp ?? 'on', '--preserve-source-ip'),
     tcpHealth: onOff(flags.tcpHealth ?? 'on', '--tcp-health'),
+    sameNode: onOff(flags.sameNode ?? 'on', '--same-node'),
     ...(flags.tlsGroups !== undefined && { tlsGroups: parseTlsGroups(flags.tlsGroups) }),
     drainMs: parseDuration(flags.drain ?? '5s', '--drain'),
     ...(flags.readyFile !== undefined && { readyFile: flags.readyFile }),

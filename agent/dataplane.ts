@@ -20,6 +20,7 @@ import { originalDstReader } from './proxy/original-dst.js';
 import { TcpHealthReader } from './proxy/tcp-health.js';
 import { PodProxy } from './proxy/pod-proxy.js';
 import { PolicyRecheck } from './proxy/recheck.js';
+import { SameNode } from './proxy/same-node.js';
 import { SourceLimit } from './proxy/source-limit.js';
 import type { MeshState, StateListener } from './state/store.js';
 import type { Workload } from './state/workload.js';
@@ -99,7 +100,9 @@ export class DataPlane {
       maxStreamsPerSession: config.hboneMaxStreamsPerSession,
       ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),
     });
-    const connector = new Connector({ pool: this.pool, dial });
+    // Same node: meshed pods this thread has listeners for are reached in process (--same-node on).
+    this.sameNode = config.sameNode ? new SameNode({ metrics, logger: logger.child({ component: 'same-node' }) }) : undefined;
+    const connector = new Connector({ pool: this.pool, dial, sameNode: this.sameNode });
     // TCP health per edge: read from the sockops program's map (by its fd, the main thread's) when it runs.
     this.tcpHealth = config.tcpHealthMapFd === undefined ? undefined : new TcpHealthReader({ mapFd: config.tcpHealthMapFd });
     this.unsubscribe = inputs.subscribe((next, previous) => void this.recheck.apply(next, previous));
@@ -154,19 +157,22 @@ export class DataPlane {
       // eBPF mode: the outbound programs' record (by their map's fd, the main thread's); nft mode: NAT's. Each falls
       // back on the other during a hand-over between agents of different modes.
       originalDst: originalDstReader({ mapFd: config.outboundMapFd, cgroupRoot: config.cgroupRoot }),
+      sameNode: this.sameNode,
     });
   }
 
+  private readonly sameNode: SameNode | undefined;
   private readonly tcpHealth: TcpHealthReader | undefined;
   private readonly dialApp: (pod: Workload, host: string, port: number, caller?: string) => net.Socket;
 
-  /** Opens this thread's listeners in the pod's netns. */
-  openListeners(pod: Workload): Promise<PodProxy> {
+  /** Opens this thread's listeners in the pod's netns; from then until they close, same-node calls reach the pod here. */
+  async openListeners(pod: Workload): Promise<PodProxy> {
     const { config, certs, metrics, logger, accessLog, state } = this.inputs;
     const l7 = this.l7;
     const inboundHttp = this.inboundHttp;
     const accepted = metrics.workerConnections.labels({ worker: String(this.inputs.worker) });
-    return PodProxy.open(pod, {
+    let local: (() => void) | undefined;
+    const proxy = await PodProxy.open(pod, {
       trustDomain: config.trustDomain,
       certs,
       outbound: this.outbound,
@@ -184,11 +190,14 @@ export class DataPlane {
       onAccept: () => accepted.inc(),
       ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),
       onClose: (podKey) => {
+        local?.();
         l7?.forget(podKey);
         inboundHttp?.forget(podKey);
       },
       ...(inboundHttp && config.l7 && { http: { server: inboundHttp, detectTimeoutMs: config.l7.detectTimeoutMs, opaquePorts: config.l7.opaquePorts } }),
     });
+    local = this.sameNode?.add(proxy.inbound);
+    return proxy;
   }
 
   /**

@@ -1,22 +1,17 @@
 // Inbound HBONE (15008): HTTP/2 CONNECT streams over mutual TLS from other agents. The peer's certificate names
-// the caller; each stream is authorized, then carried to the app from inside the pod's netns (opaque TCP) or
-// served as HTTP by the inbound L7 path (per-request authorization and metrics).
+// the caller; each stream is a tunnel into the pod, served by inbound-tunnel.ts as a same-node call is: authorized,
+// then carried to the app from inside the pod's netns (opaque TCP) or served by the inbound L7 path.
 import http2 from 'node:http2';
-import type net from 'node:net';
 import type tls from 'node:tls';
-import { wrapError } from '../errors.js';
 import type { Svid } from '../identity/certs.js';
 import { peerIdentity, serverTlsOptions } from '../identity/tls.js';
 import { shutdownGracefully } from '../io/goaway.js';
 import { limitPings } from '../io/ping-limit.js';
-import { resetSide, splice, whenConnected } from '../io/splice.js';
-import { declaredForEndpoint, selectProtocol } from '../l7/detect.js';
-import type { InboundCall } from '../l7/inbound-http.js';
-import { decisionFields } from '../security/index.js';
-import { ConnectionRecord } from './connection.js';
-import { AGENT_PORTS, MAX_CONCURRENT_STREAMS, SESSION_WINDOW, STREAM_WINDOW, formatAuthority, parseAuthority } from './hbone.js';
+import { resetSide, splice } from '../io/splice.js';
+import { AGENT_PORTS, MAX_CONCURRENT_STREAMS, SESSION_WINDOW, STREAM_WINDOW, parseAuthority } from './hbone.js';
 import { PROTOCOL_HEADER, SERVICE_HEADER } from './hbone-pool.js';
-import { authorizeConnection, trackConnection, type InboundInputs } from './inbound.js';
+import type { InboundInputs } from './inbound.js';
+import { serveTunnel } from './inbound-tunnel.js';
 
 export class HboneInbound {
   readonly server: http2.Http2SecureServer;
@@ -107,90 +102,34 @@ export class HboneInbound {
     if (AGENT_PORTS.has(target.port)) return reject(403, `port ${target.port} belongs to the agent`);
 
     const remoteIp = tlsSocket?.remoteAddress;
-    let state = this.inputs.state();
-    const srcWorkload = remoteIp ? state.workloadByIp(remoteIp) : undefined;
-    const http = this.inputs.http;
-    const hint = headers[PROTOCOL_HEADER];
-    const calledHeader = headers[SERVICE_HEADER];
-    const service = state.serviceCalled(target.ip, target.port, typeof calledHeader === 'string' ? calledHeader : undefined);
-    const declared = http ? declaredForEndpoint(state.servicePortsByEndpoint(target.ip, target.port)) : 'tcp';
-    // The source agent's hint says what the tunnel carries: HTTP it parsed itself (HTTP/1.1 for requests of HTTP/1.1
-    // and HTTP/2 clients alike), or `tcp` when it found the bytes are not HTTP (declared so, or sniffed). Without a
-    // hint (a call to a pod IP, which the source carries as L4, or a source agent without L7), what the port
-    // declares; and a port that declares nothing is sniffed here, so that HTTP a client sends straight to a pod is
-    // parsed too and the app never gets identity headers the client forged.
-    // A port this agent knows to carry HTTP is parsed whatever the hint says (`tcp` only spares a second sniff).
-    const hinted = hint === 'http1' || hint === 'h2' ? hint : undefined;
-    let protocol: 'http1' | 'h2' | 'tcp' | undefined = declared === 'tcp' ? 'tcp' : (hinted ?? declared ?? (hint === 'tcp' ? 'tcp' : undefined));
-    /** The CONNECT was answered 200 before the decision (to sniff the tunnel): a refusal then resets the stream. */
+    const tcpHealth = this.inputs.tcpHealth;
+    /** The CONNECT was answered 200 (before a sniff, or before the bytes flow): a refusal then resets the stream. */
     let answered = false;
-    if (protocol === undefined && http) {
-      stream.respond({ ':status': 200 });
-      answered = true;
-      const selection = await selectProtocol(stream, target.port, undefined, http, this.inputs.metrics);
-      if (stream.destroyed) return;
-      // The sniff waited for the client: decide under the policies of now.
-      state = this.inputs.state();
-      protocol = selection.protocol;
-    }
-    protocol ??= 'tcp';
-    const refuse = (status: number, reason: string) => {
-      if (!answered) return reject(status, reason);
-      this.inputs.metrics.connectionFailures.inc({ direction: 'inbound', reason: `hbone_${status}` });
-      this.inputs.logger.warn({ pod: pod.key, authority: headers[':authority'], reason }, 'HBONE tunnel refused after a sniff');
-      resetSide(stream);
-    };
-    const authz = authorizeConnection(this.inputs, state, {
+    const calledHeader = headers[SERVICE_HEADER];
+    const hint = headers[PROTOCOL_HEADER];
+    await serveTunnel(this.inputs, {
       principal,
-      sourceIp: remoteIp,
-      sourcePort: tlsSocket?.remotePort,
-      ip: target.ip,
-      port: target.port,
-      l7: protocol !== 'tcp',
-    });
-    if (http && protocol !== 'tcp') {
-      if (!answered) stream.respond({ ':status': 200 });
-      const call: InboundCall = {
-        pod,
-        port: target.port,
-        service,
-        peer: { principal, ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload },
-        security: 'mutual_tls',
-        protocol,
-        appProtocol: declared === 'h2' || declared === 'http1' ? declared : undefined,
-        connection: authz,
-      };
-      const leave = this.inputs.drain.enter();
-      stream.once('close', leave);
-      http.server.serve(stream, call);
-      return;
-    }
-    if (!authz.verdict.decision.allowed) return refuse(403, authz.verdict.decision.reason);
-    let app: net.Socket;
-    try {
-      app = await whenConnected(this.inputs.dialApp(pod, target.ip, target.port, remoteIp));
-    } catch (err) {
-      return refuse(503, wrapError(`connect to app ${formatAuthority(target.ip, target.port)}`, err).message);
-    }
-    if (stream.destroyed) {
-      app.destroy();
-      return;
-    }
-    if (!answered) stream.respond({ ':status': 200 });
-    const record = new ConnectionRecord(
-      {
-        direction: 'inbound',
-        src: { ip: remoteIp, port: tlsSocket?.remotePort, workload: srcWorkload, principal },
-        dst: { ip: target.ip, port: target.port, workload: pod, principal: pod.identity, service: service?.host },
-        security: 'mutual_tls',
-        authz: decisionFields(authz.verdict.decision),
+      peer: { ip: remoteIp, port: tlsSocket?.remotePort },
+      target,
+      service: typeof calledHeader === 'string' ? calledHeader : undefined,
+      hint: typeof hint === 'string' ? hint : undefined,
+      stream,
+      get peerHealth() {
+        return tcpHealth?.session(stream.session);
       },
-      this.inputs,
-      this.inputs.tcpHealth?.session(stream.session),
-    );
-    const untrack = trackConnection(this.inputs, { principal, sourceIp: remoteIp, sourcePort: tlsSocket?.remotePort, ip: target.ip, port: target.port, l7: false }, [stream, app], record);
-    const outcome = await splice(stream, app, record);
-    untrack();
-    record.finish(outcome.error);
+      accept: () => {
+        if (answered) return;
+        answered = true;
+        stream.respond({ ':status': 200 });
+      },
+      refuse: (status, reason) => {
+        if (!answered) return reject(status, reason);
+        this.inputs.metrics.connectionFailures.inc({ direction: 'inbound', reason: `hbone_${status}` });
+        this.inputs.logger.warn({ pod: pod.key, authority: headers[':authority'], reason }, 'HBONE tunnel refused after a sniff');
+        resetSide(stream);
+      },
+      http: () => stream,
+      carry: (app, record) => splice(stream, app, record),
+    });
   }
 }

@@ -1,10 +1,12 @@
 // Outbound: a connection the app made, redirected to 15001 in its netns. Recover where it was going; a call to
 // a Service port that speaks HTTP (declared or sniffed) goes to the L7 proxy, which routes each request;
-// anything else is resolved to an endpoint and carried over HBONE to a meshed destination or as plain TCP. A
-// destination that is neither a pod nor a Service is egress: named by what the client sent (TLS SNI, HTTP Host),
-// judged by its namespace's EgressNetworks, and carried as plain TCP from the pod's netns.
+// anything else is resolved to an endpoint and carried over HBONE to a meshed destination (in process to a meshed
+// pod of this node: same-node.ts) or as plain TCP. A destination that is neither a pod nor a Service is egress: named
+// by what the client sent (TLS SNI, HTTP Host), judged by its namespace's EgressNetworks, and carried as plain TCP
+// from the pod's netns.
 import type http2 from 'node:http2';
 import net from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { L7Proxy } from '../l7/l7-proxy.js';
 import { wrapError } from '../errors.js';
@@ -16,7 +18,8 @@ import { ConnectionRecord } from './connection.js';
 import type { Drain } from './drain.js';
 import type { Connector } from './connector.js';
 import { formatAuthority } from './hbone.js';
-import { resolveOutbound } from './resolve.js';
+import { resolveOutbound, type OutboundTarget } from './resolve.js';
+import type { SameNode } from './same-node.js';
 import { resetSide, splice } from '../io/splice.js';
 import type { DetectOptions } from '../l7/detect.js';
 import { peekDestinationName, type DestinationName } from '../l7/destination-name.js';
@@ -26,7 +29,7 @@ import type { ServiceInfo } from '../model/services.js';
 import { egressFields, refusedEgressLine } from './egress.js';
 import type { AccessLog } from '../telemetry/audit.js';
 import type { TapHub } from '../tap/hub.js';
-import type { TcpHealthReader } from './tcp-health.js';
+import type { PeerSocketHealth, TcpHealthReader } from './tcp-health.js';
 
 export interface OutboundInputs {
   state: () => MeshState;
@@ -49,6 +52,8 @@ export interface OutboundInputs {
    * absent: SO_ORIGINAL_DST (nft's NAT).
    */
   originalDst?: ((fd: number) => { address: string; port: number }) | undefined;
+  /** Meshed pods of this node reached in process (--same-node on); absent: every meshed call goes over HBONE. */
+  sameNode?: SameNode | undefined;
 }
 
 export class Outbound {
@@ -84,9 +89,18 @@ export class Outbound {
     if (target.kind === 'passthrough' && !target.workload && !target.service) return this.egress(down, src, dst);
 
     const where = `outbound ${src.key} -> ${formatAuthority(dst.address, dst.port)}`;
-    let up: net.Socket | http2.ClientHttp2Stream;
+    const dstFacts = { ip: target.ip, port: target.port, workload: target.workload, service: target.service?.host };
+    // A meshed pod this agent holds: carried in process, no HBONE, no TLS (same-node.ts); its inbound side authorizes.
+    const local = target.kind === 'hbone' ? this.inputs.sameNode?.local(dstFacts) : undefined;
+    if (local) {
+      return this.inputs.sameNode!.carry(local, down, src, dstFacts, opaque, {
+        opened: () => this.record(down, src, target),
+        refused: (message) => this.refuse(down, src, 'same_node_refused', `${where}: the destination refused (${message})`),
+      });
+    }
+    let up: Duplex;
     try {
-      up = await this.inputs.connector.open(src, { ip: target.ip, port: target.port, workload: target.workload, service: target.service?.host }, opaque);
+      up = await this.inputs.connector.open(src, dstFacts, opaque);
     } catch (err) {
       return this.refuse(down, src, target.kind === 'hbone' ? 'hbone_failed' : 'connect_failed', wrapError(where, err).message);
     }
@@ -94,7 +108,14 @@ export class Outbound {
       resetSide(up);
       return;
     }
-    const record = new ConnectionRecord(
+    const record = this.record(down, src, target, up instanceof net.Socket ? this.inputs.tcpHealth?.own(up) : this.inputs.tcpHealth?.session((up as http2.ClientHttp2Stream).session));
+    const outcome = await splice(down, up, record);
+    record.finish(outcome.error);
+  }
+
+  /** The source side's record of a connection to a Service or pod of the cluster (reporter="source"). */
+  private record(down: net.Socket, src: Workload, target: Exclude<OutboundTarget, { kind: 'fail' }>, peer?: PeerSocketHealth): ConnectionRecord {
+    return new ConnectionRecord(
       {
         direction: 'outbound',
         src: { ip: down.remoteAddress, port: down.remotePort, workload: src, principal: src.identity },
@@ -108,10 +129,8 @@ export class Outbound {
         security: target.kind === 'hbone' ? 'mutual_tls' : 'none',
       },
       this.inputs,
-      up instanceof net.Socket ? this.inputs.tcpHealth?.own(up) : this.inputs.tcpHealth?.session(up.session),
+      peer,
     );
-    const outcome = await splice(down, up, record);
-    record.finish(outcome.error);
   }
 
   /**
@@ -145,7 +164,7 @@ export class Outbound {
         return;
       }
     }
-    let up: net.Socket | http2.ClientHttp2Stream;
+    let up: Duplex;
     try {
       up = await this.inputs.connector.open(src, { ip: dst.address, port: dst.port });
     } catch (err) {

@@ -23,6 +23,8 @@ export type PodProxyInputs = Omit<InboundInputs, 'pod'> & {
 export class PodProxy {
   private constructor(
     readonly pod: Workload,
+    /** The pod's inbound side: its HBONE listener's, and same-node calls' (same-node.ts). */
+    readonly inbound: InboundInputs,
     private readonly servers: net.Server[],
     private readonly plain: net.Server,
     private readonly hbone: HboneInbound,
@@ -58,7 +60,7 @@ export class PodProxy {
     const unsubscribe = inputs.certs.onRotate((next) => {
       if (next.identity === pod.identity) hbone.rotate(next);
     });
-    return new PodProxy(pod, servers, plain.server, hbone, () => {
+    return new PodProxy(pod, inbound, servers, plain.server, hbone, () => {
       unsubscribe();
       inputs.onClose?.(pod.key);
     });

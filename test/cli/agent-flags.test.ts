@@ -75,3 +75,11 @@ describe('docs/cli.md', () => {
     }
   });
 });
+
+describe('agent --same-node', () => {
+  it('is on by default, off when asked, and refuses anything else', () => {
+    expect(agentConfig({ node: 'n', dir: '/nonexistent' }).sameNode).toBe(true);
+    expect(agentConfig({ node: 'n', dir: '/nonexistent', sameNode: 'off' }).sameNode).toBe(false);
+    expect(() => agentConfig({ node: 'n', dir: '/nonexistent', sameNode: 'maybe' })).toThrow(/--same-node maybe: use on or off/);
+  });
+});
