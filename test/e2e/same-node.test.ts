@@ -229,6 +229,15 @@ describe('the same-node path (--same-node on, the default)', () => {
     const delta = async (reporter: string) => sumOf(await metrics(lab), 'trellis_requests_total', { ...labels, reporter }) - sumOf(before, 'trellis_requests_total', { ...labels, reporter });
     await until('both reporters to count the request', async () => (await delta('source')) === 1 && (await delta('destination')) === 1);
     expect(sumOf(await metrics(lab), 'trellis_same_node_connections_total', { protocol: 'http1' })).toBeGreaterThanOrEqual(1);
+
+    // Straight to the pod's IP the source carries the call as opaque TCP; the destination side finds the port declared
+    // HTTP and parses it (a byte pair between the two): the app still gets the caller's identity, never a forged one.
+    const direct = await tcpRaw(lab, `${lab.pod('mesh/web').ip}:8080`, ['--send', 'GET /direct HTTP/1.1\\r\\nhost: web\\r\\nx-forwarded-client-cert: forged\\r\\nconnection: close\\r\\n\\r\\n', '--timeout-ms', '5000']);
+    expect(direct.httpStatus).toBe(200);
+    const seenDirect = JSON.parse(direct.received.slice(direct.received.indexOf('\r\n\r\n') + 4)) as { remote: string; xfcc: string | null };
+    expect(seenDirect.xfcc).toBe(`By=spiffe://cluster.local/ns/mesh/sa/web;URI=${CLIENT}`);
+    await until('the destination side to count the direct request', async () =>
+      sumOf(await metrics(lab), 'trellis_requests_total', { ...labels, reporter: 'destination' }) - sumOf(before, 'trellis_requests_total', { ...labels, reporter: 'destination' }) === 2);
   });
 
   it('cuts an open same-node connection when a new AuthorizationPolicy denies it', async () => {
