@@ -66,6 +66,12 @@ export interface AgentConfig {
    * agent itself, as a pod of another node is.
    */
   readonly sameNode: boolean;
+  /**
+   * Who moves an opaque same-node connection's bytes: `user`, user space (splice.ts, with backpressure); `kernel`, the
+   * kernel (a sockhash and a stream verdict program, io/kernel-splice.ts) where its program loads, which has no
+   * backpressure yet: a server that reads slower than its client sends lets the kernel buffer without bound.
+   */
+  readonly sameNodeSplice: 'user' | 'kernel';
   /** TLS key exchange groups for HBONE, OpenSSL names colon-separated in order of preference; Node's default when absent. */
   readonly tlsGroups?: string;
   readonly drainMs: number;
@@ -187,6 +193,7 @@ export interface AgentFlags {
   tcpHealth?: string;
   cgroupRoot?: string;
   sameNode?: string;
+  sameNodeSplice?: string;
   tlsGroups?: string;
   l7?: string;
   protocolDetectTimeout?: string;
@@ -429,6 +436,7 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
     preserveSourceIp: onOff(flags.preserveSourceIp ?? 'on', '--preserve-source-ip'),
     tcpHealth: onOff(flags.tcpHealth ?? 'on', '--tcp-health'),
     sameNode: onOff(flags.sameNode ?? 'on', '--same-node'),
+    sameNodeSplice: oneOf(flags.sameNodeSplice ?? 'user', ['user', 'kernel'] as const, '--same-node-splice'),
     ...(flags.tlsGroups !== undefined && { tlsGroups: parseTlsGroups(flags.tlsGroups) }),
     drainMs: parseDuration(flags.drain ?? '5s', '--drain'),
     ...(flags.readyFile !== undefined && { readyFile: flags.readyFile }),
@@ -437,6 +445,11 @@ export function agentConfig(flags: AgentFlags): AgentConfig {
     tap: tapConfig(flags, source),
     ...(tracing && { tracing }),
   });
+}
+
+function oneOf<T extends string>(value: string, allowed: readonly T[], flag: string): T {
+  if (!(allowed as readonly string[]).includes(value)) throw new TrellisError('ECONFIG', `${flag} ${value}: use ${allowed.join(' or ')}`);
+  return value as T;
 }
 
 function onOff(value: string, flag: string): boolean {

@@ -11,7 +11,8 @@ import type { CertSource } from './identity/certs.js';
 import { whenConnected } from './io/splice.js';
 import { InboundHttp } from './l7/inbound-http.js';
 import { L7Proxy } from './l7/l7-proxy.js';
-import { connectInNetns } from './native/index.js';
+import { KernelSplice } from './io/kernel-splice.js';
+import { connectInNetns, SameNodeMaps } from './native/index.js';
 import { Connector } from './proxy/connector.js';
 import { Drain } from './proxy/drain.js';
 import { HbonePool } from './proxy/hbone-pool.js';
@@ -100,8 +101,13 @@ export class DataPlane {
       maxStreamsPerSession: config.hboneMaxStreamsPerSession,
       ...(config.tlsGroups && { tlsGroups: config.tlsGroups }),
     });
-    // Same node: meshed pods this thread has listeners for are reached in process (--same-node on).
-    this.sameNode = config.sameNode ? new SameNode({ metrics, logger: logger.child({ component: 'same-node' }) }) : undefined;
+    // Same node: meshed pods this thread has listeners for are reached in process (--same-node on), opaque connections'
+    // bytes moved in user space, or with --same-node-splice kernel by the kernel where it allows (a program of this
+    // thread's own).
+    if (config.sameNode && config.sameNodeSplice === 'kernel') this.sameNodeMaps = openSameNodeMaps(logger, inputs.worker);
+    this.sameNode = config.sameNode
+      ? new SameNode({ metrics, logger: logger.child({ component: 'same-node' }), ...(this.sameNodeMaps && { kernel: new KernelSplice(this.sameNodeMaps) }) })
+      : undefined;
     const connector = new Connector({ pool: this.pool, dial, sameNode: this.sameNode });
     // TCP health per edge: read from the sockops program's map (by its fd, the main thread's) when it runs.
     this.tcpHealth = config.tcpHealthMapFd === undefined ? undefined : new TcpHealthReader({ mapFd: config.tcpHealthMapFd });
@@ -162,6 +168,8 @@ export class DataPlane {
   }
 
   private readonly sameNode: SameNode | undefined;
+  /** This thread's same-node splice program (a sockhash and a stream verdict); absent: user space moves the bytes. */
+  private readonly sameNodeMaps: SameNodeMaps | undefined;
   private readonly tcpHealth: TcpHealthReader | undefined;
   private readonly dialApp: (pod: Workload, host: string, port: number, caller?: string) => net.Socket;
 
@@ -212,6 +220,7 @@ export class DataPlane {
   /** Closes the pools and servers; connections still open are cut (wait on `drain` first). */
   close(): void {
     this.unsubscribe();
+    this.sameNodeMaps?.close();
     this.l7?.close();
     this.inboundHttp?.close();
     this.pool.close();
@@ -220,6 +229,18 @@ export class DataPlane {
   /** Exports the spans still queued (the agent stopping), within one export's limit. */
   async flushTraces(): Promise<void> {
     await this.exporter?.close();
+  }
+}
+
+/** Loads this thread's same-node splice program; where the kernel refuses it, says why once and returns nothing. */
+function openSameNodeMaps(logger: Logger, worker: number): SameNodeMaps | undefined {
+  try {
+    const maps = SameNodeMaps.open();
+    if (worker === 0) logger.info({ splice: 'kernel' }, 'same-node splice: the kernel moves opaque same-node connections (sockhash, stream verdict)');
+    return maps;
+  } catch (err) {
+    logger.warn({ splice: 'user', worker, reason: (err as Error).message }, 'same-node splice: user space (the kernel splice cannot load here)');
+    return undefined;
   }
 }
 

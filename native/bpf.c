@@ -1,7 +1,8 @@
 // The eBPF half of the addon, under capture/: probes what the kernel offers, loads the inbound sk_lookup program
 // (native/bpf/sk_lookup.bpf.c, embedded here as a libbpf skeleton) and attaches it to a pod's network namespace, and
 // the sockops program that keeps RTT and retransmissions of the agent's own sockets (native/bpf/tcp_health.bpf.c),
-// attached to the agent's cgroup, and the outbound programs (native/bpf/outbound.bpf.c) on the cgroup root.
+// attached to the agent's cgroup, the outbound programs (native/bpf/outbound.bpf.c) on the cgroup root, and the
+// same-node splice's stream verdict on its sockhash (native/bpf/same_node.bpf.c).
 // Every program, map and link is held by a file descriptor of this process: nothing is pinned, so all of it goes
 // when the handle is closed or the agent exits. libbpf is linked dynamically (native/build.mjs says why).
 #define _GNU_SOURCE
@@ -9,6 +10,10 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <linux/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -25,6 +30,8 @@
 #include "tcp_health.skel.h"
 #include "outbound.h"
 #include "outbound.skel.h"
+#include "same_node.h"
+#include "same_node.skel.h"
 
 #ifndef SO_NETNS_COOKIE
 #define SO_NETNS_COOKIE 71
@@ -1178,6 +1185,294 @@ static napi_value js_socket_netns_cookie(napi_env env, napi_callback_info info) 
   return result;
 }
 
+// One agent thread's same-node kernel splice: the stream verdict program attached to its sockhash, and the peers map.
+// Closing the handle detaches and unloads them; sockets still in the sockhash leave it then (or when they close).
+typedef struct {
+  struct trellis_same_node *skel;
+  bool attached;
+} same_node_handle;
+
+static const napi_type_tag SAME_NODE_TAG = {0x7472656c6c697362ULL, 0x73616d656e6f6465ULL};
+
+static void same_node_release(same_node_handle *h) {
+  if (h->skel != NULL && h->attached) {
+    bpf_prog_detach2(bpf_program__fd(h->skel->progs.trellis_same_node), bpf_map__fd(h->skel->maps.same_node_sockets), BPF_SK_SKB_STREAM_VERDICT);
+  }
+  h->attached = false;
+  trellis_same_node__destroy(h->skel);
+  h->skel = NULL;
+}
+
+static void same_node_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  same_node_release(data);
+  free(data);
+}
+
+static same_node_handle *arg_same_node(napi_env env, napi_value value) {
+  bool tagged = false;
+  napi_valuetype type;
+  NAPI_CALL(env, napi_typeof(env, value, &type));
+  if (type == napi_external) NAPI_CALL(env, napi_check_object_type_tag(env, value, &SAME_NODE_TAG, &tagged));
+  if (!tagged) {
+    napi_throw_type_error(env, "EINVAL", "not a same-node splice handle");
+    return NULL;
+  }
+  void *data = NULL;
+  NAPI_CALL(env, napi_get_value_external(env, value, &data));
+  same_node_handle *h = data;
+  if (h->skel == NULL) {
+    napi_throw_error(env, "ECLOSED", "the same-node splice handle is closed");
+    return NULL;
+  }
+  return h;
+}
+
+// sameNodeOpen() -> handle: loads the stream verdict program and attaches it to its sockhash. On failure nothing stays.
+static napi_value js_same_node_open(napi_env env, napi_callback_info info) {
+  (void)info;
+  same_node_handle *h = calloc(1, sizeof *h);
+  if (h == NULL) return throw_bpf(env, ENOMEM, "calloc", "open", "same-node splice handle");
+  log_reset();
+  h->skel = trellis_same_node__open();
+  if (h->skel == NULL) {
+    int err = last_errno(0);
+    free(h);
+    return throw_bpf(env, err, "bpf_object__open", "open", "open the embedded object");
+  }
+  int rc = trellis_same_node__load(h->skel);
+  if (rc != 0) {
+    int err = last_errno(rc);
+    same_node_release(h);
+    free(h);
+    return throw_bpf(env, err, "bpf(BPF_PROG_LOAD)", "load", "load");
+  }
+  rc = bpf_prog_attach(bpf_program__fd(h->skel->progs.trellis_same_node), bpf_map__fd(h->skel->maps.same_node_sockets), BPF_SK_SKB_STREAM_VERDICT, 0);
+  if (rc != 0) {
+    int err = last_errno(rc);
+    same_node_release(h);
+    free(h);
+    return throw_bpf(env, err, "bpf(BPF_PROG_ATTACH)", "attach", "attach the stream verdict to its sockhash");
+  }
+  h->attached = true;
+  log_reset();
+  napi_value result;
+  napi_status status = napi_create_external(env, h, same_node_finalize, NULL, &result);
+  if (status != napi_ok) {
+    same_node_release(h);
+    free(h);
+    NAPI_CALL(env, status);
+  }
+  NAPI_CALL(env, napi_type_tag_object(env, result, &SAME_NODE_TAG));
+  return result;
+}
+
+static int socket_cookie(int fd, __u64 *cookie) {
+  socklen_t len = sizeof *cookie;
+  return getsockopt(fd, SOL_SOCKET, SO_COOKIE, cookie, &len) == 0 ? 0 : errno;
+}
+
+// sameNodeAdd(handle, fdA, fdB) -> [cookieA, cookieB]: from now on what either socket reads is sent out of the other.
+// Both peers' entries first, then the sockets (the verdict runs from the sockhash insert on). On failure nothing
+// stays: an entry already made is removed (a socket already in the sockhash stays there with no peer, which leaves its
+// bytes to its reader).
+static napi_value js_same_node_add(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 3, "sameNodeAdd");
+  same_node_handle *h = arg_same_node(env, argv[0]);
+  if (h == NULL) return NULL;
+  uint32_t fds[2];
+  if (!arg_uint32(env, argv[1], "fdA", &fds[0]) || !arg_uint32(env, argv[2], "fdB", &fds[1])) return NULL;
+  __u64 cookies[2];
+  for (int i = 0; i < 2; i++) {
+    int err = socket_cookie((int)fds[i], &cookies[i]);
+    if (err != 0) return throw_bpf(env, err, "getsockopt(SO_COOKIE)", "map", "read a socket's cookie");
+  }
+  int peers = bpf_map__fd(h->skel->maps.same_node_peers);
+  int sockets = bpf_map__fd(h->skel->maps.same_node_sockets);
+  int made = 0, rc = 0;
+  const char *what = "put a socket's peer in the map";
+  const char *syscall = "bpf(BPF_MAP_UPDATE_ELEM)";
+  for (int i = 0; i < 2 && rc == 0; i++) {
+    struct trellis_same_node_peer p = {.peer = cookies[1 - i]};
+    rc = bpf_map_update_elem(peers, &cookies[i], &p, BPF_NOEXIST);
+    if (rc == 0) made++;
+  }
+  for (int i = 0; i < 2 && rc == 0; i++) {
+    __u32 fd = fds[i];
+    rc = bpf_map_update_elem(sockets, &cookies[i], &fd, BPF_NOEXIST);
+    if (rc != 0) what = "put a socket in the sockhash (it must be an established TCP socket)";
+  }
+  if (rc != 0) {
+    int err = last_errno(rc);
+    for (int i = 0; i < made; i++) bpf_map_delete_elem(peers, &cookies[i]);
+    return throw_bpf(env, err, syscall, "map", what);
+  }
+  napi_value result;
+  NAPI_CALL(env, napi_create_array_with_length(env, 2, &result));
+  for (uint32_t i = 0; i < 2; i++) {
+    napi_value n;
+    NAPI_CALL(env, napi_create_double(env, (double)cookies[i], &n));
+    NAPI_CALL(env, napi_set_element(env, result, i, n));
+  }
+  return result;
+}
+
+// sameNodeCounts(handle, cookie, forget) -> [bytes, dropped] | null: what the program sent on for one socket; with
+// `forget`, read and deleted in one call (the socket's bytes are left to its reader from then on).
+static napi_value js_same_node_counts(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 3, "sameNodeCounts");
+  same_node_handle *h = arg_same_node(env, argv[0]);
+  if (h == NULL) return NULL;
+  double cookie_d;
+  bool forget = false;
+  NAPI_CALL(env, napi_get_value_double(env, argv[1], &cookie_d));
+  NAPI_CALL(env, napi_get_value_bool(env, argv[2], &forget));
+  __u64 cookie = (__u64)cookie_d;
+  int peers = bpf_map__fd(h->skel->maps.same_node_peers);
+  struct trellis_same_node_peer p;
+  int rc = forget ? bpf_map_lookup_and_delete_elem(peers, &cookie, &p) : bpf_map_lookup_elem(peers, &cookie, &p);
+  napi_value result;
+  if (rc != 0) {
+    int err = last_errno(rc);
+    if (err == ENOENT) {
+      NAPI_CALL(env, napi_get_null(env, &result));
+      return result;
+    }
+    return throw_bpf(env, err, forget ? "bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM)" : "bpf(BPF_MAP_LOOKUP_ELEM)", "map", "read a socket's same-node counts");
+  }
+  NAPI_CALL(env, napi_create_array_with_length(env, 2, &result));
+  double values[2] = {(double)p.bytes, (double)p.dropped};
+  for (uint32_t i = 0; i < 2; i++) {
+    napi_value n;
+    NAPI_CALL(env, napi_create_double(env, values[i], &n));
+    NAPI_CALL(env, napi_set_element(env, result, i, n));
+  }
+  return result;
+}
+
+// sameNodeIds(handle) -> { program, sockets, peers }: the kernel's ids, as bpftool shows them.
+static napi_value js_same_node_ids(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "sameNodeIds");
+  same_node_handle *h = arg_same_node(env, argv[0]);
+  if (h == NULL) return NULL;
+  struct bpf_prog_info prog;
+  struct bpf_map_info sockets, peers;
+  __u32 prog_len = sizeof prog, sockets_len = sizeof sockets, peers_len = sizeof peers;
+  memset(&prog, 0, sizeof prog);
+  memset(&sockets, 0, sizeof sockets);
+  memset(&peers, 0, sizeof peers);
+  int rc = bpf_obj_get_info_by_fd(bpf_program__fd(h->skel->progs.trellis_same_node), &prog, &prog_len);
+  if (rc == 0) rc = bpf_obj_get_info_by_fd(bpf_map__fd(h->skel->maps.same_node_sockets), &sockets, &sockets_len);
+  if (rc == 0) rc = bpf_obj_get_info_by_fd(bpf_map__fd(h->skel->maps.same_node_peers), &peers, &peers_len);
+  if (rc != 0) return throw_bpf(env, last_errno(rc), "bpf(BPF_OBJ_GET_INFO_BY_FD)", "map", "read the program's ids");
+  napi_value result;
+  NAPI_CALL(env, napi_create_object(env, &result));
+  if (!set_number(env, result, "program", prog.id)) return NULL;
+  if (!set_number(env, result, "sockets", sockets.id)) return NULL;
+  if (!set_number(env, result, "peers", peers.id)) return NULL;
+  return result;
+}
+
+// sameNodeClose(handle): detaches and unloads, the maps with them.
+static napi_value js_same_node_close(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "sameNodeClose");
+  bool tagged = false;
+  napi_valuetype type;
+  NAPI_CALL(env, napi_typeof(env, argv[0], &type));
+  if (type == napi_external) NAPI_CALL(env, napi_check_object_type_tag(env, argv[0], &SAME_NODE_TAG, &tagged));
+  if (!tagged) {
+    napi_throw_type_error(env, "EINVAL", "not a same-node splice handle");
+    return NULL;
+  }
+  void *data = NULL;
+  NAPI_CALL(env, napi_get_value_external(env, argv[0], &data));
+  same_node_release(data);
+  return NULL;
+}
+
+// socketQueues(fd) -> [inq, outq, bytesAcked, bytesReceived, state, settled]: unread bytes in the receive queue
+// (SIOCINQ; for a socket in a sockhash, what its own reader may read), bytes in the send queue not yet acknowledged
+// (SIOCOUTQ), bytes acknowledged and bytes received in order so far, and the TCP state (TCP_INFO). acked + outq is all
+// the socket was given to send; received - inq is what its reader took. The calls are not one atomic look: TCP_INFO is
+// read before and after the queues, up to 16 times, until nothing arrived or was acknowledged meanwhile (settled 1);
+// settled 0 says the figures may be a packet apart.
+static napi_value js_socket_queues(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "socketQueues");
+  uint32_t fd;
+  if (!arg_uint32(env, argv[0], "fd", &fd)) return NULL;
+  int inq = 0, outq = 0;
+  struct tcp_info first, ti;
+  socklen_t len;
+  bool settled = false;
+  for (int attempt = 0; attempt < 16 && !settled; attempt++) {
+    len = sizeof first;
+    memset(&first, 0, sizeof first);
+    if (getsockopt((int)fd, IPPROTO_TCP, TCP_INFO, &first, &len) != 0) return throw_bpf(env, errno, "getsockopt(TCP_INFO)", "map", "read a socket's TCP info");
+    if (ioctl((int)fd, SIOCINQ, &inq) != 0) return throw_bpf(env, errno, "ioctl(SIOCINQ)", "map", "read a socket's receive queue");
+    if (ioctl((int)fd, SIOCOUTQ, &outq) != 0) return throw_bpf(env, errno, "ioctl(SIOCOUTQ)", "map", "read a socket's send queue");
+    len = sizeof ti;
+    memset(&ti, 0, sizeof ti);
+    if (getsockopt((int)fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) return throw_bpf(env, errno, "getsockopt(TCP_INFO)", "map", "read a socket's TCP info");
+    settled = first.tcpi_bytes_received == ti.tcpi_bytes_received && first.tcpi_bytes_acked == ti.tcpi_bytes_acked;
+  }
+  napi_value result;
+  NAPI_CALL(env, napi_create_array_with_length(env, 6, &result));
+  double values[6] = {inq, outq, (double)ti.tcpi_bytes_acked, (double)ti.tcpi_bytes_received, ti.tcpi_state, settled ? 1 : 0};
+  for (uint32_t i = 0; i < 6; i++) {
+    napi_value n;
+    NAPI_CALL(env, napi_create_double(env, values[i], &n));
+    NAPI_CALL(env, napi_set_element(env, result, i, n));
+  }
+  return result;
+}
+
+// socketTake(fd, max) -> Buffer: reads what the socket has now (non-blocking, at most `max` bytes), for a reader that is
+// not Node's: the same-node hand-over empties a socket's receive queue this way before the program takes it over, so
+// that no buffer the program gets was partly read already (it sends on buffers whole). Empty when nothing waits.
+static napi_value js_socket_take(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 2, "socketTake");
+  uint32_t fd, max;
+  if (!arg_uint32(env, argv[0], "fd", &fd) || !arg_uint32(env, argv[1], "max", &max)) return NULL;
+  char *data = malloc(max > 0 ? max : 1);
+  if (data == NULL) return throw_bpf(env, ENOMEM, "malloc", "map", "take a socket's bytes");
+  size_t got = 0;
+  while (got < max) {
+    ssize_t n = recv((int)fd, data + got, max - got, MSG_DONTWAIT);
+    if (n > 0) {
+      got += (size_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      int err = errno;
+      free(data);
+      return throw_bpf(env, err, "recv", "map", "take a socket's bytes");
+    }
+    break;
+  }
+  napi_value result;
+  napi_status status = napi_create_buffer_copy(env, got, data, NULL, &result);
+  free(data);
+  NAPI_CALL(env, status);
+  return result;
+}
+
+// socketError(fd) -> errno | 0: the socket's pending error (SO_ERROR, which clears it). A socket in a sockhash reads a
+// reset as an end of stream (the kernel's reader for such sockets looks at "done" before the error), which this tells
+// apart from a FIN.
+static napi_value js_socket_error(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "socketError");
+  uint32_t fd;
+  if (!arg_uint32(env, argv[0], "fd", &fd)) return NULL;
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt((int)fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return throw_bpf(env, errno, "getsockopt(SO_ERROR)", "map", "read a socket's error");
+  napi_value result;
+  NAPI_CALL(env, napi_create_int32(env, err, &result));
+  return result;
+}
+
 napi_value trellis_bpf_init(napi_env env, napi_value exports) {
   libbpf_set_print(keep_libbpf_message);
   NAPI_EXPORT_FUNCTION(env, exports, "bpfProbe", js_bpf_probe);
@@ -1204,5 +1499,13 @@ napi_value trellis_bpf_init(napi_env env, napi_value exports) {
   NAPI_EXPORT_FUNCTION(env, exports, "outboundOriginalDst", js_outbound_original_dst);
   NAPI_EXPORT_FUNCTION(env, exports, "outboundFindMap", js_outbound_find_map);
   NAPI_EXPORT_FUNCTION(env, exports, "socketNetnsCookie", js_socket_netns_cookie);
+  NAPI_EXPORT_FUNCTION(env, exports, "sameNodeOpen", js_same_node_open);
+  NAPI_EXPORT_FUNCTION(env, exports, "sameNodeAdd", js_same_node_add);
+  NAPI_EXPORT_FUNCTION(env, exports, "sameNodeCounts", js_same_node_counts);
+  NAPI_EXPORT_FUNCTION(env, exports, "sameNodeIds", js_same_node_ids);
+  NAPI_EXPORT_FUNCTION(env, exports, "sameNodeClose", js_same_node_close);
+  NAPI_EXPORT_FUNCTION(env, exports, "socketQueues", js_socket_queues);
+  NAPI_EXPORT_FUNCTION(env, exports, "socketTake", js_socket_take);
+  NAPI_EXPORT_FUNCTION(env, exports, "socketError", js_socket_error);
   return exports;
 }

@@ -8,7 +8,8 @@
  * Adds bpfProbe, skLookupAttach, skLookupSetListener, skLookupReattach, skLookupVerdicts, skLookupIds, skLookupClose, tcpHealthAttach,
  * tcpHealthReattach, tcpHealthIds, tcpHealthClose, tcpStatsRead, tcpStatsForget, socketCookie, outboundAttach,
  * outboundReattach, outboundIds, outboundSetPod, outboundDeletePod, outboundVerdicts, outboundClose,
- * outboundOriginalDst, outboundFindMap and socketNetnsCookie.
+ * outboundOriginalDst, outboundFindMap, socketNetnsCookie, sameNodeOpen, sameNodeAdd, sameNodeCounts, sameNodeIds,
+ * sameNodeClose, socketQueues, socketTake and socketError.
  */
 napi_value trellis_bpf_init(napi_env env, napi_value exports);
 

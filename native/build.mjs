@@ -145,7 +145,7 @@ function bpfProgram(name, skeleton) {
 const require = createRequire(import.meta.url);
 const includeDir = join(dirname(require.resolve('node-api-headers/package.json')), 'include');
 
-const bpf = vmlinuxHeader() && bpfProgram('sk_lookup', 'trellis_sk_lookup') && bpfProgram('tcp_health', 'trellis_tcp_health') && bpfProgram('outbound', 'trellis_outbound');
+const bpf = vmlinuxHeader() && bpfProgram('sk_lookup', 'trellis_sk_lookup') && bpfProgram('tcp_health', 'trellis_tcp_health') && bpfProgram('outbound', 'trellis_outbound') && bpfProgram('same_node', 'trellis_same_node');
 
 // Only the module's entry points are exported; every other symbol of the addon stays local.
 const exportsMap = join(here, 'exports.map');
@@ -153,7 +153,7 @@ const addon =
   bpf &&
   compile({
     sources: [join(here, 'trellis.c'), join(here, 'bpf.c')],
-    inputs: [join(here, 'checks.h'), join(here, 'common.h'), join(here, 'bpf.h'), join(here, 'bpf', 'sk_lookup.h'), join(out, 'sk_lookup.skel.h'), join(here, 'bpf', 'tcp_health.h'), join(out, 'tcp_health.skel.h'), join(here, 'bpf', 'outbound.h'), join(out, 'outbound.skel.h'), exportsMap],
+    inputs: [join(here, 'checks.h'), join(here, 'common.h'), join(here, 'bpf.h'), join(here, 'bpf', 'sk_lookup.h'), join(out, 'sk_lookup.skel.h'), join(here, 'bpf', 'tcp_health.h'), join(out, 'tcp_health.skel.h'), join(here, 'bpf', 'outbound.h'), join(out, 'outbound.skel.h'), join(here, 'bpf', 'same_node.h'), join(out, 'same_node.skel.h'), exportsMap],
     output: join(out, 'trellis.node'),
     flags: ['-fPIC', '-shared', '-DNAPI_VERSION=8', `-I${includeDir}`, `-I${out}`, `-I${join(here, 'bpf')}`, `-Wl,--version-script=${exportsMap}`],
     libs: ['-lbpf'],

@@ -5,7 +5,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TrellisError } from '../errors.js';
-import type { BpfProbe, OutboundHandle, OutboundLinkIds, SkLookupHandle, TcpHealthHandle } from './bpf.js';
+import type { BpfProbe, OutboundHandle, OutboundLinkIds, SameNodeHandle, SkLookupHandle, TcpHealthHandle } from './bpf.js';
 
 export type Family = 4 | 6;
 
@@ -62,6 +62,14 @@ export interface Binding {
   outboundOriginalDst(mapFd: number, fd: number): { address: string; port: number; family: 4 } | null;
   socketNetnsCookie(fd: number): number;
   outboundFindMap(cgroupPath: string, ownerNetns: number): number;
+  sameNodeOpen(): SameNodeHandle;
+  sameNodeAdd(handle: SameNodeHandle, fdA: number, fdB: number): [number, number];
+  sameNodeCounts(handle: SameNodeHandle, cookie: number, forget: boolean): [number, number] | null;
+  sameNodeIds(handle: SameNodeHandle): { program: number; sockets: number; peers: number };
+  sameNodeClose(handle: SameNodeHandle): void;
+  socketQueues(fd: number): [number, number, number, number, number, number];
+  socketTake(fd: number, max: number): Buffer;
+  socketError(fd: number): number;
 }
 
 // Loaded on first use, so importing this module never fails on a machine that only runs pure-JS parts.

@@ -1,7 +1,8 @@
 // The eBPF half of the native boundary (native/bpf.c), under capture/: what the kernel offers, the inbound sk_lookup
 // program (native/bpf/sk_lookup.bpf.c) attached to one pod's network namespace, the sockops program keeping the RTT
 // and retransmissions of the agent's own sockets (native/bpf/tcp_health.bpf.c), and the outbound programs on the
-// cgroup root (native/bpf/outbound.bpf.c) with the original destinations they record. Re-exported by index.ts.
+// cgroup root (native/bpf/outbound.bpf.c) with the original destinations they record, and the same-node splice's stream
+// verdict on its sockhash (native/bpf/same_node.bpf.c). Re-exported by index.ts.
 // A failure becomes BpfError: the program, the attach point, the errno and what to do about it.
 import { TrellisError } from '../errors.js';
 import { native, NativeError } from './binding.js';
@@ -387,4 +388,102 @@ export function findOutboundMap(cgroupPath: string, ownerNetns: number): number 
 /** The cookie of the network namespace a socket lives in (SO_NETNS_COOKIE). */
 export function socketNetnsCookie(fd: number): number {
   return bpfCall(OUTBOUND_PROGRAMS, 'SO_NETNS_COOKIE', () => native().socketNetnsCookie(fd));
+}
+
+/** The same-node splice's program, as `bpftool prog show` lists it. */
+export const SAME_NODE_PROGRAM = 'trellis_same_node';
+
+/** Opaque: the addon's handle of one thread's same-node splice (program, sockhash, peers map). */
+export type SameNodeHandle = { readonly __brand: 'SameNodeHandle' };
+
+/** What the program moved for one socket: bytes read from it and sent out of its peer, and bytes it could not send on. */
+export interface SameNodeCounts {
+  readonly bytes: number;
+  readonly dropped: number;
+}
+
+/**
+ * One agent thread's same-node kernel splice (io/kernel-splice.ts): a stream verdict program on a sockhash that sends
+ * what one socket of a pair reads out of the other. Held by file descriptors of this process: closed, or when the
+ * process ends, it is detached and unloaded with its maps.
+ */
+export class SameNodeMaps {
+  private handle: SameNodeHandle | undefined;
+
+  private constructor(handle: SameNodeHandle) {
+    this.handle = handle;
+  }
+
+  static open(): SameNodeMaps {
+    return new SameNodeMaps(bpfCall(SAME_NODE_PROGRAM, 'its sockhash', () => native().sameNodeOpen()));
+  }
+
+  /** Hands a pair of established TCP sockets to the program; returns their cookies (the keys of their counts). */
+  add(fdA: number, fdB: number): [number, number] {
+    const h = this.open();
+    return bpfCall(SAME_NODE_PROGRAM, 'its sockhash', () => native().sameNodeAdd(h, fdA, fdB));
+  }
+
+  /** One socket's counts; with `forget`, read and removed: its bytes are left to its reader from then on. */
+  counts(cookie: number, forget: boolean): SameNodeCounts | undefined {
+    const h = this.open();
+    const v = bpfCall(SAME_NODE_PROGRAM, 'its peers map', () => native().sameNodeCounts(h, cookie, forget));
+    return v ? { bytes: v[0], dropped: v[1] } : undefined;
+  }
+
+  /** The kernel's ids of the program and its maps, as bpftool shows them. */
+  ids(): { program: number; sockets: number; peers: number } {
+    const h = this.open();
+    return bpfCall(SAME_NODE_PROGRAM, 'its sockhash', () => native().sameNodeIds(h));
+  }
+
+  /** Detaches and unloads, the maps with them; idempotent. */
+  close(): void {
+    const h = this.handle;
+    this.handle = undefined;
+    if (h) native().sameNodeClose(h);
+  }
+
+  private open(): SameNodeHandle {
+    if (!this.handle) throw new TrellisError('ECLOSED', 'the same-node splice program is unloaded');
+    return this.handle;
+  }
+}
+
+/** TCP states (include/net/tcp_states.h) in which the peer's FIN has arrived: it counts one in bytesReceived. */
+const FIN_RECEIVED_STATES: ReadonlySet<number> = new Set([6 /* TIME_WAIT */, 7 /* CLOSE */, 8 /* CLOSE_WAIT */, 9 /* LAST_ACK */, 11 /* CLOSING */]);
+
+export interface SocketQueues {
+  /** Unread bytes its reader may read (SIOCINQ). */
+  readonly inq: number;
+  /** Bytes given to send and not yet acknowledged (SIOCOUTQ). */
+  readonly outq: number;
+  /** Bytes acknowledged by the peer so far (TCP_INFO). */
+  readonly acked: number;
+  /** Payload bytes received in order so far (TCP_INFO's bytes_received, without the FIN's one). */
+  readonly received: number;
+  /** Nothing arrived or was acknowledged while the figures were read: they are one consistent look. */
+  readonly settled: boolean;
+}
+
+/** A TCP socket's queues and totals, in one look (the same-node kernel splice's hand-over and FIN). */
+export function socketQueues(fd: number): SocketQueues {
+  const [inq, outq, acked, received, state, settled] = bpfCall(SAME_NODE_PROGRAM, 'a socket of its sockhash', () => native().socketQueues(fd));
+  return { inq, outq, acked, received: received - (FIN_RECEIVED_STATES.has(state) ? 1 : 0), settled: settled === 1 };
+}
+
+/**
+ * Reads what a socket has now, at most `max` bytes, without blocking, outside Node's reading (which must be stopped):
+ * the same-node hand-over empties a receive queue so that the program never gets a buffer that was partly read.
+ */
+export function socketTake(fd: number, max: number): Buffer {
+  return bpfCall(SAME_NODE_PROGRAM, 'a socket of its sockhash', () => native().socketTake(fd, max));
+}
+
+/**
+ * A socket's pending error (SO_ERROR, which clears it), 0 for none: a socket in a sockhash reads a reset as an end of
+ * stream, and this tells the two apart.
+ */
+export function socketError(fd: number): number {
+  return bpfCall(SAME_NODE_PROGRAM, 'a socket of its sockhash', () => native().socketError(fd));
 }

@@ -3,15 +3,17 @@
 // and both policies. The destination's inbound side serves the call through the same path as an HBONE stream from
 // that caller (inbound-tunnel.ts: authorization, metrics and access line with reporter="destination", the app dialled
 // from inside its netns from the caller's address), and the source side records what it records for HBONE.
-//  - Opaque TCP (outbound.ts): one splice from the app's socket on 15001 straight to the server app's socket.
+//  - Opaque TCP (outbound.ts): one splice from the app's socket on 15001 straight to the server app's socket, which the
+//    kernel runs where it can (io/kernel-splice.ts: no payload byte in user space), user space otherwise.
 //  - L7 (the TunnelOpener, through Connector.open): an in-memory byte pair (io/pair.ts) between the source's HTTP
 //    client and the destination's inbound HTTP server, which still parses, authorizes and records every request.
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { TrellisError } from '../errors.js';
+import type { KernelSplice } from '../io/kernel-splice.js';
 import { bytePair } from '../io/pair.js';
-import { resetSide, splice, type SpliceHooks } from '../io/splice.js';
+import { resetSide, splice, type SpliceHooks, type SpliceOutcome } from '../io/splice.js';
 import type { Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { ConnectionRecord } from './connection.js';
@@ -38,7 +40,8 @@ export class SameNode {
   /** The inbound side of every pod this thread has listeners for, by pod key: the source of truth for "local". */
   private readonly pods = new Map<string, InboundInputs>();
 
-  constructor(private readonly inputs: { metrics: Metrics; logger: Logger }) {}
+  /** `kernel`: the kernel moves opaque connections' bytes (absent: user space, splice.ts). */
+  constructor(private readonly inputs: { metrics: Metrics; logger: Logger; kernel?: KernelSplice | undefined }) {}
 
   /** A pod's inbound side, from when its listeners open on this thread until the returned function is called. */
   add(inbound: InboundInputs): () => void {
@@ -95,7 +98,7 @@ export class SameNode {
       },
       carry: async (app, destination) => {
         const rec = record!;
-        const outcome = await splice(down, app, both(rec, destination));
+        const outcome = await this.splice(down, app, both(rec, destination));
         rec.finish(outcome.error);
         return outcome;
       },
@@ -148,6 +151,29 @@ export class SameNode {
         if (!accepted) reject(err);
       });
     });
+  }
+
+  /** Both sockets' bytes moved by the kernel where it can, else by splice.ts; counted either way. */
+  private async splice(down: net.Socket, app: net.Socket, hooks: SpliceHooks): Promise<SpliceOutcome> {
+    const kernel = this.inputs.kernel;
+    if (!kernel) {
+      this.inputs.metrics.sameNodeSplices.inc({ splice: 'user', reason: 'off' });
+      return splice(down, app, hooks);
+    }
+    let r: Awaited<ReturnType<KernelSplice['splice']>>;
+    try {
+      r = await kernel.splice(down, app, hooks);
+    } catch (err) {
+      // The program refused the pair (a map full, a socket gone): the sockets are Node's as they were.
+      this.inputs.logger.warn({ err: (err as Error).message }, 'same-node kernel splice failed; the connection is carried in user space');
+      r = { refused: 'failed' };
+    }
+    if ('outcome' in r) {
+      this.inputs.metrics.sameNodeSplices.inc({ splice: 'kernel', reason: '' });
+      return r.outcome;
+    }
+    this.inputs.metrics.sameNodeSplices.inc({ splice: 'user', reason: r.refused });
+    return splice(down, app, hooks);
   }
 
   /** The destination side's refusal, counted and logged as its HBONE listener counts one; returns the message. */

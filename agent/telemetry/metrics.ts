@@ -104,6 +104,8 @@ export class Metrics {
   readonly workerConnections: Counter<string>;
   /** Calls carried in process to a pod of this node (proxy/same-node.ts), by what the tunnel carries. */
   readonly sameNodeConnections: Counter<string>;
+  /** Opaque same-node connections by who moved their bytes: the kernel, or user space (and why). */
+  readonly sameNodeSplices: Counter<string>;
   readonly tapStreams: Gauge<string>;
   readonly tapActiveThreads: Gauge<string>;
   readonly tapDropped: Counter<string>;
@@ -214,6 +216,7 @@ export class Metrics {
     }
     this.workerConnections = new Counter({ name: 'trellis_worker_connections_total', help: 'Connections accepted on the pods\' listeners, by the agent thread that took them (0: the main thread)', labelNames: ['worker'], registers });
     this.sameNodeConnections = new Counter({ name: 'trellis_same_node_connections_total', help: 'Calls to a meshed pod of this node carried in process, without HBONE or TLS (--same-node), by what the tunnel carries: tcp (one opaque connection), http1 or h2 (a tunnel of the L7 path, which carries many requests)', labelNames: ['protocol'], registers });
+    this.sameNodeSplices = new Counter({ name: 'trellis_same_node_splices_total', help: 'Opaque same-node connections by who moved their bytes: splice="kernel" (a sockhash and a stream verdict program, no payload byte in user space; --same-node-splice kernel) or "user", with the reason (off: user space asked for, or no kernel splice here; ended: a side had ended before the hand-over; unread_bytes: bytes waited unread at the hand-over and nothing came after them; unsettled: bytes kept arriving while the hand-over looked; failed: the program refused the pair)', labelNames: ['splice', 'reason'], registers });
     this.tapStreams = new Gauge({ name: 'trellis_tap_streams', help: 'Tap streams open on this agent (trellis tap)', registers });
     this.tapActiveThreads = new Gauge({ name: 'trellis_tap_active_threads', help: 'Agent threads whose tap hub matches records (0: nobody taps, and requests pay one check for tap)', registers });
     this.tapDropped = new Counter({ name: 'trellis_tap_dropped_total', help: 'Observations a tap matched and did not send (its rate bound, or a reader slower than the events)', registers });

@@ -81,5 +81,8 @@ describe('agent --same-node', () => {
     expect(agentConfig({ node: 'n', dir: '/nonexistent' }).sameNode).toBe(true);
     expect(agentConfig({ node: 'n', dir: '/nonexistent', sameNode: 'off' }).sameNode).toBe(false);
     expect(() => agentConfig({ node: 'n', dir: '/nonexistent', sameNode: 'maybe' })).toThrow(/--same-node maybe: use on or off/);
+    expect(agentConfig({ node: 'n', dir: '/nonexistent' }).sameNodeSplice).toBe('user');
+    expect(agentConfig({ node: 'n', dir: '/nonexistent', sameNodeSplice: 'kernel' }).sameNodeSplice).toBe('kernel');
+    expect(() => agentConfig({ node: 'n', dir: '/nonexistent', sameNodeSplice: 'auto' })).toThrow(/--same-node-splice auto: use user or kernel/);
   });
 });

@@ -2,8 +2,10 @@
 // process (no HBONE, no TLS, nothing on the pods' veths), with everything the HBONE path gives: the bytes exactly,
 // half-close and reset, both reporters' metrics and access lines, per-request L7 handling at the destination side, the
 // caller's address at the app, and a new DENY cutting an open connection. A server on the other node is the contrast
-// (HBONE on 15008), and a lab with --same-node off shows the agent going through HBONE to itself. Needs root.
+// (HBONE on 15008), and a lab with --same-node off shows the agent going through HBONE to itself. Opaque connections'
+// bytes moved in user space and by the kernel (--same-node-splice kernel), each in a lab of its own. Needs root.
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { parseAllDocuments } from 'yaml';
@@ -132,7 +134,7 @@ async function metrics(lab: Lab, node = 'node-a') {
 
 async function tcpSend(lab: Lab, to: string, bytes: number): Promise<{ sha256: string }> {
   const send = await lab.exec('mesh/client', ['trellis', 'tool', 'tcp-send', '--to', to, '--bytes', String(bytes)], { timeoutMs: 120_000 });
-  expect(send.code, send.stderr).toBe(0);
+  expect(send.code, `${send.stderr} ${send.stdout}`).toBe(0);
   const result = JSON.parse(send.stdout.trim().split('\n').at(-1)!) as { match: boolean; sha256: string; reply: string };
   expect(result.match).toBe(true);
   expect(result.reply).toContain(`sha256=${result.sha256} bytes=${bytes}`);
@@ -146,14 +148,15 @@ async function tcpRaw(lab: Lab, to: string, args: string[]): Promise<Raw> {
   return JSON.parse(r.stdout.trim()) as Raw;
 }
 
-describe('the same-node path (--same-node on, the default)', () => {
-  const labName = `sn${Math.random().toString(36).slice(2, 6)}`;
+// The same tests with the bytes of opaque connections moved in user space (the default) and by the kernel.
+describe.each(['user', 'kernel'] as const)('the same-node path (--same-node on, --same-node-splice %s)', (splice) => {
+  const labName = `s${splice[0]}${Math.random().toString(36).slice(2, 6)}`;
   let lab: Lab;
   const vip = (name: string) => lab.services.find((s) => s.name === name)!.clusterIP;
 
   beforeAll(async () => {
     requireRoot('end-to-end same-node tests');
-    lab = await Lab.up(objects(MANIFESTS), { name: labName });
+    lab = await Lab.up(objects(MANIFESTS), { name: labName, agentArgs: ['--same-node-splice', splice] });
   });
 
   afterAll(async () => {
@@ -165,9 +168,20 @@ describe('the same-node path (--same-node on, the default)', () => {
     const before = await metrics(lab);
     const bytes = 50 * MB;
     let sha = '';
+    // What the agent read from its sockets meanwhile (its whole process: every thread): the kernel moved the payload.
+    const agentPid = (await lab.status()).nodes.find((n) => n.name === 'node-a')!.agent!.pid;
+    const readSoFar = () => Number(/^rchar: (\d+)$/m.exec(readFileSync(`/proc/${agentPid}/io`, 'utf8'))![1]);
+    const readBefore = readSoFar();
     const seen = await segmentsSeen(lab, 'mesh/sink', async () => {
       sha = (await tcpSend(lab, `${vip('sink')}:9000`, bytes)).sha256;
     });
+    const agentRead = readSoFar() - readBefore;
+    const splices = (await metrics(lab)).filter((x) => x.name === 'trellis_same_node_splices_total').map((x) => `${JSON.stringify(x.labels)}=${x.value}`);
+    console.log(`the agent read ${agentRead} bytes while it carried ${bytes} (${splice} splice; ${splices.join(' ')})`);
+    // The kernel splice: no payload byte crossed into the agent; in user space it read every byte (and the reply).
+    if (splice === 'kernel') expect(agentRead).toBeLessThan(bytes / 10);
+    else expect(agentRead).toBeGreaterThanOrEqual(bytes);
+    expect(sumOf(await metrics(lab), 'trellis_same_node_splices_total', { splice }) - sumOf(before, 'trellis_same_node_splices_total', { splice })).toBe(1);
     // The client's agent connected to the sink from inside the sink's netns: no segment crossed its veth, HBONE or other.
     expect(hbone(seen)).toEqual([]);
     expect(seen).toEqual([]);
