@@ -1473,6 +1473,18 @@ static napi_value js_socket_error(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// socketPoke(fd): sets SO_RCVLOWAT to 1, which has the kernel look at the socket's receive queue at once and call its
+// data-ready hook when bytes wait (tcp_set_rcvlowat): for a socket just put in the same-node sockhash, the program then
+// takes bytes that arrived before it was there, without waiting for the next arrival.
+static napi_value js_socket_poke(napi_env env, napi_callback_info info) {
+  NAPI_ARGV(env, info, 1, "socketPoke");
+  uint32_t fd;
+  if (!arg_uint32(env, argv[0], "fd", &fd)) return NULL;
+  int one = 1;
+  if (setsockopt((int)fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one) != 0) return throw_bpf(env, errno, "setsockopt(SO_RCVLOWAT)", "map", "poke a socket's receive queue");
+  return NULL;
+}
+
 napi_value trellis_bpf_init(napi_env env, napi_value exports) {
   libbpf_set_print(keep_libbpf_message);
   NAPI_EXPORT_FUNCTION(env, exports, "bpfProbe", js_bpf_probe);
@@ -1507,5 +1519,6 @@ napi_value trellis_bpf_init(napi_env env, napi_value exports) {
   NAPI_EXPORT_FUNCTION(env, exports, "socketQueues", js_socket_queues);
   NAPI_EXPORT_FUNCTION(env, exports, "socketTake", js_socket_take);
   NAPI_EXPORT_FUNCTION(env, exports, "socketError", js_socket_error);
+  NAPI_EXPORT_FUNCTION(env, exports, "socketPoke", js_socket_poke);
   return exports;
 }

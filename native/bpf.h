@@ -9,7 +9,7 @@
  * tcpHealthReattach, tcpHealthIds, tcpHealthClose, tcpStatsRead, tcpStatsForget, socketCookie, outboundAttach,
  * outboundReattach, outboundIds, outboundSetPod, outboundDeletePod, outboundVerdicts, outboundClose,
  * outboundOriginalDst, outboundFindMap, socketNetnsCookie, sameNodeOpen, sameNodeAdd, sameNodeCounts, sameNodeIds,
- * sameNodeClose, socketQueues, socketTake and socketError.
+ * sameNodeClose, socketQueues, socketTake, socketError and socketPoke.
  */
 napi_value trellis_bpf_init(napi_env env, napi_value exports);
 

@@ -6,14 +6,10 @@
 // cut the stream short: the kernel sends redirected bytes from a backlog of its own, after the agent's calls).
 import type net from 'node:net';
 import { constants } from 'node:os';
-import { socketError, socketFd, socketQueues, socketTake, type SameNodeMaps } from '../native/index.js';
+import { socketError, socketFd, socketPoke, socketQueues, socketTake, type SameNodeMaps } from '../native/index.js';
 import { resetSide, type SpliceHooks, type SpliceOutcome } from './splice.js';
 
-/**
- * How long bytes left unread in a socket at the hand-over may wait for the next arrival (which makes the program take
- * them), before the pair goes back to user space: long enough for a sender that a busy machine did not run for a while,
- * short for the rare client that sent its request in the microseconds of the hand-over and waits for its answer.
- */
+/** How long bytes left unread in a socket after the hand-over's poke may wait for the program, before user space takes the pair. */
 const HANDOVER_WAIT_MS = 200;
 const { ECONNRESET } = constants.errno;
 /** The most bytes taken from a socket's receive queue in one call at the hand-over. */
@@ -37,9 +33,10 @@ export class KernelSplice {
    * Splices `down` and `up` as splice.ts does, the kernel moving the bytes; resolves when both sides closed. Resolves
    * with a refusal instead when the pair cannot be handed over without risk to the stream (one already ended, or bytes
    * the program would not take in order): reading is resumed and every byte Node had read is written on, so the
-   * caller splices them in user space (those bytes are already told to the hooks).
+   * caller splices them in user space (those bytes are already told to the hooks). `onKernel`: told when the kernel
+   * has the pair (the splice itself resolves only when the connection ends).
    */
-  async splice(down: net.Socket, up: net.Socket, hooks: SpliceHooks): Promise<{ outcome: SpliceOutcome } | { refused: KernelRefusal }> {
+  async splice(down: net.Socket, up: net.Socket, hooks: SpliceHooks, onKernel?: () => void): Promise<{ outcome: SpliceOutcome } | { refused: KernelRefusal }> {
     if (down.readableEnded || up.readableEnded || down.writableEnded || up.writableEnded || down.destroyed || up.destroyed) return { refused: 'ended' };
     const fds = [socketFd(down), socketFd(up)] as const;
     // 1. Node stops reading both: from now on what arrives stays in the kernel.
@@ -115,10 +112,12 @@ export class KernelSplice {
       throw err;
     }
     try {
-      // Bytes that reached a socket before the insert wait in its queue until the next arrival runs the program, which
-      // then takes them first: in order (a client sending a stream). They show as received, neither read by Node nor
-      // taken. With nothing after them (a client waiting for its answer) they would wait for ever: give the program a
-      // moment, then leave the pair to user space, which may read them only if the program never sent anything on.
+      // Bytes that reached a socket before the insert wait in its queue until the program runs for it, which it does on
+      // an arrival: in order, but with nothing after them (a client waiting for its answer, a sender whose window the
+      // full queue closed) they would wait for ever. A poke has the kernel run it now. They show as received, neither
+      // read by Node nor taken; should they stay so, the pair goes back to user space after a while, which may read them
+      // only if the program never sent anything on.
+      for (const fd of fds) socketPoke(fd);
       const unread = () => fds.reduce((sum, fd, i) => sum + socketQueues(fd).received - read[i]! - (this.maps.counts(cookies[i]!, false)?.bytes ?? 0), 0);
       const deadline = performance.now() + HANDOVER_WAIT_MS;
       while (unread() > 0) {
@@ -148,6 +147,7 @@ export class KernelSplice {
       }
       throw err;
     }
+    onKernel?.();
     return { outcome: await new KernelPair(this.maps, down, up, cookies, sent, hooks).run() };
   }
 }

@@ -70,6 +70,7 @@ export interface Binding {
   socketQueues(fd: number): [number, number, number, number, number, number];
   socketTake(fd: number, max: number): Buffer;
   socketError(fd: number): number;
+  socketPoke(fd: number): void;
 }
 
 // Loaded on first use, so importing this module never fails on a machine that only runs pure-JS parts.

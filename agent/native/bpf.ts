@@ -487,3 +487,11 @@ export function socketTake(fd: number, max: number): Buffer {
 export function socketError(fd: number): number {
   return bpfCall(SAME_NODE_PROGRAM, 'a socket of its sockhash', () => native().socketError(fd));
 }
+
+/**
+ * Has the kernel look at a socket's receive queue now (SO_RCVLOWAT 1): a socket just put in the same-node sockhash
+ * hands the bytes waiting there to the program at once rather than with the next arrival.
+ */
+export function socketPoke(fd: number): void {
+  bpfCall(SAME_NODE_PROGRAM, 'a socket of its sockhash', () => native().socketPoke(fd));
+}

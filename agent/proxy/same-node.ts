@@ -162,16 +162,13 @@ export class SameNode {
     }
     let r: Awaited<ReturnType<KernelSplice['splice']>>;
     try {
-      r = await kernel.splice(down, app, hooks);
+      r = await kernel.splice(down, app, hooks, () => this.inputs.metrics.sameNodeSplices.inc({ splice: 'kernel', reason: '' }));
     } catch (err) {
       // The program refused the pair (a map full, a socket gone): the sockets are Node's as they were.
       this.inputs.logger.warn({ err: (err as Error).message }, 'same-node kernel splice failed; the connection is carried in user space');
       r = { refused: 'failed' };
     }
-    if ('outcome' in r) {
-      this.inputs.metrics.sameNodeSplices.inc({ splice: 'kernel', reason: '' });
-      return r.outcome;
-    }
+    if ('outcome' in r) return r.outcome;
     this.inputs.metrics.sameNodeSplices.inc({ splice: 'user', reason: r.refused });
     return splice(down, app, hooks);
   }
