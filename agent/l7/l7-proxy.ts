@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import type { ServiceInfo, ServicePortInfo } from '../model/services.js';
 import type { MeshState } from '../state/store.js';
-import type { Workload } from '../state/workload.js';
+import { sourceAddress, type Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { declaredProtocol, selectProtocol, type Selection } from './detect.js';
 import type { CallContext } from './exchange.js';
@@ -102,7 +102,7 @@ export class L7Proxy {
   serve(socket: net.Socket, protocol: 'http1' | 'h2', src: Workload, service: ServiceInfo, port: number, egress?: UpstreamEndpoint): void {
     const ctx: CallContext = {
       src,
-      srcIp: socket.remoteAddress,
+      srcIp: sourceAddress(src, socket.remoteAddress),
       srcPort: socket.remotePort,
       service,
       port,

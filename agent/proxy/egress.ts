@@ -3,7 +3,7 @@
 import type net from 'node:net';
 import type { DestinationName } from '../l7/destination-name.js';
 import type { EgressVerdict } from '../model/egress.js';
-import type { Workload } from '../state/workload.js';
+import { sourceAddress, type Workload } from '../state/workload.js';
 import type { AccessLog } from '../telemetry/audit.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { TapHub } from '../tap/hub.js';
@@ -37,7 +37,7 @@ export function egressFields(
   const n = verdict.network;
   return {
     direction: 'outbound',
-    src: { ip: down.remoteAddress, port: down.remotePort, workload: src, principal: src.identity },
+    src: { ip: sourceAddress(src, down.remoteAddress), port: down.remotePort, workload: src, principal: src.identity },
     dst: { ip: dst.address, port: dst.port, ...(named.name !== undefined && { host: named.name }) },
     security: 'none',
     egress: {

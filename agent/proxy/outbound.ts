@@ -12,7 +12,7 @@ import type { L7Proxy } from '../l7/l7-proxy.js';
 import { wrapError } from '../errors.js';
 import { originalDst, socketFd } from '../native/index.js';
 import type { MeshState } from '../state/store.js';
-import type { Workload } from '../state/workload.js';
+import { sourceAddress, type Workload } from '../state/workload.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { ConnectionRecord } from './connection.js';
 import type { Drain } from './drain.js';
@@ -118,7 +118,7 @@ export class Outbound {
     return new ConnectionRecord(
       {
         direction: 'outbound',
-        src: { ip: down.remoteAddress, port: down.remotePort, workload: src, principal: src.identity },
+        src: { ip: sourceAddress(src, down.remoteAddress), port: down.remotePort, workload: src, principal: src.identity },
         dst: {
           ip: target.ip,
           port: target.port,

@@ -57,3 +57,13 @@ export function toWorkload(pod: Pod, ns: Namespace | undefined, trustDomain: str
     meshed: isMeshed(pod, ns),
   });
 }
+
+/**
+ * Where a pod's captured connection came from, for records and access lines: the accepted socket's peer address, or
+ * the pod's own address when that peer is loopback. In eBPF capture mode the outbound programs send the app's connect
+ * to 127.0.0.1:15001, so the socket shows 127.0.0.1 where nft's redirect showed the address the packet left with.
+ */
+export function sourceAddress(pod: Workload, peer: string | undefined): string | undefined {
+  if (peer === undefined || !(peer.startsWith('127.') || peer === '::1' || peer.startsWith('::ffff:127.'))) return peer;
+  return pod.ip ?? peer;
+}
