@@ -119,6 +119,59 @@ static bool set_string(napi_env env, napi_value obj, const char *name, const cha
   return true;
 }
 
+// A loaded skeleton as the JS side holds it: an external tagged with its kind, released once, by its close or by the
+// garbage collector when the JS side dropped it without closing (rather than kept for the life of the agent). Every
+// handle struct starts with its skeleton's pointer, NULL once released: that is what "closed" means below.
+typedef struct {
+  napi_type_tag tag;
+  // In errors: "not <a_name> handle", "the <name> handle is closed".
+  const char *a_name;
+  const char *name;
+  void (*release)(void *handle);
+} handle_kind;
+
+static void handle_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  ((const handle_kind *)hint)->release(data);
+  free(data);
+}
+
+// `h` (from malloc) for the JS side; on failure it is released and freed, and the exception is pending.
+static napi_value handle_wrap(napi_env env, void *h, const handle_kind *kind) {
+  napi_value result;
+  napi_status status = napi_create_external(env, h, handle_finalize, (void *)kind, &result);
+  if (status != napi_ok) {
+    kind->release(h);
+    free(h);
+    NAPI_CALL(env, status);
+  }
+  NAPI_CALL(env, napi_type_tag_object(env, result, &kind->tag));
+  return result;
+}
+
+// The handle behind `value`; NULL with a TypeError when it is not one of `kind`, or an ECLOSED error when `open` is
+// asked for and it was released.
+static void *handle_arg(napi_env env, napi_value value, const handle_kind *kind, bool open) {
+  bool tagged = false;
+  napi_valuetype type;
+  NAPI_CALL(env, napi_typeof(env, value, &type));
+  if (type == napi_external) NAPI_CALL(env, napi_check_object_type_tag(env, value, &kind->tag, &tagged));
+  char message[96];
+  if (!tagged) {
+    snprintf(message, sizeof message, "not %s handle", kind->a_name);
+    napi_throw_type_error(env, "EINVAL", message);
+    return NULL;
+  }
+  void *data = NULL;
+  NAPI_CALL(env, napi_get_value_external(env, value, &data));
+  if (open && *(void **)data == NULL) {
+    snprintf(message, sizeof message, "the %s handle is closed", kind->name);
+    napi_throw_error(env, "ECLOSED", message);
+    return NULL;
+  }
+  return data;
+}
+
 // 1 when struct bpf_sk_lookup of the running kernel has ingress_ifindex (Linux 5.17+), 0 when not, -errno when the
 // kernel's BTF cannot be read.
 static int sk_lookup_has_ifindex(void) {
@@ -247,41 +300,15 @@ typedef struct {
   struct bpf_link *link;
 } sk_lookup_handle;
 
-static const napi_type_tag SK_LOOKUP_TAG = {0x7472656c6c697362ULL, 0x736b6c6f6f6b7570ULL};
-
-static void sk_lookup_release(sk_lookup_handle *h) {
+static void sk_lookup_release(void *data) {
+  sk_lookup_handle *h = data;
   bpf_link__destroy(h->link);
   h->link = NULL;
   trellis_sk_lookup__destroy(h->skel);
   h->skel = NULL;
 }
 
-// A handle the JS side dropped without closing: released with it rather than kept for the life of the agent.
-static void sk_lookup_finalize(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
-  sk_lookup_release(data);
-  free(data);
-}
-
-static sk_lookup_handle *arg_handle(napi_env env, napi_value value) {
-  bool tagged = false;
-  napi_valuetype type;
-  NAPI_CALL(env, napi_typeof(env, value, &type));
-  if (type == napi_external) NAPI_CALL(env, napi_check_object_type_tag(env, value, &SK_LOOKUP_TAG, &tagged));
-  if (!tagged) {
-    napi_throw_type_error(env, "EINVAL", "not an sk_lookup handle");
-    return NULL;
-  }
-  void *data = NULL;
-  NAPI_CALL(env, napi_get_value_external(env, value, &data));
-  sk_lookup_handle *h = data;
-  if (h->skel == NULL) {
-    napi_throw_error(env, "ECLOSED", "the sk_lookup handle is closed");
-    return NULL;
-  }
-  return h;
-}
+static const handle_kind SK_LOOKUP = {{0x7472656c6c697362ULL, 0x736b6c6f6f6b7570ULL}, "an sk_lookup", "sk_lookup", sk_lookup_release};
 
 static int put_listener(sk_lookup_handle *h, uint32_t fd) {
   __u32 key = 0;
@@ -402,21 +429,13 @@ static napi_value js_sk_lookup_attach(napi_env env, napi_callback_info info) {
   }
   log_reset();
 
-  napi_value result;
-  napi_status status = napi_create_external(env, h, sk_lookup_finalize, NULL, &result);
-  if (status != napi_ok) {
-    sk_lookup_release(h);
-    free(h);
-    NAPI_CALL(env, status);
-  }
-  NAPI_CALL(env, napi_type_tag_object(env, result, &SK_LOOKUP_TAG));
-  return result;
+  return handle_wrap(env, h, &SK_LOOKUP);
 }
 
 // skLookupSetListener(handle, fd): the pod's listener was reopened; the program hands connections to the new one.
 static napi_value js_sk_lookup_set_listener(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 2, "skLookupSetListener");
-  sk_lookup_handle *h = arg_handle(env, argv[0]);
+  sk_lookup_handle *h = handle_arg(env, argv[0], &SK_LOOKUP, true);
   if (h == NULL) return NULL;
   uint32_t fd;
   if (!arg_uint32(env, argv[1], "listenerFd", &fd)) return NULL;
@@ -433,7 +452,7 @@ static napi_value js_sk_lookup_set_listener(napi_env env, napi_callback_info inf
 // skLookupReattach(handle, nsPath): a new link for the same program and maps (the old one was detached from outside).
 static napi_value js_sk_lookup_reattach(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 2, "skLookupReattach");
-  sk_lookup_handle *h = arg_handle(env, argv[0]);
+  sk_lookup_handle *h = handle_arg(env, argv[0], &SK_LOOKUP, true);
   if (h == NULL) return NULL;
   char ns_path[PATH_MAX], what[PATH_MAX + 64];
   if (!arg_string(env, argv[1], "nsPath", ns_path, sizeof ns_path)) return NULL;
@@ -458,7 +477,7 @@ static napi_value js_sk_lookup_reattach(napi_env env, napi_callback_info info) {
 // skLookupVerdicts(handle) -> number[TRELLIS_SKL_VERDICTS]: lookups per verdict since attach, summed over CPUs.
 static napi_value js_sk_lookup_verdicts(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 1, "skLookupVerdicts");
-  sk_lookup_handle *h = arg_handle(env, argv[0]);
+  sk_lookup_handle *h = handle_arg(env, argv[0], &SK_LOOKUP, true);
   if (h == NULL) return NULL;
   int cpus = libbpf_num_possible_cpus();
   if (cpus <= 0) return throw_bpf(env, last_errno(cpus), "libbpf_num_possible_cpus", "map", "count the CPUs");
@@ -486,7 +505,7 @@ static napi_value js_sk_lookup_verdicts(napi_env env, napi_callback_info info) {
 // skLookupIds(handle) -> { program, link, netnsInode }: the kernel's ids, as bpftool shows them.
 static napi_value js_sk_lookup_ids(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 1, "skLookupIds");
-  sk_lookup_handle *h = arg_handle(env, argv[0]);
+  sk_lookup_handle *h = handle_arg(env, argv[0], &SK_LOOKUP, true);
   if (h == NULL) return NULL;
   struct bpf_prog_info prog;
   struct bpf_link_info link;
@@ -507,17 +526,9 @@ static napi_value js_sk_lookup_ids(napi_env env, napi_callback_info info) {
 // skLookupClose(handle): detaches and unloads; the pod's inbound connections go where they were going again.
 static napi_value js_sk_lookup_close(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 1, "skLookupClose");
-  bool tagged = false;
-  napi_valuetype type;
-  NAPI_CALL(env, napi_typeof(env, argv[0], &type));
-  if (type == napi_external) NAPI_CALL(env, napi_check_object_type_tag(env, argv[0], &SK_LOOKUP_TAG, &tagged));
-  if (!tagged) {
-    napi_throw_type_error(env, "EINVAL", "not an sk_lookup handle");
-    return NULL;
-  }
-  void *data = NULL;
-  NAPI_CALL(env, napi_get_value_external(env, argv[0], &data));
-  sk_lookup_release(data);
+  void *h = handle_arg(env, argv[0], &SK_LOOKUP, false);
+  if (h == NULL) return NULL;
+  sk_lookup_release(h);
   return NULL;
 }
 
@@ -528,40 +539,15 @@ typedef struct {
   struct bpf_link *link;
 } tcp_health_handle;
 
-static const napi_type_tag TCP_HEALTH_TAG = {0x7472656c6c697362ULL, 0x7463706865616c74ULL};
-
-static void tcp_health_release(tcp_health_handle *h) {
+static void tcp_health_release(void *data) {
+  tcp_health_handle *h = data;
   bpf_link__destroy(h->link);
   h->link = NULL;
   trellis_tcp_health__destroy(h->skel);
   h->skel = NULL;
 }
 
-static void tcp_health_finalize(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
-  tcp_health_release(data);
-  free(data);
-}
-
-static tcp_health_handle *arg_tcp_health(napi_env env, napi_value value, bool open) {
-  bool tagged = false;
-  napi_valuetype type;
-  NAPI_CALL(env, napi_typeof(env, value, &type));
-  if (type == napi_external) NAPI_CALL(env, napi_check_object_type_tag(env, value, &TCP_HEALTH_TAG, &tagged));
-  if (!tagged) {
-    napi_throw_type_error(env, "EINVAL", "not a TCP health handle");
-    return NULL;
-  }
-  void *data = NULL;
-  NAPI_CALL(env, napi_get_value_external(env, value, &data));
-  tcp_health_handle *h = data;
-  if (open && h->skel == NULL) {
-    napi_throw_error(env, "ECLOSED", "the TCP health handle is closed");
-    return NULL;
-  }
-  return h;
-}
+static const handle_kind TCP_HEALTH = {{0x7472656c6c697362ULL, 0x7463706865616c74ULL}, "a TCP health", "TCP health", tcp_health_release};
 
 // Links the loaded program to the cgroup at `path` (a directory of a cgroup v2 mount).
 static napi_value tcp_health_link(napi_env env, tcp_health_handle *h, const char *path) {
@@ -612,21 +598,13 @@ static napi_value js_tcp_health_attach(napi_env env, napi_callback_info info) {
     return NULL;
   }
   log_reset();
-  napi_value result;
-  napi_status status = napi_create_external(env, h, tcp_health_finalize, NULL, &result);
-  if (status != napi_ok) {
-    tcp_health_release(h);
-    free(h);
-    NAPI_CALL(env, status);
-  }
-  NAPI_CALL(env, napi_type_tag_object(env, result, &TCP_HEALTH_TAG));
-  return result;
+  return handle_wrap(env, h, &TCP_HEALTH);
 }
 
 // tcpHealthReattach(handle, cgroupPath): a new link for the same program and map (the old one was detached).
 static napi_value js_tcp_health_reattach(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 2, "tcpHealthReattach");
-  tcp_health_handle *h = arg_tcp_health(env, argv[0], true);
+  tcp_health_handle *h = handle_arg(env, argv[0], &TCP_HEALTH, true);
   if (h == NULL) return NULL;
   char path[PATH_MAX];
   if (!arg_string(env, argv[1], "cgroupPath", path, sizeof path)) return NULL;
@@ -638,7 +616,7 @@ static napi_value js_tcp_health_reattach(napi_env env, napi_callback_info info) 
 // detach) and the program runs no more.
 static napi_value js_tcp_health_ids(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 1, "tcpHealthIds");
-  tcp_health_handle *h = arg_tcp_health(env, argv[0], true);
+  tcp_health_handle *h = handle_arg(env, argv[0], &TCP_HEALTH, true);
   if (h == NULL) return NULL;
   struct bpf_prog_info prog;
   struct bpf_link_info link;
@@ -660,7 +638,7 @@ static napi_value js_tcp_health_ids(napi_env env, napi_callback_info info) {
 // tcpHealthClose(handle): detaches and unloads, the map with it.
 static napi_value js_tcp_health_close(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 1, "tcpHealthClose");
-  tcp_health_handle *h = arg_tcp_health(env, argv[0], false);
+  tcp_health_handle *h = handle_arg(env, argv[0], &TCP_HEALTH, false);
   if (h == NULL) return NULL;
   tcp_health_release(h);
   return NULL;
@@ -733,15 +711,14 @@ typedef struct {
   bool shared;
 } outbound_handle;
 
-static const napi_type_tag OUTBOUND_TAG = {0x7472656c6c697362ULL, 0x6f7574626f756e64ULL};
-
 static struct bpf_program *outbound_program(outbound_handle *h, int i) {
   struct bpf_program *progs[OUT_LINKS] = {h->skel->progs.trellis_conn4, h->skel->progs.trellis_conn6, h->skel->progs.trellis_peer4,
                                           h->skel->progs.trellis_peer6, h->skel->progs.trellis_outops};
   return progs[i];
 }
 
-static void outbound_release(outbound_handle *h) {
+static void outbound_release(void *data) {
+  outbound_handle *h = data;
   for (int i = 0; i < OUT_LINKS; i++) {
     bpf_link__destroy(h->links[i]);
     h->links[i] = NULL;
@@ -750,31 +727,7 @@ static void outbound_release(outbound_handle *h) {
   h->skel = NULL;
 }
 
-static void outbound_finalize(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
-  outbound_release(data);
-  free(data);
-}
-
-static outbound_handle *arg_outbound(napi_env env, napi_value value, bool open) {
-  bool tagged = false;
-  napi_valuetype type;
-  NAPI_CALL(env, napi_typeof(env, value, &type));
-  if (type == napi_external) NAPI_CALL(env, napi_check_object_type_tag(env, value, &OUTBOUND_TAG, &tagged));
-  if (!tagged) {
-    napi_throw_type_error(env, "EINVAL", "not an outbound handle");
-    return NULL;
-  }
-  void *data = NULL;
-  NAPI_CALL(env, napi_get_value_external(env, value, &data));
-  outbound_handle *h = data;
-  if (open && h->skel == NULL) {
-    napi_throw_error(env, "ECLOSED", "the outbound handle is closed");
-    return NULL;
-  }
-  return h;
-}
+static const handle_kind OUTBOUND = {{0x7472656c6c697362ULL, 0x6f7574626f756e64ULL}, "an outbound", "outbound", outbound_release};
 
 // The ids of the programs of `type` attached to the cgroup named `name`, each with its maps' ids (up to 16).
 typedef struct {
@@ -994,21 +947,13 @@ static napi_value js_outbound_attach(napi_env env, napi_callback_info info) {
     return NULL;
   }
   log_reset();
-  napi_value result;
-  napi_status status = napi_create_external(env, h, outbound_finalize, NULL, &result);
-  if (status != napi_ok) {
-    outbound_release(h);
-    free(h);
-    NAPI_CALL(env, status);
-  }
-  NAPI_CALL(env, napi_type_tag_object(env, result, &OUTBOUND_TAG));
-  return result;
+  return handle_wrap(env, h, &OUTBOUND);
 }
 
 // outboundReattach(handle, cgroupPath): new links for the programs whose link was detached from outside.
 static napi_value js_outbound_reattach(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 2, "outboundReattach");
-  outbound_handle *h = arg_outbound(env, argv[0], true);
+  outbound_handle *h = handle_arg(env, argv[0], &OUTBOUND, true);
   if (h == NULL) return NULL;
   char path[PATH_MAX];
   if (!arg_string(env, argv[1], "cgroupPath", path, sizeof path)) return NULL;
@@ -1020,7 +965,7 @@ static napi_value js_outbound_reattach(napi_env env, napi_callback_info info) {
 // from outside. mapFd: original destinations by accepted port, which every thread of the agent reads.
 static napi_value js_outbound_ids(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 1, "outboundIds");
-  outbound_handle *h = arg_outbound(env, argv[0], true);
+  outbound_handle *h = handle_arg(env, argv[0], &OUTBOUND, true);
   if (h == NULL) return NULL;
   napi_value result, links, shared;
   NAPI_CALL(env, napi_create_object(env, &result));
@@ -1053,7 +998,7 @@ static napi_value js_outbound_ids(napi_env env, napi_callback_info info) {
 // reached directly.
 static napi_value js_outbound_set_pod(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 3, "outboundSetPod");
-  outbound_handle *h = arg_outbound(env, argv[0], true);
+  outbound_handle *h = handle_arg(env, argv[0], &OUTBOUND, true);
   if (h == NULL) return NULL;
   double cookie_d;
   NAPI_CALL(env, napi_get_value_double(env, argv[1], &cookie_d));
@@ -1084,7 +1029,7 @@ static napi_value js_outbound_set_pod(napi_env env, napi_callback_info info) {
 // outboundDeletePod(handle, netnsCookie): the pod is no longer meshed; no entry is no error.
 static napi_value js_outbound_delete_pod(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 2, "outboundDeletePod");
-  outbound_handle *h = arg_outbound(env, argv[0], true);
+  outbound_handle *h = handle_arg(env, argv[0], &OUTBOUND, true);
   if (h == NULL) return NULL;
   double cookie_d;
   NAPI_CALL(env, napi_get_value_double(env, argv[1], &cookie_d));
@@ -1097,7 +1042,7 @@ static napi_value js_outbound_delete_pod(napi_env env, napi_callback_info info) 
 // outboundVerdicts(handle) -> number[TRELLIS_OUT_VERDICTS]: connects per verdict since attach, summed over CPUs.
 static napi_value js_outbound_verdicts(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 1, "outboundVerdicts");
-  outbound_handle *h = arg_outbound(env, argv[0], true);
+  outbound_handle *h = handle_arg(env, argv[0], &OUTBOUND, true);
   if (h == NULL) return NULL;
   int cpus = libbpf_num_possible_cpus();
   if (cpus <= 0) return throw_bpf(env, last_errno(cpus), "libbpf_num_possible_cpus", "map", "count the CPUs");
@@ -1125,7 +1070,7 @@ static napi_value js_outbound_verdicts(napi_env env, napi_callback_info info) {
 // outboundClose(handle): detaches and unloads; maps shared with another agent live on with it.
 static napi_value js_outbound_close(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 1, "outboundClose");
-  outbound_handle *h = arg_outbound(env, argv[0], false);
+  outbound_handle *h = handle_arg(env, argv[0], &OUTBOUND, false);
   if (h == NULL) return NULL;
   outbound_release(h);
   return NULL;
@@ -1192,9 +1137,8 @@ typedef struct {
   bool attached;
 } same_node_handle;
 
-static const napi_type_tag SAME_NODE_TAG = {0x7472656c6c697362ULL, 0x73616d656e6f6465ULL};
-
-static void same_node_release(same_node_handle *h) {
+static void same_node_release(void *data) {
+  same_node_handle *h = data;
   if (h->skel != NULL && h->attached) {
     bpf_prog_detach2(bpf_program__fd(h->skel->progs.trellis_same_node), bpf_map__fd(h->skel->maps.same_node_sockets), BPF_SK_SKB_STREAM_VERDICT);
   }
@@ -1203,31 +1147,7 @@ static void same_node_release(same_node_handle *h) {
   h->skel = NULL;
 }
 
-static void same_node_finalize(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
-  same_node_release(data);
-  free(data);
-}
-
-static same_node_handle *arg_same_node(napi_env env, napi_value value) {
-  bool tagged = false;
-  napi_valuetype type;
-  NAPI_CALL(env, napi_typeof(env, value, &type));
-  if (type == napi_external) NAPI_CALL(env, napi_check_object_type_tag(env, value, &SAME_NODE_TAG, &tagged));
-  if (!tagged) {
-    napi_throw_type_error(env, "EINVAL", "not a same-node splice handle");
-    return NULL;
-  }
-  void *data = NULL;
-  NAPI_CALL(env, napi_get_value_external(env, value, &data));
-  same_node_handle *h = data;
-  if (h->skel == NULL) {
-    napi_throw_error(env, "ECLOSED", "the same-node splice handle is closed");
-    return NULL;
-  }
-  return h;
-}
+static const handle_kind SAME_NODE = {{0x7472656c6c697362ULL, 0x73616d656e6f6465ULL}, "a same-node splice", "same-node splice", same_node_release};
 
 // sameNodeOpen() -> handle: loads the stream verdict program and attaches it to its sockhash. On failure nothing stays.
 static napi_value js_same_node_open(napi_env env, napi_callback_info info) {
@@ -1257,15 +1177,7 @@ static napi_value js_same_node_open(napi_env env, napi_callback_info info) {
   }
   h->attached = true;
   log_reset();
-  napi_value result;
-  napi_status status = napi_create_external(env, h, same_node_finalize, NULL, &result);
-  if (status != napi_ok) {
-    same_node_release(h);
-    free(h);
-    NAPI_CALL(env, status);
-  }
-  NAPI_CALL(env, napi_type_tag_object(env, result, &SAME_NODE_TAG));
-  return result;
+  return handle_wrap(env, h, &SAME_NODE);
 }
 
 static int socket_cookie(int fd, __u64 *cookie) {
@@ -1279,7 +1191,7 @@ static int socket_cookie(int fd, __u64 *cookie) {
 // bytes to its reader).
 static napi_value js_same_node_add(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 3, "sameNodeAdd");
-  same_node_handle *h = arg_same_node(env, argv[0]);
+  same_node_handle *h = handle_arg(env, argv[0], &SAME_NODE, true);
   if (h == NULL) return NULL;
   uint32_t fds[2];
   if (!arg_uint32(env, argv[1], "fdA", &fds[0]) || !arg_uint32(env, argv[2], "fdB", &fds[1])) return NULL;
@@ -1322,7 +1234,7 @@ static napi_value js_same_node_add(napi_env env, napi_callback_info info) {
 // `forget`, read and deleted in one call (the socket's bytes are left to its reader from then on).
 static napi_value js_same_node_counts(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 3, "sameNodeCounts");
-  same_node_handle *h = arg_same_node(env, argv[0]);
+  same_node_handle *h = handle_arg(env, argv[0], &SAME_NODE, true);
   if (h == NULL) return NULL;
   double cookie_d;
   bool forget = false;
@@ -1354,7 +1266,7 @@ static napi_value js_same_node_counts(napi_env env, napi_callback_info info) {
 // sameNodeIds(handle) -> { program, sockets, peers }: the kernel's ids, as bpftool shows them.
 static napi_value js_same_node_ids(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 1, "sameNodeIds");
-  same_node_handle *h = arg_same_node(env, argv[0]);
+  same_node_handle *h = handle_arg(env, argv[0], &SAME_NODE, true);
   if (h == NULL) return NULL;
   struct bpf_prog_info prog;
   struct bpf_map_info sockets, peers;
@@ -1377,17 +1289,9 @@ static napi_value js_same_node_ids(napi_env env, napi_callback_info info) {
 // sameNodeClose(handle): detaches and unloads, the maps with them.
 static napi_value js_same_node_close(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 1, "sameNodeClose");
-  bool tagged = false;
-  napi_valuetype type;
-  NAPI_CALL(env, napi_typeof(env, argv[0], &type));
-  if (type == napi_external) NAPI_CALL(env, napi_check_object_type_tag(env, argv[0], &SAME_NODE_TAG, &tagged));
-  if (!tagged) {
-    napi_throw_type_error(env, "EINVAL", "not a same-node splice handle");
-    return NULL;
-  }
-  void *data = NULL;
-  NAPI_CALL(env, napi_get_value_external(env, argv[0], &data));
-  same_node_release(data);
+  void *h = handle_arg(env, argv[0], &SAME_NODE, false);
+  if (h == NULL) return NULL;
+  same_node_release(h);
   return NULL;
 }
 

@@ -2,7 +2,8 @@
 // throwaway cgroup (v2) this test process moves into, as the agent attaches it to its own: a connection over loopback
 // is found by its cookie with its RTT and no retransmission after it closed, once (the entry is taken); a socket of
 // before the program has none; a link detached with bpftool is seen (no cgroup) and made again; nothing stays in the
-// kernel after close(). The root cgroup and the host's cgroups are never attached to.
+// kernel after close(). The root cgroup and the host's cgroups are never attached to. Last, what every BPF handle of
+// the addon checks (native/bpf.c handle_arg): its kind, and that it is still open.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -12,6 +13,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cgroup2Mount } from '../../agent/capture/kernel.js';
 import { BpfError, readTcpStats, socketCookie, socketFd, TCP_HEALTH_PROGRAM, TcpHealthLink } from '../../agent/native/index.js';
+import { native } from '../../agent/native/binding.js';
 import { requireRoot } from '../support/root.js';
 
 function bpftool(kind: 'prog' | 'link', id: number): { name?: string; cgroup_id?: number; attach_type?: string } | undefined {
@@ -157,5 +159,26 @@ describe('TCP health sockops program', () => {
     expect(e.stage).toBe('attach');
     expect(e.message).toContain(`sockops of cgroup ${missing}`);
     expect(e.message).toContain("the agent's cgroup is gone");
+  });
+});
+
+describe('the addon\'s BPF handles', () => {
+  it('refuses what is not a handle of the kind asked for, and a closed one, by name', () => {
+    requireRoot('BPF handle tests');
+    const b = native();
+    const splice = b.sameNodeOpen();
+    try {
+      expect(() => b.sameNodeCounts({} as never, 1, false)).toThrow(expect.objectContaining({ code: 'EINVAL', message: expect.stringMatching(/not a same-node splice handle/) }));
+      // A handle of another kind is refused as well: the tag says which kind it is.
+      expect(() => b.tcpHealthIds(splice as never)).toThrow(expect.objectContaining({ code: 'EINVAL', message: expect.stringMatching(/not a TCP health handle/) }));
+      expect(() => b.outboundVerdicts(splice as never)).toThrow(/not an outbound handle/);
+      expect(() => b.skLookupVerdicts(splice as never)).toThrow(/not an sk_lookup handle/);
+      expect(b.sameNodeCounts(splice, 1, false)).toBeNull();
+    } finally {
+      b.sameNodeClose(splice);
+    }
+    expect(() => b.sameNodeCounts(splice, 1, false)).toThrow(expect.objectContaining({ code: 'ECLOSED', message: expect.stringMatching(/the same-node splice handle is closed/) }));
+    // Closing twice is harmless.
+    b.sameNodeClose(splice);
   });
 });
