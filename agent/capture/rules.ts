@@ -37,6 +37,7 @@ export function captureRuleset(spec: CaptureSpec): string {
     `table inet ${CAPTURE_TABLE} {`,
     ...(spec.outbound === 'connect' ? outboundGuard(mark) : outboundRedirect(mark)),
     ...(spec.inbound === 'sk_lookup' ? inboundGuard(mark, probes, probes6) : inboundRedirect(probes, probes6)),
+    ...(spec.inbound === 'sk_lookup' && spec.outbound === 'connect' ? natKept() : []),
     // The caller's address kept (the agent's connection to the app leaves from it, IP_TRANSPARENT): the connection is
     // remembered on its conntrack entry, and the app's replies on it, addressed to the caller, get a mark that policy
     // routing (capture/routing.ts) delivers to the agent's socket in this netns instead of sending them out.
@@ -116,6 +117,24 @@ function inboundGuard(mark: string, probes: string[], probes6: string[]): string
     ...probes6.map((ip) => `    ip6 saddr ${ip} return`),
     `    tcp dport ${HBONE_PORT} return`,
     `    tcp flags & (syn | ack) == syn socket mark != ${mark} reject with tcp reset`,
+    '  }',
+  ];
+}
+
+/**
+ * eBPF mode NATs nothing, but keeps an empty nat chain on each NAT hook: the kernel registers NAT's hooks in a netns
+ * with its first nat chain and removes them with its last, and without them the connections an nft-mode agent's
+ * redirects took before a hand-over to this mode (still open, still queued) lose their translation mid-stream: the
+ * client then sees packets from 15006 and resets (seen in test/e2e/capture-switch.test.ts). Empty, they change no
+ * new connection.
+ */
+function natKept(): string[] {
+  return [
+    '  chain nat_kept_prerouting {',
+    '    type nat hook prerouting priority -110; policy accept;',
+    '  }',
+    '  chain nat_kept_output {',
+    '    type nat hook output priority -110; policy accept;',
     '  }',
   ];
 }
