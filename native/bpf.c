@@ -172,6 +172,31 @@ static void *handle_arg(napi_env env, napi_value value, const handle_kind *kind,
   return data;
 }
 
+// The per-CPU verdict counters of `map` (keys 0 to count - 1), each summed over the CPUs, as a JS array.
+static napi_value verdict_sums(napi_env env, const struct bpf_map *map, __u32 count) {
+  int cpus = libbpf_num_possible_cpus();
+  if (cpus <= 0) return throw_bpf(env, last_errno(cpus), "libbpf_num_possible_cpus", "map", "count the CPUs");
+  __u64 *values = calloc((size_t)cpus, sizeof *values);
+  if (values == NULL) return throw_bpf(env, ENOMEM, "calloc", "map", "read the verdict counters");
+  napi_value result;
+  napi_status status = napi_create_array_with_length(env, count, &result);
+  for (__u32 key = 0; status == napi_ok && key < count; key++) {
+    int rc = bpf_map__lookup_elem(map, &key, sizeof key, values, (size_t)cpus * sizeof *values, 0);
+    if (rc != 0) {
+      free(values);
+      return throw_bpf(env, last_errno(rc), "bpf(BPF_MAP_LOOKUP_ELEM)", "map", "read the verdict counters");
+    }
+    double sum = 0;
+    for (int cpu = 0; cpu < cpus; cpu++) sum += (double)values[cpu];
+    napi_value n;
+    status = napi_create_double(env, sum, &n);
+    if (status == napi_ok) status = napi_set_element(env, result, key, n);
+  }
+  free(values);
+  NAPI_CALL(env, status);
+  return result;
+}
+
 // 1 when struct bpf_sk_lookup of the running kernel has ingress_ifindex (Linux 5.17+), 0 when not, -errno when the
 // kernel's BTF cannot be read.
 static int sk_lookup_has_ifindex(void) {
@@ -479,27 +504,7 @@ static napi_value js_sk_lookup_verdicts(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 1, "skLookupVerdicts");
   sk_lookup_handle *h = handle_arg(env, argv[0], &SK_LOOKUP, true);
   if (h == NULL) return NULL;
-  int cpus = libbpf_num_possible_cpus();
-  if (cpus <= 0) return throw_bpf(env, last_errno(cpus), "libbpf_num_possible_cpus", "map", "count the CPUs");
-  __u64 *values = calloc((size_t)cpus, sizeof *values);
-  if (values == NULL) return throw_bpf(env, ENOMEM, "calloc", "map", "read the verdict counters");
-  napi_value result;
-  napi_status status = napi_create_array_with_length(env, TRELLIS_SKL_VERDICTS, &result);
-  for (__u32 key = 0; status == napi_ok && key < TRELLIS_SKL_VERDICTS; key++) {
-    int rc = bpf_map__lookup_elem(h->skel->maps.verdicts, &key, sizeof key, values, (size_t)cpus * sizeof *values, 0);
-    if (rc != 0) {
-      free(values);
-      return throw_bpf(env, last_errno(rc), "bpf(BPF_MAP_LOOKUP_ELEM)", "map", "read the verdict counters");
-    }
-    double sum = 0;
-    for (int cpu = 0; cpu < cpus; cpu++) sum += (double)values[cpu];
-    napi_value n;
-    status = napi_create_double(env, sum, &n);
-    if (status == napi_ok) status = napi_set_element(env, result, key, n);
-  }
-  free(values);
-  NAPI_CALL(env, status);
-  return result;
+  return verdict_sums(env, h->skel->maps.verdicts, TRELLIS_SKL_VERDICTS);
 }
 
 // skLookupIds(handle) -> { program, link, netnsInode }: the kernel's ids, as bpftool shows them.
@@ -1044,27 +1049,7 @@ static napi_value js_outbound_verdicts(napi_env env, napi_callback_info info) {
   NAPI_ARGV(env, info, 1, "outboundVerdicts");
   outbound_handle *h = handle_arg(env, argv[0], &OUTBOUND, true);
   if (h == NULL) return NULL;
-  int cpus = libbpf_num_possible_cpus();
-  if (cpus <= 0) return throw_bpf(env, last_errno(cpus), "libbpf_num_possible_cpus", "map", "count the CPUs");
-  __u64 *values = calloc((size_t)cpus, sizeof *values);
-  if (values == NULL) return throw_bpf(env, ENOMEM, "calloc", "map", "read the verdict counters");
-  napi_value result;
-  napi_status status = napi_create_array_with_length(env, TRELLIS_OUT_VERDICTS, &result);
-  for (__u32 key = 0; status == napi_ok && key < TRELLIS_OUT_VERDICTS; key++) {
-    int rc = bpf_map__lookup_elem(h->skel->maps.out_verdicts, &key, sizeof key, values, (size_t)cpus * sizeof *values, 0);
-    if (rc != 0) {
-      free(values);
-      return throw_bpf(env, last_errno(rc), "bpf(BPF_MAP_LOOKUP_ELEM)", "map", "read the verdict counters");
-    }
-    double sum = 0;
-    for (int cpu = 0; cpu < cpus; cpu++) sum += (double)values[cpu];
-    napi_value n;
-    status = napi_create_double(env, sum, &n);
-    if (status == napi_ok) status = napi_set_element(env, result, key, n);
-  }
-  free(values);
-  NAPI_CALL(env, status);
-  return result;
+  return verdict_sums(env, h->skel->maps.out_verdicts, TRELLIS_OUT_VERDICTS);
 }
 
 // outboundClose(handle): detaches and unloads; maps shared with another agent live on with it.
