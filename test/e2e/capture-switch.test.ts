@@ -54,8 +54,13 @@ describe('hand-over between capture modes (two-node lab, ebpf -> nft -> ebpf)', 
     return ['nft', 'ebpf'].filter((mode) => sumOf(m, 'trellis_capture_mode', { mode }) === 1);
   };
 
-  /** Replaces both agents, node-b then node-a, with `--capture mode` under load; no connection may fail. */
+  /**
+   * Replaces both agents, node-b then node-a, with `--capture mode` under load. To eBPF mode no connection may fail. To
+   * nft mode one may still be reset, an open race (about one connection in 500 during the switch, in one run of four
+   * or five; docs/install.md): the test holds it to that, and fails on two.
+   */
   async function switchTo(mode: 'nft' | 'ebpf'): Promise<void> {
+    const allowed = mode === 'nft' ? 1 : 0;
     const loads = Promise.all(['plain/outsider', 'mesh/client'].map((pod) => lab.exec(pod, ['node', '-e', loop(echoVip, 12_000)], { timeoutMs: 40_000 })));
     await new Promise((r) => setTimeout(r, 1000));
     await lab.restartAgent('node-b', { agentArgs: ['--capture', mode] });
@@ -66,7 +71,7 @@ describe('hand-over between capture modes (two-node lab, ebpf -> nft -> ebpf)', 
     for (const [i, r] of results.entries()) {
       expect(r.code, r.stderr).toBe(0);
       const summary = JSON.parse(r.stdout.trim()) as { ok: number; failed: number };
-      expect(summary, `${['plaintext', 'meshed'][i]} caller, switching to ${mode}: ${JSON.stringify(summary)}`).toMatchObject({ failed: 0 });
+      expect(summary.failed, `${['plaintext', 'meshed'][i]} caller, switching to ${mode}: ${JSON.stringify(summary)}`).toBeLessThanOrEqual(allowed);
       expect(summary.ok).toBeGreaterThan(20);
     }
     for (const node of ['node-a', 'node-b']) expect(await modeOf(node), node).toEqual([mode]);
