@@ -50,17 +50,20 @@ export class KernelSplice {
       return n[0] + n[1];
     };
     told([drainInto(down, up), drainInto(up, down)]);
+    // A socket reset while its queue is taken: its recv took the error, which Node will not see again; passed on here.
+    const resetMeanwhile = (err: unknown) => {
+      release(down);
+      release(up);
+      resetSide(down);
+      resetSide(up);
+      return { outcome: { error: err as Error, side: 'downstream' as const } };
+    };
     // And what waits in the kernel: the program sends on the buffers of a receive queue whole, so one Node had read part
     // of would go twice. Taken here (Node's reading is stopped), each queue is empty, and what arrives next is whole.
     try {
       told([take(fds[0], up), take(fds[1], down)]);
     } catch (err) {
-      // A socket reset meanwhile: its recv took the error, which Node will not see again; the reset is passed on here.
-      release(down);
-      release(up);
-      resetSide(down);
-      resetSide(up);
-      return { outcome: { error: err as Error, side: 'downstream' } };
+      return resetMeanwhile(err);
     }
     await Promise.all([flushed(up), flushed(down)]);
     // What arrived while those bytes went out is taken too, a few rounds: a queue left full closes the sender's window,
@@ -70,11 +73,7 @@ export class KernelSplice {
       try {
         more = told([take(fds[0], up), take(fds[1], down)]);
       } catch (err) {
-        release(down);
-        release(up);
-        resetSide(down);
-        resetSide(up);
-        return { outcome: { error: err as Error, side: 'downstream' } };
+        return resetMeanwhile(err);
       }
       if (more === 0) break;
       await Promise.all([flushed(up), flushed(down)]);
