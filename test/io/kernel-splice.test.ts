@@ -8,7 +8,7 @@ import { KernelSplice } from '../../agent/io/kernel-splice.js';
 import { splice, type SpliceHooks, type SpliceOutcome } from '../../agent/io/splice.js';
 import { SAME_NODE_PROGRAM, SameNodeMaps } from '../../agent/native/index.js';
 import { requireRoot } from '../support/root.js';
-import { listenLocal } from '../support/loopback.js';
+import { listenLocal, digestSink, resetter } from '../support/loopback.js';
 import { until } from '../support/until.js';
 
 const MB = 1024 * 1024;
@@ -25,18 +25,9 @@ describe('KernelSplice', () => {
   let maps: SameNodeMaps;
   let kernel: KernelSplice;
   const servers: net.Server[] = [];
-  // The apps: a sink answering the digest of what it read once the client half-closed; a resetter; an echo.
-  const sink = net.createServer({ allowHalfOpen: true }, (s) => {
-    const h = createHash('sha256');
-    let n = 0;
-    s.on('error', () => undefined);
-    s.on('data', (d: Buffer) => { h.update(d); n += d.length; });
-    s.on('end', () => s.end(`${h.digest('hex')} ${n}\n`));
-  });
-  const resetter = net.createServer((s) => {
-    s.on('error', () => undefined);
-    s.once('data', () => s.resetAndDestroy());
-  });
+  // The apps: a sink answering the digest of what it read once the client half-closed; one resetting at the first bytes; an echo.
+  const sink = digestSink();
+  const resetApp = resetter();
   const source = net.createServer({ allowHalfOpen: true }, (s) => {
     // Sends 8 MB as soon as the client connects, then ends (a server that speaks first and most).
     s.on('error', () => undefined);
@@ -49,13 +40,13 @@ describe('KernelSplice', () => {
     maps = SameNodeMaps.open();
     kernel = new KernelSplice(maps);
     ports.sink = await listenLocal(sink);
-    ports.resetter = await listenLocal(resetter);
+    ports.resetApp = await listenLocal(resetApp);
     ports.source = await listenLocal(source);
   });
 
   afterAll(() => {
     maps?.close();
-    for (const s of [sink, resetter, source, ...servers]) s.close();
+    for (const s of [sink, resetApp, source, ...servers]) s.close();
   });
 
   /** A front port whose connections are spliced (in the kernel) to the app at `port`, as the same-node path does. */
@@ -120,7 +111,7 @@ describe('KernelSplice', () => {
   });
 
   it('passes a reset from the server to the client', async () => {
-    const { connect, results } = await front(ports.resetter!);
+    const { connect, results } = await front(ports.resetApp!);
     const sock = connect();
     await new Promise((r) => sock.once('connect', r));
     await new Promise((r) => setTimeout(r, 20));

@@ -14,7 +14,7 @@ import { splice } from '../../agent/io/splice.js';
 import { compile, type MeshState } from '../../agent/state/store.js';
 import { Metrics } from '../../agent/telemetry/metrics.js';
 import { captureLogger } from '../support/logger.js';
-import { TEST_TRUST_DOMAIN, listenLocal, loopbackWorkload } from '../support/loopback.js';
+import { TEST_TRUST_DOMAIN, listenLocal, loopbackWorkload, digestSink, resetter } from '../support/loopback.js';
 
 const TD = TEST_TRUST_DOMAIN;
 
@@ -32,18 +32,8 @@ describe('HBONE over mTLS', () => {
   let inbound: HboneInbound;
   let hbonePort = 0;
   let appPort = 0;
-  const app = net.createServer({ allowHalfOpen: true }, (s) => {
-    // A sink: digest of everything received, sent back after the client's FIN.
-    const h = createHash('sha256');
-    let n = 0;
-    s.on('error', () => undefined);
-    s.on('data', (d: Buffer) => { h.update(d); n += d.length; });
-    s.on('end', () => s.end(`${h.digest('hex')} ${n}\n`));
-  });
-  const resetter = net.createServer((s) => {
-    s.on('error', () => undefined);
-    s.once('data', () => s.resetAndDestroy());
-  });
+  const app = digestSink();
+  const resetApp = resetter();
   let resetPort = 0;
   const pools: HbonePool[] = [];
 
@@ -72,7 +62,7 @@ describe('HBONE over mTLS', () => {
     );
     hbonePort = await listenLocal(inbound.server as unknown as net.Server);
     appPort = await listenLocal(app);
-    resetPort = await listenLocal(resetter);
+    resetPort = await listenLocal(resetApp);
   });
 
   afterAll(() => {
@@ -80,7 +70,7 @@ describe('HBONE over mTLS', () => {
     certs.close();
     inbound.server.close();
     app.close();
-    resetter.close();
+    resetApp.close();
   });
 
   /** Emulates the outbound side: a downstream socket spliced onto a pooled CONNECT stream. */

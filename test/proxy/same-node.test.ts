@@ -13,7 +13,7 @@ import { SameNode } from '../../agent/proxy/same-node.js';
 import { compile, type MeshState } from '../../agent/state/store.js';
 import { Metrics } from '../../agent/telemetry/metrics.js';
 import { captureLogger } from '../support/logger.js';
-import { TEST_TRUST_DOMAIN, listenLocal, loopbackWorkload } from '../support/loopback.js';
+import { TEST_TRUST_DOMAIN, listenLocal, loopbackWorkload, digestSink } from '../support/loopback.js';
 
 const TD = TEST_TRUST_DOMAIN;
 const client = loopbackWorkload('demo', 'client');
@@ -49,13 +49,7 @@ describe('SameNode', () => {
     recheck,
   };
   // The app: a sink answering the digest of what it read once the client half-closed, or an echo on port `echoPort`.
-  const sink = net.createServer({ allowHalfOpen: true }, (s) => {
-    const h = createHash('sha256');
-    let n = 0;
-    s.on('error', () => undefined);
-    s.on('data', (d: Buffer) => { h.update(d); n += d.length; });
-    s.on('end', () => s.end(`${h.digest('hex')} ${n}\n`));
-  });
+  const sink = digestSink();
   const echo = net.createServer((s) => { s.on('error', () => undefined); s.pipe(s); });
   let sinkPort = 0;
   let echoPort = 0;
