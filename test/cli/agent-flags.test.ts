@@ -84,5 +84,7 @@ describe('agent --same-node', () => {
     expect(agentConfig({ node: 'n', dir: '/nonexistent' }).sameNodeSplice).toBe('user');
     expect(agentConfig({ node: 'n', dir: '/nonexistent', sameNodeSplice: 'kernel' }).sameNodeSplice).toBe('kernel');
     expect(() => agentConfig({ node: 'n', dir: '/nonexistent', sameNodeSplice: 'auto' })).toThrow(/--same-node-splice auto: use user or kernel/);
+    expect(agentConfig({ node: 'n', dir: '/nonexistent', cgroupRoot: '/sys/fs/cgroup' }).cgroupRoot).toBe('/sys/fs/cgroup');
+    expect(() => agentConfig({ node: 'n', dir: '/nonexistent', cgroupRoot: 'sys/fs/cgroup' })).toThrow(/--cgroup-root sys\/fs\/cgroup: give an absolute path/);
   });
 });
